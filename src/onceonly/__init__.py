@@ -1,0 +1,51 @@
+"""onceonly: idempotency keys done right, so retries are safe.
+
+Public names only; everything else lives in its own module.
+"""
+
+from __future__ import annotations
+
+from onceonly.context import current_key
+from onceonly.errors import (
+    ConfigurationError,
+    IdempotencyConflict,
+    InvalidKey,
+    KeyMismatch,
+    OnceOnlyError,
+    StillInFlight,
+    StoreError,
+    StoreUnavailable,
+    Unreplayable,
+)
+from onceonly.keys import derive_key, new_key
+from onceonly.outcomes import Outcome
+from onceonly.policy import Policy, Problem, authorization_scope, header_scope
+from onceonly.stores import AsyncStore, MemoryStore, SQLiteStore, Store, open_store
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncStore",
+    "ConfigurationError",
+    "IdempotencyConflict",
+    "InvalidKey",
+    "KeyMismatch",
+    "MemoryStore",
+    "OnceOnlyError",
+    "Outcome",
+    "Policy",
+    "Problem",
+    "SQLiteStore",
+    "StillInFlight",
+    "Store",
+    "StoreError",
+    "StoreUnavailable",
+    "Unreplayable",
+    "__version__",
+    "authorization_scope",
+    "current_key",
+    "derive_key",
+    "header_scope",
+    "new_key",
+    "open_store",
+]

@@ -1,0 +1,75 @@
+"""The exceptions onceonly raises, all under one root.
+
+    OnceOnlyError
+    ├── ConfigurationError      a Policy, store URL or argument that cannot work (also ValueError)
+    ├── InvalidKey              a malformed Idempotency-Key value (also ValueError)
+    ├── IllegalTransition       a record state change the state table does not allow (a bug)
+    ├── StoreError              anything that went wrong talking to a store
+    │   └── StoreUnavailable    the store cannot be reached or used right now (fail closed: 503)
+    └── IdempotencyConflict     a duplicate that cannot be answered with a replay
+        ├── KeyMismatch         same key, different request or arguments (422)
+        ├── StillInFlight       the first attempt is still running after the wait bound (409)
+        └── Unreplayable        the first attempt's result could not be stored (409)
+
+Backend exceptions (sqlite3, redis, psycopg) never escape a store: they are translated at the
+store boundary and chained (``raise StoreUnavailable(...) from exc``).
+"""
+
+from __future__ import annotations
+
+
+class OnceOnlyError(Exception):
+    """Root of every exception onceonly raises on purpose."""
+
+
+class ConfigurationError(OnceOnlyError, ValueError):
+    """A configuration value that cannot work; the message says what to change."""
+
+
+class InvalidKey(OnceOnlyError, ValueError):
+    """An idempotency key that breaks SPEC rule 3; ``reason`` is a sentence for the client."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class IllegalTransition(OnceOnlyError):
+    """A record state change that the state table in ``records.py`` forbids."""
+
+    def __init__(self, state: object, event: object) -> None:
+        super().__init__(f"no transition from {state!s} on {event!s}")
+        self.state = state
+        self.event = event
+
+
+class StoreError(OnceOnlyError):
+    """Something went wrong in a store."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be reached or used; callers fail closed (SPEC 17)."""
+
+
+class IdempotencyConflict(OnceOnlyError):
+    """A duplicate request or call that cannot be answered from the store."""
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class KeyMismatch(IdempotencyConflict):
+    """The key was used before with a different request (method, path, query, body or args)."""
+
+
+class StillInFlight(IdempotencyConflict):
+    """The first attempt with this key is still running; retry after ``retry_after`` seconds."""
+
+    def __init__(self, message: str, *, key: str | None = None, retry_after: float = 1.0) -> None:
+        super().__init__(message, key=key)
+        self.retry_after = retry_after
+
+
+class Unreplayable(IdempotencyConflict):
+    """The first attempt ran, but its result could not be stored, so it cannot be replayed."""

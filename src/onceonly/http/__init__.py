@@ -1,0 +1,1 @@
+"""Server adapters: pure ASGI and WSGI middleware around the same engine."""

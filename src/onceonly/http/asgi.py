@@ -1,0 +1,219 @@
+"""Pure ASGI idempotency middleware (no BaseHTTPMiddleware), after Starlette's GZipMiddleware.
+
+Configuration is fixed in ``__init__``; per-request state lives in a :class:`_Responder`.
+The request body is buffered only for keyed requests (to fingerprint it) and re-fed to the
+application as the very same ``http.request`` messages. Responses are forwarded message by
+message as the application sends them; a copy is kept only while it fits the cache cap.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from onceonly.context import _current_key
+from onceonly.decide import Complete, Execute, Keyed, Pass, Refuse, Release, Replay, replay_headers
+from onceonly.engine import AsyncHeartbeat, arun_flow, claim_flow
+from onceonly.errors import StoreError
+from onceonly.fingerprint import RequestFacts
+from onceonly.http._exchange import (
+    Capture,
+    Identity,
+    ReadBody,
+    declared_length,
+    identify,
+    look,
+    refusal,
+    too_large,
+    unavailable,
+)
+from onceonly.policy import Policy
+from onceonly.problems import ProblemResponse
+from onceonly.stores.base import AsyncStore
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+log = logging.getLogger("onceonly")
+STATE_KEY = "idempotency_key"
+
+
+class IdempotencyMiddleware:
+    """Gives an ASGI app ``Idempotency-Key`` semantics (SPEC section 2).
+
+    ``app.add_middleware(IdempotencyMiddleware, store=open_store(url), policy=Policy())``
+    """
+
+    def __init__(self, app: ASGIApp, *, store: AsyncStore, policy: Policy | None = None) -> None:
+        self.app = app
+        self.store = store
+        self.policy = policy or Policy()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.policy.covers(scope["method"]):
+            await self.app(scope, receive, send)
+            return
+        await _Responder(self, scope, receive, send).run()
+
+
+class _Responder:
+    """One request's trip through the middleware."""
+
+    def __init__(self, mw: IdempotencyMiddleware, scope: Scope, receive: Receive, send: Send):
+        self.app, self.store, self.policy = mw.app, mw.store, mw.policy
+        self.scope, self.receive, self.send = scope, receive, send
+        self.headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
+        self.messages: deque[Message] = deque()
+        self.body: bytes | None = None
+
+    async def run(self) -> None:
+        method, path = self.scope["method"], self.scope["path"]
+        admission = look(self.policy, method, path, self.headers)
+        if isinstance(admission, ReadBody | Keyed) and not await self._read_body():
+            return
+        if isinstance(admission, ReadBody):
+            admission = look(self.policy, method, path, self.headers, self.body)
+        match admission:
+            case Pass():
+                await self.app(self.scope, self._receive, self.send)
+            case Refuse():
+                await self._problem(refusal(admission, self.policy))
+            case Keyed(key):
+                await self._keyed(key)
+            case ReadBody():  # pragma: no cover - look() never asks twice
+                raise AssertionError("body already read")
+
+    async def _keyed(self, key: str) -> None:
+        facts = RequestFacts(
+            self.scope["method"],
+            self.scope["path"],
+            self.scope.get("query_string", b"").decode("latin-1"),
+            tuple(self.headers),
+            self.body or b"",
+        )
+        ident = identify(key, facts, self.policy)
+        try:
+            decision = await arun_flow(
+                claim_flow(ident.id, ident.fingerprint, self.policy), self.store
+            )
+        except StoreError as exc:
+            if self.policy.fail_open:
+                log.warning("idempotency store unavailable, failing open: %s", exc)
+                await self._call_app(key, self.send)
+                return
+            log.error("idempotency store unavailable, failing closed: %s", exc)
+            await self._problem(unavailable(self.policy))
+            return
+        match decision:
+            case Replay(response):
+                await self.send(
+                    {
+                        "type": "http.response.start",
+                        "status": response.status,
+                        "headers": [
+                            (k.encode("latin-1"), v.encode("latin-1"))
+                            for k, v in replay_headers(response)
+                        ],
+                    }
+                )
+                await self.send({"type": "http.response.body", "body": response.body})
+            case Refuse():
+                await self._problem(refusal(decision, self.policy))
+            case Execute(token):
+                await self._execute(ident, token)
+
+    async def _execute(self, ident: Identity, token: int) -> None:
+        capture = Capture(self.policy.max_cached_body)
+
+        async def send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                capture.start(
+                    message["status"],
+                    [(k.decode("latin-1"), v.decode("latin-1")) for k, v in message["headers"]],
+                )
+            elif message["type"] == "http.response.body":
+                capture.chunk(message.get("body", b""))
+                if not message.get("more_body", False):
+                    capture.end()
+            await self.send(message)
+
+        try:
+            async with AsyncHeartbeat(self.store, ident.id, token, self.policy):
+                await self._call_app(ident.key, send)
+        except BaseException:
+            # SPEC 12: an exception releases the claim so a retry runs again - unless the
+            # client already received the whole response, which a retry must then see again.
+            await self._settle(ident, token, capture if capture.finished else None)
+            raise
+        await self._settle(ident, token, capture)
+
+    async def _settle(self, ident: Identity, token: int, capture: Capture | None) -> None:
+        settlement = capture.settlement(self.policy) if capture is not None else Release()
+        try:
+            match settlement:
+                case Complete(response):
+                    ok = await self.store.acomplete(
+                        ident.id, token, response, self.policy.ttl_s, self.policy.retention_s
+                    )
+                case Release():
+                    ok = await self.store.arelease(ident.id, token)
+        except StoreError as exc:
+            log.error("could not settle idempotency record %s: %s", ident.id[:12], exc)
+            return
+        if not ok:
+            log.warning("idempotency record %s was fenced out before it settled", ident.id[:12])
+
+    async def _call_app(self, key: str, send: Send) -> None:
+        state = dict(self.scope.get("state") or {})
+        state[STATE_KEY] = key
+        scope = {**self.scope, "state": state}
+        reset = _current_key.set(key)
+        try:
+            await self.app(scope, self._receive, send)
+        finally:
+            _current_key.reset(reset)
+
+    async def _receive(self) -> Message:
+        if self.messages:
+            return self.messages.popleft()
+        return await self.receive()
+
+    async def _read_body(self) -> bool:
+        """Buffer the request body (SPEC 16); False if the request was answered or abandoned."""
+        limit = self.policy.max_body
+        declared = declared_length(self.headers)
+        if declared is not None and declared > limit:
+            await self._problem(too_large(self.policy))
+            return False
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await self.receive()
+            if message["type"] != "http.request":  # http.disconnect: nobody to answer
+                return False
+            self.messages.append(message)
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                await self._problem(too_large(self.policy))
+                return False
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        self.body = b"".join(chunks)
+        return True
+
+    async def _problem(self, problem: ProblemResponse) -> None:
+        await self.send(
+            {
+                "type": "http.response.start",
+                "status": problem.status,
+                "headers": [(k.encode(), v.encode()) for k, v in problem.headers],
+            }
+        )
+        await self.send({"type": "http.response.body", "body": problem.body})

@@ -1,0 +1,240 @@
+"""WSGI idempotency middleware for Flask, Django and any WSGI app; uses the sync store path.
+
+WSGI joins repeated header lines with commas before we see them, so two ``Idempotency-Key``
+lines arrive as one comma-joined value, which the key parser rejects as a list (SPEC 3).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from http import HTTPStatus
+from types import TracebackType
+from typing import Any
+
+from onceonly.context import _current_key
+from onceonly.decide import Complete, Execute, Keyed, Pass, Refuse, Release, Replay, replay_headers
+from onceonly.engine import Heartbeat, claim_flow, run_flow
+from onceonly.errors import StoreError
+from onceonly.fingerprint import RequestFacts
+from onceonly.http._exchange import (
+    Capture,
+    Identity,
+    ReadBody,
+    declared_length,
+    identify,
+    look,
+    refusal,
+    too_large,
+    unavailable,
+)
+from onceonly.policy import Policy
+from onceonly.problems import ProblemResponse
+from onceonly.stores.base import Store
+
+Environ = dict[str, Any]
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
+StartResponse = Callable[..., Callable[[bytes], object]]
+WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
+
+log = logging.getLogger("onceonly")
+ENVIRON_KEY = "onceonly.idempotency_key"
+_READ_CHUNK = 64 * 1024
+
+
+def _headers(environ: Environ) -> list[tuple[str, str]]:
+    out = []
+    for name, value in environ.items():
+        if name.startswith("HTTP_"):
+            out.append((name[5:].replace("_", "-").lower(), value))
+        elif name in ("CONTENT_TYPE", "CONTENT_LENGTH") and value:
+            out.append((name.replace("_", "-").lower(), value))
+    return out
+
+
+class IdempotencyMiddleware:
+    """Gives a WSGI app ``Idempotency-Key`` semantics (SPEC section 2).
+
+    ``app.wsgi_app = IdempotencyMiddleware(app.wsgi_app, store=open_store(url))``
+    """
+
+    def __init__(self, app: WSGIApp, *, store: Store, policy: Policy | None = None) -> None:
+        self.app = app
+        self.store = store
+        self.policy = policy or Policy()
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        method = environ.get("REQUEST_METHOD", "GET")
+        if not self.policy.covers(method):
+            return self.app(environ, start_response)
+        return _Responder(self, environ, start_response).run()
+
+
+class _Responder:
+    def __init__(self, mw: IdempotencyMiddleware, environ: Environ, start_response: StartResponse):
+        self.app, self.store, self.policy = mw.app, mw.store, mw.policy
+        self.environ, self.start_response = environ, start_response
+        self.headers = _headers(environ)
+        self.body: bytes | None = None
+
+    def run(self) -> Iterable[bytes]:
+        method = self.environ["REQUEST_METHOD"]
+        path = self.environ.get("PATH_INFO", "") or "/"
+        admission = look(self.policy, method, path, self.headers)
+        if isinstance(admission, ReadBody | Keyed):
+            problem = self._read_body()
+            if problem is not None:
+                return self._problem(problem)
+        if isinstance(admission, ReadBody):
+            admission = look(self.policy, method, path, self.headers, self.body)
+        match admission:
+            case Pass():
+                return self.app(self.environ, self.start_response)
+            case Refuse():
+                return self._problem(refusal(admission, self.policy))
+            case Keyed(key):
+                return self._keyed(key, method, path)
+        raise AssertionError("look() never asks for the body twice")  # pragma: no cover
+
+    def _keyed(self, key: str, method: str, path: str) -> Iterable[bytes]:
+        facts = RequestFacts(
+            method,
+            path,
+            self.environ.get("QUERY_STRING", ""),
+            tuple(self.headers),
+            self.body or b"",
+        )
+        ident = identify(key, facts, self.policy)
+        try:
+            decision = run_flow(claim_flow(ident.id, ident.fingerprint, self.policy), self.store)
+        except StoreError as exc:
+            if self.policy.fail_open:
+                log.warning("idempotency store unavailable, failing open: %s", exc)
+                return self._call_app(key, self.start_response)
+            log.error("idempotency store unavailable, failing closed: %s", exc)
+            return self._problem(unavailable(self.policy))
+        match decision:
+            case Replay(response):
+                self.start_response(_status_line(response.status), replay_headers(response))
+                return [response.body]
+            case Refuse():
+                return self._problem(refusal(decision, self.policy))
+            case Execute(token):
+                return self._execute(ident, token)
+        raise AssertionError(f"unexpected decision {decision!r}")  # pragma: no cover
+
+    def _execute(self, ident: Identity, token: int) -> Iterable[bytes]:
+        capture = Capture(self.policy.max_cached_body)
+
+        def start_response(
+            status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
+        ) -> Callable[[bytes], object]:
+            capture.start(int(status[:3]), headers)
+            write = self.start_response(status, headers, exc_info)
+
+            def write_through(data: bytes) -> object:  # the legacy write() callable
+                capture.chunk(data)
+                return write(data)
+
+            return write_through
+
+        heartbeat = Heartbeat(self.store, ident.id, token, self.policy).__enter__()
+        try:
+            result = self._call_app(ident.key, start_response)
+        except BaseException:
+            heartbeat.__exit__()
+            self._settle(ident, token, None)
+            raise
+        return self._stream(result, capture, ident, token, heartbeat)
+
+    def _stream(
+        self,
+        result: Iterable[bytes],
+        capture: Capture,
+        ident: Identity,
+        token: int,
+        heartbeat: Heartbeat,
+    ) -> Iterator[bytes]:
+        # Forward each chunk as the app yields it; settle once the server is done with us.
+        outcome: Capture | None = None
+        try:
+            for chunk in result:
+                capture.chunk(chunk)
+                yield chunk
+            capture.end()
+            outcome = capture
+        except GeneratorExit:
+            # The server stopped reading (client gone): the handler ran, so keep the record,
+            # as unreplayable, rather than let a retry run it again.
+            outcome = capture
+            raise
+        finally:
+            close = getattr(result, "close", None)
+            try:
+                if close is not None:
+                    close()
+            finally:
+                heartbeat.__exit__()
+                self._settle(ident, token, outcome)
+
+    def _settle(self, ident: Identity, token: int, capture: Capture | None) -> None:
+        settlement = capture.settlement(self.policy) if capture is not None else Release()
+        try:
+            match settlement:
+                case Complete(response):
+                    ok = self.store.complete(
+                        ident.id, token, response, self.policy.ttl_s, self.policy.retention_s
+                    )
+                case Release():
+                    ok = self.store.release(ident.id, token)
+        except StoreError as exc:
+            log.error("could not settle idempotency record %s: %s", ident.id[:12], exc)
+            return
+        if not ok:
+            log.warning("idempotency record %s was fenced out before it settled", ident.id[:12])
+
+    def _call_app(self, key: str, start_response: StartResponse) -> Iterable[bytes]:
+        self.environ[ENVIRON_KEY] = key
+        reset = _current_key.set(key)
+        try:
+            return self.app(self.environ, start_response)
+        finally:
+            _current_key.reset(reset)
+
+    def _read_body(self) -> ProblemResponse | None:
+        """Buffer the body (SPEC 16) and put it back as ``wsgi.input``; a problem if too big."""
+        limit = self.policy.max_body
+        declared = declared_length(self.headers)
+        stream = self.environ.get("wsgi.input")
+        if declared is not None and declared > limit:
+            return too_large(self.policy)
+        if stream is None:
+            self.body = b""
+        elif declared is not None:
+            self.body = stream.read(declared) if declared else b""
+        elif self.environ.get("wsgi.input_terminated"):
+            chunks: list[bytes] = []
+            size = 0
+            while chunk := stream.read(_READ_CHUNK):
+                size += len(chunk)
+                if size > limit:
+                    return too_large(self.policy)
+                chunks.append(chunk)
+            self.body = b"".join(chunks)
+        else:
+            self.body = b""  # no length and no terminated stream: WSGI says there is no body
+        self.environ["wsgi.input"] = io.BytesIO(self.body)
+        self.environ["CONTENT_LENGTH"] = str(len(self.body))
+        return None
+
+    def _problem(self, problem: ProblemResponse) -> list[bytes]:
+        self.start_response(_status_line(problem.status), problem.headers)
+        return [problem.body]
+
+
+def _status_line(status: int) -> str:
+    try:
+        return f"{status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        return f"{status} Unknown"

@@ -1,0 +1,240 @@
+"""What a store holds for one key, and the one table of how it may change.
+
+Everything here is plain frozen data; stores build these values and the core reads them.
+
+Record life cycle (SPEC rules 7, 12-15), the table below is the whole truth::
+
+    (absent) --claim--> IN_FLIGHT --complete--> COMPLETED --ttl--> TOMBSTONE --retention--> (absent)
+                          |   ^  \\--complete_unreplayable--> UNREPLAYABLE --ttl--> TOMBSTONE
+                          |   |
+                          |   +-- takeover (lease lapsed; new fencing token; outcome "recovered")
+                          +--release--> (absent)          (5xx or exception: a retry runs again)
+    TOMBSTONE --claim--> IN_FLIGHT                          (outcome "expired")
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from onceonly.errors import IllegalTransition
+
+
+class State(enum.Enum):
+    """The state of a stored record. ``ABSENT`` is "no record" (or one past its retention)."""
+
+    ABSENT = "absent"
+    IN_FLIGHT = "in_flight"
+    COMPLETED = "completed"
+    UNREPLAYABLE = "unreplayable"
+    TOMBSTONE = "tombstone"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Event(enum.Enum):
+    """What can happen to a record."""
+
+    CLAIM = "claim"
+    TAKEOVER = "takeover"
+    RENEW = "renew"
+    COMPLETE = "complete"
+    COMPLETE_UNREPLAYABLE = "complete_unreplayable"
+    RELEASE = "release"
+    TTL_LAPSED = "ttl_lapsed"
+    RETENTION_LAPSED = "retention_lapsed"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+TRANSITIONS: Mapping[tuple[State, Event], State] = {
+    (State.ABSENT, Event.CLAIM): State.IN_FLIGHT,
+    (State.TOMBSTONE, Event.CLAIM): State.IN_FLIGHT,
+    (State.IN_FLIGHT, Event.TAKEOVER): State.IN_FLIGHT,
+    (State.IN_FLIGHT, Event.RENEW): State.IN_FLIGHT,
+    (State.IN_FLIGHT, Event.COMPLETE): State.COMPLETED,
+    (State.IN_FLIGHT, Event.COMPLETE_UNREPLAYABLE): State.UNREPLAYABLE,
+    (State.IN_FLIGHT, Event.RELEASE): State.ABSENT,
+    (State.COMPLETED, Event.TTL_LAPSED): State.TOMBSTONE,
+    (State.UNREPLAYABLE, Event.TTL_LAPSED): State.TOMBSTONE,
+    (State.TOMBSTONE, Event.RETENTION_LAPSED): State.ABSENT,
+}
+
+
+def transition(state: State, event: Event) -> State:
+    """The state after ``event``; raises :class:`IllegalTransition` if the table forbids it."""
+    try:
+        return TRANSITIONS[state, event]
+    except KeyError:
+        raise IllegalTransition(state, event) from None
+
+
+Headers = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResponse:
+    """A result kept for replay: an HTTP response, or a serialized function result.
+
+    ``replayable=False`` marks a result that ran but could not be kept (a stream, or a body
+    over the cache cap, SPEC rule 15): its status is known, its body is not.
+    """
+
+    status: int
+    headers: Headers = ()
+    body: bytes = b""
+    replayable: bool = True
+    # The first execution's trace context, so replays can link to it (SPEC rule 32).
+    trace_id: str | None = None
+    span_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One stored key. Times are seconds on the store's clock (SPEC rule 14)."""
+
+    id: str
+    fingerprint: str
+    state: State
+    token: int
+    lease_until: float = 0.0
+    expires_at: float = 0.0  # completed: replay until; ignored while in flight
+    retain_until: float = 0.0  # tombstone kept until (expires_at + retention)
+    response: StoredResponse | None = field(default=None)
+    created_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """The caller now holds the key: it must run the operation, then complete or release.
+
+    ``token`` is the fencing token every later write must present. ``expired_before`` says the
+    key had a completed record whose TTL had lapsed (outcome ``expired``); ``recovered`` says
+    an earlier holder's lease lapsed and this claim took over (outcome ``recovered``).
+    """
+
+    token: int
+    expired_before: bool = False
+    recovered: bool = False
+    previous_fingerprint: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Existing:
+    """The key is held by a live record (in flight, completed or unreplayable)."""
+
+    record: Record
+
+
+ClaimResult = Claimed | Existing
+
+
+def next_token(previous: int | None, now: float) -> int:
+    """A fencing token larger than ``previous`` and than any token minted earlier.
+
+    Tokens are the store clock in microseconds, bumped past the previous token: they grow across
+    takeovers, releases and deletions, so a holder from long ago can never match a new token.
+    """
+    stamp = int(now * 1_000_000)
+    return stamp if previous is None else max(previous + 1, stamp)
+
+
+def resolve(record: Record | None, now: float) -> State:
+    """The state ``record`` is really in at store time ``now`` (lapsed TTLs applied)."""
+    if record is None:
+        return State.ABSENT
+    state = record.state
+    if state in (State.COMPLETED, State.UNREPLAYABLE) and now >= record.expires_at:
+        state = transition(state, Event.TTL_LAPSED)
+    if state is State.TOMBSTONE and now >= record.retain_until:
+        state = transition(state, Event.RETENTION_LAPSED)
+    return state
+
+
+def claim_on(
+    record: Record | None, id: str, fingerprint: str, lease: float, now: float
+) -> tuple[ClaimResult, Record]:
+    """The atomic claim step as a pure function: what ``claim`` returns and what to store.
+
+    Stores that run Python inside their atomic section (memory, SQLite) call this; stores that
+    run the logic server-side (Lua, SQL) implement the same rules and are tested against it.
+    """
+    state = resolve(record, now)
+    previous = record.token if record is not None else None
+    if state is State.IN_FLIGHT and record is not None:
+        if now < record.lease_until:
+            return Existing(record), record
+        token = next_token(previous, now)
+        transition(state, Event.TAKEOVER)
+        new = Record(id, fingerprint, State.IN_FLIGHT, token, now + lease, created_at=now)
+        return Claimed(token, recovered=True, previous_fingerprint=record.fingerprint), new
+    if state in (State.COMPLETED, State.UNREPLAYABLE) and record is not None:
+        return Existing(record), record
+    expired = state is State.TOMBSTONE
+    transition(state, Event.CLAIM)
+    token = next_token(previous, now)
+    new = Record(id, fingerprint, State.IN_FLIGHT, token, now + lease, created_at=now)
+    prev_fp = record.fingerprint if expired and record is not None else None
+    return Claimed(token, expired_before=expired, previous_fingerprint=prev_fp), new
+
+
+def renew_on(record: Record | None, token: int, lease: float, now: float) -> Record | None:
+    """The record after a heartbeat, or None if ``token`` no longer holds it (fenced out)."""
+    if not _holds(record, token, now) or record is None:
+        return None
+    transition(State.IN_FLIGHT, Event.RENEW)
+    return Record(
+        record.id,
+        record.fingerprint,
+        State.IN_FLIGHT,
+        token,
+        max(record.lease_until, now + lease),
+        created_at=record.created_at,
+    )
+
+
+def complete_on(
+    record: Record | None,
+    token: int,
+    response: StoredResponse,
+    ttl: float,
+    retention: float,
+    now: float,
+) -> Record | None:
+    """The completed record, or None if ``token`` no longer holds it (fenced out)."""
+    if not _holds(record, token, now) or record is None:
+        return None
+    event = Event.COMPLETE if response.replayable else Event.COMPLETE_UNREPLAYABLE
+    state = transition(State.IN_FLIGHT, event)
+    if not response.replayable:
+        response = StoredResponse(
+            response.status, (), b"", False, response.trace_id, response.span_id
+        )
+    return Record(
+        record.id,
+        record.fingerprint,
+        state,
+        token,
+        record.lease_until,
+        expires_at=now + ttl,
+        retain_until=now + ttl + retention,
+        response=response,
+        created_at=record.created_at,
+    )
+
+
+def release_allowed(record: Record | None, token: int, now: float) -> bool:
+    """Whether ``token`` may release ``record`` (delete it so a retry runs again)."""
+    if not _holds(record, token, now):
+        return False
+    transition(State.IN_FLIGHT, Event.RELEASE)
+    return True
+
+
+def _holds(record: Record | None, token: int, now: float) -> bool:
+    # A holder keeps the record past its lease until someone else takes it over: the lease only
+    # decides whether a duplicate *may* take over, the token decides who holds it.
+    return record is not None and resolve(record, now) is State.IN_FLIGHT and record.token == token

@@ -1,0 +1,182 @@
+"""The in-memory store: the reference model, and the store for tests and single processes.
+
+Every operation is O(1) amortized: records live in a dict; a heap of (deadline, id) entries
+drops records past their retention (or abandoned claims) lazily, a few at a time, so no
+operation ever scans all records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import threading
+import time
+from collections.abc import Callable
+
+from onceonly.records import (
+    ClaimResult,
+    Record,
+    State,
+    StoredResponse,
+    claim_on,
+    complete_on,
+    release_allowed,
+    renew_on,
+    resolve,
+)
+from onceonly.stores._notify import Notifier
+
+Clock = Callable[[], float]
+_SWEEP_BATCH = 8
+# An abandoned claim (holder died, nobody retried) is dropped this long after its lease lapsed;
+# until then a retry is reported as "recovered", after it as a plain first execution.
+ABANDONED_GRACE = 3600.0
+
+
+class MemoryStore:
+    """A process-local store. ``clock`` is the store clock (seconds), injectable for tests."""
+
+    def __init__(self, *, clock: Clock = time.time, url: str = "memory://") -> None:
+        self.url = url
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._records: dict[str, Record] = {}
+        self._deadlines: list[tuple[float, str]] = []
+        self._notifier = Notifier()
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    # -- sync ---------------------------------------------------------------------------
+
+    def claim(self, id: str, fingerprint: str, lease: float) -> ClaimResult:
+        with self._lock:
+            now = self._clock()
+            self._sweep(now)
+            result, record = claim_on(self._records.get(id), id, fingerprint, lease, now)
+            self._put(record)
+            return result
+
+    def renew(self, id: str, token: int, lease: float) -> bool:
+        with self._lock:
+            record = renew_on(self._records.get(id), token, lease, self._clock())
+            if record is None:
+                return False
+            self._put(record, schedule=False)
+            return True
+
+    def complete(
+        self, id: str, token: int, response: StoredResponse, ttl: float, retention: float
+    ) -> bool:
+        with self._lock:
+            record = complete_on(
+                self._records.get(id), token, response, ttl, retention, self._clock()
+            )
+            if record is None:
+                return False
+            self._put(record)
+        self._notifier.notify(id)
+        return True
+
+    def release(self, id: str, token: int) -> bool:
+        with self._lock:
+            if not release_allowed(self._records.get(id), token, self._clock()):
+                return False
+            del self._records[id]
+        self._notifier.notify(id)
+        return True
+
+    def get(self, id: str) -> Record | None:
+        with self._lock:
+            record = self._records.get(id)
+            if resolve(record, self._clock()) is State.ABSENT:
+                return None
+            return record
+
+    def watch(self, id: str, timeout: float) -> None:
+        event, unsubscribe = self._notifier.thread_waiter(id)
+        try:
+            if self._in_flight(id):
+                event.wait(timeout)
+        finally:
+            unsubscribe()
+
+    def delete(self, id: str) -> bool:
+        with self._lock:
+            found = self._records.pop(id, None) is not None
+        self._notifier.notify(id)
+        return found
+
+    def close(self) -> None:
+        """Nothing to close; present for the protocol."""
+
+    # -- async: nothing here blocks, so the coroutines call the sync methods ------------
+
+    async def aclaim(self, id: str, fingerprint: str, lease: float) -> ClaimResult:
+        return self.claim(id, fingerprint, lease)
+
+    async def arenew(self, id: str, token: int, lease: float) -> bool:
+        return self.renew(id, token, lease)
+
+    async def acomplete(
+        self, id: str, token: int, response: StoredResponse, ttl: float, retention: float
+    ) -> bool:
+        return self.complete(id, token, response, ttl, retention)
+
+    async def arelease(self, id: str, token: int) -> bool:
+        return self.release(id, token)
+
+    async def aget(self, id: str) -> Record | None:
+        return self.get(id)
+
+    async def awatch(self, id: str, timeout: float) -> None:
+        event, unsubscribe = self._notifier.task_waiter(id)
+        try:
+            if self._in_flight(id):
+                async with asyncio.timeout(timeout):
+                    await event.wait()
+        except TimeoutError:
+            pass
+        finally:
+            unsubscribe()
+
+    async def adelete(self, id: str) -> bool:
+        return self.delete(id)
+
+    async def aclose(self) -> None:
+        self.close()
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _in_flight(self, id: str) -> bool:
+        with self._lock:
+            return resolve(self._records.get(id), self._clock()) is State.IN_FLIGHT
+
+    def _put(self, record: Record, *, schedule: bool = True) -> None:
+        previous = self._records.get(record.id)
+        self._records[record.id] = record
+        if schedule and (previous is None or previous.state is not record.state):
+            heapq.heappush(self._deadlines, (_deadline(record), record.id))
+
+    def _sweep(self, now: float) -> None:
+        # Lazy expiry: drop at most a few due records per operation. A heap entry may be stale
+        # (the record changed since it was pushed); the record is only dropped if it is dead now.
+        for _ in range(_SWEEP_BATCH):
+            if not self._deadlines or self._deadlines[0][0] > now:
+                return
+            _, id = heapq.heappop(self._deadlines)
+            record = self._records.get(id)
+            if record is None:
+                continue
+            state = resolve(record, now)
+            abandoned = state is State.IN_FLIGHT and now >= record.lease_until + ABANDONED_GRACE
+            if state is State.ABSENT or abandoned:
+                del self._records[id]
+            else:  # still alive (renewed, re-claimed): look again at its current deadline
+                heapq.heappush(self._deadlines, (_deadline(record), id))
+
+
+def _deadline(record: Record) -> float:
+    if record.state is State.IN_FLIGHT:
+        return record.lease_until + ABANDONED_GRACE
+    return record.retain_until

@@ -1,0 +1,374 @@
+"""The SQLite store: the embedded default, safe across threads and OS processes.
+
+One database file in WAL mode. Each thread (and each process) uses its own connection.
+A claim is one ``BEGIN IMMEDIATE`` transaction (it takes the write lock first, so two processes
+can never both read "absent" and both insert); a completion is one more. A replay skips the
+write lock: completed records are immutable until their TTL, so a plain read answers it.
+
+Async methods run the same code on a worker thread (``asyncio.to_thread``).
+
+Completion is also expressible as statements on a caller's connection (:func:`complete_in`),
+so a later layer can commit a record together with the application's own writes (SPEC 13a).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from onceonly.errors import ConfigurationError, StoreUnavailable
+from onceonly.records import (
+    ClaimResult,
+    Existing,
+    Record,
+    State,
+    StoredResponse,
+    claim_on,
+    complete_on,
+    release_allowed,
+    renew_on,
+    resolve,
+)
+from onceonly.stores._notify import Notifier
+
+Clock = Callable[[], float]
+
+TABLE = "onceonly_records"
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS {TABLE} (
+    id           TEXT PRIMARY KEY,
+    fingerprint  TEXT NOT NULL,
+    state        TEXT NOT NULL,
+    token        INTEGER NOT NULL,
+    lease_until  REAL NOT NULL,
+    expires_at   REAL NOT NULL,
+    retain_until REAL NOT NULL,
+    created_at   REAL NOT NULL,
+    status       INTEGER,
+    headers      TEXT,
+    body         BLOB,
+    replayable   INTEGER,
+    trace_id     TEXT,
+    span_id      TEXT
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS {TABLE}_retain ON {TABLE} (retain_until);
+"""
+_COLUMNS = (
+    "id, fingerprint, state, token, lease_until, expires_at, retain_until, created_at, "
+    "status, headers, body, replayable, trace_id, span_id"
+)
+_SELECT = f"SELECT {_COLUMNS} FROM {TABLE} WHERE id = ?"
+_UPSERT = f"INSERT OR REPLACE INTO {TABLE} ({_COLUMNS}) VALUES ({', '.join('?' * 14)})"
+_POLL_START, _POLL_MAX = 0.005, 0.1
+# An abandoned claim is purged this long after its lease lapsed (see MemoryStore).
+ABANDONED_GRACE = 3600.0
+
+
+@contextlib.contextmanager
+def _translated(path: str) -> Iterator[None]:
+    """Turn sqlite3 failures into StoreUnavailable at the store boundary (STYLE 4)."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise StoreUnavailable(f"SQLite store {path!r}: {exc}") from exc
+
+
+def _row_to_record(row: tuple[object, ...] | None) -> Record | None:
+    if row is None:
+        return None
+    (id, fp, state, token, lease_until, expires_at, retain_until, created_at) = row[:8]
+    status, headers, body, replayable, trace_id, span_id = row[8:]
+    response = None
+    if status is not None:
+        response = StoredResponse(
+            int(status),  # type: ignore[call-overload]
+            tuple((str(k), str(v)) for k, v in json.loads(str(headers))),
+            bytes(body) if body is not None else b"",  # type: ignore[call-overload]
+            bool(replayable),
+            str(trace_id) if trace_id is not None else None,
+            str(span_id) if span_id is not None else None,
+        )
+    return Record(
+        str(id),
+        str(fp),
+        State(state),
+        int(token),  # type: ignore[call-overload]
+        float(lease_until),  # type: ignore[arg-type]
+        float(expires_at),  # type: ignore[arg-type]
+        float(retain_until),  # type: ignore[arg-type]
+        response,
+        float(created_at),  # type: ignore[arg-type]
+    )
+
+
+def _record_to_row(record: Record) -> tuple[object, ...]:
+    r = record.response
+    # An in-flight row's retain_until is when an abandoned claim may be purged.
+    retain = (
+        record.retain_until
+        if record.state is not State.IN_FLIGHT
+        else (record.lease_until + ABANDONED_GRACE)
+    )
+    return (
+        record.id,
+        record.fingerprint,
+        record.state.value,
+        record.token,
+        record.lease_until,
+        record.expires_at,
+        retain,
+        record.created_at,
+        None if r is None else r.status,
+        None if r is None else json.dumps([list(h) for h in r.headers]),
+        None if r is None else r.body,
+        None if r is None else int(r.replayable),
+        None if r is None else r.trace_id,
+        None if r is None else r.span_id,
+    )
+
+
+def _read(conn: sqlite3.Connection, id: str) -> Record | None:
+    return _row_to_record(conn.execute(_SELECT, (id,)).fetchone())
+
+
+def complete_in(
+    conn: sqlite3.Connection,
+    id: str,
+    token: int,
+    response: StoredResponse,
+    ttl: float,
+    retention: float,
+    now: float,
+) -> bool:
+    """Complete the record with statements on ``conn``, inside the caller's transaction.
+
+    Does not commit: the caller's commit makes the completion and its own writes durable
+    together (SPEC 13a). Returns False (and writes nothing) if ``token`` is fenced out.
+    """
+    record = complete_on(_read(conn, id), token, response, ttl, retention, now)
+    if record is None:
+        return False
+    conn.execute(_UPSERT, _record_to_row(record))
+    return True
+
+
+class SQLiteStore:
+    """A store in one SQLite file; ``clock`` is injectable for tests."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        clock: Clock = time.time,
+        busy_timeout: float = 5.0,
+        url: str | None = None,
+    ) -> None:
+        self.path = os.fspath(path)
+        self.url = url or f"sqlite:///{self.path}"
+        self._clock = clock
+        self._busy_timeout = busy_timeout
+        self._local = threading.local()
+        self._pid = os.getpid()
+        self._notifier = Notifier()
+        self._all: list[sqlite3.Connection] = []
+        self._all_lock = threading.Lock()
+        if self.path in ("", ":memory:"):
+            raise ConfigurationError(
+                "SQLiteStore needs a file path: each thread and process opens its own "
+                "connection, so a private :memory: database would not be shared"
+            )
+        parent = Path(self.path).expanduser().resolve().parent
+        if not parent.is_dir():
+            raise ConfigurationError(
+                f"SQLite store {self.path!r}: directory {str(parent)!r} does not exist"
+            )
+        with _translated(self.path):
+            self._conn().executescript(SCHEMA)
+
+    # -- connections ---------------------------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        if os.getpid() != self._pid:  # forked: never share a connection with the parent
+            self._local = threading.local()
+            self._pid = os.getpid()
+            self._all = []
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            try:
+                conn = sqlite3.connect(
+                    self.path,
+                    timeout=self._busy_timeout,
+                    isolation_level=None,  # we issue BEGIN IMMEDIATE / COMMIT ourselves
+                    check_same_thread=False,
+                )
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(
+                    f"cannot open SQLite store {self.path!r}: {exc}; check that the path is a "
+                    "writable file (or can be created) and is not another kind of file"
+                ) from exc
+            self._local.conn = conn
+            with self._all_lock:
+                self._all.append(conn)
+        return conn
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One BEGIN IMMEDIATE transaction: the write lock is taken before anything is read."""
+        with _translated(self.path):
+            conn = self._conn()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    # -- sync ----------------------------------------------------------------------------
+
+    def claim(self, id: str, fingerprint: str, lease: float) -> ClaimResult:
+        with _translated(self.path):
+            # Fast path for replays: a live completed record cannot change until its TTL.
+            current = _read(self._conn(), id)
+        if (
+            current is not None
+            and current.state is not State.IN_FLIGHT
+            and resolve(current, self._clock()) is current.state
+        ):
+            return Existing(current)
+        with self._write() as conn:
+            now = self._clock()
+            existing = _read(conn, id)
+            result, record = claim_on(existing, id, fingerprint, lease, now)
+            if record is not existing:
+                conn.execute(_UPSERT, _record_to_row(record))
+            return result
+
+    def renew(self, id: str, token: int, lease: float) -> bool:
+        with self._write() as conn:
+            record = renew_on(_read(conn, id), token, lease, self._clock())
+            if record is None:
+                return False
+            conn.execute(_UPSERT, _record_to_row(record))
+            return True
+
+    def complete(
+        self, id: str, token: int, response: StoredResponse, ttl: float, retention: float
+    ) -> bool:
+        with self._write() as conn:
+            done = complete_in(conn, id, token, response, ttl, retention, self._clock())
+        if done:
+            self._notifier.notify(id)
+        return done
+
+    def release(self, id: str, token: int) -> bool:
+        with self._write() as conn:
+            if not release_allowed(_read(conn, id), token, self._clock()):
+                return False
+            conn.execute(f"DELETE FROM {TABLE} WHERE id = ?", (id,))
+        self._notifier.notify(id)
+        return True
+
+    def get(self, id: str) -> Record | None:
+        with _translated(self.path):
+            record = _read(self._conn(), id)
+        if resolve(record, self._clock()) is State.ABSENT:
+            return None
+        return record
+
+    def watch(self, id: str, timeout: float) -> None:
+        # In-process completions wake us at once; other processes are seen by polling with a
+        # growing interval (SQLite has no notification channel between processes).
+        deadline = time.monotonic() + timeout
+        interval = _POLL_START
+        event, unsubscribe = self._notifier.thread_waiter(id)
+        try:
+            while self._in_flight(id):
+                left = deadline - time.monotonic()
+                if left <= 0 or event.wait(min(interval, left)):
+                    return
+                interval = min(interval * 2, _POLL_MAX)
+        finally:
+            unsubscribe()
+
+    def delete(self, id: str) -> bool:
+        with self._write() as conn:
+            found = conn.execute(f"DELETE FROM {TABLE} WHERE id = ?", (id,)).rowcount > 0
+        self._notifier.notify(id)
+        return found
+
+    def purge(self, limit: int = 1000) -> int:
+        """Delete up to ``limit`` records past their retention; returns how many (index scan)."""
+        with self._write() as conn:
+            cur = conn.execute(
+                f"DELETE FROM {TABLE} WHERE id IN "
+                f"(SELECT id FROM {TABLE} WHERE retain_until <= ? LIMIT ?)",
+                (self._clock(), limit),
+            )
+            return cur.rowcount
+
+    def close(self) -> None:
+        with self._all_lock:
+            conns, self._all = self._all, []
+        for conn in conns:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+        self._local = threading.local()
+
+    # -- async: the same operations on a worker thread ----------------------------------
+
+    async def aclaim(self, id: str, fingerprint: str, lease: float) -> ClaimResult:
+        return await asyncio.to_thread(self.claim, id, fingerprint, lease)
+
+    async def arenew(self, id: str, token: int, lease: float) -> bool:
+        return await asyncio.to_thread(self.renew, id, token, lease)
+
+    async def acomplete(
+        self, id: str, token: int, response: StoredResponse, ttl: float, retention: float
+    ) -> bool:
+        return await asyncio.to_thread(self.complete, id, token, response, ttl, retention)
+
+    async def arelease(self, id: str, token: int) -> bool:
+        return await asyncio.to_thread(self.release, id, token)
+
+    async def aget(self, id: str) -> Record | None:
+        return await asyncio.to_thread(self.get, id)
+
+    async def awatch(self, id: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        interval = _POLL_START
+        event, unsubscribe = self._notifier.task_waiter(id)
+        try:
+            while await asyncio.to_thread(self._in_flight, id):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(interval, left)):
+                        await event.wait()
+                        return
+                interval = min(interval * 2, _POLL_MAX)
+        finally:
+            unsubscribe()
+
+    async def adelete(self, id: str) -> bool:
+        return await asyncio.to_thread(self.delete, id)
+
+    async def aclose(self) -> None:
+        self.close()
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _in_flight(self, id: str) -> bool:
+        with _translated(self.path):
+            record = _read(self._conn(), id)
+        return resolve(record, self._clock()) is State.IN_FLIGHT
