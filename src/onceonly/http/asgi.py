@@ -8,6 +8,7 @@ message as the application sends them; a copy is kept only while it fits the cac
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -154,14 +155,17 @@ class _Responder:
 
     async def _settle(self, ident: Identity, token: int, capture: Capture | None) -> None:
         settlement = capture.settlement(self.policy) if capture is not None else Release()
+        match settlement:
+            case Complete(response):
+                op = self.store.acomplete(
+                    ident.id, token, response, self.policy.ttl_s, self.policy.retention_s
+                )
+            case Release():
+                op = self.store.arelease(ident.id, token)
         try:
-            match settlement:
-                case Complete(response):
-                    ok = await self.store.acomplete(
-                        ident.id, token, response, self.policy.ttl_s, self.policy.retention_s
-                    )
-                case Release():
-                    ok = await self.store.arelease(ident.id, token)
+            # Shielded: a cancelled request (client gone, server shutting down) must still
+            # settle its record, or duplicates would wait for the lease to lapse.
+            ok = await asyncio.shield(op)
         except StoreError as exc:
             log.error("could not settle idempotency record %s: %s", ident.id[:12], exc)
             return

@@ -7,6 +7,7 @@ way it can be woken (``Event.set`` or ``loop.call_soon_threadsafe``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Callable
 
@@ -46,6 +47,9 @@ class Notifier:
         event = asyncio.Event()
 
         def wake() -> None:
-            loop.call_soon_threadsafe(event.set)
+            # The waiter's loop may have closed since it subscribed; the notifier runs in the
+            # completing request's thread, which must never fail because of it.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(event.set)
 
         return event, self.subscribe(id, wake)
