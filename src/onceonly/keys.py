@@ -10,6 +10,7 @@ case-sensitively (SPEC rule 3).
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
 from collections.abc import Sequence
 
@@ -17,6 +18,9 @@ from onceonly.errors import InvalidKey
 
 MAX_KEY_LENGTH = 255
 _VISIBLE = frozenset(range(0x21, 0x7F))
+# The RFC 9562 (section 4) string form only: uuid.UUID() also takes braces, "urn:uuid:", no or
+# misplaced hyphens, which would let one UUID travel as several different keys.
+_UUID_TEXT = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
 
 
 def new_key() -> str:
@@ -88,14 +92,11 @@ def check_key(
         raise InvalidKey(
             f"the Idempotency-Key is {len(key)} characters long; at least {min_length} are required"
         )
-    if uuid_only:
-        try:
-            uuid.UUID(key)
-        except ValueError:
-            raise InvalidKey(
-                "this endpoint accepts only UUID idempotency keys (RFC 9562), "
-                "e.g. 8e03978e-40d5-43e8-bc93-6894a57f9324"
-            ) from None
+    if uuid_only and _UUID_TEXT.fullmatch(key) is None:
+        raise InvalidKey(
+            "this endpoint accepts only UUID idempotency keys (RFC 9562), "
+            "e.g. 8e03978e-40d5-43e8-bc93-6894a57f9324"
+        )
 
 
 def _unquote(raw: str) -> str:
