@@ -64,7 +64,9 @@ def canonical_json(value: object) -> bytes:
     """RFC 8785 canonical bytes of ``value``; raises ValueError when it has no JCS form."""
     try:
         return bytes(rfc8785.dumps(value))  # type: ignore[arg-type]
-    except (rfc8785.CanonicalizationError, TypeError) as exc:
+    # RecursionError: nesting deeper than the interpreter's stack (a hostile body can be 10 MiB
+    # of "["); it has no canonical form we can compute, so it is refused like NaN.
+    except (rfc8785.CanonicalizationError, TypeError, RecursionError) as exc:
         raise ValueError(f"value cannot be canonicalized as RFC 8785 JSON: {exc}") from exc
 
 
@@ -73,7 +75,9 @@ def _json_body(body: bytes) -> tuple[bytes, bytes]:
         return b"empty", b""
     try:
         return b"jcs", canonical_json(json.loads(body))
-    except ValueError:  # includes json.JSONDecodeError and UnicodeDecodeError
+    # ValueError includes json.JSONDecodeError and UnicodeDecodeError; RecursionError is
+    # json.loads on nesting deeper than the stack. Neither may escape: SPEC 6 falls back to bytes.
+    except (ValueError, RecursionError):
         return b"raw", body
 
 
