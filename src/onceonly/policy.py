@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
@@ -73,6 +74,8 @@ NEVER_REPLAYED = frozenset(
         "content-length",
         "transfer-encoding",
         "connection",
+        # The replay marker is added on replay; a stored copy would appear twice.
+        "idempotent-replayed",
     }
 )
 
@@ -146,6 +149,14 @@ class Policy:
     problem_base_uri: str = PROBLEM_BASE_URI
 
     def __post_init__(self) -> None:
+        for name in ("methods", "header_names", "replay_headers"):
+            value = getattr(self, name)
+            # A bare string is iterable too: methods="POST" would silently mean {"P","O","S","T"}.
+            if isinstance(value, str) or not all(isinstance(v, str) and v for v in value):
+                raise ConfigurationError(
+                    f"{name} must be a collection of non-empty strings, such as "
+                    f"{{{value!r}}}, not {value!r}"
+                )
         object.__setattr__(self, "methods", frozenset(m.upper() for m in self.methods))
         lowered = frozenset(h.lower() for h in self.replay_headers)
         forbidden = sorted(lowered & NEVER_REPLAYED)
@@ -157,6 +168,13 @@ class Policy:
         object.__setattr__(self, "replay_headers", lowered)
         if not self.header_names:
             raise ConfigurationError("header_names needs at least one header name")
+        # Header names are case-insensitive: a name listed twice would make every keyed request
+        # look like it carries two key headers, and be refused.
+        if len({h.lower() for h in self.header_names}) != len(self.header_names):
+            raise ConfigurationError(
+                f"header_names lists the same header twice (names are case-insensitive): "
+                f"{self.header_names!r}"
+            )
         if not 1 <= self.key_min_length <= self.key_max_length <= MAX_KEY_LENGTH:
             raise ConfigurationError(
                 f"need 1 <= key_min_length <= key_max_length <= {MAX_KEY_LENGTH}, got "
@@ -164,6 +182,18 @@ class Policy:
             )
         if self.body_mode not in ("bytes", "json"):
             raise ConfigurationError(f"body_mode must be 'bytes' or 'json', not {self.body_mode!r}")
+        durations = ("ttl", "retention", "lease", "heartbeat", "wait")
+        for name in (*durations, "in_flight_retry_after", "unavailable_retry_after"):
+            value = getattr(self, name)
+            if value is None and name == "heartbeat":
+                continue
+            # bool is an int, and NaN or infinity would make every expiry comparison false.
+            if not isinstance(value, timedelta | int | float) or isinstance(value, bool):
+                raise ConfigurationError(
+                    f"{name} must be a number of seconds or a timedelta, not {value!r}"
+                )
+            if not math.isfinite(seconds(value)):
+                raise ConfigurationError(f"{name} must be finite, not {value!r}")
         for name in ("ttl", "lease", "wait", "in_flight_retry_after", "unavailable_retry_after"):
             if seconds(getattr(self, name)) <= 0 and name in ("ttl", "lease"):
                 raise ConfigurationError(f"{name} must be positive")
@@ -175,6 +205,17 @@ class Policy:
             raise ConfigurationError("heartbeat must be positive and shorter than the lease")
         if self.max_cached_body < 0 or self.max_body < 0:
             raise ConfigurationError("max_body and max_cached_body must not be negative")
+        if not (isinstance(self.required, bool) or callable(self.required)):
+            raise ConfigurationError(
+                f"required must be True, False or a callable (method, path) -> bool, "
+                f"not {self.required!r}"
+            )
+        unknown = [p for p in self.problem_status if not isinstance(p, Problem)]
+        if unknown:
+            raise ConfigurationError(
+                f"problem_status keys must be Problem members (e.g. Problem.MISMATCH), "
+                f"not {unknown[0]!r}"
+            )
         status = {**DEFAULT_STATUS, **self.problem_status}
         for problem, code in status.items():
             if not 400 <= code <= 599:
