@@ -1,0 +1,127 @@
+"""DESIGN.md's arrows, checked on the source: the core does no I/O and imports no framework.
+
+STYLE 1 (h11): a test scans the imports of the sans-I/O modules so they stay that way. The
+scan reads every ``import`` statement anywhere in a module (functions included, so a lazy
+import cannot sneak past), resolves relative imports, and compares module prefixes.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import onceonly
+
+PACKAGE = Path(onceonly.__file__).parent
+
+CORE = ["decide", "records", "keys", "fingerprint", "policy", "problems", "outcomes"]
+FORBIDDEN_IN_CORE = [
+    "asyncio",
+    "socket",
+    "threading",
+    "sqlite3",
+    "redis",
+    "psycopg",
+    "psycopg_pool",
+    "httpx",
+    "starlette",
+    "opentelemetry",
+    "onceonly.stores",
+    "onceonly.http",
+    "onceonly.engine",
+]
+FORBIDDEN_IN_STORES = ["onceonly.http", "onceonly.engine", "onceonly.decide"]
+
+
+def imports_of(path: Path, root: Path = PACKAGE.parent) -> set[str]:
+    """Every module ``path`` imports (``from a import b`` yields ``a`` and ``a.b``).
+
+    ``root`` is the directory holding the ``onceonly`` package, to resolve relative imports.
+    """
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    package = path.relative_to(root).with_suffix("").parts[:-1]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = list(package[: len(package) - node.level + 1])
+                module = ".".join([*base, node.module] if node.module else base)
+            else:
+                module = node.module or ""
+            found.add(module)
+            found.update(f"{module}.{alias.name}" for alias in node.names)
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute | ast.Name)
+            and getattr(node.func, "attr", getattr(node.func, "id", "")) == "import_module"
+        ):
+            found.update(
+                arg.value
+                for arg in node.args[:1]
+                if isinstance(arg, ast.Constant) and isinstance(arg.value, str)
+            )
+    return found
+
+
+def offending(found: set[str], forbidden: list[str]) -> list[str]:
+    return sorted(
+        name for name in found for bad in forbidden if name == bad or name.startswith(bad + ".")
+    )
+
+
+@pytest.mark.parametrize("module", CORE)
+def test_core_module_does_no_io_and_imports_no_framework(module: str) -> None:
+    path = PACKAGE / f"{module}.py"
+    assert path.is_file(), f"{path} is gone: update CORE in this test"
+    assert offending(imports_of(path), FORBIDDEN_IN_CORE) == []
+
+
+STORE_FILES = sorted((PACKAGE / "stores").glob("*.py"))
+
+
+@pytest.mark.parametrize("path", STORE_FILES, ids=[p.name for p in STORE_FILES])
+def test_stores_do_not_import_adapters_or_the_decision_core(path: Path) -> None:
+    assert offending(imports_of(path), FORBIDDEN_IN_STORES) == []
+
+
+def test_there_are_stores_to_check() -> None:
+    assert {"memory.py", "sqlite.py", "base.py"} <= {p.name for p in STORE_FILES}
+
+
+# The scanner itself must catch what it is meant to catch.
+
+
+@pytest.mark.parametrize(
+    ("source", "where", "bad"),
+    [
+        ("import asyncio", "onceonly/decide.py", "asyncio"),
+        ("import asyncio.locks as l", "onceonly/decide.py", "asyncio.locks"),
+        ("from redis.asyncio import Redis", "onceonly/decide.py", "redis.asyncio"),
+        ("def f():\n    import sqlite3\n", "onceonly/decide.py", "sqlite3"),
+        ("from onceonly.stores import memory", "onceonly/decide.py", "onceonly.stores"),
+        ("from .stores.memory import MemoryStore", "onceonly/decide.py", "onceonly.stores.memory"),
+        ("from . import engine", "onceonly/decide.py", "onceonly.engine"),
+        ("from ..http import asgi", "onceonly/stores/memory.py", "onceonly.http"),
+        ("from ..decide import decide", "onceonly/stores/memory.py", "onceonly.decide"),
+        ("importlib.import_module('httpx')", "onceonly/decide.py", "httpx"),
+    ],
+)
+def test_the_scanner_finds_forbidden_imports(
+    tmp_path: Path, source: str, where: str, bad: str
+) -> None:
+    path = tmp_path / where
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(source, encoding="utf-8")
+    found = imports_of(path, root=tmp_path)
+    assert offending(found, [*FORBIDDEN_IN_CORE, *FORBIDDEN_IN_STORES])
+    assert any(name == bad or name.startswith(bad + ".") for name in found)
+
+
+def test_the_scanner_allows_siblings_and_stdlib() -> None:
+    found = imports_of(PACKAGE / "decide.py")
+    assert "onceonly.records" in found
+    assert offending({"onceonly.storesx", "asyncio_helpers", "hashlib"}, FORBIDDEN_IN_CORE) == []
