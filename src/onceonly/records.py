@@ -165,7 +165,10 @@ def claim_on(
     state = resolve(record, now)
     previous = record.token if record is not None else None
     if state is State.IN_FLIGHT and record is not None:
-        if now < record.lease_until:
+        # Only a retry of the same request may take over a lapsed lease: another request under
+        # the same key is a mismatch (SPEC 9, answered 422 with the record untouched) even when
+        # the holder died, or it would run in place of the work the dead holder may have done.
+        if now < record.lease_until or record.fingerprint != fingerprint:
             return Existing(record), record
         token = next_token(previous, now)
         transition(state, Event.TAKEOVER)

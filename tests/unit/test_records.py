@@ -185,6 +185,19 @@ def test_claim_on_lapsed_lease_takes_over_with_a_larger_token() -> None:
     assert not release_allowed(record, held.token, T0 + LEASE)
 
 
+def test_claim_on_lapsed_lease_with_another_fingerprint_does_not_take_over() -> None:
+    # SPEC 9: same key, different request is a 422 even while in flight, and "the stored record
+    # is untouched". A lapsed lease must not let a different request run under the dead
+    # holder's key: only a retry of the same request recovers it.
+    held = in_flight(token=5, fp="fp-original")
+    result, record = claim_on(held, "id", "fp-other", LEASE, T0 + 2 * LEASE)
+    assert result == Existing(held)
+    assert record is held
+    retry, _ = claim_on(held, "id", "fp-original", LEASE, T0 + 2 * LEASE)
+    assert isinstance(retry, Claimed)
+    assert retry.recovered
+
+
 @pytest.mark.parametrize("state", [State.COMPLETED, State.UNREPLAYABLE])
 def test_claim_on_live_result_returns_it_whatever_the_fingerprint(state: State) -> None:
     done = completed(state)
@@ -339,6 +352,7 @@ def test_random_event_sequences_stay_inside_the_table(steps: list[tuple[object, 
                     assert record is not None
                     assert before is State.IN_FLIGHT
                     assert now >= record.lease_until
+                    assert record.fingerprint == fp  # only the same request takes over
                     changed_by(before, Event.TAKEOVER, State.IN_FLIGHT)
                 else:
                     assert before in (State.ABSENT, State.TOMBSTONE)
@@ -350,7 +364,7 @@ def test_random_event_sequences_stay_inside_the_table(steps: list[tuple[object, 
                 assert result.record is record
                 assert before in (State.IN_FLIGHT, State.COMPLETED, State.UNREPLAYABLE)
                 if before is State.IN_FLIGHT:
-                    assert now < record.lease_until
+                    assert now < record.lease_until or record.fingerprint != fp
             record = new
             continue
         # A write with a token drawn from everything minted (or one never minted).
