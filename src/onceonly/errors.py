@@ -4,6 +4,8 @@
     ├── ConfigurationError      a Policy, store URL or argument that cannot work (also ValueError)
     ├── InvalidKey              a malformed Idempotency-Key value (also ValueError)
     ├── IllegalTransition       a record state change the state table does not allow (a bug)
+    ├── SerializationError      a function result or argument the serializer cannot keep
+    ├── AgentRunRequired        an agent tool called outside ``agent_run(...)``
     ├── StoreError              anything that went wrong talking to a store
     │   └── StoreUnavailable    the store cannot be reached or used right now (fail closed: 503)
     └── IdempotencyConflict     a duplicate that cannot be answered with a replay
@@ -41,6 +43,18 @@ class IllegalTransition(OnceOnlyError):
         super().__init__(f"no transition from {state!s} on {event!s}")
         self.state = state
         self.event = event
+
+
+class SerializationError(OnceOnlyError, TypeError):
+    """A value the serializer cannot represent exactly (SPEC 28): a result or an argument."""
+
+
+class AgentRunRequired(OnceOnlyError, RuntimeError):
+    """An ``@idempotent_tool`` was called outside ``agent_run``: its key would have no run id.
+
+    Refusing is the only safe answer (SPEC 29): without the durable run id, a retried turn
+    could not be told apart from a new request, so the call would be silently unprotected.
+    """
 
 
 class StoreError(OnceOnlyError):

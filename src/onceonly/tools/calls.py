@@ -1,0 +1,360 @@
+"""One keyed call through the engine: claim, then replay, refuse, or run and settle (SPEC 28).
+
+The same engine as the HTTP side: :func:`onceonly.engine.claim_flow` decides (driven by
+``run_flow``/``arun_flow``), a heartbeat renews the lease while the function runs, and the
+result is completed (or the claim released) with the fencing token. Everything that is not
+I/O - what to store, what a stored record means, which error a refusal is - lives in
+:class:`CallSpec` and is shared by the sync and async drivers, which are the thin edges.
+
+A result is stored as ``StoredResponse(200, (("content-type", media type),), bytes)``; an
+exception listed in ``store_exceptions`` as status 500 with :data:`EXCEPTION_MEDIA_TYPE`.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import typing
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from onceonly.context import _current_key
+from onceonly.decide import Complete, Execute, Refuse, Release, Replay, Settlement
+from onceonly.engine import AsyncHeartbeat, Heartbeat, arun_flow, claim_flow, run_flow
+from onceonly.errors import (
+    ConfigurationError,
+    IdempotencyConflict,
+    KeyMismatch,
+    SerializationError,
+    StillInFlight,
+    StoreError,
+    Unreplayable,
+)
+from onceonly.policy import Policy, Problem
+from onceonly.records import StoredResponse
+from onceonly.stores.base import AsyncStore, Store
+from onceonly.tools.serializer import DEFAULT_SERIALIZER, Serializer, _class_path, _resolve
+
+log = logging.getLogger("onceonly")
+
+EXCEPTION_MEDIA_TYPE = "application/vnd.onceonly.exception+json"
+_SKIPPED_FIRST = ("self", "cls")
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """Where one call lives in the store: its key, storage id and fingerprint."""
+
+    key: str
+    id: str
+    fingerprint: str
+
+
+@dataclass(slots=True)
+class CallSpec:
+    """Everything a decorator fixed when it wrapped ``fn``; the sans-I/O half of a call."""
+
+    fn: Callable[..., Any]
+    store: Store | AsyncStore
+    policy: Policy
+    serializer: Serializer = DEFAULT_SERIALIZER
+    store_exceptions: tuple[type[BaseException], ...] = ()
+    ignore_args: frozenset[str] = frozenset()
+    validate_return: bool = True
+    signature: inspect.Signature = field(init=False)
+    _return_checked: bool = field(init=False, default=False)
+
+    def __post_init__(self) -> None:
+        self.signature = inspect.signature(self.fn)
+        params = list(self.signature.parameters)
+        if params and params[0] in _SKIPPED_FIRST:
+            self.ignore_args = self.ignore_args | {params[0]}
+        unknown = self.ignore_args - set(params)
+        if unknown:
+            raise ConfigurationError(
+                f"ignore_args names {sorted(unknown)}, which {self.name} does not take"
+            )
+        for exc_type in self.store_exceptions:
+            if not (isinstance(exc_type, type) and issubclass(exc_type, Exception)):
+                raise ConfigurationError(
+                    f"store_exceptions must be Exception subclasses, not {exc_type!r}"
+                )
+            _class_path(exc_type)  # replays must find the class again
+
+    @property
+    def name(self) -> str:
+        """The function's qualified name, ``module.qualname`` (part of derived keys)."""
+        return f"{self.fn.__module__}.{self.fn.__qualname__}"
+
+    def arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The bound arguments with defaults applied, minus ``ignore_args`` (TypeError if bad)."""
+        bound = self.signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        return {k: v for k, v in bound.arguments.items() if k not in self.ignore_args}
+
+    def check_return(self) -> None:
+        """``validate_return``: refuse before running when the annotation cannot be stored."""
+        if self._return_checked or not self.validate_return:
+            return
+        check = getattr(self.serializer, "check_type", None)
+        if check is not None:
+            try:
+                hints = typing.get_type_hints(self.fn, include_extras=True)
+            except Exception:  # unresolvable forward references: check the actual result only
+                hints = {}
+            if "return" in hints:
+                check(hints["return"])
+        self._return_checked = True
+
+    # -- what a stored record means ------------------------------------------------------
+
+    def replayed(self, response: StoredResponse, call: Call) -> Any:
+        """The stored result, or the stored exception raised again."""
+        media = dict(response.headers).get("content-type")
+        if response.status == 500 and media == EXCEPTION_MEDIA_TYPE:
+            raise self._stored_exception(response.body, call)
+        if media != self.serializer.media_type:
+            raise SerializationError(
+                f"the result stored under key {call.key!r} was written as {media!r}, but this "
+                f"function's serializer reads {self.serializer.media_type!r}"
+            )
+        return self.serializer.loads(response.body)
+
+    def _stored_exception(self, body: bytes, call: Call) -> BaseException:
+        doc: Any = DEFAULT_SERIALIZER.loads(body)
+        allowed = self.store_exceptions
+
+        def check(cls: type) -> bool:
+            return issubclass(cls, allowed) if allowed else False
+
+        cls: Any = _resolve(doc["type"], check, "stored exception listed in store_exceptions")
+        try:
+            error: BaseException = cls(*doc["args"])
+        except Exception as exc:
+            raise SerializationError(
+                f"cannot rebuild stored exception {doc['type']} for key {call.key!r}: {exc}"
+            ) from exc
+        return error
+
+    def refused(self, refuse: Refuse, call: Call) -> IdempotencyConflict:
+        """The typed error for a refusal (mismatch, still in flight, unreplayable)."""
+        match refuse.problem:
+            case Problem.MISMATCH:
+                return KeyMismatch(
+                    f"{self.name}: key {call.key!r} was already used with different arguments; "
+                    "use a new key for a new operation",
+                    key=call.key,
+                )
+            case Problem.IN_FLIGHT:
+                return StillInFlight(
+                    f"{self.name}: a call with key {call.key!r} is still running after waiting "
+                    f"{self.policy.wait_s:g} s; retry later to get its result",
+                    key=call.key,
+                    retry_after=refuse.retry_after or 1.0,
+                )
+            case Problem.UNREPLAYABLE:
+                return Unreplayable(
+                    f"{self.name}: the call with key {call.key!r} ran, but its result could not "
+                    "be stored, so it cannot be replayed; it will not run again until the "
+                    "record expires",
+                    key=call.key,
+                )
+        raise AssertionError(f"unexpected refusal {refuse!r}")  # pragma: no cover
+
+    # -- what to store -------------------------------------------------------------------
+
+    def on_result(self, value: object, call: Call) -> tuple[Settlement, SerializationError | None]:
+        """Complete with the serialized result; if it cannot be kept, complete unreplayable.
+
+        The function has run, so its side effect happened: releasing would let a retry run it
+        again. Like a response too large to keep (SPEC 15), the record is completed as
+        unreplayable, and this call raises the error so the bug is seen at once.
+        """
+        try:
+            body = self.serializer.dumps(value)
+        except SerializationError as exc:
+            return Complete(StoredResponse(200, (), b"", replayable=False)), exc
+        except Exception as exc:  # a custom serializer's own error type
+            error = SerializationError(f"{self.name}: result could not be serialized: {exc}")
+            error.__cause__ = exc
+            return Complete(StoredResponse(200, (), b"", replayable=False)), error
+        if len(body) > self.policy.max_cached_body:
+            log.warning(
+                "%s: result of %d bytes exceeds max_cached_body; stored as unreplayable",
+                self.name,
+                len(body),
+            )
+            return Complete(StoredResponse(200, (), b"", replayable=False)), None
+        headers = (("content-type", self.serializer.media_type),)
+        return Complete(StoredResponse(200, headers, body)), None
+
+    def on_exception(self, exc: BaseException) -> Settlement:
+        """SPEC 28: an exception releases the claim, unless it is listed to be stored."""
+        if not self.store_exceptions or not isinstance(exc, self.store_exceptions):
+            return Release()
+        try:
+            body = DEFAULT_SERIALIZER.dumps({"type": _class_path(type(exc)), "args": exc.args})
+        except SerializationError as err:
+            log.warning("%s: cannot store exception %r (%s); releasing", self.name, exc, err)
+            return Release()
+        return Complete(StoredResponse(500, (("content-type", EXCEPTION_MEDIA_TYPE),), body))
+
+    # -- store faces ---------------------------------------------------------------------
+
+    def sync_store(self) -> Store:
+        if not isinstance(self.store, Store):
+            raise ConfigurationError(f"{self.name} is a sync function but its store is async-only")
+        return self.store
+
+    def async_store(self) -> AsyncStore:
+        if not isinstance(self.store, AsyncStore):
+            raise ConfigurationError(f"{self.name} is async but its store has no async face")
+        return self.store
+
+
+@contextmanager
+def keyed(key: str) -> Iterator[None]:
+    """Make ``key`` the current key while the function runs (SPEC 19, 29)."""
+    token = _current_key.set(key)
+    try:
+        yield
+    finally:
+        _current_key.reset(token)
+
+
+def _fenced(spec: CallSpec, call: Call) -> None:
+    log.warning("%s: record %s was fenced out before it settled", spec.name, call.id[:12])
+
+
+def _unsettled(spec: CallSpec, call: Call, exc: StoreError) -> None:
+    # The function ran; its result still goes to the caller. The claim stays in flight
+    # until its lease lapses, after which a retry runs again (outcome "recovered").
+    log.error("%s: could not settle record %s: %s", spec.name, call.id[:12], exc)
+
+
+def settle_sync(spec: CallSpec, store: Store, call: Call, token: int, what: Settlement) -> None:
+    try:
+        match what:
+            case Complete(response):
+                ok = store.complete(
+                    call.id, token, response, spec.policy.ttl_s, spec.policy.retention_s
+                )
+            case Release():
+                ok = store.release(call.id, token)
+    except StoreError as exc:
+        _unsettled(spec, call, exc)
+        return
+    if not ok:
+        _fenced(spec, call)
+
+
+async def settle_async(
+    spec: CallSpec, store: AsyncStore, call: Call, token: int, what: Settlement
+) -> None:
+    try:
+        match what:
+            case Complete(response):
+                ok = await store.acomplete(
+                    call.id, token, response, spec.policy.ttl_s, spec.policy.retention_s
+                )
+            case Release():
+                ok = await store.arelease(call.id, token)
+    except StoreError as exc:
+        _unsettled(spec, call, exc)
+        return
+    if not ok:
+        _fenced(spec, call)
+
+
+def _fail_open(spec: CallSpec, exc: StoreError) -> None:
+    if not spec.policy.fail_open:
+        raise exc
+    log.warning("%s: idempotency store unavailable, running unprotected: %s", spec.name, exc)
+
+
+def call_sync(spec: CallSpec, call: Call, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Run one keyed sync call through the engine."""
+    store = spec.sync_store()
+    try:
+        decision = run_flow(claim_flow(call.id, call.fingerprint, spec.policy), store)
+    except StoreError as exc:
+        _fail_open(spec, exc)
+        with keyed(call.key):
+            return spec.fn(*args, **kwargs)
+    match decision:
+        case Replay(response):
+            return spec.replayed(response, call)
+        case Refuse():
+            raise spec.refused(decision, call)
+        case Execute(token):
+            try:
+                with keyed(call.key), Heartbeat(store, call.id, token, spec.policy):
+                    value = spec.fn(*args, **kwargs)
+            except BaseException as exc:
+                settle_sync(spec, store, call, token, spec.on_exception(exc))
+                raise
+            settlement, error = spec.on_result(value, call)
+            settle_sync(spec, store, call, token, settlement)
+            if error is not None:
+                raise error
+            return value
+    raise AssertionError(f"unexpected decision {decision!r}")  # pragma: no cover
+
+
+async def call_async(
+    spec: CallSpec, call: Call, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """Run one keyed async call through the engine (the twin of :func:`call_sync`)."""
+    store = spec.async_store()
+    try:
+        decision = await arun_flow(claim_flow(call.id, call.fingerprint, spec.policy), store)
+    except StoreError as exc:
+        _fail_open(spec, exc)
+        with keyed(call.key):
+            return await spec.fn(*args, **kwargs)
+    match decision:
+        case Replay(response):
+            return spec.replayed(response, call)
+        case Refuse():
+            raise spec.refused(decision, call)
+        case Execute(token):
+            try:
+                with keyed(call.key):
+                    async with AsyncHeartbeat(store, call.id, token, spec.policy):
+                        value = await spec.fn(*args, **kwargs)
+            except BaseException as exc:
+                await settle_async(spec, store, call, token, spec.on_exception(exc))
+                raise
+            settlement, error = spec.on_result(value, call)
+            await settle_async(spec, store, call, token, settlement)
+            if error is not None:
+                raise error
+            return value
+    raise AssertionError(f"unexpected decision {decision!r}")  # pragma: no cover
+
+
+Keyer = Callable[[CallSpec, tuple[Any, ...], dict[str, Any]], Call]
+
+
+def wrap(spec: CallSpec, keyer: Keyer) -> Callable[..., Any]:
+    """The wrapper around ``spec.fn``: same signature, sync or async like the original."""
+    fn = spec.fn
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            spec.check_return()
+            return await call_async(spec, keyer(spec, args, kwargs), args, kwargs)
+
+        return async_wrapper
+
+    @functools.wraps(fn)
+    def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
+        spec.check_return()
+        return call_sync(spec, keyer(spec, args, kwargs), args, kwargs)
+
+    return sync_wrapper
+
