@@ -357,4 +357,3 @@ def wrap(spec: CallSpec, keyer: Keyer) -> Callable[..., Any]:
         return call_sync(spec, keyer(spec, args, kwargs), args, kwargs)
 
     return sync_wrapper
-

@@ -108,7 +108,7 @@ def idempotent(
                 chosen_key = _check_key(key, spec)
             return Call(chosen_key, storage_id(scope, chosen_key), fingerprint)
 
-        return wrap(spec, keyer)  # type: ignore[return-value]
+        return wrap(spec, keyer)
 
     return decorate
 
@@ -162,6 +162,6 @@ def idempotent_tool(
             fingerprint = call_fingerprint(f"{tool_name}@{version}", tree)
             return Call(key, storage_id("tool", key), fingerprint)
 
-        return wrap(spec, keyer)  # type: ignore[return-value]
+        return wrap(spec, keyer)
 
     return decorate

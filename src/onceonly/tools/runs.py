@@ -96,7 +96,7 @@ def _name(value: object, what: str) -> str:
     return value
 
 
-class agent_run(_Scope):  # noqa: N801 - used like a function: `with agent_run(id):`
+class agent_run(_Scope):
     """Run the enclosed agent work under the durable run id ``run_id`` (SPEC 29).
 
     ``with agent_run("run-7f3a"): ...`` or ``async with agent_run("run-7f3a"): ...``.
@@ -113,7 +113,7 @@ class agent_run(_Scope):  # noqa: N801 - used like a function: `with agent_run(i
         return RunContext(self.run_id)
 
 
-class agent_step(_Scope):  # noqa: N801
+class agent_step(_Scope):
     """Name the logical step of the enclosed tool calls (SPEC 29).
 
     Calls with the same tool, version and arguments in the same run and step are one

@@ -93,7 +93,7 @@ class _Encoder:
     def __init__(self, canonical: bool) -> None:
         self.canonical = canonical
 
-    def encode(self, value: object) -> Json:  # noqa: PLR0911, PLR0912 - one branch per kind
+    def encode(self, value: object) -> Json:
         if isinstance(value, enum.Enum):  # before int/str: IntEnum and StrEnum members
             return {"$enum": [_class_path(type(value)), value.name]}
         if value is None or type(value) in (bool, str):
@@ -195,7 +195,7 @@ def _untz(spec: Json) -> dt.tzinfo | None:
     return dt.timezone(delta) if spec[4] is None else dt.timezone(delta, spec[4])
 
 
-def _decode(tree: Json) -> object:  # noqa: PLR0911, PLR0912 - one branch per tag
+def _decode(tree: Json) -> object:
     if tree is None or isinstance(tree, bool | int | float | str):
         return tree
     if isinstance(tree, list):
