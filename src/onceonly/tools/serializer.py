@@ -318,7 +318,7 @@ def _check_annotation(tp: object) -> None:
         if origin is typing.Literal:
             return
         tp = origin
-    if tp is None or not isinstance(tp, type):
+    if tp is None or tp is typing.Any or tp is object or not isinstance(tp, type):
         return  # Any, TypeVars, strings we could not resolve: nothing certain to say
     if tp in _PLAIN or issubclass(tp, enum.Enum) or _is_pydantic(tp):
         return
@@ -327,8 +327,6 @@ def _check_annotation(tp: object) -> None:
         return
     if getattr(tp, "__abstractmethods__", None) or getattr(tp, "_is_protocol", False):
         return  # an ABC or protocol: the concrete result may well be storable
-    if tp is object:
-        return
     raise SerializationError(
         f"the return annotation {tp.__qualname__} cannot be stored by the default serializer: "
         "return plain data, a dataclass, an Enum or a Pydantic model, pass serializer=, "

@@ -1,0 +1,325 @@
+"""SPEC 28: ``@idempotent`` on sync and async functions, against every store kind."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from tools_flavour import Flavour, both
+from tools_models import Invoice, Opaque, PaymentDeclined, Receipt
+
+from conftest import StoreKit
+from onceonly.errors import (
+    ConfigurationError,
+    KeyMismatch,
+    SerializationError,
+    StillInFlight,
+    Unreplayable,
+)
+from onceonly.policy import storage_id
+from onceonly.records import State
+from onceonly.tools import current_key, idempotent
+
+
+class Ledger:
+    """Counts executions and records the key each one saw."""
+
+    def __init__(self) -> None:
+        self.keys: list[str | None] = []
+        self.lock = threading.Lock()
+
+    def hit(self) -> None:
+        with self.lock:
+            self.keys.append(current_key())
+
+    @property
+    def runs(self) -> int:
+        return len(self.keys)
+
+
+@both
+def test_first_call_runs_then_replays(kit: StoreKit, flavour: Flavour) -> None:
+    ledger = Ledger()
+
+    def charge(order_id: str, amount: int) -> Receipt:
+        ledger.hit()
+        return Receipt(order_id, Decimal(amount) / 100, dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+
+    fn = idempotent(kit.store, key=lambda order_id, amount: order_id)(flavour.make(charge))
+    first = flavour.call(fn, "o-1", 500)
+    again = flavour.call(fn, "o-1", amount=500)
+    assert first == again
+    assert type(again) is Receipt
+    assert ledger.runs == 1
+    assert ledger.keys == ["o-1"]
+    assert current_key() is None  # only set while the function runs
+
+
+@both
+@pytest.mark.parametrize("value", [0, None, "", False, [], {}, (), b""], ids=repr)
+def test_falsy_results_are_replayed_not_rerun(kit: StoreKit, flavour: Flavour, value: Any) -> None:
+    ledger = Ledger()
+
+    def produce(n: int) -> Any:
+        ledger.hit()
+        return value
+
+    fn = idempotent(kit.store)(flavour.make(produce))
+    assert flavour.call(fn, 1) == value
+    replayed = flavour.call(fn, 1)
+    assert replayed == value
+    assert type(replayed) is type(value)
+    assert ledger.runs == 1
+
+
+@both
+def test_same_key_other_arguments_is_a_mismatch(kit: StoreKit, flavour: Flavour) -> None:
+    ledger = Ledger()
+
+    def charge(order_id: str, amount: int) -> int:
+        ledger.hit()
+        return amount
+
+    fn = idempotent(kit.store, key=lambda order_id, amount: order_id)(flavour.make(charge))
+    assert flavour.call(fn, "o-1", 500) == 500
+    with pytest.raises(KeyMismatch) as info:
+        flavour.call(fn, "o-1", 900)
+    assert info.value.key == "o-1"
+    assert flavour.call(fn, "o-1", 500) == 500  # the original still replays
+    assert ledger.runs == 1
+
+
+@both
+def test_derived_key_follows_the_bound_arguments(kit: StoreKit, flavour: Flavour) -> None:
+    ledger = Ledger()
+
+    def send(to: str, body: dict[str, Any], urgent: bool = False) -> str:
+        ledger.hit()
+        return f"{to}:{len(body)}"
+
+    fn = idempotent(kit.store)(flavour.make(send))
+    flavour.call(fn, "a", {"x": 1, "y": 2})
+    flavour.call(fn, to="a", body={"y": 2, "x": 1}, urgent=False)  # same call, other spelling
+    assert ledger.runs == 1
+    flavour.call(fn, "a", {"x": 1, "y": 2}, True)  # another operation
+    flavour.call(fn, "b", {"x": 1, "y": 2})
+    assert ledger.runs == 3
+    assert len(set(ledger.keys)) == 3
+    assert all(len(k or "") == 64 for k in ledger.keys)
+
+
+@both
+def test_exception_releases_so_a_retry_runs(kit: StoreKit, flavour: Flavour) -> None:
+    ledger = Ledger()
+
+    def flaky(n: int) -> int:
+        ledger.hit()
+        if ledger.runs == 1:
+            raise ConnectionError("upstream reset")
+        return n
+
+    fn = idempotent(kit.store)(flavour.make(flaky))
+    with pytest.raises(ConnectionError):
+        flavour.call(fn, 7)
+    assert flavour.call(fn, 7) == 7
+    assert flavour.call(fn, 7) == 7
+    assert ledger.runs == 2
+
+
+@both
+def test_listed_exceptions_are_stored_and_raised_again(kit: StoreKit, flavour: Flavour) -> None:
+    ledger = Ledger()
+
+    def pay(card: str) -> str:
+        ledger.hit()
+        raise PaymentDeclined(f"card {card} declined", 51)
+
+    fn = idempotent(kit.store, store_exceptions=(PaymentDeclined,))(flavour.make(pay))
+    for _ in range(2):
+        with pytest.raises(PaymentDeclined) as info:
+            flavour.call(fn, "4242")
+        assert info.value.args == ("card 4242 declined", 51)
+    assert ledger.runs == 1
+
+
+@both
+def test_unstorable_result_completes_unreplayable(kit: StoreKit, flavour: Flavour) -> None:
+    ledger = Ledger()
+
+    def make(n: int) -> Any:  # an annotation that cannot warn in advance
+        ledger.hit()
+        return Opaque()
+
+    fn = idempotent(kit.store)(flavour.make(make))
+    with pytest.raises(SerializationError, match="Opaque"):
+        flavour.call(fn, 1)
+    with pytest.raises(Unreplayable):  # the side effect ran once: never again
+        flavour.call(fn, 1)
+    assert ledger.runs == 1
+
+
+@both
+def test_validate_return_refuses_before_running(kit: StoreKit, flavour: Flavour) -> None:
+    ledger = Ledger()
+
+    def make(n: int) -> Opaque:
+        ledger.hit()
+        return Opaque()
+
+    fn = idempotent(kit.store)(flavour.make(make))
+    with pytest.raises(SerializationError, match="return annotation Opaque"):
+        flavour.call(fn, 1)
+    assert ledger.runs == 0
+    unchecked = idempotent(kit.store, validate_return=False)(flavour.make(make))
+    with pytest.raises(SerializationError):
+        flavour.call(unchecked, 1)
+    assert ledger.runs == 1
+
+
+@both
+def test_pydantic_results_replay(kit: StoreKit, flavour: Flavour) -> None:
+    ledger = Ledger()
+
+    def bill(n: int) -> Invoice:
+        ledger.hit()
+        return Invoice(number=n, total=Decimal("3.30"), lines=("x",), issued=dt.date(2026, 1, 2))
+
+    fn = idempotent(kit.store)(flavour.make(bill))
+    first = flavour.call(fn, 3)
+    again = flavour.call(fn, 3)
+    assert again == first
+    assert type(again) is Invoice
+    assert again.lines == ("x",)
+    assert ledger.runs == 1
+
+
+@both
+def test_ttl_expiry_runs_again(kit: StoreKit, flavour: Flavour) -> None:
+    ledger = Ledger()
+
+    def work(n: int) -> int:
+        ledger.hit()
+        return ledger.runs
+
+    fn = idempotent(kit.store, ttl=10 * kit.tick)(flavour.make(work))
+    assert flavour.call(fn, 1) == 1
+    kit.advance(5 * kit.tick)
+    assert flavour.call(fn, 1) == 1
+    kit.advance(6 * kit.tick)
+    assert flavour.call(fn, 1) == 2
+
+
+@both
+def test_duplicate_in_flight_waits_then_gets_still_in_flight(
+    kit: StoreKit, flavour: Flavour
+) -> None:
+    started, release = threading.Event(), threading.Event()
+
+    def slow(n: int) -> int:
+        started.set()
+        release.wait(10)
+        return n
+
+    fn = idempotent(kit.store, wait=0.2)(flavour.make(slow))
+    thread, out = flavour.in_thread(fn, 1)
+    assert started.wait(5)
+    with pytest.raises(StillInFlight) as info:
+        flavour.call(fn, 1)
+    assert info.value.retry_after >= 1
+    release.set()
+    thread.join(10)
+    assert out == [1]
+    assert flavour.call(fn, 1) == 1
+
+
+@both
+def test_lapsed_lease_is_taken_over_and_the_late_writer_fenced(
+    kit: StoreKit, flavour: Flavour
+) -> None:
+    ledger = Ledger()
+    started, release = threading.Event(), threading.Event()
+
+    def work(n: int) -> str:
+        ledger.hit()
+        if ledger.runs == 1:
+            started.set()
+            release.wait(10)
+            return "stale"
+        return "fresh"
+
+    fn = idempotent(kit.store, lease=30 * kit.tick, wait=0.1)(flavour.make(work))
+    thread, out = flavour.in_thread(fn, 1)
+    assert started.wait(5)
+    kit.advance(31 * kit.tick)  # the first holder "died": its lease lapsed
+    assert flavour.call(fn, 1) == "fresh"  # taken over (outcome recovered)
+    release.set()
+    thread.join(10)
+    assert out == ["stale"]  # it returns to its own caller, but its write is fenced out
+    assert flavour.call(fn, 1) == "fresh"
+    assert ledger.runs == 2
+    assert ledger.keys[0] == ledger.keys[1]  # the re-run saw the same key
+
+
+@both
+def test_functions_do_not_share_explicit_keys(kit: StoreKit, flavour: Flavour) -> None:
+    def one(order: str) -> int:
+        return 1
+
+    def two(order: str) -> int:
+        return 2
+
+    f1 = idempotent(kit.store, key=lambda order: order, namespace="orders")(flavour.make(one))
+    f2 = idempotent(kit.store, key=lambda order: order)(flavour.make(two))
+    f3 = idempotent(kit.store, key=lambda order: order, namespace="orders")(flavour.make(two))
+    assert flavour.call(f1, "k") == 1
+    assert flavour.call(f2, "k") == 2
+    with pytest.raises(KeyMismatch):  # same namespace, other function: another fingerprint
+        flavour.call(f3, "k")
+
+
+def test_record_is_stored_under_a_hash_of_scope_and_key(kit: StoreKit) -> None:
+    def charge(order: str) -> str:
+        return order.upper()
+
+    fn = idempotent(kit.store, key="fixed-key", namespace="payments")(charge)
+    assert fn("a") == "A"
+    record = kit.store.get(storage_id("function\0payments", "fixed-key"))
+    assert record is not None
+    assert record.state is State.COMPLETED
+    assert record.response is not None
+    assert record.response.status == 200
+    assert record.response.headers == (("content-type", "application/vnd.onceonly.tagged+json"),)
+    assert record.response.body == b'"A"'
+
+
+def test_bad_configuration_and_arguments_are_refused(kit: StoreKit) -> None:
+    def f(conn: object, n: int) -> int:
+        return n
+
+    with pytest.raises(SerializationError, match="ignore_args"):
+        idempotent(kit.store)(f)(object(), 1)
+    assert idempotent(kit.store, ignore_args=("conn",))(f)(object(), 1) == 1
+    with pytest.raises(ConfigurationError, match="ignore_args"):
+        idempotent(kit.store, ignore_args=("nope",))(f)
+    with pytest.raises(ConfigurationError, match="non-empty string"):
+        idempotent(kit.store, key=lambda conn, n: n)(f)(None, 1)
+    with pytest.raises(TypeError):
+        idempotent(kit.store, ignore_args=("conn",))(f)(1)  # missing argument: as Python says
+
+
+def test_methods_skip_self(kit: StoreKit) -> None:
+    class Service:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        @idempotent(kit.store)
+        def refund(self, order: str) -> str:
+            self.calls += 1
+            return order
+
+    a, b = Service(), Service()
+    assert a.refund("o") == b.refund("o") == "o"
+    assert a.calls + b.calls == 1
