@@ -99,8 +99,9 @@ def test_dataclass_round_trips_without_running_post_init_again() -> None:
 
 def test_pydantic_model_round_trips() -> None:
     receipt = Receipt("o-2", Decimal("1"), dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
-    invoice = Invoice(number=7, total=Decimal("10.50"), lines=("a", "b"), issued=dt.date.today(),
-                      receipt=receipt)  # fmt: skip
+    invoice = Invoice(
+        number=7, total=Decimal("10.50"), lines=("a", "b"), issued=dt.date.today(), receipt=receipt
+    )
     back = roundtrip(invoice)
     assert back == invoice
     assert type(back) is Invoice

@@ -1,0 +1,164 @@
+"""SPEC 29: ``@idempotent_tool`` keys come from the durable run, the step, the tool and args."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import pytest
+from tools_flavour import Flavour, both
+
+from conftest import StoreKit
+from onceonly.errors import AgentRunRequired, ConfigurationError
+from onceonly.fingerprint import canonical_json
+from onceonly.tools import agent_run, agent_step, current_key, current_run, idempotent_tool
+from onceonly.tools.decorators import tool_key
+from onceonly.tools.serializer import canonical_tree
+
+
+class Calls:
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str | None]] = []
+        self.lock = threading.Lock()
+
+    def hit(self, what: str) -> None:
+        with self.lock:
+            self.seen.append((what, current_key()))
+
+
+def tools(kit: StoreKit, flavour: Flavour, calls: Calls, version: str = "1") -> Any:
+    def send_refund(customer: str, cents: int) -> dict[str, Any]:
+        calls.hit(f"refund {customer} {cents}")
+        return {"customer": customer, "cents": cents, "n": len(calls.seen)}
+
+    def send_email(to: str) -> str:
+        calls.hit(f"email {to}")
+        return f"sent to {to}"
+
+    deco = idempotent_tool(kit.store, version=version)
+    return deco(flavour.make(send_refund)), deco(flavour.make(send_email))
+
+
+@both
+def test_outside_agent_run_refuses_and_runs_nothing(kit: StoreKit, flavour: Flavour) -> None:
+    calls = Calls()
+    refund, _ = tools(kit, flavour, calls)
+    with pytest.raises(AgentRunRequired, match="agent_run"):
+        flavour.call(refund, "cus_1", 500)
+    assert calls.seen == []
+
+
+@both
+def test_repeats_in_one_run_are_answered_from_the_store(kit: StoreKit, flavour: Flavour) -> None:
+    calls = Calls()
+    refund, email = tools(kit, flavour, calls)
+    with agent_run("run-7f3a"):
+        first = flavour.call(refund, "cus_1", 500)
+        assert flavour.call(refund, cents=500, customer="cus_1") == first  # a turn retry
+        flavour.call(email, "a@example.com")
+        flavour.call(email, "a@example.com")
+    assert [what for what, _ in calls.seen] == ["refund cus_1 500", "email a@example.com"]
+
+
+@both
+def test_keys_ignore_call_order_so_replanning_cannot_shift_them(
+    kit: StoreKit, flavour: Flavour
+) -> None:
+    calls = Calls()
+    refund, email = tools(kit, flavour, calls)
+    with agent_run("run-a"):
+        flavour.call(refund, "cus_1", 500)
+        flavour.call(email, "x@example.com")
+    keys_first = dict(calls.seen)
+    calls.seen.clear()
+    # A re-planned resume of the same run: other order, plus a new call in front.
+    with agent_run("run-a"):
+        flavour.call(email, "new@example.com")
+        flavour.call(email, "x@example.com")
+        flavour.call(refund, "cus_1", 500)
+    assert [what for what, _ in calls.seen] == ["email new@example.com"]
+    tree = canonical_tree({"customer": "cus_1", "cents": 500})
+    expected = tool_key("run-a", (), "send_refund", "1", tree)
+    assert keys_first["refund cus_1 500"] == expected
+
+
+@both
+def test_other_runs_steps_and_versions_are_other_operations(
+    kit: StoreKit, flavour: Flavour
+) -> None:
+    calls = Calls()
+    refund, _ = tools(kit, flavour, calls)
+    refund_v2, _ = tools(kit, flavour, calls, version="2")
+    with agent_run("run-1"):
+        flavour.call(refund, "cus_1", 500)
+        with agent_step("second refund"):  # a deliberate repeat names another step
+            flavour.call(refund, "cus_1", 500)
+            flavour.call(refund, "cus_1", 500)
+            with agent_step("inner"):
+                flavour.call(refund, "cus_1", 500)
+        flavour.call(refund_v2, "cus_1", 500)
+    with agent_run("run-2"):
+        flavour.call(refund, "cus_1", 500)
+    keys = [key for _, key in calls.seen]
+    assert len(keys) == 5
+    assert len(set(keys)) == 5
+
+
+@both
+def test_current_key_is_the_tool_key(kit: StoreKit, flavour: Flavour) -> None:
+    calls = Calls()
+    refund, _ = tools(kit, flavour, calls)
+    with agent_run("run-k"), agent_step("billing"):
+        flavour.call(refund, "cus_9", 1)
+    tree = canonical_tree({"customer": "cus_9", "cents": 1})
+    assert calls.seen[0][1] == tool_key("run-k", ("billing",), "send_refund", "1", tree)
+    assert current_key() is None
+
+
+def test_tool_key_hashes_the_canonical_arguments() -> None:
+    tree = canonical_tree({"b": 2, "a": 1})
+    key = tool_key("r", (), "t", "1", tree)
+    assert key == tool_key("r", (), "t", "1", canonical_tree({"a": 1, "b": 2}))
+    assert len(key) == 64
+    assert canonical_json(tree) == b'{"$dict":{"a":1,"b":2}}'
+    # Step paths are structured, not joined strings: ("a/b",) is not ("a", "b").
+    assert tool_key("r", ("a/b",), "t", "1", tree) != tool_key("r", ("a", "b"), "t", "1", tree)
+
+
+def test_nesting_rules() -> None:
+    assert current_run() is None
+    with agent_run("outer") as outer:
+        assert outer.run_id == "outer"
+        with agent_step("s1"):
+            with agent_run("outer") as same:  # same id: a no-op, steps stay
+                assert same.steps == ("s1",)
+            with agent_run("outer/sub") as sub:  # another id: a separate run, no steps
+                assert sub.steps == ()
+                assert sub.run_id == "outer/sub"
+            assert current_run() == outer.__class__("outer", ("s1",))
+        assert current_run() == outer
+    assert current_run() is None
+    with pytest.raises(AgentRunRequired):
+        agent_step("orphan").__enter__()
+    with pytest.raises(ConfigurationError):
+        agent_run("")
+    with pytest.raises(ConfigurationError):
+        agent_step(None)  # type: ignore[arg-type]
+
+
+async def test_async_forms_follow_tasks(kit: StoreKit) -> None:
+    ran: list[str | None] = []
+
+    @idempotent_tool(kit.store)
+    async def lookup(q: str) -> str:
+        ran.append(current_key())
+        await asyncio.sleep(0)
+        return q.upper()
+
+    async with agent_run("run-async"), agent_step("search"):
+        results = await asyncio.gather(*(asyncio.create_task(lookup("x")) for _ in range(5)))
+    assert results == ["X"] * 5
+    assert len(ran) == 1
+    with pytest.raises(AgentRunRequired):
+        await lookup("x")
