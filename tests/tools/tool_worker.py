@@ -1,0 +1,66 @@
+"""A separate OS process calling an agent tool on a shared SQLite store (multi-process tests).
+
+    python tool_worker.py MODE DB LEDGER [GO_FILE]
+
+MODE ``once``: wait for GO_FILE to exist (so all workers start together), call the tool, print
+its result as JSON. MODE ``crash``: call a tool that records its key and then hangs until the
+test kills it with SIGKILL. MODE ``resume``: the same call as ``crash``, finishing normally.
+Every execution appends ``key downstream-key`` to LEDGER, so the test counts executions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from onceonly.keys import derive_key
+from onceonly.stores.sqlite import SQLiteStore
+from onceonly.tools import agent_run, current_key, idempotent_tool
+
+
+def record(ledger: Path) -> None:
+    key = current_key() or "-"
+    line = f"{os.getpid()} {key} {derive_key(key, 'psp-charge', '0')}\n"
+    with ledger.open("a") as f:  # O_APPEND: lines from several processes never interleave
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def main() -> None:
+    mode, db, ledger_path = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+    store = SQLiteStore(db)
+    if mode == "once":
+        go = Path(sys.argv[4])
+        deadline = time.monotonic() + 20
+        while not go.exists() and time.monotonic() < deadline:
+            time.sleep(0.005)
+
+        @idempotent_tool(store, name="send_refund", wait=15)
+        def send_refund(customer: str, cents: int) -> dict[str, object]:
+            record(ledger_path)
+            time.sleep(0.2)  # stay in flight while the other workers arrive
+            return {"customer": customer, "cents": cents, "by": os.getpid()}
+
+        with agent_run("run-multiprocess"):
+            print(json.dumps(send_refund("cus_1", 500)))
+        return
+
+    hang = mode == "crash"
+
+    @idempotent_tool(store, name="charge", lease=1.0, wait=15)
+    def charge(customer: str, cents: int) -> str:
+        record(ledger_path)
+        if hang:
+            time.sleep(60)  # killed here, after the side effect, before completion
+        return f"charged {customer} {cents} in {os.getpid()}"
+
+    with agent_run("run-crash"):
+        print(json.dumps(charge("cus_2", 700)))
+
+
+if __name__ == "__main__":
+    main()
