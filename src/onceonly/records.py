@@ -154,6 +154,17 @@ def resolve(record: Record | None, now: float) -> State:
     return state
 
 
+def lease_left(record: Record | None, now: float) -> float:
+    """Seconds until an in-flight claim may be taken over; 0 when it is not live in flight.
+
+    A waiter (``watch``) stops at 0: a completed or released record can be replayed or claimed,
+    and a lapsed lease can be taken over, so waiting longer would only delay the retry.
+    """
+    if record is None or resolve(record, now) is not State.IN_FLIGHT:
+        return 0.0
+    return max(0.0, record.lease_until - now)
+
+
 def claim_on(
     record: Record | None, id: str, fingerprint: str, lease: float, now: float
 ) -> tuple[ClaimResult, Record]:

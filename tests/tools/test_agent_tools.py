@@ -7,7 +7,6 @@ import threading
 from typing import Any
 
 import pytest
-from tools_flavour import Flavour, both
 
 from conftest import StoreKit
 from onceonly.errors import AgentRunRequired, ConfigurationError
@@ -15,6 +14,7 @@ from onceonly.fingerprint import canonical_json
 from onceonly.tools import agent_run, agent_step, current_key, current_run, idempotent_tool
 from onceonly.tools.decorators import tool_key
 from onceonly.tools.serializer import canonical_tree
+from tools.tools_flavour import Flavour, both
 
 
 class Calls:

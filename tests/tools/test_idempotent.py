@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import threading
+import time
 from decimal import Decimal
 from typing import Any
 
 import pytest
-from tools_flavour import Flavour, both
-from tools_models import Invoice, Opaque, PaymentDeclined, Receipt
 
 from conftest import StoreKit
 from onceonly.errors import (
@@ -22,6 +22,8 @@ from onceonly.errors import (
 from onceonly.policy import storage_id
 from onceonly.records import State
 from onceonly.tools import current_key, idempotent
+from tools.tools_flavour import Flavour, both
+from tools.tools_models import Invoice, Opaque, PaymentDeclined, Receipt
 
 
 class Ledger:
@@ -323,3 +325,18 @@ def test_methods_skip_self(kit: StoreKit) -> None:
     a, b = Service(), Service()
     assert a.refund("o") == b.refund("o") == "o"
     assert a.calls + b.calls == 1
+
+
+@both
+def test_a_waiter_stops_waiting_when_the_lease_lapses(kit: StoreKit, flavour: Flavour) -> None:
+    """``watch`` returns at the lease's end, so a duplicate takes over a dead holder's claim
+    after the lease rather than after the whole wait bound (the stores' ``lease_left``)."""
+    claimed = kit.store.claim("dead-holder", "fp", 2 * kit.tick)
+    assert claimed is not None
+    kit.advance(3 * kit.tick)
+    started = time.monotonic()
+    if flavour.is_async:
+        asyncio.run(kit.store.awatch("dead-holder", 5.0))
+    else:
+        kit.store.watch("dead-holder", 5.0)
+    assert time.monotonic() - started < 2.5

@@ -20,6 +20,7 @@ from onceonly.records import (
     StoredResponse,
     claim_on,
     complete_on,
+    lease_left,
     release_allowed,
     renew_on,
     resolve,
@@ -96,8 +97,9 @@ class MemoryStore:
     def watch(self, id: str, timeout: float) -> None:
         event, unsubscribe = self._notifier.thread_waiter(id)
         try:
-            if self._in_flight(id):
-                event.wait(timeout)
+            left = self._lease_left(id)
+            if left > 0:
+                event.wait(min(timeout, left))
         finally:
             unsubscribe()
 
@@ -132,8 +134,9 @@ class MemoryStore:
     async def awatch(self, id: str, timeout: float) -> None:
         event, unsubscribe = self._notifier.task_waiter(id)
         try:
-            if self._in_flight(id):
-                async with asyncio.timeout(timeout):
+            left = self._lease_left(id)
+            if left > 0:
+                async with asyncio.timeout(min(timeout, left)):
                     await event.wait()
         except TimeoutError:
             pass
@@ -148,9 +151,10 @@ class MemoryStore:
 
     # -- internals -----------------------------------------------------------------------
 
-    def _in_flight(self, id: str) -> bool:
+    def _lease_left(self, id: str) -> float:
+        # Wake when the lease lapses too: the waiter then takes the claim over.
         with self._lock:
-            return resolve(self._records.get(id), self._clock()) is State.IN_FLIGHT
+            return lease_left(self._records.get(id), self._clock())
 
     def _put(self, record: Record, *, schedule: bool = True) -> None:
         previous = self._records.get(record.id)

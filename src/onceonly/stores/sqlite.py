@@ -32,6 +32,7 @@ from onceonly.records import (
     StoredResponse,
     claim_on,
     complete_on,
+    lease_left,
     release_allowed,
     renew_on,
     resolve,
@@ -369,6 +370,7 @@ class SQLiteStore:
     # -- internals -----------------------------------------------------------------------
 
     def _in_flight(self, id: str) -> bool:
+        # A lapsed lease counts as over: the waiter goes back and takes the claim over.
         with _translated(self.path):
             record = _read(self._conn(), id)
-        return resolve(record, self._clock()) is State.IN_FLIGHT
+        return lease_left(record, self._clock()) > 0
