@@ -59,3 +59,17 @@ class Flavour:
 
 # Decorate a test taking ``flavour`` with this to run it once sync and once async.
 both = pytest.mark.parametrize("flavour", [Flavour("sync"), Flavour("async")], ids=str)
+
+
+def need(module: str) -> Any:
+    """Import an SDK the adapter tests drive; skip on a dev machine without it, fail in CI."""
+    import importlib
+    import os
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        reason = f"{module} is not installed (pip install -e '.[agents]'): {exc}"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"required in CI: {reason}", pytrace=False)
+        pytest.skip(reason, allow_module_level=True)

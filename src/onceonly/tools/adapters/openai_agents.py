@@ -31,9 +31,9 @@ from onceonly.tools.decorators import idempotent_tool
 
 
 def _context_types() -> tuple[type, ...]:
-    from agents import RunContextWrapper, ToolContext
+    from agents import RunContextWrapper  # ToolContext is a subclass
 
-    return (RunContextWrapper, ToolContext)
+    return (RunContextWrapper,)
 
 
 def function_tool(
