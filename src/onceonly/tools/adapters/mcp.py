@@ -49,9 +49,14 @@ def safe_to_repeat(annotations: Any) -> bool:
     """Whether MCP tool annotations declare repeats harmless (read-only or idempotent)."""
     if annotations is None:
         return False
-    return bool(
-        getattr(annotations, "readOnlyHint", None) or getattr(annotations, "idempotentHint", None)
-    )
+
+    def hint(camel: str, snake: str) -> bool:
+        # mcp 2 models use snake_case attributes (camelCase aliases); mcp 1 used camelCase.
+        if isinstance(annotations, Mapping):
+            return bool(annotations.get(camel) or annotations.get(snake))
+        return bool(getattr(annotations, snake, None) or getattr(annotations, camel, None))
+
+    return hint("readOnlyHint", "read_only_hint") or hint("idempotentHint", "idempotent_hint")
 
 
 def _run_id(ctx: Any, key: str) -> str | None:
