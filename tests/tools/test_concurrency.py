@@ -126,9 +126,10 @@ def test_four_processes_sharing_sqlite_run_once(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_sigkill_mid_call_then_resume_reuses_the_same_key(tmp_path: Path) -> None:
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_sigkill_mid_call_then_resume_reuses_the_same_key(tmp_path: Path, flavour: str) -> None:
     db, ledger = tmp_path / "crash.db", tmp_path / "ledger"
-    crashed = _worker("crash", str(db), str(ledger))
+    crashed = _worker("crash", str(db), str(ledger), flavour)
     deadline = time.monotonic() + 30
     while not _lines(ledger) and time.monotonic() < deadline:  # until the side effect is done
         time.sleep(0.01)
@@ -137,7 +138,7 @@ def test_sigkill_mid_call_then_resume_reuses_the_same_key(tmp_path: Path) -> Non
     crashed.communicate(timeout=10)
     assert crashed.returncode == -signal.SIGKILL
 
-    resumed = _worker("resume", str(db), str(ledger))  # waits out the lease, then takes over
+    resumed = _worker("resume", str(db), str(ledger), flavour)  # waits out the lease, takes over
     out, err = resumed.communicate(timeout=60)
     assert resumed.returncode == 0, err
     (first_pid, first_key, first_down), (second_pid, second_key, second_down) = _lines(ledger)
@@ -146,7 +147,7 @@ def test_sigkill_mid_call_then_resume_reuses_the_same_key(tmp_path: Path) -> Non
     assert second_down == first_down  # ...so the downstream charge repeats the same key
     assert json.loads(out) == f"charged cus_2 700 in {resumed.pid}"
 
-    again = _worker("resume", str(db), str(ledger))
+    again = _worker("resume", str(db), str(ledger), flavour)
     out_again, err = again.communicate(timeout=60)
     assert again.returncode == 0, err
     assert json.loads(out_again) == json.loads(out)  # replayed from the store

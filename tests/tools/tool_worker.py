@@ -1,15 +1,17 @@
 """A separate OS process calling an agent tool on a shared SQLite store (multi-process tests).
 
-    python tool_worker.py MODE DB LEDGER [GO_FILE]
+    python tool_worker.py MODE DB LEDGER [GO_FILE | FLAVOUR]
 
 MODE ``once``: wait for GO_FILE to exist (so all workers start together), call the tool, print
 its result as JSON. MODE ``crash``: call a tool that records its key and then hangs until the
 test kills it with SIGKILL. MODE ``resume``: the same call as ``crash``, finishing normally.
+For ``crash`` and ``resume``, FLAVOUR ``async`` makes the tool an ``async def``.
 Every execution appends ``key downstream-key`` to LEDGER, so the test counts executions.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sys
@@ -50,8 +52,24 @@ def main() -> None:
         return
 
     hang = mode == "crash"
+    tool = idempotent_tool(store, name="charge", lease=1.0, wait=15)
+    if sys.argv[4:] == ["async"]:
 
-    @idempotent_tool(store, name="charge", lease=1.0, wait=15)
+        @tool
+        async def acharge(customer: str, cents: int) -> str:
+            record(ledger_path)
+            if hang:
+                await asyncio.sleep(60)  # killed here, after the side effect
+            return f"charged {customer} {cents} in {os.getpid()}"
+
+        async def run() -> str:
+            async with agent_run("run-crash"):
+                return await acharge("cus_2", 700)
+
+        print(json.dumps(asyncio.run(run())))
+        return
+
+    @tool
     def charge(customer: str, cents: int) -> str:
         record(ledger_path)
         if hang:
