@@ -266,20 +266,23 @@ def test_lapsed_lease_is_taken_over_and_the_late_writer_fenced(
 
 
 @both
-def test_functions_do_not_share_explicit_keys(kit: StoreKit, flavour: Flavour) -> None:
+def test_namespace_scopes_keys_and_names_the_operation(kit: StoreKit, flavour: Flavour) -> None:
     def one(order: str) -> int:
         return 1
 
     def two(order: str) -> int:
         return 2
 
-    f1 = idempotent(kit.store, key=lambda order: order, namespace="orders")(flavour.make(one))
+    f1 = idempotent(kit.store, key=lambda order: order)(flavour.make(one))
     f2 = idempotent(kit.store, key=lambda order: order)(flavour.make(two))
-    f3 = idempotent(kit.store, key=lambda order: order, namespace="orders")(flavour.make(two))
-    assert flavour.call(f1, "k") == 1
+    assert flavour.call(f1, "k") == 1  # same explicit key, other function: no collision
     assert flavour.call(f2, "k") == 2
-    with pytest.raises(KeyMismatch):  # same namespace, other function: another fingerprint
-        flavour.call(f3, "k")
+    # A renamed function keeps its records by keeping its namespace: one operation.
+    old = idempotent(kit.store, namespace="orders.charge")(flavour.make(one))
+    renamed = idempotent(kit.store, namespace="orders.charge")(flavour.make(two))
+    assert flavour.call(old, "k") == 1
+    assert flavour.call(renamed, "k") == 1
+    assert flavour.call(renamed, "other") == 2
 
 
 def test_record_is_stored_under_a_hash_of_scope_and_key(kit: StoreKit) -> None:

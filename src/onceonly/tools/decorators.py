@@ -77,8 +77,10 @@ def idempotent(
     """Make a sync or async function run once per key (SPEC 28).
 
     ``key``: a callable receiving the call's arguments, a fixed string, or None (derive from
-    the qualified name and arguments). ``namespace`` (default: the qualified name) scopes
-    explicit keys, so two functions may use the same key without colliding. ``ttl``, ``lease``
+    the operation's name and arguments). ``namespace`` names the operation (default: the
+    qualified name): it scopes keys, so two functions may use the same key without colliding,
+    and enters the fingerprint, so set it to keep records valid when the function is renamed
+    or moved. ``ttl``, ``lease``
     and ``wait`` override the matching ``policy`` fields. ``store_exceptions`` are stored and
     raised again on replay instead of releasing the claim. ``validate_return`` refuses, before
     running, a return annotation the serializer certainly cannot store.
@@ -95,11 +97,12 @@ def idempotent(
             frozenset(ignore_args),
             validate_return,
         )
-        scope = f"function\0{namespace or spec.name}"
+        operation = namespace or spec.name
+        scope = f"function\0{operation}"
 
         def keyer(spec: CallSpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
             tree = _canonical(spec, spec.arguments(args, kwargs))
-            fingerprint = call_fingerprint(spec.name, tree)
+            fingerprint = call_fingerprint(operation, tree)
             if key is None:
                 chosen_key = fingerprint
             elif callable(key):
