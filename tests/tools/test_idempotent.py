@@ -306,6 +306,8 @@ def test_bad_configuration_and_arguments_are_refused(kit: StoreKit) -> None:
 
     with pytest.raises(SerializationError, match="ignore_args"):
         idempotent(kit.store)(f)(object(), 1)
+    with pytest.raises(SerializationError, match="canonical"):
+        idempotent(kit.store, ignore_args=("conn",))(lambda conn, n: n)(None, "\ud800")
     assert idempotent(kit.store, ignore_args=("conn",))(f)(object(), 1) == 1
     with pytest.raises(ConfigurationError, match="ignore_args"):
         idempotent(kit.store, ignore_args=("nope",))(f)

@@ -120,6 +120,8 @@ def test_unsupported_values_raise_a_clear_error() -> None:
         codec.dumps(Local(1))
     with pytest.raises(SerializationError, match="not tagged JSON"):
         codec.loads(b"\xff")
+    with pytest.raises(SerializationError, match="not tagged JSON"):
+        codec.loads(b'{"$tuple": 5}')
     with pytest.raises(SerializationError, match="not a dataclass"):
         codec.loads(b'{"$dataclass": ["os:system", {"$dict": {}}]}')
 

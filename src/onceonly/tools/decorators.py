@@ -42,9 +42,12 @@ def _policy(policy: Policy | None, **changes: Duration | None) -> Policy:
 
 
 def _canonical(spec: CallSpec, arguments: dict[str, Any]) -> Json:
+    """The canonical tree of a call's arguments, checked to have RFC 8785 bytes."""
     try:
-        return canonical_tree(arguments)
-    except SerializationError as exc:
+        tree = canonical_tree(arguments)
+        canonical_json(tree)  # e.g. a lone surrogate in a string has no JCS form
+        return tree
+    except (SerializationError, ValueError) as exc:
         raise SerializationError(
             f"{spec.name}: its arguments have no canonical form for a key or fingerprint "
             f"({exc}); pass ignore_args=(...) for arguments that are not part of the "

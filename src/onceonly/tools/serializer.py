@@ -268,10 +268,11 @@ class TaggedJSON:
 
     def loads(self, data: bytes) -> object:
         try:
-            tree = json.loads(data)
-        except ValueError as exc:
-            raise SerializationError(f"stored result is not tagged JSON: {exc}") from exc
-        return _decode(tree)
+            return _decode(json.loads(data))
+        except SerializationError:
+            raise
+        except (ValueError, TypeError, KeyError, IndexError) as exc:
+            raise SerializationError(f"stored result is not tagged JSON: {exc!r}") from exc
 
     def check_type(self, tp: object) -> None:
         """Raise :class:`SerializationError` if values of annotation ``tp`` cannot be stored.
