@@ -141,6 +141,8 @@ def test_canonical_tree_ignores_dict_and_set_order() -> None:
     assert jcs({"b": 1, "a": {3, 1, 2}}) == jcs({"a": {2, 3, 1}, "b": 1})
     assert jcs({2: "x", 1: "y"}) == jcs({1: "y", 2: "x"})
     assert jcs((1, 2)) != jcs([1, 2])
+    assert jcs({"cents": 500}) == jcs({"cents": 500.0})  # numbers by value, as JSON has them
+    assert jcs(True) != jcs(1)
     assert jcs(2**60) != jcs(2**60 + 1)  # beyond doubles: kept exact as tagged strings
 
 
