@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import threading
 import time
 from decimal import Decimal
@@ -17,10 +18,12 @@ from onceonly.errors import (
     KeyMismatch,
     SerializationError,
     StillInFlight,
+    StoreUnavailable,
     Unreplayable,
 )
-from onceonly.policy import storage_id
+from onceonly.policy import Policy, storage_id
 from onceonly.records import State
+from onceonly.stores.memory import MemoryStore
 from onceonly.tools import current_key, idempotent
 from tools.tools_flavour import Flavour, both
 from tools.tools_models import Invoice, Opaque, PaymentDeclined, Receipt
@@ -345,3 +348,69 @@ def test_a_waiter_stops_waiting_when_the_lease_lapses(kit: StoreKit, flavour: Fl
     else:
         kit.store.watch("dead-holder", 5.0)
     assert time.monotonic() - started < 2.5
+
+
+class Reversed:
+    """A custom serializer: JSON, stored reversed, under its own media type."""
+
+    media_type = "application/x-reversed-json"
+
+    def dumps(self, value: object) -> bytes:
+        return json.dumps(value).encode()[::-1]
+
+    def loads(self, data: bytes) -> object:
+        return json.loads(data[::-1])
+
+
+@both
+def test_a_custom_serializer_is_used_and_its_media_type_checked(
+    kit: StoreKit, flavour: Flavour
+) -> None:
+    def pick(n: int) -> list[int]:
+        return [n, n]
+
+    custom = idempotent(kit.store, namespace="pick", serializer=Reversed())(flavour.make(pick))
+    assert flavour.call(custom, 2) == [2, 2]
+    assert flavour.call(custom, 2) == [2, 2]
+    record = kit.store.get(storage_id("function\0pick", custom_key(2)))
+    assert record is not None
+    assert record.response is not None
+    assert record.response.body == b"]2 ,2["
+    default = idempotent(kit.store, namespace="pick")(flavour.make(pick))
+    with pytest.raises(SerializationError, match="x-reversed-json"):
+        flavour.call(default, 2)  # never decoded by the wrong serializer
+
+
+def custom_key(n: int) -> str:
+    from onceonly.fingerprint import call_fingerprint
+    from onceonly.tools.serializer import canonical_tree
+
+    return call_fingerprint("pick", canonical_tree({"n": n}))
+
+
+class DownStore(MemoryStore):
+    """A store that cannot be reached (what every backend raises when its server is down)."""
+
+    def claim(self, id: str, fingerprint: str, lease: float) -> Any:
+        raise StoreUnavailable("store is down")
+
+    async def aclaim(self, id: str, fingerprint: str, lease: float) -> Any:
+        raise StoreUnavailable("store is down")
+
+
+@both
+def test_store_down_fails_closed_unless_fail_open(flavour: Flavour) -> None:
+    ran: list[str | None] = []
+
+    def work(n: int) -> int:
+        ran.append(current_key())
+        return n
+
+    closed = idempotent(DownStore())(flavour.make(work))
+    with pytest.raises(StoreUnavailable):
+        flavour.call(closed, 1)
+    assert ran == []
+    opened = idempotent(DownStore(), policy=Policy(fail_open=True))(flavour.make(work))
+    assert flavour.call(opened, 1) == 1
+    assert len(ran) == 1
+    assert ran[0] is not None  # still keyed, so downstream calls carry a stable key
