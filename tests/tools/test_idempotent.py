@@ -414,3 +414,21 @@ def test_store_down_fails_closed_unless_fail_open(flavour: Flavour) -> None:
     assert flavour.call(opened, 1) == 1
     assert len(ran) == 1
     assert ran[0] is not None  # still keyed, so downstream calls carry a stable key
+
+
+async def test_a_cancelled_call_releases_its_claim(kit: StoreKit) -> None:
+    runs: list[int] = []
+    gate = asyncio.Event()
+
+    @idempotent(kit.store, wait=0.1)
+    async def slow(n: int) -> int:
+        runs.append(n)
+        await gate.wait()
+        return n
+
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.05):  # the caller gives up: the task is cancelled
+            await slow(1)
+    gate.set()
+    assert await slow(1) == 1  # released, so the retry runs (no StillInFlight, no wait)
+    assert runs == [1, 1]

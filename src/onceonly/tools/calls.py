@@ -12,6 +12,7 @@ exception listed in ``store_exceptions`` as status 500 with :data:`EXCEPTION_MED
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import logging
@@ -254,14 +255,17 @@ def settle_sync(spec: CallSpec, store: Store, call: Call, token: int, what: Sett
 async def settle_async(
     spec: CallSpec, store: AsyncStore, call: Call, token: int, what: Settlement
 ) -> None:
+    match what:
+        case Complete(response):
+            op = store.acomplete(
+                call.id, token, response, spec.policy.ttl_s, spec.policy.retention_s
+            )
+        case Release():
+            op = store.arelease(call.id, token)
     try:
-        match what:
-            case Complete(response):
-                ok = await store.acomplete(
-                    call.id, token, response, spec.policy.ttl_s, spec.policy.retention_s
-                )
-            case Release():
-                ok = await store.arelease(call.id, token)
+        # Shielded, as in the ASGI middleware: a cancelled caller (a timeout around the tool,
+        # an agent run shut down) must still settle, or duplicates wait for the lease to lapse.
+        ok = await asyncio.shield(op)
     except StoreError as exc:
         _unsettled(spec, call, exc)
         return
