@@ -323,12 +323,12 @@ class RawASGIDoor(Door):
         chunked: bool,
     ) -> Reply:
         raw = [(k.lower().encode("latin-1"), _raw(v)) for k, v in headers]
+        # A server hands a body over in several messages, with or without a declared length.
+        pieces = _pieces(body)
         if chunked:
             raw.append((b"transfer-encoding", b"chunked"))
-            pieces = _pieces(body)
         else:
             raw.append((b"content-length", str(len(body)).encode()))
-            pieces = [body]
         scope = {
             "type": "http",
             "asgi": {"version": "3.0", "spec_version": "2.3"},
