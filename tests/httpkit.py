@@ -25,7 +25,7 @@ import io
 import json
 import threading
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -293,15 +293,12 @@ def asgi_app(handler: Handler) -> Callable[..., Any]:
         if isinstance(out.body, bytes):
             await send({"type": "http.response.body", "body": out.body})
             return
-        for chunk in await asyncio.to_thread(_iterate, out.body):
+        chunks = iter(out.body)
+        while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
 
     return app
-
-
-def _iterate(chunks: Iterable[bytes]) -> list[bytes]:
-    return list(chunks)
 
 
 class RawASGIDoor(Door):
@@ -561,7 +558,9 @@ class RawWSGIDoor(Door):
     def _call(self, environ: dict[str, Any]) -> Reply:
         started: list[tuple[str, list[tuple[str, str]]]] = []
 
-        def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        def start_response(
+            status: str, headers: list[tuple[str, str]], exc_info: Any = None
+        ) -> Any:
             started.append((status, headers))
             return lambda data: None
 
@@ -680,7 +679,11 @@ DOORS: dict[str, type[Door]] = {
 
 
 class SpyStore:
-    """A real store behind a thin wrapper that counts calls and can be switched down."""
+    """A real store behind a thin wrapper that counts calls and can be switched down.
+
+    ``watch`` is counted when it starts (a duplicate is now waiting); every other operation
+    once it has returned, so a test that waited for a ``complete`` sees its effect.
+    """
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
@@ -693,6 +696,8 @@ class SpyStore:
     def _enter(self, op: str, id: str) -> None:
         if self.down:
             raise StoreUnavailable(f"test store switched down ({op})")
+
+    def _record(self, op: str, id: str) -> None:
         with self._cond:
             self.calls[op] += 1
             self.ids.append(id)
@@ -714,27 +719,40 @@ class SpyStore:
     # sync face
     def claim(self, id: str, fingerprint: str, lease: float) -> ClaimResult:
         self._enter("claim", id)
-        return self.inner.claim(id, fingerprint, lease)  # type: ignore[no-any-return]
+        try:
+            return self.inner.claim(id, fingerprint, lease)  # type: ignore[no-any-return]
+        finally:
+            self._record("claim", id)
 
     def renew(self, id: str, token: int, lease: float) -> bool:
         self._enter("renew", id)
-        return self.inner.renew(id, token, lease)  # type: ignore[no-any-return]
+        try:
+            return self.inner.renew(id, token, lease)  # type: ignore[no-any-return]
+        finally:
+            self._record("renew", id)
 
     def complete(
         self, id: str, token: int, response: StoredResponse, ttl: float, retention: float
     ) -> bool:
         self._enter("complete", id)
-        return self.inner.complete(id, token, response, ttl, retention)  # type: ignore[no-any-return]
+        try:
+            return self.inner.complete(id, token, response, ttl, retention)  # type: ignore[no-any-return]
+        finally:
+            self._record("complete", id)
 
     def release(self, id: str, token: int) -> bool:
         self._enter("release", id)
-        return self.inner.release(id, token)  # type: ignore[no-any-return]
+        try:
+            return self.inner.release(id, token)  # type: ignore[no-any-return]
+        finally:
+            self._record("release", id)
 
     def get(self, id: str) -> Record | None:
         return self.inner.get(id)  # type: ignore[no-any-return]
 
     def watch(self, id: str, timeout: float) -> None:
         self._enter("watch", id)
+        self._record("watch", id)  # counted on entry: the test learns a duplicate is waiting
         self.inner.watch(id, timeout)
 
     def delete(self, id: str) -> bool:
@@ -746,27 +764,40 @@ class SpyStore:
     # async face
     async def aclaim(self, id: str, fingerprint: str, lease: float) -> ClaimResult:
         self._enter("claim", id)
-        return await self.inner.aclaim(id, fingerprint, lease)  # type: ignore[no-any-return]
+        try:
+            return await self.inner.aclaim(id, fingerprint, lease)  # type: ignore[no-any-return]
+        finally:
+            self._record("claim", id)
 
     async def arenew(self, id: str, token: int, lease: float) -> bool:
         self._enter("renew", id)
-        return await self.inner.arenew(id, token, lease)  # type: ignore[no-any-return]
+        try:
+            return await self.inner.arenew(id, token, lease)  # type: ignore[no-any-return]
+        finally:
+            self._record("renew", id)
 
     async def acomplete(
         self, id: str, token: int, response: StoredResponse, ttl: float, retention: float
     ) -> bool:
         self._enter("complete", id)
-        return await self.inner.acomplete(id, token, response, ttl, retention)  # type: ignore[no-any-return]
+        try:
+            return await self.inner.acomplete(id, token, response, ttl, retention)  # type: ignore[no-any-return]
+        finally:
+            self._record("complete", id)
 
     async def arelease(self, id: str, token: int) -> bool:
         self._enter("release", id)
-        return await self.inner.arelease(id, token)  # type: ignore[no-any-return]
+        try:
+            return await self.inner.arelease(id, token)  # type: ignore[no-any-return]
+        finally:
+            self._record("release", id)
 
     async def aget(self, id: str) -> Record | None:
         return await self.inner.aget(id)  # type: ignore[no-any-return]
 
     async def awatch(self, id: str, timeout: float) -> None:
         self._enter("watch", id)
+        self._record("watch", id)
         await self.inner.awatch(id, timeout)
 
     async def adelete(self, id: str) -> bool:
@@ -774,11 +805,3 @@ class SpyStore:
 
     async def aclose(self) -> None:
         """The kit closes the real store."""
-
-
-def chunks_of(parts: Sequence[bytes], gates: Sequence[threading.Event] = ()) -> Iterator[bytes]:
-    """Yield ``parts``; before part ``i`` (i >= 1) wait for ``gates[i - 1]`` when given."""
-    for i, part in enumerate(parts):
-        if 0 < i <= len(gates):
-            assert gates[i - 1].wait(10), "the test never released the next chunk"
-        yield part

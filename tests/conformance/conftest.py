@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-from httpkit import DOORS, Behaviour, Door, Handler, SpyStore, created
 
+from httpkit import DOORS, Behaviour, Door, Handler, SpyStore, created
 from onceonly.policy import Policy
 
 Serve = Callable[..., Door]
@@ -29,7 +29,11 @@ def policy_for(kit: Any) -> Callable[..., Policy]:
     """A Policy in tick units: long TTL and lease, a wait bound no test reaches by accident."""
 
     def make(**changes: Any) -> Policy:
-        base: dict[str, Any] = {"ttl": 100 * kit.tick, "lease": 30 * kit.tick, "wait": 10 * kit.tick}
+        base: dict[str, Any] = {
+            "ttl": 100 * kit.tick,
+            "lease": 30 * kit.tick,
+            "wait": 10 * kit.tick,
+        }
         base.update(changes)
         return Policy(**base)
 

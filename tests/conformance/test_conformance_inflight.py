@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 
 from httpkit import Gate, Out, Seen, assert_problem, created, until
-
 from onceonly.fingerprint import RequestFacts
 from onceonly.policy import Problem, authorization_scope, storage_id
 from onceonly.records import Claimed, StoredResponse
@@ -112,9 +111,7 @@ async def test_rule_13_heartbeat_keeps_the_claim_of_a_handler_outliving_its_leas
     assert door.handler.runs == 1
 
 
-async def test_rule_13_dead_holder_lease_lapses_and_a_duplicate_takes_over(
-    serve, policy_for, kit
-):
+async def test_rule_13_dead_holder_lease_lapses_and_a_duplicate_takes_over(serve, policy_for, kit):
     policy = policy_for(lease=2 * kit.tick, wait=0.1 * kit.tick)
     door = serve(policy=policy)
     # A holder that claimed the key and died: nobody renews its lease.

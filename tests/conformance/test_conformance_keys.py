@@ -6,8 +6,8 @@ import json
 import uuid
 
 import pytest
-from httpkit import assert_problem
 
+from httpkit import assert_problem
 from onceonly.policy import Problem
 
 BODY = b'{"amount": 100}'

@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 
 import pytest
-from httpkit import Out, Seen, assert_problem, created
 
+from httpkit import Out, Seen, assert_problem, created
 from onceonly import current_key
 from onceonly.policy import Problem
 
@@ -96,9 +96,7 @@ async def test_rule_16_the_body_cap_applies_to_keyed_requests_only(serve, policy
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["declared", "chunked"])
-async def test_rule_16_request_body_is_re_fed_unchanged_to_an_app_reading_in_chunks(
-    serve, chunked
-):
+async def test_rule_16_request_body_is_re_fed_unchanged_to_an_app_reading_in_chunks(serve, chunked):
     body = os.urandom(64 * 1024 + 3)  # binary, with every byte value, not a multiple of reads
     door = serve()
     reply = await door.post("up-3", body, chunked=chunked)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from httpkit import Out, Seen, assert_problem, created
 
+from httpkit import Out, Seen, assert_problem, created
 from onceonly.policy import REPLAYED_HEADERS, Problem
 
 BODY = b'{"amount": 100, "currency": "EUR"}'
@@ -90,7 +90,9 @@ async def test_rule_09_mismatch_is_422_and_original_still_replays(serve, change)
     door = serve()
     first = await door.post("pay-3", BODY)
     request = {"method": "POST", "path": "/things", "body": BODY, **change}
-    mismatch = await door.request(request.pop("method"), request.pop("path"), key="pay-3", **request)
+    mismatch = await door.request(
+        request.pop("method"), request.pop("path"), key="pay-3", **request
+    )
     doc = assert_problem(mismatch, Problem.MISMATCH, 422)
     assert "different request" in doc["detail"]
     again = await door.post("pay-3", BODY)

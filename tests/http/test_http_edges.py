@@ -1,0 +1,239 @@
+"""Edges of the adapters that the rule-by-rule suite does not reach through a test client.
+
+- a WSGI server that closes the response without iterating it (client gone before the first
+  write) must still settle the claim and stop its heartbeat;
+- the legacy WSGI ``write()`` callable is captured and replayed like returned chunks;
+- an ASGI client that disconnects while the body is being buffered gets nothing, and nothing
+  is claimed;
+- a SQLite store whose file became unusable answers 503 under both adapters (SPEC 17).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from pathlib import Path
+from typing import Any
+
+from httpkit import SpyStore
+from onceonly.fingerprint import RequestFacts
+from onceonly.http.asgi import IdempotencyMiddleware
+from onceonly.http.wsgi import IdempotencyMiddleware as WSGIIdempotencyMiddleware
+from onceonly.policy import Policy, authorization_scope, storage_id
+from onceonly.records import State
+from onceonly.stores.sqlite import SQLiteStore
+
+BODY = b'{"amount": 100}'
+
+
+def _environ(key: str = "k-1") -> dict[str, Any]:
+    return {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": "/pay",
+        "QUERY_STRING": "",
+        "CONTENT_LENGTH": str(len(BODY)),
+        "HTTP_IDEMPOTENCY_KEY": key,
+        "wsgi.input": io.BytesIO(BODY),
+    }
+
+
+def _record_id(key: str) -> str:
+    return storage_id(authorization_scope(RequestFacts("POST", "/pay", "", (), b"")), key)
+
+
+def _call_wsgi(mw: Any, environ: dict[str, Any]) -> tuple[str, list[tuple[str, str]], bytes]:
+    started: list[tuple[str, list[tuple[str, str]]]] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc: Any = None) -> Any:
+        started.append((status, headers))
+        return lambda data: None
+
+    result = mw(environ, start_response)
+    try:
+        body = b"".join(result)
+    finally:
+        getattr(result, "close", lambda: None)()
+    return started[-1][0], started[-1][1], body
+
+
+def test_wsgi_response_closed_without_iteration_settles_the_claim(kit):
+    store = SpyStore(kit.store)
+    runs = 0
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        nonlocal runs
+        runs += 1
+        start_response("201 Created", [("Content-Type", "application/json")])
+        return [b'{"ok": true}']
+
+    policy = Policy(ttl=100 * kit.tick, lease=30 * kit.tick, wait=0.1 * kit.tick)
+    mw = WSGIIdempotencyMiddleware(app, store=store, policy=policy)
+    result = mw(_environ(), lambda status, headers, exc=None: None)
+    result.close()  # type: ignore[attr-defined]  # the server gave up before writing anything
+    record = store.get(_record_id("k-1"))
+    assert record is not None
+    assert record.state is not State.IN_FLIGHT
+    # The handler ran but its response never left: it must not run again, nor hang a retry.
+    status, _, body = _call_wsgi(mw, _environ())
+    assert status.startswith("409")
+    assert b"unreplayable" in body
+    assert runs == 1
+
+
+def test_wsgi_generator_app_closed_before_it_started_releases_the_claim(kit):
+    store = SpyStore(kit.store)
+    runs = 0
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        nonlocal runs
+        runs += 1  # a generator app: nothing here runs until the first iteration
+        start_response("201 Created", [("Content-Type", "application/json")])
+        yield b'{"ok": true}'
+
+    mw = WSGIIdempotencyMiddleware(app, store=store, policy=Policy(ttl=100 * kit.tick))
+    result = mw(_environ(), lambda status, headers, exc=None: None)
+    result.close()  # type: ignore[attr-defined]
+    assert runs == 0
+    assert store.get(_record_id("k-1")) is None  # released: the operation never ran
+    status, headers, _body = _call_wsgi(mw, _environ())
+    assert status.startswith("201")
+    assert ("idempotent-replayed", "true") not in headers
+    assert runs == 1
+
+
+def test_wsgi_generator_app_sees_the_current_key_while_it_runs(kit):
+    from onceonly import current_key
+
+    seen: list[str | None] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        seen.append(current_key())  # runs on the first iteration, after the middleware returned
+        start_response("201 Created", [("Content-Type", "text/plain")])
+        yield b"one"
+        seen.append(current_key())
+        yield b"two"
+
+    store = SpyStore(kit.store)
+    mw = WSGIIdempotencyMiddleware(app, store=store, policy=Policy(ttl=100 * kit.tick))
+    status, _, body = _call_wsgi(mw, _environ("gen-key"))
+    assert (status, body) == ("201 Created", b"onetwo")
+    assert seen == ["gen-key", "gen-key"]
+    assert current_key() is None
+    assert store.count("complete") == 1  # settled once, although close() came after the end
+    assert store.count("release") == 0
+
+
+def test_wsgi_legacy_write_callable_is_captured_and_replayed(kit):
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        write = start_response("201 Created", [("Content-Type", "text/plain")])
+        write(b"written, ")
+        return [b"then returned"]
+
+    written: list[bytes] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc: Any = None) -> Any:
+        return written.append
+
+    mw = WSGIIdempotencyMiddleware(app, store=kit.store, policy=Policy(ttl=100 * kit.tick))
+    first = b"".join(mw(_environ(), start_response))
+    assert b"".join(written) + first == b"written, then returned"
+    _status, headers, body = _call_wsgi(mw, _environ())
+    assert ("idempotent-replayed", "true") in headers
+    assert body == b"written, then returned"
+
+
+async def test_asgi_disconnect_while_buffering_the_body_answers_nothing(kit):
+    store = SpyStore(kit.store)
+    ran = False
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        nonlocal ran
+        ran = True
+
+    mw = IdempotencyMiddleware(app, store=store, policy=Policy())
+    messages = [
+        {"type": "http.request", "body": b"part", "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[Any] = []
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0)
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/pay",
+        "query_string": b"",
+        "headers": [(b"idempotency-key", b"k-2")],
+    }
+    await asyncio.wait_for(mw(scope, receive, send), 5)
+    assert sent == []
+    assert not ran
+    assert store.count("claim") == 0
+
+
+def _broken_sqlite(tmp_path: Path) -> SQLiteStore:
+    """A SQLite store whose file was replaced by something that is not a database."""
+    path = tmp_path / "broken.db"
+    store = SQLiteStore(path)
+    store.close()
+    for leftover in tmp_path.glob("broken.db*"):
+        leftover.unlink()
+    path.write_bytes(b"this is not a SQLite database " * 200)
+    return store
+
+
+def test_wsgi_unusable_sqlite_file_is_503(tmp_path):
+    ran = False
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        nonlocal ran
+        ran = True
+        start_response("201 Created", [])
+        return [b""]
+
+    store = _broken_sqlite(tmp_path)
+    try:
+        mw = WSGIIdempotencyMiddleware(app, store=store, policy=Policy())
+        status, headers, body = _call_wsgi(mw, _environ())
+    finally:
+        store.close()
+    assert status.startswith("503")
+    assert ("retry-after", "5") in headers
+    assert ("content-type", "application/problem+json") in headers
+    assert b"store-unavailable" in body
+    assert not ran
+
+
+async def test_asgi_unusable_sqlite_file_is_503(tmp_path):
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    ran = False
+
+    async def endpoint(request: Any) -> Response:
+        nonlocal ran
+        ran = True
+        return Response(status_code=201)
+
+    store = _broken_sqlite(tmp_path)
+    app = Starlette(routes=[Route("/pay", endpoint, methods=["POST"])])
+    app.add_middleware(IdempotencyMiddleware, store=store, policy=Policy())
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://testserver"
+        ) as client:
+            reply = await client.post("/pay", content=BODY, headers={"Idempotency-Key": "k-3"})
+    finally:
+        store.close()
+    assert reply.status_code == 503
+    assert reply.headers["retry-after"] == "5"
+    assert reply.headers["content-type"] == "application/problem+json"
+    assert reply.json()["type"].endswith("/store-unavailable")
+    assert not ran
