@@ -237,3 +237,70 @@ async def test_asgi_unusable_sqlite_file_is_503(tmp_path):
     assert reply.headers["content-type"] == "application/problem+json"
     assert reply.json()["type"].endswith("/store-unavailable")
     assert not ran
+
+
+async def test_asgi_client_gone_mid_stream_on_a_spec_2_4_server_keeps_the_record(kit):
+    """ASGI 2.4 servers raise an OSError from ``send`` once the client is gone (Starlette turns
+    it into ClientDisconnect). The handler ran: its record stays, unreplayable (SPEC 15)."""
+    from starlette.applications import Starlette
+    from starlette.responses import StreamingResponse
+    from starlette.routing import Route
+
+    runs = 0
+
+    async def parts() -> Any:
+        yield b"first"
+        yield b"second"
+
+    async def endpoint(request: Any) -> StreamingResponse:
+        nonlocal runs
+        runs += 1
+        return StreamingResponse(parts(), media_type="text/plain")
+
+    store = SpyStore(kit.store)
+    app = Starlette(routes=[Route("/pay", endpoint, methods=["POST"])])
+    app.add_middleware(IdempotencyMiddleware, store=store, policy=Policy(ttl=100 * kit.tick))
+
+    async def call(gone_after: int | None) -> tuple[list[Any], Exception | None]:
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.4"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/pay",
+            "raw_path": b"/pay",
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(b"idempotency-key", b"k-4"), (b"host", b"testserver")],
+            "client": ("127.0.0.1", 5000),
+            "server": ("testserver", 80),
+        }
+        messages = [{"type": "http.request", "body": b""}]
+        sent: list[Any] = []
+
+        async def receive() -> dict[str, Any]:
+            return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+        async def send(message: Any) -> None:
+            if gone_after is not None and len(sent) >= gone_after:
+                raise OSError("client disconnected")
+            sent.append(message)
+
+        try:
+            await app(scope, receive, send)
+        except Exception as exc:  # the server logs it; the client is gone anyway
+            return sent, exc
+        return sent, None
+
+    first, error = await call(gone_after=2)  # the start and the first chunk reach the client
+    assert error is not None  # the disconnect still reaches the server
+    assert [m["type"] for m in first] == ["http.response.start", "http.response.body"]
+    record = store.get(_record_id("k-4"))
+    assert record is not None
+    assert record.state is State.UNREPLAYABLE
+    second, error = await call(gone_after=None)
+    assert error is None
+    assert second[0]["status"] == 409
+    assert b"unreplayable" in second[1]["body"]
+    assert runs == 1
