@@ -15,6 +15,8 @@ import io
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from httpkit import SpyStore
 from onceonly.fingerprint import RequestFacts
 from onceonly.http.asgi import IdempotencyMiddleware
@@ -304,3 +306,58 @@ async def test_asgi_client_gone_mid_stream_on_a_spec_2_4_server_keeps_the_record
     assert second[0]["status"] == 409
     assert b"unreplayable" in second[1]["body"]
     assert runs == 1
+
+
+async def test_asgi_request_cancelled_mid_response_keeps_the_record(kit):
+    """Some servers cancel the app's task when the client leaves. Once the response started the
+    handler has run: the record stays (unreplayable) and a retry is not run again (SPEC 15);
+    cancelled before it answered, the claim is released so the retry runs (SPEC 12)."""
+    store = SpyStore(kit.store)
+    runs = 0
+    started_answer = asyncio.Event()
+    started_handler = asyncio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        nonlocal runs
+        runs += 1
+        started_handler.set()
+        if scope["path"] == "/answering":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"part", "more_body": True})
+            started_answer.set()
+        await asyncio.Event().wait()  # until cancelled
+
+    mw = IdempotencyMiddleware(app, store=store, policy=Policy(ttl=100 * kit.tick))
+
+    def scope(path: str, key: bytes) -> dict[str, Any]:
+        return {
+            "type": "http",
+            "method": "POST",
+            "path": path,
+            "query_string": b"",
+            "headers": [(b"idempotency-key", key)],
+        }
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: Any) -> None:
+        pass
+
+    answering = asyncio.create_task(mw(scope("/answering", b"k-5"), receive, send))
+    await asyncio.wait_for(started_answer.wait(), 5)
+    answering.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await answering
+    record = store.get(_record_id("k-5"))
+    assert record is not None
+    assert record.state is State.UNREPLAYABLE
+
+    started_handler.clear()
+    silent = asyncio.create_task(mw(scope("/silent", b"k-6"), receive, send))
+    await asyncio.wait_for(started_handler.wait(), 5)
+    silent.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await silent
+    assert store.get(_record_id("k-6")) is None  # released: a retry runs again
+    assert runs == 2

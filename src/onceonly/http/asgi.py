@@ -152,12 +152,14 @@ class _Responder:
         try:
             async with AsyncHeartbeat(self.store, ident.id, token, self.policy):
                 await self._call_app(ident.key, send)
-        except BaseException:
+        except BaseException as exc:
             # SPEC 12: an exception releases the claim so a retry runs again - unless the
             # client already received the whole response, which a retry must then see again,
-            # or left mid-response: the handler ran, so its record stays (unreplayable, SPEC 15)
-            # as it does when a 2.3 server cancels the stream or a WSGI server closes it early.
-            keep = capture.finished or client_gone
+            # or left mid-response (an ASGI 2.4 send error, or a server cancelling the request
+            # once the answer had started): the handler ran, so its record stays, unreplayable
+            # (SPEC 15), as when a 2.3 server stops the stream or a WSGI server closes it early.
+            cancelled = isinstance(exc, asyncio.CancelledError) and capture.status is not None
+            keep = capture.finished or client_gone or cancelled
             await self._settle(ident, token, capture if keep else None)
             raise
         await self._settle(ident, token, capture)
