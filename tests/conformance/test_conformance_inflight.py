@@ -131,3 +131,22 @@ async def test_rule_13_dead_holder_lease_lapses_and_a_duplicate_takes_over(serve
     replay = await door.post("job-6", BODY)
     assert replay.replayed
     assert replay.body == took_over.body
+
+
+async def test_rule_13_09_lapsed_claim_is_taken_over_only_by_the_same_request(
+    serve, policy_for, kit
+):
+    policy = policy_for(lease=2 * kit.tick, wait=0.1 * kit.tick)
+    door = serve(policy=policy)
+    facts = RequestFacts("POST", "/things", "", (), BODY)
+    id = storage_id(authorization_scope(facts), "job-7")
+    assert isinstance(
+        door.store.inner.claim(id, policy.fingerprint_of(facts), policy.lease_s), Claimed
+    )
+    kit.advance(3 * kit.tick)
+    other = await door.post("job-7", b'{"amount": 5}')  # another request under the dead key
+    assert_problem(other, Problem.MISMATCH, 422)
+    assert door.handler.runs == 0
+    retry = await door.post("job-7", BODY)  # the dead holder's own retry takes over
+    assert retry.status == 201
+    assert door.handler.runs == 1

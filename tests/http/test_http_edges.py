@@ -4,7 +4,8 @@
   write) must still settle the claim and stop its heartbeat;
 - the legacy WSGI ``write()`` callable is captured and replayed like returned chunks;
 - an ASGI client that disconnects while the body is being buffered gets nothing, and nothing
-  is claimed;
+  is claimed; one that leaves mid-response (a 2.4 ``send`` error, or the server cancelling the
+  request) leaves the record unreplayable, since the handler ran;
 - a SQLite store whose file became unusable answers 503 under both adapters (SPEC 17).
 """
 
