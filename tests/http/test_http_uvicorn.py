@@ -30,6 +30,18 @@ from onceonly.records import State
 pytestmark = pytest.mark.slow
 
 
+class _Uvicorn(uvicorn.Server):
+    """uvicorn.Server that says when it is listening (no polling for readiness)."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.ready = threading.Event()
+
+    async def startup(self, sockets: Any = None) -> None:
+        await super().startup(sockets)
+        self.ready.set()
+
+
 class Server:
     """uvicorn serving ``app`` on 127.0.0.1 and a free port, in a thread with its own loop."""
 
@@ -37,16 +49,12 @@ class Server:
         config = uvicorn.Config(
             app, host="127.0.0.1", port=0, lifespan="off", log_level="warning", http="h11"
         )
-        self.server = uvicorn.Server(config)
+        self.server = _Uvicorn(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.errors: list[BaseException] = []
 
     def __enter__(self) -> str:
         self.thread.start()
-        deadline = threading.Event()
-        while not self.server.started:  # startup is a few milliseconds; bounded
-            assert self.thread.is_alive(), "uvicorn did not start"
-            deadline.wait(0.005)
+        assert self.server.ready.wait(10), "uvicorn did not start"
         port = self.server.servers[0].sockets[0].getsockname()[1]
         return f"http://127.0.0.1:{port}"
 
@@ -70,7 +78,7 @@ class Chunks:
         self.finished.set()
 
 
-def build(store: Any, policy: Policy, chunks: Chunks, hang: asyncio.Event | None = None) -> Any:
+def build(store: Any, policy: Policy, chunks: Chunks) -> Any:
     async def stream(request: Request) -> StreamingResponse:
         await request.body()
         return StreamingResponse(chunks(), media_type="text/plain")
