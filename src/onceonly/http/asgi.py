@@ -130,8 +130,10 @@ class _Responder:
 
     async def _execute(self, ident: Identity, token: int) -> None:
         capture = Capture(self.policy.max_cached_body)
+        client_gone = False
 
         async def send(message: Message) -> None:
+            nonlocal client_gone
             if message["type"] == "http.response.start":
                 capture.start(
                     message["status"],
@@ -141,15 +143,24 @@ class _Responder:
                 capture.chunk(message.get("body", b""))
                 if not message.get("more_body", False):
                     capture.end()
-            await self.send(message)
+            try:
+                await self.send(message)
+            except OSError:  # ASGI 2.4: send raises an OSError once the client has gone away
+                client_gone = True
+                raise
 
         try:
             async with AsyncHeartbeat(self.store, ident.id, token, self.policy):
                 await self._call_app(ident.key, send)
-        except BaseException:
+        except BaseException as exc:
             # SPEC 12: an exception releases the claim so a retry runs again - unless the
-            # client already received the whole response, which a retry must then see again.
-            await self._settle(ident, token, capture if capture.finished else None)
+            # client already received the whole response, which a retry must then see again,
+            # or left mid-response (an ASGI 2.4 send error, or a server cancelling the request
+            # once the answer had started): the handler ran, so its record stays, unreplayable
+            # (SPEC 15), as when a 2.3 server stops the stream or a WSGI server closes it early.
+            cancelled = isinstance(exc, asyncio.CancelledError) and capture.status is not None
+            keep = capture.finished or client_gone or cancelled
+            await self._settle(ident, token, capture if keep else None)
             raise
         await self._settle(ident, token, capture)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Callable, Iterable, Iterator
+from contextvars import Token
 from http import HTTPStatus
 from types import TracebackType
 from typing import Any
@@ -146,37 +147,7 @@ class _Responder:
             heartbeat.__exit__()
             self._settle(ident, token, None)
             raise
-        return self._stream(result, capture, ident, token, heartbeat)
-
-    def _stream(
-        self,
-        result: Iterable[bytes],
-        capture: Capture,
-        ident: Identity,
-        token: int,
-        heartbeat: Heartbeat,
-    ) -> Iterator[bytes]:
-        # Forward each chunk as the app yields it; settle once the server is done with us.
-        outcome: Capture | None = None
-        try:
-            for chunk in result:
-                capture.chunk(chunk)
-                yield chunk
-            capture.end()
-            outcome = capture
-        except GeneratorExit:
-            # The server stopped reading (client gone): the handler ran, so keep the record,
-            # as unreplayable, rather than let a retry run it again.
-            outcome = capture
-            raise
-        finally:
-            close = getattr(result, "close", None)
-            try:
-                if close is not None:
-                    close()
-            finally:
-                heartbeat.__exit__()
-                self._settle(ident, token, outcome)
+        return _Body(self, result, capture, ident, token, heartbeat)
 
     def _settle(self, ident: Identity, token: int, capture: Capture | None) -> None:
         settlement = capture.settlement(self.policy) if capture is not None else Release()
@@ -231,6 +202,73 @@ class _Responder:
     def _problem(self, problem: ProblemResponse) -> list[bytes]:
         self.start_response(_status_line(problem.status), problem.headers)
         return [problem.body]
+
+
+class _Body:
+    """The response iterable handed to the server: forwards each chunk as the app yields it and
+    settles the claim exactly once.
+
+    It settles when the body is exhausted (stored), when the app fails mid-body (released), or
+    when the server calls ``close()`` early because the client went away (PEP 3333). A server
+    may call ``close()`` without ever iterating; a generator would then skip its ``finally`` and
+    leave the claim in flight with its heartbeat renewing it forever, so this is a class.
+    """
+
+    def __init__(
+        self,
+        responder: _Responder,
+        result: Iterable[bytes],
+        capture: Capture,
+        ident: Identity,
+        token: int,
+        heartbeat: Heartbeat,
+    ) -> None:
+        self._responder, self._result, self._capture = responder, result, capture
+        self._ident, self._token, self._heartbeat = ident, token, heartbeat
+        self._chunks: Iterator[bytes] | None = None
+        self._settled = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        if self._settled:
+            raise StopIteration
+        # A generator app runs its handler lazily, here: keep the current key visible (SPEC 19).
+        reset: Token[str | None] = _current_key.set(self._ident.key)
+        try:
+            if self._chunks is None:
+                self._chunks = iter(self._result)
+            chunk = next(self._chunks)
+        except StopIteration:
+            self._capture.end()
+            self._finish(self._capture)
+            raise
+        except BaseException:
+            self._finish(None)  # SPEC 12: the handler failed, a retry runs again
+            raise
+        finally:
+            _current_key.reset(reset)
+        self._capture.chunk(chunk)
+        return chunk
+
+    def close(self) -> None:
+        # Closed before the end: the client is gone. If the handler started answering it ran,
+        # so keep the record (unreplayable) rather than let a retry run it again; if it never
+        # answered, the capture has no status and the claim is released.
+        self._finish(self._capture)
+
+    def _finish(self, outcome: Capture | None) -> None:
+        if self._settled:
+            return
+        self._settled = True
+        close = getattr(self._result, "close", None)
+        try:
+            if close is not None:
+                close()
+        finally:
+            self._heartbeat.__exit__()
+            self._responder._settle(self._ident, self._token, outcome)
 
 
 def _status_line(status: int) -> str:

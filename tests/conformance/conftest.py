@@ -1,0 +1,64 @@
+"""Fixtures of the HTTP conformance suite: every SPEC rule, every store, every door.
+
+``serve(handler, policy=...)`` builds an application behind the middleware of the current
+door (raw ASGI, Starlette, raw WSGI, Flask) on the current store (the ``kit`` fixture), wrapped
+in a :class:`~httpkit.SpyStore`. Durations are in ``kit.tick`` units so that real-clock stores
+(Redis, PostgreSQL) run the same tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from httpkit import DOORS, Behaviour, Door, Handler, SpyStore, created
+from onceonly.policy import Policy
+
+Serve = Callable[..., Door]
+
+
+@pytest.fixture(params=list(DOORS))
+def door_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def policy_for(kit: Any) -> Callable[..., Policy]:
+    """A Policy in tick units: long TTL and lease, a wait bound no test reaches by accident."""
+
+    def make(**changes: Any) -> Policy:
+        base: dict[str, Any] = {
+            "ttl": 100 * kit.tick,
+            "lease": 30 * kit.tick,
+            "wait": 10 * kit.tick,
+        }
+        base.update(changes)
+        return Policy(**base)
+
+    return make
+
+
+@pytest.fixture
+async def serve(
+    kit: Any, door_kind: str, policy_for: Callable[..., Policy]
+) -> AsyncIterator[Serve]:
+    opened: list[Door] = []
+
+    def make(
+        behaviour: Behaviour | Handler = created,
+        *,
+        policy: Policy | None = None,
+        store: Any = None,
+    ) -> Door:
+        handler = behaviour if isinstance(behaviour, Handler) else Handler(behaviour)
+        door = DOORS[door_kind](
+            handler, store if store is not None else SpyStore(kit.store), policy or policy_for()
+        )
+        opened.append(door)
+        return door
+
+    yield make
+    for door in opened:
+        await door.aclose()
