@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from conftest import StoreKit
 from onceonly.errors import AgentRunRequired, ConfigurationError
 from onceonly.fingerprint import canonical_json
 from onceonly.tools import agent_run, agent_step, current_key, current_run, idempotent_tool
 from onceonly.tools.decorators import tool_key
 from onceonly.tools.serializer import canonical_tree
+from storekit import StoreKit
 from tools.tools_flavour import Flavour, both
 
 

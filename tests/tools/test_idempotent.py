@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-from conftest import StoreKit
 from onceonly.errors import (
     ConfigurationError,
     KeyMismatch,
@@ -25,6 +24,7 @@ from onceonly.policy import Policy, storage_id
 from onceonly.records import State
 from onceonly.stores.memory import MemoryStore
 from onceonly.tools import current_key, idempotent
+from storekit import StoreKit
 from tools.tools_flavour import Flavour, both
 from tools.tools_models import Invoice, Opaque, PaymentDeclined, Receipt
 
