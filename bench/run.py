@@ -1,0 +1,258 @@
+"""Per-request cost of onceonly's ASGI middleware, in process, no network.
+
+Each variant drives one ASGI app with raw ASGI calls in a loop (a scope, a ``receive`` that
+hands over the body once, a ``send`` that keeps the status) and reports microseconds per
+request, the median of several runs. Variants: a bare Starlette app; the same app behind
+onceonly with the memory store and with the SQLite store, each for a first execution (a new
+key every request) and a replay (one key, already completed).
+
+Round trips are counted separately, through a counting store wrapper, so the timed loops pay
+nothing for the counting: DESIGN.md says a replay costs one store call, a first execution two.
+
+    python bench/run.py                # full run (see bench/README.md for results)
+    python bench/run.py --quick        # a few hundred requests per variant, as a smoke test
+    python bench/run.py --profile memory-first   # cProfile one variant, top functions
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import json
+import os
+import platform
+import pstats
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from onceonly.demo.recording import RecordingStore
+from onceonly.http.asgi import IdempotencyMiddleware
+from onceonly.policy import Policy
+from onceonly.stores.base import DualStore
+from onceonly.stores.memory import MemoryStore
+from onceonly.stores.sqlite import SQLiteStore
+
+Message = MutableMapping[str, Any]
+ASGIApp = Callable[
+    [MutableMapping[str, Any], Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]],
+    Awaitable[None],
+]
+
+BODY = json.dumps({"customer": "cus_123", "amount": 1999, "currency": "eur"}).encode()
+
+
+async def charge(request: Request) -> Response:
+    """A small but real handler: parse the JSON body, answer 201 with a JSON document."""
+    order = await request.json()
+    return JSONResponse({"id": "ch_1", **order}, status_code=201)
+
+
+def bare_app() -> Starlette:
+    return Starlette(routes=[Route("/charges", charge, methods=["POST"])])
+
+
+def guarded_app(store: DualStore) -> IdempotencyMiddleware:
+    return IdempotencyMiddleware(bare_app(), store=store, policy=Policy())
+
+
+def scope_for(key: str | None) -> dict[str, Any]:
+    headers = [
+        (b"host", b"bench"),
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(BODY)).encode()),
+        (b"authorization", b"Bearer sk_test_bench"),
+    ]
+    if key is not None:
+        headers.append((b"idempotency-key", key.encode()))
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/charges",
+        "raw_path": b"/charges",
+        "root_path": "",
+        "query_string": b"",
+        "headers": headers,
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+    }
+
+
+async def call(app: ASGIApp, scope: dict[str, Any]) -> int:
+    """One raw ASGI request; returns the response status."""
+    sent = False
+    status = 0
+
+    async def receive() -> Message:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": BODY, "more_body": False}
+
+    async def send(message: Message) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+
+    await app(dict(scope), receive, send)
+    return status
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    label: str
+    make_app: Callable[[], ASGIApp]
+    keys: Callable[[], Iterator[str | None]]  # the key of each request
+    expect: int = 201
+
+
+def fresh_keys() -> Iterator[str | None]:
+    while True:
+        yield str(uuid.uuid4())
+
+
+def one_key() -> Iterator[str | None]:
+    key = str(uuid.uuid4())
+    while True:
+        yield key
+
+
+def no_key() -> Iterator[str | None]:
+    while True:
+        yield None
+
+
+def variants(tmp: Path) -> list[Variant]:
+    def sqlite() -> SQLiteStore:
+        return SQLiteStore(tmp / f"bench-{uuid.uuid4().hex[:8]}.db")
+
+    return [
+        Variant("bare", "bare Starlette app", bare_app, no_key),
+        Variant("memory-first", "+ onceonly, memory, first execution",
+                lambda: guarded_app(MemoryStore()), fresh_keys),
+        Variant("memory-replay", "+ onceonly, memory, replay",
+                lambda: guarded_app(MemoryStore()), one_key),
+        Variant("sqlite-first", "+ onceonly, SQLite, first execution",
+                lambda: guarded_app(sqlite()), fresh_keys),
+        Variant("sqlite-replay", "+ onceonly, SQLite, replay",
+                lambda: guarded_app(sqlite()), one_key),
+    ]  # fmt: skip
+
+
+async def time_variant(variant: Variant, requests: int, runs: int, warmup: int) -> list[float]:
+    """Microseconds per request of each run (the keys are made before the clock starts)."""
+    app = variant.make_app()
+    keys = variant.keys()
+    for _ in range(warmup):
+        status = await call(app, scope_for(next(keys)))
+        assert status == variant.expect, f"{variant.name}: got {status}"
+    results = []
+    for _ in range(runs):
+        scopes = [scope_for(next(keys)) for _ in range(requests)]
+        started = time.perf_counter_ns()
+        for scope in scopes:
+            await call(app, scope)
+        elapsed = time.perf_counter_ns() - started
+        results.append(elapsed / requests / 1000)
+    return results
+
+
+async def round_trips(store: DualStore) -> tuple[float, float]:
+    """Store calls per request: (first execution, replay), averaged over a few requests."""
+    recording = RecordingStore(store)
+    app = guarded_app(recording)
+    key = str(uuid.uuid4())
+    assert await call(app, scope_for(key)) == 201
+    first = recording.reset().round_trips
+    n = 10
+    for _ in range(n):
+        assert await call(app, scope_for(key)) == 201
+    replay = recording.reset().round_trips / n
+    return float(first), replay
+
+
+def sizes(quick: bool, name: str) -> tuple[int, int, int]:
+    """(requests per run, runs, warmup requests) for a variant."""
+    if quick:
+        return 200, 3, 20
+    return (1000, 7, 200) if name.startswith("sqlite") else (5000, 7, 500)
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory(prefix="onceonly-bench-") as tmpdir:
+        tmp = Path(tmpdir)
+        all_variants = variants(tmp)
+        if args.profile:
+            chosen = [v for v in all_variants if v.name == args.profile]
+            if not chosen:
+                print(f"unknown variant {args.profile!r}", file=sys.stderr)
+                return 2
+            profiler = cProfile.Profile()
+            profiler.enable()
+            await time_variant(chosen[0], *sizes(args.quick, chosen[0].name))
+            profiler.disable()
+            pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+            return 0
+        print(f"python {platform.python_version()} on {platform.machine()}, "
+              f"{os.cpu_count()} CPUs; median of runs, µs per request")  # fmt: skip
+        medians: dict[str, float] = {}
+        for variant in all_variants:
+            per_run = await time_variant(variant, *sizes(args.quick, variant.name))
+            medians[variant.name] = statistics.median(per_run)
+        trips = {
+            "memory": await round_trips(MemoryStore()),
+            "sqlite": await round_trips(SQLiteStore(tmp / "trips.db")),
+        }
+    bare = medians["bare"]
+    print()
+    print("| variant | µs/request | × bare | store round trips |")
+    print("|---|---:|---:|---:|")
+    for variant in all_variants:
+        us = medians[variant.name]
+        if variant.name == "bare":
+            rt = "–"
+        else:
+            store, kind = variant.name.split("-")
+            rt = f"{trips[store][0 if kind == 'first' else 1]:g}"
+        print(f"| {variant.label} | {us:.1f} | {us / bare:.2f} | {rt} |")
+    ok = True
+    for store, (first, replay) in trips.items():
+        if (first, replay) != (2, 1):
+            print(f"{store}: round trips {first:g}/{replay:g}, contract is 2/1", file=sys.stderr)
+            ok = False
+    print()
+    verdict = [
+        ("memory first execution ≤ 2× bare", medians["memory-first"] <= 2 * bare),
+        ("memory replay ≤ bare", medians["memory-replay"] <= bare),
+    ]
+    for what, met in verdict:
+        print(f"target {what}: {'met' if met else 'NOT met'}")
+    return 0 if ok else 1
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="small runs (smoke test)")
+    parser.add_argument("--profile", metavar="VARIANT", help="cProfile one variant instead")
+    return asyncio.run(main_async(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
