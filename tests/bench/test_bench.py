@@ -48,7 +48,10 @@ async def test_every_variant_answers_and_is_timed(bench: ModuleType, tmp_path: P
         "sqlite-first",
         "sqlite-replay",
     }
-    assert all(len(times) == 1 and times[0] > 0 for times in results.values())
+    runs = [run for per_variant in results.values() for run in per_variant]
+    assert len(runs) == 5
+    assert all(run.wall_us > 0 and run.cpu_us > 0 for run in runs)
+    assert bench.ratio_to_bare(results, "bare", "cpu_us") == 1.0
 
 
 async def test_replay_variant_really_replays(bench: ModuleType) -> None:
