@@ -81,8 +81,12 @@ def demo(store_url: str | None, verbose: bool) -> None:
 
     from onceonly.demo.report import render
     from onceonly.demo.run import run_demo
+    from onceonly.errors import OnceOnlyError
 
-    report = asyncio.run(run_demo(store_url))
+    try:
+        report = asyncio.run(run_demo(store_url))
+    except OnceOnlyError as exc:  # a bad --store URL, an unusable store file
+        raise click.ClickException(str(exc)) from exc
     render(report, Console(), verbose=verbose)
     if not report.ok:
         raise SystemExit(1)

@@ -78,3 +78,11 @@ def test_cli_demo_exits_non_zero_when_an_expectation_fails(
     assert result.exit_code == 1, result.output
     assert "customers charged twice: 0" not in result.output
     assert "FAILED" in result.output
+
+
+def test_cli_demo_with_an_unusable_store_is_a_one_line_error() -> None:
+    result = CliRunner().invoke(cli, ["demo", "--store", "sqlite:////no/such/dir/demo.db"])
+
+    assert result.exit_code == 1
+    assert "Error: SQLite store" in result.output
+    assert "does not exist" in result.output
