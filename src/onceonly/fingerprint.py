@@ -56,6 +56,8 @@ def _digest(parts: Iterable[bytes]) -> str:
 
 
 def _sorted_query(query: str) -> bytes:
+    if not query:  # the common case, and json.dumps([]) is b"[]"
+        return b"[]"
     pairs = sorted(parse_qsl(query, keep_blank_values=True))
     return json.dumps(pairs, ensure_ascii=False).encode("utf-8")
 

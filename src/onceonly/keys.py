@@ -78,7 +78,9 @@ def check_key(
     """Raise :class:`InvalidKey` unless ``key`` is a valid unquoted key."""
     if not key:
         raise InvalidKey("the Idempotency-Key header is empty; send a unique key per operation")
-    bad = next((ch for ch in key if ord(ch) not in _VISIBLE), None)
+    # Fast path first (str methods run in C): ASCII, no control characters, no space.
+    visible = key.isascii() and key.isprintable() and " " not in key
+    bad = None if visible else next((ch for ch in key if ord(ch) not in _VISIBLE), None)
     if bad is not None:
         raise InvalidKey(
             f"the Idempotency-Key holds the character {bad!r} (U+{ord(bad):04X}); "

@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from onceonly._shield import shielded
 from onceonly.context import _current_key
 from onceonly.decide import Complete, Execute, Keyed, Pass, Refuse, Release, Replay, replay_headers
 from onceonly.engine import AsyncHeartbeat, arun_flow, claim_flow
@@ -176,7 +177,7 @@ class _Responder:
         try:
             # Shielded: a cancelled request (client gone, server shutting down) must still
             # settle its record, or duplicates would wait for the lease to lapse.
-            ok = await asyncio.shield(op)
+            ok = await shielded(op)
         except StoreError as exc:
             log.error("could not settle idempotency record %s: %s", ident.id[:12], exc)
             return

@@ -1,0 +1,291 @@
+"""Per-request cost of onceonly's ASGI middleware, in process, no network.
+
+Each variant drives one ASGI app with raw ASGI calls in a loop (a scope, a ``receive`` that
+hands over the body once, a ``send`` that keeps the status) and reports microseconds per
+request, the median of several runs. Variants: a bare Starlette app; the same app behind
+onceonly with the memory store and with the SQLite store, each for a first execution (a new
+key every request) and a replay (one key, already completed).
+
+Round trips are counted separately, through a counting store wrapper, so the timed loops pay
+nothing for the counting: DESIGN.md says a replay costs one store call, a first execution two.
+
+    python bench/run.py                # full run (see bench/README.md for results)
+    python bench/run.py --quick        # a few hundred requests per variant, as a smoke test
+    python bench/run.py --profile memory-first   # cProfile one variant, top functions
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import json
+import os
+import platform
+import pstats
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator, MutableMapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from onceonly.demo.recording import RecordingStore
+from onceonly.http.asgi import ASGIApp, IdempotencyMiddleware
+from onceonly.policy import Policy
+from onceonly.stores.base import DualStore
+from onceonly.stores.memory import MemoryStore
+from onceonly.stores.sqlite import SQLiteStore
+
+Message = MutableMapping[str, Any]
+
+# A server turns its event loop between requests (socket I/O); a tight loop of raw calls never
+# would, and timers cancelled by every request (the lease heartbeat's) would then pile up in the
+# loop forever and slow everything down. One turn per LOOP_EVERY requests is what a real loop
+# does at least, and costs all variants the same.
+LOOP_EVERY = 100
+BODY = json.dumps({"customer": "cus_123", "amount": 1999, "currency": "eur"}).encode()
+
+
+async def charge(request: Request) -> Response:
+    """A small but real handler: parse the JSON body, answer 201 with a JSON document."""
+    order = await request.json()
+    return JSONResponse({"id": "ch_1", **order}, status_code=201)
+
+
+def bare_app() -> Starlette:
+    return Starlette(routes=[Route("/charges", charge, methods=["POST"])])
+
+
+def guarded_app(store: DualStore) -> IdempotencyMiddleware:
+    return IdempotencyMiddleware(bare_app(), store=store, policy=Policy())
+
+
+def scope_for(key: str | None) -> dict[str, Any]:
+    headers = [
+        (b"host", b"bench"),
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(BODY)).encode()),
+        (b"authorization", b"Bearer sk_test_bench"),
+    ]
+    if key is not None:
+        headers.append((b"idempotency-key", key.encode()))
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/charges",
+        "raw_path": b"/charges",
+        "root_path": "",
+        "query_string": b"",
+        "headers": headers,
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+    }
+
+
+async def call(app: ASGIApp, scope: dict[str, Any]) -> int:
+    """One raw ASGI request; returns the response status."""
+    sent = False
+    status = 0
+
+    async def receive() -> Message:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": BODY, "more_body": False}
+
+    async def send(message: Message) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+
+    await app(dict(scope), receive, send)
+    return status
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    label: str
+    make_app: Callable[[], ASGIApp]
+    keys: Callable[[], Iterator[str | None]]  # the key of each request
+    expect: int = 201
+
+
+def fresh_keys() -> Iterator[str | None]:
+    while True:
+        yield str(uuid.uuid4())
+
+
+def one_key() -> Iterator[str | None]:
+    key = str(uuid.uuid4())
+    while True:
+        yield key
+
+
+def no_key() -> Iterator[str | None]:
+    while True:
+        yield None
+
+
+def variants(tmp: Path) -> list[Variant]:
+    def sqlite() -> SQLiteStore:
+        return SQLiteStore(tmp / f"bench-{uuid.uuid4().hex[:8]}.db")
+
+    return [
+        Variant("bare", "bare Starlette app", bare_app, no_key),
+        Variant("memory-first", "+ onceonly, memory, first execution",
+                lambda: guarded_app(MemoryStore()), fresh_keys),
+        Variant("memory-replay", "+ onceonly, memory, replay",
+                lambda: guarded_app(MemoryStore()), one_key),
+        Variant("sqlite-first", "+ onceonly, SQLite, first execution",
+                lambda: guarded_app(sqlite()), fresh_keys),
+        Variant("sqlite-replay", "+ onceonly, SQLite, replay",
+                lambda: guarded_app(sqlite()), one_key),
+    ]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Run:
+    """One timed run of a variant, per request: wall-clock and CPU time of this process."""
+
+    wall_us: float
+    cpu_us: float
+
+
+async def measure(chosen: list[Variant], runs: int, quick: bool) -> dict[str, list[Run]]:
+    """Each variant's runs.
+
+    Variants take turns run by run, so a noisy neighbour on a shared machine slows all of them
+    alike instead of skewing one. CPU time (all threads of this process) leaves out the time
+    other processes hold the cores. The keys are made before the clocks start.
+    """
+    apps = {v.name: (v.make_app(), v.keys()) for v in chosen}
+    for v in chosen:
+        app, keys = apps[v.name]
+        for _ in range(sizes(quick, v.name)[1]):
+            status = await call(app, scope_for(next(keys)))
+            assert status == v.expect, f"{v.name}: got {status}"
+    results: dict[str, list[Run]] = {v.name: [] for v in chosen}
+    for _ in range(runs):
+        for v in chosen:
+            app, keys = apps[v.name]
+            requests = sizes(quick, v.name)[0]
+            scopes = [scope_for(next(keys)) for _ in range(requests)]
+            wall, cpu = time.perf_counter_ns(), time.process_time_ns()
+            for i, scope in enumerate(scopes):
+                await call(app, scope)
+                if i % LOOP_EVERY == 0:
+                    await asyncio.sleep(0)
+            cpu, wall = time.process_time_ns() - cpu, time.perf_counter_ns() - wall
+            results[v.name].append(Run(wall / requests / 1000, cpu / requests / 1000))
+    return results
+
+
+def ratio_to_bare(runs: dict[str, list[Run]], name: str, clock: str) -> float:
+    """Median over runs of (variant / the bare run of the same round): neighbours' load hits
+    both runs of a round alike, so this is steadier than a ratio of two medians."""
+    pairs = zip(runs[name], runs["bare"], strict=True)
+    values: list[float] = [getattr(r, clock) / getattr(b, clock) for r, b in pairs]
+    return statistics.median(values)
+
+
+async def round_trips(store: DualStore) -> tuple[float, float]:
+    """Store calls per request: (first execution, replay), averaged over a few requests."""
+    recording = RecordingStore(store)
+    app = guarded_app(recording)
+    key = str(uuid.uuid4())
+    assert await call(app, scope_for(key)) == 201
+    first = recording.reset().round_trips
+    n = 10
+    for _ in range(n):
+        assert await call(app, scope_for(key)) == 201
+    replay = recording.reset().round_trips / n
+    return float(first), replay
+
+
+def sizes(quick: bool, name: str) -> tuple[int, int]:
+    """(requests per run, warmup requests) for a variant."""
+    if quick:
+        return 200, 20
+    return (500, 200) if name.startswith("sqlite") else (2000, 500)
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory(prefix="onceonly-bench-") as tmpdir:
+        tmp = Path(tmpdir)
+        all_variants = variants(tmp)
+        if args.profile:
+            chosen = [v for v in all_variants if v.name == args.profile]
+            if not chosen:
+                print(f"unknown variant {args.profile!r}", file=sys.stderr)
+                return 2
+            profiler = cProfile.Profile()
+            profiler.enable()
+            await measure(chosen, 1, args.quick)
+            profiler.disable()
+            pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+            return 0
+        print(f"python {platform.python_version()} on {platform.machine()}, "
+              f"{os.cpu_count()} CPUs; medians of {args.runs} runs")  # fmt: skip
+        per_run = await measure(all_variants, args.runs, args.quick)
+        trips = {
+            "memory": await round_trips(MemoryStore()),
+            "sqlite": await round_trips(SQLiteStore(tmp / "trips.db")),
+        }
+    print()
+    print("| variant | CPU µs/request | × bare (CPU) | wall µs/request | × bare (wall) "
+          "| store round trips |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|")
+    ratios = {}
+    for variant in all_variants:
+        name, runs = variant.name, per_run[variant.name]
+        if name == "bare":
+            rt = "–"
+        else:
+            store, kind = name.split("-")
+            rt = f"{trips[store][0 if kind == 'first' else 1]:g}"
+        cpu = statistics.median(r.cpu_us for r in runs)
+        wall = statistics.median(r.wall_us for r in runs)
+        ratios[name] = ratio_to_bare(per_run, name, "cpu_us")
+        print(
+            f"| {variant.label} | {cpu:.1f} | {ratios[name]:.2f} "
+            f"| {wall:.1f} | {ratio_to_bare(per_run, name, 'wall_us'):.2f} | {rt} |"
+        )
+    ok = True
+    for store, (first, replay) in trips.items():
+        if (first, replay) != (2, 1):
+            print(f"{store}: round trips {first:g}/{replay:g}, contract is 2/1", file=sys.stderr)
+            ok = False
+    print()
+    verdict = [
+        ("memory first execution ≤ 2× bare", ratios["memory-first"] <= 2),
+        ("memory replay ≤ bare", ratios["memory-replay"] <= 1),
+    ]
+    for what, met in verdict:
+        print(f"target {what} (CPU time): {'met' if met else 'NOT met'}")
+    return 0 if ok else 1
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="small runs (smoke test)")
+    parser.add_argument("--runs", type=int, default=11, help="timed runs per variant (median)")
+    parser.add_argument("--profile", metavar="VARIANT", help="cProfile one variant instead")
+    return asyncio.run(main_async(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

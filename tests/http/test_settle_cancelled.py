@@ -1,0 +1,84 @@
+"""A request cancelled while its record settles still settles it (ASGI, every store kind)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from onceonly.demo.recording import RecordingStore
+from onceonly.http.asgi import IdempotencyMiddleware
+from onceonly.policy import Policy, storage_id
+from onceonly.records import State, StoredResponse
+
+if TYPE_CHECKING:  # conftest is not importable as a module under every pytest invocation
+    from tests.conftest import StoreKit
+
+KEY = "cancel-while-settling"
+
+
+class GatedStore(RecordingStore):
+    """Holds every completion until ``gate`` opens, so a test can cancel the request then."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__(inner)
+        self.settling = asyncio.Event()
+        self.gate = asyncio.Event()
+        self.settled = asyncio.Event()
+
+    async def acomplete(
+        self, id: str, token: int, response: StoredResponse, ttl: float, retention: float
+    ) -> bool:
+        self.settling.set()
+        await self.gate.wait()
+        done = await super().acomplete(id, token, response, ttl, retention)
+        self.settled.set()
+        return done
+
+
+async def app(scope: Any, receive: Any, send: Any) -> None:
+    await receive()
+    await send({"type": "http.response.start", "status": 201, "headers": []})
+    await send({"type": "http.response.body", "body": b"charged"})
+
+
+def request_scope() -> dict[str, Any]:
+    return {
+        "type": "http",
+        "method": "POST",
+        "path": "/charges",
+        "query_string": b"",
+        "headers": [(b"idempotency-key", KEY.encode())],
+    }
+
+
+async def test_cancelled_request_still_completes_its_record(kit: StoreKit) -> None:
+    store = GatedStore(kit.store)
+    middleware = IdempotencyMiddleware(app, store=store, policy=Policy())
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    request = asyncio.create_task(middleware(request_scope(), receive, send))
+    async with asyncio.timeout(5):
+        await store.settling.wait()
+    request.cancel()  # e.g. the server shuts down while the record is being written
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    assert not store.settled.is_set()
+
+    store.gate.set()
+    async with asyncio.timeout(5):
+        await store.settled.wait()
+
+    record = kit.store.get(storage_id("anonymous", KEY))
+    assert record is not None
+    assert record.state is State.COMPLETED
+    assert record.response is not None
+    assert record.response.body == b"charged"
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]

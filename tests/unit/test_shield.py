@@ -1,0 +1,75 @@
+"""`shielded`: inline when the coroutine never suspends, shielded when it does."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from onceonly._shield import shielded
+
+
+async def test_a_coroutine_that_never_suspends_finishes_without_a_loop_trip() -> None:
+    ran_meanwhile: list[str] = []
+    asyncio.get_running_loop().call_soon(ran_meanwhile.append, "loop turned")
+
+    async def at_once() -> int:
+        return 42
+
+    assert await shielded(at_once()) == 42
+    assert ran_meanwhile == []  # no other callback ran: we never yielded to the loop
+
+
+async def test_a_suspending_coroutine_is_resumed_to_its_result() -> None:
+    async def slow() -> str:
+        await asyncio.sleep(0)
+        await asyncio.get_running_loop().run_in_executor(None, lambda: None)
+        return "done"
+
+    assert await shielded(slow()) == "done"
+
+
+async def test_exceptions_propagate_before_and_after_suspending() -> None:
+    async def fails_at_once() -> None:
+        raise KeyError("now")
+
+    async def fails_later() -> None:
+        await asyncio.sleep(0)
+        raise ValueError("later")
+
+    with pytest.raises(KeyError):
+        await shielded(fails_at_once())
+    with pytest.raises(ValueError, match="later"):
+        await shielded(fails_later())
+
+
+async def test_cancelling_the_caller_lets_the_coroutine_finish() -> None:
+    gate = asyncio.Event()
+    finished: list[str] = []
+
+    async def settle() -> bool:
+        await gate.wait()
+        finished.append("settled")
+        return True
+
+    caller = asyncio.create_task(shielded(settle()))
+    await asyncio.sleep(0)  # the caller starts settle() and suspends on the gate
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert finished == []
+    gate.set()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert finished == ["settled"]
+
+
+async def test_the_coroutine_sees_values_sent_back_by_the_task() -> None:
+    loop = asyncio.get_running_loop()
+
+    async def waits_for_future() -> int:
+        fut: asyncio.Future[int] = loop.create_future()
+        loop.call_soon(fut.set_result, 7)
+        return await fut + 1
+
+    assert await shielded(waits_for_future()) == 8
