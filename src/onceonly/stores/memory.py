@@ -111,7 +111,9 @@ class MemoryStore:
 
     def delete(self, id: str) -> bool:
         with self._lock:
-            found = self._records.pop(id, None) is not None
+            # Found means "get would have returned it": a record past its retention that the
+            # lazy sweep has not dropped yet is already gone as far as callers can tell.
+            found = resolve(self._records.pop(id, None), self._clock()) is not State.ABSENT
         self._notifier.notify(id)
         return found
 

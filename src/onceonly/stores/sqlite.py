@@ -320,7 +320,10 @@ class SQLiteStore:
 
     def delete(self, id: str) -> bool:
         with self._write() as conn:
-            found = conn.execute(f"DELETE FROM {TABLE} WHERE id = ?", (id,)).rowcount > 0
+            # Found means "get would have returned it" (a row past retention is not purged yet).
+            record = _read(conn, id)
+            conn.execute(f"DELETE FROM {TABLE} WHERE id = ?", (id,))
+            found = resolve(record, self._clock()) is not State.ABSENT
         self._notifier.notify(id)
         return found
 
