@@ -200,18 +200,14 @@ def test_a_lapsed_lease_is_taken_over_and_the_old_holder_fenced_out(kit: StoreKi
     id = new_id()
     old = claimed(kit.store.claim(id, FP, LEASE * kit.tick))
     kit.advance(3 * kit.tick)
-    new = claimed(kit.store.claim(id, OTHER_FP, LEASE * kit.tick))
+    new = claimed(kit.store.claim(id, FP, LEASE * kit.tick))  # a retry of the same request
     assert new.recovered is True
     assert new.expired_before is False
     assert new.previous_fingerprint == FP
     assert new.token > old.token
     record = kit.store.get(id)
     assert record is not None
-    assert (record.state, record.token, record.fingerprint) == (
-        State.IN_FLIGHT,
-        new.token,
-        OTHER_FP,
-    )
+    assert (record.state, record.token, record.fingerprint) == (State.IN_FLIGHT, new.token, FP)
     # A second duplicate now sees the new holder's live lease.
     assert existing(kit.store.claim(id, FP, LEASE * kit.tick)).record.token == new.token
     for name, op in OPS.items():
@@ -219,6 +215,23 @@ def test_a_lapsed_lease_is_taken_over_and_the_old_holder_fenced_out(kit: StoreKi
     assert kit.store.get(id) == record
     assert kit.store.complete(id, new.token, OK, TTL * kit.tick, RETENTION * kit.tick)
     assert existing(kit.store.claim(id, FP, LEASE * kit.tick)).record.response == OK
+
+
+def test_a_lapsed_lease_is_not_taken_over_by_a_different_request(kit: StoreKit) -> None:
+    # SPEC 9: another request under the key is a mismatch even when the holder died; only a
+    # retry of the same request recovers the key.
+    id = new_id()
+    old = claimed(kit.store.claim(id, FP, LEASE * kit.tick))
+    kit.advance(3 * kit.tick)
+    before = kit.store.get(id)
+    e = existing(kit.store.claim(id, OTHER_FP, LEASE * kit.tick))
+    assert (e.record.state, e.record.token, e.record.fingerprint) == (
+        State.IN_FLIGHT,
+        old.token,
+        FP,
+    )
+    assert kit.store.get(id) == before
+    assert claimed(kit.store.claim(id, FP, LEASE * kit.tick)).recovered
 
 
 def test_a_holder_past_its_lease_still_completes_when_nobody_took_over(kit: StoreKit) -> None:
@@ -242,9 +255,9 @@ def test_renew_extends_the_lease_so_no_takeover_happens(kit: StoreKit) -> None:
     assert renewed.lease_until > first.lease_until
     assert (renewed.state, renewed.token, renewed.fingerprint) == (State.IN_FLIGHT, c.token, FP)
     kit.advance(2 * kit.tick)  # 4 ticks: past the first lease, inside the renewed one
-    assert existing(kit.store.claim(id, OTHER_FP, LEASE * kit.tick)).record.token == c.token
+    assert existing(kit.store.claim(id, FP, LEASE * kit.tick)).record.token == c.token
     kit.advance(1 * kit.tick)  # 5 ticks: past the renewed lease as well
-    taken = claimed(kit.store.claim(id, OTHER_FP, LEASE * kit.tick))
+    taken = claimed(kit.store.claim(id, FP, LEASE * kit.tick))
     assert taken.recovered
     assert taken.token > c.token
 
@@ -485,7 +498,8 @@ SCRIPT: list[tuple[str, tuple[object, ...]]] = [
     ("renew", (-1, LEASE)),
     ("get", ()),
     ("advance", (3,)),
-    ("claim", (OTHER_FP, LEASE)),  # lapsed (renewed at 0, lease 2.5): takeover
+    ("claim", (OTHER_FP, LEASE)),  # lapsed (renewed at 0, lease 2.5), other request: held
+    ("claim", (FP, LEASE)),  # the same request: takeover
     ("complete", ("$old", OK, TTL, RETENTION)),
     ("complete", ("$", OK, TTL, RETENTION)),
     ("claim", (FP, LEASE)),

@@ -128,9 +128,17 @@ def _machine(kit: StoreKit, seen: Counter[str]) -> type[RuleBasedStateMachine]:
             phase = w.phase(id)
             old = w.records.get(id)
             lapsed = phase == "in_flight" and old is not None and w.now >= old.lease_until
-            seen[f"claim:{phase}{':lapsed' if lapsed else ''}"] += 1
+            other = ":other-request" if old is not None and old.fingerprint != fp else ""
+            seen[f"claim:{phase}{':lapsed' if lapsed else ''}{other if lapsed else ''}"] += 1
             result = store.claim(self.prefix + id, fp, lease * tick)
-            if phase in ("live",) or (phase == "in_flight" and w.now < old.lease_until):  # type: ignore[union-attr]
+            # A live record answers; a lapsed lease is taken over only by the same request
+            # (SPEC 9: another request under the key is a mismatch, even if the holder died).
+            held = (
+                phase == "in_flight"
+                and old is not None
+                and (w.now < old.lease_until or old.fingerprint != fp)
+            )
+            if phase == "live" or held:
                 assert old is not None
                 assert isinstance(result, Existing), f"{phase} {id!r} should be Existing: {result}"
                 self._agrees(id, result.record)
@@ -271,6 +279,7 @@ MUST_SEE = (
     "claim:absent",
     "claim:in_flight",
     "claim:in_flight:lapsed",
+    "claim:in_flight:lapsed:other-request",
     "claim:live",
     "claim:tombstone",
     "complete:holder",
