@@ -223,7 +223,9 @@ def _machine(kit: StoreKit, seen: Counter[str]) -> type[RuleBasedStateMachine]:
             token = others[pick % len(others)]
             before = store.get(self.prefix + id)
             if op == "complete":
-                ok = store.complete(self.prefix + id, token, RESPONSES[0], TTLS[0], RETENTIONS[0])
+                ok = store.complete(
+                    self.prefix + id, token, RESPONSES[0], TTLS[0] * tick, RETENTIONS[0] * tick
+                )
             elif op == "renew":
                 ok = store.renew(self.prefix + id, token, LEASES[-1] * tick)
             else:
