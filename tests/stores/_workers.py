@@ -115,3 +115,18 @@ def storm(path: str, prefix: str, conn: Connection) -> None:
         assert store.complete(id, result.token, response_for(id), 3600.0, 3600.0)
         conn.send(i)
         i += 1
+
+
+def hold_then_settle(path: str, id: str, conn: Connection) -> None:
+    """Claim ``id``, report the token, then complete or release it when told to."""
+    store = SQLiteStore(path)
+    result = store.claim(id, FP, 60.0)
+    conn.send(describe(result))
+    how = conn.recv()
+    assert isinstance(result, Claimed)
+    if how == "complete":
+        done = store.complete(id, result.token, response_for(id), 3600.0, 3600.0)
+    else:
+        done = store.release(id, result.token)
+    conn.send(done)
+    store.close()

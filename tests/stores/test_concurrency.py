@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import threading
+import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,7 +34,7 @@ from onceonly.stores.memory import MemoryStore
 from onceonly.stores.sqlite import SQLiteStore
 
 from ._common import new_id
-from ._workers import CheckThenSet, Outcome, claimer, describe
+from ._workers import CheckThenSet, Outcome, claimer, describe, hold_then_settle
 
 RACERS = 50
 
@@ -205,3 +206,45 @@ def test_the_process_harness_catches_a_check_then_set_store(tmp_path: Path) -> N
     claims = [o for o in outcomes if o[0] == "claimed"]
     assert len(claims) > 1, "processes never overlapped: the process race proves nothing"
     assert all(isinstance(o[1], int) for o in claims)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["complete", "release"])
+def test_watch_sees_a_settlement_made_by_another_process(tmp_path: Path, how: str) -> None:
+    """No notification crosses processes on SQLite: the waiter's polling must see it."""
+    path = tmp_path / "watched.db"
+    watcher_store = SQLiteStore(path)
+    ctx = multiprocessing.get_context("spawn")
+    ours, theirs = ctx.Pipe()
+    child = ctx.Process(target=hold_then_settle, args=(str(path), "watched", theirs))
+    child.start()
+    try:
+        assert ours.poll(30)
+        kind, token, _, _ = ours.recv()
+        assert kind == "claimed"
+        held = watcher_store.get("watched")
+        assert held is not None
+        assert (held.state, held.token) == (State.IN_FLIGHT, token)
+        woke: list[float] = []
+        thread = threading.Thread(
+            target=lambda: (watcher_store.watch("watched", 10.0), woke.append(time.monotonic()))
+        )
+        thread.start()
+        thread.join(0.2)
+        assert thread.is_alive(), "watch returned while the other process still held the key"
+        ours.send(how)
+        assert ours.poll(30)
+        assert ours.recv() is True
+        settled = time.monotonic()
+        thread.join(15)
+        assert not thread.is_alive()
+        assert woke[0] - settled < 1.0  # polling, not the 10 s timeout
+        record = watcher_store.get("watched")
+        assert (record is None) == (how == "release")
+    finally:
+        child.join(30)
+        if child.is_alive():
+            child.kill()
+            child.join()
+        watcher_store.close()
+    assert child.exitcode == 0

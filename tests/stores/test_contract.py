@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import StoreKit
+from conftest import FakeClock, StoreKit
 from onceonly.errors import ConfigurationError, StoreUnavailable
 from onceonly.records import Claimed, Existing, State, StoredResponse
 from onceonly.stores import MemoryStore, SQLiteStore, open_store
@@ -683,3 +683,49 @@ def test_sqlite_store_on_a_non_database_file_fails_clearly_and_leaves_it_intact(
 def test_sqlite_store_refuses_a_private_in_memory_database(path: str) -> None:
     with pytest.raises(ConfigurationError, match="file path"):
         SQLiteStore(path)
+
+
+def test_a_sqlite_file_locked_past_the_busy_timeout_fails_closed(tmp_path: Path) -> None:
+    """SPEC 17: a store that cannot be written says so (StoreUnavailable), writes nothing."""
+    path = tmp_path / "locked.db"
+    store = SQLiteStore(path, busy_timeout=0.1)
+    done = claimed(store.claim("done", FP, 60))
+    assert store.complete("done", done.token, OK, 3600, 3600)
+    blocker = sqlite3.connect(path, isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+        with pytest.raises(StoreUnavailable) as info:
+            store.claim("new", FP, 60)
+        assert str(path) in str(info.value)
+        assert isinstance(info.value.__cause__, sqlite3.OperationalError)
+        # A replay needs no write lock (WAL readers are not blocked): it still answers.
+        assert existing(store.claim("done", FP, 60)).record.response == OK
+        blocker.execute("ROLLBACK")
+    finally:
+        blocker.close()
+    assert store.get("new") is None  # nothing half-written
+    assert claimed(store.claim("new", FP, 60)).token > done.token
+    store.close()
+
+
+def test_sqlite_purge_drops_only_records_past_retention(tmp_path: Path) -> None:
+    clock = FakeClock()
+    store = SQLiteStore(tmp_path / "purge.db", clock=clock)
+    try:
+        short = claimed(store.claim("short", FP, 60))
+        long = claimed(store.claim("long", FP, 60))
+        claimed(store.claim("held", FP, 60))
+        assert store.complete("short", short.token, OK, 10, 10)
+        assert store.complete("long", long.token, OK, 10, 1000)
+        clock.advance(15)  # short: tombstone
+        assert store.purge() == 0
+        clock.advance(10)  # short: past retention
+        assert store.purge() == 1
+        assert store.get("short") is None
+        assert store.get("long") is not None
+        held = store.get("held")
+        assert held is not None
+        assert held.state is State.IN_FLIGHT  # a claim is never purged while it may be retried
+        assert claimed(store.claim("short", FP, 60)).expired_before is False
+    finally:
+        store.close()
