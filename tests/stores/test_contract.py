@@ -379,11 +379,13 @@ PROMPT = 2.0  # "well before the timeout", with room for a loaded CI machine
 def _settle(kit: StoreKit, id: str, token: int, how: str) -> None:
     if how == "complete":
         assert kit.store.complete(id, token, OK, TTL * kit.tick, RETENTION * kit.tick)
-    else:
+    elif how == "release":
         assert kit.store.release(id, token)
+    else:
+        assert kit.store.delete(id)
 
 
-@pytest.mark.parametrize("how", ["complete", "release"])
+@pytest.mark.parametrize("how", ["complete", "release", "delete"])
 def test_watch_wakes_promptly_when_another_thread_settles_the_record(
     kit: StoreKit, how: str
 ) -> None:
