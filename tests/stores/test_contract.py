@@ -527,8 +527,8 @@ def _normal(value: object, tokens: list[int]) -> object:
         return f"token#{tokens.index(token)}" if token in tokens else "unknown-token"
 
     if isinstance(value, Claimed):
-        return ("claimed", tok(value.token), value.expired_before, value.recovered,
-                value.previous_fingerprint)  # fmt: skip
+        flags = (value.expired_before, value.recovered, value.previous_fingerprint)
+        return ("claimed", tok(value.token), *flags)
     if isinstance(value, Existing):
         value = value.record
     if value is None or isinstance(value, bool):
@@ -561,6 +561,18 @@ async def test_every_async_method_agrees_with_its_sync_twin(kit: StoreKit) -> No
             got[flavour] = _normal(result, held)
         assert got["sync"] == got["async"], f"step {step}: {name}{raw}"
     assert len(tokens["sync"]) == len(tokens["async"]) == 4
+
+
+async def test_closing_another_handle_leaves_the_data_and_this_handle_working(
+    kit: StoreKit,
+) -> None:
+    id = new_id()
+    c = claimed(await kit.store.aclaim(id, FP, LEASE * kit.tick))
+    other = kit.reopen()
+    assert await other.acomplete(id, c.token, OK, TTL * kit.tick, RETENTION * kit.tick)
+    await other.aclose()
+    assert existing(await kit.store.aclaim(id, FP, LEASE * kit.tick)).record.response == OK
+    claimed(kit.store.claim(new_id(), FP, LEASE * kit.tick))  # this handle still writes
 
 
 # -- open_store(url) ---------------------------------------------------------------------------
