@@ -28,10 +28,10 @@ from typing import Any
 
 import pytest
 
-from conftest import StoreKit
 from onceonly.records import ClaimResult, Existing, State
 from onceonly.stores.memory import MemoryStore
 from onceonly.stores.sqlite import SQLiteStore
+from storekit import StoreKit
 
 from ._common import new_id
 from ._workers import CheckThenSet, Outcome, claimer, describe, hold_then_settle

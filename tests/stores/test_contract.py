@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FakeClock, StoreKit
 from onceonly.errors import ConfigurationError, StoreUnavailable
 from onceonly.records import Claimed, Existing, State, StoredResponse
 from onceonly.stores import MemoryStore, SQLiteStore, open_store
 from onceonly.stores.base import DualStore
+from storekit import FakeClock, StoreKit
 
 from ._common import FP, LEASE, OK, OTHER_FP, RETENTION, TTL, claimed, existing, new_id
 

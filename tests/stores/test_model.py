@@ -29,8 +29,8 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from conftest import STORE_KINDS, StoreKit
 from onceonly.records import Claimed, Existing, Record, State, StoredResponse
+from storekit import STORE_KINDS, StoreKit
 
 IDS = ("a", "b")
 FINGERPRINTS = ("fp-1", "fp-2")
