@@ -166,15 +166,27 @@ def lease_left(record: Record | None, now: float) -> float:
 
 
 def claim_on(
-    record: Record | None, id: str, fingerprint: str, lease: float, now: float
+    record: Record | None,
+    id: str,
+    fingerprint: str,
+    lease: float,
+    now: float,
+    floor: int | None = None,
 ) -> tuple[ClaimResult, Record]:
     """The atomic claim step as a pure function: what ``claim`` returns and what to store.
 
     Stores that run Python inside their atomic section (memory, SQLite) call this; stores that
     run the logic server-side (Lua, SQL) implement the same rules and are tested against it.
+
+    ``floor`` is the largest token the store has ever minted. A released or deleted record
+    leaves no token behind, so without it a re-claim in the same clock microsecond (or after
+    the clock stepped back) would mint the released holder's token again and let that stale
+    holder complete the new claim (SPEC 13 fencing).
     """
     state = resolve(record, now)
     previous = record.token if record is not None else None
+    if floor is not None:
+        previous = floor if previous is None else max(previous, floor)
     if state is State.IN_FLIGHT and record is not None:
         # Only a retry of the same request may take over a lapsed lease: another request under
         # the same key is a mismatch (SPEC 9, answered 422 with the record untouched) even when

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 
 from onceonly.records import (
+    Claimed,
     ClaimResult,
     Record,
     State,
@@ -43,6 +44,7 @@ class MemoryStore:
         self._lock = threading.Lock()
         self._records: dict[str, Record] = {}
         self._deadlines: list[tuple[float, str]] = []
+        self._last_token = 0  # every token minted so far is <= this (fencing across releases)
         self._notifier = Notifier()
 
     def __len__(self) -> int:
@@ -54,8 +56,12 @@ class MemoryStore:
         with self._lock:
             now = self._clock()
             self._sweep(now)
-            result, record = claim_on(self._records.get(id), id, fingerprint, lease, now)
+            result, record = claim_on(
+                self._records.get(id), id, fingerprint, lease, now, self._last_token
+            )
             self._put(record)
+            if isinstance(result, Claimed):
+                self._last_token = result.token
             return result
 
     def renew(self, id: str, token: int, lease: float) -> bool:
@@ -105,7 +111,9 @@ class MemoryStore:
 
     def delete(self, id: str) -> bool:
         with self._lock:
-            found = self._records.pop(id, None) is not None
+            # Found means "get would have returned it": a record past its retention that the
+            # lazy sweep has not dropped yet is already gone as far as callers can tell.
+            found = resolve(self._records.pop(id, None), self._clock()) is not State.ABSENT
         self._notifier.notify(id)
         return found
 

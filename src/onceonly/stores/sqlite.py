@@ -25,6 +25,7 @@ from pathlib import Path
 
 from onceonly.errors import ConfigurationError, StoreUnavailable
 from onceonly.records import (
+    Claimed,
     ClaimResult,
     Existing,
     Record,
@@ -60,6 +61,10 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
     span_id      TEXT
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS {TABLE}_retain ON {TABLE} (retain_until);
+CREATE TABLE IF NOT EXISTS {TABLE}_tokens (
+    one   INTEGER PRIMARY KEY CHECK (one = 1),
+    last  INTEGER NOT NULL
+);
 """
 _COLUMNS = (
     "id, fingerprint, state, token, lease_until, expires_at, retain_until, created_at, "
@@ -67,6 +72,10 @@ _COLUMNS = (
 )
 _SELECT = f"SELECT {_COLUMNS} FROM {TABLE} WHERE id = ?"
 _UPSERT = f"INSERT OR REPLACE INTO {TABLE} ({_COLUMNS}) VALUES ({', '.join('?' * 14)})"
+# The largest token ever minted in this file, so a released or deleted key never gets an old
+# token back (see records.claim_on); read and bumped inside the claim's own transaction.
+_LAST_TOKEN = f"SELECT last FROM {TABLE}_tokens WHERE one = 1"
+_SET_LAST_TOKEN = f"INSERT OR REPLACE INTO {TABLE}_tokens (one, last) VALUES (1, ?)"
 _POLL_START, _POLL_MAX = 0.005, 0.1
 # An abandoned claim is purged this long after its lease lapsed (see MemoryStore).
 ABANDONED_GRACE = 3600.0
@@ -209,8 +218,12 @@ class SQLiteStore:
                     isolation_level=None,  # we issue BEGIN IMMEDIATE / COMMIT ourselves
                     check_same_thread=False,
                 )
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=NORMAL")
+                try:
+                    conn.execute("PRAGMA journal_mode=WAL")
+                    conn.execute("PRAGMA synchronous=NORMAL")
+                except sqlite3.Error:
+                    conn.close()  # e.g. "file is not a database": do not leak the handle
+                    raise
             except sqlite3.Error as exc:
                 raise StoreUnavailable(
                     f"cannot open SQLite store {self.path!r}: {exc}; check that the path is a "
@@ -249,9 +262,13 @@ class SQLiteStore:
         with self._write() as conn:
             now = self._clock()
             existing = _read(conn, id)
-            result, record = claim_on(existing, id, fingerprint, lease, now)
+            row = conn.execute(_LAST_TOKEN).fetchone()
+            floor = int(row[0]) if row is not None else None
+            result, record = claim_on(existing, id, fingerprint, lease, now, floor)
             if record is not existing:
                 conn.execute(_UPSERT, _record_to_row(record))
+            if isinstance(result, Claimed):
+                conn.execute(_SET_LAST_TOKEN, (result.token,))
             return result
 
     def renew(self, id: str, token: int, lease: float) -> bool:
@@ -303,7 +320,10 @@ class SQLiteStore:
 
     def delete(self, id: str) -> bool:
         with self._write() as conn:
-            found = conn.execute(f"DELETE FROM {TABLE} WHERE id = ?", (id,)).rowcount > 0
+            # Found means "get would have returned it" (a row past retention is not purged yet).
+            record = _read(conn, id)
+            conn.execute(f"DELETE FROM {TABLE} WHERE id = ?", (id,))
+            found = resolve(record, self._clock()) is not State.ABSENT
         self._notifier.notify(id)
         return found
 

@@ -1,0 +1,35 @@
+"""Small helpers shared by the store tests (no fixtures here: those live in tests/conftest.py).
+
+Durations are ``kit.tick`` multiples. Leases, TTLs and retentions are *half-integer* tick
+counts while the clock only ever moves by whole ticks, so no observation lands exactly on a
+deadline: the tests mean the same thing on a fake clock and on a real server clock.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from onceonly.records import Claimed, ClaimResult, Existing, StoredResponse
+
+LEASE = 2.5
+TTL = 4.5
+RETENTION = 4.5
+FP = "fp-original"
+OTHER_FP = "fp-other"
+
+OK = StoredResponse(201, (("Content-Type", "application/json"),), b'{"id": 1}')
+
+
+def new_id(label: str = "id") -> str:
+    """A fresh record id, unique even on a store shared with other tests."""
+    return f"{label}-{uuid.uuid4().hex}"
+
+
+def claimed(result: ClaimResult) -> Claimed:
+    assert isinstance(result, Claimed), f"expected Claimed, got {result!r}"
+    return result
+
+
+def existing(result: ClaimResult) -> Existing:
+    assert isinstance(result, Existing), f"expected Existing, got {result!r}"
+    return result

@@ -1,0 +1,745 @@
+"""The store protocol of DESIGN.md / ``stores/base.py``, rule by rule, against every store kind.
+
+Each test runs once per entry of ``STORE_KINDS`` (the ``kit`` fixture). Time moves only through
+``kit.advance`` and durations are ``kit.tick`` multiples (see ``_common``), so Redis and
+PostgreSQL kits run these bodies unchanged on their real clocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from onceonly.errors import ConfigurationError, StoreUnavailable
+from onceonly.records import Claimed, Existing, State, StoredResponse
+from onceonly.stores import MemoryStore, SQLiteStore, open_store
+from onceonly.stores.base import DualStore
+from storekit import FakeClock, StoreKit
+
+from ._common import FP, LEASE, OK, OTHER_FP, RETENTION, TTL, claimed, existing, new_id
+
+# -- claim -------------------------------------------------------------------------------------
+
+
+def test_first_claim_is_claimed_and_recorded_in_flight(kit: StoreKit) -> None:
+    id = new_id()
+    c = claimed(kit.store.claim(id, FP, LEASE * kit.tick))
+    assert (c.expired_before, c.recovered, c.previous_fingerprint) == (False, False, None)
+    assert c.token > 0
+    record = kit.store.get(id)
+    assert record is not None
+    assert (record.id, record.fingerprint, record.state, record.token) == (
+        id,
+        FP,
+        State.IN_FLIGHT,
+        c.token,
+    )
+
+
+@pytest.mark.parametrize("fingerprint", [FP, OTHER_FP])
+def test_second_claim_sees_the_first_in_flight_and_changes_nothing(
+    kit: StoreKit, fingerprint: str
+) -> None:
+    id = new_id()
+    c = claimed(kit.store.claim(id, FP, LEASE * kit.tick))
+    before = kit.store.get(id)
+    e = existing(kit.store.claim(id, fingerprint, LEASE * kit.tick))
+    # The live record is the first claim's, whatever the duplicate's fingerprint (SPEC 9, 10).
+    assert (e.record.state, e.record.token, e.record.fingerprint) == (State.IN_FLIGHT, c.token, FP)
+    assert kit.store.get(id) == before
+
+
+def test_claims_of_different_ids_are_independent(kit: StoreKit) -> None:
+    a, b = new_id("a"), new_id("b")
+    ca = claimed(kit.store.claim(a, FP, LEASE * kit.tick))
+    cb = claimed(kit.store.claim(b, FP, LEASE * kit.tick))
+    assert kit.store.complete(a, ca.token, OK, TTL * kit.tick, RETENTION * kit.tick)
+    record = kit.store.get(b)
+    assert record is not None
+    assert (record.state, record.token) == (State.IN_FLIGHT, cb.token)
+
+
+# -- complete and replay -----------------------------------------------------------------------
+
+RESPONSES = {
+    "json": OK,
+    "empty-body": StoredResponse(204, (), b""),
+    "binary-body": StoredResponse(
+        200, (("Content-Type", "application/octet-stream"),), bytes(range(256)) * 3
+    ),
+    "nul-and-invalid-utf8": StoredResponse(200, (), b"\x00\xff\xfe\x00\xc3\x28"),
+    "repeated-headers-in-order": StoredResponse(
+        201,
+        (
+            ("Link", "</a>; rel=next"),
+            ("Location", "/payments/7"),
+            ("Link", "</b>; rel=prev"),
+            ("ETag", '"x y"'),
+        ),
+        b"created",
+    ),
+    "client-error": StoredResponse(422, (("Content-Type", "text/plain"),), b"nope"),
+    "trace-ids": StoredResponse(
+        200, (), b"traced", trace_id="0af7651916cd43dd8448eb211c80319c", span_id="b7ad6b7169203331"
+    ),
+    "one-mebibyte": StoredResponse(200, (), bytes(range(256)) * 4096),
+}
+
+
+@pytest.mark.parametrize("response", list(RESPONSES.values()), ids=list(RESPONSES))
+def test_replay_returns_the_exact_stored_response(kit: StoreKit, response: StoredResponse) -> None:
+    id = new_id()
+    c = claimed(kit.store.claim(id, FP, LEASE * kit.tick))
+    assert kit.store.complete(id, c.token, response, TTL * kit.tick, RETENTION * kit.tick)
+    for handle in (kit.store, kit.reopen()):  # same answer through another connection
+        e = existing(handle.claim(id, OTHER_FP, LEASE * kit.tick))
+        assert e.record.state is State.COMPLETED
+        assert (e.record.fingerprint, e.record.token) == (FP, c.token)
+        assert e.record.response == response
+        assert type(e.record.response.body) is bytes  # type: ignore[union-attr]
+        assert handle.get(id) == e.record
+
+
+def test_a_completed_record_cannot_be_completed_again(kit: StoreKit) -> None:
+    id = new_id()
+    c = claimed(kit.store.claim(id, FP, LEASE * kit.tick))
+    assert kit.store.complete(id, c.token, OK, TTL * kit.tick, RETENTION * kit.tick)
+    before = kit.store.get(id)
+    other = StoredResponse(500, (), b"late")
+    assert not kit.store.complete(id, c.token, other, TTL * kit.tick, RETENTION * kit.tick)
+    assert not kit.store.renew(id, c.token, LEASE * kit.tick)
+    assert not kit.store.release(id, c.token)
+    assert kit.store.get(id) == before
+
+
+def test_unreplayable_completion_keeps_status_and_trace_but_drops_body(kit: StoreKit) -> None:
+    id = new_id()
+    c = claimed(kit.store.claim(id, FP, LEASE * kit.tick))
+    streamed = StoredResponse(
+        200,
+        (("Content-Type", "text/event-stream"),),
+        b"partial stream",
+        replayable=False,
+        trace_id="t" * 32,
+        span_id="s" * 16,
+    )
+    assert kit.store.complete(id, c.token, streamed, TTL * kit.tick, RETENTION * kit.tick)
+    e = existing(kit.store.claim(id, FP, LEASE * kit.tick))
+    assert e.record.state is State.UNREPLAYABLE
+    assert e.record.response == StoredResponse(
+        200, (), b"", replayable=False, trace_id="t" * 32, span_id="s" * 16
+    )
+
+
+# -- fencing -----------------------------------------------------------------------------------
+
+Op = Callable[[DualStore, str, int, float], bool]
+OPS: dict[str, Op] = {
+    "complete": lambda s, id, token, tick: s.complete(id, token, OK, TTL * tick, RETENTION * tick),
+    "renew": lambda s, id, token, tick: s.renew(id, token, LEASE * tick),
+    "release": lambda s, id, token, tick: s.release(id, token),
+}
+
+
+@pytest.mark.parametrize("op", sorted(OPS))
+@pytest.mark.parametrize("wrong", [-1, 1, 1_000_000])
+def test_a_wrong_token_is_refused_and_changes_nothing(kit: StoreKit, op: str, wrong: int) -> None:
+    id = new_id()
+    c = claimed(kit.store.claim(id, FP, LEASE * kit.tick))
+    before = kit.store.get(id)
+    assert OPS[op](kit.store, id, c.token + wrong, kit.tick) is False
+    assert OPS[op](kit.store, id, 0, kit.tick) is False
+    assert kit.store.get(id) == before
+
+
+@pytest.mark.parametrize("op", sorted(OPS))
+def test_any_token_is_refused_on_an_absent_record(kit: StoreKit, op: str) -> None:
+    id = new_id()
+    assert OPS[op](kit.store, id, 1, kit.tick) is False
+    assert kit.store.get(id) is None
+
+
+def test_release_lets_the_next_claim_run_fresh(kit: StoreKit) -> None:
+    id = new_id()
+    first = claimed(kit.store.claim(id, FP, LEASE * kit.tick))
+    assert kit.store.release(id, first.token)
+    assert kit.store.get(id) is None
+    assert not kit.store.release(id, first.token)  # released once is released
+    again = claimed(kit.store.claim(id, OTHER_FP, LEASE * kit.tick))
+    assert (again.expired_before, again.recovered, again.previous_fingerprint) == (
+        False,
+        False,
+        None,
+    )
+    # A token is never minted twice, even for a key that was released in the same instant.
+    assert again.token > first.token
+    before = kit.store.get(id)
+    for op in OPS.values():
+        assert op(kit.store, id, first.token, kit.tick) is False
+    assert kit.store.get(id) == before
+
+
+# -- leases ------------------------------------------------------------------------------------
+
+
+def test_a_live_lease_is_not_taken_over(kit: StoreKit) -> None:
+    id = new_id()
+    c = claimed(kit.store.claim(id, FP, LEASE * kit.tick))
+    kit.advance(2 * kit.tick)  # 2 < 2.5 ticks
+    e = existing(kit.store.claim(id, OTHER_FP, LEASE * kit.tick))
+    assert (e.record.state, e.record.token) == (State.IN_FLIGHT, c.token)
+
+
+def test_a_lapsed_lease_is_taken_over_and_the_old_holder_fenced_out(kit: StoreKit) -> None:
+    id = new_id()
+    old = claimed(kit.store.claim(id, FP, LEASE * kit.tick))
+    kit.advance(3 * kit.tick)
+    new = claimed(kit.store.claim(id, FP, LEASE * kit.tick))  # a retry of the same request
+    assert new.recovered is True
+    assert new.expired_before is False
+    assert new.previous_fingerprint == FP
+    assert new.token > old.token
+    record = kit.store.get(id)
+    assert record is not None
+    assert (record.state, record.token, record.fingerprint) == (State.IN_FLIGHT, new.token, FP)
+    # A second duplicate now sees the new holder's live lease.
+    assert existing(kit.store.claim(id, FP, LEASE * kit.tick)).record.token == new.token
+    for name, op in OPS.items():
+        assert op(kit.store, id, old.token, kit.tick) is False, name
+    assert kit.store.get(id) == record
+    assert kit.store.complete(id, new.token, OK, TTL * kit.tick, RETENTION * kit.tick)
+    assert existing(kit.store.claim(id, FP, LEASE * kit.tick)).record.response == OK
+
+
+def test_a_lapsed_lease_is_not_taken_over_by_a_different_request(kit: StoreKit) -> None:
+    # SPEC 9: another request under the key is a mismatch even when the holder died; only a
+    # retry of the same request recovers the key.
+    id = new_id()
+    old = claimed(kit.store.claim(id, FP, LEASE * kit.tick))
+    kit.advance(3 * kit.tick)
+    before = kit.store.get(id)
+    e = existing(kit.store.claim(id, OTHER_FP, LEASE * kit.tick))
+    assert (e.record.state, e.record.token, e.record.fingerprint) == (
+        State.IN_FLIGHT,
+        old.token,
+        FP,
+    )
+    assert kit.store.get(id) == before
+    assert claimed(kit.store.claim(id, FP, LEASE * kit.tick)).recovered
+
+
+def test_a_holder_past_its_lease_still_completes_when_nobody_took_over(kit: StoreKit) -> None:
+    # The lease only decides whether a duplicate may take over; the token decides who holds.
+    id = new_id()
+    c = claimed(kit.store.claim(id, FP, LEASE * kit.tick))
+    kit.advance(3 * kit.tick)
+    assert kit.store.complete(id, c.token, OK, TTL * kit.tick, RETENTION * kit.tick)
+    assert existing(kit.store.claim(id, FP, LEASE * kit.tick)).record.response == OK
+
+
+def test_renew_extends_the_lease_so_no_takeover_happens(kit: StoreKit) -> None:
+    id = new_id()
+    c = claimed(kit.store.claim(id, FP, LEASE * kit.tick))
+    first = kit.store.get(id)
+    kit.advance(2 * kit.tick)
+    assert kit.store.renew(id, c.token, LEASE * kit.tick)  # now lapses at 2 + 2.5 ticks
+    renewed = kit.store.get(id)
+    assert first is not None
+    assert renewed is not None
+    assert renewed.lease_until > first.lease_until
+    assert (renewed.state, renewed.token, renewed.fingerprint) == (State.IN_FLIGHT, c.token, FP)
+    kit.advance(2 * kit.tick)  # 4 ticks: past the first lease, inside the renewed one
+    assert existing(kit.store.claim(id, FP, LEASE * kit.tick)).record.token == c.token
+    kit.advance(1 * kit.tick)  # 5 ticks: past the renewed lease as well
+    taken = claimed(kit.store.claim(id, FP, LEASE * kit.tick))
+    assert taken.recovered
+    assert taken.token > c.token
+
+
+def test_renew_never_shortens_a_lease(kit: StoreKit) -> None:
+    id = new_id()
+    c = claimed(kit.store.claim(id, FP, 10 * kit.tick))
+    before = kit.store.get(id)
+    assert kit.store.renew(id, c.token, 0.5 * kit.tick)
+    after = kit.store.get(id)
+    assert before is not None
+    assert after is not None
+    assert after.lease_until >= before.lease_until
+    kit.advance(2 * kit.tick)
+    assert isinstance(kit.store.claim(id, FP, LEASE * kit.tick), Existing)
+
+
+# -- expiry (SPEC 14) --------------------------------------------------------------------------
+
+
+def test_ttl_lapse_turns_the_record_into_an_expired_signal_then_nothing(kit: StoreKit) -> None:
+    id = new_id()
+    c = claimed(kit.store.claim(id, FP, LEASE * kit.tick))
+    assert kit.store.complete(id, c.token, OK, TTL * kit.tick, RETENTION * kit.tick)
+    kit.advance(4 * kit.tick)  # 4 < 4.5: still replays
+    assert existing(kit.store.claim(id, FP, LEASE * kit.tick)).record.response == OK
+    kit.advance(1 * kit.tick)  # 5: TTL over, tombstone kept until 9
+    again = claimed(kit.store.claim(id, OTHER_FP, LEASE * kit.tick))
+    assert again.expired_before is True
+    assert again.recovered is False
+    assert again.previous_fingerprint == FP
+    assert again.token > c.token
+    record = kit.store.get(id)
+    assert record is not None
+    assert (record.state, record.fingerprint, record.token) == (
+        State.IN_FLIGHT,
+        OTHER_FP,
+        again.token,
+    )
+    for op in OPS.values():
+        assert op(kit.store, id, c.token, kit.tick) is False
+
+
+def test_after_the_retention_window_a_claim_is_a_plain_first_claim(kit: StoreKit) -> None:
+    id = new_id()
+    c = claimed(kit.store.claim(id, FP, LEASE * kit.tick))
+    assert kit.store.complete(id, c.token, OK, TTL * kit.tick, RETENTION * kit.tick)
+    kit.advance(6 * kit.tick)  # inside the tombstone window: get still sees something
+    tomb = kit.store.get(id)
+    assert tomb is not None
+    assert (tomb.fingerprint, tomb.state is State.IN_FLIGHT) == (FP, False)
+    kit.advance(4 * kit.tick)  # 10 > 4.5 + 4.5: tombstone gone
+    assert kit.store.get(id) is None
+    fresh = claimed(kit.store.claim(id, OTHER_FP, LEASE * kit.tick))
+    assert (fresh.expired_before, fresh.recovered, fresh.previous_fingerprint) == (
+        False,
+        False,
+        None,
+    )
+    assert fresh.token > c.token
+
+
+def test_unreplayable_records_expire_like_completed_ones(kit: StoreKit) -> None:
+    id = new_id()
+    c = claimed(kit.store.claim(id, FP, LEASE * kit.tick))
+    lost = StoredResponse(200, (), b"x", replayable=False)
+    assert kit.store.complete(id, c.token, lost, TTL * kit.tick, RETENTION * kit.tick)
+    kit.advance(5 * kit.tick)
+    assert claimed(kit.store.claim(id, FP, LEASE * kit.tick)).expired_before is True
+
+
+# -- get and delete ----------------------------------------------------------------------------
+
+
+def test_get_follows_the_record_through_its_life(kit: StoreKit) -> None:
+    id = new_id()
+    assert kit.store.get(id) is None
+    c = claimed(kit.store.claim(id, FP, LEASE * kit.tick))
+    in_flight = kit.store.get(id)
+    assert in_flight is not None
+    assert (in_flight.state, in_flight.response) == (State.IN_FLIGHT, None)
+    assert kit.store.complete(id, c.token, OK, TTL * kit.tick, RETENTION * kit.tick)
+    done = kit.store.get(id)
+    assert done is not None
+    assert (done.state, done.token, done.fingerprint, done.response) == (
+        State.COMPLETED,
+        c.token,
+        FP,
+        OK,
+    )
+    assert done.expires_at > in_flight.created_at
+
+
+def test_delete_removes_a_record_whatever_its_state(kit: StoreKit) -> None:
+    id = new_id()
+    assert kit.store.delete(id) is False
+    held = claimed(kit.store.claim(id, FP, LEASE * kit.tick))
+    assert kit.store.delete(id) is True
+    assert kit.store.get(id) is None
+    assert kit.store.delete(id) is False
+    # The deleted claim's holder is fenced out, and the key runs fresh with a newer token.
+    assert not kit.store.complete(id, held.token, OK, TTL * kit.tick, RETENTION * kit.tick)
+    assert kit.store.get(id) is None
+    again = claimed(kit.store.claim(id, FP, LEASE * kit.tick))
+    assert again.token > held.token
+    assert not kit.store.complete(id, held.token, OK, TTL * kit.tick, RETENTION * kit.tick)
+    assert kit.store.complete(id, again.token, OK, TTL * kit.tick, RETENTION * kit.tick)
+    assert kit.store.delete(id) is True
+    assert not again.expired_before
+    assert not claimed(kit.store.claim(id, FP, LEASE * kit.tick)).expired_before
+
+
+# -- watch / awatch ----------------------------------------------------------------------------
+
+WATCH_TIMEOUT = 10.0  # real seconds: a broken wake-up shows as a 10 s wait
+PROMPT = 2.0  # "well before the timeout", with room for a loaded CI machine
+
+
+def _settle(kit: StoreKit, id: str, token: int, how: str) -> None:
+    if how == "complete":
+        assert kit.store.complete(id, token, OK, TTL * kit.tick, RETENTION * kit.tick)
+    elif how == "release":
+        assert kit.store.release(id, token)
+    else:
+        assert kit.store.delete(id)
+
+
+@pytest.mark.parametrize("how", ["complete", "release", "delete"])
+def test_watch_wakes_promptly_when_another_thread_settles_the_record(
+    kit: StoreKit, how: str
+) -> None:
+    id = new_id()
+    c = claimed(kit.store.claim(id, FP, LEASE * kit.tick))
+    seen: dict[str, object] = {}
+
+    def watcher() -> None:
+        kit.store.watch(id, WATCH_TIMEOUT)
+        seen["at"] = time.monotonic()
+        seen["record"] = kit.store.get(id)
+
+    thread = threading.Thread(target=watcher)
+    thread.start()
+    thread.join(0.2)
+    assert thread.is_alive(), "watch returned while the record was still in flight"
+    settled = time.monotonic()
+    _settle(kit, id, c.token, how)
+    thread.join(WATCH_TIMEOUT + 5)
+    assert not thread.is_alive()
+    assert 0 <= seen["at"] - settled < PROMPT  # type: ignore[operator]
+    record = seen["record"]
+    if how == "complete":
+        assert record is not None
+        assert record.state is State.COMPLETED  # type: ignore[attr-defined]
+    else:
+        assert record is None
+
+
+def test_watch_returns_after_the_timeout_when_nothing_happens(kit: StoreKit) -> None:
+    id = new_id()
+    c = claimed(kit.store.claim(id, FP, LEASE * kit.tick))
+    start = time.monotonic()
+    kit.store.watch(id, 0.3)
+    waited = time.monotonic() - start
+    assert 0.29 <= waited < 0.3 + PROMPT
+    record = kit.store.get(id)
+    assert record is not None
+    assert (record.state, record.token) == (State.IN_FLIGHT, c.token)
+
+
+@pytest.mark.parametrize("state", ["absent", "completed"])
+def test_watch_returns_at_once_when_nothing_is_in_flight(kit: StoreKit, state: str) -> None:
+    id = new_id()
+    if state == "completed":
+        c = claimed(kit.store.claim(id, FP, LEASE * kit.tick))
+        _settle(kit, id, c.token, "complete")
+    start = time.monotonic()
+    kit.store.watch(id, WATCH_TIMEOUT)
+    assert time.monotonic() - start < PROMPT
+
+
+@pytest.mark.parametrize("how", ["complete", "release"])
+@pytest.mark.parametrize("settler", ["task", "thread"])
+async def test_awatch_wakes_promptly_when_the_record_is_settled(
+    kit: StoreKit, how: str, settler: str
+) -> None:
+    id = new_id()
+    c = claimed(await kit.store.aclaim(id, FP, LEASE * kit.tick))
+
+    async def watcher() -> float:
+        await kit.store.awatch(id, WATCH_TIMEOUT)
+        return time.monotonic()
+
+    task = asyncio.create_task(watcher())
+    done, _ = await asyncio.wait({task}, timeout=0.2)
+    assert not done, "awatch returned while the record was still in flight"
+    settled = time.monotonic()
+    if settler == "task":
+        if how == "complete":
+            assert await kit.store.acomplete(id, c.token, OK, TTL * kit.tick, RETENTION * kit.tick)
+        else:
+            assert await kit.store.arelease(id, c.token)
+    else:  # a completion on another thread must reach a task on this loop
+        await asyncio.to_thread(_settle, kit, id, c.token, how)
+    woke = await asyncio.wait_for(task, WATCH_TIMEOUT + 5)
+    assert 0 <= woke - settled < PROMPT
+    record = await kit.store.aget(id)
+    assert (record is None) == (how == "release")
+
+
+async def test_awatch_returns_after_the_timeout_when_nothing_happens(kit: StoreKit) -> None:
+    id = new_id()
+    claimed(await kit.store.aclaim(id, FP, LEASE * kit.tick))
+    start = time.monotonic()
+    await kit.store.awatch(id, 0.3)
+    assert 0.29 <= time.monotonic() - start < 0.3 + PROMPT
+    record = await kit.store.aget(id)
+    assert record is not None
+    assert record.state is State.IN_FLIGHT
+
+
+async def test_many_awatchers_all_wake_on_one_completion(kit: StoreKit) -> None:
+    id = new_id()
+    c = claimed(await kit.store.aclaim(id, FP, LEASE * kit.tick))
+    tasks = [asyncio.create_task(kit.store.awatch(id, WATCH_TIMEOUT)) for _ in range(10)]
+    done, _ = await asyncio.wait(tasks, timeout=0.2)
+    assert not done
+    start = time.monotonic()
+    assert await kit.store.acomplete(id, c.token, OK, TTL * kit.tick, RETENTION * kit.tick)
+    await asyncio.wait_for(asyncio.gather(*tasks), WATCH_TIMEOUT + 5)
+    assert time.monotonic() - start < PROMPT
+
+
+# -- sync / async twins ------------------------------------------------------------------------
+
+# One script of operations; "$" stands for the token of the latest claim of that id.
+SCRIPT: list[tuple[str, tuple[object, ...]]] = [
+    ("claim", (FP, LEASE)),
+    ("claim", (OTHER_FP, LEASE)),
+    ("renew", ("$", LEASE)),
+    ("renew", (-1, LEASE)),
+    ("get", ()),
+    ("advance", (3,)),
+    ("claim", (OTHER_FP, LEASE)),  # lapsed (renewed at 0, lease 2.5), other request: held
+    ("claim", (FP, LEASE)),  # the same request: takeover
+    ("complete", ("$old", OK, TTL, RETENTION)),
+    ("complete", ("$", OK, TTL, RETENTION)),
+    ("claim", (FP, LEASE)),
+    ("release", ("$",)),
+    ("get", ()),
+    ("advance", (5,)),
+    ("claim", (FP, LEASE)),  # TTL over: expired
+    ("release", ("$",)),
+    ("release", ("$",)),
+    ("get", ()),
+    ("claim", (FP, LEASE)),
+    ("delete", ()),
+    ("delete", ()),
+    ("get", ()),
+]
+_TIMED = {"claim": (1,), "renew": (1,), "complete": (2, 3)}  # tick-scaled argument positions
+
+
+def _normal(value: object, tokens: list[int]) -> object:
+    """A result with its id and tokens replaced by stable names, so two ids compare equal."""
+
+    def tok(token: int) -> str:
+        return f"token#{tokens.index(token)}" if token in tokens else "unknown-token"
+
+    if isinstance(value, Claimed):
+        flags = (value.expired_before, value.recovered, value.previous_fingerprint)
+        return ("claimed", tok(value.token), *flags)
+    if isinstance(value, Existing):
+        value = value.record
+    if value is None or isinstance(value, bool):
+        return value
+    r = value  # a Record
+    return ("record", r.fingerprint, r.state, tok(r.token), r.response)  # type: ignore[attr-defined]
+
+
+async def test_every_async_method_agrees_with_its_sync_twin(kit: StoreKit) -> None:
+    store = kit.store
+    ids = {"sync": new_id("sync"), "async": new_id("async")}
+    tokens: dict[str, list[int]] = {"sync": [], "async": []}
+    for step, (name, raw) in enumerate(SCRIPT):
+        if name == "advance":
+            kit.advance(raw[0] * kit.tick)  # type: ignore[operator]
+            continue
+        got = {}
+        for flavour in ("sync", "async"):
+            args = list(raw)
+            for i in _TIMED.get(name, ()):
+                args[i] = args[i] * kit.tick  # type: ignore[operator]
+            held = tokens[flavour]
+            args = [(held[-1] if a == "$" else held[-2] if a == "$old" else a) for a in args]
+            if flavour == "sync":
+                result = getattr(store, name)(ids[flavour], *args)
+            else:
+                result = await getattr(store, "a" + name)(ids[flavour], *args)
+            if isinstance(result, Claimed):
+                held.append(result.token)
+            got[flavour] = _normal(result, held)
+        assert got["sync"] == got["async"], f"step {step}: {name}{raw}"
+    assert len(tokens["sync"]) == len(tokens["async"]) == 4
+
+
+async def test_closing_another_handle_leaves_the_data_and_this_handle_working(
+    kit: StoreKit,
+) -> None:
+    id = new_id()
+    c = claimed(await kit.store.aclaim(id, FP, LEASE * kit.tick))
+    other = kit.reopen()
+    assert await other.acomplete(id, c.token, OK, TTL * kit.tick, RETENTION * kit.tick)
+    await other.aclose()
+    assert existing(await kit.store.aclaim(id, FP, LEASE * kit.tick)).record.response == OK
+    claimed(kit.store.claim(new_id(), FP, LEASE * kit.tick))  # this handle still writes
+
+
+# -- open_store(url) ---------------------------------------------------------------------------
+
+
+def test_open_store_memory_url() -> None:
+    store = open_store("memory://")
+    assert isinstance(store, MemoryStore)
+    assert store.url == "memory://"
+
+
+def test_open_store_sqlite_relative_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    store = open_store("sqlite:///sub-rel.db")
+    try:
+        assert isinstance(store, SQLiteStore)
+        assert store.url == "sqlite:///sub-rel.db"
+        assert store.path == "sub-rel.db"
+        assert claimed(store.claim("k", FP, 60)).token > 0
+        assert (tmp_path / "sub-rel.db").is_file()
+    finally:
+        store.close()
+
+
+def test_open_store_sqlite_absolute_path(tmp_path: Path) -> None:
+    path = tmp_path / "abs.db"
+    store = open_store(f"sqlite:///{path}")  # an absolute path gives the four-slash form
+    try:
+        assert isinstance(store, SQLiteStore)
+        assert store.path == str(path)
+        claimed(store.claim("k", FP, 60))
+        assert path.is_file()
+    finally:
+        store.close()
+
+
+def test_open_store_reads_the_environment_when_no_url_is_given(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ONCEONLY_STORE_URL", "memory://from-env")
+    store = open_store()
+    assert isinstance(store, MemoryStore)
+    assert store.url == "memory://from-env"
+
+
+@pytest.mark.parametrize("url", ["mysql://localhost/db", "onceonly.db", "sqlite3:///x.db"])
+def test_open_store_rejects_an_unknown_scheme_naming_the_known_ones(url: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        open_store(url)
+    message = str(info.value)
+    assert url in message
+    assert "memory://" in message
+    assert "sqlite://" in message
+    assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize(
+    "url", ["sqlite://", "sqlite:", "sqlite:///", "sqlite://host/x.db", "sqlite:x.db"]
+)
+def test_open_store_rejects_a_malformed_sqlite_url_with_the_right_forms(url: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        open_store(url)
+    message = str(info.value)
+    assert repr(url) in message
+    assert "sqlite:///relative/path.db" in message
+    assert "sqlite:////absolute/path.db" in message
+
+
+# -- a SQLite file that cannot be used ---------------------------------------------------------
+
+
+def _tree(root: Path) -> dict[str, bytes | None]:
+    return {
+        str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None)
+        for p in sorted(root.rglob("*"))
+    }
+
+
+def test_sqlite_store_on_a_directory_fails_clearly_and_writes_nothing(tmp_path: Path) -> None:
+    target = tmp_path / "a-directory"
+    target.mkdir()
+    (target / "keep.txt").write_bytes(b"untouched")
+    before = _tree(tmp_path)
+    with pytest.raises((ConfigurationError, StoreUnavailable)) as info:
+        SQLiteStore(target)
+    assert str(target) in str(info.value)
+    assert _tree(tmp_path) == before
+
+
+def test_sqlite_store_in_a_missing_directory_fails_clearly_and_creates_nothing(
+    tmp_path: Path,
+) -> None:
+    target = tmp_path / "missing" / "deeper" / "x.db"
+    with pytest.raises(ConfigurationError) as info:
+        SQLiteStore(target)
+    assert "does not exist" in str(info.value)
+    assert str(tmp_path / "missing" / "deeper") in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ConfigurationError):
+        open_store(f"sqlite:///{target}")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "content", [b"this is not a database\n" * 200, bytes(range(256)) * 64, b"SQLite format 3"]
+)
+def test_sqlite_store_on_a_non_database_file_fails_clearly_and_leaves_it_intact(
+    tmp_path: Path, content: bytes
+) -> None:
+    target = tmp_path / "notes.db"
+    target.write_bytes(content)
+    before = _tree(tmp_path)
+    with pytest.raises(StoreUnavailable) as info:
+        SQLiteStore(target)
+    assert str(target) in str(info.value)
+    assert "not a database" in str(info.value)
+    assert isinstance(info.value.__cause__, sqlite3.Error)  # chained, never a bare sqlite3 error
+    assert _tree(tmp_path) == before  # same bytes, and no -wal / -shm files left behind
+
+
+@pytest.mark.parametrize("path", ["", ":memory:"])
+def test_sqlite_store_refuses_a_private_in_memory_database(path: str) -> None:
+    with pytest.raises(ConfigurationError, match="file path"):
+        SQLiteStore(path)
+
+
+def test_a_sqlite_file_locked_past_the_busy_timeout_fails_closed(tmp_path: Path) -> None:
+    """SPEC 17: a store that cannot be written says so (StoreUnavailable), writes nothing."""
+    path = tmp_path / "locked.db"
+    store = SQLiteStore(path, busy_timeout=0.1)
+    done = claimed(store.claim("done", FP, 60))
+    assert store.complete("done", done.token, OK, 3600, 3600)
+    blocker = sqlite3.connect(path, isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+        with pytest.raises(StoreUnavailable) as info:
+            store.claim("new", FP, 60)
+        assert str(path) in str(info.value)
+        assert isinstance(info.value.__cause__, sqlite3.OperationalError)
+        # A replay needs no write lock (WAL readers are not blocked): it still answers.
+        assert existing(store.claim("done", FP, 60)).record.response == OK
+        blocker.execute("ROLLBACK")
+    finally:
+        blocker.close()
+    assert store.get("new") is None  # nothing half-written
+    assert claimed(store.claim("new", FP, 60)).token > done.token
+    store.close()
+
+
+def test_sqlite_purge_drops_only_records_past_retention(tmp_path: Path) -> None:
+    clock = FakeClock()
+    store = SQLiteStore(tmp_path / "purge.db", clock=clock)
+    try:
+        short = claimed(store.claim("short", FP, 60))
+        long = claimed(store.claim("long", FP, 60))
+        claimed(store.claim("held", FP, 60))
+        assert store.complete("short", short.token, OK, 10, 10)
+        assert store.complete("long", long.token, OK, 10, 1000)
+        clock.advance(15)  # short: tombstone
+        assert store.purge() == 0
+        clock.advance(10)  # short: past retention
+        assert store.purge() == 1
+        assert store.get("short") is None
+        assert store.get("long") is not None
+        held = store.get("held")
+        assert held is not None
+        assert held.state is State.IN_FLIGHT  # a claim is never purged while it may be retried
+        assert claimed(store.claim("short", FP, 60)).expired_before is False
+    finally:
+        store.close()

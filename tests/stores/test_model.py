@@ -1,0 +1,352 @@
+"""A Hypothesis state machine per store kind, checked against a tiny model written here.
+
+The model is deliberately independent of ``onceonly.records`` (no ``claim_on``, no
+``resolve``): it is a dict of id -> a few plain fields and the SPEC rules 7, 9, 10, 12-15
+spelled out again in the simplest way, so an error in the shared record logic shows up as a
+disagreement instead of being copied into the oracle.
+
+Checked after every step: each result agrees with the model, a store's tokens for one id
+strictly increase (across takeovers, expiries, releases and deletes), and a token that is not
+the current holder's never succeeds. Durations are half-integer tick counts and the clock
+moves by whole ticks, so no step lands exactly on a deadline (see ``_common``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from onceonly.records import Claimed, Existing, Record, State, StoredResponse
+from storekit import STORE_KINDS, StoreKit
+
+IDS = ("a", "b")
+FINGERPRINTS = ("fp-1", "fp-2")
+LEASES = (1.5, 2.5)  # ticks
+TTLS = (1.5, 3.5)
+RETENTIONS = (1.5, 4.5)
+ADVANCES = (1, 2, 3)
+RESPONSES = (
+    StoredResponse(201, (("Content-Type", "application/json"),), b'{"ok": true}'),
+    StoredResponse(204),
+    StoredResponse(409, (("Link", "</x>"), ("Link", "</y>")), bytes(range(256)), trace_id="t1"),
+    StoredResponse(200, (("Content-Type", "text/plain"),), b"stream", replayable=False),
+)
+BOGUS_TOKEN = 7
+# Which token a complete/renew/release presents: 0 = the latest minted (often the holder's),
+# 1 = a made-up one, n >= 2 = the n-th minted modulo their number (often a stale one).
+PICKS = st.sampled_from((0, 0, 0, 0, 1, 2, 3))
+
+
+@dataclass
+class Model:
+    """What the store should hold for one id. Times are ticks since the machine started."""
+
+    fingerprint: str
+    in_flight: bool
+    token: int
+    lease_until: float
+    expires_at: float = 0.0
+    retain_until: float = 0.0
+    response: StoredResponse | None = None
+
+
+@dataclass
+class World:
+    now: float = 0.0
+    records: dict[str, Model] = field(default_factory=dict)
+    tokens: dict[str, list[int]] = field(default_factory=dict)  # every token minted, per id
+
+    def phase(self, id: str) -> str:
+        """absent | in_flight | live (replays) | tombstone (expired, still remembered)."""
+        m = self.records.get(id)
+        if m is None:
+            return "absent"
+        if m.in_flight:
+            return "in_flight"
+        if self.now < m.expires_at:
+            return "live"
+        if self.now < m.retain_until:
+            return "tombstone"
+        return "absent"
+
+    def holds(self, id: str, token: int) -> bool:
+        m = self.records.get(id)
+        return m is not None and m.in_flight and m.token == token
+
+
+def _as_stored(response: StoredResponse) -> StoredResponse:
+    """What a completion keeps (SPEC 15: an unreplayable result keeps status and trace only)."""
+    if response.replayable:
+        return response
+    return StoredResponse(response.status, (), b"", False, response.trace_id, response.span_id)
+
+
+def _machine(kit: StoreKit, seen: Counter[str]) -> type[RuleBasedStateMachine]:
+    """The machine for ``kit``; ``seen`` counts which situations the run reached."""
+    store, tick = kit.store, kit.tick
+
+    class StoreMachine(RuleBasedStateMachine):
+        def __init__(self) -> None:
+            super().__init__()
+            self.world = World()
+            # Fresh ids per example: the store (and its clock) is shared by all examples.
+            self.prefix = f"model-{uuid.uuid4().hex}-"
+
+        def _token(self, id: str, pick: int) -> int:
+            minted = self.world.tokens.get(id, [])
+            if pick == 0 or not minted:  # the current (or latest) token, else a made-up one
+                return minted[-1] if minted else BOGUS_TOKEN
+            if pick == 1:
+                return BOGUS_TOKEN
+            return minted[pick % len(minted)]  # often a stale one
+
+        def _fenced(self, name: str, id: str, token: int, ok: bool) -> None:
+            expected = self.world.holds(id, token)
+            seen[f"{name}:{'holder' if expected else 'refused'}"] += 1
+            if not expected:
+                assert ok is False, f"{name} with a token that does not hold {id!r} succeeded"
+            assert ok is expected, f"{name}({id!r}, {token}) returned {ok}, model says {expected}"
+
+        @rule(
+            id=st.sampled_from(IDS), fp=st.sampled_from(FINGERPRINTS), lease=st.sampled_from(LEASES)
+        )
+        def claim(self, id: str, fp: str, lease: float) -> None:
+            w = self.world
+            phase = w.phase(id)
+            old = w.records.get(id)
+            lapsed = phase == "in_flight" and old is not None and w.now >= old.lease_until
+            other = ":other-request" if old is not None and old.fingerprint != fp else ""
+            seen[f"claim:{phase}{':lapsed' if lapsed else ''}{other if lapsed else ''}"] += 1
+            result = store.claim(self.prefix + id, fp, lease * tick)
+            # A live record answers; a lapsed lease is taken over only by the same request
+            # (SPEC 9: another request under the key is a mismatch, even if the holder died).
+            held = (
+                phase == "in_flight"
+                and old is not None
+                and (w.now < old.lease_until or old.fingerprint != fp)
+            )
+            if phase == "live" or held:
+                assert old is not None
+                assert isinstance(result, Existing), f"{phase} {id!r} should be Existing: {result}"
+                self._agrees(id, result.record)
+                return
+            assert isinstance(result, Claimed), f"{phase} {id!r} should be claimable: {result}"
+            recovered = phase == "in_flight"
+            expired = phase == "tombstone"
+            assert (result.recovered, result.expired_before) == (recovered, expired)
+            previous = old.fingerprint if (old is not None and (recovered or expired)) else None
+            assert result.previous_fingerprint == previous
+            minted = w.tokens.setdefault(id, [])
+            assert not minted or result.token > max(minted), "tokens must strictly increase"
+            minted.append(result.token)
+            w.records[id] = Model(fp, True, result.token, w.now + lease)
+
+        @rule(
+            id=st.sampled_from(IDS),
+            pick=PICKS,
+            response=st.sampled_from(RESPONSES),
+            ttl=st.sampled_from(TTLS),
+            retention=st.sampled_from(RETENTIONS),
+        )
+        def complete(
+            self, id: str, pick: int, response: StoredResponse, ttl: float, retention: float
+        ) -> None:
+            token = self._token(id, pick)
+            ok = store.complete(self.prefix + id, token, response, ttl * tick, retention * tick)
+            self._fenced("complete", id, token, ok)
+            if ok:
+                m = self.world.records[id]
+                m.in_flight = False
+                m.expires_at = self.world.now + ttl
+                m.retain_until = self.world.now + ttl + retention
+                m.response = _as_stored(response)
+
+        @rule(
+            id=st.sampled_from(IDS),
+            fp=st.sampled_from(FINGERPRINTS),
+            response=st.sampled_from(RESPONSES),
+            ttl=st.sampled_from(TTLS),
+        )
+        def run_to_completion(self, id: str, fp: str, response: StoredResponse, ttl: float) -> None:
+            # The common life of a request in one step (claim, then complete with the token it
+            # got), so runs reach completed records and their tombstones often.
+            self.claim(id, fp, LEASES[0])
+            self.complete(id, 0, response, ttl, RETENTIONS[-1])
+
+        @rule(id=st.sampled_from(IDS), pick=PICKS, lease=st.sampled_from(LEASES))
+        def renew(self, id: str, pick: int, lease: float) -> None:
+            token = self._token(id, pick)
+            ok = store.renew(self.prefix + id, token, lease * tick)
+            self._fenced("renew", id, token, ok)
+            if ok:
+                m = self.world.records[id]
+                m.lease_until = max(m.lease_until, self.world.now + lease)
+
+        @rule(id=st.sampled_from(IDS), pick=PICKS)
+        def release(self, id: str, pick: int) -> None:
+            token = self._token(id, pick)
+            ok = store.release(self.prefix + id, token)
+            self._fenced("release", id, token, ok)
+            if ok:
+                del self.world.records[id]
+
+        def _in_flight_ids(self) -> list[str]:
+            return [id for id in IDS if self.world.phase(id) == "in_flight"]
+
+        @precondition(lambda self: bool(self._in_flight_ids()))
+        @rule(
+            which=st.integers(0, len(IDS) - 1),
+            op=st.sampled_from(("complete", "renew", "release")),
+            pick=st.integers(0, 7),
+        )
+        def write_with_a_token_that_does_not_hold(self, which: int, op: str, pick: int) -> None:
+            # Fencing gets its own rule, aimed at records in flight (where a wrong token could do
+            # harm): a stale holder's token (taken over, released, expired, deleted) or a
+            # made-up one. The pick-based rules above cover every other state.
+            candidates = self._in_flight_ids()
+            id = candidates[which % len(candidates)]
+            holder = self.world.records[id].token
+            others = [t for t in self.world.tokens.get(id, []) if t != holder] + [BOGUS_TOKEN]
+            token = others[pick % len(others)]
+            before = store.get(self.prefix + id)
+            if op == "complete":
+                ok = store.complete(
+                    self.prefix + id, token, RESPONSES[0], TTLS[0] * tick, RETENTIONS[0] * tick
+                )
+            elif op == "renew":
+                ok = store.renew(self.prefix + id, token, LEASES[-1] * tick)
+            else:
+                ok = store.release(self.prefix + id, token)
+            assert ok is False, f"{op} with a token that does not hold {id!r} succeeded"
+            assert store.get(self.prefix + id) == before, f"a refused {op} changed {id!r}"
+            seen[f"fenced-{op}:{self.world.phase(id)}"] += 1
+
+        @rule(id=st.sampled_from(IDS))
+        def delete(self, id: str) -> None:
+            found = store.delete(self.prefix + id)
+            seen[f"delete:{self.world.phase(id)}"] += 1
+            assert found is (self.world.phase(id) != "absent")
+            self.world.records.pop(id, None)
+
+        @rule(ticks=st.sampled_from(ADVANCES))
+        def advance(self, ticks: int) -> None:
+            kit.advance(ticks * tick)
+            self.world.now += ticks
+
+        @invariant()
+        def every_record_agrees(self) -> None:
+            for id in IDS:
+                self._agrees(id, store.get(self.prefix + id))
+
+        def _agrees(self, id: str, record: Record | None) -> None:
+            phase = self.world.phase(id)
+            m = self.world.records.get(id)
+            if phase == "absent" or m is None:
+                assert record is None, f"{id!r} should be absent, store has {record}"
+                return
+            assert record is not None, f"{id!r} is {phase} in the model, absent in the store"
+            assert (record.id, record.fingerprint, record.token) == (
+                self.prefix + id,
+                m.fingerprint,
+                m.token,
+            )
+            if phase == "in_flight":
+                assert record.state is State.IN_FLIGHT
+                assert record.response is None
+            elif phase == "live":
+                want = State.COMPLETED if m.response.replayable else State.UNREPLAYABLE  # type: ignore[union-attr]
+                assert record.state is want
+                assert record.response == m.response
+            else:  # tombstone: remembered (fingerprint, token), never in flight
+                assert record.state is not State.IN_FLIGHT
+
+    return StoreMachine
+
+
+# Situations a run must reach, or it proved little (a guard against a vacuous pass).
+MUST_SEE = (
+    "claim:absent",
+    "claim:in_flight",
+    "claim:in_flight:lapsed",
+    "claim:in_flight:lapsed:other-request",
+    "claim:live",
+    "claim:tombstone",
+    "complete:holder",
+    "complete:refused",
+    "renew:holder",
+    "renew:refused",
+    "release:holder",
+    "release:refused",
+    "delete:in_flight",
+    "delete:live",
+    "delete:tombstone",
+    "fenced-complete:in_flight",
+    "fenced-renew:in_flight",
+    "fenced-release:in_flight",
+)
+
+
+def _settings(examples: int, steps: int) -> settings:
+    return settings(
+        report_multiple_bugs=False,  # one plain AssertionError, the smallest failing run
+        max_examples=examples,
+        stateful_step_count=steps,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow],
+        database=None,  # the store is rebuilt per test; stored examples would not replay
+    )
+
+
+def test_store_agrees_with_the_reference_model(kit: StoreKit) -> None:
+    # Real-clock kits pay real time for every advance: fewer, shorter runs.
+    examples, steps = (10, 20) if kit.real_clock else (200, 50)
+    seen: Counter[str] = Counter()
+    run_state_machine_as_test(_machine(kit, seen), settings=_settings(examples, steps))
+    missing = [name for name in MUST_SEE if not seen[name]]
+    if not kit.real_clock:
+        assert not missing, f"the run never reached {missing}: {dict(seen)}"
+
+
+@pytest.mark.parametrize("broken", ["reuses-tokens", "ignores-tokens"])
+def test_the_model_notices_a_broken_store(tmp_path: Path, broken: str) -> None:
+    """The oracle is not vacuous: a store that breaks fencing must be caught."""
+    kit = STORE_KINDS["memory"](tmp_path)
+    real = kit.store
+
+    class Broken:
+        url = real.url
+
+        def claim(self, id: str, fp: str, lease: float) -> object:
+            result = real.claim(id, fp, lease)
+            if broken == "reuses-tokens" and isinstance(result, Claimed):
+                return Claimed(
+                    1, result.expired_before, result.recovered, result.previous_fingerprint
+                )
+            return result
+
+        def complete(self, id: str, token: int, *args: object) -> bool:
+            if broken == "ignores-tokens":
+                record = real.get(id)
+                if record is not None and record.state is State.IN_FLIGHT:
+                    token = record.token
+            return real.complete(id, token, *args)  # type: ignore[arg-type]
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(real, name)
+
+    kit.store = Broken()  # type: ignore[assignment]
+    with pytest.raises(AssertionError):
+        run_state_machine_as_test(_machine(kit, Counter()), settings=_settings(200, 20))
