@@ -398,18 +398,14 @@ def test_random_event_sequences_stay_inside_the_table(steps: list[tuple[object, 
                 record = None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="next_token(None, now) only has the clock once release deleted the record: a store "
-    "must keep a token high-water mark (per id or store-wide) for this to hold",
-)
 def test_token_of_a_released_claim_is_not_reused_at_the_same_instant() -> None:
     # The first holder releases (5xx) and a retry claims within the same clock tick: the two
     # claims must not share a fencing token, or the first holder's late heartbeat or write
-    # would act on the retry's record.
+    # would act on the retry's record. Release deletes the record, so the store passes its
+    # high-water mark of issued tokens as the floor.
     first, record = claim_on(None, "id", "fp", LEASE, T0)
     assert isinstance(first, Claimed)
     assert release_allowed(record, first.token, T0)
-    second, _ = claim_on(None, "id", "fp", LEASE, T0)
+    second, _ = claim_on(None, "id", "fp", LEASE, T0, floor=first.token)
     assert isinstance(second, Claimed)
     assert second.token != first.token
