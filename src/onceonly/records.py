@@ -154,6 +154,32 @@ def resolve(record: Record | None, now: float) -> State:
     return state
 
 
+def visible(record: Record | None, now: float) -> Record | None:
+    """``record`` as readers see it at ``now``: None once gone, a body-less tombstone after its
+    TTL (SPEC 14: the tombstone keeps the fingerprint and times, never the response)."""
+    state = resolve(record, now)
+    if state is State.ABSENT or record is None:
+        return None
+    if state is State.TOMBSTONE and record.state is not State.TOMBSTONE:
+        return as_tombstone(record)
+    return record
+
+
+def as_tombstone(record: Record) -> Record:
+    """The tombstone a completed record leaves when its TTL lapses: no response, no body."""
+    return Record(
+        record.id,
+        record.fingerprint,
+        State.TOMBSTONE,
+        record.token,
+        record.lease_until,
+        record.expires_at,
+        record.retain_until,
+        None,
+        record.created_at,
+    )
+
+
 def lease_left(record: Record | None, now: float) -> float:
     """Seconds until an in-flight claim may be taken over; 0 when it is not live in flight.
 

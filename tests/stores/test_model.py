@@ -270,8 +270,9 @@ def _machine(kit: StoreKit, seen: Counter[str]) -> type[RuleBasedStateMachine]:
                 want = State.COMPLETED if m.response.replayable else State.UNREPLAYABLE  # type: ignore[union-attr]
                 assert record.state is want
                 assert record.response == m.response
-            else:  # tombstone: remembered (fingerprint, token), never in flight
-                assert record.state is not State.IN_FLIGHT
+            else:  # tombstone: remembered (fingerprint, token), without the response (SPEC 14)
+                assert record.state is State.TOMBSTONE
+                assert record.response is None
 
     return StoreMachine
 

@@ -19,12 +19,14 @@ from onceonly.records import (
     Record,
     State,
     StoredResponse,
+    as_tombstone,
     claim_on,
     complete_on,
     lease_left,
     release_allowed,
     renew_on,
     resolve,
+    visible,
 )
 from onceonly.stores._notify import Notifier
 
@@ -95,10 +97,7 @@ class MemoryStore:
 
     def get(self, id: str) -> Record | None:
         with self._lock:
-            record = self._records.get(id)
-            if resolve(record, self._clock()) is State.ABSENT:
-                return None
-            return record
+            return visible(self._records.get(id), self._clock())
 
     def watch(self, id: str, timeout: float) -> None:
         event, unsubscribe = self._notifier.thread_waiter(id)
@@ -184,11 +183,16 @@ class MemoryStore:
             abandoned = state is State.IN_FLIGHT and now >= record.lease_until + ABANDONED_GRACE
             if state is State.ABSENT or abandoned:
                 del self._records[id]
-            else:  # still alive (renewed, re-claimed): look again at its current deadline
-                heapq.heappush(self._deadlines, (_deadline(record), id))
+                continue
+            if state is State.TOMBSTONE and record.state is not State.TOMBSTONE:
+                record = self._records[id] = as_tombstone(record)  # the body goes at the TTL
+            # still alive (renewed, re-claimed, now a tombstone): look again at its deadline
+            heapq.heappush(self._deadlines, (_deadline(record), id))
 
 
 def _deadline(record: Record) -> float:
     if record.state is State.IN_FLIGHT:
         return record.lease_until + ABANDONED_GRACE
-    return record.retain_until
+    if record.state is State.TOMBSTONE:
+        return record.retain_until
+    return record.expires_at

@@ -37,6 +37,7 @@ from onceonly.records import (
     release_allowed,
     renew_on,
     resolve,
+    visible,
 )
 from onceonly.stores._notify import Notifier
 
@@ -61,6 +62,8 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
     span_id      TEXT
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS {TABLE}_retain ON {TABLE} (retain_until);
+CREATE INDEX IF NOT EXISTS {TABLE}_expires ON {TABLE} (expires_at)
+    WHERE state IN ('completed', 'unreplayable');
 CREATE TABLE IF NOT EXISTS {TABLE}_tokens (
     one   INTEGER PRIMARY KEY CHECK (one = 1),
     last  INTEGER NOT NULL
@@ -178,12 +181,17 @@ class SQLiteStore:
         *,
         clock: Clock = time.time,
         busy_timeout: float = 5.0,
+        purge_every: float | None = 60.0,
         url: str | None = None,
     ) -> None:
         self.path = os.fspath(path)
         self.url = url or f"sqlite:///{self.path}"
         self._clock = clock
         self._busy_timeout = busy_timeout
+        # Housekeeping rides on completions: at most once per ``purge_every`` seconds a
+        # completion also drops lapsed bodies and dead rows (bounded, index-driven).
+        self._purge_every = purge_every
+        self._next_purge = time.monotonic() + (purge_every or 0.0)
         self._local = threading.local()
         self._pid = os.getpid()
         self._notifier = Notifier()
@@ -250,15 +258,22 @@ class SQLiteStore:
     # -- sync ----------------------------------------------------------------------------
 
     def claim(self, id: str, fingerprint: str, lease: float) -> ClaimResult:
+        return self._settled(id) or self._claim(id, fingerprint, lease)
+
+    def _settled(self, id: str) -> Existing | None:
+        """Fast path for replays, without the write lock: a live completed record cannot
+        change until its TTL, and a WAL reader never waits for the writer."""
         with _translated(self.path):
-            # Fast path for replays: a live completed record cannot change until its TTL.
             current = _read(self._conn(), id)
         if (
             current is not None
-            and current.state is not State.IN_FLIGHT
+            and current.state in (State.COMPLETED, State.UNREPLAYABLE)
             and resolve(current, self._clock()) is current.state
         ):
             return Existing(current)
+        return None
+
+    def _claim(self, id: str, fingerprint: str, lease: float) -> ClaimResult:
         with self._write() as conn:
             now = self._clock()
             existing = _read(conn, id)
@@ -286,6 +301,10 @@ class SQLiteStore:
             done = complete_in(conn, id, token, response, ttl, retention, self._clock())
         if done:
             self._notifier.notify(id)
+        if self._purge_every is not None and time.monotonic() >= self._next_purge:
+            self._next_purge = time.monotonic() + self._purge_every
+            with contextlib.suppress(StoreUnavailable):  # housekeeping must not fail a request
+                self.purge(limit=500)
         return done
 
     def release(self, id: str, token: int) -> bool:
@@ -299,9 +318,7 @@ class SQLiteStore:
     def get(self, id: str) -> Record | None:
         with _translated(self.path):
             record = _read(self._conn(), id)
-        if resolve(record, self._clock()) is State.ABSENT:
-            return None
-        return record
+        return visible(record, self._clock())
 
     def watch(self, id: str, timeout: float) -> None:
         # In-process completions wake us at once; other processes are seen by polling with a
@@ -328,12 +345,22 @@ class SQLiteStore:
         return found
 
     def purge(self, limit: int = 1000) -> int:
-        """Delete up to ``limit`` records past their retention; returns how many (index scan)."""
+        """Housekeeping, index-driven and bounded by ``limit`` rows per step: completed records
+        past their TTL become body-less tombstones (SPEC 14), rows past their retention (and
+        long-abandoned claims) are deleted. Returns how many rows were deleted."""
         with self._write() as conn:
+            now = self._clock()
+            conn.execute(
+                f"UPDATE {TABLE} SET state = 'tombstone', status = NULL, headers = NULL, "
+                "body = NULL, replayable = NULL, trace_id = NULL, span_id = NULL "
+                f"WHERE id IN (SELECT id FROM {TABLE} WHERE expires_at <= ? "
+                "AND state IN ('completed', 'unreplayable') LIMIT ?)",
+                (now, limit),
+            )
             cur = conn.execute(
                 f"DELETE FROM {TABLE} WHERE id IN "
                 f"(SELECT id FROM {TABLE} WHERE retain_until <= ? LIMIT ?)",
-                (self._clock(), limit),
+                (now, limit),
             )
             return cur.rowcount
 
@@ -348,7 +375,12 @@ class SQLiteStore:
     # -- async: the same operations on a worker thread ----------------------------------
 
     async def aclaim(self, id: str, fingerprint: str, lease: float) -> ClaimResult:
-        return await asyncio.to_thread(self.claim, id, fingerprint, lease)
+        # The replay read runs inline (a WAL read of one row by primary key never waits for
+        # a writer); only the write transaction, which may wait for the lock, goes to a thread.
+        settled = self._settled(id)
+        if settled is not None:
+            return settled
+        return await asyncio.to_thread(self._claim, id, fingerprint, lease)
 
     async def arenew(self, id: str, token: int, lease: float) -> bool:
         return await asyncio.to_thread(self.renew, id, token, lease)

@@ -1,0 +1,67 @@
+"""SPEC 14 housekeeping: a completed record's body goes at its TTL; the tombstone stays for the
+retention window, then the whole record goes."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from onceonly.records import Claimed, State, StoredResponse
+from onceonly.stores.sqlite import TABLE, SQLiteStore
+from storekit import FakeClock, StoreKit
+
+BODY = StoredResponse(201, (("content-type", "application/json"),), b'{"id": 1}')
+
+
+def test_after_the_ttl_get_shows_a_tombstone_without_the_body(kit: StoreKit) -> None:
+    claimed = kit.store.claim("hk-1", "fp", 10 * kit.tick)
+    assert isinstance(claimed, Claimed)
+    assert kit.store.complete("hk-1", claimed.token, BODY, 2 * kit.tick, 4 * kit.tick)
+    live = kit.store.get("hk-1")
+    assert live is not None
+    assert live.response == BODY
+    kit.advance(3 * kit.tick)
+    tomb = kit.store.get("hk-1")
+    assert tomb is not None
+    assert (tomb.state, tomb.response, tomb.fingerprint) == (State.TOMBSTONE, None, "fp")
+    kit.advance(4 * kit.tick)
+    assert kit.store.get("hk-1") is None
+
+
+def _rows(path: Path) -> list[tuple[str, str, bytes | None]]:
+    with sqlite3.connect(path) as conn:
+        return conn.execute(f"SELECT id, state, body FROM {TABLE} ORDER BY id").fetchall()
+
+
+def test_sqlite_purge_drops_lapsed_bodies_then_dead_rows(tmp_path: Path) -> None:
+    clock = FakeClock()
+    store = SQLiteStore(tmp_path / "hk.db", clock=clock, purge_every=None)
+    for id, ttl in (("a", 5.0), ("b", 50.0)):
+        claimed = store.claim(id, "fp", 10)
+        assert isinstance(claimed, Claimed)
+        assert store.complete(id, claimed.token, BODY, ttl, 20.0)
+    clock.advance(10)
+    assert store.purge() == 0
+    assert _rows(tmp_path / "hk.db") == [("a", "tombstone", None), ("b", "completed", BODY.body)]
+    clock.advance(20)  # a: past TTL + retention; b: still live
+    assert store.purge() == 1
+    assert [r[0] for r in _rows(tmp_path / "hk.db")] == ["b"]
+    # the key of a purged record is simply new again
+    again = store.claim("a", "fp", 10)
+    assert isinstance(again, Claimed)
+    assert not again.expired_before
+    store.close()
+
+
+def test_sqlite_completions_purge_on_their_own(tmp_path: Path) -> None:
+    clock = FakeClock()
+    store = SQLiteStore(tmp_path / "auto.db", clock=clock, purge_every=0.0)
+    first = store.claim("old", "fp", 10)
+    assert isinstance(first, Claimed)
+    assert store.complete("old", first.token, BODY, 1.0, 1.0)
+    clock.advance(5)
+    second = store.claim("new", "fp", 10)
+    assert isinstance(second, Claimed)
+    assert store.complete("new", second.token, BODY, 100.0, 1.0)  # this completion purges
+    assert [r[0] for r in _rows(tmp_path / "auto.db")] == ["new"]
+    store.close()
