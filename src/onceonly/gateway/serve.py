@@ -1,0 +1,61 @@
+"""Run the gateway under uvicorn: one process, or ``workers`` processes via an app factory.
+
+uvicorn's own graceful shutdown applies: on SIGINT/SIGTERM it stops accepting connections,
+lets in-flight requests finish for up to ``shutdown_timeout``, then runs the lifespan shutdown
+(which closes the upstream pool and the store).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import uvicorn
+
+from onceonly.errors import ConfigurationError, StoreError
+from onceonly.gateway.app import Gateway, create_app
+from onceonly.gateway.config import RESOLVED_ENV, GatewayConfig
+from onceonly.stores import open_store
+
+
+def check_store(config: GatewayConfig) -> None:
+    """Open the store once and read from it, so a bad store fails at start-up, not per request."""
+    try:
+        store = open_store(config.store)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"store: {exc}") from exc
+    try:
+        store.get("onceonly-gateway-startup-probe")
+    except StoreError as exc:
+        raise ConfigurationError(
+            f"store: cannot use {config.store.split(':')[0]} store: {exc}"
+        ) from exc
+    finally:
+        store.close()
+
+
+def serve(config: GatewayConfig, *, log_level: str = "info") -> None:
+    """Serve until interrupted. Blocks."""
+    target: Gateway | str
+    if config.workers == 1:
+        target = create_app(config)
+    else:
+        # Worker processes are spawned afresh: they rebuild the app from the checked config.
+        os.environ[RESOLVED_ENV] = config.to_json()
+        target = "onceonly.gateway.app:app_from_env"
+    uvicorn.run(
+        target,
+        factory=config.workers > 1,
+        workers=config.workers if config.workers > 1 else None,
+        host=config.host,
+        port=config.port,
+        log_level=log_level,
+        # The upstream's Date and Server headers pass through unchanged; uvicorn must not add
+        # its own next to them.
+        server_header=False,
+        date_header=False,
+        # The peer address is the client; X-Forwarded-* it sends are passed on, not trusted.
+        proxy_headers=False,
+        timeout_graceful_shutdown=math.ceil(config.shutdown_timeout),
+        lifespan="on",
+    )
