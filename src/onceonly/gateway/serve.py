@@ -11,6 +11,7 @@ import math
 import os
 
 import uvicorn
+from uvicorn.supervisors import Multiprocess
 
 from onceonly.errors import ConfigurationError, StoreError
 from onceonly.gateway.app import Gateway, create_app
@@ -34,19 +35,14 @@ def check_store(config: GatewayConfig) -> None:
         store.close()
 
 
-def serve(config: GatewayConfig, *, log_level: str = "info") -> None:
-    """Serve until interrupted. Blocks."""
-    target: Gateway | str
-    if config.workers == 1:
-        target = create_app(config)
-    else:
-        # Worker processes are spawned afresh: they rebuild the app from the checked config.
-        os.environ[RESOLVED_ENV] = config.to_json()
-        target = "onceonly.gateway.app:app_from_env"
-    uvicorn.run(
+def uvicorn_config(
+    config: GatewayConfig, target: Gateway | str, *, log_level: str = "info"
+) -> uvicorn.Config:
+    """The uvicorn settings the gateway runs with (tests serve the app with the same ones)."""
+    return uvicorn.Config(
         target,
-        factory=config.workers > 1,
-        workers=config.workers if config.workers > 1 else None,
+        factory=isinstance(target, str),
+        workers=config.workers,
         host=config.host,
         port=config.port,
         log_level=log_level,
@@ -59,3 +55,15 @@ def serve(config: GatewayConfig, *, log_level: str = "info") -> None:
         timeout_graceful_shutdown=math.ceil(config.shutdown_timeout),
         lifespan="on",
     )
+
+
+def serve(config: GatewayConfig, *, log_level: str = "info") -> None:
+    """Serve until interrupted (what ``uvicorn.run`` does, with our settings). Blocks."""
+    if config.workers == 1:
+        uvicorn.Server(uvicorn_config(config, create_app(config), log_level=log_level)).run()
+        return
+    # Worker processes are spawned afresh: they rebuild the app from the checked config.
+    os.environ[RESOLVED_ENV] = config.to_json()
+    settings = uvicorn_config(config, "onceonly.gateway.app:app_from_env", log_level=log_level)
+    server = uvicorn.Server(settings)
+    Multiprocess(settings, target=server.run, sockets=[settings.bind_socket()]).run()
