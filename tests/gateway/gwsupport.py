@@ -111,6 +111,7 @@ class GatewayProcess:
             env={**os.environ, **(env or {})},
         )
         self.ready = threading.Event()
+        self.seen = threading.Condition()
         self.output: list[str] = []
         threading.Thread(target=self._drain, daemon=True).start()
         if not self.ready.wait(START_TIMEOUT):
@@ -120,9 +121,17 @@ class GatewayProcess:
     def _drain(self) -> None:
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
-            self.output.append(line)
+            with self.seen:
+                self.output.append(line)
+                self.seen.notify_all()
             if "Application startup complete" in line:
                 self.ready.set()
+
+    def wait_for_line(self, text: str, timeout: float = START_TIMEOUT) -> None:
+        """Block until the gateway has logged a line containing ``text``."""
+        with self.seen:
+            found = self.seen.wait_for(lambda: any(text in line for line in self.output), timeout)
+        assert found, f"gateway never logged {text!r}:\n" + "".join(self.output)
 
     @property
     def url(self) -> str:
@@ -159,3 +168,18 @@ class ManualClock:
 async def wait_for(awaitable: Any, timeout: float = 10.0) -> Any:
     """Bound every coordination step, so a broken stream fails the test instead of hanging."""
     return await asyncio.wait_for(awaitable, timeout)
+
+
+def require_service(name: str, reason: str) -> None:
+    """tests/conftest.py's ``require_service`` (skip locally, fail in CI).
+
+    Loaded by file: nested ``conftest`` modules shadow each other's names in ``sys.modules``.
+    """
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_root_conftest", HERE.parent / "conftest.py")
+    assert spec is not None
+    assert spec.loader is not None
+    root = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(root)
+    root.require_service(name, reason)

@@ -12,8 +12,8 @@ Endpoints (raw ASGI, so nothing buffers or rewrites what the tests look at):
 - ``/gate/<name>``     waits until ``POST /_open/<name>``; ``GET /_started/<name>`` waits for it
 - ``/upload/<name>``   reads the request body chunk by chunk, each readable from
                        ``GET /_received/<name>`` as it arrives
-- ``/crash``           exits the process before answering
-- ``/crash-mid``       sends headers and one chunk, then exits the process
+- ``/crash/<name>``    the first time: exits the process before answering; then answers 200
+- ``/crash-mid/<name>`` the first time: sends headers and one chunk, then exits; then 200
 
 Control paths start with ``/_`` and are not counted.
 """
@@ -41,6 +41,12 @@ def record(method: str, path: str) -> None:
     LOG.write(f"{method} {path}\n")
     LOG.flush()
     os.fsync(LOG.fileno())
+
+
+def seen(method: str, path: str) -> bool:
+    """Whether ``method path`` ran before, in this process or one that crashed."""
+    with open(LOG.name, encoding="utf-8") as log:
+        return f"{method} {path}\n" in log.readlines()
 
 
 async def read_body(receive: Any) -> bytes:
@@ -117,10 +123,14 @@ async def app(scope: Any, receive: Any, send: Any) -> None:
             (b"x-upstream", b"yes"),
         ]
         await respond(send, int(name), b"status " + name.encode(), headers)
-    elif path == "/crash":
+    elif path.startswith(("/crash/", "/crash-mid/")) and seen(method, path):
+        record(method, path)
+        await read_body(receive)
+        await respond(send, 200, b'{"survived": true}')
+    elif path.startswith("/crash/"):
         record(method, path)
         os._exit(1)
-    elif path == "/crash-mid":
+    elif path.startswith("/crash-mid/"):
         record(method, path)
         # Read the whole request first: closing a socket with unread input sends a reset,
         # which could discard the response bytes below before the gateway reads them.

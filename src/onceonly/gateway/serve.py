@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import math
 import os
+from typing import Literal, TypedDict
 
 import uvicorn
-from uvicorn.supervisors import Multiprocess
 
 from onceonly.errors import ConfigurationError, StoreError
 from onceonly.gateway.app import Gateway, create_app
@@ -35,14 +35,19 @@ def check_store(config: GatewayConfig) -> None:
         store.close()
 
 
-def uvicorn_config(
-    config: GatewayConfig, target: Gateway | str, *, log_level: str = "info"
-) -> uvicorn.Config:
-    """The uvicorn settings the gateway runs with (tests serve the app with the same ones)."""
-    return uvicorn.Config(
-        target,
-        factory=isinstance(target, str),
-        workers=config.workers,
+class _Options(TypedDict):
+    host: str
+    port: int
+    log_level: str
+    server_header: bool
+    date_header: bool
+    proxy_headers: bool
+    timeout_graceful_shutdown: int
+    lifespan: Literal["on"]
+
+
+def _options(config: GatewayConfig, log_level: str) -> _Options:
+    return _Options(
         host=config.host,
         port=config.port,
         log_level=log_level,
@@ -57,13 +62,23 @@ def uvicorn_config(
     )
 
 
+def uvicorn_config(
+    config: GatewayConfig, app: Gateway, *, log_level: str = "info"
+) -> uvicorn.Config:
+    """The uvicorn settings the gateway runs with (tests serve the app with the same ones)."""
+    return uvicorn.Config(app, **_options(config, log_level))
+
+
 def serve(config: GatewayConfig, *, log_level: str = "info") -> None:
-    """Serve until interrupted (what ``uvicorn.run`` does, with our settings). Blocks."""
+    """Serve until interrupted. Blocks."""
     if config.workers == 1:
         uvicorn.Server(uvicorn_config(config, create_app(config), log_level=log_level)).run()
         return
-    # Worker processes are spawned afresh: they rebuild the app from the checked config.
+    # uvicorn spawns fresh worker processes: they rebuild the app from the checked config.
     os.environ[RESOLVED_ENV] = config.to_json()
-    settings = uvicorn_config(config, "onceonly.gateway.app:app_from_env", log_level=log_level)
-    server = uvicorn.Server(settings)
-    Multiprocess(settings, target=server.run, sockets=[settings.bind_socket()]).run()
+    uvicorn.run(
+        "onceonly.gateway.app:app_from_env",
+        factory=True,
+        workers=config.workers,
+        **_options(config, log_level),
+    )
