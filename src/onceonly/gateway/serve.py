@@ -7,6 +7,7 @@ lets in-flight requests finish for up to ``shutdown_timeout``, then runs the lif
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from typing import Literal, TypedDict
@@ -21,18 +22,20 @@ from onceonly.stores import open_store
 
 def check_store(config: GatewayConfig) -> None:
     """Open the store once and read from it, so a bad store fails at start-up, not per request."""
+    kind = config.store.split(":", 1)[0]  # never echo the URL: it may hold a password
     try:
         store = open_store(config.store)
     except ConfigurationError as exc:
         raise ConfigurationError(f"store: {exc}") from exc
+    except StoreError as exc:
+        raise ConfigurationError(f"store: cannot use {kind} store: {exc}") from exc
     try:
         store.get("onceonly-gateway-startup-probe")
     except StoreError as exc:
-        raise ConfigurationError(
-            f"store: cannot use {config.store.split(':')[0]} store: {exc}"
-        ) from exc
+        raise ConfigurationError(f"store: cannot use {kind} store: {exc}") from exc
     finally:
-        store.close()
+        with contextlib.suppress(StoreError):
+            store.close()
 
 
 class _Options(TypedDict):
