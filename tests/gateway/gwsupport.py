@@ -13,12 +13,14 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import uvicorn
 
 from onceonly.gateway import Gateway
@@ -114,9 +116,20 @@ class GatewayProcess:
         self.seen = threading.Condition()
         self.output: list[str] = []
         threading.Thread(target=self._drain, daemon=True).start()
-        if not self.ready.wait(START_TIMEOUT):
+        if not self.ready.wait(START_TIMEOUT) or not self._healthy():
             self.stop()
             raise AssertionError("gateway did not start:\n" + "".join(self.output))
+
+    def _healthy(self) -> bool:
+        """Probe the health endpoint until it answers: uvicorn logs "running" once the port is
+        bound, but with --workers the socket only listens when a worker has started."""
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            try:
+                return httpx.get(self.url + "/_onceonly/health").status_code == 200
+            except httpx.ConnectError:
+                time.sleep(0.05)  # readiness polling, bounded by the deadline
+        return False
 
     def _drain(self) -> None:
         assert self.proc.stderr is not None
@@ -124,7 +137,7 @@ class GatewayProcess:
             with self.seen:
                 self.output.append(line)
                 self.seen.notify_all()
-            if "Application startup complete" in line:
+            if "Uvicorn running on" in line:  # logged once the socket listens
                 self.ready.set()
 
     def wait_for_line(self, text: str, timeout: float = START_TIMEOUT) -> None:

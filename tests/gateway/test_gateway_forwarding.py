@@ -105,6 +105,7 @@ def test_sequential_duplicates_reach_the_upstream_once(
     assert upstream.count(path) == 1 + 2  # one keyed execution, two unkeyed
     assert {a.content for a in answers} == {answers[0].content}
     assert [a.headers.get("idempotent-replayed") for a in answers] == [None] + ["true"] * 4
+    assert all(len(a.headers.get_list("date")) == 1 for a in [*answers, mismatch])
     assert mismatch.status_code == 422
     assert mismatch.headers["content-type"] == PROBLEM
     assert all(u.status_code == 200 and "idempotent-replayed" not in u.headers for u in unkeyed)

@@ -114,3 +114,37 @@ async def test_graceful_shutdown_finishes_in_flight_requests(
     assert replay.headers.get("idempotent-replayed") == "true"
     assert replay.content == answer.content
     assert upstream.count(f"/gate/{name}") == 1
+
+
+async def test_shutdown_timeout_releases_the_claims_of_cancelled_requests(
+    tmp_path: Path, upstream: Upstream
+) -> None:
+    """A request still running when the shutdown timeout ends is cancelled and its claim is
+    released, so the client's retry runs at once instead of waiting for the lease to lapse."""
+    config = tmp_path / "gw.toml"
+    config.write_text(f'shutdown_timeout = "1s"\nstore = "sqlite:///{tmp_path / "s.db"}"\n')
+    name = uuid.uuid4().hex
+    key = {"Idempotency-Key": uuid.uuid4().hex}
+    first = GatewayProcess("--upstream", upstream.url, "--config", str(config))
+    async with (
+        httpx.AsyncClient(base_url=first.url, timeout=30) as client,
+        httpx.AsyncClient(base_url=upstream.url, timeout=30) as control,
+    ):
+        call = asyncio.create_task(client.post(f"/gate/{name}", content=b"x", headers=key))
+        await wait_for(control.get(f"/_started/{name}"), 20)
+        first.proc.send_signal(signal.SIGTERM)
+        cut_off = await asyncio.gather(call, return_exceptions=True)
+        await asyncio.to_thread(first.stop)
+        await control.post(f"/_open/{name}")
+        second = GatewayProcess("--upstream", upstream.url, "--config", str(config))
+        try:
+            retry = await client.post(
+                f"http://127.0.0.1:{second.port}/gate/{name}", content=b"x", headers=key
+            )
+        finally:
+            second.stop()
+    outcome = cut_off[0]
+    assert isinstance(outcome, httpx.HTTPError) or outcome.status_code >= 500, outcome
+    assert retry.status_code == 201  # not 409: the claim was released, not left to lapse
+    assert "idempotent-replayed" not in retry.headers
+    assert upstream.count(f"/gate/{name}") == 2

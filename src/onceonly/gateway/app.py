@@ -16,6 +16,7 @@ import asyncio
 import json
 import logging
 import os
+from email.utils import formatdate
 from typing import Any
 
 import httpx
@@ -34,6 +35,7 @@ log = logging.getLogger("onceonly.gateway")
 
 HEALTH_PROBE_ID = "onceonly-gateway-health-probe"  # a read of an id no request can produce
 HEALTH_TIMEOUT = 2.0
+SETTLE_TIMEOUT = 5.0  # at shutdown, how long cancelled requests get to release their claims
 
 
 class Gateway:
@@ -66,6 +68,8 @@ class Gateway:
             forwarder, store=self.store, policy=config.policy.policy()
         )
         self._admin = config.admin_prefix
+        self._idle = asyncio.Event()  # set while no proxied request is being handled
+        self._idle.set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -88,17 +92,26 @@ class Gateway:
 
         async def counting_send(message: Message) -> None:
             if message["type"] == "http.response.start":
-                replayed = any(
-                    k.lower() == b"idempotent-replayed" for k, _ in message.get("headers", ())
-                )
-                metrics.response(message["status"], replayed)
+                headers = list(message.get("headers", ()))
+                names = {k.lower() for k, _ in headers}
+                metrics.response(message["status"], b"idempotent-replayed" in names)
+                if b"date" not in names:
+                    # uvicorn's own Date header is off so the upstream's passes through alone;
+                    # replays and problems made here still get one (RFC 9110 §6.6.1). A replay
+                    # never repeats the stored Date (SPEC 8): this one is fresh.
+                    headers.append((b"date", formatdate(usegmt=True).encode()))
+                    message = {**message, "headers": headers}
             await send(message)
 
         metrics.in_flight += 1
+        self._idle.clear()
         try:
             await app(scope, receive, counting_send)
         finally:
+            # Reached only once the middleware has settled the record (completed or released).
             metrics.in_flight -= 1
+            if metrics.in_flight == 0:
+                self._idle.set()
 
     async def _admin_endpoint(self, scope: Scope, send: Send) -> None:
         sub = scope["path"][len(self._admin) :]
@@ -131,9 +144,27 @@ class Gateway:
             if message["type"] == "lifespan.startup":
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                await self._drain()
                 await self.aclose()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    async def _drain(self) -> None:
+        """Wait until requests uvicorn cancelled at its shutdown timeout have settled.
+
+        uvicorn cancels the request tasks still running when ``timeout_graceful_shutdown`` ends
+        and then, without waiting for them, starts the lifespan shutdown. Their records are
+        being released (shielded, in the middleware); closing the store under them would leave
+        the claims in flight until their leases lapse, so give them a moment first.
+        """
+        try:
+            await asyncio.wait_for(self._idle.wait(), SETTLE_TIMEOUT)
+        except TimeoutError:
+            log.warning(
+                "%d request(s) had not settled their records at shutdown; their claims will "
+                "be taken over when their leases lapse",
+                self.metrics.in_flight,
+            )
 
     async def aclose(self) -> None:
         """Close the upstream pool and the store (after in-flight requests have finished)."""
