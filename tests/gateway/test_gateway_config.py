@@ -132,6 +132,14 @@ def test_config_file_from_environment(tmp_path: Path) -> None:
             r"routes\[1\].path: '/a' is configured twice",
         ),
         ('[[routes]]\npath = "/a"\nlease = "1ms"\nwait = "2s"', None),
+        (
+            '[policy]\nreplay_headers = ["Set-Cookie"]',
+            r"\[policy\]: replay_headers may not include set-cookie",
+        ),
+        (
+            '[[routes]]\npath = "/a"\nreplay_headers = "x"',
+            r"routes\[0\].replay_headers: expected a list",
+        ),
         ("port = 70000", r"gw.toml: port: expected a whole number from 0 to 65535"),
         ("workers = 0", r"gw.toml: workers: expected a whole number from 1"),
         ('shutdown_timeout = "soon"', r"gw.toml: shutdown_timeout: 'soon' is not a duration"),
@@ -175,6 +183,7 @@ def test_routes_inherit_the_default_policy_and_match_longest_prefix(tmp_path: Pa
     assert config.route_for("/pay") == pay
     policy = refunds.policy()
     assert policy.methods == frozenset({"POST", "DELETE"})
+    assert {"content-type", "content-encoding"} <= policy.replay_headers
     assert policy.ttl_s == 300.0
 
 

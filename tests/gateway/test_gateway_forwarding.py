@@ -92,6 +92,19 @@ def test_response_status_and_headers_pass_unchanged(gateway: GatewayFactory) -> 
     assert ("x-upstream", "yes") in raw
 
 
+def test_compressed_bodies_pass_through_compressed(gateway: GatewayFactory) -> None:
+    gw = gateway()
+    with httpx.Client(base_url=gw.url) as client:
+        direct = client.post(gw.app.config.upstream + "/gzip")
+        key = {"Idempotency-Key": uuid.uuid4().hex}
+        proxied = [client.post("/gzip", headers=key) for _ in range(2)]
+    for response in proxied:
+        assert response.headers["content-encoding"] == "gzip"
+        assert int(response.headers["content-length"]) == int(direct.headers["content-length"])
+        assert response.text == "squeezed " * 100
+    assert proxied[1].headers.get("idempotent-replayed") == "true"
+
+
 def test_sequential_duplicates_reach_the_upstream_once(
     gateway: GatewayFactory, upstream: Upstream
 ) -> None:

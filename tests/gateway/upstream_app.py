@@ -12,6 +12,7 @@ Endpoints (raw ASGI, so nothing buffers or rewrites what the tests look at):
 - ``/gate/<name>``     waits until ``POST /_open/<name>``; ``GET /_started/<name>`` waits for it
 - ``/upload/<name>``   reads the request body chunk by chunk, each readable from
                        ``GET /_received/<name>`` as it arrives
+- ``/gzip``            a gzip-encoded body
 - ``/crash/<name>``    the first time: exits the process before answering; then answers 200
 - ``/crash-mid/<name>`` the first time: sends headers and one chunk, then exits; then 200
 
@@ -21,6 +22,7 @@ Control paths start with ``/_`` and are not counted.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import os
 import socket
@@ -111,6 +113,12 @@ async def app(scope: Any, receive: Any, send: Any) -> None:
         started[name].set()
         await opened[name].wait()
         await respond(send, 201, json.dumps({"gate": name, "body": body.decode()}).encode())
+    elif path == "/gzip":
+        record(method, path)
+        await read_body(receive)
+        body = gzip.compress(b"squeezed " * 100)
+        headers = [(b"content-type", b"text/plain"), (b"content-encoding", b"gzip")]
+        await respond(send, 200, body, headers)
     elif path.startswith("/status/"):
         record(method, path)
         await read_body(receive)

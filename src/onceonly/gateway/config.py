@@ -29,6 +29,7 @@ The file (all keys optional; ``upstream`` must come from somewhere)::
     wait = "5s"
     lease = "60s"
     body_mode = "bytes"                     # or "json" (RFC 8785 canonical bodies)
+    replay_headers = ["X-Resource-Id"]      # replayed besides SPEC 8's list + Content-Encoding
 
     [[routes]]                              # ... unless a route (longest path prefix) says else
     path = "/payments"
@@ -53,7 +54,7 @@ from urllib.parse import urlsplit
 
 from onceonly.errors import ConfigurationError
 from onceonly.gateway.durations import parse_duration
-from onceonly.policy import Policy, authorization_scope, header_scope
+from onceonly.policy import REPLAYED_HEADERS, Policy, authorization_scope, header_scope
 from onceonly.stores.url import DEFAULT_URL as DEFAULT_STORE_URL
 
 CONFIG_ENV = "ONCEONLY_CONFIG"
@@ -83,7 +84,20 @@ _TOP_KEYS = (
     "routes",
 )
 _TIMEOUT_KEYS = ("connect", "read", "write", "pool")
-_POLICY_KEYS = ("methods", "require_key", "ttl", "scope_header", "wait", "lease", "body_mode")
+_POLICY_KEYS = (
+    "methods",
+    "require_key",
+    "ttl",
+    "scope_header",
+    "wait",
+    "lease",
+    "body_mode",
+    "replay_headers",
+)
+# Representation metadata a replay needs to mean the same as the original: without
+# Content-Encoding a replayed gzip body is garbage. Added to SPEC 8's allow-list for every
+# route (the core list predates the gateway; see docs/gateway.md).
+GATEWAY_REPLAYED = frozenset({"content-encoding", "content-language", "content-disposition"})
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 token (methods, header names)
 
 
@@ -109,6 +123,7 @@ class RoutePolicy:
     wait: float = 5.0
     lease: float = 60.0
     body_mode: Literal["bytes", "json"] = "bytes"
+    replay_headers: tuple[str, ...] = ()  # more response headers to replay (SPEC 8)
 
     def matches(self, path: str) -> bool:
         """``path`` is this route's prefix or below it (whole segments: /pay is not /payments)."""
@@ -130,6 +145,7 @@ class RoutePolicy:
             wait=self.wait,
             lease=self.lease,
             body_mode=self.body_mode,
+            replay_headers=REPLAYED_HEADERS | GATEWAY_REPLAYED | {*self.replay_headers},
         )
 
 
@@ -328,6 +344,10 @@ def _route(settings: Mapping[str, Setting], base: RoutePolicy, path: str = "") -
             values[key] = _duration(s)
         elif key == "scope_header":
             values[key] = _token(s)
+        elif key == "replay_headers":
+            if not isinstance(s.value, list):
+                raise ConfigurationError(f"{s.origin}: expected a list of header names")
+            values[key] = tuple(_token(Setting(v, s.origin)).lower() for v in s.value)
         elif key == "body_mode":
             if s.value not in ("bytes", "json"):
                 raise ConfigurationError(f"{s.origin}: must be 'bytes' or 'json', not {s.value!r}")
