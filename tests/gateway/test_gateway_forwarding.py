@@ -175,6 +175,28 @@ async def test_unkeyed_request_body_streams_to_the_upstream(
     assert response.json() == {"received": 16}
 
 
+async def test_client_gone_mid_upload_aborts_the_upstream_request(
+    gateway: GatewayFactory, upstream: Upstream
+) -> None:
+    gw = gateway()
+    name = uuid.uuid4().hex
+    host, port = gw.url.removeprefix("http://").split(":")
+    _reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        f"POST /upload/{name} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        "5\r\nhello\r\n".encode()
+    )
+    await writer.drain()
+    async with httpx.AsyncClient(base_url=upstream.url, timeout=10) as control:
+        assert (await wait_for(control.get(f"/_received/{name}"))).content == b"hello"
+        writer.close()  # the client goes away in the middle of its body
+        await writer.wait_closed()
+        # The gateway gives up the upstream request instead of leaving it hanging.
+        assert (await wait_for(control.get(f"/_received/{name}"))).content == b"<disconnected>"
+    async with httpx.AsyncClient(base_url=gw.url) as client:
+        assert (await client.get("/_onceonly/health")).status_code == 200
+
+
 async def test_concurrent_duplicates_in_one_gateway_run_once(
     gateway: GatewayFactory, upstream: Upstream
 ) -> None:

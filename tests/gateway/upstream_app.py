@@ -11,7 +11,7 @@ Endpoints (raw ASGI, so nothing buffers or rewrites what the tests look at):
 - ``/stream/<name>``   streams chunks fed by ``POST /_feed/<name>`` (empty body ends it)
 - ``/gate/<name>``     waits until ``POST /_open/<name>``; ``GET /_started/<name>`` waits for it
 - ``/upload/<name>``   reads the request body chunk by chunk, each readable from
-                       ``GET /_received/<name>`` as it arrives
+                       ``GET /_received/<name>`` as it arrives (``<disconnected>`` if cut off)
 - ``/gzip``            a gzip-encoded body
 - ``/crash/<name>``    the first time: exits the process before answering; then answers 200
 - ``/crash-mid/<name>`` the first time: sends headers and one chunk, then exits; then 200
@@ -92,6 +92,9 @@ async def app(scope: Any, receive: Any, send: Any) -> None:
         total = 0
         while True:
             message = await receive()
+            if message["type"] == "http.disconnect":
+                received[name].put_nowait(b"<disconnected>")
+                return
             chunk = message.get("body", b"")
             total += len(chunk)
             if chunk:
