@@ -74,3 +74,15 @@ def test_unknown_client_address() -> None:
     out = dict(forwarded_headers([], None, "http"))
     assert b"x-forwarded-for" not in out
     assert out[b"forwarded"] == b"for=unknown;proto=http"
+
+
+def test_upstream_url_keeps_the_raw_target_under_a_path_prefix() -> None:
+    import httpx
+
+    from onceonly.gateway.forward import Forwarder
+    from onceonly.gateway.metrics import GatewayMetrics
+
+    forwarder = Forwarder("http://127.0.0.1:9000/api/", httpx.AsyncClient(), GatewayMetrics())
+    scope = {"path": "/a/b c", "raw_path": b"/a%2Fb/\xc3\xa9", "query_string": b"x=%20&x=2"}
+    assert str(forwarder._url(scope)) == "http://127.0.0.1:9000/api/a%2Fb/%C3%A9?x=%20&x=2"
+    assert str(forwarder._url({"path": "/", "query_string": b""})) == "http://127.0.0.1:9000/api/"
