@@ -3,7 +3,7 @@
     python bench/gateway.py [--requests 2000] [--concurrency 32] [--store URL ...] [--workers N]
 
 Starts, on loopback, a minimal upstream (uvicorn, one process) and one gateway process per
-store (``python -m onceonly.gateway_cli``), then drives them with an async httpx load script:
+store (``python -m onceonly.cli proxy``), then drives them with an async httpx load script:
 
 - ``direct``        POST straight to the upstream (the baseline)
 - ``pass-through``  POST through the gateway without a key (forwarding cost only)
@@ -82,7 +82,7 @@ def start_upstream() -> tuple[subprocess.Popen[bytes], str]:
 
 def start_gateway(upstream: str, store: str, workers: int) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    cmd = [sys.executable, "-m", "onceonly.gateway_cli", "--upstream", upstream, "--store", store]
+    cmd = [sys.executable, "-m", "onceonly.cli", "proxy", "--upstream", upstream, "--store", store]
     cmd += ["--port", str(port), "--workers", str(workers), "--log-level", "warning"]
     proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"

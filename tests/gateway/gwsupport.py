@@ -2,7 +2,7 @@
 
 The upstream (``upstream_app.py``) runs in its own process so it can really crash. Gateways run
 in-process (uvicorn in a thread, on a socket bound before the thread starts, so there is no
-start-up race) or as ``python -m onceonly.gateway_cli`` processes for the multi-process tests.
+start-up race) or as ``python -m onceonly.cli proxy`` processes for the multi-process tests.
 """
 
 from __future__ import annotations
@@ -100,11 +100,11 @@ GatewayFactory = Callable[..., RunningGateway]
 
 
 class GatewayProcess:
-    """``python -m onceonly.gateway_cli ...`` as a child process."""
+    """``python -m onceonly.cli proxy ...`` (the real entry point) as a child process."""
 
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
-        cmd = [sys.executable, "-m", "onceonly.gateway_cli", "--port", str(self.port), *args]
+        cmd = [sys.executable, "-m", "onceonly.cli", "proxy", "--port", str(self.port), *args]
         self.proc = subprocess.Popen(
             cmd,
             stderr=subprocess.PIPE,
@@ -181,18 +181,3 @@ class ManualClock:
 async def wait_for(awaitable: Any, timeout: float = 10.0) -> Any:
     """Bound every coordination step, so a broken stream fails the test instead of hanging."""
     return await asyncio.wait_for(awaitable, timeout)
-
-
-def require_service(name: str, reason: str) -> None:
-    """tests/conftest.py's ``require_service`` (skip locally, fail in CI).
-
-    Loaded by file: nested ``conftest`` modules shadow each other's names in ``sys.modules``.
-    """
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("_root_conftest", HERE.parent / "conftest.py")
-    assert spec is not None
-    assert spec.loader is not None
-    root = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(root)
-    root.require_service(name, reason)

@@ -247,3 +247,13 @@ def test_cli_reports_bad_configuration(args: list[str], env: dict[str, str], mat
     assert result.exit_code == 2
     assert "bad configuration: " in result.output
     assert re.search(re.escape(match), result.output), result.output
+
+
+def test_proxy_is_registered_on_the_onceonly_command() -> None:
+    from onceonly._cli import cli
+
+    runner = CliRunner()
+    assert "proxy" in runner.invoke(cli, ["--help"]).output
+    result = runner.invoke(cli, ["proxy", "--upstream", "nope"], env={"ONCEONLY_UPSTREAM": None})
+    assert result.exit_code == 2
+    assert "bad configuration: --upstream: 'nope' is not an http" in result.output

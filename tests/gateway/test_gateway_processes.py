@@ -1,4 +1,4 @@
-"""Gateways as separate OS processes (``python -m onceonly.gateway_cli``) sharing one store."""
+"""Gateways as separate OS processes (``python -m onceonly.cli proxy``) sharing one store."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from gwsupport import GatewayProcess, Upstream, require_service, wait_for
+from gwsupport import GatewayProcess, Upstream, wait_for
+
+from storekit import require_service
 
 pytestmark = pytest.mark.slow
 
