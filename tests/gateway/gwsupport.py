@@ -55,7 +55,11 @@ class Upstream:
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
-            self.proc.wait(timeout=START_TIMEOUT)
+            try:
+                self.proc.wait(timeout=START_TIMEOUT)
+            except subprocess.TimeoutExpired:  # a failed test left a handler stuck: no orphans
+                self.proc.kill()
+                self.proc.wait()
 
     @property
     def url(self) -> str:
@@ -153,7 +157,12 @@ class GatewayProcess:
     def stop(self) -> int:
         if self.proc.poll() is None:
             self.proc.terminate()
-        return self.proc.wait(timeout=START_TIMEOUT)
+        try:
+            return self.proc.wait(timeout=START_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
 
 
 def free_port() -> int:

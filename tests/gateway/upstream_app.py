@@ -175,7 +175,12 @@ def main() -> None:
     sock.listen(512)  # connections queue in the kernel until uvicorn accepts them
     print(f"PORT {sock.getsockname()[1]}", flush=True)
     config = uvicorn.Config(
-        app, log_level="warning", lifespan="on", server_header=False, date_header=False
+        app,
+        log_level="warning",
+        lifespan="on",
+        server_header=False,
+        date_header=False,
+        timeout_graceful_shutdown=2,  # handlers a failed test left waiting must not block exit
     )
     uvicorn.Server(config).run(sockets=[sock])
 
