@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import click
 
 from onceonly import __version__
+from onceonly.gateway_cli import proxy
 from onceonly.stores.url import ENV_VAR
 
 if TYPE_CHECKING:
@@ -185,3 +186,6 @@ def _describe(record: Record) -> dict[str, object]:
             "replayable": response.replayable,
         },
     }
+
+
+cli.add_command(proxy)  # `onceonly proxy`: the gateway (docs/gateway.md)
