@@ -53,7 +53,19 @@ PROBLEM_BASE_URI = "https://onceonly.dev/problems/"
 
 # SPEC rule 8: what a replay may repeat. Never Set-Cookie, Date, request ids or rate limits.
 REPLAYED_HEADERS = frozenset(
-    {"content-type", "location", "content-location", "etag", "last-modified", "link"}
+    {
+        "content-type",
+        "location",
+        "content-location",
+        "etag",
+        "last-modified",
+        "link",
+        # Representation metadata SPEC 8 does not list, without which a replayed body is
+        # unreadable or mislabelled (a gzip body without Content-Encoding is garbage).
+        "content-encoding",
+        "content-language",
+        "content-disposition",
+    }
 )
 NEVER_REPLAYED = frozenset(
     {

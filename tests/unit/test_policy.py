@@ -58,6 +58,9 @@ def test_defaults_are_the_ones_spec_names() -> None:
         "etag",
         "last-modified",
         "link",
+        "content-encoding",
+        "content-language",
+        "content-disposition",
     } == REPLAYED_HEADERS
     assert dict(p.problem_status) == dict(DEFAULT_STATUS)
     assert p.problem_base_uri == PROBLEM_BASE_URI

@@ -97,7 +97,8 @@ _POLICY_KEYS = (
 # Representation metadata a replay needs to mean the same as the original: without
 # Content-Encoding a replayed gzip body is garbage. Added to SPEC 8's allow-list for every
 # route (the core list predates the gateway; see docs/gateway.md).
-GATEWAY_REPLAYED = frozenset({"content-encoding", "content-language", "content-disposition"})
+# The representation headers a proxy must replay are in the core allow-list now.
+GATEWAY_REPLAYED: frozenset[str] = frozenset()
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 token (methods, header names)
 
 
