@@ -180,6 +180,10 @@ class Release:
 
 Settlement = Complete | Release
 
+# Stored headers with this prefix are onceonly's own notes (e.g. ``onceonly-cost``): kept with
+# the record, never replayed to a client, never taken from a handler's response.
+INTERNAL_PREFIX = "onceonly-"
+
 
 def settle(
     status: int | None,
@@ -188,11 +192,15 @@ def settle(
     policy: Policy,
     *,
     trace: tuple[str, str] | None = None,
+    internal: Sequence[tuple[str, str]] = (),
 ) -> Settlement:
     """What to store once the handler is done (SPEC 8, 12, 15).
 
     ``status`` is None when the handler failed before a response started; ``body`` is None when
-    the body was streamed or exceeded the cache cap and was not kept.
+    the body was streamed or exceeded the cache cap and was not kept. ``trace`` is the first
+    execution's (trace id, span id) for replays to link to (SPEC 32); ``internal`` are
+    ``onceonly-*`` headers kept with the record for telemetry (the reported cost) and never
+    replayed to a client.
     """
     if status is None or not policy.should_store(status):
         return Release()
@@ -200,15 +208,17 @@ def settle(
     if body is None:
         return Complete(StoredResponse(status, (), b"", False, trace_id, span_id))
     kept = tuple(
-        (name.lower(), value) for name, value in headers if name.lower() in policy.replay_headers
+        (name.lower(), value)
+        for name, value in headers
+        if name.lower() in policy.replay_headers and not name.lower().startswith(INTERNAL_PREFIX)
     )
-    return Complete(StoredResponse(status, kept, body, True, trace_id, span_id))
+    return Complete(StoredResponse(status, (*kept, *internal), body, True, trace_id, span_id))
 
 
 def replay_headers(response: StoredResponse) -> list[tuple[str, str]]:
     """Headers of a replayed response: the stored ones plus the replay marker (SPEC 8)."""
     return [
-        *response.headers,
+        *(h for h in response.headers if not h[0].startswith(INTERNAL_PREFIX)),
         ("content-length", str(len(response.body))),
         ("idempotent-replayed", "true"),
     ]

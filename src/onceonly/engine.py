@@ -13,7 +13,7 @@ import heapq
 import logging
 import threading
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
 from onceonly.decide import Decision, Wait, decide
@@ -40,6 +40,8 @@ class WatchOp:
 
 Op = ClaimOp | WatchOp
 Flow = Generator[Op, ClaimResult | None, Decision]
+# Told how long each store operation took ("claim" or "watch", seconds): telemetry's hook.
+StoreTimer = Callable[[str, float], None]
 
 
 def claim_flow(id: str, fingerprint: str, policy: Policy) -> Flow:
@@ -54,32 +56,40 @@ def claim_flow(id: str, fingerprint: str, policy: Policy) -> Flow:
         yield WatchOp(id, decision.timeout)
 
 
-def run_flow(flow: Flow, store: Store) -> Decision:
-    """Drive ``flow`` against a sync store."""
+def run_flow(flow: Flow, store: Store, timer: StoreTimer | None = None) -> Decision:
+    """Drive ``flow`` against a sync store, timing each operation for ``timer``."""
     op = next(flow)
     while True:
+        started = time.perf_counter()
         match op:
             case ClaimOp(id, fingerprint, lease):
                 answer: ClaimResult | None = store.claim(id, fingerprint, lease)
+                name = "claim"
             case WatchOp(id, timeout):
                 store.watch(id, timeout)
-                answer = None
+                answer, name = None, "watch"
+        if timer is not None:
+            timer(name, time.perf_counter() - started)
         try:
             op = flow.send(answer)
         except StopIteration as stop:
             return stop.value  # type: ignore[no-any-return]
 
 
-async def arun_flow(flow: Flow, store: AsyncStore) -> Decision:
-    """Drive ``flow`` against an async store."""
+async def arun_flow(flow: Flow, store: AsyncStore, timer: StoreTimer | None = None) -> Decision:
+    """Drive ``flow`` against an async store, timing each operation for ``timer``."""
     op = next(flow)
     while True:
+        started = time.perf_counter()
         match op:
             case ClaimOp(id, fingerprint, lease):
                 answer: ClaimResult | None = await store.aclaim(id, fingerprint, lease)
+                name = "claim"
             case WatchOp(id, timeout):
                 await store.awatch(id, timeout)
-                answer = None
+                answer, name = None, "watch"
+        if timer is not None:
+            timer(name, time.perf_counter() - started)
         try:
             op = flow.send(answer)
         except StopIteration as stop:

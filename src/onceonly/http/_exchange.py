@@ -85,10 +85,12 @@ class Identity:
     key: str
     id: str
     fingerprint: str
+    scope: str = ""  # the scope hash, for telemetry (never the credential)
 
 
 def identify(key: str, facts: RequestFacts, policy: Policy) -> Identity:
-    return Identity(key, storage_id(policy.scope(facts), key), policy.fingerprint_of(facts))
+    scope = policy.scope(facts)
+    return Identity(key, storage_id(scope, key), policy.fingerprint_of(facts), scope)
 
 
 @dataclass(slots=True)
@@ -126,10 +128,15 @@ class Capture:
     def end(self) -> None:
         self.finished = True
 
-    def settlement(self, policy: Policy) -> Settlement:
+    def settlement(
+        self,
+        policy: Policy,
+        trace: tuple[str, str] | None = None,
+        internal: HeaderList = (),
+    ) -> Settlement:
         keep = self.finished and not self.overflow
         body = b"".join(self.chunks) if keep else None
-        return settle(self.status, self.headers, body, policy)
+        return settle(self.status, self.headers, body, policy, trace=trace, internal=internal)
 
 
 __all__ = [

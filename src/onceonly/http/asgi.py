@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -31,9 +32,11 @@ from onceonly.http._exchange import (
     too_large,
     unavailable,
 )
+from onceonly.outcomes import Outcome
 from onceonly.policy import Policy
 from onceonly.problems import ProblemResponse
 from onceonly.stores.base import AsyncStore
+from onceonly.telemetry.observe import DEFAULT_TELEMETRY, NULL_OBSERVATION, Telemetry, observe
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -51,10 +54,18 @@ class IdempotencyMiddleware:
     ``app.add_middleware(IdempotencyMiddleware, store=open_store(url), policy=Policy())``
     """
 
-    def __init__(self, app: ASGIApp, *, store: AsyncStore, policy: Policy | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        store: AsyncStore,
+        policy: Policy | None = None,
+        telemetry: Telemetry | None = DEFAULT_TELEMETRY,
+    ) -> None:
         self.app = app
         self.store = store
         self.policy = policy or Policy()
+        self.telemetry = telemetry  # spans, metrics, audit log (SPEC 31-34); None: off
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self.policy.covers(scope["method"]):
@@ -72,10 +83,13 @@ class _Responder:
         self.headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
         self.messages: deque[Message] = deque()
         self.body: bytes | None = None
+        self.telemetry, self.obs = mw.telemetry, NULL_OBSERVATION
 
     async def run(self) -> None:
         method, path = self.scope["method"], self.scope["path"]
         admission = look(self.policy, method, path, self.headers)
+        if not isinstance(admission, Pass):
+            self.obs = observe(self.telemetry, method, path, self.headers)
         if isinstance(admission, ReadBody | Keyed) and not await self._read_body():
             return
         if isinstance(admission, ReadBody):
@@ -84,7 +98,7 @@ class _Responder:
             case Pass():
                 await self.app(self.scope, self._receive, self.send)
             case Refuse():
-                await self._problem(refusal(admission, self.policy))
+                await self._problem(refusal(admission, self.policy), admission.outcome)
             case Keyed(key):
                 await self._keyed(key)
             case ReadBody():  # pragma: no cover - look() never asks twice
@@ -99,20 +113,25 @@ class _Responder:
             self.body or b"",
         )
         ident = identify(key, facts, self.policy)
+        self.obs.keyed(key, ident.scope, ident.fingerprint)
         try:
             decision = await arun_flow(
-                claim_flow(ident.id, ident.fingerprint, self.policy), self.store
+                claim_flow(ident.id, ident.fingerprint, self.policy),
+                self.store,
+                self.obs.store_time,
             )
         except StoreError as exc:
             if self.policy.fail_open:
                 log.warning("idempotency store unavailable, failing open: %s", exc)
-                await self._call_app(key, self.send)
+                await self._fail_open(key)
                 return
             log.error("idempotency store unavailable, failing closed: %s", exc)
-            await self._problem(unavailable(self.policy))
+            await self._problem(unavailable(self.policy), Outcome.STORE_ERROR)
             return
         match decision:
             case Replay(response):
+                self.obs.replayed(response)
+                self.obs.finish(decision.outcome, response.status)
                 await self.send(
                     {
                         "type": "http.response.start",
@@ -125,12 +144,29 @@ class _Responder:
                 )
                 await self.send({"type": "http.response.body", "body": response.body})
             case Refuse():
-                await self._problem(refusal(decision, self.policy))
-            case Execute(token):
-                await self._execute(ident, token)
+                await self._problem(refusal(decision, self.policy), decision.outcome)
+            case Execute(token, outcome):
+                capture = Capture(self.policy.max_cached_body)
+                try:
+                    await self._execute(ident, token, capture)
+                finally:  # a handler that raised before responding is a 500 to the client
+                    self.obs.finish(outcome, capture.status or 500)
 
-    async def _execute(self, ident: Identity, token: int) -> None:
-        capture = Capture(self.policy.max_cached_body)
+    async def _fail_open(self, key: str) -> None:
+        status = 500
+
+        async def send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await self.send(message)
+
+        try:
+            await self._call_app(key, send)
+        finally:
+            self.obs.finish(Outcome.STORE_ERROR, status)
+
+    async def _execute(self, ident: Identity, token: int, capture: Capture) -> None:
         client_gone = False
 
         async def send(message: Message) -> None:
@@ -166,18 +202,28 @@ class _Responder:
         await self._settle(ident, token, capture)
 
     async def _settle(self, ident: Identity, token: int, capture: Capture | None) -> None:
-        settlement = capture.settlement(self.policy) if capture is not None else Release()
+        obs = self.obs
+        settlement = (
+            capture.settlement(self.policy, obs.trace_ids, obs.stored_headers())
+            if capture is not None
+            else Release()
+        )
         match settlement:
             case Complete(response):
-                op = self.store.acomplete(
-                    ident.id, token, response, self.policy.ttl_s, self.policy.retention_s
+                op, name = (
+                    self.store.acomplete(
+                        ident.id, token, response, self.policy.ttl_s, self.policy.retention_s
+                    ),
+                    "complete",
                 )
             case Release():
-                op = self.store.arelease(ident.id, token)
+                op, name = self.store.arelease(ident.id, token), "release"
+        started = time.perf_counter()
         try:
             # Shielded: a cancelled request (client gone, server shutting down) must still
             # settle its record, or duplicates would wait for the lease to lapse.
             ok = await shielded(op)
+            obs.store_time(name, time.perf_counter() - started)
         except StoreError as exc:
             log.error("could not settle idempotency record %s: %s", ident.id[:12], exc)
             return
@@ -190,7 +236,8 @@ class _Responder:
         scope = {**self.scope, "state": state}
         reset = _current_key.set(key)
         try:
-            await self.app(scope, self._receive, send)
+            with self.obs.active():  # handler spans nest under ours; report_cost() works
+                await self.app(scope, self._receive, send)
         finally:
             _current_key.reset(reset)
 
@@ -224,7 +271,8 @@ class _Responder:
         self.body = b"".join(chunks)
         return True
 
-    async def _problem(self, problem: ProblemResponse) -> None:
+    async def _problem(self, problem: ProblemResponse, outcome: Outcome = Outcome.REJECTED) -> None:
+        self.obs.finish(outcome, problem.status)
         await self.send(
             {
                 "type": "http.response.start",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import logging
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextvars import Token
 from http import HTTPStatus
@@ -30,9 +31,11 @@ from onceonly.http._exchange import (
     too_large,
     unavailable,
 )
+from onceonly.outcomes import Outcome
 from onceonly.policy import Policy
 from onceonly.problems import ProblemResponse
 from onceonly.stores.base import Store
+from onceonly.telemetry.observe import DEFAULT_TELEMETRY, NULL_OBSERVATION, Telemetry, observe
 
 Environ = dict[str, Any]
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
@@ -60,10 +63,18 @@ class IdempotencyMiddleware:
     ``app.wsgi_app = IdempotencyMiddleware(app.wsgi_app, store=open_store(url))``
     """
 
-    def __init__(self, app: WSGIApp, *, store: Store, policy: Policy | None = None) -> None:
+    def __init__(
+        self,
+        app: WSGIApp,
+        *,
+        store: Store,
+        policy: Policy | None = None,
+        telemetry: Telemetry | None = DEFAULT_TELEMETRY,
+    ) -> None:
         self.app = app
         self.store = store
         self.policy = policy or Policy()
+        self.telemetry = telemetry  # spans, metrics, audit log (SPEC 31-34); None: off
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
@@ -78,11 +89,14 @@ class _Responder:
         self.environ, self.start_response = environ, start_response
         self.headers = _headers(environ)
         self.body: bytes | None = None
+        self.telemetry, self.obs = mw.telemetry, NULL_OBSERVATION
 
     def run(self) -> Iterable[bytes]:
         method = self.environ["REQUEST_METHOD"]
         path = self.environ.get("PATH_INFO", "") or "/"
         admission = look(self.policy, method, path, self.headers)
+        if not isinstance(admission, Pass):
+            self.obs = observe(self.telemetry, method, path, self.headers)
         if isinstance(admission, ReadBody | Keyed):
             problem = self._read_body()
             if problem is not None:
@@ -93,7 +107,7 @@ class _Responder:
             case Pass():
                 return self.app(self.environ, self.start_response)
             case Refuse():
-                return self._problem(refusal(admission, self.policy))
+                return self._problem(refusal(admission, self.policy), admission.outcome)
             case Keyed(key):
                 return self._keyed(key, method, path)
         raise AssertionError("look() never asks for the body twice")  # pragma: no cover
@@ -107,23 +121,46 @@ class _Responder:
             self.body or b"",
         )
         ident = identify(key, facts, self.policy)
+        self.obs.keyed(key, ident.scope, ident.fingerprint)
         try:
-            decision = run_flow(claim_flow(ident.id, ident.fingerprint, self.policy), self.store)
+            decision = run_flow(
+                claim_flow(ident.id, ident.fingerprint, self.policy),
+                self.store,
+                self.obs.store_time,
+            )
         except StoreError as exc:
             if self.policy.fail_open:
                 log.warning("idempotency store unavailable, failing open: %s", exc)
-                return self._call_app(key, self.start_response)
+                return self._fail_open(key)
             log.error("idempotency store unavailable, failing closed: %s", exc)
-            return self._problem(unavailable(self.policy))
+            return self._problem(unavailable(self.policy), Outcome.STORE_ERROR)
         match decision:
             case Replay(response):
+                self.obs.replayed(response)
+                self.obs.finish(decision.outcome, response.status)
                 self.start_response(_status_line(response.status), replay_headers(response))
                 return [response.body]
             case Refuse():
-                return self._problem(refusal(decision, self.policy))
-            case Execute(token):
+                return self._problem(refusal(decision, self.policy), decision.outcome)
+            case Execute(token, outcome):
+                self.obs.decided(outcome)
                 return self._execute(ident, token)
         raise AssertionError(f"unexpected decision {decision!r}")  # pragma: no cover
+
+    def _fail_open(self, key: str) -> Iterable[bytes]:
+        status = 500
+
+        def start_response(
+            line: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
+        ) -> Callable[[bytes], object]:
+            nonlocal status
+            status = int(line[:3])
+            return self.start_response(line, headers, exc_info)
+
+        try:
+            return self._call_app(key, start_response)
+        finally:  # the body may stream later: the decision (serve unprotected) is made now
+            self.obs.finish(Outcome.STORE_ERROR, status)
 
     def _execute(self, ident: Identity, token: int) -> Iterable[bytes]:
         capture = Capture(self.policy.max_cached_body)
@@ -146,19 +183,28 @@ class _Responder:
         except BaseException:
             heartbeat.__exit__()
             self._settle(ident, token, None)
+            self.obs.executed(capture.status or 500)
             raise
         return _Body(self, result, capture, ident, token, heartbeat)
 
     def _settle(self, ident: Identity, token: int, capture: Capture | None) -> None:
-        settlement = capture.settlement(self.policy) if capture is not None else Release()
+        obs = self.obs
+        settlement = (
+            capture.settlement(self.policy, obs.trace_ids, obs.stored_headers())
+            if capture is not None
+            else Release()
+        )
+        started = time.perf_counter()
         try:
             match settlement:
                 case Complete(response):
                     ok = self.store.complete(
                         ident.id, token, response, self.policy.ttl_s, self.policy.retention_s
                     )
+                    obs.store_time("complete", time.perf_counter() - started)
                 case Release():
                     ok = self.store.release(ident.id, token)
+                    obs.store_time("release", time.perf_counter() - started)
         except StoreError as exc:
             log.error("could not settle idempotency record %s: %s", ident.id[:12], exc)
             return
@@ -169,7 +215,8 @@ class _Responder:
         self.environ[ENVIRON_KEY] = key
         reset = _current_key.set(key)
         try:
-            return self.app(self.environ, start_response)
+            with self.obs.active():  # handler spans nest under ours; report_cost() works
+                return self.app(self.environ, start_response)
         finally:
             _current_key.reset(reset)
 
@@ -199,7 +246,10 @@ class _Responder:
         self.environ["CONTENT_LENGTH"] = str(len(self.body))
         return None
 
-    def _problem(self, problem: ProblemResponse) -> list[bytes]:
+    def _problem(
+        self, problem: ProblemResponse, outcome: Outcome = Outcome.REJECTED
+    ) -> list[bytes]:
+        self.obs.finish(outcome, problem.status)
         self.start_response(_status_line(problem.status), problem.headers)
         return [problem.body]
 
@@ -237,9 +287,10 @@ class _Body:
         # A generator app runs its handler lazily, here: keep the current key visible (SPEC 19).
         reset: Token[str | None] = _current_key.set(self._ident.key)
         try:
-            if self._chunks is None:
-                self._chunks = iter(self._result)
-            chunk = next(self._chunks)
+            with self._responder.obs.active():  # a lazy handler reports cost here too
+                if self._chunks is None:
+                    self._chunks = iter(self._result)
+                chunk = next(self._chunks)
         except StopIteration:
             self._capture.end()
             self._finish(self._capture)
@@ -269,6 +320,7 @@ class _Body:
         finally:
             self._heartbeat.__exit__()
             self._responder._settle(self._ident, self._token, outcome)
+            self._responder.obs.executed(self._capture.status or 500)
 
 
 def _status_line(status: int) -> str:

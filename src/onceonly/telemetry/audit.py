@@ -1,8 +1,14 @@
 """The audit log: one JSON line per idempotency decision through stdlib logging (SPEC 34).
 
 Enough to reconstruct what happened to an operation despite retries: key (or its hash),
-scope hash, outcome, fingerprint hash, trace and span ids, attempt number, timings. Lines go to
-the ``onceonly.audit`` logger at INFO; nothing is built when that logger is disabled.
+scope hash, outcome, fingerprint hash, trace and span ids, attempt number, timings, cost.
+Lines go to the ``onceonly.audit`` logger at INFO, so applications route them with ordinary
+logging configuration (a ``FileHandler`` with the default ``%(message)s`` format gives a file
+``onceonly report --log`` reads). Nothing is built when that logger is disabled, which is
+Python's default (the root logger is at WARNING).
+
+No credential is ever written: the scope is already a hash of the principal
+(:func:`onceonly.policy.authorization_scope`), and in hashed key mode the key is too.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ log = logging.getLogger(AUDIT_LOGGER)
 class AuditRecord:
     """One decision. ``key`` is the raw key, or ``sha256:<hex>`` in hashed mode."""
 
-    ts: float  # wall-clock time the decision was made (seconds since the epoch)
+    ts: float  # wall-clock time the decision finished (seconds since the epoch)
     surface: str  # "http", "function" or "tool"
     operation: str  # "POST /payments", or the function/tool name
     key: str
@@ -27,15 +33,16 @@ class AuditRecord:
     fingerprint: str
     outcome: str  # SPEC 32 vocabulary
     billable: bool
-    status: int | None = None
-    attempt: int | None = None
-    duration_s: float | None = None
-    store_s: float | None = None
+    status: int | None = None  # HTTP status sent (500 when the handler raised before one)
+    attempt: int | None = None  # the client's attempt number, 1-based, when it sent one
+    duration_s: float | None = None  # whole decision, arrival to finish
+    store_s: float | None = None  # summed latency of claim/complete/release round trips
+    wait_s: float | None = None  # time spent waiting for an in-flight first attempt
     trace_id: str | None = None
     span_id: str | None = None
     linked_trace_id: str | None = None  # the first execution, for replays
     linked_span_id: str | None = None
-    cost: float | None = None  # cost of the execution, or the cost avoided by a replay
+    cost: dict[str, float] | None = None  # per unit: spent (billable) or avoided (replay)
 
     def to_json(self) -> str:
         doc = {k: v for k, v in asdict(self).items() if v is not None}

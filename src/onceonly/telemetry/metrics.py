@@ -1,57 +1,102 @@
 """OpenTelemetry metrics (SPEC 33): never the key as an attribute; durations in seconds.
 
-Instruments are created once from the global meter provider (a proxy until an SDK is set,
-so they start recording as soon as the application configures one).
+One :class:`Instruments` per meter. The default meter comes from the global meter provider,
+which is a proxy until an SDK is configured, so instruments made at import time start
+recording as soon as the application sets one up; with no SDK every call is a no-op.
+
+Attributes are low-cardinality on purpose: surface (http, function, tool), the operation
+(``METHOD path`` by default; use a route-template ``operation`` hook on :class:`Telemetry`
+for paths carrying ids) and the outcome. The key, the scope and the fingerprint never appear.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from opentelemetry import metrics
+from opentelemetry.metrics import MeterProvider
 
 from onceonly.outcomes import Outcome
 
-_meter = metrics.get_meter("onceonly")
+ATTR_SURFACE = "onceonly.surface"
+ATTR_OPERATION = "onceonly.operation"
+ATTR_OUTCOME = "onceonly.idempotency.outcome"
+ATTR_STORE_OP = "onceonly.store.operation"
+ATTR_COST_UNIT = "onceonly.cost.unit"
 
 # Store round trips are sub-millisecond to tens of milliseconds; requests reach seconds.
-_STORE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0)
-_REQUEST_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-
-requests = _meter.create_counter(
-    "onceonly.requests", unit="{request}", description="Keyed requests and calls by outcome"
-)
-replays = _meter.create_counter(
-    "onceonly.replays",
-    unit="{request}",
-    description="Replays answered from the store: work not executed and not billed",
-)
-cost_avoided = _meter.create_counter(
-    "onceonly.cost.avoided", unit="1", description="Reported cost of work answered by replay"
-)
-duration = _meter.create_histogram(
-    "onceonly.request.duration",
-    unit="s",
-    description="Time spent on a keyed request or call, by outcome",
-    explicit_bucket_boundaries_advisory=_REQUEST_BUCKETS,
-)
-store_duration = _meter.create_histogram(
-    "onceonly.store.duration",
-    unit="s",
-    description="Store operation latency",
-    explicit_bucket_boundaries_advisory=_STORE_BUCKETS,
-)
+STORE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0)
+REQUEST_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
-def decision(
-    surface: str, operation: str, outcome: Outcome, seconds: float, cost: float | None
-) -> None:
-    attrs = {"onceonly.surface": surface, "onceonly.operation": operation, "outcome": outcome.value}
-    requests.add(1, attrs)
-    duration.record(seconds, attrs)
-    if outcome is Outcome.REPLAYED:
-        replays.add(1, {"onceonly.surface": surface, "onceonly.operation": operation})
+class Instruments:
+    """The server-side instruments of one meter (client instruments live with the client)."""
+
+    __slots__ = ("cost", "cost_avoided", "duration", "replays", "requests", "store_duration")
+
+    def __init__(self, provider: MeterProvider | None = None) -> None:
+        meter = metrics.get_meter("onceonly", meter_provider=provider)
+        self.requests = meter.create_counter(
+            "onceonly.requests", unit="{request}", description="Keyed requests and calls by outcome"
+        )
+        self.replays = meter.create_counter(
+            "onceonly.replays",
+            unit="{request}",
+            description="Replays answered from the store: work not executed and not billed",
+        )
+        # The unit of a cost is whatever the reporter said (USD, tokens...): it is an attribute
+        # because one counter per unit cannot be declared up front.
+        self.cost = meter.create_counter(
+            "onceonly.cost", unit="{cost}", description="Reported cost of executions (billable)"
+        )
+        self.cost_avoided = meter.create_counter(
+            "onceonly.cost.avoided",
+            unit="{cost}",
+            description="Reported cost of the first execution, saved by each replay",
+        )
+        self.duration = meter.create_histogram(
+            "onceonly.request.duration",
+            unit="s",
+            description="Time spent on a keyed request or call, by outcome",
+            explicit_bucket_boundaries_advisory=REQUEST_BUCKETS,
+        )
+        self.store_duration = meter.create_histogram(
+            "onceonly.store.duration",
+            unit="s",
+            description="Latency of one store operation (claim, complete, release)",
+            explicit_bucket_boundaries_advisory=STORE_BUCKETS,
+        )
+
+    def decision(
+        self,
+        surface: str,
+        operation: str,
+        outcome: Outcome,
+        seconds: float,
+        cost: Mapping[str, float] | None,
+    ) -> None:
+        where = {ATTR_SURFACE: surface, ATTR_OPERATION: operation}
+        attrs = {**where, ATTR_OUTCOME: outcome.value}
+        self.requests.add(1, attrs)
+        self.duration.record(seconds, attrs)
+        replayed = outcome is Outcome.REPLAYED
+        if replayed:
+            self.replays.add(1, where)
         if cost:
-            cost_avoided.add(cost, {"onceonly.operation": operation})
+            counter = self.cost_avoided if replayed else self.cost
+            for unit, amount in cost.items():
+                counter.add(amount, {**where, ATTR_COST_UNIT: unit})
+
+    def store_latency(self, operation: str, seconds: float) -> None:
+        self.store_duration.record(seconds, {ATTR_STORE_OP: operation})
 
 
-def store_latency(seconds: float, operation: str) -> None:
-    store_duration.record(seconds, {"onceonly.store.operation": operation})
+_default: Instruments | None = None
+
+
+def default_instruments() -> Instruments:
+    """Instruments on the global meter provider, made once."""
+    global _default
+    if _default is None:
+        _default = Instruments()
+    return _default

@@ -1,48 +1,169 @@
-"""One observation per keyed decision: span, metrics and audit line, from one place.
+"""One observation per keyed decision: span, metrics and audit line, from one place (SPEC 31-34).
 
-Adapters create a :class:`Observation` when a keyed request or call arrives, feed it what they
-learn, and :meth:`Observation.finish` it once. Spans: when a recording span is already active
-(``opentelemetry-instrumentation-asgi`` made one, or the caller did), it is enriched instead of
-duplicated; otherwise onceonly starts its own.
+Adapters create an :class:`Observation` when a keyed request or call arrives, feed it what
+they learn, run the handler inside :meth:`Observation.active`, and :meth:`Observation.finish`
+it exactly once with an outcome of SPEC 32.
+
+Spans. An HTTP observation enriches the active span when one is recording (the server span
+``opentelemetry-instrumentation-asgi``/``-wsgi`` made, or the caller's) instead of adding a
+second span for the same request. Otherwise onceonly starts its own span, lazily: a request
+that turns out not to be keyed never creates one. Function and tool observations always
+start their own span (a call is an operation of its own, nested under the caller's span).
+
+Cost. With ``opentelemetry-api`` alone (no SDK configured) spans are non-recording and
+instruments are proxies, so an observation costs a few attribute checks; ``bench/telemetry.py``
+measures it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Literal
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanContext, SpanKind, TraceFlags
+from opentelemetry.metrics import MeterProvider
+from opentelemetry.trace import (
+    INVALID_SPAN,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    Tracer,
+    TracerProvider,
+)
+from opentelemetry.util.types import AttributeValue
 
 from onceonly.outcomes import Outcome
-from onceonly.telemetry import audit, metrics
+from onceonly.records import StoredResponse
+from onceonly.telemetry import audit, cost
+from onceonly.telemetry.metrics import Instruments, default_instruments
 
 KeyMode = Literal["raw", "hashed"]
-_tracer = trace.get_tracer("onceonly")
+OperationNamer = Callable[[str, str], str]
 
 ATTR_KEY = "onceonly.idempotency.key"
 ATTR_OUTCOME = "onceonly.idempotency.outcome"
 ATTR_BILLABLE = "onceonly.idempotency.billable"
 ATTR_FINGERPRINT = "onceonly.idempotency.fingerprint"
+ATTR_ATTEMPT = "onceonly.idempotency.attempt"
+ATTR_COST = "onceonly.cost"
+ATTR_COST_AVOIDED = "onceonly.cost.avoided"
+LINK_ROLE = "onceonly.link"  # attribute on the replay's link: "first_execution"
+
+_MAX_ATTEMPT = 1_000_000  # a header is not trusted: anything larger is not an attempt number
+
+
+def http_operation(method: str, path: str) -> str:
+    """The default HTTP operation name, ``"POST /payments"``."""
+    return f"{method} {path}"
 
 
 @dataclass(frozen=True, slots=True)
 class Telemetry:
-    """How an adapter reports. ``key_mode="hashed"`` never exposes raw keys (SPEC 32)."""
+    """How an adapter reports: ``IdempotencyMiddleware(app, store=..., telemetry=Telemetry())``.
+
+    - ``key_mode="hashed"`` puts ``sha256:<hex>`` of the key on spans and audit lines instead
+      of the key itself (SPEC 32: a key is as sensitive as a request id).
+    - ``spans=False``: never start a span of onceonly's own (an active recording span is
+      still enriched, since that costs nothing extra).
+    - ``audit=False``: no audit lines even when the ``onceonly.audit`` logger is enabled.
+    - ``attempt_header``: the request header carrying the client's 1-based attempt number
+      (onceonly's client sends ``Idempotency-Attempt``); None to ignore it.
+    - ``operation``: ``(method, path) -> name`` for HTTP operations. The default
+      ``"METHOD path"`` is a metric attribute, so give a route template (``"POST /orders/{id}"``)
+      when paths carry ids, or the metric series multiply.
+    - ``tracer_provider`` / ``meter_provider``: default to the global providers.
+    """
 
     key_mode: KeyMode = "raw"
     spans: bool = True
     audit: bool = True
+    attempt_header: str | None = "Idempotency-Attempt"
+    operation: OperationNamer = http_operation
+    tracer_provider: TracerProvider | None = None
+    meter_provider: MeterProvider | None = None
+    tracer: Tracer = field(init=False, repr=False, compare=False)
+    instruments: Instruments = field(init=False, repr=False, compare=False)
 
-    def observe(self, surface: str, operation: str) -> Observation:
-        return Observation(self, surface, operation)
+    def __post_init__(self) -> None:
+        if self.key_mode not in ("raw", "hashed"):
+            raise ValueError(f"key_mode must be 'raw' or 'hashed', not {self.key_mode!r}")
+        tracer = trace.get_tracer("onceonly", tracer_provider=self.tracer_provider)
+        instruments = (
+            default_instruments()
+            if self.meter_provider is None
+            else Instruments(self.meter_provider)
+        )
+        object.__setattr__(self, "tracer", tracer)
+        object.__setattr__(self, "instruments", instruments)
+
+    def observe(
+        self,
+        surface: str,
+        operation: str,
+        *,
+        attempt: int | None = None,
+        span_name: str | None = None,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: Mapping[str, AttributeValue] | None = None,
+        enrich: bool | None = None,
+    ) -> Observation:
+        """Start observing one decision. ``enrich`` defaults to True for ``surface="http"``."""
+        return Observation(
+            self,
+            surface,
+            operation,
+            attempt,
+            span_name or f"onceonly {operation}",
+            kind,
+            attributes,
+            surface == "http" if enrich is None else enrich,
+        )
+
+    def observe_http(
+        self, method: str, path: str, headers: Iterable[tuple[str, str]]
+    ) -> Observation:
+        """An observation for a keyed HTTP request, its attempt number read from ``headers``."""
+        return self.observe("http", self.operation(method, path), attempt=self.attempt_of(headers))
 
     def shown_key(self, key: str) -> str:
-        if self.key_mode == "hashed":
+        if self.key_mode == "hashed" and key:
             return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
         return key
+
+    def attempt_of(self, headers: Iterable[tuple[str, str]]) -> int | None:
+        """The client's attempt number from ``attempt_header``, if it sent a sane one."""
+        name = self.attempt_header
+        if name is None:
+            return None
+        name = name.lower()
+        for k, v in headers:
+            if k.lower() == name:
+                v = v.strip()
+                if v.isdigit() and len(v) <= 7 and 0 < int(v) <= _MAX_ATTEMPT:
+                    return int(v)
+                return None
+        return None
+
+
+DEFAULT_TELEMETRY = Telemetry()
+
+
+def observe(
+    telemetry: Telemetry | None, method: str, path: str, headers: Iterable[tuple[str, str]]
+) -> Observation:
+    """The adapters' entry point: a real HTTP observation, or the shared no-op one."""
+    if telemetry is None:
+        return NULL_OBSERVATION
+    return telemetry.observe_http(method, path, headers)
 
 
 def _hex_ids(span: Span) -> tuple[str, str] | None:
@@ -52,14 +173,53 @@ def _hex_ids(span: Span) -> tuple[str, str] | None:
     return format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")
 
 
+class _Active:
+    """Context manager of :meth:`Observation.active` (a class: cheaper than @contextmanager)."""
+
+    __slots__ = ("_cost_token", "_ctx_token", "_obs")
+
+    def __init__(self, obs: Observation) -> None:
+        self._obs = obs
+
+    def __enter__(self) -> None:
+        obs = self._obs
+        span = obs._span_now()
+        self._ctx_token = (
+            otel_context.attach(trace.set_span_in_context(span)) if obs._owned else None
+        )
+        self._cost_token = cost._meter.set(obs._meter)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        cost._meter.reset(self._cost_token)
+        if self._ctx_token is not None:
+            otel_context.detach(self._ctx_token)
+        obs = self._obs
+        span = obs._span
+        if exc is not None and obs._owned and span is not None and span.is_recording():
+            span.record_exception(exc)
+
+
 class Observation:
-    """The telemetry of one keyed decision."""
+    """The telemetry of one keyed decision (one request, function call or tool call)."""
 
     __slots__ = (
+        "_attributes",
+        "_avoided",
+        "_done",
+        "_enrich",
+        "_kind",
+        "_meter",
+        "_name",
         "_owned",
         "_span",
         "_started",
         "_store_s",
+        "_wait_s",
         "attempt",
         "fingerprint",
         "key",
@@ -70,57 +230,137 @@ class Observation:
         "surface",
     )
 
-    def __init__(self, settings: Telemetry, surface: str, operation: str) -> None:
+    def __init__(
+        self,
+        settings: Telemetry,
+        surface: str,
+        operation: str,
+        attempt: int | None = None,
+        name: str = "",
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: Mapping[str, AttributeValue] | None = None,
+        enrich: bool = True,
+    ) -> None:
         self.settings, self.surface, self.operation = settings, surface, operation
+        self.attempt = attempt
         self._started = time.perf_counter()
-        self._store_s = 0.0
+        self._store_s = self._wait_s = 0.0
         self.key = self.scope = self.fingerprint = ""
-        self.attempt: int | None = None
         self.linked: tuple[str, str] | None = None
+        self._avoided: dict[str, float] = {}
+        self._meter = cost.CostMeter()
+        self._done = False
+        self._name, self._kind, self._attributes = name, kind, attributes
+        self._enrich = enrich
+        self._span: Span | None = None
+        self._owned = False
+
+    def _span_now(self) -> Span:
+        """The span this observation writes to, started on first use (lazily)."""
+        if self._span is not None:
+            return self._span
         current = trace.get_current_span()
-        if current.is_recording() or not settings.spans:
-            self._span, self._owned = current, False
-        else:
-            self._span = _tracer.start_span(f"onceonly {operation}", kind=SpanKind.INTERNAL)
+        if self._enrich and current.is_recording():
+            self._span = current
+        elif self.settings.spans:
+            # Started late, dated back to when the request arrived.
+            start_ns = time.time_ns() - int((time.perf_counter() - self._started) * 1e9)
+            self._span = self.settings.tracer.start_span(
+                self._name, kind=self._kind, attributes=self._attributes, start_time=start_ns
+            )
             self._owned = True
+        else:
+            self._span = INVALID_SPAN
+        span = self._span
+        if span.is_recording() and self.attempt is not None:
+            span.set_attribute(ATTR_ATTEMPT, self.attempt)
+        return span
+
+    @property
+    def span(self) -> Span:
+        return self._span_now()
 
     @property
     def trace_ids(self) -> tuple[str, str] | None:
         """(trace id, span id) to store with a first execution, so replays can link to it."""
-        return _hex_ids(self._span)
+        return _hex_ids(self._span_now())
 
     def keyed(self, key: str, scope: str, fingerprint: str) -> None:
+        """The identity is known. ``scope`` must already be a hash, never a credential."""
         self.key, self.scope, self.fingerprint = key, scope, fingerprint
-        if self._span.is_recording():
-            self._span.set_attribute(ATTR_KEY, self.settings.shown_key(key))
-            self._span.set_attribute(ATTR_FINGERPRINT, fingerprint)
+        span = self._span_now()
+        if span.is_recording():
+            span.set_attribute(ATTR_KEY, self.settings.shown_key(key))
+            span.set_attribute(ATTR_FINGERPRINT, fingerprint)
 
-    def store_time(self, seconds: float, operation: str) -> None:
+    def store_time(self, operation: str, seconds: float) -> None:
+        """One store round trip took ``seconds``; a ``watch`` is waiting, not latency."""
+        if operation == "watch":
+            self._wait_s += seconds
+            return
         self._store_s += seconds
-        metrics.store_latency(seconds, operation)
+        self.settings.instruments.store_latency(operation, seconds)
 
     def link_to(self, trace_id: str | None, span_id: str | None) -> None:
-        """A replay links to the first execution's span (SPEC 32)."""
+        """Link to the first execution's span (SPEC 32); ids as stored in the record."""
         if not trace_id or not span_id:
             return
-        self.linked = (trace_id, span_id)
-        if self._span.is_recording():
+        try:
             ctx = SpanContext(
                 int(trace_id, 16), int(span_id, 16), True, TraceFlags(TraceFlags.SAMPLED)
             )
-            self._span.add_link(ctx, {"onceonly.link": "first_execution"})
+        except ValueError:  # a record written by something else: no link rather than a 500
+            return
+        if not ctx.is_valid:
+            return
+        self.linked = (trace_id, span_id)
+        span = self._span_now()
+        if span.is_recording():
+            span.add_link(ctx, {LINK_ROLE: "first_execution"})
 
-    def finish(
-        self, outcome: Outcome, status: int | None = None, cost: float | None = None
-    ) -> None:
+    def replayed(self, response: StoredResponse) -> None:
+        """A replay of ``response``: link to the first execution, note the cost it saved."""
+        self.link_to(response.trace_id, response.span_id)
+        self._avoided = cost.stored_cost(response.headers)
+
+    def active(self) -> AbstractContextManager[None]:
+        """Run the handler inside this: its spans nest under ours, :func:`report_cost` works."""
+        return _Active(self)
+
+    @property
+    def cost(self) -> dict[str, float]:
+        """What the execution reported so far, per unit."""
+        return dict(self._meter.amounts)
+
+    def stored_headers(self) -> tuple[tuple[str, str], ...]:
+        """Internal headers to store with the record (the reported cost), for ``settle``."""
+        amounts = self._meter.amounts
+        return ((cost.COST_HEADER, cost.encode(amounts)),) if amounts else ()
+
+    def finish(self, outcome: Outcome, status: int | None = None) -> None:
+        """Report the decision: span attributes, metrics, audit line. Later calls do nothing."""
+        if self._done:
+            return
+        self._done = True
         duration = time.perf_counter() - self._started
-        span = self._span
+        replay = outcome is Outcome.REPLAYED
+        spent = self._avoided if replay else dict(self._meter.amounts)
+        span = self._span_now()
         if span.is_recording():
             span.set_attribute(ATTR_OUTCOME, outcome.value)
             span.set_attribute(ATTR_BILLABLE, outcome.billable)
-        metrics.decision(self.surface, self.operation, outcome, duration, cost)
+            if spent:
+                span.set_attribute(ATTR_COST_AVOIDED if replay else ATTR_COST, cost.encode(spent))
+            if self._owned:
+                if status is not None and self.surface == "http":
+                    span.set_attribute("http.response.status_code", status)
+                if outcome is Outcome.STORE_ERROR or (status is not None and status >= 500):
+                    span.set_status(Status(StatusCode.ERROR, f"idempotency {outcome.value}"))
+        self.settings.instruments.decision(
+            self.surface, self.operation, outcome, duration, spent or None
+        )
         if self.settings.audit and audit.enabled():
-            ids = self.trace_ids
+            ids = _hex_ids(span)
             audit.write(
                 audit.AuditRecord(
                     ts=time.time(),
@@ -135,22 +375,65 @@ class Observation:
                     attempt=self.attempt,
                     duration_s=round(duration, 6),
                     store_s=round(self._store_s, 6),
+                    wait_s=round(self._wait_s, 6) if self._wait_s else None,
                     trace_id=ids[0] if ids else None,
                     span_id=ids[1] if ids else None,
                     linked_trace_id=self.linked[0] if self.linked else None,
                     linked_span_id=self.linked[1] if self.linked else None,
-                    cost=cost,
+                    cost=spent or None,
                 )
             )
         if self._owned:
             span.end()
 
 
-def span_context_of(trace_id: str, span_id: str) -> NonRecordingSpan:
-    """A span standing for a stored first execution (for tests and tools)."""
-    return NonRecordingSpan(
-        SpanContext(int(trace_id, 16), int(span_id, 16), True, TraceFlags(TraceFlags.SAMPLED))
-    )
+class _NullObservation(Observation):
+    """Telemetry turned off (``telemetry=None``): every method does nothing."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        super().__init__(Telemetry.__new__(Telemetry), "", "", enrich=False)
+        self._span = INVALID_SPAN
+
+    @property
+    def trace_ids(self) -> tuple[str, str] | None:
+        return None
+
+    def keyed(self, key: str, scope: str, fingerprint: str) -> None:
+        pass
+
+    def store_time(self, operation: str, seconds: float) -> None:
+        pass
+
+    def link_to(self, trace_id: str | None, span_id: str | None) -> None:
+        pass
+
+    def replayed(self, response: StoredResponse) -> None:
+        pass
+
+    def active(self) -> AbstractContextManager[None]:
+        return nullcontext()
+
+    def stored_headers(self) -> tuple[tuple[str, str], ...]:
+        return ()
+
+    def finish(self, outcome: Outcome, status: int | None = None) -> None:
+        pass
 
 
-__all__ = ["Link", "Observation", "Telemetry", "span_context_of"]
+NULL_OBSERVATION: Observation = _NullObservation()
+
+
+__all__ = [
+    "ATTR_BILLABLE",
+    "ATTR_FINGERPRINT",
+    "ATTR_KEY",
+    "ATTR_OUTCOME",
+    "DEFAULT_TELEMETRY",
+    "NULL_OBSERVATION",
+    "Observation",
+    "Telemetry",
+    "http_operation",
+    "observe",
+]
