@@ -146,6 +146,7 @@ class _Responder:
             case Refuse():
                 await self._problem(refusal(decision, self.policy), decision.outcome)
             case Execute(token, outcome):
+                self.obs.decided(outcome)
                 capture = Capture(self.policy.max_cached_body)
                 try:
                     await self._execute(ident, token, capture)

@@ -24,22 +24,35 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 
+from opentelemetry.trace import Span
+
 COST_HEADER = "onceonly-cost"
+COST_ATTRIBUTE = "onceonly.cost"
 DEFAULT_UNIT = "USD"
 
 
 class CostMeter:
-    """Amounts reported during one execution, summed per unit (thread-safe)."""
+    """Amounts reported during one execution, summed per unit (thread-safe).
 
-    __slots__ = ("_lock", "amounts")
+    ``span``, when set and still recording, gets the running total as ``onceonly.cost`` at
+    each report: a server span owned by an instrumentation may end before the observation
+    finishes, so the attribute is written while the span is surely open.
+    """
+
+    __slots__ = ("_lock", "amounts", "span")
 
     def __init__(self) -> None:
         self.amounts: dict[str, float] = {}
+        self.span: Span | None = None
         self._lock = threading.Lock()
 
     def add(self, amount: float, unit: str) -> None:
         with self._lock:
             self.amounts[unit] = self.amounts.get(unit, 0.0) + amount
+            total = encode(self.amounts)
+        span = self.span
+        if span is not None and span.is_recording():
+            span.set_attribute(COST_ATTRIBUTE, total)
 
 
 _meter: ContextVar[CostMeter | None] = ContextVar("onceonly_cost_meter", default=None)

@@ -54,7 +54,7 @@ ATTR_OUTCOME = "onceonly.idempotency.outcome"
 ATTR_BILLABLE = "onceonly.idempotency.billable"
 ATTR_FINGERPRINT = "onceonly.idempotency.fingerprint"
 ATTR_ATTEMPT = "onceonly.idempotency.attempt"
-ATTR_COST = "onceonly.cost"
+ATTR_COST = cost.COST_ATTRIBUTE
 ATTR_COST_AVOIDED = "onceonly.cost.avoided"
 LINK_ROLE = "onceonly.link"  # attribute on the replay's link: "first_execution"
 
@@ -187,6 +187,7 @@ class _Active:
         self._ctx_token = (
             otel_context.attach(trace.set_span_in_context(span)) if obs._owned else None
         )
+        obs._meter.span = span  # costs go on the span as they are reported
         self._cost_token = cost._meter.set(obs._meter)
 
     def __exit__(
@@ -337,6 +338,18 @@ class Observation:
         amounts = self._meter.amounts
         return ((cost.COST_HEADER, cost.encode(amounts)),) if amounts else ()
 
+    def decided(self, outcome: Outcome) -> None:
+        """Put the outcome on the span now, before the handler runs.
+
+        ``opentelemetry-instrumentation-asgi`` ends its server span as soon as the last body
+        message is sent, which is before :meth:`finish` runs for an execution; attributes set
+        after that would be lost.
+        """
+        span = self._span_now()
+        if span.is_recording():
+            span.set_attribute(ATTR_OUTCOME, outcome.value)
+            span.set_attribute(ATTR_BILLABLE, outcome.billable)
+
     def finish(self, outcome: Outcome, status: int | None = None) -> None:
         """Report the decision: span attributes, metrics, audit line. Later calls do nothing."""
         if self._done:
@@ -410,6 +423,9 @@ class _NullObservation(Observation):
         pass
 
     def replayed(self, response: StoredResponse) -> None:
+        pass
+
+    def decided(self, outcome: Outcome) -> None:
         pass
 
     def active(self) -> AbstractContextManager[None]:

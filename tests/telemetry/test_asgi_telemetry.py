@@ -1,0 +1,387 @@
+"""The ASGI middleware's telemetry: one observation per keyed request, on every path (SPEC 31-34)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from typing import Any
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, StatusCode
+
+from onceonly import MemoryStore, Policy, SQLiteStore
+from onceonly.errors import StoreUnavailable
+from onceonly.http.asgi import IdempotencyMiddleware
+from onceonly.policy import storage_id
+from onceonly.records import ClaimResult, Record, StoredResponse
+from onceonly.telemetry import report_cost
+from tests.conftest import FakeClock
+from tests.telemetry._asgi import call
+from tests.telemetry.conftest import AuditLines, Otel
+
+OUTCOME = "onceonly.idempotency.outcome"
+BILLABLE = "onceonly.idempotency.billable"
+KEY = "onceonly.idempotency.key"
+
+
+class App:
+    """An ASGI app that counts its runs; status, body size, cost and failure are settable."""
+
+    def __init__(self) -> None:
+        self.runs = 0
+        self.status = 201
+        self.body = b'{"ok": true}'
+        self.cost: float | None = None
+        self.raise_exc = False
+        self.gate: asyncio.Event | None = None
+        self.inner_parent: int | None = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self.runs += 1
+        while (await receive()).get("more_body"):
+            pass
+        parent = trace.get_current_span().get_span_context()
+        self.inner_parent = parent.span_id if parent.is_valid else None
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.cost is not None:
+            report_cost(self.cost, "USD")
+            report_cost(1200, "tokens")
+        if self.raise_exc:
+            raise RuntimeError("handler failed")
+        await send(
+            {
+                "type": "http.response.start",
+                "status": self.status,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
+        await send({"type": "http.response.body", "body": self.body})
+
+
+def attrs(span: Any) -> dict[str, Any]:
+    return dict(span.attributes or {})
+
+
+def ids(span: Any) -> tuple[str, str]:
+    ctx = span.get_span_context()
+    return format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")
+
+
+async def test_first_execution_then_replay_links_to_it(otel: Otel, audit_log: AuditLines) -> None:
+    app, store = App(), MemoryStore()
+    mw = IdempotencyMiddleware(app, store=store, telemetry=otel.telemetry())
+    first = await call(mw, headers=[("Idempotency-Attempt", "1")])
+    again = await call(mw, headers=[("Idempotency-Attempt", "2")])
+    assert (first.status, again.status, app.runs) == (201, 201, 1)
+    executed, replayed = otel.ours()
+    assert attrs(executed)[OUTCOME] == "executed" and attrs(executed)[BILLABLE] is True
+    assert attrs(replayed)[OUTCOME] == "replayed" and attrs(replayed)[BILLABLE] is False
+    assert attrs(executed)[KEY] == "k-1"
+    assert attrs(executed)["onceonly.idempotency.fingerprint"] == (
+        attrs(replayed)["onceonly.idempotency.fingerprint"]
+    )
+    assert attrs(executed)["http.response.status_code"] == 201
+    assert executed.name == "onceonly POST /pay" and executed.kind is SpanKind.INTERNAL
+    # The record holds the first execution's ids, and the replay links to exactly that span.
+    record = store.get(storage_id("anonymous", "k-1"))
+    assert record is not None and record.response is not None
+    assert (record.response.trace_id, record.response.span_id) == ids(executed)
+    (link,) = replayed.links
+    assert (format(link.context.trace_id, "032x"), format(link.context.span_id, "016x")) == ids(
+        executed
+    )
+    assert dict(link.attributes or {}) == {"onceonly.link": "first_execution"}
+    # Two requests, two audit lines, attempts recorded, the replay pointing at the original.
+    first_doc, replay_doc = audit_log.docs()
+    assert (first_doc["attempt"], replay_doc["attempt"]) == (1, 2)
+    assert (replay_doc["linked_trace_id"], replay_doc["linked_span_id"]) == ids(executed)
+    assert (first_doc["trace_id"], first_doc["span_id"]) == ids(executed)
+
+
+async def test_handler_spans_nest_under_the_onceonly_span(otel: Otel) -> None:
+    app = App()
+    mw = IdempotencyMiddleware(app, store=MemoryStore(), telemetry=otel.telemetry())
+    await call(mw)
+    (span,) = otel.ours()
+    assert app.inner_parent == span.get_span_context().span_id
+
+
+async def test_replay_links_across_store_handles_and_tracer_providers(
+    kit: Any, otel: Otel, audit_log: AuditLines
+) -> None:
+    """Another handle on the same data (another process would have one) replays with a link."""
+    from tests.telemetry.conftest import make_otel
+
+    app = App()
+    first_mw = IdempotencyMiddleware(app, store=kit.store, telemetry=otel.telemetry())
+    await call(first_mw)
+    other = make_otel()  # a second process has its own SDK and its own trace
+    second_mw = IdempotencyMiddleware(app, store=kit.reopen(), telemetry=other.telemetry())
+    answer = await call(second_mw)
+    assert (answer.status, app.runs) == (201, 1)
+    (executed,) = otel.ours()
+    (replayed,) = other.ours()
+    assert replayed.context.trace_id != executed.context.trace_id
+    (link,) = replayed.links
+    assert (link.context.trace_id, link.context.span_id) == (
+        executed.context.trace_id,
+        executed.context.span_id,
+    )
+
+
+async def test_mismatch_is_a_non_billable_client_error(otel: Otel, audit_log: AuditLines) -> None:
+    mw = IdempotencyMiddleware(App(), store=MemoryStore(), telemetry=otel.telemetry())
+    await call(mw)
+    answer = await call(mw, body=b'{"amount": 6}')
+    assert answer.status == 422
+    span = otel.ours()[-1]
+    assert attrs(span)[OUTCOME] == "mismatch" and attrs(span)[BILLABLE] is False
+    assert [d["outcome"] for d in audit_log.docs()] == ["executed", "mismatch"]
+    assert audit_log.docs()[1]["status"] == 422
+
+
+@pytest.mark.parametrize(
+    ("headers", "policy"),
+    [
+        ([("Idempotency-Key", "a,b")], Policy()),  # a list is malformed (SPEC 3)
+        ([], Policy(required=True)),  # missing on an endpoint that requires one (SPEC 11)
+    ],
+)
+async def test_rejected(
+    otel: Otel, audit_log: AuditLines, headers: list[tuple[str, str]], policy: Policy
+) -> None:
+    app = App()
+    mw = IdempotencyMiddleware(app, store=MemoryStore(), policy=policy, telemetry=otel.telemetry())
+    answer = await call(mw, key=None, headers=headers)
+    assert answer.status == 400 and app.runs == 0
+    (span,) = otel.ours()
+    assert attrs(span)[OUTCOME] == "rejected"
+    (doc,) = audit_log.docs()
+    assert (doc["outcome"], doc["status"], doc["billable"]) == ("rejected", 400, False)
+
+
+async def test_body_too_large_is_rejected(otel: Otel, audit_log: AuditLines) -> None:
+    mw = IdempotencyMiddleware(
+        App(), store=MemoryStore(), policy=Policy(max_body=4), telemetry=otel.telemetry()
+    )
+    answer = await call(mw)
+    assert answer.status == 413
+    assert [(d["outcome"], d["status"]) for d in audit_log.docs()] == [("rejected", 413)]
+
+
+async def test_no_key_no_observation(otel: Otel, audit_log: AuditLines) -> None:
+    mw = IdempotencyMiddleware(App(), store=MemoryStore(), telemetry=otel.telemetry())
+    await call(mw, key=None)
+    await call(mw, method="GET")
+    assert otel.spans() == [] and audit_log.docs() == []
+
+
+async def test_conflict_in_flight(otel: Otel, audit_log: AuditLines) -> None:
+    app = App()
+    app.gate = asyncio.Event()
+    policy = Policy(wait=0.05)
+    mw = IdempotencyMiddleware(app, store=MemoryStore(), policy=policy, telemetry=otel.telemetry())
+    first = asyncio.create_task(call(mw))
+    while app.runs == 0:
+        await asyncio.sleep(0)
+    second = await call(mw)
+    app.gate.set()
+    assert (await first).status == 201 and second.status == 409
+    outcomes = {d["outcome"]: d for d in audit_log.docs()}
+    assert set(outcomes) == {"executed", "conflict_in_flight"}
+    assert outcomes["conflict_in_flight"]["wait_s"] > 0  # it waited before refusing
+
+
+async def test_server_error_and_exception_are_executed_with_500(
+    otel: Otel, audit_log: AuditLines
+) -> None:
+    app = App()
+    app.status = 503
+    store = MemoryStore()
+    mw = IdempotencyMiddleware(app, store=store, telemetry=otel.telemetry())
+    assert (await call(mw)).status == 503
+    app.raise_exc = True
+    with pytest.raises(RuntimeError):
+        await call(mw)
+    assert [(d["outcome"], d["status"]) for d in audit_log.docs()] == [
+        ("executed", 503),
+        ("executed", 500),
+    ]
+    failed = otel.ours()[-1]
+    assert failed.status.status_code is StatusCode.ERROR
+    assert any(e.name == "exception" for e in failed.events)
+    assert store.get(storage_id("anonymous", "k-1")) is None  # released both times (SPEC 12)
+
+
+class BrokenStore(MemoryStore):
+    """A store whose database is down: every claim fails as a real backend's would."""
+
+    async def aclaim(self, id: str, fingerprint: str, lease: float) -> ClaimResult:
+        raise StoreUnavailable("connection refused")
+
+
+@pytest.mark.parametrize(("fail_open", "status"), [(False, 503), (True, 201)])
+async def test_store_error(
+    otel: Otel, audit_log: AuditLines, fail_open: bool, status: int
+) -> None:
+    app = App()
+    policy = Policy(fail_open=fail_open)
+    mw = IdempotencyMiddleware(app, store=BrokenStore(), policy=policy, telemetry=otel.telemetry())
+    assert (await call(mw)).status == status
+    assert app.runs == (1 if fail_open else 0)
+    (doc,) = audit_log.docs()
+    assert (doc["outcome"], doc["status"]) == ("store_error", status)
+    (span,) = otel.ours()
+    assert span.status.status_code is StatusCode.ERROR
+
+
+async def test_expired_and_recovered(otel: Otel, audit_log: AuditLines) -> None:
+    clock = FakeClock()
+    store = MemoryStore(clock=clock)
+    policy = Policy(ttl=10, lease=5)
+    mw = IdempotencyMiddleware(App(), store=store, policy=policy, telemetry=otel.telemetry())
+    await call(mw)
+    clock.advance(11)
+    await call(mw)  # past the TTL, inside the tombstone window: expired
+    # A holder that died: its claim's lease lapses, the retry takes over.
+    first = await call(mw, key="k-2")
+    assert first.status == 201
+    fp = audit_log.docs()[-1]["fingerprint"]
+    store.claim(storage_id("anonymous", "k-3"), fp, 5)
+    clock.advance(6)
+    await call(mw, key="k-3")
+    outcomes = [d["outcome"] for d in audit_log.docs()]
+    assert outcomes == ["executed", "expired", "executed", "recovered"]
+    assert all(d["billable"] for d in audit_log.docs())
+
+
+async def test_unreplayable(otel: Otel, audit_log: AuditLines) -> None:
+    app = App()
+    app.body = b"x" * 100
+    policy = Policy(max_cached_body=10)
+    mw = IdempotencyMiddleware(app, store=MemoryStore(), policy=policy, telemetry=otel.telemetry())
+    await call(mw)
+    answer = await call(mw)
+    assert answer.status == 409 and app.runs == 1
+    assert [d["outcome"] for d in audit_log.docs()] == ["executed", "unreplayable"]
+
+
+async def test_cost_reported_stored_and_avoided(otel: Otel, audit_log: AuditLines) -> None:
+    app = App()
+    app.cost = 0.25
+    store = MemoryStore()
+    mw = IdempotencyMiddleware(app, store=store, telemetry=otel.telemetry())
+    await call(mw)
+    replay = await call(mw)
+    assert "onceonly-cost" not in replay.headers  # internal: never replayed to the client
+    executed, replayed = audit_log.docs()
+    assert executed["cost"] == {"USD": 0.25, "tokens": 1200.0} and executed["billable"]
+    assert replayed["cost"] == {"USD": 0.25, "tokens": 1200.0} and not replayed["billable"]
+    spans = otel.ours()
+    assert attrs(spans[0])["onceonly.cost"] == "USD=0.25, tokens=1200.0"
+    assert attrs(spans[1])["onceonly.cost.avoided"] == "USD=0.25, tokens=1200.0"
+    points = otel.points()
+    avoided = {p.attributes["onceonly.cost.unit"]: p.value for p in points["onceonly.cost.avoided"]}
+    assert avoided == {"USD": 0.25, "tokens": 1200.0}
+    assert sum(p.value for p in points["onceonly.replays"]) == 1
+
+
+async def test_no_key_in_any_metric_attribute(otel: Otel) -> None:
+    key = "very-secret-key-0123456789"
+    mw = IdempotencyMiddleware(App(), store=MemoryStore(), telemetry=otel.telemetry())
+    await call(mw, key=key)
+    await call(mw, key=key)
+    await call(mw, key=key, body=b"other")
+    points = otel.points()
+    assert {"onceonly.requests", "onceonly.request.duration", "onceonly.store.duration"} <= set(
+        points
+    )
+    hashed = hashlib.sha256(key.encode()).hexdigest()
+    for name, data in points.items():
+        for point in data:
+            blob = json.dumps(dict(point.attributes), default=str)
+            assert key not in blob and hashed not in blob, name
+    by_outcome = {
+        p.attributes["onceonly.idempotency.outcome"]: p.value for p in points["onceonly.requests"]
+    }
+    assert by_outcome == {"executed": 1, "replayed": 1, "mismatch": 1}
+    store_ops = {p.attributes["onceonly.store.operation"] for p in points["onceonly.store.duration"]}
+    assert store_ops == {"claim", "complete"}
+
+
+async def test_hashed_key_mode(otel: Otel, audit_log: AuditLines) -> None:
+    mw = IdempotencyMiddleware(
+        App(), store=MemoryStore(), telemetry=otel.telemetry(key_mode="hashed")
+    )
+    await call(mw, key="secret-key")
+    shown = "sha256:" + hashlib.sha256(b"secret-key").hexdigest()
+    (span,) = otel.ours()
+    assert attrs(span)[KEY] == shown
+    assert audit_log.docs()[0]["key"] == shown
+    assert "secret-key" not in audit_log.lines[0]
+
+
+async def test_audit_line_fields(otel: Otel, audit_log: AuditLines) -> None:
+    mw = IdempotencyMiddleware(App(), store=MemoryStore(), telemetry=otel.telemetry())
+    await call(mw, headers=[("Authorization", "Bearer top-secret")])
+    (line,) = audit_log.lines
+    assert "top-secret" not in line  # the scope is a hash of the credential
+    doc = json.loads(line)
+    assert doc["scope"] == hashlib.sha256(b"Bearer top-secret").hexdigest()
+    expected = {"ts", "surface", "operation", "key", "scope", "fingerprint", "outcome"}
+    expected |= {"billable", "status", "duration_s", "store_s", "trace_id", "span_id"}
+    assert expected <= set(doc)
+    assert doc["surface"] == "http" and doc["operation"] == "POST /pay"
+    assert doc["duration_s"] >= doc["store_s"] > 0
+
+
+async def test_enriches_the_asgi_instrumentation_server_span(otel: Otel) -> None:
+    from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+
+    app = App()
+    app.cost = 0.5
+    inner = IdempotencyMiddleware(app, store=MemoryStore(), telemetry=otel.telemetry())
+    outer = OpenTelemetryMiddleware(
+        inner, tracer_provider=otel.tracer_provider, meter_provider=otel.meter_provider
+    )
+    await call(outer)
+    await call(outer)
+    assert otel.ours() == []  # no second span for the same request
+    servers = [s for s in otel.spans() if s.kind is SpanKind.SERVER]
+    assert [attrs(s)[OUTCOME] for s in servers] == ["executed", "replayed"]
+    assert attrs(servers[0])[KEY] == "k-1"
+    # The instrumentation ends its span with the last body message: the cost is set before.
+    assert attrs(servers[0])["onceonly.cost"] == "USD=0.5, tokens=1200.0"
+    (link,) = servers[1].links
+    assert link.context.span_id == servers[0].context.span_id
+
+
+async def test_telemetry_off_and_no_sdk(audit_log: AuditLines) -> None:
+    """telemetry=None does nothing; the default Telemetry() without an SDK stores no ids."""
+    store = MemoryStore()
+    off = IdempotencyMiddleware(App(), store=store, telemetry=None)
+    await call(off)
+    assert audit_log.docs() == []
+    default = IdempotencyMiddleware(App(), store=store)  # global providers: no SDK set
+    await call(default, key="k-2")
+    (doc,) = audit_log.docs()
+    assert doc["outcome"] == "executed" and "trace_id" not in doc
+    record = store.get(storage_id("anonymous", "k-2"))
+    assert record is not None and record.response == StoredResponse(
+        201, (("content-type", "application/json"),), b'{"ok": true}'
+    )
+
+
+def test_stored_ids_survive_sqlite(tmp_path: Any, otel: Otel) -> None:
+    """SQLite keeps the first execution's ids (a fresh handle reads them back)."""
+    path = tmp_path / "t.db"
+    app = App()
+    mw = IdempotencyMiddleware(app, store=SQLiteStore(path), telemetry=otel.telemetry())
+    asyncio.run(call(mw))
+    (span,) = otel.ours()
+    record: Record | None = SQLiteStore(path).get(storage_id("anonymous", "k-1"))
+    assert record is not None and record.response is not None
+    assert (record.response.trace_id, record.response.span_id) == ids(span)
