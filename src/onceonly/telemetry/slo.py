@@ -222,9 +222,7 @@ class _Series:
         return self.bad_prefix[hi] - self.bad_prefix[lo], hi - lo
 
 
-def _indicator(
-    name: str, target: float, series: _Series, window_s: float, now: float
-) -> Indicator:
+def _indicator(name: str, target: float, series: _Series, window_s: float, now: float) -> Indicator:
     bad, valid = series.counts(now - window_s, now)
     windows = sorted({w for bw in BURN_WINDOWS for w in (bw.long_s, bw.short_s)})
     burn = {w: burn_rate(*series.counts(now - w, now), target) for w in windows}
@@ -243,9 +241,7 @@ def objective_for(operation: str, objectives: Sequence[Objective]) -> Objective 
     return next((o for o in objectives if o.matches(operation)), None)
 
 
-def evaluate(
-    events: Iterable[Event], objectives: Sequence[Objective], now: float
-) -> list[Status]:
+def evaluate(events: Iterable[Event], objectives: Sequence[Objective], now: float) -> list[Status]:
     """The SLO status at ``now`` of every operation that has events and a matching objective."""
     by_op: dict[str, list[Event]] = {}
     for event in events:
