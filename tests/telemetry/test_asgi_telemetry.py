@@ -1,4 +1,4 @@
-"""The ASGI middleware's telemetry: one observation per keyed request, on every path (SPEC 31-34)."""
+"""ASGI middleware telemetry: one observation per keyed request, on every path (SPEC 31-34)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ from typing import Any
 import pytest
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, StatusCode
+from tests.conftest import FakeClock
+from tests.telemetry._asgi import call
+from tests.telemetry.conftest import AuditLines, Otel
 
 from onceonly import MemoryStore, Policy, SQLiteStore
 from onceonly.errors import StoreUnavailable
@@ -17,9 +20,6 @@ from onceonly.http.asgi import IdempotencyMiddleware
 from onceonly.policy import storage_id
 from onceonly.records import ClaimResult, Record, StoredResponse
 from onceonly.telemetry import report_cost
-from tests.conftest import FakeClock
-from tests.telemetry._asgi import call
-from tests.telemetry.conftest import AuditLines, Otel
 
 OUTCOME = "onceonly.idempotency.outcome"
 BILLABLE = "onceonly.idempotency.billable"
@@ -37,9 +37,11 @@ class App:
         self.raise_exc = False
         self.gate: asyncio.Event | None = None
         self.inner_parent: int | None = None
+        self.started = asyncio.Event()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         self.runs += 1
+        self.started.set()
         while (await receive()).get("more_body"):
             pass
         parent = trace.get_current_span().get_span_context()
@@ -77,17 +79,22 @@ async def test_first_execution_then_replay_links_to_it(otel: Otel, audit_log: Au
     again = await call(mw, headers=[("Idempotency-Attempt", "2")])
     assert (first.status, again.status, app.runs) == (201, 201, 1)
     executed, replayed = otel.ours()
-    assert attrs(executed)[OUTCOME] == "executed" and attrs(executed)[BILLABLE] is True
-    assert attrs(replayed)[OUTCOME] == "replayed" and attrs(replayed)[BILLABLE] is False
+    assert attrs(executed)[OUTCOME] == "executed"
+    assert attrs(executed)[BILLABLE] is True
+    assert attrs(replayed)[OUTCOME] == "replayed"
+    assert attrs(replayed)[BILLABLE] is False
     assert attrs(executed)[KEY] == "k-1"
-    assert attrs(executed)["onceonly.idempotency.fingerprint"] == (
-        attrs(replayed)["onceonly.idempotency.fingerprint"]
+    assert (
+        attrs(executed)["onceonly.idempotency.fingerprint"]
+        == (attrs(replayed)["onceonly.idempotency.fingerprint"])
     )
     assert attrs(executed)["http.response.status_code"] == 201
-    assert executed.name == "onceonly POST /pay" and executed.kind is SpanKind.INTERNAL
+    assert executed.name == "onceonly POST /pay"
+    assert executed.kind is SpanKind.INTERNAL
     # The record holds the first execution's ids, and the replay links to exactly that span.
     record = store.get(storage_id("anonymous", "k-1"))
-    assert record is not None and record.response is not None
+    assert record is not None
+    assert record.response is not None
     assert (record.response.trace_id, record.response.span_id) == ids(executed)
     (link,) = replayed.links
     assert (format(link.context.trace_id, "032x"), format(link.context.span_id, "016x")) == ids(
@@ -138,7 +145,8 @@ async def test_mismatch_is_a_non_billable_client_error(otel: Otel, audit_log: Au
     answer = await call(mw, body=b'{"amount": 6}')
     assert answer.status == 422
     span = otel.ours()[-1]
-    assert attrs(span)[OUTCOME] == "mismatch" and attrs(span)[BILLABLE] is False
+    assert attrs(span)[OUTCOME] == "mismatch"
+    assert attrs(span)[BILLABLE] is False
     assert [d["outcome"] for d in audit_log.docs()] == ["executed", "mismatch"]
     assert audit_log.docs()[1]["status"] == 422
 
@@ -156,7 +164,8 @@ async def test_rejected(
     app = App()
     mw = IdempotencyMiddleware(app, store=MemoryStore(), policy=policy, telemetry=otel.telemetry())
     answer = await call(mw, key=None, headers=headers)
-    assert answer.status == 400 and app.runs == 0
+    assert answer.status == 400
+    assert app.runs == 0
     (span,) = otel.ours()
     assert attrs(span)[OUTCOME] == "rejected"
     (doc,) = audit_log.docs()
@@ -176,7 +185,8 @@ async def test_no_key_no_observation(otel: Otel, audit_log: AuditLines) -> None:
     mw = IdempotencyMiddleware(App(), store=MemoryStore(), telemetry=otel.telemetry())
     await call(mw, key=None)
     await call(mw, method="GET")
-    assert otel.spans() == [] and audit_log.docs() == []
+    assert otel.spans() == []
+    assert audit_log.docs() == []
 
 
 async def test_conflict_in_flight(otel: Otel, audit_log: AuditLines) -> None:
@@ -185,11 +195,11 @@ async def test_conflict_in_flight(otel: Otel, audit_log: AuditLines) -> None:
     policy = Policy(wait=0.05)
     mw = IdempotencyMiddleware(app, store=MemoryStore(), policy=policy, telemetry=otel.telemetry())
     first = asyncio.create_task(call(mw))
-    while app.runs == 0:
-        await asyncio.sleep(0)
+    await app.started.wait()
     second = await call(mw)
     app.gate.set()
-    assert (await first).status == 201 and second.status == 409
+    assert (await first).status == 201
+    assert second.status == 409
     outcomes = {d["outcome"]: d for d in audit_log.docs()}
     assert set(outcomes) == {"executed", "conflict_in_flight"}
     assert outcomes["conflict_in_flight"]["wait_s"] > 0  # it waited before refusing
@@ -224,9 +234,7 @@ class BrokenStore(MemoryStore):
 
 
 @pytest.mark.parametrize(("fail_open", "status"), [(False, 503), (True, 201)])
-async def test_store_error(
-    otel: Otel, audit_log: AuditLines, fail_open: bool, status: int
-) -> None:
+async def test_store_error(otel: Otel, audit_log: AuditLines, fail_open: bool, status: int) -> None:
     app = App()
     policy = Policy(fail_open=fail_open)
     mw = IdempotencyMiddleware(app, store=BrokenStore(), policy=policy, telemetry=otel.telemetry())
@@ -265,7 +273,8 @@ async def test_unreplayable(otel: Otel, audit_log: AuditLines) -> None:
     mw = IdempotencyMiddleware(app, store=MemoryStore(), policy=policy, telemetry=otel.telemetry())
     await call(mw)
     answer = await call(mw)
-    assert answer.status == 409 and app.runs == 1
+    assert answer.status == 409
+    assert app.runs == 1
     assert [d["outcome"] for d in audit_log.docs()] == ["executed", "unreplayable"]
 
 
@@ -278,8 +287,10 @@ async def test_cost_reported_stored_and_avoided(otel: Otel, audit_log: AuditLine
     replay = await call(mw)
     assert "onceonly-cost" not in replay.headers  # internal: never replayed to the client
     executed, replayed = audit_log.docs()
-    assert executed["cost"] == {"USD": 0.25, "tokens": 1200.0} and executed["billable"]
-    assert replayed["cost"] == {"USD": 0.25, "tokens": 1200.0} and not replayed["billable"]
+    assert executed["cost"] == {"USD": 0.25, "tokens": 1200.0}
+    assert executed["billable"]
+    assert replayed["cost"] == {"USD": 0.25, "tokens": 1200.0}
+    assert not replayed["billable"]
     spans = otel.ours()
     assert attrs(spans[0])["onceonly.cost"] == "USD=0.25, tokens=1200.0"
     assert attrs(spans[1])["onceonly.cost.avoided"] == "USD=0.25, tokens=1200.0"
@@ -303,12 +314,15 @@ async def test_no_key_in_any_metric_attribute(otel: Otel) -> None:
     for name, data in points.items():
         for point in data:
             blob = json.dumps(dict(point.attributes), default=str)
-            assert key not in blob and hashed not in blob, name
+            assert key not in blob, name
+            assert hashed not in blob, name
     by_outcome = {
         p.attributes["onceonly.idempotency.outcome"]: p.value for p in points["onceonly.requests"]
     }
     assert by_outcome == {"executed": 1, "replayed": 1, "mismatch": 1}
-    store_ops = {p.attributes["onceonly.store.operation"] for p in points["onceonly.store.duration"]}
+    store_ops = {
+        p.attributes["onceonly.store.operation"] for p in points["onceonly.store.duration"]
+    }
     assert store_ops == {"claim", "complete"}
 
 
@@ -334,7 +348,8 @@ async def test_audit_line_fields(otel: Otel, audit_log: AuditLines) -> None:
     expected = {"ts", "surface", "operation", "key", "scope", "fingerprint", "outcome"}
     expected |= {"billable", "status", "duration_s", "store_s", "trace_id", "span_id"}
     assert expected <= set(doc)
-    assert doc["surface"] == "http" and doc["operation"] == "POST /pay"
+    assert doc["surface"] == "http"
+    assert doc["operation"] == "POST /pay"
     assert doc["duration_s"] >= doc["store_s"] > 0
 
 
@@ -368,9 +383,11 @@ async def test_telemetry_off_and_no_sdk(audit_log: AuditLines) -> None:
     default = IdempotencyMiddleware(App(), store=store)  # global providers: no SDK set
     await call(default, key="k-2")
     (doc,) = audit_log.docs()
-    assert doc["outcome"] == "executed" and "trace_id" not in doc
+    assert doc["outcome"] == "executed"
+    assert "trace_id" not in doc
     record = store.get(storage_id("anonymous", "k-2"))
-    assert record is not None and record.response == StoredResponse(
+    assert record is not None
+    assert record.response == StoredResponse(
         201, (("content-type", "application/json"),), b'{"ok": true}'
     )
 
@@ -383,5 +400,6 @@ def test_stored_ids_survive_sqlite(tmp_path: Any, otel: Otel) -> None:
     asyncio.run(call(mw))
     (span,) = otel.ours()
     record: Record | None = SQLiteStore(path).get(storage_id("anonymous", "k-1"))
-    assert record is not None and record.response is not None
+    assert record is not None
+    assert record.response is not None
     assert (record.response.trace_id, record.response.span_id) == ids(span)

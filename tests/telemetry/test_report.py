@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from tests.conftest import require_service
+from tests.telemetry._asgi import call
+from tests.telemetry.test_asgi_telemetry import App
 
 from onceonly import MemoryStore
 from onceonly.http.asgi import IdempotencyMiddleware
@@ -20,9 +23,6 @@ from onceonly.report_cli import report
 from onceonly.telemetry import AUDIT_LOGGER, Telemetry
 from onceonly.telemetry.report import html_page, load, summarize
 from onceonly.telemetry.slo import DAY, HOUR, MINUTE, Objective
-from tests.conftest import require_service
-from tests.telemetry._asgi import call
-from tests.telemetry.test_asgi_telemetry import App
 
 NOW = 1_790_000_000.0
 SVG = "{http://www.w3.org/2000/svg}"
@@ -51,7 +51,8 @@ def hand_log(path: Path) -> Path:
 
 def test_summary_matches_hand_computed_burn_rates(tmp_path: Path) -> None:
     log = load(hand_log(tmp_path / "audit.log"))
-    assert len(log.records) == 1017 and log.skipped == 2
+    assert len(log.records) == 1017
+    assert log.skipped == 2
     summary = summarize(log, [Objective("POST /pay", success=0.99, latency_s=None)])
     assert summary.now == NOW - MINUTE
     (status,) = summary.slo  # "POST /<b>&" matches no objective
@@ -60,7 +61,8 @@ def test_summary_matches_hand_computed_burn_rates(tmp_path: Path) -> None:
     assert a.burn[6 * HOUR] == pytest.approx((15 / 110) / 0.01)
     assert a.budget_remaining == pytest.approx(1 - (15 / 1010) / 0.01)
     assert [al.window.severity for al in a.alerts] == ["page", "page", "ticket"]
-    assert summary.replays == 5 and summary.cost_avoided == {"USD": 2.5}
+    assert summary.replays == 5
+    assert summary.cost_avoided == {"USD": 2.5}
     assert summary.attempts == {1: 90, 2: 10}
     assert summary.decisions_per_key == {1: 900, 5: 1}
 
@@ -83,7 +85,9 @@ def test_cli_prints_tables_and_writes_a_well_formed_page(tmp_path: Path) -> None
     text = result.output
     for title in ("Outcomes by operation", "Retries", "Replays and cost", "SLO status"):
         assert title in text
-    assert "Burn-rate alerts" in text and "page" in text and "ticket" in text
+    assert "Burn-rate alerts" in text
+    assert "page" in text
+    assert "ticket" in text
     assert "2.5 USD" in text  # cost avoided by the five replays
     page = out.read_text()
     assert "<script" not in page.lower()
@@ -93,7 +97,8 @@ def test_cli_prints_tables_and_writes_a_well_formed_page(tmp_path: Path) -> None
     assert len(svgs) == 3
     titles = [svg.findtext(f"{SVG}title") for svg in svgs]
     assert titles == ["Outcomes over time", "Latency distribution", "Error budget remaining"]
-    assert root.findall(f".//{SVG}rect") and root.findall(f".//{SVG}polyline")
+    assert root.findall(f".//{SVG}rect")
+    assert root.findall(f".//{SVG}polyline")
     assert "POST /&lt;b&gt;&amp;" in page  # operation names are escaped
 
 
@@ -101,10 +106,12 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     empty = tmp_path / "empty.log"
     empty.write_text("nothing here\n")
     result = CliRunner().invoke(report, ["--log", str(empty)])
-    assert result.exit_code == 1 and "holds no audit records" in result.output
+    assert result.exit_code == 1
+    assert "holds no audit records" in result.output
     log = hand_log(tmp_path / "audit.log")
     result = CliRunner().invoke(report, ["--log", str(log), "--objective", "*=150"])
-    assert result.exit_code == 2 and "--objective" in result.output
+    assert result.exit_code == 2
+    assert "--objective" in result.output
 
 
 def test_report_from_a_real_middleware_log(tmp_path: Path) -> None:
@@ -134,9 +141,11 @@ def test_report_from_a_real_middleware_log(tmp_path: Path) -> None:
     assert dict(stats.outcomes) == {"executed": 2, "replayed": 1, "mismatch": 1}
     assert summary.cost_avoided == {"USD": 0.25, "tokens": 1200.0}
     assert summary.cost_spent == {"USD": 0.5, "tokens": 2400.0}
-    assert summary.billable == 2 and summary.replays == 1
+    assert summary.billable == 2
+    assert summary.replays == 1
     (status,) = summary.slo
-    assert status.availability.budget_remaining == 1.0 and status.client_errors == 1
+    assert status.availability.budget_remaining == 1.0
+    assert status.client_errors == 1
 
 
 def test_page_renders_in_headless_chromium(tmp_path: Path) -> None:
@@ -167,4 +176,5 @@ def test_page_renders_in_headless_chromium(tmp_path: Path) -> None:
     # The browser parsed the three charts and their shapes, and logged no script errors.
     assert dom.count("<svg") == 3
     assert dom.count("<polyline") == page.read_text().count("<polyline")
-    assert "Uncaught" not in done.stderr and "SyntaxError" not in done.stderr
+    assert "Uncaught" not in done.stderr
+    assert "SyntaxError" not in done.stderr

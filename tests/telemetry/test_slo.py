@@ -121,7 +121,8 @@ def test_first_matching_objective_and_unmatched_operations() -> None:
     log = [Event(NOW, "POST /pay", "executed", 200), Event(NOW, "GET /x", "executed", 200)]
     objectives = [Objective("POST /pay", success=0.9), Objective("POST *", success=0.5)]
     (status,) = evaluate(log, objectives, NOW)
-    assert status.operation == "POST /pay" and status.objective.success == 0.9
+    assert status.operation == "POST /pay"
+    assert status.objective.success == 0.9
 
 
 def test_budget_series_looks_back_one_window_at_each_point() -> None:
@@ -152,7 +153,7 @@ def test_parse_objective(text: str, expected: Objective) -> None:
 
 @pytest.mark.parametrize("text", ["99.9", "=99", "*=", "*=100", "*=abc", "*=99,5x", "*=99,1s@0"])
 def test_parse_objective_rejects(text: str) -> None:
-    with pytest.raises(ValueError, match="objective|fraction|between"):
+    with pytest.raises(ValueError, match=r"objective|fraction|between"):
         parse_objective(text)
 
 
@@ -177,7 +178,8 @@ def test_invariants(log: list[Event], target: float) -> None:
             assert ind.budget_remaining <= 1.0
             assert all(b >= 0 and math.isfinite(b) for b in ind.burn.values())
             if ind.bad == 0:
-                assert ind.budget_remaining == 1.0 and ind.alerts == ()
+                assert ind.budget_remaining == 1.0
+                assert ind.alerts == ()
             # A window no longer than the SLO window saw a subset of its bad events.
             spent = ind.bad / max(ind.valid, 1) / (1 - ind.target)
             assert ind.budget_remaining == pytest.approx(1 - spent)

@@ -7,13 +7,13 @@ from collections.abc import Iterable
 from typing import Any
 
 import pytest
+from tests.telemetry.conftest import AuditLines, Otel
 
 from onceonly import MemoryStore, Policy
 from onceonly.errors import StoreUnavailable
 from onceonly.http.wsgi import IdempotencyMiddleware
 from onceonly.records import ClaimResult
 from onceonly.telemetry import report_cost
-from tests.telemetry.conftest import AuditLines, Otel
 
 
 class App:
@@ -68,10 +68,13 @@ def test_execute_replay_link_cost_attempt(otel: Otel, audit_log: AuditLines) -> 
     mw = IdempotencyMiddleware(app, store=MemoryStore(), telemetry=otel.telemetry())
     call(mw, attempt="1")
     status, headers, _ = call(mw, attempt="3")
-    assert status.startswith("201") and headers["idempotent-replayed"] == "true"
-    assert "onceonly-cost" not in headers and app.runs == 1
+    assert status.startswith("201")
+    assert headers["idempotent-replayed"] == "true"
+    assert "onceonly-cost" not in headers
+    assert app.runs == 1
     executed, replayed = otel.ours()
-    assert executed.attributes is not None and replayed.attributes is not None
+    assert executed.attributes is not None
+    assert replayed.attributes is not None
     assert executed.attributes["onceonly.idempotency.outcome"] == "executed"
     assert replayed.attributes["onceonly.idempotency.outcome"] == "replayed"
     (link,) = replayed.links
