@@ -29,12 +29,25 @@ STORE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.0
 REQUEST_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
+_CACHE_MAX = 4096
+_STORE_ATTRS = {op: {ATTR_STORE_OP: op} for op in ("claim", "complete", "release")}
+
+
 class Instruments:
     """The server-side instruments of one meter (client instruments live with the client)."""
 
-    __slots__ = ("cost", "cost_avoided", "duration", "replays", "requests", "store_duration")
+    __slots__ = (
+        "_cache",
+        "cost",
+        "cost_avoided",
+        "duration",
+        "replays",
+        "requests",
+        "store_duration",
+    )
 
     def __init__(self, provider: MeterProvider | None = None) -> None:
+        self._cache: dict[tuple[str, str, Outcome], tuple[dict[str, str], dict[str, str]]] = {}
         meter = metrics.get_meter("onceonly", meter_provider=provider)
         self.requests = meter.create_counter(
             "onceonly.requests", unit="{request}", description="Keyed requests and calls by outcome"
@@ -75,8 +88,7 @@ class Instruments:
         seconds: float,
         cost: Mapping[str, float] | None,
     ) -> None:
-        where = {ATTR_SURFACE: surface, ATTR_OPERATION: operation}
-        attrs = {**where, ATTR_OUTCOME: outcome.value}
+        where, attrs = self._attributes(surface, operation, outcome)
         self.requests.add(1, attrs)
         self.duration.record(seconds, attrs)
         replayed = outcome is Outcome.REPLAYED
@@ -87,8 +99,22 @@ class Instruments:
             for unit, amount in cost.items():
                 counter.add(amount, {**where, ATTR_COST_UNIT: unit})
 
+    def _attributes(
+        self, surface: str, operation: str, outcome: Outcome
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        """Attribute dicts, cached: building them per request is most of the no-SDK cost."""
+        key = (surface, operation, outcome)
+        found = self._cache.get(key)
+        if found is None:
+            where = {ATTR_SURFACE: surface, ATTR_OPERATION: operation}
+            found = (where, {**where, ATTR_OUTCOME: outcome.value})
+            if len(self._cache) < _CACHE_MAX:  # bounded: operations may be many
+                self._cache[key] = found
+        return found
+
     def store_latency(self, operation: str, seconds: float) -> None:
-        self.store_duration.record(seconds, {ATTR_STORE_OP: operation})
+        attrs = _STORE_ATTRS.get(operation) or {ATTR_STORE_OP: operation}
+        self.store_duration.record(seconds, attrs)
 
 
 _default: Instruments | None = None

@@ -30,6 +30,7 @@ from opentelemetry import trace
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import (
     INVALID_SPAN,
+    ProxyTracerProvider,
     Span,
     SpanContext,
     SpanKind,
@@ -134,19 +135,28 @@ class Telemetry:
         """An observation for a keyed HTTP request, its attempt number read from ``headers``."""
         return self.observe("http", self.operation(method, path), attempt=self.attempt_of(headers))
 
+    def no_sdk(self) -> bool:
+        """True while no tracer provider exists at all (API only): no span can record."""
+        return self.tracer_provider is None and isinstance(
+            trace.get_tracer_provider(), ProxyTracerProvider
+        )
+
     def shown_key(self, key: str) -> str:
         if self.key_mode == "hashed" and key:
             return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
         return key
 
     def attempt_of(self, headers: Iterable[tuple[str, str]]) -> int | None:
-        """The client's attempt number from ``attempt_header``, if it sent a sane one."""
+        """The client's attempt number from ``attempt_header``, if it sent a sane one.
+
+        ``headers`` have lowercase names, as both server adapters provide them.
+        """
         name = self.attempt_header
         if name is None:
             return None
         name = name.lower()
         for k, v in headers:
-            if k.lower() == name:
+            if k == name:  # both adapters hand over lowercase names (ASGI mandates them)
                 v = v.strip()
                 if v.isdigit() and len(v) <= 7 and 0 < int(v) <= _MAX_ATTEMPT:
                     return int(v)
@@ -187,8 +197,9 @@ class _Active:
         self._ctx_token = (
             otel_context.attach(trace.set_span_in_context(span)) if obs._owned else None
         )
-        obs._meter.span = span  # costs go on the span as they are reported
-        self._cost_token = cost._meter.set(obs._meter)
+        meter = obs._meter = obs._meter or cost.CostMeter()
+        meter.span = span  # costs go on the span as they are reported
+        self._cost_token = cost._meter.set(meter)
 
     def __exit__(
         self,
@@ -249,7 +260,7 @@ class Observation:
         self.key = self.scope = self.fingerprint = ""
         self.linked: tuple[str, str] | None = None
         self._avoided: dict[str, float] = {}
-        self._meter = cost.CostMeter()
+        self._meter: cost.CostMeter | None = None  # made when the handler runs
         self._done = False
         self._name, self._kind, self._attributes = name, kind, attributes
         self._enrich = enrich
@@ -260,6 +271,9 @@ class Observation:
         """The span this observation writes to, started on first use (lazily)."""
         if self._span is not None:
             return self._span
+        if self.settings.no_sdk():
+            self._span = INVALID_SPAN  # nothing could record: skip the proxy tracer's work
+            return self._span
         current = trace.get_current_span()
         if self._enrich and current.is_recording():
             self._span = current
@@ -269,7 +283,8 @@ class Observation:
             self._span = self.settings.tracer.start_span(
                 self._name, kind=self._kind, attributes=self._attributes, start_time=start_ns
             )
-            self._owned = True
+            # A non-recording span (no SDK, or not sampled) needs no context switch and no end.
+            self._owned = self._span.is_recording()
         else:
             self._span = INVALID_SPAN
         span = self._span
@@ -331,11 +346,11 @@ class Observation:
     @property
     def cost(self) -> dict[str, float]:
         """What the execution reported so far, per unit."""
-        return dict(self._meter.amounts)
+        return dict(self._meter.amounts) if self._meter else {}
 
     def stored_headers(self) -> tuple[tuple[str, str], ...]:
         """Internal headers to store with the record (the reported cost), for ``settle``."""
-        amounts = self._meter.amounts
+        amounts = self._meter.amounts if self._meter else None
         return ((cost.COST_HEADER, cost.encode(amounts)),) if amounts else ()
 
     def decided(self, outcome: Outcome) -> None:
@@ -357,7 +372,7 @@ class Observation:
         self._done = True
         duration = time.perf_counter() - self._started
         replay = outcome is Outcome.REPLAYED
-        spent = self._avoided if replay else dict(self._meter.amounts)
+        spent = self._avoided if replay else self.cost
         span = self._span_now()
         if span.is_recording():
             span.set_attribute(ATTR_OUTCOME, outcome.value)
