@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, StatusCode
-from tests.conftest import FakeClock
+from tests.storekit import FakeClock
 from tests.telemetry._asgi import call
 from tests.telemetry.conftest import AuditLines, Otel
 
@@ -19,7 +19,8 @@ from onceonly.errors import StoreUnavailable
 from onceonly.http.asgi import IdempotencyMiddleware
 from onceonly.policy import storage_id
 from onceonly.records import ClaimResult, Record, StoredResponse
-from onceonly.telemetry import report_cost
+from onceonly.telemetry import Telemetry, report_cost
+from onceonly.telemetry.observe import DEFAULT_TELEMETRY, NULL_OBSERVATION, observe
 
 OUTCOME = "onceonly.idempotency.outcome"
 BILLABLE = "onceonly.idempotency.billable"
@@ -380,6 +381,7 @@ async def test_telemetry_off_and_no_sdk(audit_log: AuditLines) -> None:
     off = IdempotencyMiddleware(App(), store=store, telemetry=None)
     await call(off)
     assert audit_log.docs() == []
+    DEFAULT_TELEMETRY._idle_until[0] = 0.0  # forget an "idle" answer cached by another test
     default = IdempotencyMiddleware(App(), store=store)  # global providers: no SDK set
     await call(default, key="k-2")
     (doc,) = audit_log.docs()
@@ -403,3 +405,14 @@ def test_stored_ids_survive_sqlite(tmp_path: Any, otel: Otel) -> None:
     assert record is not None
     assert record.response is not None
     assert (record.response.trace_id, record.response.span_id) == ids(span)
+
+
+def test_idle_without_sdk_or_audit_is_the_null_observation(audit_log: AuditLines) -> None:
+    """API only and nobody listening to the audit log: the no-op observation, nearly free."""
+    import logging
+
+    logging.getLogger("onceonly.audit").setLevel(logging.WARNING)
+    idle = Telemetry()
+    assert observe(idle, "POST", "/pay", []) is NULL_OBSERVATION
+    logging.getLogger("onceonly.audit").setLevel(logging.INFO)
+    assert observe(Telemetry(), "POST", "/pay", []) is not NULL_OBSERVATION

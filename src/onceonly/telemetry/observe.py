@@ -21,12 +21,12 @@ import hashlib
 import time
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Literal
 
 from opentelemetry import context as otel_context
-from opentelemetry import trace
+from opentelemetry import metrics, trace
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import (
     INVALID_SPAN,
@@ -42,6 +42,7 @@ from opentelemetry.trace import (
 )
 from opentelemetry.util.types import AttributeValue
 
+from onceonly.decide import Complete, Settlement
 from onceonly.outcomes import Outcome
 from onceonly.records import StoredResponse
 from onceonly.telemetry import audit, cost
@@ -59,6 +60,7 @@ ATTR_COST = cost.COST_ATTRIBUTE
 ATTR_COST_AVOIDED = "onceonly.cost.avoided"
 LINK_ROLE = "onceonly.link"  # attribute on the replay's link: "first_execution"
 
+_IDLE_RECHECK_S = 1.0
 _MAX_ATTEMPT = 1_000_000  # a header is not trusted: anything larger is not an attempt number
 
 
@@ -93,6 +95,7 @@ class Telemetry:
     meter_provider: MeterProvider | None = None
     tracer: Tracer = field(init=False, repr=False, compare=False)
     instruments: Instruments = field(init=False, repr=False, compare=False)
+    _idle_until: list[float] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.key_mode not in ("raw", "hashed"):
@@ -105,6 +108,7 @@ class Telemetry:
         )
         object.__setattr__(self, "tracer", tracer)
         object.__setattr__(self, "instruments", instruments)
+        object.__setattr__(self, "_idle_until", [0.0])  # mutable cell in a frozen dataclass
 
     def observe(
         self,
@@ -141,6 +145,26 @@ class Telemetry:
             trace.get_tracer_provider(), ProxyTracerProvider
         )
 
+    def idle(self) -> bool:
+        """Nothing would record an observation: no tracer or meter provider, no audit log.
+
+        An application with ``opentelemetry-api`` alone then gets the no-op observation and
+        pays one clock read per request. The answer is re-checked at most every
+        ``_IDLE_RECHECK_S`` (the provider lookups read ``os.environ``): an SDK or audit handler
+        configured after the middleware was built is picked up within a second.
+        """
+        now = time.monotonic()
+        if now < self._idle_until[0]:
+            return True
+        idle = (
+            self.no_sdk()
+            and self.meter_provider is None
+            and _is_proxy(metrics.get_meter_provider())
+            and not (self.audit and audit.enabled())
+        )
+        self._idle_until[0] = now + _IDLE_RECHECK_S if idle else 0.0
+        return idle
+
     def shown_key(self, key: str) -> str:
         if self.key_mode == "hashed" and key:
             return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
@@ -171,9 +195,45 @@ def observe(
     telemetry: Telemetry | None, method: str, path: str, headers: Iterable[tuple[str, str]]
 ) -> Observation:
     """The adapters' entry point: a real HTTP observation, or the shared no-op one."""
-    if telemetry is None:
+    if telemetry is None or telemetry.idle():
         return NULL_OBSERVATION
     return telemetry.observe_http(method, path, headers)
+
+
+def observe_call(
+    telemetry: Telemetry | None,
+    operation: str,
+    *,
+    tool: str | None = None,
+    run_id: str | None = None,
+    call_id: str | None = None,
+) -> Observation:
+    """The entry point of ``@idempotent`` (``tool=None``) and ``@idempotent_tool`` calls.
+
+    Functions get a span ``onceonly {operation}``; tools follow the GenAI conventions
+    (SPEC 32): span ``execute_tool {name}``, kind INTERNAL, ``gen_ai.operation.name``,
+    ``gen_ai.tool.name``, the durable ``agent_run`` id as ``gen_ai.conversation.id``, and
+    ``gen_ai.tool.call.id`` only when the provider supplied one.
+    """
+    if telemetry is None or telemetry.idle():
+        return NULL_OBSERVATION
+    if tool is None:
+        return telemetry.observe("function", operation)
+    attrs: dict[str, AttributeValue] = {
+        "gen_ai.operation.name": "execute_tool",
+        "gen_ai.tool.name": tool,
+    }
+    if run_id:
+        attrs["gen_ai.conversation.id"] = run_id
+    if call_id:
+        attrs["gen_ai.tool.call.id"] = call_id
+    return telemetry.observe("tool", tool, span_name=f"execute_tool {tool}", attributes=attrs)
+
+
+def _is_proxy(provider: MeterProvider) -> bool:
+    # The API's placeholder until an SDK is set; its class is private, hence the name check.
+    # Should it ever be renamed this returns False: observations happen, nothing breaks.
+    return type(provider).__name__ == "_ProxyMeterProvider"
 
 
 def _hex_ids(span: Span) -> tuple[str, str] | None:
@@ -212,7 +272,13 @@ class _Active:
             otel_context.detach(self._ctx_token)
         obs = self._obs
         span = obs._span
-        if exc is not None and obs._owned and span is not None and span.is_recording():
+        if (
+            exc is not None
+            and not isinstance(exc, StopIteration | GeneratorExit)  # ends of a WSGI body
+            and obs._owned
+            and span is not None
+            and span.is_recording()
+        ):
             span.record_exception(exc)
 
 
@@ -222,6 +288,7 @@ class Observation:
     __slots__ = (
         "_attributes",
         "_avoided",
+        "_decided",
         "_done",
         "_enrich",
         "_kind",
@@ -262,6 +329,7 @@ class Observation:
         self._avoided: dict[str, float] = {}
         self._meter: cost.CostMeter | None = None  # made when the handler runs
         self._done = False
+        self._decided: Outcome | None = None
         self._name, self._kind, self._attributes = name, kind, attributes
         self._enrich = enrich
         self._span: Span | None = None
@@ -360,10 +428,41 @@ class Observation:
         message is sent, which is before :meth:`finish` runs for an execution; attributes set
         after that would be lost.
         """
+        self._decided = outcome
         span = self._span_now()
         if span.is_recording():
             span.set_attribute(ATTR_OUTCOME, outcome.value)
             span.set_attribute(ATTR_BILLABLE, outcome.billable)
+
+    def executed(self, status: int | None) -> None:
+        """Finish an execution with the outcome given to :meth:`decided`."""
+        self.finish(self._decided or Outcome.EXECUTED, status)
+
+    def annotate(self, settlement: Settlement) -> Settlement:
+        """``settlement`` with this execution's trace ids and cost kept in the record.
+
+        For adapters that build their :class:`~onceonly.records.StoredResponse` themselves
+        (functions and tools) instead of through ``settle(..., trace=, internal=)``.
+        """
+        if not isinstance(settlement, Complete):
+            return settlement
+        ids, extra = self.trace_ids, self.stored_headers()
+        if ids is None and not extra:
+            return settlement
+        response = settlement.response
+        trace_id, span_id = ids if ids is not None else (response.trace_id, response.span_id)
+        return Complete(
+            replace(
+                response,
+                headers=(*response.headers, *extra),
+                trace_id=trace_id,
+                span_id=span_id,
+            )
+        )
+
+    def settled(self, settlement: Settlement, seconds: float) -> None:
+        """The store took ``seconds`` to complete or release the record."""
+        self.store_time("complete" if isinstance(settlement, Complete) else "release", seconds)
 
     def finish(self, outcome: Outcome, status: int | None = None) -> None:
         """Report the decision: span attributes, metrics, audit line. Later calls do nothing."""
@@ -443,6 +542,15 @@ class _NullObservation(Observation):
     def decided(self, outcome: Outcome) -> None:
         pass
 
+    def executed(self, status: int | None) -> None:
+        pass
+
+    def annotate(self, settlement: Settlement) -> Settlement:
+        return settlement
+
+    def settled(self, settlement: Settlement, seconds: float) -> None:
+        pass
+
     def active(self) -> AbstractContextManager[None]:
         return nullcontext()
 
@@ -467,4 +575,5 @@ __all__ = [
     "Telemetry",
     "http_operation",
     "observe",
+    "observe_call",
 ]

@@ -16,6 +16,7 @@ import asyncio
 import functools
 import inspect
 import logging
+import time
 import typing
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -34,9 +35,11 @@ from onceonly.errors import (
     StoreError,
     Unreplayable,
 )
+from onceonly.outcomes import Outcome
 from onceonly.policy import Policy, Problem
 from onceonly.records import StoredResponse
 from onceonly.stores.base import AsyncStore, Store
+from onceonly.telemetry.observe import DEFAULT_TELEMETRY, Observation, Telemetry, observe_call
 from onceonly.tools.serializer import DEFAULT_SERIALIZER, Serializer, _class_path, _resolve
 
 log = logging.getLogger("onceonly")
@@ -52,6 +55,7 @@ class Call:
     key: str
     id: str
     fingerprint: str
+    run_id: str | None = None  # the agent run of a tool call (telemetry: gen_ai.conversation.id)
 
 
 @dataclass(slots=True)
@@ -65,6 +69,10 @@ class CallSpec:
     store_exceptions: tuple[type[BaseException], ...] = ()
     ignore_args: frozenset[str] = frozenset()
     validate_return: bool = True
+    # Telemetry (SPEC 31-34): the operation name, and the tool name for agent tools.
+    telemetry: Telemetry | None = DEFAULT_TELEMETRY
+    operation: str = ""
+    tool: str | None = None
     signature: inspect.Signature = field(init=False)
     _return_checked: bool = field(init=False, default=False)
 
@@ -273,35 +281,72 @@ async def settle_async(
         _fenced(spec, call)
 
 
+def _settle_observed(
+    spec: CallSpec, store: Store, call: Call, token: int, what: Settlement, obs: Observation
+) -> None:
+    """:func:`settle_sync` with the trace ids and cost kept in the record, and timed."""
+    what = obs.annotate(what)
+    started = time.perf_counter()
+    settle_sync(spec, store, call, token, what)
+    obs.settled(what, time.perf_counter() - started)
+
+
+async def _asettle_observed(
+    spec: CallSpec, store: AsyncStore, call: Call, token: int, what: Settlement, obs: Observation
+) -> None:
+    what = obs.annotate(what)
+    started = time.perf_counter()
+    await settle_async(spec, store, call, token, what)
+    obs.settled(what, time.perf_counter() - started)
+
+
 def _fail_open(spec: CallSpec, exc: StoreError) -> None:
     if not spec.policy.fail_open:
         raise exc
     log.warning("%s: idempotency store unavailable, running unprotected: %s", spec.name, exc)
 
 
+def _observe(spec: CallSpec, call: Call) -> Observation:
+    obs = observe_call(
+        spec.telemetry, spec.operation or spec.name, tool=spec.tool, run_id=call.run_id
+    )
+    obs.keyed(call.key, "", call.fingerprint)
+    return obs
+
+
 def call_sync(spec: CallSpec, call: Call, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """Run one keyed sync call through the engine."""
     store = spec.sync_store()
+    obs = _observe(spec, call)
     try:
-        decision = run_flow(claim_flow(call.id, call.fingerprint, spec.policy), store)
+        decision = run_flow(
+            claim_flow(call.id, call.fingerprint, spec.policy), store, obs.store_time
+        )
     except StoreError as exc:
+        obs.finish(Outcome.STORE_ERROR)
         _fail_open(spec, exc)
         with keyed(call.key):
             return spec.fn(*args, **kwargs)
     match decision:
         case Replay(response):
+            obs.replayed(response)
+            obs.finish(decision.outcome, response.status)
             return spec.replayed(response, call)
         case Refuse():
+            obs.finish(decision.outcome)
             raise spec.refused(decision, call)
-        case Execute(token):
+        case Execute(token, outcome):
+            obs.decided(outcome)
             try:
-                with keyed(call.key), Heartbeat(store, call.id, token, spec.policy):
+                with keyed(call.key), obs.active(), Heartbeat(store, call.id, token, spec.policy):
                     value = spec.fn(*args, **kwargs)
             except BaseException as exc:
-                settle_sync(spec, store, call, token, spec.on_exception(exc))
+                _settle_observed(spec, store, call, token, spec.on_exception(exc), obs)
+                obs.executed(500)
                 raise
             settlement, error = spec.on_result(value, call)
-            settle_sync(spec, store, call, token, settlement)
+            _settle_observed(spec, store, call, token, settlement, obs)
+            obs.executed(200)
             if error is not None:
                 raise error
             return value
@@ -313,27 +358,37 @@ async def call_async(
 ) -> Any:
     """Run one keyed async call through the engine (the twin of :func:`call_sync`)."""
     store = spec.async_store()
+    obs = _observe(spec, call)
     try:
-        decision = await arun_flow(claim_flow(call.id, call.fingerprint, spec.policy), store)
+        decision = await arun_flow(
+            claim_flow(call.id, call.fingerprint, spec.policy), store, obs.store_time
+        )
     except StoreError as exc:
+        obs.finish(Outcome.STORE_ERROR)
         _fail_open(spec, exc)
         with keyed(call.key):
             return await spec.fn(*args, **kwargs)
     match decision:
         case Replay(response):
+            obs.replayed(response)
+            obs.finish(decision.outcome, response.status)
             return spec.replayed(response, call)
         case Refuse():
+            obs.finish(decision.outcome)
             raise spec.refused(decision, call)
-        case Execute(token):
+        case Execute(token, outcome):
+            obs.decided(outcome)
             try:
-                with keyed(call.key):
+                with keyed(call.key), obs.active():
                     async with AsyncHeartbeat(store, call.id, token, spec.policy):
                         value = await spec.fn(*args, **kwargs)
             except BaseException as exc:
-                await settle_async(spec, store, call, token, spec.on_exception(exc))
+                await _asettle_observed(spec, store, call, token, spec.on_exception(exc), obs)
+                obs.executed(500)
                 raise
             settlement, error = spec.on_result(value, call)
-            await settle_async(spec, store, call, token, settlement)
+            await _asettle_observed(spec, store, call, token, settlement, obs)
+            obs.executed(200)
             if error is not None:
                 raise error
             return value

@@ -25,6 +25,7 @@ from onceonly.fingerprint import call_fingerprint, canonical_json
 from onceonly.keys import derive_key
 from onceonly.policy import Duration, Policy, storage_id
 from onceonly.stores.base import AsyncStore, Store
+from onceonly.telemetry.observe import DEFAULT_TELEMETRY, Telemetry
 from onceonly.tools.calls import Call, CallSpec, wrap
 from onceonly.tools.runs import require_run
 from onceonly.tools.serializer import DEFAULT_SERIALIZER, Json, Serializer, canonical_tree
@@ -76,6 +77,7 @@ def idempotent(
     ignore_args: Collection[str] = (),
     namespace: str | None = None,
     validate_return: bool = True,
+    telemetry: Telemetry | None = DEFAULT_TELEMETRY,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Make a sync or async function run once per key (SPEC 28).
 
@@ -86,7 +88,8 @@ def idempotent(
     or moved. ``ttl``, ``lease``
     and ``wait`` override the matching ``policy`` fields. ``store_exceptions`` are stored and
     raised again on replay instead of releasing the claim. ``validate_return`` refuses, before
-    running, a return annotation the serializer certainly cannot store.
+    running, a return annotation the serializer certainly cannot store. ``telemetry``: spans,
+    metrics and audit lines per call (docs/observability.md); None turns them off.
     """
     chosen = _policy(policy, ttl=ttl, lease=lease, wait=wait)
 
@@ -99,8 +102,9 @@ def idempotent(
             tuple(store_exceptions),
             frozenset(ignore_args),
             validate_return,
+            telemetry,
         )
-        operation = namespace or spec.name
+        operation = spec.operation = namespace or spec.name
         scope = f"function\0{operation}"
 
         def keyer(spec: CallSpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
@@ -138,12 +142,14 @@ def idempotent_tool(
     store_exceptions: tuple[type[BaseException], ...] = (),
     ignore_args: Collection[str] = (),
     validate_return: bool = True,
+    telemetry: Telemetry | None = DEFAULT_TELEMETRY,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Make an agent tool run once per (run, step, tool, version, arguments) (SPEC 29).
 
     ``name`` defaults to the function's ``__name__`` (what agent SDKs show the model);
     bump ``version`` when the tool's meaning changes so old results are not replayed for it.
     Calls outside ``agent_run(...)`` raise :class:`~onceonly.errors.AgentRunRequired`.
+    ``telemetry``: ``execute_tool`` spans, metrics and audit lines per call; None: off.
     """
     chosen = _policy(policy, ttl=ttl, lease=lease, wait=wait)
     if not isinstance(version, str) or not version:
@@ -158,15 +164,16 @@ def idempotent_tool(
             tuple(store_exceptions),
             frozenset(ignore_args),
             validate_return,
+            telemetry,
         )
-        tool_name = name or fn.__name__
+        tool_name = spec.operation = spec.tool = name or fn.__name__
 
         def keyer(spec: CallSpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
             run = require_run(f"tool {tool_name!r}")
             tree = _canonical(spec, spec.arguments(args, kwargs))
             key = tool_key(run.run_id, run.steps, tool_name, version, tree)
             fingerprint = call_fingerprint(f"{tool_name}@{version}", tree)
-            return Call(key, storage_id("tool", key), fingerprint)
+            return Call(key, storage_id("tool", key), fingerprint, run.run_id)
 
         return wrap(spec, keyer)
 
