@@ -416,3 +416,31 @@ def test_idle_without_sdk_or_audit_is_the_null_observation(audit_log: AuditLines
     assert observe(idle, "POST", "/pay", []) is NULL_OBSERVATION
     logging.getLogger("onceonly.audit").setLevel(logging.INFO)
     assert observe(Telemetry(), "POST", "/pay", []) is not NULL_OBSERVATION
+
+
+def test_replay_links_to_a_first_execution_in_another_process(tmp_path: Any, otel: Otel) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = tmp_path / "shared.db"
+    root = Path(__file__).resolve().parents[2]
+    child = subprocess.run(
+        [sys.executable, "-m", "tests.telemetry.first_execution", str(path)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    first = json.loads(child.stdout)
+    assert first["status"] == 201
+    app = App()
+    mw = IdempotencyMiddleware(app, store=SQLiteStore(path), telemetry=otel.telemetry())
+    answer = asyncio.run(call(mw))
+    assert answer.status == 201
+    assert app.runs == 0  # the other process ran it
+    (replayed,) = otel.ours()
+    (link,) = replayed.links
+    assert (link.context.trace_id, link.context.span_id) == (first["trace"], first["span"])
+    assert replayed.context.trace_id != first["trace"]
