@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import statistics
 import time
 import uuid
@@ -22,7 +23,7 @@ from typing import Any
 
 from onceonly import MemoryStore
 from onceonly.http.asgi import IdempotencyMiddleware
-from onceonly.telemetry import Telemetry
+from onceonly.telemetry import AUDIT_LOGGER, Telemetry
 
 BODY = b'{"amount": 500, "currency": "eur", "customer": "c-1"}'
 
@@ -88,12 +89,18 @@ async def run(app: Any, keys: Callable[[int], bytes], n: int) -> float:
 
 async def main(runs: int, n: int) -> None:
     variants: dict[str, Telemetry | None] = {"off": None, "on, no SDK": Telemetry()}
+    # The audit log on (a NullHandler: the JSON line is built, then dropped), no SDK.
+    variants["on, no SDK, audit log"] = Telemetry()
     sdk = sdk_telemetry()
     if sdk is not None:
         variants["on, SDK in memory"] = sdk
+    audit_log = logging.getLogger(AUDIT_LOGGER)
+    audit_log.addHandler(logging.NullHandler())
+    audit_log.propagate = False
     results: dict[tuple[str, str], list[float]] = {}
     for _ in range(runs + 1):  # the first round is a warm-up
         for name, telemetry in variants.items():
+            audit_log.setLevel(logging.INFO if "audit" in name else logging.WARNING)
             store = MemoryStore()
             app = IdempotencyMiddleware(handler, store=store, telemetry=telemetry)
             fresh = await run(app, lambda i: uuid.uuid4().hex.encode(), n)

@@ -381,7 +381,7 @@ async def test_telemetry_off_and_no_sdk(audit_log: AuditLines) -> None:
     off = IdempotencyMiddleware(App(), store=store, telemetry=None)
     await call(off)
     assert audit_log.docs() == []
-    DEFAULT_TELEMETRY._idle_until[0] = 0.0  # forget an "idle" answer cached by another test
+    DEFAULT_TELEMETRY._idle_cache[0] = 0.0  # forget an "idle" answer cached by another test
     default = IdempotencyMiddleware(App(), store=store)  # global providers: no SDK set
     await call(default, key="k-2")
     (doc,) = audit_log.docs()

@@ -95,7 +95,7 @@ class Telemetry:
     meter_provider: MeterProvider | None = None
     tracer: Tracer = field(init=False, repr=False, compare=False)
     instruments: Instruments = field(init=False, repr=False, compare=False)
-    _idle_until: list[float] = field(init=False, repr=False, compare=False)
+    _idle_cache: list[float] = field(init=False, repr=False, compare=False)  # [until, idle]
 
     def __post_init__(self) -> None:
         if self.key_mode not in ("raw", "hashed"):
@@ -108,7 +108,7 @@ class Telemetry:
         )
         object.__setattr__(self, "tracer", tracer)
         object.__setattr__(self, "instruments", instruments)
-        object.__setattr__(self, "_idle_until", [0.0])  # mutable cell in a frozen dataclass
+        object.__setattr__(self, "_idle_cache", [0.0, 0.0])  # mutable cell in a frozen class
 
     def observe(
         self,
@@ -151,18 +151,20 @@ class Telemetry:
         An application with ``opentelemetry-api`` alone then gets the no-op observation and
         pays one clock read per request. The answer is re-checked at most every
         ``_IDLE_RECHECK_S`` (the provider lookups read ``os.environ``): an SDK or audit handler
-        configured after the middleware was built is picked up within a second.
+        configured after the middleware was built is picked up within a second (and one
+        removed is noticed as late: observing a little longer is harmless).
         """
+        cell = self._idle_cache
         now = time.monotonic()
-        if now < self._idle_until[0]:
-            return True
+        if now < cell[0]:
+            return bool(cell[1])
         idle = (
             self.no_sdk()
             and self.meter_provider is None
             and _is_proxy(metrics.get_meter_provider())
             and not (self.audit and audit.enabled())
         )
-        self._idle_until[0] = now + _IDLE_RECHECK_S if idle else 0.0
+        cell[0], cell[1] = now + _IDLE_RECHECK_S, float(idle)
         return idle
 
     def shown_key(self, key: str) -> str:
