@@ -18,6 +18,7 @@ import click
 
 from onceonly import __version__
 from onceonly.gateway_cli import proxy
+from onceonly.report_cli import report
 from onceonly.stores.url import ENV_VAR
 
 if TYPE_CHECKING:
@@ -189,3 +190,4 @@ def _describe(record: Record) -> dict[str, object]:
 
 
 cli.add_command(proxy)  # `onceonly proxy`: the gateway (docs/gateway.md)
+cli.add_command(report)  # `onceonly report`: audit log, SLOs (docs/observability.md)

@@ -64,5 +64,5 @@ def write(record: AuditRecord) -> None:
     # line comes from here anyway, so the caller's file and line carry no information.
     if log.disabled:
         return
-    line = log.makeRecord(log.name, logging.INFO, __file__, 0, record.to_json(), None, None)
+    line = log.makeRecord(log.name, logging.INFO, __file__, 0, record.to_json(), (), None)
     log.handle(line)
