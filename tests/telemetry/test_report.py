@@ -178,3 +178,11 @@ def test_page_renders_in_headless_chromium(tmp_path: Path) -> None:
     assert dom.count("<polyline") == page.read_text().count("<polyline")
     assert "Uncaught" not in done.stderr
     assert "SyntaxError" not in done.stderr
+
+
+def test_report_is_a_subcommand_of_onceonly() -> None:
+    from onceonly._cli import cli
+
+    result = CliRunner().invoke(cli, ["report", "--help"])
+    assert result.exit_code == 0
+    assert "--objective" in result.output
