@@ -94,3 +94,15 @@ def test_finish_twice_reports_once(otel: Otel, audit_log: AuditLines) -> None:
     (span,) = otel.spans()
     assert span.name == "execute_tool search"
     assert [d["outcome"] for d in audit_log.docs()] == ["executed"]
+
+
+def test_internal_headers_are_stored_never_replayed_never_taken_from_the_handler() -> None:
+    from onceonly import Policy
+    from onceonly.decide import Complete, replay_headers, settle
+
+    policy = Policy(replay_headers=frozenset({"content-type", "onceonly-cost"}))
+    headers = [("Content-Type", "text/plain"), ("Onceonly-Cost", "USD=999")]  # from the handler
+    done = settle(200, headers, b"ok", policy, internal=[("onceonly-cost", "USD=0.5")])
+    assert isinstance(done, Complete)
+    assert done.response.headers == (("content-type", "text/plain"), ("onceonly-cost", "USD=0.5"))
+    assert [h for h in replay_headers(done.response) if h[0].startswith("onceonly-")] == []

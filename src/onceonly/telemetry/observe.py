@@ -164,7 +164,8 @@ class Telemetry:
             and _is_proxy(metrics.get_meter_provider())
             and not (self.audit and audit.enabled())
         )
-        cell[0], cell[1] = now + _IDLE_RECHECK_S, float(idle)
+        cell[1] = float(idle)  # the answer before its deadline: a racing reader sees both
+        cell[0] = now + _IDLE_RECHECK_S
         return idle
 
     def shown_key(self, key: str) -> str:
