@@ -444,3 +444,14 @@ def test_replay_links_to_a_first_execution_in_another_process(tmp_path: Any, ote
     (link,) = replayed.links
     assert (link.context.trace_id, link.context.span_id) == (first["trace"], first["span"])
     assert replayed.context.trace_id != first["trace"]
+
+
+async def test_a_custom_scope_is_logged_hashed(otel: Otel, audit_log: AuditLines) -> None:
+    policy = Policy(scope=lambda facts: f"user:{facts.header('x-user')}")
+    mw = IdempotencyMiddleware(
+        App(), store=MemoryStore(), policy=policy, telemetry=otel.telemetry()
+    )
+    await call(mw, headers=[("X-User", "alice@example.com")])
+    (doc,) = audit_log.docs()
+    assert doc["scope"] == hashlib.sha256(b"user:alice@example.com").hexdigest()
+    assert "alice" not in audit_log.lines[0]
