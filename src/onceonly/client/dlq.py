@@ -1,0 +1,493 @@
+"""The dead-letter queue: calls that could not finish now, kept to be replayed later (SPEC 25).
+
+A call is parked when it exhausts its retries, is refused by an open circuit or the retry
+budget, or the server asks for a wait above the cap. An entry holds what is needed to send the
+*same* request again — method, URL, body, headers with credentials removed, the idempotency
+key — plus the attempt history, the last error, when it may be retried (``not_before``) and
+until when a replay is safe (``replay_by``: the server's retention window, default 24 h; after
+it the server may have forgotten the key and would run the request a second time).
+
+Replay re-sends the same key through a live client, which re-attaches its own credentials
+(``client.headers``, ``client.auth``) and — when its transport is an idempotent transport —
+its breaker, budget and retry rules: a 409 waits, a 422 is terminal. Replays are rate-limited.
+Entries whose window has passed are flagged ``reconcile`` and never re-sent blindly.
+
+Storage is one SQLite file (WAL, one connection per thread); async methods run the same code on
+a worker thread. The replay decision logic is one generator driven by :meth:`replay` and
+:meth:`areplay` (STYLE 5).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Generator, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from onceonly.client.errors import CallFailed, CircuitOpen, RetryDeferred
+from onceonly.client.retry import RETRY_STATUSES, Attempt, retry_after
+from onceonly.client.testing import testing
+from onceonly.errors import ConfigurationError, KeyMismatch, StoreUnavailable
+
+# Credentials are never written to disk; replay takes them from the live client instead.
+REDACTED_HEADERS = frozenset(
+    {
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "x-api-key",
+        "api-key",
+        "x-auth-token",
+        "x-amz-security-token",
+    }
+)
+# Recomputed by httpx (or by the transport, for the attempt number) on replay.
+_DROPPED_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
+REPLAY_EXTENSION = "onceonly.dlq_entry"  # request extension: "this send replays entry X"
+
+TABLE = "onceonly_dlq"
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS {TABLE} (
+    id          TEXT PRIMARY KEY,
+    state       TEXT NOT NULL,
+    reason      TEXT NOT NULL,
+    created_at  REAL NOT NULL,
+    updated_at  REAL NOT NULL,
+    not_before  REAL NOT NULL,
+    replay_by   REAL NOT NULL,
+    method      TEXT NOT NULL,
+    url         TEXT NOT NULL,
+    headers     TEXT NOT NULL,
+    redacted    TEXT NOT NULL,
+    body        BLOB NOT NULL,
+    key         TEXT NOT NULL,
+    attempts    TEXT NOT NULL,
+    last_error  TEXT NOT NULL,
+    replays     INTEGER NOT NULL DEFAULT 0,
+    last_status INTEGER
+);
+CREATE INDEX IF NOT EXISTS {TABLE}_due ON {TABLE} (state, not_before);
+"""
+_COLUMNS = (
+    "id, state, reason, created_at, updated_at, not_before, replay_by, method, url, headers, "
+    "redacted, body, key, attempts, last_error, replays, last_status"
+)
+
+
+class EntryState(enum.Enum):
+    PARKED = "parked"  # waiting for a replay
+    DONE = "done"  # a replay got an answer (2xx/3xx, or a stored replay of one)
+    FAILED = "failed"  # a replay got a terminal answer (422 mismatch, other 4xx)
+    RECONCILE = "reconcile"  # past its replay window: a human or a job must check the far side
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """One parked call."""
+
+    id: str
+    state: EntryState
+    reason: str
+    created_at: float
+    updated_at: float
+    not_before: float
+    replay_by: float
+    method: str
+    url: str
+    headers: tuple[tuple[str, str], ...]
+    redacted: tuple[str, ...]  # names of the headers removed before storing
+    body: bytes
+    key: str
+    attempts: tuple[Attempt, ...]
+    last_error: str
+    replays: int = 0
+    last_status: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayResult:
+    """What one replay did to one entry."""
+
+    id: str
+    key: str
+    state: EntryState
+    status: int | None
+    detail: str
+    replayed: bool = False  # the server answered from its store: the original had run
+
+
+@dataclass(frozen=True, slots=True)
+class _Pace:
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Resend:
+    entry: DeadLetter
+
+
+@dataclass(frozen=True, slots=True)
+class _Settle:
+    result: ReplayResult
+    not_before: float
+
+
+_ReplayCommand = _Pace | _Resend | _Settle
+_ReplayFlow = Generator[_ReplayCommand, httpx.Response | Exception | None, list[ReplayResult]]
+
+
+def _open_path(url: str | Path) -> Path:
+    if isinstance(url, Path):
+        return url
+    if url.startswith("sqlite://"):
+        rest = url[len("sqlite://") :]
+        if not rest.startswith("/") or rest == "/":
+            raise ConfigurationError(
+                f"bad DLQ URL {url!r}: use sqlite:///relative/path.db or sqlite:////abs/path.db"
+            )
+        return Path(rest[1:])
+    if "://" in url:
+        raise ConfigurationError(f"the dead-letter queue supports sqlite:// URLs, not {url!r}")
+    return Path(url)
+
+
+class DeadLetterQueue:
+    """Parked calls in a SQLite file: ``DeadLetterQueue("sqlite:///dlq.db")``."""
+
+    def __init__(
+        self,
+        url: str | Path = "sqlite:///onceonly-dlq.db",
+        *,
+        replay_window: timedelta | float = timedelta(hours=24),
+        redact: Iterable[str] = REDACTED_HEADERS,
+        rate: float = 5.0,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+        asleep: Callable[[float], Any] = asyncio.sleep,
+    ) -> None:
+        self.path = _open_path(url)
+        window = replay_window
+        self.replay_window = window.total_seconds() if isinstance(window, timedelta) else window
+        if self.replay_window <= 0 or rate <= 0:
+            raise ConfigurationError("replay_window and rate must be positive")
+        self.redact = frozenset(h.lower() for h in redact)
+        self.rate = rate  # replays per second, at most
+        self.clock, self.sleep, self.asleep = clock, sleep, asleep
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        with self._db() as db:
+            db.executescript(SCHEMA)
+
+    # -- storage ------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        """This thread's connection; sqlite3 errors become StoreUnavailable (STYLE 4)."""
+        try:
+            conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+            if conn is None:
+                conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                self._local.conn = conn
+                with self._lock:
+                    self._all.append(conn)
+            yield conn
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"dead-letter queue {str(self.path)!r}: {exc}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._all:
+                conn.close()
+            self._all.clear()
+        self._local = threading.local()
+
+    def park(
+        self,
+        request: httpx.Request,
+        *,
+        key: str,
+        reason: str,
+        attempts: tuple[Attempt, ...],
+        last_error: str,
+        not_before: float,
+    ) -> str:
+        """Store a call; returns the entry id. The request body must have been read."""
+        now = self.clock()
+        headers, redacted = self._scrub(request.headers)
+        url = request.url.copy_with(username=None, password=None)
+        entry_id = str(uuid.uuid4())
+        row = (
+            entry_id,
+            EntryState.PARKED.value,
+            reason,
+            now,
+            now,
+            max(not_before, now),
+            now + self.replay_window,
+            request.method,
+            str(url),
+            json.dumps(headers),
+            json.dumps(redacted),
+            request.content,
+            key,
+            json.dumps([_attempt_to_json(a) for a in attempts]),
+            last_error,
+            0,
+            None,
+        )
+        with self._db() as db:
+            db.execute(f"INSERT INTO {TABLE} ({_COLUMNS}) VALUES ({', '.join('?' * 17)})", row)
+        return entry_id
+
+    async def apark(self, request: httpx.Request, **kw: Any) -> str:
+        return await asyncio.to_thread(lambda: self.park(request, **kw))
+
+    def _scrub(self, headers: httpx.Headers) -> tuple[list[tuple[str, str]], list[str]]:
+        kept: list[tuple[str, str]] = []
+        redacted: list[str] = []
+        for name, value in headers.multi_items():
+            lower = name.lower()
+            if lower in self.redact:
+                redacted.append(lower)
+            elif lower not in _DROPPED_HEADERS:
+                kept.append((name, value))
+        return kept, sorted(set(redacted))
+
+    def get(self, entry_id: str) -> DeadLetter | None:
+        with self._db() as db:
+            row = db.execute(f"SELECT {_COLUMNS} FROM {TABLE} WHERE id = ?", (entry_id,)).fetchone()
+        return _row_to_entry(row) if row is not None else None
+
+    def entries(self, state: EntryState | None = None, *, limit: int = 1000) -> list[DeadLetter]:
+        """Entries, oldest first; all states unless ``state`` is given."""
+        query = f"SELECT {_COLUMNS} FROM {TABLE}"
+        args: tuple[object, ...] = ()
+        if state is not None:
+            query += " WHERE state = ?"
+            args = (state.value,)
+        with self._db() as db:
+            rows = db.execute(query + " ORDER BY created_at, id LIMIT ?", (*args, limit)).fetchall()
+        return [_row_to_entry(r) for r in rows]
+
+    def depth(self) -> int:
+        """Entries waiting for a replay."""
+        with self._db() as db:
+            row = db.execute(
+                f"SELECT COUNT(*) FROM {TABLE} WHERE state = ?", (EntryState.PARKED.value,)
+            ).fetchone()
+        return int(row[0])
+
+    def purge(self, *states: EntryState) -> int:
+        """Delete entries in ``states`` (default: done and failed ones); returns how many."""
+        chosen = states or (EntryState.DONE, EntryState.FAILED)
+        marks = ", ".join("?" * len(chosen))
+        with self._db() as db:
+            cur = db.execute(
+                f"DELETE FROM {TABLE} WHERE state IN ({marks})", tuple(s.value for s in chosen)
+            )
+        return cur.rowcount
+
+    def _settle(self, settle: _Settle) -> None:
+        r = settle.result
+        with self._db() as db:
+            db.execute(
+                f"UPDATE {TABLE} SET state = ?, updated_at = ?, not_before = ?, "
+                "replays = replays + ?, last_status = COALESCE(?, last_status), "
+                "last_error = ? WHERE id = ?",
+                (
+                    r.state.value,
+                    self.clock(),
+                    settle.not_before,
+                    0 if r.state is EntryState.RECONCILE else 1,
+                    r.status,
+                    r.detail,
+                    r.id,
+                ),
+            )
+
+    def _due(self, ids: Iterable[str] | None, force: bool) -> list[DeadLetter]:
+        """Parked entries to replay: the given ids, or every one whose not-before has come."""
+        if ids is not None:
+            found = [self.get(i) for i in ids]
+            entries = [e for e in found if e is not None and e.state is EntryState.PARKED]
+        else:
+            entries = self.entries(EntryState.PARKED)
+        now = self.clock()
+        return [e for e in entries if force or e.not_before <= now or e.replay_by < now]
+
+    # -- replay -------------------------------------------------------------------------------
+
+    def replay(
+        self, client: httpx.Client, ids: Iterable[str] | None = None, *, force: bool = False
+    ) -> list[ReplayResult]:
+        """Replay due entries (or ``ids``) through ``client``; ``force`` ignores not-before."""
+        flow = self._replay_flow(self._due(ids, force))
+        reply: httpx.Response | Exception | None = None
+        try:
+            while True:
+                command = flow.send(reply)
+                reply = None
+                match command:
+                    case _Pace(seconds):
+                        self.sleep(seconds)
+                    case _Resend(entry):
+                        try:
+                            response = client.send(self._request(client, entry))
+                            response.read()
+                            reply = response
+                        except (httpx.HTTPError, KeyMismatch) as exc:
+                            reply = exc
+                    case _Settle():
+                        self._settle(command)
+        except StopIteration as done:
+            return list(done.value)
+
+    async def areplay(
+        self, client: httpx.AsyncClient, ids: Iterable[str] | None = None, *, force: bool = False
+    ) -> list[ReplayResult]:
+        """:meth:`replay` for an ``httpx.AsyncClient``."""
+        due = await asyncio.to_thread(self._due, ids, force)
+        flow = self._replay_flow(due)
+        reply: httpx.Response | Exception | None = None
+        try:
+            while True:
+                command = flow.send(reply)
+                reply = None
+                match command:
+                    case _Pace(seconds):
+                        await self.asleep(seconds)
+                    case _Resend(entry):
+                        try:
+                            response = await client.send(self._request(client, entry))
+                            await response.aread()
+                            reply = response
+                        except (httpx.HTTPError, KeyMismatch) as exc:
+                            reply = exc
+                    case _Settle():
+                        await asyncio.to_thread(self._settle, command)
+        except StopIteration as done:
+            return list(done.value)
+
+    def _request(
+        self, client: httpx.Client | httpx.AsyncClient, entry: DeadLetter
+    ) -> httpx.Request:
+        """The parked request, through ``client`` so its credentials and defaults re-attach."""
+        request = client.build_request(
+            entry.method,
+            entry.url,
+            headers=list(entry.headers),
+            content=entry.body,
+            extensions={REPLAY_EXTENSION: entry.id},
+        )
+        return request
+
+    def _replay_flow(self, entries: list[DeadLetter]) -> _ReplayFlow:
+        """Decide, entry by entry, whether to re-send, and what the answer means."""
+        mode = testing()
+        interval = 0.0 if mode is not None else 1.0 / self.rate
+        results: list[ReplayResult] = []
+        sent = 0
+        for entry in entries:
+            if entry.replay_by < self.clock():
+                result = ReplayResult(
+                    entry.id,
+                    entry.key,
+                    EntryState.RECONCILE,
+                    None,
+                    "past its replay window: the server may have forgotten the key, so a "
+                    "re-send could run twice; reconcile with the far side instead",
+                )
+                yield _Settle(result, entry.not_before)
+                results.append(result)
+                continue
+            if sent and interval:
+                yield _Pace(interval)
+            sent += 1
+            reply = yield _Resend(entry)
+            result, not_before = self._judge(entry, reply)
+            yield _Settle(result, not_before)
+            results.append(result)
+        return results
+
+    def _judge(
+        self, entry: DeadLetter, reply: httpx.Response | Exception | None
+    ) -> tuple[ReplayResult, float]:
+        """What a replay's answer means for its entry (SPEC 25: 409 waits, 422 is terminal)."""
+        now = self.clock()
+        backoff = now + max(1.0, 2.0 ** min(entry.replays, 10))
+
+        def result(state: EntryState, status: int | None, detail: str) -> ReplayResult:
+            replayed = isinstance(reply, httpx.Response) and (
+                reply.headers.get("idempotent-replayed", "").lower() == "true"
+            )
+            return ReplayResult(entry.id, entry.key, state, status, detail, replayed)
+
+        if isinstance(reply, httpx.Response):
+            status = reply.status_code
+            if status < 400:
+                return result(EntryState.DONE, status, f"HTTP {status}"), entry.not_before
+            if status in RETRY_STATUSES or status == 409:
+                wait = retry_after(reply.headers, now)
+                later = now + wait if wait is not None else backoff
+                return result(EntryState.PARKED, status, f"HTTP {status}"), later
+            return result(EntryState.FAILED, status, f"HTTP {status}: terminal"), entry.not_before
+        if isinstance(reply, KeyMismatch):
+            detail = f"key mismatch: {reply}"
+            return result(EntryState.FAILED, 422, detail), entry.not_before
+        if isinstance(reply, CircuitOpen | RetryDeferred):
+            return result(EntryState.PARKED, None, str(reply)), max(reply.not_before, now)
+        if isinstance(reply, CallFailed) and reply.last_response is not None:
+            status = reply.last_response.status_code
+            return result(EntryState.PARKED, status, str(reply)), backoff
+        return result(EntryState.PARKED, None, f"{type(reply).__name__}: {reply}"), backoff
+
+
+def _attempt_to_json(a: Attempt) -> dict[str, object]:
+    return {
+        "number": a.number,
+        "started": a.started,
+        "duration": a.duration,
+        "status": a.status,
+        "error": a.error,
+        "wait": a.wait,
+    }
+
+
+def _row_to_entry(row: Any) -> DeadLetter:
+    attempts = tuple(Attempt(**a) for a in json.loads(row[13]))
+    return DeadLetter(
+        id=row[0],
+        state=EntryState(row[1]),
+        reason=row[2],
+        created_at=row[3],
+        updated_at=row[4],
+        not_before=row[5],
+        replay_by=row[6],
+        method=row[7],
+        url=row[8],
+        headers=tuple((str(k), str(v)) for k, v in json.loads(row[9])),
+        redacted=tuple(json.loads(row[10])),
+        body=bytes(row[11]),
+        key=row[12],
+        attempts=attempts,
+        last_error=row[14],
+        replays=row[15],
+        last_status=row[16],
+    )
