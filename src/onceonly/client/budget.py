@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 from onceonly.errors import ConfigurationError
 
+_EPSILON = 1e-9
+
 
 @dataclass(slots=True)
 class _Bucket:
@@ -69,8 +71,8 @@ class RetryBudget:
         """Spend one retry on ``host``; False (and nothing spent) when the budget is empty."""
         with self._lock:
             bucket = self._bucket(host)
-            if bucket.tokens >= 1.0:
-                bucket.tokens -= 1.0
+            if bucket.tokens >= 1.0 - _EPSILON:  # 5 deposits of 0.2 make one retry, exactly
+                bucket.tokens = max(0.0, bucket.tokens - 1.0)
                 return True
             self.refused += 1
             return False
