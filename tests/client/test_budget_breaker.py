@@ -72,7 +72,6 @@ def test_a_retry_storm_is_bounded_by_the_budget(flavor: str) -> None:
             h.post()
         except BudgetExhausted as exc:
             refused.append(exc)
-            assert exc.key is not None
             keys.add(exc.key)
         except RetriesExhausted:
             pass
@@ -82,6 +81,7 @@ def test_a_retry_storm_is_bounded_by_the_budget(flavor: str) -> None:
     assert retries <= 5 + 0.2 * calls + 1.0 * elapsed + 1
     assert retries < 0.3 * 2 * calls
     assert len(refused) > calls / 2
+    assert None not in keys
     assert len(keys) == len(refused)  # each refusal names its own call's key
     assert all(exc.host == "api.test" for exc in refused)
 
@@ -137,7 +137,8 @@ def test_breaker_opens_half_opens_and_closes() -> None:
     p1, p2, p3 = breaker.admit("h"), breaker.admit("h"), breaker.admit("h")
     assert isinstance(p1, Permit)
     assert isinstance(p2, Permit)
-    assert p1.probe and p2.probe
+    assert p1.probe
+    assert p2.probe
     assert isinstance(p3, Refusal)  # only `probes` calls while half-open
     breaker.record(p1, failed=False, duration=0.01)
     assert breaker.state("h") is State.HALF_OPEN
@@ -282,8 +283,7 @@ def test_client_errors_never_count_against_the_circuit(flavor: str) -> None:
         try:
             statuses.append(h.post().status_code)
         except RetriesExhausted as exc:  # 429 is retryable; with one attempt it gives up
-            assert exc.last_response is not None
-            statuses.append(exc.last_response.status_code)
+            statuses.append(exc.last_response.status_code if exc.last_response else 0)
     assert sorted(set(statuses)) == [400, 404, 422, 429]
     assert breaker.state("api.test") is State.CLOSED
     assert seen == []
