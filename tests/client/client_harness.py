@@ -17,8 +17,14 @@ from typing import Any
 
 import httpx
 
-from onceonly.client import AsyncIdempotentTransport, IdempotentTransport
+from onceonly.client import (
+    AsyncIdempotentTransport,
+    DeadLetterQueue,
+    IdempotentTransport,
+    ReplayResult,
+)
 
+LIVE_CREDENTIALS = "Bearer live-token"
 Handler = Callable[[httpx.Request], httpx.Response]
 
 
@@ -101,6 +107,19 @@ class Harness:
         async def go() -> httpx.Response:
             async with httpx.AsyncClient(transport=self.transport) as client:
                 return await client.request(method, url, **kw)
+
+        return asyncio.run(go())
+
+    def replay(self, dlq: DeadLetterQueue, **kw: Any) -> list[ReplayResult]:
+        """Replay ``dlq`` through a client of this flavor carrying live credentials."""
+        creds = {"Authorization": LIVE_CREDENTIALS}
+        if isinstance(self.transport, IdempotentTransport):
+            with httpx.Client(transport=self.transport, headers=creds) as client:
+                return dlq.replay(client, **kw)
+
+        async def go() -> list[ReplayResult]:
+            async with httpx.AsyncClient(transport=self.transport, headers=creds) as client:
+                return await dlq.areplay(client, **kw)
 
         return asyncio.run(go())
 

@@ -201,7 +201,9 @@ class DeadLetterQueue:
         try:
             conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
             if conn is None:
-                conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
+                conn = sqlite3.connect(
+                    self.path, timeout=10.0, isolation_level=None, check_same_thread=False
+                )  # used by one thread at a time; closed by whichever thread closes the queue
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
                 self._local.conn = conn
@@ -262,7 +264,8 @@ class DeadLetterQueue:
     def _scrub(self, headers: httpx.Headers) -> tuple[list[tuple[str, str]], list[str]]:
         kept: list[tuple[str, str]] = []
         redacted: list[str] = []
-        for name, value in headers.multi_items():
+        for raw_name, raw_value in headers.raw:  # original case and order: the same bytes
+            name, value = raw_name.decode(headers.encoding), raw_value.decode(headers.encoding)
             lower = name.lower()
             if lower in self.redact:
                 redacted.append(lower)
@@ -283,7 +286,7 @@ class DeadLetterQueue:
             query += " WHERE state = ?"
             args = (state.value,)
         with self._db() as db:
-            rows = db.execute(query + " ORDER BY created_at, id LIMIT ?", (*args, limit)).fetchall()
+            rows = db.execute(query + " ORDER BY created_at, rowid LIMIT ?", (*args, limit)).fetchall()
         return [_row_to_entry(r) for r in rows]
 
     def depth(self) -> int:

@@ -1,0 +1,125 @@
+"""Real servers on loopback for the client tests: a raw fault server and a onceonly app.
+
+``FaultServer`` speaks just enough HTTP/1.1 to read one request per connection and then do what
+its script says: answer, reset the connection (RST), or hang. It records the raw bytes of every
+request it read, so tests can compare attempts byte for byte.
+
+``serve_app`` runs an ASGI app under uvicorn in a thread, on a socket bound to 127.0.0.1:0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import struct
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import uvicorn
+
+
+def free_port() -> int:
+    """A loopback port with nothing listening on it (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class FaultServer:
+    """One request per connection; ``script`` entries: "ok", "reset" or "hang" (last repeats)."""
+
+    def __init__(self, *script: str) -> None:
+        self.script = list(script)
+        self.requests: list[bytes] = []
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(16)
+        self._sock.settimeout(0.05)  # so the accept loop notices close() promptly
+        self.port = int(self._sock.getsockname()[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._stop = threading.Event()
+        self._conns: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            conn.settimeout(None)
+            self._conns.append(conn)
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        data = b""
+        with contextlib.suppress(OSError):
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                data += chunk
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value.strip())
+            while len(body) < length:
+                body += conn.recv(65536)
+            self.requests.append(head + b"\r\n\r\n" + body)
+            action = self.script.pop(0) if len(self.script) > 1 else self.script[0]
+            if action == "ok":
+                conn.sendall(
+                    b"HTTP/1.1 201 Created\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n"
+                    b"connection: close\r\n\r\nok"
+                )
+                conn.close()
+            elif action == "reset":
+                # SO_LINGER with a zero timeout: close() sends RST instead of FIN.
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                conn.close()
+            elif action == "hang":
+                self._stop.wait()
+                conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._sock.close()
+        for conn in self._conns:
+            with contextlib.suppress(OSError):
+                conn.close()
+
+
+@contextlib.contextmanager
+def serve_app(app: Any) -> Iterator[str]:
+    """Run ``app`` under uvicorn on 127.0.0.1 in a thread; yields its base URL."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])))
+    thread.start()
+    started = threading.Event()
+    for _ in range(500):
+        if server.started:
+            started.set()
+            break
+        started.wait(0.01)
+    if not started.is_set():  # pragma: no cover - a broken environment
+        server.should_exit = True
+        thread.join()
+        raise RuntimeError("uvicorn did not start")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()

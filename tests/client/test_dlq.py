@@ -1,0 +1,246 @@
+"""The dead-letter queue (SPEC 25): parking, redaction, replay, reconciliation, pacing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from client_harness import LIVE_CREDENTIALS, FakeTime, Harness, Script, problem, reply
+
+from onceonly.client import (
+    BudgetExhausted,
+    CircuitBreaker,
+    CircuitOpen,
+    DeadLetterQueue,
+    EntryState,
+    RetriesExhausted,
+    RetryBudget,
+    RetryDeferred,
+    RetryPolicy,
+)
+
+SECRET = "Bearer parked-secret-token"
+
+
+@pytest.fixture
+def t() -> FakeTime:
+    return FakeTime()
+
+
+@pytest.fixture
+def dlq(tmp_path: Path, t: FakeTime) -> DeadLetterQueue:
+    queue = DeadLetterQueue(
+        f"sqlite:///{tmp_path}/dlq.db", clock=t.wall, sleep=t.sleep, asleep=t.asleep, rate=2.0
+    )
+    yield queue
+    queue.close()
+
+
+def park_one(h: Harness, **headers: str) -> RetriesExhausted:
+    with pytest.raises(RetriesExhausted) as caught:
+        h.post(
+            "http://user:pw@api.test/charges?x=1",
+            json={"amount": 7},
+            headers={"Authorization": SECRET, "Cookie": "sid=s3cr3t", **headers},
+        )
+    return caught.value
+
+
+def test_exhausted_call_is_parked_with_credentials_redacted(
+    flavor: str, dlq: DeadLetterQueue, t: FakeTime, tmp_path: Path
+) -> None:
+    net = Script(reply(503, body=b"busy"))
+    h = Harness(flavor, net, time=t, dlq=dlq)
+    err = park_one(h, **{"X-Trace": "t-1"})
+    assert err.parked is not None
+    entry = dlq.get(err.parked)
+    assert entry is not None
+    assert entry.state is EntryState.PARKED
+    assert entry.reason == "exhausted"
+    assert entry.method == "POST"
+    assert entry.url == "http://api.test/charges?x=1"  # userinfo gone
+    assert entry.body == b'{"amount":7}'
+    assert entry.key == err.key
+    assert entry.redacted == ("authorization", "cookie")
+    names = {k.lower() for k, _ in entry.headers}
+    assert "authorization" not in names
+    assert "cookie" not in names
+    assert ("X-Trace", "t-1") in entry.headers
+    assert [a.status for a in entry.attempts] == [503, 503, 503]
+    assert entry.last_error == "HTTP 503"
+    assert entry.replay_by == pytest.approx(entry.created_at + 24 * 3600)
+    assert dlq.depth() == 1
+    raw = (tmp_path / "dlq.db").read_bytes() + (tmp_path / "dlq.db-wal").read_bytes()
+    assert b"parked-secret-token" not in raw
+    assert b"s3cr3t" not in raw
+    assert b"pw@" not in raw
+
+
+def test_other_reasons_park_with_their_not_before(
+    flavor: str, dlq: DeadLetterQueue, t: FakeTime
+) -> None:
+    h = Harness(flavor, Script(reply(503, {"retry-after": "600"})), time=t, dlq=dlq)
+    with pytest.raises(RetryDeferred) as deferred:
+        h.post()
+    entry = dlq.get(deferred.value.parked or "")
+    assert entry is not None
+    assert entry.reason == "retry_after"
+    assert entry.not_before == pytest.approx(t.wall() + 600)
+
+    breaker = CircuitBreaker(minimum_calls=1, open_for=30.0, clock=t.monotonic)
+    one = RetryPolicy(attempts=1)
+    h = Harness(flavor, Script(reply(500)), time=t, dlq=dlq, breaker=breaker, retry=one)
+    with pytest.raises(RetriesExhausted):
+        h.post()  # this failure opens the circuit
+    with pytest.raises(CircuitOpen) as opened:
+        h.post()
+    entry = dlq.get(opened.value.parked or "")
+    assert entry is not None
+    assert entry.reason == "circuit_open"
+    assert entry.not_before == pytest.approx(opened.value.not_before)
+    assert entry.attempts == ()
+
+    empty = RetryBudget(ratio=0.0, floor=0.0, burst=1e-6, clock=t.monotonic)
+    h = Harness(flavor, Script(reply(503)), time=t, dlq=dlq, budget=empty)
+    with pytest.raises(BudgetExhausted) as refused:
+        h.post()
+    entry = dlq.get(refused.value.parked or "")
+    assert entry is not None
+    assert entry.reason == "budget"
+
+
+def test_unkeyed_calls_and_unchosen_reasons_are_not_parked(
+    flavor: str, dlq: DeadLetterQueue, t: FakeTime
+) -> None:
+    h = Harness(flavor, Script(reply(503)), time=t, dlq=dlq)
+    with pytest.raises(RetriesExhausted) as caught:
+        h.request("GET", "http://api.test/x")
+    assert caught.value.parked is None
+    h = Harness(flavor, Script(reply(503)), time=t, dlq=dlq, park_on={"budget"})
+    with pytest.raises(RetriesExhausted) as caught:
+        h.post()
+    assert caught.value.parked is None
+    assert dlq.depth() == 0
+
+
+def test_replay_resends_the_same_key_with_live_credentials(
+    flavor: str, dlq: DeadLetterQueue, t: FakeTime
+) -> None:
+    net = Script(reply(503))
+    h = Harness(flavor, net, time=t, dlq=dlq)
+    err = park_one(h)
+    first = net.seen[0]
+    net.answers = [reply(201, {"idempotent-replayed": "true"}, b"charged")]
+    assert h.replay(dlq) == []  # not before the backoff pause it would have taken
+    t.advance(8.0)
+    results = h.replay(dlq)
+    assert len(results) == 1
+    result = results[0]
+    assert (result.id, result.key, result.state, result.status) == (
+        err.parked,
+        err.key,
+        EntryState.DONE,
+        201,
+    )
+    assert result.replayed
+    resent = net.seen[-1]
+    assert resent.headers["idempotency-key"] == err.key
+    assert resent.content == first.content
+    assert resent.url == "http://api.test/charges?x=1"
+    assert resent.headers["authorization"] == LIVE_CREDENTIALS
+    assert "cookie" not in resent.headers
+    assert dlq.depth() == 0
+    assert h.replay(dlq, force=True) == []  # done entries are never sent again
+    assert dlq.purge() == 1
+
+
+def test_replay_waits_for_not_before_unless_forced(
+    flavor: str, dlq: DeadLetterQueue, t: FakeTime
+) -> None:
+    net = Script(reply(503, {"retry-after": "600"}))
+    h = Harness(flavor, net, time=t, dlq=dlq)
+    with pytest.raises(RetryDeferred):
+        h.post()
+    net.answers = [reply(201)]
+    assert h.replay(dlq) == []
+    assert len(net.seen) == 1
+    t.advance(600)
+    [result] = h.replay(dlq)
+    assert result.state is EntryState.DONE
+
+
+def test_entries_past_their_window_are_flagged_not_resent(
+    flavor: str, dlq: DeadLetterQueue, t: FakeTime
+) -> None:
+    net = Script(reply(503))
+    h = Harness(flavor, net, time=t, dlq=dlq)
+    park_one(h)
+    sent = len(net.seen)
+    t.advance(24 * 3600 + 1)
+    [result] = h.replay(dlq)
+    assert result.state is EntryState.RECONCILE
+    assert len(net.seen) == sent
+    assert [e.state for e in dlq.entries()] == [EntryState.RECONCILE]
+
+
+def test_replay_mismatch_is_terminal_and_in_flight_stays_parked(
+    flavor: str, dlq: DeadLetterQueue, t: FakeTime
+) -> None:
+    net = Script(reply(503))
+    h = Harness(flavor, net, time=t, dlq=dlq, retry=RetryPolicy(attempts=1))
+    a, b = park_one(h), park_one(h)
+    net.answers = [
+        problem(422, "key-mismatch"),
+        problem(409, "request-in-flight", **{"retry-after": "1"}),
+    ]
+    t.advance(8.0)
+    results = {r.id: r for r in h.replay(dlq)}
+    assert results[a.parked or ""].state is EntryState.FAILED
+    assert results[a.parked or ""].status == 422
+    waiting = results[b.parked or ""]
+    assert waiting.state is EntryState.PARKED
+    assert waiting.status == 409
+    entry = dlq.get(b.parked or "")
+    assert entry is not None
+    assert entry.replays == 1
+    assert entry.not_before > t.wall()
+    assert dlq.depth() == 1  # a failed replay never parks a second copy
+
+
+def test_replays_are_rate_limited(flavor: str, dlq: DeadLetterQueue, t: FakeTime) -> None:
+    net = Script(reply(503))
+    h = Harness(flavor, net, time=t, dlq=dlq, retry=RetryPolicy(attempts=1))
+    for _ in range(4):
+        park_one(h)
+    net.answers = [reply(201)]
+    t.advance(8.0)
+    t.sleeps.clear()
+    results = h.replay(dlq)
+    assert [r.state for r in results] == [EntryState.DONE] * 4
+    assert t.sleeps == [0.5, 0.5, 0.5]  # rate=2/s: one replay every half second
+
+
+def test_replay_respects_an_open_breaker(flavor: str, dlq: DeadLetterQueue, t: FakeTime) -> None:
+    breaker = CircuitBreaker(minimum_calls=1, open_for=30.0, clock=t.monotonic)
+    net = Script(reply(503))
+    h = Harness(flavor, net, time=t, dlq=dlq, breaker=breaker, retry=RetryPolicy(attempts=1))
+    err = park_one(h)
+    sent = len(net.seen)
+    [result] = h.replay(dlq, force=True)
+    assert result.state is EntryState.PARKED
+    assert len(net.seen) == sent  # refused by the circuit: nothing sent
+    entry = dlq.get(err.parked or "")
+    assert entry is not None
+    assert entry.not_before == pytest.approx(t.wall() + 30.0)
+
+
+def test_bad_urls_are_refused(tmp_path: Path) -> None:
+    from onceonly import ConfigurationError
+
+    with pytest.raises(ConfigurationError):
+        DeadLetterQueue("redis://localhost/0")
+    with pytest.raises(ConfigurationError):
+        DeadLetterQueue("sqlite://relative.db")
+    q = DeadLetterQueue(tmp_path / "plain.db")
+    assert q.depth() == 0
+    q.close()
