@@ -21,7 +21,7 @@ from typing import Literal
 
 import httpx
 
-from onceonly.client import _metrics
+from onceonly.client import _telemetry
 from onceonly.client.breaker import CircuitBreaker, Permit, Refusal
 from onceonly.client.budget import RetryBudget
 from onceonly.client.errors import (
@@ -44,6 +44,8 @@ Outcome = Literal["succeeded", "replayed", "rejected", "failed"]
 @dataclass(frozen=True, slots=True)
 class Send:
     request: httpx.Request
+    number: int  # 1-based attempt number
+    key: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +138,7 @@ def call_flow(call: Call) -> Flow:
         _bound_timeouts(request, base_timeout, deadline - call.monotonic())
         started, t0 = call.wall(), call.monotonic()
         try:
-            reply = yield Send(request)
+            reply = yield Send(request, number, call.key)
         except BaseException:
             if permit is not None and call.breaker is not None:
                 call.breaker.release(permit)
@@ -210,7 +212,7 @@ def call_flow(call: Call) -> Flow:
             reason = "exhausted"
             message = f"the {policy.deadline} s deadline leaves no time after {number} attempt(s)"
         elif call.budget is not None and not call.budget.withdraw(host):
-            _metrics.budget_refusal(host)
+            _telemetry.budget_refusal(host)
             reason = "budget"
             message = f"the retry budget for {host} is spent; not retried after {what}"
         else:
@@ -218,7 +220,7 @@ def call_flow(call: Call) -> Flow:
             previous = (response, error)
             if response is not None:
                 yield Read(response)  # release the connection before the pause
-            _metrics.retry(host)
+            _telemetry.retry(host)
             if delay > 0:
                 yield Sleep(delay)
             continue
@@ -262,7 +264,7 @@ def _park(
     if reason not in call.park_on or call.key is None:
         return None
     entry = yield Park(reason, call.history, what, call.wall() + wait)
-    _metrics.parked(reason)
+    _telemetry.parked(reason)
     return entry if isinstance(entry, str) else None
 
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from onceonly.client import _metrics
+from onceonly.client import _telemetry
 from onceonly.errors import ConfigurationError
 
 log = logging.getLogger("onceonly.client")
@@ -268,7 +268,7 @@ class CircuitBreaker:
 
     def _emit(self, events: list[Transition]) -> None:
         for event in events:
-            _metrics.breaker_transition(event.old.value, event.new.value)
+            _telemetry.breaker_transition(event.old.value, event.new.value)
             log.info(
                 "circuit %s: %s -> %s (failure rate %.0f%% over %d calls)",
                 event.circuit,

@@ -286,7 +286,9 @@ class DeadLetterQueue:
             query += " WHERE state = ?"
             args = (state.value,)
         with self._db() as db:
-            rows = db.execute(query + " ORDER BY created_at, rowid LIMIT ?", (*args, limit)).fetchall()
+            rows = db.execute(
+                query + " ORDER BY created_at, rowid LIMIT ?", (*args, limit)
+            ).fetchall()
         return [_row_to_entry(r) for r in rows]
 
     def depth(self) -> int:

@@ -22,6 +22,7 @@ from types import TracebackType
 
 import httpx
 
+from onceonly.client import _telemetry
 from onceonly.client._flow import Call, Flow, Park, Read, Reply, Send, Sleep, call_flow
 from onceonly.client.breaker import CircuitBreaker
 from onceonly.client.budget import RetryBudget
@@ -130,11 +131,13 @@ class IdempotentTransport(_Base, httpx.BaseTransport):
                 command = flow.send(reply)
                 reply = None
                 match command:
-                    case Send(req):
-                        try:
-                            reply = self.inner.handle_request(req)
-                        except httpx.TransportError as exc:
-                            reply = exc
+                    case Send(req, number, key):
+                        with _telemetry.attempt_span(req, number, key) as span:
+                            try:
+                                reply = self.inner.handle_request(req)
+                            except httpx.TransportError as exc:
+                                reply = exc
+                            _telemetry.attempt_result(span, reply)
                     case Read(response):
                         try:
                             response.read()
@@ -213,11 +216,13 @@ class AsyncIdempotentTransport(_Base, httpx.AsyncBaseTransport):
                 command = flow.send(reply)
                 reply = None
                 match command:
-                    case Send(req):
-                        try:
-                            reply = await self.inner.handle_async_request(req)
-                        except httpx.TransportError as exc:
-                            reply = exc
+                    case Send(req, number, key):
+                        with _telemetry.attempt_span(req, number, key) as span:
+                            try:
+                                reply = await self.inner.handle_async_request(req)
+                            except httpx.TransportError as exc:
+                                reply = exc
+                            _telemetry.attempt_result(span, reply)
                     case Read(response):
                         try:
                             await response.aread()

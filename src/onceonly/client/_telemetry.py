@@ -1,0 +1,78 @@
+"""Client telemetry (SPEC 32, 33): one span per attempt, and counters without keys.
+
+Attempts are sibling CLIENT spans under whatever span is current (the caller's, or an httpx
+instrumentation's), each with ``http.request.resend_count`` after the first. Metrics never carry
+the key. Everything is a no-op until an OpenTelemetry SDK is configured.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+from opentelemetry import metrics, trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+
+_tracer = trace.get_tracer("onceonly.client")
+_meter = metrics.get_meter("onceonly.client")
+
+_retries = _meter.create_counter(
+    "onceonly.client.retries", unit="{attempt}", description="Attempts after the first"
+)
+_refusals = _meter.create_counter(
+    "onceonly.client.budget.refusals", unit="{attempt}", description="Retries refused by budget"
+)
+_transitions = _meter.create_counter(
+    "onceonly.client.breaker.transitions", unit="{transition}", description="Circuit changes"
+)
+_parked = _meter.create_counter(
+    "onceonly.client.dlq.parked", unit="{call}", description="Calls parked in the DLQ, by reason"
+)
+
+
+def retry(host: str) -> None:
+    _retries.add(1, {"server.address": host})
+
+
+def budget_refusal(host: str) -> None:
+    _refusals.add(1, {"server.address": host})
+
+
+def breaker_transition(old: str, new: str) -> None:
+    _transitions.add(1, {"onceonly.breaker.from": old, "onceonly.breaker.to": new})
+
+
+def parked(reason: str) -> None:
+    _parked.add(1, {"onceonly.dlq.reason": reason})
+
+
+@contextmanager
+def attempt_span(request: httpx.Request, number: int, key: str | None) -> Iterator[Span]:
+    """A span for attempt ``number`` (1-based) of ``request``."""
+    attributes: dict[str, str | int] = {
+        "http.request.method": request.method,
+        "server.address": request.url.host,
+        "url.full": str(request.url.copy_with(username=None, password=None)),
+    }
+    if request.url.port is not None:
+        attributes["server.port"] = request.url.port
+    if number > 1:
+        attributes["http.request.resend_count"] = number - 1
+    if key is not None:
+        attributes["onceonly.idempotency.key"] = key
+    with _tracer.start_as_current_span(
+        request.method, kind=SpanKind.CLIENT, attributes=attributes, record_exception=False
+    ) as span:
+        yield span
+
+
+def attempt_result(span: Span, outcome: httpx.Response | BaseException) -> None:
+    if isinstance(outcome, httpx.Response):
+        span.set_attribute("http.response.status_code", outcome.status_code)
+        if outcome.status_code >= 500:
+            span.set_attribute("error.type", str(outcome.status_code))
+            span.set_status(Status(StatusCode.ERROR))
+    else:
+        span.set_attribute("error.type", type(outcome).__qualname__)
+        span.set_status(Status(StatusCode.ERROR, str(outcome)))
