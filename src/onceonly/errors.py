@@ -13,6 +13,18 @@
         ├── StillInFlight       the first attempt is still running after the wait bound (409)
         └── Unreplayable        the first attempt's result could not be stored (409)
 
+The HTTP client adds, in ``onceonly.client.errors`` (they need httpx, an optional extra)::
+
+    OnceOnlyError
+    ├── CallFailed              (also httpx.TransportError) no usable answer; holds key + attempts
+    │   ├── RetriesExhausted    attempts or deadline used up
+    │   ├── CircuitOpen         the circuit is open; nothing was sent
+    │   ├── BudgetExhausted     the host's retry budget refused a retry
+    │   └── RetryDeferred       the server asked to wait longer than the Retry-After cap
+    └── IdempotencyConflict
+        └── KeyMismatch
+            └── KeyMismatchResponse  (also httpx.HTTPStatusError) the server answered 422
+
 Backend exceptions (sqlite3, redis, psycopg) never escape a store: they are translated at the
 store boundary and chained (``raise StoreUnavailable(...) from exc``).
 """
