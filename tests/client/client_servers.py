@@ -123,3 +123,129 @@ def serve_app(app: Any) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+
+
+class FaultProxy:
+    """A TCP proxy in front of an HTTP server that injects faults, one decision per request.
+
+    Each connection carries one request (the proxy adds ``Connection: close`` upstream and
+    closes the client side after answering). Faults, drawn from a seeded RNG:
+
+    - ``reset``: read the request, then reset the connection: never reached the server;
+    - ``drop``:  forward, let the server execute and answer, then reset the client connection
+      instead of relaying the answer (the nastiest case: the work was done, the caller can't
+      know);
+    - ``busy``:  answer 503 with ``Retry-After: 0`` without forwarding;
+    - ``slow``:  forward after a short delay.
+    """
+
+    def __init__(self, upstream_port: int, rates: dict[str, float], seed: int = 0) -> None:
+        import random
+
+        self.upstream_port = upstream_port
+        self.rates = rates
+        self.rng = random.Random(seed)
+        self.enabled = True
+        self.counts: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(256)
+        self._sock.settimeout(0.05)
+        self.port = int(self._sock.getsockname()[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _pick(self) -> str:
+        with self._lock:
+            roll = self.rng.random()
+            fault = "pass"
+            if self.enabled:
+                for name, rate in self.rates.items():
+                    if roll < rate:
+                        fault = name
+                        break
+                    roll -= rate
+            self.counts[fault] = self.counts.get(fault, 0) + 1
+            return fault
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            conn.settimeout(10.0)
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _read_request(conn: socket.socket) -> bytes | None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return None
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = 0
+        lines = []
+        for line in head.split(b"\r\n"):
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value.strip())
+            if name.strip().lower() != b"connection":
+                lines.append(line)
+        while len(body) < length:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return None
+            body += chunk
+        lines.append(b"Connection: close")
+        return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+    @staticmethod
+    def _reset(conn: socket.socket) -> None:
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()
+
+    def _handle(self, conn: socket.socket) -> None:
+        try:
+            request = self._read_request(conn)
+            if request is None:
+                conn.close()
+                return
+            fault = self._pick()
+            if fault == "reset":
+                self._reset(conn)
+                return
+            if fault == "busy":
+                conn.sendall(
+                    b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 0\r\n"
+                    b"content-length: 4\r\nconnection: close\r\n\r\nbusy"
+                )
+                conn.close()
+                return
+            if fault == "slow":
+                self._stop.wait(0.02)
+            with socket.create_connection(("127.0.0.1", self.upstream_port), timeout=10) as up:
+                up.sendall(request)
+                response = b""
+                while chunk := up.recv(65536):
+                    response += chunk
+            if fault == "drop":
+                self._reset(conn)
+                return
+            conn.sendall(response)
+            conn.close()
+        except OSError:
+            with contextlib.suppress(OSError):
+                conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._sock.close()
