@@ -6,7 +6,6 @@ import threading
 
 import httpx
 import pytest
-from client_harness import FakeTime, Harness, Script, reply
 
 from onceonly.client import (
     BudgetExhausted,
@@ -20,6 +19,8 @@ from onceonly.client import (
     State,
     Transition,
 )
+
+from .client_harness import FakeTime, Harness, Script, reply
 
 # -- budget -----------------------------------------------------------------------------------
 

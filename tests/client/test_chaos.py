@@ -17,7 +17,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from client_servers import FaultProxy, serve_app
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -34,6 +33,8 @@ from onceonly.client import (
     RetryPolicy,
 )
 from onceonly.http.asgi import IdempotencyMiddleware
+
+from .client_servers import FaultProxy, serve_app
 
 CALLS = 1000
 CONCURRENCY = 16

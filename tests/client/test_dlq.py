@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from client_harness import LIVE_CREDENTIALS, FakeTime, Harness, Script, problem, reply
 
 from onceonly.client import (
     BudgetExhausted,
@@ -18,6 +17,8 @@ from onceonly.client import (
     RetryDeferred,
     RetryPolicy,
 )
+
+from .client_harness import LIVE_CREDENTIALS, FakeTime, Harness, Script, problem, reply
 
 SECRET = "Bearer parked-secret-token"
 

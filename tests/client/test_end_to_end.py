@@ -17,7 +17,6 @@ from typing import Any
 
 import httpx
 import pytest
-from client_servers import serve_app
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -34,6 +33,8 @@ from onceonly.client import (
     RetryPolicy,
 )
 from onceonly.http.asgi import IdempotencyMiddleware
+
+from .client_servers import serve_app
 
 CREDENTIALS = {"Authorization": "Bearer e2e-live"}
 

@@ -12,7 +12,6 @@ from typing import Any
 
 import httpx
 import pytest
-from client_servers import FaultServer, free_port
 
 from onceonly.client import (
     AsyncIdempotentTransport,
@@ -20,6 +19,8 @@ from onceonly.client import (
     RetriesExhausted,
     RetryPolicy,
 )
+
+from .client_servers import FaultServer, free_port
 
 FAST = RetryPolicy(base=0.01, cap=0.02, deadline=10.0)
 

@@ -8,7 +8,6 @@ from email.utils import format_datetime
 
 import httpx
 import pytest
-from client_harness import Harness, Script, problem, reply
 
 from onceonly import KeyMismatch, derive_key
 from onceonly.client import (
@@ -21,6 +20,8 @@ from onceonly.client import (
     set_testing,
 )
 from onceonly.context import key_scope
+
+from .client_harness import Harness, Script, problem, reply
 
 ATTEMPT = "idempotency-attempt"
 

@@ -21,7 +21,6 @@ from typing import Literal
 
 import httpx
 
-from onceonly.client import _telemetry
 from onceonly.client.breaker import CircuitBreaker, Permit, Refusal
 from onceonly.client.budget import RetryBudget
 from onceonly.client.errors import (
@@ -99,6 +98,9 @@ class Call:
     monotonic: Callable[[], float]
     wall: Callable[[], float]
     rng: random.Random
+    # Telemetry, injected so this module stays free of OpenTelemetry: observe(event, detail)
+    # with event "retry" (detail: host), "budget_refusal" (host) or "parked" (reason).
+    observe: Callable[[str, str], None] = lambda event, detail: None
     history: tuple[Attempt, ...] = field(default=())
 
 
@@ -212,7 +214,7 @@ def call_flow(call: Call) -> Flow:
             reason = "exhausted"
             message = f"the {policy.deadline} s deadline leaves no time after {number} attempt(s)"
         elif call.budget is not None and not call.budget.withdraw(host):
-            _telemetry.budget_refusal(host)
+            call.observe("budget_refusal", host)
             reason = "budget"
             message = f"the retry budget for {host} is spent; not retried after {what}"
         else:
@@ -220,7 +222,7 @@ def call_flow(call: Call) -> Flow:
             previous = (response, error)
             if response is not None:
                 yield Read(response)  # release the connection before the pause
-            _telemetry.retry(host)
+            call.observe("retry", host)
             if delay > 0:
                 yield Sleep(delay)
             continue
@@ -264,7 +266,7 @@ def _park(
     if reason not in call.park_on or call.key is None:
         return None
     entry = yield Park(reason, call.history, what, call.wall() + wait)
-    _telemetry.parked(reason)
+    call.observe("parked", reason)
     return entry if isinstance(entry, str) else None
 
 

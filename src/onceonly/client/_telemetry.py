@@ -31,6 +31,17 @@ _parked = _meter.create_counter(
 )
 
 
+def observe(event: str, detail: str) -> None:
+    """The retry flow's events (see ``_flow.Call.observe``)."""
+    match event:
+        case "retry":
+            retry(detail)
+        case "budget_refusal":
+            budget_refusal(detail)
+        case "parked":
+            parked(detail)
+
+
 def retry(host: str) -> None:
     _retries.add(1, {"server.address": host})
 

@@ -78,6 +78,7 @@ class _Base:
             monotonic=self.clock,
             wall=self.wall,
             rng=self.rng,
+            observe=_telemetry.observe,
         )
 
 

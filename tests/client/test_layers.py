@@ -1,0 +1,20 @@
+"""The client's decision modules do no I/O (STYLE 1, 5): drivers and the DLQ do it for them."""
+
+from __future__ import annotations
+
+import pytest
+from unit.test_architecture import PACKAGE, imports_of, offending
+
+PURE = ["_flow", "retry", "budget", "breaker", "testing"]
+FORBIDDEN = ["asyncio", "socket", "sqlite3", "onceonly.client.dlq", "onceonly.client.transport"]
+
+
+@pytest.mark.parametrize("module", PURE)
+def test_client_logic_does_no_io(module: str) -> None:
+    found = imports_of(PACKAGE / "client" / f"{module}.py")
+    assert offending(found, FORBIDDEN) == []
+
+
+def test_the_retry_flow_imports_no_telemetry() -> None:
+    found = imports_of(PACKAGE / "client" / "_flow.py")
+    assert offending(found, ["opentelemetry", "onceonly.client._telemetry"]) == []
