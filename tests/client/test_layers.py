@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from unit.test_architecture import PACKAGE, imports_of, offending
 
 PURE = ["_flow", "retry", "budget", "breaker", "testing"]
