@@ -61,24 +61,28 @@ def parked(reason: str) -> None:
 @contextmanager
 def attempt_span(request: httpx.Request, number: int, key: str | None) -> Iterator[Span]:
     """A span for attempt ``number`` (1-based) of ``request``."""
-    attributes: dict[str, str | int] = {
-        "http.request.method": request.method,
-        "server.address": request.url.host,
-        "url.full": str(request.url.copy_with(username=None, password=None)),
-    }
-    if request.url.port is not None:
-        attributes["server.port"] = request.url.port
-    if number > 1:
-        attributes["http.request.resend_count"] = number - 1
-    if key is not None:
-        attributes["onceonly.idempotency.key"] = key
     with _tracer.start_as_current_span(
-        request.method, kind=SpanKind.CLIENT, attributes=attributes, record_exception=False
+        request.method, kind=SpanKind.CLIENT, record_exception=False
     ) as span:
+        if span.is_recording():  # attributes cost microseconds: only build them for an SDK
+            url = request.url
+            if url.userinfo:
+                url = url.copy_with(username=None, password=None)
+            span.set_attribute("http.request.method", request.method)
+            span.set_attribute("server.address", url.host)
+            span.set_attribute("url.full", str(url))
+            if url.port is not None:
+                span.set_attribute("server.port", url.port)
+            if number > 1:
+                span.set_attribute("http.request.resend_count", number - 1)
+            if key is not None:
+                span.set_attribute("onceonly.idempotency.key", key)
         yield span
 
 
 def attempt_result(span: Span, outcome: httpx.Response | BaseException) -> None:
+    if not span.is_recording():
+        return
     if isinstance(outcome, httpx.Response):
         span.set_attribute("http.response.status_code", outcome.status_code)
         if outcome.status_code >= 500:
