@@ -6,12 +6,12 @@ n-th keyed request made under parent key ``P`` always gets ``derive_key(P, str(n
 from 1 — so when a crashed or retried operation runs again with the same key, its downstream
 calls carry the same keys as the first run and the downstream service deduplicates them.
 
-The counter belongs to the context that set the key. Layers that run work under a key (a tool
-call, a handler) should enter :func:`key_scope`, which sets the key *and* a fresh counter, so a
-second run of the same key in the same context starts counting from 1 again. Code that sets
-only ``_current_key`` still works: the counter restarts whenever the parent key changes.
-Requests issued concurrently under one key get distinct sub-keys, but which one gets which
-number follows the order they were issued in; make keyed calls in a deterministic order.
+The counter belongs to the keyed scope: every ``_current_key.set(key)`` (what the middlewares
+and tool decorators do, and what :func:`key_scope` does) starts counting from 1, so a second
+run of the same key — a retry after an exception, a recovery after a crash — derives the same
+sub-keys as the first, and a nested scope never disturbs its parent's count. Requests issued
+concurrently under one key get distinct sub-keys, numbered in the order they were issued;
+make keyed calls in a deterministic order.
 """
 
 from __future__ import annotations
@@ -19,64 +19,86 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 
 from onceonly.keys import derive_key
 
-_current_key: ContextVar[str | None] = ContextVar("onceonly_current_key", default=None)
+
+class _ScopedKey(str):
+    """The current key, carrying the sub-key counter of the scope that set it.
+
+    Every ``_current_key.set(key)`` makes a new one, so each keyed scope — a tool call, a
+    handled request — counts its downstream keys from 1, however the scope was entered, and
+    resetting to an outer scope restores that scope's counter where it was. Threads that copy
+    the context share the scope, hence the lock.
+    """
+
+    _count: int  # no __slots__: a str subclass cannot have them
+    _lock: threading.Lock
+
+    def __new__(cls, key: str) -> _ScopedKey:
+        scoped = super().__new__(cls, key)
+        scoped._count = 0
+        scoped._lock = threading.Lock()
+        return scoped
+
+    def next_number(self) -> int:
+        with self._lock:
+            self._count += 1
+            return self._count
 
 
-class _Derivation:
-    """The sub-key counter of one keyed scope (shared by threads that copy the context)."""
+class _KeyVar:
+    """``_current_key``: a ContextVar of the current key whose ``set`` starts a fresh scope."""
 
-    __slots__ = ("count", "lock", "parent")
+    __slots__ = ("_var",)
 
-    def __init__(self, parent: str) -> None:
-        self.parent = parent
-        self.count = 0
-        self.lock = threading.Lock()
+    def __init__(self) -> None:
+        self._var: ContextVar[str | None] = ContextVar("onceonly_current_key", default=None)
 
-    def next(self) -> int:
-        with self.lock:
-            self.count += 1
-            return self.count
+    def get(self) -> str | None:
+        return self._var.get()
+
+    def set(self, key: str | None) -> Token[str | None]:
+        return self._var.set(_ScopedKey(key) if key is not None else None)
+
+    def reset(self, token: Token[str | None]) -> None:
+        self._var.reset(token)
 
 
-_derivation: ContextVar[_Derivation | None] = ContextVar("onceonly_derivation", default=None)
+_current_key = _KeyVar()
 
 
 def current_key() -> str | None:
     """The idempotency key of the request or call being handled, or None outside one."""
-    return _current_key.get()
+    key = _current_key.get()
+    return str(key) if key is not None else None  # a plain str, not the scope object
 
 
 @contextmanager
 def key_scope(key: str) -> Iterator[str]:
-    """Run the block as the operation keyed ``key``: sets the current key and a fresh counter.
+    """Run the block as the operation keyed ``key`` (sets the current key; restores on exit).
 
-    Works in sync and async code alike (it only sets context variables); restores both on exit.
+    Works in sync and async code alike. The middlewares and tool decorators do the same
+    through ``_current_key.set``/``reset``; this is the public spelling.
     """
-    key_token = _current_key.set(key)
-    counter_token = _derivation.set(_Derivation(key))
+    token = _current_key.set(key)
     try:
         yield key
     finally:
-        _derivation.reset(counter_token)
-        _current_key.reset(key_token)
+        _current_key.reset(token)
 
 
 def next_derived_key() -> str | None:
     """The next downstream sub-key under the current key, or None when no key is current.
 
-    The n-th call under parent ``P`` returns ``derive_key(P, str(n))`` (n = 1, 2, ...).
-    The HTTP client transport calls this once per outgoing keyed request that has no key of
-    its own (SPEC 20, 29).
+    The n-th call in a keyed scope with key ``P`` returns ``derive_key(P, str(n))``
+    (n = 1, 2, ...). The HTTP client transport calls this once per outgoing keyed request that
+    has no key of its own (SPEC 20, 29).
     """
-    parent = _current_key.get()
-    if parent is None:
+    key = _current_key.get()
+    if key is None:
         return None
-    derivation = _derivation.get()
-    if derivation is None or derivation.parent != parent:
-        derivation = _Derivation(parent)
-        _derivation.set(derivation)
-    return derive_key(parent, str(derivation.next()))
+    if not isinstance(key, _ScopedKey):  # pragma: no cover - only _KeyVar.set writes the var
+        key = _ScopedKey(key)
+    return derive_key(str(key), str(key.next_number()))
