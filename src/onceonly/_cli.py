@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import click
 
 from onceonly import __version__
+from onceonly.client.dlq_cli import dlq
 from onceonly.gateway_cli import proxy
 from onceonly.report_cli import report
 from onceonly.stores.url import ENV_VAR
@@ -191,3 +192,4 @@ def _describe(record: Record) -> dict[str, object]:
 
 cli.add_command(proxy)  # `onceonly proxy`: the gateway (docs/gateway.md)
 cli.add_command(report)  # `onceonly report`: audit log, SLOs (docs/observability.md)
+cli.add_command(dlq)  # `onceonly dlq`: the client's dead-letter queue (docs/client.md)

@@ -1,0 +1,99 @@
+"""`onceonly dlq list|show|replay|purge` against a real queue file and a loopback server."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from onceonly._cli import cli
+from onceonly.client import (
+    DeadLetterQueue,
+    EntryState,
+    IdempotentTransport,
+    RetriesExhausted,
+    RetryPolicy,
+)
+
+from .client_servers import serve_app
+
+
+def park(url: str, dlq: DeadLetterQueue, n: int) -> list[str]:
+    """Park ``n`` calls to ``url`` (the network says 503 to all of them)."""
+    down = httpx.MockTransport(lambda request: httpx.Response(503))
+    transport = IdempotentTransport(down, retry=RetryPolicy(attempts=1), dlq=dlq)
+    ids = []
+    with httpx.Client(transport=transport, headers={"Authorization": "Bearer old"}) as client:
+        for i in range(n):
+            with pytest.raises(RetriesExhausted) as caught:
+                client.post(url, json={"i": i})
+            ids.append(caught.value.parked or "")
+    return ids
+
+
+def test_list_show_replay_purge(tmp_path: Path) -> None:
+    seen: list[tuple[str | None, str | None]] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        while (await receive()).get("more_body"):
+            pass
+        headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+        seen.append((headers.get("authorization"), headers.get("idempotency-key")))
+        await send({"type": "http.response.start", "status": 201, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    store = f"sqlite:///{tmp_path}/dlq.db"
+    runner = CliRunner()
+    with serve_app(app) as base:
+        queue = DeadLetterQueue(store)
+        ids = park(base + "/charges", queue, 2)
+        keys = [e.key for e in queue.entries()]
+        queue.close()
+
+        listed = runner.invoke(cli, ["dlq", "list", "--store", store])
+        assert listed.exit_code == 0, listed.output
+        assert "2 entries" in listed.output
+        assert ids[0][:8] in listed.output
+
+        shown = runner.invoke(cli, ["dlq", "show", ids[1][:8], "--store", store])
+        assert shown.exit_code == 0, shown.output
+        doc = json.loads(shown.output)
+        assert doc["id"] == ids[1]
+        assert doc["redacted_headers"] == ["authorization"]
+        assert doc["body"] == '{"i":1}'
+
+        bad = runner.invoke(cli, ["dlq", "replay", "--store", store])
+        assert bad.exit_code == 2  # neither ids nor --all
+
+        replayed = runner.invoke(
+            cli,
+            [
+                "dlq",
+                "replay",
+                "--all",
+                "--force",
+                "--store",
+                store,
+                "-H",
+                "Authorization: Bearer new",
+            ],
+        )
+        assert replayed.exit_code == 0, replayed.output
+    assert sorted(seen) == sorted(("Bearer new", key) for key in keys)
+    queue = DeadLetterQueue(store)
+    assert [e.state for e in queue.entries()] == [EntryState.DONE, EntryState.DONE]
+    queue.close()
+    purged = runner.invoke(cli, ["dlq", "purge", "--store", store])
+    assert purged.output.strip() == "purged 2 entries"
+
+
+def test_bad_store_url_is_a_one_line_error() -> None:
+    result = CliRunner().invoke(cli, ["dlq", "list", "--store", "redis://x"])
+    assert result.exit_code == 1
+    assert "supports sqlite://" in result.output
