@@ -55,7 +55,7 @@ class Payments:
             self.ledger.append(body)
             number = len(self.ledger)
         if self.mode == "slow":
-            await asyncio.sleep(0.6)
+            await asyncio.sleep(1.2)
         return JSONResponse({"charge": number, "amount": body["amount"]}, status_code=201)
 
 
@@ -84,6 +84,30 @@ def dlq(tmp_path: Path) -> Iterator[DeadLetterQueue]:
     queue.close()
 
 
+class Recording(httpx.HTTPTransport):
+    """httpx's transport, noting the status of every answer."""
+
+    def __init__(self, statuses: list[int]) -> None:
+        super().__init__()
+        self.statuses = statuses
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = super().handle_request(request)
+        self.statuses.append(response.status_code)
+        return response
+
+
+class AsyncRecording(httpx.AsyncHTTPTransport):
+    def __init__(self, statuses: list[int]) -> None:
+        super().__init__()
+        self.statuses = statuses
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await super().handle_async_request(request)
+        self.statuses.append(response.status_code)
+        return response
+
+
 class Client:
     """Sync or async client with the idempotent transport, used through one sync interface."""
 
@@ -91,15 +115,16 @@ class Client:
         self.flavor, self.base, self.dlq = flavor, base, dlq
         self.retry = kw.pop("retry", RetryPolicy(base=0.01, cap=0.05))
         self.timeout = kw.pop("timeout", httpx.Timeout(5.0))
+        self.statuses: list[int] = []  # every answer the network gave
 
     def _sync(self) -> httpx.Client:
-        t = IdempotentTransport(retry=self.retry, dlq=self.dlq)
+        t = IdempotentTransport(Recording(self.statuses), retry=self.retry, dlq=self.dlq)
         return httpx.Client(
             transport=t, base_url=self.base, headers=CREDENTIALS, timeout=self.timeout
         )
 
     def _async(self) -> httpx.AsyncClient:
-        t = AsyncIdempotentTransport(retry=self.retry, dlq=self.dlq)
+        t = AsyncIdempotentTransport(AsyncRecording(self.statuses), retry=self.retry, dlq=self.dlq)
         return httpx.AsyncClient(
             transport=t, base_url=self.base, headers=CREDENTIALS, timeout=self.timeout
         )
@@ -179,7 +204,7 @@ def test_parked_call_replays_once_with_the_same_key(
 def test_a_call_that_ran_but_lost_its_answer_replays_the_stored_result(
     flavor: str, payments: Any, service: Payments, dlq: DeadLetterQueue
 ) -> None:
-    service.mode = "slow"  # charges, then answers after 0.6 s: the client gave up at 0.2 s
+    service.mode = "slow"  # charges, then answers after 1.2 s: the client gave up at 0.2 s
     impatient = Client(
         flavor,
         payments[1],
@@ -200,4 +225,5 @@ def test_a_call_that_ran_but_lost_its_answer_replays_the_stored_result(
     [result] = patient.replay(force=True)
     assert result.state is EntryState.DONE
     assert result.replayed
+    assert patient.statuses == [409, 201]  # waited for the first, then got its stored answer
     assert len(service.ledger) == 1

@@ -18,7 +18,6 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from types import TracebackType
 
 import httpx
 
@@ -168,14 +167,6 @@ class IdempotentTransport(_Base, httpx.BaseTransport):
     def close(self) -> None:
         self.inner.close()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None = None,
-        exc: BaseException | None = None,
-        tb: TracebackType | None = None,
-    ) -> None:
-        self.close()
-
 
 class AsyncIdempotentTransport(_Base, httpx.AsyncBaseTransport):
     """Async twin of :class:`IdempotentTransport`: the same flow, driven with ``await``."""
@@ -252,11 +243,3 @@ class AsyncIdempotentTransport(_Base, httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         await self.inner.aclose()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None = None,
-        exc: BaseException | None = None,
-        tb: TracebackType | None = None,
-    ) -> None:
-        await self.aclose()
