@@ -140,12 +140,24 @@ class _BeatScheduler:
 
 _scheduler = _BeatScheduler()
 
+# A heartbeat skips a renewal while ``idle()`` is true: an atomic handler's open transaction
+# holds the record itself (SQLite's write lock), so nobody can take it over meanwhile, and a
+# renewal from another connection would only wait on that lock (SPEC 13a).
+Idle = Callable[[], bool] | None
+
+
+def _idle(idle: Idle) -> bool:
+    return idle is not None and idle()
+
 
 class Heartbeat:
     """Renews a sync claim's lease every ``policy.heartbeat_s`` while its handler runs (SPEC 13)."""
 
-    def __init__(self, store: Store, id: str, token: int, policy: Policy) -> None:
+    def __init__(
+        self, store: Store, id: str, token: int, policy: Policy, *, idle: Idle = None
+    ) -> None:
         self._store, self._id, self._token, self._policy = store, id, token, policy
+        self._idle = idle
         self._active = False
         self.lost = False
 
@@ -161,7 +173,9 @@ class Heartbeat:
         if not self._active:
             return
         try:
-            if not self._store.renew(self._id, self._token, self._policy.lease_s):
+            if _idle(self._idle):
+                pass
+            elif not self._store.renew(self._id, self._token, self._policy.lease_s):
                 self.lost = True
                 _lost(self._id)
                 return
@@ -178,8 +192,11 @@ class AsyncHeartbeat:
     pays only for scheduling and cancelling one timer.
     """
 
-    def __init__(self, store: AsyncStore, id: str, token: int, policy: Policy) -> None:
+    def __init__(
+        self, store: AsyncStore, id: str, token: int, policy: Policy, *, idle: Idle = None
+    ) -> None:
         self._store, self._id, self._token, self._policy = store, id, token, policy
+        self._idle = idle
         self._handle: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self.lost = False
@@ -207,7 +224,9 @@ class AsyncHeartbeat:
 
     async def _beat(self) -> None:
         try:
-            if not await self._store.arenew(self._id, self._token, self._policy.lease_s):
+            if _idle(self._idle):
+                pass
+            elif not await self._store.arenew(self._id, self._token, self._policy.lease_s):
                 self.lost = True
                 _lost(self._id)
                 return

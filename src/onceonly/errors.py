@@ -2,15 +2,19 @@
 
     OnceOnlyError
     ├── ConfigurationError      a Policy, store URL or argument that cannot work (also ValueError)
+    │   ├── AtomicUnsupported   atomic completion asked of a store that cannot (memory, Redis)
+    │   └── ForeignConnection   a connection given to atomic completion is not the store's
     ├── InvalidKey              a malformed Idempotency-Key value (also ValueError)
     ├── IllegalTransition       a record state change the state table does not allow (a bug)
     ├── SerializationError      a function result or argument the serializer cannot keep
     ├── AgentRunRequired        an agent tool called outside ``agent_run(...)``
+    ├── NoAtomicContext         ``onceonly.atomic`` used outside an atomic handler or function
     ├── StoreError              anything that went wrong talking to a store
     │   └── StoreUnavailable    the store cannot be reached or used right now (fail closed: 503)
     └── IdempotencyConflict     a duplicate that cannot be answered with a replay
         ├── KeyMismatch         same key, different request or arguments (422)
         ├── StillInFlight       the first attempt is still running after the wait bound (409)
+        │   └── ClaimTakenOver  this attempt's claim was taken over; its writes were rolled back
         └── Unreplayable        the first attempt's result could not be stored (409)
 
 The HTTP client adds, in ``onceonly.client.errors`` (they need httpx, an optional extra)::
@@ -69,6 +73,22 @@ class AgentRunRequired(OnceOnlyError, RuntimeError):
     """
 
 
+class AtomicUnsupported(ConfigurationError):
+    """Atomic completion (SPEC 13a) was asked of a store that cannot commit a record together
+    with the application's writes: only stores that live in an SQL database (SQLite, PostgreSQL)
+    can, because the record and the side effect must share one transaction."""
+
+
+class ForeignConnection(ConfigurationError):
+    """A connection (or engine, or session) handed to atomic completion does not reach the
+    store's database, so its writes could not commit in the record's transaction (SPEC 13a)."""
+
+
+class NoAtomicContext(OnceOnlyError, RuntimeError):
+    """``onceonly.atomic`` was used outside an atomic handler or ``@idempotent(atomic=True)``
+    function: there is no claimed record whose completion the writes could join."""
+
+
 class StoreError(OnceOnlyError):
     """Something went wrong in a store."""
 
@@ -95,6 +115,16 @@ class StillInFlight(IdempotencyConflict):
     def __init__(self, message: str, *, key: str | None = None, retry_after: float = 1.0) -> None:
         super().__init__(message, key=key)
         self.retry_after = retry_after
+
+
+class ClaimTakenOver(StillInFlight):
+    """This attempt's claim lapsed and a retry took the key over (SPEC 13, 13a).
+
+    Raised by atomic completion when the transaction re-checks the fencing token: the
+    attempt's own writes were rolled back (never committed), and the retry that holds the key
+    now produces the result. Retrying after ``retry_after`` gets that result, so it is a kind of
+    :class:`StillInFlight` (answered 409 with ``Retry-After`` over HTTP).
+    """
 
 
 class Unreplayable(IdempotencyConflict):

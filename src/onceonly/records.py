@@ -105,6 +105,9 @@ class Record:
     retain_until: float = 0.0  # tombstone kept until (expires_at + retention)
     response: StoredResponse | None = field(default=None)
     created_at: float = 0.0
+    # The last recovery point an atomic handler committed (SPEC 13a); None without phases.
+    # Stores that offer atomic completion fill it in; it survives takeovers and releases.
+    phase: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,6 +287,11 @@ def release_allowed(record: Record | None, token: int, now: float) -> bool:
         return False
     transition(State.IN_FLIGHT, Event.RELEASE)
     return True
+
+
+def held_by(record: Record | None, token: int, now: float) -> bool:
+    """Whether ``token`` still holds ``record`` (a transaction re-checks it, SPEC 13a)."""
+    return _holds(record, token, now)
 
 
 def _holds(record: Record | None, token: int, now: float) -> bool:

@@ -74,6 +74,17 @@ def unavailable(policy: Policy) -> ProblemResponse:
     )
 
 
+def taken_over(policy: Policy) -> ProblemResponse:
+    """An atomic attempt fenced out at commit (SPEC 13a): 409 in flight with Retry-After."""
+    return render(
+        Problem.IN_FLIGHT,
+        "this attempt's claim on the idempotency key lapsed and a retry took it over; nothing "
+        "this attempt wrote was committed - retry after the Retry-After delay to get the result",
+        policy,
+        retry_after=max(1.0, policy.in_flight_retry_after_s),
+    )
+
+
 def refusal(refuse: Refuse, policy: Policy) -> ProblemResponse:
     return render(refuse.problem, refuse.detail, policy, retry_after=refuse.retry_after)
 
@@ -151,6 +162,7 @@ __all__ = [
     "identify",
     "look",
     "refusal",
+    "taken_over",
     "too_large",
     "unavailable",
 ]

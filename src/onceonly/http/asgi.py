@@ -16,10 +16,12 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from onceonly._shield import shielded
+from onceonly.atomic._context import bound
+from onceonly.atomic._run import Ending, afinish, aopen_unit, require_atomic
 from onceonly.context import _current_key
 from onceonly.decide import Complete, Execute, Keyed, Pass, Refuse, Release, Replay, replay_headers
 from onceonly.engine import AsyncHeartbeat, arun_flow, claim_flow
-from onceonly.errors import StoreError
+from onceonly.errors import ClaimTakenOver, StoreError
 from onceonly.fingerprint import RequestFacts
 from onceonly.http._exchange import (
     Capture,
@@ -29,6 +31,7 @@ from onceonly.http._exchange import (
     identify,
     look,
     refusal,
+    taken_over,
     too_large,
     unavailable,
 )
@@ -61,11 +64,17 @@ class IdempotencyMiddleware:
         store: AsyncStore,
         policy: Policy | None = None,
         telemetry: Telemetry | None = DEFAULT_TELEMETRY,
+        atomic: bool = False,
     ) -> None:
         self.app = app
         self.store = store
         self.policy = policy or Policy()
         self.telemetry = telemetry  # spans, metrics, audit log (SPEC 31-34); None: off
+        # SPEC 13a: handlers write in the store's transaction (onceonly.atomic) and the record
+        # commits with them; responses are then held until that commit.
+        self.atomic = atomic
+        if atomic:
+            require_atomic(store)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self.policy.covers(scope["method"]):
@@ -78,7 +87,7 @@ class _Responder:
     """One request's trip through the middleware."""
 
     def __init__(self, mw: IdempotencyMiddleware, scope: Scope, receive: Receive, send: Send):
-        self.app, self.store, self.policy = mw.app, mw.store, mw.policy
+        self.app, self.store, self.policy, self.atomic = mw.app, mw.store, mw.policy, mw.atomic
         self.scope, self.receive, self.send = scope, receive, send
         self.headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
         self.messages: deque[Message] = deque()
@@ -149,7 +158,10 @@ class _Responder:
                 self.obs.decided(outcome)
                 capture = Capture(self.policy.max_cached_body)
                 try:
-                    await self._execute(ident, token, capture)
+                    if self.atomic:
+                        await self._execute_atomic(ident, token, capture)
+                    else:
+                        await self._execute(ident, token, capture)
                 finally:  # a handler that raised before responding is a 500 to the client
                     self.obs.finish(outcome, capture.status or 500)
 
@@ -201,6 +213,62 @@ class _Responder:
             await self._settle(ident, token, capture if keep else None)
             raise
         await self._settle(ident, token, capture)
+
+    async def _execute_atomic(self, ident: Identity, token: int, capture: Capture) -> None:
+        """SPEC 13a: run the handler with its unit bound, commit, and only then answer.
+
+        The response is held whole (not streamed) until the record commits with the
+        handler's writes: a client must never see a result that a crash could still undo.
+        """
+        try:
+            unit = await aopen_unit(self.store, ident.id, token, ident.fingerprint, self.policy)
+        except StoreError as exc:
+            log.error("idempotency store unavailable, failing closed: %s", exc)
+            await shielded(self.store.arelease(ident.id, token))
+            await self._problem(unavailable(self.policy), Outcome.STORE_ERROR)
+            return
+        held: list[Message] = []
+
+        async def send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                capture.start(
+                    message["status"],
+                    [(k.decode("latin-1"), v.decode("latin-1")) for k, v in message["headers"]],
+                )
+            elif message["type"] == "http.response.body":
+                capture.chunk(message.get("body", b""))
+                if not message.get("more_body", False):
+                    capture.end()
+            held.append(message)
+
+        try:
+            with bound(unit):
+                idle = lambda: unit.holding  # noqa: E731 - the open transaction holds the record
+                async with AsyncHeartbeat(self.store, ident.id, token, self.policy, idle=idle):
+                    await self._call_app(ident.key, send)
+        except ClaimTakenOver:
+            await shielded(unit.aclose())
+            await self._problem(taken_over(self.policy), Outcome.CONFLICT_IN_FLIGHT)
+            return
+        except BaseException:
+            await afinish(unit, self.store, Release(), self.policy)  # SPEC 12, writes undone
+            raise
+        obs = self.obs
+        settlement = capture.settlement(self.policy, obs.trace_ids, obs.stored_headers())
+        started = time.perf_counter()
+        try:
+            ending = await afinish(unit, self.store, settlement, self.policy)
+        except StoreError as exc:
+            log.error("could not commit idempotency record %s: %s", ident.id[:12], exc)
+            await self._problem(unavailable(self.policy), Outcome.STORE_ERROR)
+            return
+        obs.store_time("complete", time.perf_counter() - started)
+        if ending is Ending.TAKEN_OVER:
+            log.warning("idempotency record %s was taken over; writes rolled back", ident.id[:12])
+            await self._problem(taken_over(self.policy), Outcome.CONFLICT_IN_FLIGHT)
+            return
+        for message in held:
+            await self.send(message)
 
     async def _settle(self, ident: Identity, token: int, capture: Capture | None) -> None:
         obs = self.obs

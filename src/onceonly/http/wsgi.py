@@ -15,10 +15,12 @@ from http import HTTPStatus
 from types import TracebackType
 from typing import Any
 
+from onceonly.atomic._context import bound
+from onceonly.atomic._run import Ending, finish, open_unit, require_atomic
 from onceonly.context import _current_key
 from onceonly.decide import Complete, Execute, Keyed, Pass, Refuse, Release, Replay, replay_headers
 from onceonly.engine import Heartbeat, claim_flow, run_flow
-from onceonly.errors import StoreError
+from onceonly.errors import ClaimTakenOver, StoreError
 from onceonly.fingerprint import RequestFacts
 from onceonly.http._exchange import (
     Capture,
@@ -28,6 +30,7 @@ from onceonly.http._exchange import (
     identify,
     look,
     refusal,
+    taken_over,
     too_large,
     unavailable,
 )
@@ -70,11 +73,17 @@ class IdempotencyMiddleware:
         store: Store,
         policy: Policy | None = None,
         telemetry: Telemetry | None = DEFAULT_TELEMETRY,
+        atomic: bool = False,
     ) -> None:
         self.app = app
         self.store = store
         self.policy = policy or Policy()
         self.telemetry = telemetry  # spans, metrics, audit log (SPEC 31-34); None: off
+        # SPEC 13a: handlers write in the store's transaction (onceonly.atomic) and the record
+        # commits with them; responses are then held until that commit.
+        self.atomic = atomic
+        if atomic:
+            require_atomic(store)
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
@@ -85,7 +94,7 @@ class IdempotencyMiddleware:
 
 class _Responder:
     def __init__(self, mw: IdempotencyMiddleware, environ: Environ, start_response: StartResponse):
-        self.app, self.store, self.policy = mw.app, mw.store, mw.policy
+        self.app, self.store, self.policy, self.atomic = mw.app, mw.store, mw.policy, mw.atomic
         self.environ, self.start_response = environ, start_response
         self.headers = _headers(environ)
         self.body: bytes | None = None
@@ -142,6 +151,9 @@ class _Responder:
                 return [response.body]
             case Refuse():
                 return self._problem(refusal(decision, self.policy), decision.outcome)
+            case Execute(token, outcome) if self.atomic:
+                self.obs.decided(outcome)
+                return self._execute_atomic(ident, token)
             case Execute(token, outcome):
                 self.obs.decided(outcome)
                 return self._execute(ident, token)
@@ -186,6 +198,76 @@ class _Responder:
             self.obs.executed(capture.status or 500)
             raise
         return _Body(self, result, capture, ident, token, heartbeat)
+
+    def _execute_atomic(self, ident: Identity, token: int) -> Iterable[bytes]:
+        """SPEC 13a: run the handler (its body included) with its unit bound, commit, and only
+        then start the response: a client must never see a result a crash could still undo."""
+        try:
+            unit = open_unit(self.store, ident.id, token, ident.fingerprint, self.policy)
+        except StoreError as exc:
+            log.error("idempotency store unavailable, failing closed: %s", exc)
+            self._settle(ident, token, None)
+            return self._problem(unavailable(self.policy), Outcome.STORE_ERROR)
+        capture = Capture(self.policy.max_cached_body)
+        started: list[tuple[str, list[tuple[str, str]]]] = []
+        chunks: list[bytes] = []
+
+        def start_response(
+            status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
+        ) -> Callable[[bytes], object]:
+            capture.start(int(status[:3]), headers)
+            started[:] = [(status, list(headers))]
+
+            def write(data: bytes) -> object:  # the legacy write() callable, held too
+                capture.chunk(data)
+                chunks.append(data)
+                return None
+
+            return write
+
+        heartbeat = Heartbeat(self.store, ident.id, token, self.policy, idle=lambda: unit.holding)
+        self.environ[ENVIRON_KEY] = ident.key
+        reset = _current_key.set(ident.key)
+        try:
+            with heartbeat, bound(unit), self.obs.active():
+                result = self.app(self.environ, start_response)
+                try:
+                    for chunk in result:  # a generator app runs its handler here
+                        capture.chunk(chunk)
+                        chunks.append(chunk)
+                finally:
+                    close = getattr(result, "close", None)
+                    if close is not None:
+                        close()
+            capture.end()
+        except ClaimTakenOver:
+            unit.close()
+            return self._problem(taken_over(self.policy), Outcome.CONFLICT_IN_FLIGHT)
+        except BaseException:
+            finish(unit, self.store, Release(), self.policy)  # SPEC 12, writes undone
+            self.obs.executed(capture.status or 500)
+            raise
+        finally:
+            _current_key.reset(reset)
+        obs = self.obs
+        settlement = capture.settlement(self.policy, obs.trace_ids, obs.stored_headers())
+        begun = time.perf_counter()
+        try:
+            ending = finish(unit, self.store, settlement, self.policy)
+        except StoreError as exc:
+            log.error("could not commit idempotency record %s: %s", ident.id[:12], exc)
+            return self._problem(unavailable(self.policy), Outcome.STORE_ERROR)
+        obs.settled(settlement, time.perf_counter() - begun)
+        if ending is Ending.TAKEN_OVER:
+            log.warning("idempotency record %s was taken over; writes rolled back", ident.id[:12])
+            return self._problem(taken_over(self.policy), Outcome.CONFLICT_IN_FLIGHT)
+        if not started:  # nothing to store either: the claim was released
+            obs.executed(500)
+            raise RuntimeError("the WSGI application returned without calling start_response")
+        status, headers = started[0]
+        obs.executed(capture.status)
+        self.start_response(status, headers)
+        return chunks
 
     def _settle(self, ident: Identity, token: int, capture: Capture | None) -> None:
         obs = self.obs

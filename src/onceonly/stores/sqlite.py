@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from onceonly.errors import ConfigurationError, StoreUnavailable
 from onceonly.records import (
@@ -41,9 +42,16 @@ from onceonly.records import (
 )
 from onceonly.stores._notify import Notifier
 
+if TYPE_CHECKING:
+    from onceonly.stores.sqlite_atomic import SQLiteUnit
+
 Clock = Callable[[], float]
 
 TABLE = "onceonly_records"
+# Recovery points of atomic handlers (SPEC 13a): committed phases outlive the claim that wrote
+# them (a release or a takeover must resume, not redo), so they are rows of their own, keyed
+# like the record and dropped when the record completes or their retention lapses.
+PHASES = f"{TABLE}_phases"
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS {TABLE} (
     id           TEXT PRIMARY KEY,
@@ -68,12 +76,24 @@ CREATE TABLE IF NOT EXISTS {TABLE}_tokens (
     one   INTEGER PRIMARY KEY CHECK (one = 1),
     last  INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS {PHASES} (
+    id           TEXT PRIMARY KEY,
+    fingerprint  TEXT NOT NULL,
+    phases       TEXT NOT NULL,
+    retain_until REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS {PHASES}_retain ON {PHASES} (retain_until);
 """
 _COLUMNS = (
     "id, fingerprint, state, token, lease_until, expires_at, retain_until, created_at, "
     "status, headers, body, replayable, trace_id, span_id"
 )
-_SELECT = f"SELECT {_COLUMNS} FROM {TABLE} WHERE id = ?"
+_SELECT = (
+    "SELECT "
+    + ", ".join(f"r.{c.strip()}" for c in _COLUMNS.split(","))
+    + f", p.phases FROM {TABLE} r LEFT JOIN {PHASES} p "
+    "ON p.id = r.id AND p.fingerprint = r.fingerprint WHERE r.id = ?"
+)
 _UPSERT = f"INSERT OR REPLACE INTO {TABLE} ({_COLUMNS}) VALUES ({', '.join('?' * 14)})"
 # The largest token ever minted in this file, so a released or deleted key never gets an old
 # token back (see records.claim_on); read and bumped inside the claim's own transaction.
@@ -82,6 +102,7 @@ _SET_LAST_TOKEN = f"INSERT OR REPLACE INTO {TABLE}_tokens (one, last) VALUES (1,
 _POLL_START, _POLL_MAX = 0.005, 0.1
 # An abandoned claim is purged this long after its lease lapsed (see MemoryStore).
 ABANDONED_GRACE = 3600.0
+_SPARE_MAX = 8  # idle connections kept for atomic units
 
 
 @contextlib.contextmanager
@@ -97,7 +118,8 @@ def _row_to_record(row: tuple[object, ...] | None) -> Record | None:
     if row is None:
         return None
     (id, fp, state, token, lease_until, expires_at, retain_until, created_at) = row[:8]
-    status, headers, body, replayable, trace_id, span_id = row[8:]
+    status, headers, body, replayable, trace_id, span_id = row[8:14]
+    phases = json.loads(str(row[14])) if len(row) > 14 and row[14] is not None else []
     response = None
     if status is not None:
         response = StoredResponse(
@@ -118,6 +140,7 @@ def _row_to_record(row: tuple[object, ...] | None) -> Record | None:
         float(retain_until),  # type: ignore[arg-type]
         response,
         float(created_at),  # type: ignore[arg-type]
+        str(phases[-1]) if phases else None,
     )
 
 
@@ -169,6 +192,8 @@ def complete_in(
     if record is None:
         return False
     conn.execute(_UPSERT, _record_to_row(record))
+    # The result supersedes the recovery points: a completed record replays, never resumes.
+    conn.execute(f"DELETE FROM {PHASES} WHERE id = ?", (id,))
     return True
 
 
@@ -196,6 +221,7 @@ class SQLiteStore:
         self._pid = os.getpid()
         self._notifier = Notifier()
         self._all: list[sqlite3.Connection] = []
+        self._spare: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()
         if self.path in ("", ":memory:"):
             raise ConfigurationError(
@@ -217,30 +243,67 @@ class SQLiteStore:
             self._local = threading.local()
             self._pid = os.getpid()
             self._all = []
+            self._spare = []
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            try:
-                conn = sqlite3.connect(
-                    self.path,
-                    timeout=self._busy_timeout,
-                    isolation_level=None,  # we issue BEGIN IMMEDIATE / COMMIT ourselves
-                    check_same_thread=False,
-                )
-                try:
-                    conn.execute("PRAGMA journal_mode=WAL")
-                    conn.execute("PRAGMA synchronous=NORMAL")
-                except sqlite3.Error:
-                    conn.close()  # e.g. "file is not a database": do not leak the handle
-                    raise
-            except sqlite3.Error as exc:
-                raise StoreUnavailable(
-                    f"cannot open SQLite store {self.path!r}: {exc}; check that the path is a "
-                    "writable file (or can be created) and is not another kind of file"
-                ) from exc
+            conn = self._connect()
             self._local.conn = conn
-            with self._all_lock:
-                self._all.append(conn)
         return conn
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                self.path,
+                timeout=self._busy_timeout,
+                isolation_level=None,  # we issue BEGIN IMMEDIATE / COMMIT ourselves
+                check_same_thread=False,
+            )
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+            except sqlite3.Error:
+                conn.close()  # e.g. "file is not a database": do not leak the handle
+                raise
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(
+                f"cannot open SQLite store {self.path!r}: {exc}; check that the path is a "
+                "writable file (or can be created) and is not another kind of file"
+            ) from exc
+        with self._all_lock:
+            self._all.append(conn)
+        return conn
+
+    def checkout(self) -> sqlite3.Connection:
+        """A connection of its own for one atomic unit (SPEC 13a), from a small pool.
+
+        Not the thread's connection: the unit's transaction may stay open across the handler,
+        and the store's own operations on this thread (a nested ``@idempotent`` call) must not
+        land inside it.
+        """
+        if os.getpid() != self._pid:
+            self._conn()  # resets the per-process state after a fork
+        with self._all_lock:
+            if self._spare:
+                return self._spare.pop()
+        return self._connect()
+
+    def checkin(self, conn: sqlite3.Connection) -> None:
+        """Give back a connection from :meth:`checkout`; it must not be in a transaction."""
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        with self._all_lock:
+            if conn in self._all and len(self._spare) < _SPARE_MAX:
+                self._spare.append(conn)
+                return
+        with contextlib.suppress(sqlite3.Error):
+            conn.close()
+
+    def unit(self, id: str, token: int, fingerprint: str, lease: float, keep: float) -> SQLiteUnit:
+        """The atomic unit of the claim ``(id, token)`` (:mod:`onceonly.stores.sqlite_atomic`)."""
+        from onceonly.stores.sqlite_atomic import SQLiteUnit
+
+        return SQLiteUnit(self, id, token, fingerprint, lease, keep)
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -340,6 +403,7 @@ class SQLiteStore:
             # Found means "get would have returned it" (a row past retention is not purged yet).
             record = _read(conn, id)
             conn.execute(f"DELETE FROM {TABLE} WHERE id = ?", (id,))
+            conn.execute(f"DELETE FROM {PHASES} WHERE id = ?", (id,))
             found = resolve(record, self._clock()) is not State.ABSENT
         self._notifier.notify(id)
         return found
@@ -362,11 +426,16 @@ class SQLiteStore:
                 f"(SELECT id FROM {TABLE} WHERE retain_until <= ? LIMIT ?)",
                 (now, limit),
             )
+            conn.execute(
+                f"DELETE FROM {PHASES} WHERE id IN "
+                f"(SELECT id FROM {PHASES} WHERE retain_until <= ? LIMIT ?)",
+                (now, limit),
+            )
             return cur.rowcount
 
     def close(self) -> None:
         with self._all_lock:
-            conns, self._all = self._all, []
+            conns, self._all, self._spare = self._all, [], []
         for conn in conns:
             with contextlib.suppress(sqlite3.Error):
                 conn.close()

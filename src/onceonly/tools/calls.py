@@ -23,10 +23,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from onceonly.atomic._context import bound
+from onceonly.atomic._run import Ending, afinish, aopen_unit, finish, open_unit, require_atomic
 from onceonly.context import _current_key
 from onceonly.decide import Complete, Execute, Refuse, Release, Replay, Settlement
 from onceonly.engine import AsyncHeartbeat, Heartbeat, arun_flow, claim_flow, run_flow
 from onceonly.errors import (
+    ClaimTakenOver,
     ConfigurationError,
     IdempotencyConflict,
     KeyMismatch,
@@ -38,7 +41,7 @@ from onceonly.errors import (
 from onceonly.outcomes import Outcome
 from onceonly.policy import Policy, Problem
 from onceonly.records import StoredResponse
-from onceonly.stores.base import AsyncStore, Store
+from onceonly.stores.base import AsyncStore, AtomicUnit, Store
 from onceonly.telemetry.observe import DEFAULT_TELEMETRY, Observation, Telemetry, observe_call
 from onceonly.tools.serializer import DEFAULT_SERIALIZER, Serializer, _class_path, _resolve
 
@@ -73,6 +76,7 @@ class CallSpec:
     telemetry: Telemetry | None = DEFAULT_TELEMETRY
     operation: str = ""
     tool: str | None = None
+    atomic: bool = False  # SPEC 13a: run in the store's transaction, commit with the record
     signature: inspect.Signature = field(init=False)
     _return_checked: bool = field(init=False, default=False)
 
@@ -92,6 +96,8 @@ class CallSpec:
                     f"store_exceptions must be Exception subclasses, not {exc_type!r}"
                 )
             _class_path(exc_type)  # replays must find the class again
+        if self.atomic:
+            require_atomic(self.store)
 
     @property
     def name(self) -> str:
@@ -335,6 +341,9 @@ def call_sync(spec: CallSpec, call: Call, args: tuple[Any, ...], kwargs: dict[st
         case Refuse():
             obs.finish(decision.outcome)
             raise spec.refused(decision, call)
+        case Execute(token, outcome) if spec.atomic:
+            obs.decided(outcome)
+            return _atomic_sync(spec, store, call, token, args, kwargs, obs)
         case Execute(token, outcome):
             obs.decided(outcome)
             try:
@@ -376,6 +385,9 @@ async def call_async(
         case Refuse():
             obs.finish(decision.outcome)
             raise spec.refused(decision, call)
+        case Execute(token, outcome) if spec.atomic:
+            obs.decided(outcome)
+            return await _atomic_async(spec, store, call, token, args, kwargs, obs)
         case Execute(token, outcome):
             obs.decided(outcome)
             try:
@@ -393,6 +405,96 @@ async def call_async(
                 raise error
             return value
     raise AssertionError(f"unexpected decision {decision!r}")  # pragma: no cover
+
+
+def _taken_over(spec: CallSpec, call: Call, ending: Ending) -> None:
+    if ending is Ending.TAKEN_OVER:
+        raise ClaimTakenOver(
+            f"{spec.name}: the claim on key {call.key!r} lapsed and another call took it over; "
+            "nothing this call wrote in its atomic transaction was committed - retry to get "
+            "the result",
+            key=call.key,
+            retry_after=1.0,
+        )
+
+
+def _atomic_sync(
+    spec: CallSpec,
+    store: Store,
+    call: Call,
+    token: int,
+    args: tuple[Any, ...],
+    kwargs: Any,
+    obs: Observation,
+) -> Any:
+    """SPEC 13a: the function writes in the unit's transaction; the result commits with it."""
+    unit = open_unit(store, call.id, token, call.fingerprint, spec.policy)
+    try:
+        beat = Heartbeat(store, call.id, token, spec.policy, idle=lambda: unit.holding)
+        with keyed(call.key), bound(unit), obs.active(), beat:
+            value = spec.fn(*args, **kwargs)
+    except BaseException as exc:
+        what = Release() if isinstance(exc, ClaimTakenOver) else spec.on_exception(exc)
+        _finish_observed(unit, store, what, spec, obs)
+        obs.executed(409 if unit.lost else 500)
+        raise
+    settlement, error = spec.on_result(value, call)
+    ending = _finish_observed(unit, store, settlement, spec, obs)
+    obs.executed(409 if ending is Ending.TAKEN_OVER else 200)
+    _taken_over(spec, call, ending)
+    if error is not None:
+        raise error
+    return value
+
+
+def _finish_observed(
+    unit: AtomicUnit, store: Store, what: Settlement, spec: CallSpec, obs: Observation
+) -> Ending:
+    what = obs.annotate(what)
+    started = time.perf_counter()
+    ending = finish(unit, store, what, spec.policy)
+    obs.settled(what, time.perf_counter() - started)
+    return ending
+
+
+async def _atomic_async(
+    spec: CallSpec,
+    store: AsyncStore,
+    call: Call,
+    token: int,
+    args: tuple[Any, ...],
+    kwargs: Any,
+    obs: Observation,
+) -> Any:
+    """The async twin of :func:`_atomic_sync`."""
+    unit = await aopen_unit(store, call.id, token, call.fingerprint, spec.policy)
+    try:
+        with keyed(call.key), bound(unit), obs.active():
+            idle = lambda: unit.holding  # noqa: E731 - the open transaction holds the record
+            async with AsyncHeartbeat(store, call.id, token, spec.policy, idle=idle):
+                value = await spec.fn(*args, **kwargs)
+    except BaseException as exc:
+        what = Release() if isinstance(exc, ClaimTakenOver) else spec.on_exception(exc)
+        await _afinish_observed(unit, store, what, spec, obs)
+        obs.executed(409 if unit.lost else 500)
+        raise
+    settlement, error = spec.on_result(value, call)
+    ending = await _afinish_observed(unit, store, settlement, spec, obs)
+    obs.executed(409 if ending is Ending.TAKEN_OVER else 200)
+    _taken_over(spec, call, ending)
+    if error is not None:
+        raise error
+    return value
+
+
+async def _afinish_observed(
+    unit: AtomicUnit, store: AsyncStore, what: Settlement, spec: CallSpec, obs: Observation
+) -> Ending:
+    what = obs.annotate(what)
+    started = time.perf_counter()
+    ending = await afinish(unit, store, what, spec.policy)
+    obs.settled(what, time.perf_counter() - started)
+    return ending
 
 
 Keyer = Callable[[CallSpec, tuple[Any, ...], dict[str, Any]], Call]

@@ -78,6 +78,7 @@ def idempotent(
     namespace: str | None = None,
     validate_return: bool = True,
     telemetry: Telemetry | None = DEFAULT_TELEMETRY,
+    atomic: bool = False,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Make a sync or async function run once per key (SPEC 28).
 
@@ -90,6 +91,8 @@ def idempotent(
     raised again on replay instead of releasing the claim. ``validate_return`` refuses, before
     running, a return annotation the serializer certainly cannot store. ``telemetry``: spans,
     metrics and audit lines per call (docs/observability.md); None turns them off.
+    ``atomic=True`` (SQLite and PostgreSQL stores) lets the function write in the store's
+    transaction (:mod:`onceonly.atomic`) and commits its result with those writes (SPEC 13a).
     """
     chosen = _policy(policy, ttl=ttl, lease=lease, wait=wait)
 
@@ -103,6 +106,7 @@ def idempotent(
             frozenset(ignore_args),
             validate_return,
             telemetry,
+            atomic=atomic,
         )
         operation = spec.operation = namespace or spec.name
         scope = f"function\0{operation}"

@@ -1,0 +1,34 @@
+"""The atomic unit of the execution in progress, readable anywhere below a handler (SPEC 13a)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+from onceonly.errors import NoAtomicContext
+from onceonly.stores.base import AtomicUnit
+
+_current_unit: ContextVar[AtomicUnit | None] = ContextVar("onceonly_atomic_unit", default=None)
+
+
+def current_unit() -> AtomicUnit:
+    """The unit of the atomic handler or function running now; :class:`NoAtomicContext` if none."""
+    unit = _current_unit.get()
+    if unit is None:
+        raise NoAtomicContext(
+            "no atomic idempotent execution is running here: onceonly.atomic works inside a "
+            "handler behind IdempotencyMiddleware(..., atomic=True) or an "
+            "@idempotent(..., atomic=True) function, once its key was claimed"
+        )
+    return unit
+
+
+@contextmanager
+def bound(unit: AtomicUnit) -> Iterator[None]:
+    """Make ``unit`` the current unit while the handler runs."""
+    reset = _current_unit.set(unit)
+    try:
+        yield
+    finally:
+        _current_unit.reset(reset)
