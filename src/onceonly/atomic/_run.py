@@ -57,6 +57,16 @@ async def aopen_unit(
     return unit
 
 
+def _flushed(unit: AtomicUnit, store: Store) -> None:
+    """Flush pending ORM changes; a failure there is the handler's failure (SPEC 12)."""
+    try:
+        unit.flush()
+    except BaseException:
+        unit.abort()
+        store.release(unit.id, unit.token)
+        raise
+
+
 def finish(unit: AtomicUnit, store: Store, what: Settlement, policy: Policy) -> Ending:
     """Commit or roll back ``unit`` as ``what`` says; always gives its connection back.
 
@@ -66,6 +76,7 @@ def finish(unit: AtomicUnit, store: Store, what: Settlement, policy: Policy) -> 
     try:
         match what:
             case Complete(response):
+                _flushed(unit, store)
                 ok = unit.complete(response, policy.ttl_s, policy.retention_s)
                 return Ending.COMMITTED if ok else Ending.TAKEN_OVER
             case Release():
@@ -88,6 +99,12 @@ async def _afinish(unit: AtomicUnit, store: AsyncStore, what: Settlement, policy
     try:
         match what:
             case Complete(response):
+                try:
+                    await unit.aflush()
+                except BaseException:
+                    await unit.aabort()
+                    await store.arelease(unit.id, unit.token)
+                    raise
                 ok = await unit.acomplete(response, policy.ttl_s, policy.retention_s)
                 return Ending.COMMITTED if ok else Ending.TAKEN_OVER
             case Release():

@@ -61,6 +61,7 @@ class Link(Protocol):
     @property
     def handle(self) -> object: ...
     def begin(self) -> None: ...
+    def flush(self) -> None: ...
     def commit(self) -> None: ...
     def rollback(self) -> None: ...
     def close(self) -> None: ...
@@ -86,6 +87,9 @@ class RawLink:
 
     def begin(self) -> None:
         self._conn.execute("BEGIN IMMEDIATE")
+
+    def flush(self) -> None:
+        pass  # every statement went straight to the connection
 
     def commit(self) -> None:
         self._conn.execute("COMMIT")
@@ -183,8 +187,8 @@ class SQLiteUnit:
         """Commit the work so far with the recovery point ``name``; renew the lease too."""
         if not isinstance(name, str) or not name:
             raise ConfigurationError(f"a phase name must be a non-empty string, not {name!r}")
-        link = self._link if self._open else self.attach(RawLink, RawLink)
-        assert link is not None
+        link = self._ready()
+        link.flush()
         phases = (*self._phases, name)
         with _translated(self.store.path):
             try:
@@ -208,9 +212,10 @@ class SQLiteUnit:
 
     def complete(self, response: StoredResponse, ttl: float, retention: float) -> bool:
         """Complete the record in the unit's transaction and commit it with the handler's
-        writes. False (everything rolled back) if the token no longer holds the key."""
-        link = self._link if self._open else self.attach(RawLink, RawLink)
-        assert link is not None
+        writes. False (everything rolled back) if the token no longer holds the key.
+
+        Call :meth:`flush` first: an error there is the handler's, not the store's."""
+        link = self._ready()
         with _translated(self.store.path):
             try:
                 now = self.store._clock()
@@ -224,6 +229,11 @@ class SQLiteUnit:
         self._open = False
         self.store._notifier.notify(self.id)
         return True
+
+    def flush(self) -> None:
+        """Send the handler's pending ORM changes, if its link has any (SQLAlchemy)."""
+        if self._link is not None and self._open:
+            self._link.flush()
 
     def abort(self) -> None:
         """Roll back whatever the transaction holds (the handler's writes included)."""
@@ -259,6 +269,9 @@ class SQLiteUnit:
     async def acomplete(self, response: StoredResponse, ttl: float, retention: float) -> bool:
         return await asyncio.to_thread(self.complete, response, ttl, retention)
 
+    async def aflush(self) -> None:
+        await asyncio.to_thread(self.flush)
+
     async def aabort(self) -> None:
         await asyncio.to_thread(self.abort)
 
@@ -266,6 +279,16 @@ class SQLiteUnit:
         await asyncio.to_thread(self.close)
 
     # -- internals -----------------------------------------------------------------------
+
+    def _ready(self) -> Link:
+        """The link, in a transaction that holds the write lock and the claim."""
+        if self._open and self._link is not None and not self._link.raw.in_transaction:
+            self._open = False  # the application rolled back itself: begin (and check) again
+        if not self._open:
+            kind = type(self._link) if self._link is not None else RawLink
+            self.attach(kind, RawLink)  # an existing link is reused; RawLink only opens one
+        assert self._link is not None
+        return self._link
 
     def _begin(self) -> None:
         link = self._link

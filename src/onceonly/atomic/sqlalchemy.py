@@ -1,0 +1,128 @@
+"""Atomic completion with SQLAlchemy (SPEC 13a): write with your Core connection or ORM session.
+
+Inside an atomic handler or ``@idempotent(..., atomic=True)`` function whose store is a
+:class:`~onceonly.stores.sqlite.SQLiteStore` on the application's own database file::
+
+    from onceonly.atomic.sqlalchemy import connection, session
+
+    session(engine).add(Charge(order_id=order, cents=cents))      # ORM
+    connection(engine).execute(insert(charges).values(...))       # or Core
+
+Both are the same SQLAlchemy ``Connection`` of ``engine``, in the execution's transaction: the
+record's completion is written on its DBAPI connection and committed with your writes, once.
+Do not commit yourself; ``Session.commit()`` is harmless (the session joins the outer
+transaction in ``rollback_only`` mode and leaves it open), pending ORM changes are flushed before the record completes,
+and a flush error counts as the handler's exception (writes rolled back, claim released).
+
+The engine must reach the store's file (:class:`~onceonly.errors.ForeignConnection` if not),
+and the store's tables may live in that same database next to the application's.
+Requires SQLAlchemy 2 (``pip install sqlalchemy``); sync only for now.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from sqlalchemy import Connection, Engine
+from sqlalchemy.orm import Session
+
+from onceonly.atomic._context import current_unit
+from onceonly.errors import AtomicUnsupported, ForeignConnection
+from onceonly.stores.sqlite import PHASES, SQLiteStore
+from onceonly.stores.sqlite_atomic import SQLiteUnit, same_database
+
+
+class SQLAlchemyLink:
+    """A connection of the application's engine, as the unit's link to the database."""
+
+    def __init__(self, engine: Engine, store: SQLiteStore) -> None:
+        self.engine = engine
+        self._conn = engine.connect()
+        self._session: Session | None = None
+        try:
+            raw: object = self._conn.connection.dbapi_connection
+            if not isinstance(raw, sqlite3.Connection):
+                raise ForeignConnection(
+                    f"engine {engine.url!r} is not a SQLite engine on the store's file "
+                    f"{store.path!r}; atomic completion needs one database for both"
+                )
+            same_database(raw, store)
+        except BaseException:
+            self._conn.close()
+            raise
+        self._raw: sqlite3.Connection = raw
+
+    @property
+    def raw(self) -> sqlite3.Connection:
+        return self._raw
+
+    @property
+    def handle(self) -> Connection:
+        return self._conn
+
+    def session(self, **options: Any) -> Session:
+        """One ORM session per execution, joined to the connection's transaction."""
+        if self._session is None:
+            self._session = Session(
+                bind=self._conn, join_transaction_mode="rollback_only", **options
+            )
+        return self._session
+
+    def begin(self) -> None:
+        self._conn.begin()
+        if not self._raw.in_transaction:
+            self._raw.execute("BEGIN IMMEDIATE")
+        else:
+            # The engine began on its own (a "begin" event emitting BEGIN, as SQLAlchemy's
+            # pysqlite recipe does): a write statement takes the write lock before anything
+            # is read, which is what BEGIN IMMEDIATE would have done.
+            self._raw.execute(f"DELETE FROM {PHASES} WHERE 0")
+
+    def flush(self) -> None:
+        if self._session is not None:
+            self._session.flush()
+
+    def commit(self) -> None:
+        self._conn.commit()
+
+    def rollback(self) -> None:
+        if self._session is not None:
+            self._session.expunge_all()  # its objects describe rows that no longer exist
+        self._conn.rollback()
+
+    def close(self) -> None:
+        try:
+            if self._session is not None:
+                self._session.close()
+        finally:
+            self._conn.close()
+
+
+def _link(engine: Engine) -> SQLAlchemyLink:
+    unit = current_unit()
+    if not isinstance(unit, SQLiteUnit):
+        raise AtomicUnsupported(
+            f"the SQLAlchemy integration works with SQLiteStore; this execution's store gives "
+            f"{type(unit).__name__} units"
+        )
+    link = unit.attach(SQLAlchemyLink, lambda store: SQLAlchemyLink(engine, store))
+    if link.engine is not engine:
+        raise ForeignConnection(
+            "this execution's atomic transaction is already open on another engine; use one "
+            "engine for every write of one handler"
+        )
+    return link
+
+
+def connection(engine: Engine) -> Connection:
+    """``engine``'s connection in this execution's transaction (begun on first use)."""
+    return _link(engine).handle
+
+
+def session(engine: Engine, **options: Any) -> Session:
+    """An ORM session on :func:`connection` (the same one for the whole execution)."""
+    return _link(engine).session(**options)
+
+
+__all__ = ["SQLAlchemyLink", "connection", "session"]
