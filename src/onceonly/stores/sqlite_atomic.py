@@ -215,7 +215,10 @@ class SQLiteUnit:
         writes. False (everything rolled back) if the token no longer holds the key.
 
         Call :meth:`flush` first: an error there is the handler's, not the store's."""
-        link = self._ready()
+        try:
+            link = self._ready()
+        except ClaimTakenOver:
+            return False
         with _translated(self.store.path):
             try:
                 now = self.store._clock()
