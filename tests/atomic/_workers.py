@@ -176,11 +176,12 @@ def phased_worker(path: str, foreign_path: str, conn: Connection) -> None:
         conn.send(("done", key, ride(key, pause)))
 
 
-def stalled_holder(path: str, key: str, conn: Connection) -> None:
-    """One atomic charge that reports before it writes and waits to be told to go on.
+def stalled_holder(path: str, key: str, when: str, conn: Connection) -> None:
+    """One atomic charge that reports at ``when`` (``before_write`` or ``after_write``) and
+    waits to be told to go on.
 
-    The parent SIGSTOPs it there (heartbeat included), lets a retry take the key over, then
-    SIGCONTs it and says go: its write and completion must be refused and rolled back.
+    The parent SIGSTOPs it there (its heartbeat too) and lets the lease lapse, tries to take
+    the key over, then SIGCONTs it and says go.
     """
     from onceonly.errors import ClaimTakenOver
     from onceonly.tools import idempotent
@@ -189,9 +190,13 @@ def stalled_holder(path: str, key: str, conn: Connection) -> None:
 
     @idempotent(store, key=lambda key: key, policy=policy(), atomic=True, namespace="charge1")
     def charge(key: str) -> dict[str, Any]:
-        conn.send(("claimed", key, None))
-        conn.recv()  # the parent stops us around here, and later says go
+        if when == "before_write":
+            conn.send(("stalling", key, when))
+            conn.recv()
         row = _write(store, True, key, 100)
+        if when == "after_write":
+            conn.send(("stalling", key, when))
+            conn.recv()
         return {"key": key, "row": row}
 
     try:
