@@ -74,6 +74,9 @@ def finish(unit: AtomicUnit, store: Store, what: Settlement, policy: Policy) -> 
     stays in flight until its lease lapses (a retry then runs cleanly).
     """
     try:
+        if unit.lost:  # refused earlier; the handler's answer (maybe a 500) is moot
+            unit.abort()
+            return Ending.TAKEN_OVER
         match what:
             case Complete(response):
                 _flushed(unit, store)
@@ -97,6 +100,9 @@ async def afinish(unit: AtomicUnit, store: AsyncStore, what: Settlement, policy:
 
 async def _afinish(unit: AtomicUnit, store: AsyncStore, what: Settlement, policy: Policy) -> Ending:
     try:
+        if unit.lost:
+            await unit.aabort()
+            return Ending.TAKEN_OVER
         match what:
             case Complete(response):
                 try:

@@ -136,6 +136,7 @@ class SQLiteUnit:
         self._link: Link | None = None
         self._open = False
         self._phases: tuple[str, ...] = ()
+        self._lost = False
 
     # -- what the handler sees -----------------------------------------------------------
 
@@ -144,6 +145,12 @@ class SQLiteUnit:
         """Whether a transaction is open (it holds the write lock, so no takeover can happen
         and a heartbeat need not - and could not - renew the lease meanwhile)."""
         return self._open
+
+    @property
+    def lost(self) -> bool:
+        """Whether a re-check found the claim taken over: whatever the handler answered
+        (a framework may have turned the refusal into a 500), this attempt is over."""
+        return self._lost
 
     @property
     def phases(self) -> tuple[str, ...]:
@@ -223,6 +230,7 @@ class SQLiteUnit:
             try:
                 now = self.store._clock()
                 if not complete_in(link.raw, self.id, self.token, response, ttl, retention, now):
+                    self._lost = True
                     self.abort()
                     return False
                 link.commit()
@@ -310,6 +318,7 @@ class SQLiteUnit:
             raise self._taken_over()
 
     def _taken_over(self) -> ClaimTakenOver:
+        self._lost = True
         return ClaimTakenOver(
             "this attempt's claim lapsed and another attempt took the key over; nothing this "
             "attempt wrote in the atomic transaction was committed - retry to get the result",
