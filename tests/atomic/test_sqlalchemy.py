@@ -161,7 +161,7 @@ def test_an_engine_on_another_database_is_refused(
     def charge() -> None:
         sa_atomic.connection(other)
 
-    with pytest.raises(ForeignConnection, match="other.db"):
+    with pytest.raises(ForeignConnection, match=r"other\.db"):
         charge()
     other.dispose()
 
