@@ -7,10 +7,14 @@ from __future__ import annotations
 
 from onceonly.context import current_key
 from onceonly.errors import (
+    AtomicUnsupported,
+    ClaimTakenOver,
     ConfigurationError,
+    ForeignConnection,
     IdempotencyConflict,
     InvalidKey,
     KeyMismatch,
+    NoAtomicContext,
     OnceOnlyError,
     StillInFlight,
     StoreError,
@@ -26,11 +30,15 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AsyncStore",
+    "AtomicUnsupported",
+    "ClaimTakenOver",
     "ConfigurationError",
+    "ForeignConnection",
     "IdempotencyConflict",
     "InvalidKey",
     "KeyMismatch",
     "MemoryStore",
+    "NoAtomicContext",
     "OnceOnlyError",
     "Outcome",
     "Policy",

@@ -11,8 +11,9 @@ Inside an atomic handler or ``@idempotent(..., atomic=True)`` function whose sto
 Both are the same SQLAlchemy ``Connection`` of ``engine``, in the execution's transaction: the
 record's completion is written on its DBAPI connection and committed with your writes, once.
 Do not commit yourself; ``Session.commit()`` is harmless (the session joins the outer
-transaction in ``rollback_only`` mode and leaves it open), pending ORM changes are flushed before the record completes,
-and a flush error counts as the handler's exception (writes rolled back, claim released).
+transaction in ``rollback_only`` mode and leaves it open), pending ORM changes are flushed
+before the record completes, and a flush error counts as the handler's exception (writes
+rolled back, claim released).
 
 The engine must reach the store's file (:class:`~onceonly.errors.ForeignConnection` if not),
 and the store's tables may live in that same database next to the application's.

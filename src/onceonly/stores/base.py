@@ -73,7 +73,8 @@ class AtomicUnit(Protocol):
     The handler's transaction opens lazily (``connection``); ``mark`` commits a recovery point;
     ``complete`` writes the record's completion in the same transaction and commits once,
     returning False (all rolled back) when the fencing token was taken over. ``holding`` is
-    True while a transaction is open; ``lost`` once a re-check found the claim taken over. Sync and async twins, as everywhere (STYLE 5).
+    True while a transaction is open; ``lost`` once a re-check found the claim taken over.
+    Sync and async twins, as everywhere (STYLE 5).
     """
 
     id: str
