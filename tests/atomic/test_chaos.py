@@ -80,7 +80,7 @@ class Worker:
         while self.conn.poll(0):
             try:
                 left.append(self.conn.recv())
-            except EOFError:
+            except (EOFError, OSError):  # a reset: it died with our job unread; we retry
                 break
         self.conn.close()
         self.start()
