@@ -37,7 +37,7 @@ from onceonly.http._exchange import (
 from onceonly.outcomes import Outcome
 from onceonly.policy import Policy
 from onceonly.problems import ProblemResponse
-from onceonly.stores.base import Store
+from onceonly.stores.base import AtomicUnit, Store
 from onceonly.telemetry.observe import DEFAULT_TELEMETRY, NULL_OBSERVATION, Telemetry, observe
 
 Environ = dict[str, Any]
@@ -228,18 +228,18 @@ class _Responder:
         heartbeat = Heartbeat(self.store, ident.id, token, self.policy, idle=lambda: unit.holding)
         self.environ[ENVIRON_KEY] = ident.key
         reset = _current_key.set(ident.key)
+        result: Iterable[bytes] = ()
         try:
             with heartbeat, bound(unit), self.obs.active():
                 result = self.app(self.environ, start_response)
-                try:
-                    for chunk in result:  # a generator app runs its handler here
-                        capture.chunk(chunk)
-                        chunks.append(chunk)
-                finally:
-                    close = getattr(result, "close", None)
-                    if close is not None:
-                        close()
+                for chunk in result:  # a generator app runs its handler here
+                    capture.chunk(chunk)
+                    chunks.append(chunk)
             capture.end()
+            # The app's close() comes after the commit: frameworks release their database
+            # connection there (Django's request_finished), which would undo an open
+            # transaction.
+            return self._commit_then_answer(ident, unit, capture, started, chunks)
         except ClaimTakenOver:
             unit.close()
             return self._problem(taken_over(self.policy), Outcome.CONFLICT_IN_FLIGHT)
@@ -249,6 +249,18 @@ class _Responder:
             raise
         finally:
             _current_key.reset(reset)
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+
+    def _commit_then_answer(
+        self,
+        ident: Identity,
+        unit: AtomicUnit,
+        capture: Capture,
+        started: list[tuple[str, list[tuple[str, str]]]],
+        chunks: list[bytes],
+    ) -> Iterable[bytes]:
         obs = self.obs
         settlement = capture.settlement(self.policy, obs.trace_ids, obs.stored_headers())
         begun = time.perf_counter()
