@@ -54,6 +54,7 @@ class Worker:
     path: str
     door: str
     atomic: bool
+    target: Any = charge_worker
     kills: int = 0
     proc: Any = None
     conn: Any = None
@@ -62,7 +63,7 @@ class Worker:
     def start(self) -> None:
         ours, theirs = SPAWN.Pipe()
         self.proc = SPAWN.Process(
-            target=charge_worker, args=(self.path, self.door, self.atomic, theirs), daemon=True
+            target=self.target, args=(self.path, self.door, self.atomic, theirs), daemon=True
         )
         self.proc.start()
         theirs.close()

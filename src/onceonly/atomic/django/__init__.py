@@ -1,0 +1,119 @@
+"""Atomic completion with Django (SPEC 13a): the ORM's writes commit with the record.
+
+Add ``"onceonly.atomic.django"`` to ``INSTALLED_APPS`` (its migration creates the record tables
+in the default database; the store would also create them itself), open the store on the
+same SQLite file as ``DATABASES["default"]``, and wrap the WSGI application::
+
+    application = WSGIIdempotencyMiddleware(
+        get_wsgi_application(), store=SQLiteStore(settings.DATABASES["default"]["NAME"]),
+        atomic=True,
+    )
+
+In a view (or an ``@idempotent(..., atomic=True)`` function)::
+
+    from onceonly.atomic import django as dj_atomic
+
+    def create_charge(request):
+        dj_atomic.transaction()                  # transaction.atomic() on "default", begun now
+        Charge.objects.create(order=..., cents=...)
+        return JsonResponse({...}, status=201)   # the record commits with the charge
+
+``transaction()`` enters ``transaction.atomic(using)`` for the execution and takes SQLite's
+write lock at once; the middleware leaves it with the record written, which commits both.
+Nested ``transaction.atomic()`` blocks inside become savepoints as usual. Not with
+``ATOMIC_REQUESTS`` (the outermost transaction must be the execution's, so a
+:class:`~onceonly.errors.ConfigurationError` says so) and sync only: Django's connections
+belong to one thread, so use it behind the WSGI middleware or in sync functions.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from django.db import connections
+from django.db import transaction as dj_transaction
+
+from onceonly.atomic._context import current_unit
+from onceonly.errors import AtomicUnsupported, ConfigurationError, ForeignConnection
+from onceonly.stores.sqlite import PHASES, SQLiteStore
+from onceonly.stores.sqlite_atomic import SQLiteUnit, same_database
+
+
+class _RolledBack(Exception):
+    """Handed to ``Atomic.__exit__`` to make Django roll the transaction back."""
+
+
+class DjangoLink:
+    """A Django database connection (``connections[using]``) as the unit's link."""
+
+    def __init__(self, store: SQLiteStore, using: str) -> None:
+        self.using = using
+        self._wrapper: Any = connections[using]
+        if self._wrapper.vendor != "sqlite":
+            raise ForeignConnection(
+                f"database {using!r} is {self._wrapper.vendor}, but the idempotency store is "
+                f"the SQLite file {store.path!r}; atomic completion needs one database for both"
+            )
+        self._wrapper.ensure_connection()
+        same_database(self._wrapper.connection, store)
+        self._atomic: Any = None
+
+    @property
+    def raw(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection = self._wrapper.connection
+        return conn
+
+    @property
+    def handle(self) -> Any:
+        return self._wrapper
+
+    def begin(self) -> None:
+        if self._wrapper.in_atomic_block:
+            raise ConfigurationError(
+                f"database {self.using!r} is already inside transaction.atomic() (is "
+                "ATOMIC_REQUESTS on?): the record must commit the outermost transaction, so "
+                "let onceonly's atomic=True be it"
+            )
+        self._atomic = dj_transaction.atomic(using=self.using)
+        self._atomic.__enter__()
+        # Django begins with a plain (deferred) BEGIN unless OPTIONS["transaction_mode"] is
+        # "IMMEDIATE": a first write takes the write lock now, before anything is read.
+        self.raw.execute(f"DELETE FROM {PHASES} WHERE 0")
+
+    def flush(self) -> None:
+        pass  # the ORM writes as it goes
+
+    def commit(self) -> None:
+        atomic, self._atomic = self._atomic, None
+        if atomic is not None:
+            atomic.__exit__(None, None, None)
+
+    def rollback(self) -> None:
+        atomic, self._atomic = self._atomic, None
+        if atomic is not None:
+            error = _RolledBack()
+            atomic.__exit__(_RolledBack, error, None)
+
+    def close(self) -> None:
+        self.rollback()  # Django keeps (and closes) its own connections
+
+
+def transaction(using: str = "default") -> Any:
+    """Begin this execution's transaction on Django's ``using`` database (once) and return
+    that database's connection wrapper; the ORM's writes on it commit with the record."""
+    unit = current_unit()
+    if not isinstance(unit, SQLiteUnit):
+        raise AtomicUnsupported(
+            f"the Django integration works with SQLiteStore; this execution's store gives "
+            f"{type(unit).__name__} units"
+        )
+    link = unit.attach(DjangoLink, lambda store: DjangoLink(store, using))
+    if link.using != using:
+        raise ConfigurationError(
+            f"this execution's atomic transaction is on database {link.using!r}, not {using!r}"
+        )
+    return link.handle
+
+
+__all__ = ["DjangoLink", "transaction"]

@@ -1,0 +1,104 @@
+"""A Django project in one child process: the ORM writes a charge behind the WSGI middleware.
+
+Settings are configured here, in the child, so Django's one-per-process configuration never
+meets the other tests'. ``migrate`` runs onceonly's migration (the record tables) and creates
+the test model's table; the store then opens the same file.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from multiprocessing.connection import Connection
+from typing import Any
+
+from ._workers import _pause, policy
+
+_conn: Connection | None = None
+
+
+def create_charge(request: Any) -> Any:
+    from django.http import JsonResponse
+
+    from onceonly.atomic import django as dj_atomic
+
+    from .models import Charge
+
+    assert _conn is not None
+    doc = json.loads(request.body)
+    pause = request.META.get("HTTP_X_PAUSE")
+    _pause(_conn, doc["key"], "before_write", pause)
+    dj_atomic.transaction()
+    charge = Charge.objects.create(key=doc["key"], cents=doc["cents"])
+    _pause(_conn, doc["key"], "after_write", pause)
+    return JsonResponse({"key": doc["key"], "row": charge.pk}, status=201)
+
+
+def _urls() -> list[Any]:
+    from django.urls import path
+
+    return [path("charges", create_charge)]
+
+
+urlpatterns: list[Any] = []
+
+
+def django_worker(path: str, door: str, is_atomic: bool, conn: Connection) -> None:
+    """Serve ``(key, cents, pause)`` charge jobs through Django; same protocol as
+    :func:`._workers.charge_worker`."""
+    global _conn
+    _conn = conn
+    import django
+    from django.conf import settings
+
+    settings.configure(
+        DEBUG=False,
+        SECRET_KEY="onceonly-atomic-tests",
+        ALLOWED_HOSTS=["*"],
+        ROOT_URLCONF=__name__,
+        MIDDLEWARE=[],
+        INSTALLED_APPS=["onceonly.atomic.django", "atomic"],
+        DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": path}},
+        DEFAULT_AUTO_FIELD="django.db.models.AutoField",
+        USE_TZ=True,
+    )
+    django.setup()
+    urlpatterns[:] = _urls()
+    from django.core.management import call_command
+    from django.core.wsgi import get_wsgi_application
+
+    from onceonly.http.wsgi import IdempotencyMiddleware
+    from onceonly.stores.sqlite import SQLiteStore
+
+    call_command("migrate", run_syncdb=True, verbosity=0)
+    store = SQLiteStore(path)
+    app = IdempotencyMiddleware(
+        get_wsgi_application(), store=store, policy=policy(), atomic=is_atomic
+    )
+    conn.send(("ready", "", None))
+    while True:
+        key, cents, pause = conn.recv()
+        body = json.dumps({"key": key, "cents": cents}).encode()
+        environ = {
+            "REQUEST_METHOD": "POST",
+            "PATH_INFO": "/charges",
+            "SERVER_NAME": "testserver",
+            "SERVER_PORT": "80",
+            "wsgi.url_scheme": "http",
+            "CONTENT_TYPE": "application/json",
+            "CONTENT_LENGTH": str(len(body)),
+            "HTTP_IDEMPOTENCY_KEY": key,
+            "wsgi.input": io.BytesIO(body),
+            "wsgi.errors": io.StringIO(),
+        }
+        if pause is not None:
+            environ["HTTP_X_PAUSE"] = pause
+        got: list[str] = []
+        chunks = app(environ, lambda status, headers, exc_info=None, got=got: got.append(status))
+        answer = b"".join(chunks)
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+        assert got == ["201 Created"], (got, answer)
+        _pause(conn, key, "after_commit", pause)
+        conn.send(("done", key, json.loads(answer)))

@@ -1,0 +1,38 @@
+"""Atomic completion with Django (SPEC 13a): the record tables come from a Django migration,
+the view writes with the ORM inside ``onceonly.atomic.django.transaction()``, and a worker
+SIGKILLed before and after the commit still charges every key exactly once.
+
+Django runs in child processes only (its settings are once per process).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from ._django_worker import django_worker
+from .test_chaos import POINTS, Worker, charge_until_answered, ledger_rows
+
+pytestmark = pytest.mark.slow
+
+
+def test_django_orm_charges_commit_with_the_record_exactly_once(tmp_path: Path) -> None:
+    db = str(tmp_path / "django.db")  # empty: Django's migrate creates every table
+    worker = Worker(db, "wsgi", True, target=django_worker)
+    worker.start()
+    answers = {}
+    try:
+        with sqlite3.connect(db) as raw:
+            applied = raw.execute("SELECT app, name FROM django_migrations").fetchall()
+        assert ("onceonly", "0001_initial") in applied
+        for n, pause in enumerate([None, *POINTS, *POINTS, None]):
+            key = f"dj-{n}"
+            answers[key] = charge_until_answered(worker, key, 100 + n, pause, None, db)
+    finally:
+        worker.stop()
+    assert worker.kills == 2 * len(POINTS)
+    rows = ledger_rows(db)
+    assert {key: len(ids) for key, ids in rows.items()} == dict.fromkeys(answers, 1)
+    assert all(answer == {"key": key, "row": rows[key][0]} for key, answer in answers.items())
