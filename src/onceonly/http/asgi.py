@@ -9,6 +9,7 @@ message as the application sends them; a copy is kept only while it fits the cac
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -224,7 +225,8 @@ class _Responder:
             unit = await aopen_unit(self.store, ident.id, token, ident.fingerprint, self.policy)
         except StoreError as exc:
             log.error("idempotency store unavailable, failing closed: %s", exc)
-            await shielded(self.store.arelease(ident.id, token))
+            with contextlib.suppress(StoreError):  # the lease lapses if this fails too
+                await shielded(self.store.arelease(ident.id, token))
             await self._problem(unavailable(self.policy), Outcome.STORE_ERROR)
             return
         held: list[Message] = []
