@@ -116,10 +116,57 @@ def _wsgi_door(
     return charge
 
 
+def _asgi_door(
+    store: SQLiteStore, is_atomic: bool, conn: Connection
+) -> Callable[[str, int, str | None], dict[str, Any]]:
+    """A Starlette app behind the ASGI middleware, driven by httpx's ASGI transport: the
+    async path (``atransaction``, units settled on worker threads) in a killable process."""
+    import asyncio
+
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from onceonly.http.asgi import IdempotencyMiddleware
+
+    async def create(request: Request) -> JSONResponse:
+        doc = await request.json()
+        pause = request.headers.get("x-pause")
+        _pause(conn, doc["key"], "before_write", pause)
+        if is_atomic:
+            db = await atomic.atransaction()
+            cur = db.execute(
+                "INSERT INTO ledger (key, cents) VALUES (?, ?)", (doc["key"], doc["cents"])
+            )
+            row = cur.lastrowid
+        else:
+            row = _write(store, False, doc["key"], doc["cents"])
+        _pause(conn, doc["key"], "after_write", pause)
+        return JSONResponse({"key": doc["key"], "row": row}, status_code=201)
+
+    app = Starlette(routes=[Route("/charges", create, methods=["POST"])])
+    app.add_middleware(IdempotencyMiddleware, store=store, policy=policy(), atomic=is_atomic)
+    transport = httpx.ASGITransport(app=app)
+
+    async def post(key: str, cents: int, pause: str | None) -> dict[str, Any]:
+        headers = {"Idempotency-Key": key, **({"X-Pause": pause} if pause else {})}
+        async with httpx.AsyncClient(transport=transport, base_url="http://w") as client:
+            reply = await client.post(
+                "/charges", json={"key": key, "cents": cents}, headers=headers
+            )
+        assert reply.status_code == 201, reply.text
+        result: dict[str, Any] = reply.json()
+        return result
+
+    return lambda key, cents, pause: asyncio.run(post(key, cents, pause))
+
+
 def charge_worker(path: str, door: str, is_atomic: bool, conn: Connection) -> None:
     """Serve ``(key, cents, pause)`` jobs; answer ``("done", key, result)`` for each."""
     store = SQLiteStore(path)
-    make = _function_door if door == "function" else _wsgi_door
+    make = {"function": _function_door, "wsgi": _wsgi_door, "asgi": _asgi_door}[door]
     charge = make(store, is_atomic, conn)
     conn.send(("ready", "", None))
     while True:

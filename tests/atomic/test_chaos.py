@@ -213,10 +213,11 @@ def run_chaos(
     return workers, answers
 
 
-@pytest.mark.parametrize("door", ["function", "wsgi"])
+@pytest.mark.parametrize("door", ["function", "wsgi", "asgi"])
 def test_every_charge_is_in_the_ledger_exactly_once_despite_sigkills(db: str, door: str) -> None:
     started = time.monotonic()
-    workers, answers = run_chaos(db, door, atomic=True, keys=30, seed=8 if door == "wsgi" else 13)
+    seed = {"function": 13, "wsgi": 8, "asgi": 21}[door]
+    workers, answers = run_chaos(db, door, atomic=True, keys=30, seed=seed)
     # Per worker: six kills at named points, six at random moments (plus kills of retries).
     assert all(worker.kills >= 12 for worker in workers)
     assert len(answers) == 60
@@ -251,7 +252,7 @@ def test_every_charge_is_in_the_ledger_exactly_once_despite_sigkills(db: str, do
     assert time.monotonic() - started < 60
 
 
-@pytest.mark.parametrize("door", ["function", "wsgi"])
+@pytest.mark.parametrize("door", ["function", "wsgi", "asgi"])
 def test_without_atomic_completion_a_kill_after_the_write_charges_twice(db: str, door: str) -> None:
     """The hole SPEC 13a closes, shown deterministically: the write committed on its own, the
     worker dies before completing the record, and the retry (after the lease) runs again."""
@@ -267,7 +268,7 @@ def test_without_atomic_completion_a_kill_after_the_write_charges_twice(db: str,
     assert answer == {"key": "hole", "row": rows["hole"][1]}
 
 
-@pytest.mark.parametrize("door", ["function", "wsgi"])
+@pytest.mark.parametrize("door", ["function", "wsgi", "asgi"])
 def test_with_atomic_completion_the_same_kill_charges_once(db: str, door: str) -> None:
     worker = Worker(db, door, atomic=True)
     worker.start()
