@@ -12,6 +12,12 @@ Replay re-sends the same key through a live client, which re-attaches its own cr
 its breaker, budget and retry rules: a 409 waits, a 422 is terminal. Replays are rate-limited.
 Entries whose window has passed are flagged ``reconcile`` and never re-sent blindly.
 
+Several replayers may share a queue (two ``onceonly dlq replay`` runs, a cron job and a human):
+each entry is *claimed* by one atomic ``UPDATE ... WHERE state = 'parked'`` before it is sent,
+so it is sent by one replayer only. The claim (state ``replaying``) is a lease: its end is kept
+in ``not_before``, so an entry whose replayer died becomes due again when the lease lapses, and
+the settlement of a replayer whose lease lapsed is fenced out by its claim token.
+
 Storage is one SQLite file (WAL, one connection per thread); async methods run the same code on
 a worker thread. The replay decision logic is one generator driven by :meth:`replay` and
 :meth:`areplay` (STYLE 5).
@@ -75,10 +81,13 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
     attempts    TEXT NOT NULL,
     last_error  TEXT NOT NULL,
     replays     INTEGER NOT NULL DEFAULT 0,
-    last_status INTEGER
+    last_status INTEGER,
+    claim       TEXT
 );
 CREATE INDEX IF NOT EXISTS {TABLE}_due ON {TABLE} (state, not_before);
 """
+# Files made before claims existed get the column on open (an ALTER TABLE, once).
+_MIGRATION = f"ALTER TABLE {TABLE} ADD COLUMN claim TEXT"
 _COLUMNS = (
     "id, state, reason, created_at, updated_at, not_before, replay_by, method, url, headers, "
     "redacted, body, key, attempts, last_error, replays, last_status"
@@ -87,6 +96,7 @@ _COLUMNS = (
 
 class EntryState(enum.Enum):
     PARKED = "parked"  # waiting for a replay
+    REPLAYING = "replaying"  # claimed by a replayer; the claim lapses at not_before
     DONE = "done"  # a replay got an answer (2xx/3xx, or a stored replay of one)
     FAILED = "failed"  # a replay got a terminal answer (422 mismatch, other 4xx)
     RECONCILE = "reconcile"  # past its replay window: a human or a job must check the far side
@@ -136,6 +146,14 @@ class _Pace:
 
 
 @dataclass(frozen=True, slots=True)
+class _Claim:
+    """Claim the entry for this replayer; the driver answers with a token, or None."""
+
+    entry: DeadLetter
+    force: bool
+
+
+@dataclass(frozen=True, slots=True)
 class _Resend:
     entry: DeadLetter
 
@@ -144,10 +162,12 @@ class _Resend:
 class _Settle:
     result: ReplayResult
     not_before: float
+    claim: str
 
 
-_ReplayCommand = _Pace | _Resend | _Settle
-_ReplayFlow = Generator[_ReplayCommand, httpx.Response | Exception | None, list[ReplayResult]]
+_ReplayCommand = _Pace | _Claim | _Resend | _Settle
+_ReplayReply = httpx.Response | Exception | str | None
+_ReplayFlow = Generator[_ReplayCommand, _ReplayReply, list[ReplayResult]]
 
 
 def _open_path(url: str | Path) -> Path:
@@ -175,6 +195,7 @@ class DeadLetterQueue:
         replay_window: timedelta | float = timedelta(hours=24),
         redact: Iterable[str] = REDACTED_HEADERS,
         rate: float = 5.0,
+        claim_lease: timedelta | float = timedelta(minutes=5),
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         asleep: Callable[[float], Any] = asyncio.sleep,
@@ -182,8 +203,10 @@ class DeadLetterQueue:
         self.path = _open_path(url)
         window = replay_window
         self.replay_window = window.total_seconds() if isinstance(window, timedelta) else window
-        if self.replay_window <= 0 or rate <= 0:
-            raise ConfigurationError("replay_window and rate must be positive")
+        lease = claim_lease
+        self.claim_lease = lease.total_seconds() if isinstance(lease, timedelta) else lease
+        if self.replay_window <= 0 or rate <= 0 or self.claim_lease <= 0:
+            raise ConfigurationError("replay_window, rate and claim_lease must be positive")
         self.redact = frozenset(h.lower() for h in redact)
         self.rate = rate  # replays per second, at most
         self.clock, self.sleep, self.asleep = clock, sleep, asleep
@@ -192,6 +215,10 @@ class DeadLetterQueue:
         self._lock = threading.Lock()
         with self._db() as db:
             db.executescript(SCHEMA)
+            columns = {row[1] for row in db.execute(f"PRAGMA table_info({TABLE})")}
+            if "claim" not in columns:
+                with contextlib.suppress(sqlite3.OperationalError):  # another opener won
+                    db.execute(_MIGRATION)
 
     # -- storage ------------------------------------------------------------------------------
 
@@ -292,10 +319,11 @@ class DeadLetterQueue:
         return [_row_to_entry(r) for r in rows]
 
     def depth(self) -> int:
-        """Entries waiting for a replay."""
+        """Entries waiting for a replay (parked, or being replayed right now)."""
         with self._db() as db:
             row = db.execute(
-                f"SELECT COUNT(*) FROM {TABLE} WHERE state = ?", (EntryState.PARKED.value,)
+                f"SELECT COUNT(*) FROM {TABLE} WHERE state IN (?, ?)",
+                (EntryState.PARKED.value, EntryState.REPLAYING.value),
             ).fetchone()
         return int(row[0])
 
@@ -309,13 +337,60 @@ class DeadLetterQueue:
             )
         return cur.rowcount
 
+    def _claim(self, claim: _Claim) -> str | None:
+        """Take ``claim.entry`` for this replayer, atomically; its token, or None if taken.
+
+        One ``UPDATE``: it matches only while the entry is still due — parked and due (or
+        forced, or past its window: it is then claimed to be flagged), or claimed by a replayer
+        whose lease has lapsed — so of two replayers racing for it, exactly one wins.
+        """
+        now = self.clock()
+        token = str(uuid.uuid4())
+        with self._db() as db:
+            cur = db.execute(
+                f"UPDATE {TABLE} SET state = ?, claim = ?, not_before = ?, updated_at = ? "
+                "WHERE id = ? AND ((state = ? AND (? OR not_before <= ? OR replay_by < ?)) "
+                "OR (state = ? AND not_before <= ?))",
+                (
+                    EntryState.REPLAYING.value,
+                    token,
+                    now + self.claim_lease,
+                    now,
+                    claim.entry.id,
+                    EntryState.PARKED.value,
+                    claim.force,
+                    now,
+                    now,
+                    EntryState.REPLAYING.value,
+                    now,
+                ),
+            )
+        return token if cur.rowcount == 1 else None
+
+    def _release(self, entry: DeadLetter, token: str) -> None:
+        """Hand a claimed entry back as it was (a replay interrupted before its answer)."""
+        with self._db() as db:
+            db.execute(
+                f"UPDATE {TABLE} SET state = ?, claim = NULL, not_before = ?, updated_at = ? "
+                "WHERE id = ? AND state = ? AND claim = ?",
+                (
+                    EntryState.PARKED.value,
+                    entry.not_before,
+                    self.clock(),
+                    entry.id,
+                    EntryState.REPLAYING.value,
+                    token,
+                ),
+            )
+
     def _settle(self, settle: _Settle) -> None:
+        """Record a replay's result, if this replayer still holds the claim (fencing)."""
         r = settle.result
         with self._db() as db:
             db.execute(
-                f"UPDATE {TABLE} SET state = ?, updated_at = ?, not_before = ?, "
+                f"UPDATE {TABLE} SET state = ?, claim = NULL, updated_at = ?, not_before = ?, "
                 "replays = replays + ?, last_status = COALESCE(?, last_status), "
-                "last_error = ? WHERE id = ?",
+                "last_error = ? WHERE id = ? AND state = ? AND claim = ?",
                 (
                     r.state.value,
                     self.clock(),
@@ -324,27 +399,45 @@ class DeadLetterQueue:
                     r.status,
                     r.detail,
                     r.id,
+                    EntryState.REPLAYING.value,
+                    settle.claim,
                 ),
             )
 
     def _due(self, ids: Iterable[str] | None, force: bool) -> list[DeadLetter]:
-        """Parked entries to replay: the given ids, or every one whose not-before has come."""
+        """Entries to replay: the given ids, or every one whose not-before has come.
+
+        Parked ones (``force`` ignores their not-before), and claimed ones whose replayer's
+        lease has lapsed. Only a candidate list: :meth:`_claim` decides, atomically.
+        """
         if ids is not None:
             found = [self.get(i) for i in ids]
-            entries = [e for e in found if e is not None and e.state is EntryState.PARKED]
+            entries = [e for e in found if e is not None]
         else:
-            entries = self.entries(EntryState.PARKED)
+            entries = self.entries(EntryState.PARKED) + self.entries(EntryState.REPLAYING)
+            entries.sort(key=lambda e: e.created_at)
         now = self.clock()
-        return [e for e in entries if force or e.not_before <= now or e.replay_by < now]
+        return [
+            e
+            for e in entries
+            if (
+                e.state is EntryState.PARKED and (force or e.not_before <= now or e.replay_by < now)
+            )
+            or (e.state is EntryState.REPLAYING and e.not_before <= now)
+        ]
 
     # -- replay -------------------------------------------------------------------------------
 
     def replay(
         self, client: httpx.Client, ids: Iterable[str] | None = None, *, force: bool = False
     ) -> list[ReplayResult]:
-        """Replay due entries (or ``ids``) through ``client``; ``force`` ignores not-before."""
-        flow = self._replay_flow(self._due(ids, force))
-        reply: httpx.Response | Exception | None = None
+        """Replay due entries (or ``ids``) through ``client``; ``force`` ignores not-before.
+
+        Entries another replayer claimed first are left to it and are not in the results.
+        """
+        flow = self._replay_flow(self._due(ids, force), force)
+        reply: _ReplayReply = None
+        held: tuple[DeadLetter, str] | None = None  # a claim not yet settled
         try:
             while True:
                 command = flow.send(reply)
@@ -352,6 +445,9 @@ class DeadLetterQueue:
                 match command:
                     case _Pace(seconds):
                         self.sleep(seconds)
+                    case _Claim(entry):
+                        reply = self._claim(command)
+                        held = (entry, reply) if reply is not None else None
                     case _Resend(entry):
                         try:
                             response = client.send(self._request(client, entry))
@@ -361,16 +457,21 @@ class DeadLetterQueue:
                             reply = exc
                     case _Settle():
                         self._settle(command)
+                        held = None
         except StopIteration as done:
             return list(done.value)
+        finally:
+            if held is not None:  # interrupted mid-replay: let the next replayer have it
+                self._release(*held)
 
     async def areplay(
         self, client: httpx.AsyncClient, ids: Iterable[str] | None = None, *, force: bool = False
     ) -> list[ReplayResult]:
         """:meth:`replay` for an ``httpx.AsyncClient``."""
         due = await asyncio.to_thread(self._due, ids, force)
-        flow = self._replay_flow(due)
-        reply: httpx.Response | Exception | None = None
+        flow = self._replay_flow(due, force)
+        reply: _ReplayReply = None
+        held: tuple[DeadLetter, str] | None = None
         try:
             while True:
                 command = flow.send(reply)
@@ -378,6 +479,9 @@ class DeadLetterQueue:
                 match command:
                     case _Pace(seconds):
                         await self.asleep(seconds)
+                    case _Claim(entry):
+                        reply = await asyncio.to_thread(self._claim, command)
+                        held = (entry, reply) if reply is not None else None
                     case _Resend(entry):
                         try:
                             response = await client.send(self._request(client, entry))
@@ -387,8 +491,12 @@ class DeadLetterQueue:
                             reply = exc
                     case _Settle():
                         await asyncio.to_thread(self._settle, command)
+                        held = None
         except StopIteration as done:
             return list(done.value)
+        finally:
+            if held is not None:  # cancelled mid-replay: one quick local write, not awaited
+                self._release(*held)
 
     def _request(
         self, client: httpx.Client | httpx.AsyncClient, entry: DeadLetter
@@ -403,13 +511,20 @@ class DeadLetterQueue:
         )
         return request
 
-    def _replay_flow(self, entries: list[DeadLetter]) -> _ReplayFlow:
-        """Decide, entry by entry, whether to re-send, and what the answer means."""
+    def _replay_flow(self, entries: list[DeadLetter], force: bool) -> _ReplayFlow:
+        """Decide, entry by entry, whether to re-send, and what the answer means.
+
+        Each entry is claimed first; one another replayer holds (or has settled since the list
+        was read) is skipped.
+        """
         mode = testing()
         interval = 0.0 if mode is not None else 1.0 / self.rate
         results: list[ReplayResult] = []
         sent = 0
         for entry in entries:
+            claim = yield _Claim(entry, force)
+            if not isinstance(claim, str):
+                continue
             if entry.replay_by < self.clock():
                 result = ReplayResult(
                     entry.id,
@@ -419,15 +534,16 @@ class DeadLetterQueue:
                     "past its replay window: the server may have forgotten the key, so a "
                     "re-send could run twice; reconcile with the far side instead",
                 )
-                yield _Settle(result, entry.not_before)
+                yield _Settle(result, entry.not_before, claim)
                 results.append(result)
                 continue
             if sent and interval:
                 yield _Pace(interval)
             sent += 1
             reply = yield _Resend(entry)
+            assert not isinstance(reply, str)
             result, not_before = self._judge(entry, reply)
-            yield _Settle(result, not_before)
+            yield _Settle(result, not_before, claim)
             results.append(result)
         return results
 

@@ -57,6 +57,8 @@ def _find(queue: DeadLetterQueue, prefix: str) -> DeadLetter:
 
 
 def _due(e: DeadLetter, now: float) -> str:
+    if e.state is EntryState.REPLAYING:  # not_before is the end of the replayer's claim
+        return f"claimed for {e.not_before - now:.0f} s" if e.not_before > now else "now"
     if e.state is not EntryState.PARKED:
         return "-"
     if e.replay_by < now:
