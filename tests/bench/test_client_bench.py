@@ -1,0 +1,70 @@
+"""bench/client.py still runs, and what it reports is true (a few hundred requests, loopback)."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from onceonly.client import RetryBudget
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "client.py"
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("onceonly_bench_client", BENCH)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while building
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def server(bench: ModuleType) -> Iterator[str]:
+    with bench.loopback_server() as base:
+        yield base
+
+
+def test_loopback_requests_take_well_under_the_delayed_ack_stall(
+    bench: ModuleType, server: str
+) -> None:
+    """The server keeps connections alive and answers in one segment: no 40 ms Nagle stall
+    (bench/README.md, "Client"). Sub-millisecond in practice; 20 ms leaves room for a busy
+    machine while still catching a 40 ms stall on every request."""
+    results = bench.overhead_sync(server, 1, 30)
+    assert set(results) == {"httpx", "onceonly", "onceonly+breaker"}
+    for timings in results.values():
+        assert len(timings.all_ns()) == 30
+        assert timings.median_us() < 20_000
+
+
+async def test_async_variants_answer(bench: ModuleType, server: str) -> None:
+    results = await bench.overhead_async(server, 1, 10)
+    assert all(t.median_us() < 20_000 for t in results.values())
+    mock = await bench.overhead_async(None, 1, 10)
+    assert all(t.cpu_median_us() > 0 for t in mock.values())
+
+
+def test_amplification_is_what_the_server_counted(bench: ModuleType, server: str) -> None:
+    calls = 200
+    free = asyncio.run(bench.amplify(server, "no budget", None, calls, 8, 3))
+    assert free.server_requests == free.client_attempts  # every attempt reached the server once
+    assert free.max_per_key <= 3  # never more than the policy's attempts for one key
+    assert 1.5 <= free.factor <= 2.0  # 1 + 0.5 + 0.25 expected at 50 % failure
+    assert free.success_rate >= 0.75  # 1 - 0.5**3 expected
+    assert free.refused == 0
+
+    budget = RetryBudget(floor=0.0)  # 20 % of the request rate, burst of one retry
+    bounded = asyncio.run(bench.amplify(server, "budget", budget, calls, 8, 3))
+    assert bounded.server_requests == bounded.client_attempts
+    assert bounded.server_requests <= calls * 1.2 + budget.burst  # SPEC 23's bound
+    assert bounded.refused > 0
+    assert bounded.success_rate < free.success_rate
