@@ -305,3 +305,33 @@ def test_a_file_made_before_claims_is_migrated(tmp_path: Path) -> None:
         [result] = queue.replay(client)
     assert result.state is EntryState.DONE
     queue.close()
+
+
+def test_the_cli_shows_a_claimed_entry_and_leaves_it_to_its_replayer(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from onceonly._cli import cli
+
+    store = f"sqlite:///{tmp_path}/dlq.db"
+    (queue,) = queues(tmp_path / "dlq.db", 1)
+    (entry_id,) = park(queue, 1)
+    outputs: list[str] = []
+
+    def meanwhile(request: httpx.Request) -> httpx.Response:
+        """While this replay holds the entry, another replayer (the CLI) looks at it."""
+        runner = CliRunner(env={"COLUMNS": "250"})  # rich wraps to the terminal's width
+        listed = runner.invoke(cli, ["dlq", "list", "--store", store])
+        replayed = runner.invoke(cli, ["dlq", "replay", entry_id[:8], "--store", store])
+        outputs.extend([listed.output, replayed.output])
+        assert listed.exit_code == 0, listed.output
+        assert replayed.exit_code == 0, replayed.output
+        return httpx.Response(201)
+
+    with httpx.Client(transport=httpx.MockTransport(meanwhile)) as client:
+        [result] = queue.replay(client)
+    assert result.state is EntryState.DONE
+    listed, replayed = outputs
+    assert "replaying" in listed
+    assert "claimed for" in listed
+    assert "replayed 0 entries" in replayed
+    queue.close()
