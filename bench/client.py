@@ -44,6 +44,7 @@ import httpx
 
 from onceonly.client import (
     AsyncIdempotentTransport,
+    BudgetExhausted,
     CallFailed,
     CircuitBreaker,
     IdempotentTransport,
@@ -288,7 +289,7 @@ async def amplify(
                 response = await client.post(f"{base}/charges", content=BODY, headers=HEADERS)
             except CallFailed as exc:
                 attempts += len(exc.attempts)
-                refused += type(exc).__name__ == "BudgetExhausted"
+                refused += isinstance(exc, BudgetExhausted)
                 continue
             attempts += response.extensions["onceonly"].attempts
             succeeded += response.status_code == 201
