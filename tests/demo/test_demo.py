@@ -48,7 +48,7 @@ async def test_demo_meets_every_expectation_on_sqlite() -> None:
 
 
 def test_cli_demo_prints_the_summary_and_exits_zero() -> None:
-    result = CliRunner().invoke(cli, ["demo", "--store", "memory://", "--verbose"])
+    result = CliRunner().invoke(cli, ["demo", "--scenarios", "--store", "memory://", "--verbose"])
 
     assert result.exit_code == 0, result.output
     assert "memory://" in result.output
@@ -73,7 +73,7 @@ def test_cli_demo_exits_non_zero_when_an_expectation_fails(
 ) -> None:
     monkeypatch.setattr(demo_run, "open_store", lambda url: ForgetfulStore())
 
-    result = CliRunner().invoke(cli, ["demo"])
+    result = CliRunner().invoke(cli, ["demo", "--scenarios"])
 
     assert result.exit_code == 1, result.output
     assert "customers charged twice: 0" not in result.output
@@ -81,7 +81,9 @@ def test_cli_demo_exits_non_zero_when_an_expectation_fails(
 
 
 def test_cli_demo_with_an_unusable_store_is_a_one_line_error() -> None:
-    result = CliRunner().invoke(cli, ["demo", "--store", "sqlite:////no/such/dir/demo.db"])
+    result = CliRunner().invoke(
+        cli, ["demo", "--scenarios", "--store", "sqlite:////no/such/dir/demo.db"]
+    )
 
     assert result.exit_code == 1
     assert "Error: SQLite store" in result.output

@@ -108,11 +108,13 @@ class ModeResult:
     counts: FaultCounts = field(default_factory=FaultCounts)
     workers: list[WorkerRun] = field(default_factory=list)
     crashed_at_charge: int | None = None
+    crashed_order: str | None = None  # the order whose purchase was running at the kill
     charges: int = 0
     refunds: int = 0
     duplicates: int = 0
     overcharged_cents: int = 0
     missing: int = 0  # planned purchases or refunds that never happened
+    charges_per_order: Counter[str] = field(default_factory=Counter)
     dlq_states: Counter[str] = field(default_factory=Counter)
     dlq_reasons: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
@@ -184,12 +186,13 @@ class _Mode:
         self.crash_at = max(1, round(result.purchases * options.crash_at))
         self.done_ops = 0
 
-    def on_charge(self, charges: int) -> None:
+    def on_charge(self, charges: int, order: str) -> None:
         """Called by the payments API inside a purchase, after booking it: maybe crash now."""
         if not self.options.crash or self.result.crashed_at_charge is not None:
             return
         if charges >= self.crash_at and self.process and self.process.returncode is None:
             self.result.crashed_at_charge = charges
+            self.result.crashed_order = order
             if self.current is not None:
                 self.current.killed = True
             self.process.kill()  # SIGKILL: no cleanup, no goodbye, answers in flight are lost
@@ -259,9 +262,7 @@ async def run_mode(
     state.mkdir()
     ledger = PaymentsLedger()
     store = open_store(f"sqlite:///{state / 'server.db'}") if idempotent else None
-    layer = FaultLayer(
-        build_payments_app(ledger, store=store), options.faults, seed=options.seed
-    )
+    layer = FaultLayer(build_payments_app(ledger, store=store), options.faults, seed=options.seed)
     result.counts = layer.counts
     mode = _Mode(result, options, progress)
     ledger.on_charge = mode.on_charge
@@ -305,6 +306,7 @@ async def run_mode(
 def _tally(result: ModeResult, ledger: PaymentsLedger, plan_orders: dict[str, bool]) -> None:
     charged, refunded = ledger.charges_per_order(), ledger.refunds_per_order()
     result.charges = len(ledger.charges)
+    result.charges_per_order = charged
     result.refunds = len(ledger.refunds)
     result.duplicates = ledger.duplicates()
     result.overcharged_cents = ledger.overcharged_cents()

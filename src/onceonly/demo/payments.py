@@ -40,7 +40,7 @@ class PaymentsLedger:
 
     charges: list[tuple[str, str, int]] = field(default_factory=list)  # (charge, order, cents)
     refunds: list[tuple[str, str, int]] = field(default_factory=list)  # (refund, order, cents)
-    on_charge: Callable[[int], None] | None = None  # called with the number of charges so far
+    on_charge: Callable[[int, str], None] | None = None  # (charges so far, order)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def new_id(self, prefix: str) -> str:
@@ -112,7 +112,7 @@ def build_payments_app(
         charge = ledger.new_id("ch")
         ledger.charges.append((charge, order["order"], order["cents"]))
         if ledger.on_charge is not None:
-            ledger.on_charge(len(ledger.charges))
+            ledger.on_charge(len(ledger.charges), order["order"])
         return JSONResponse({"charge": charge, **order}, status_code=201)
 
     async def refund(request: Request) -> Response:
