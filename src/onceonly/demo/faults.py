@@ -69,7 +69,6 @@ class FaultLayer:
         self.rng = random.Random(seed)
         self.clock = clock
         self.counts = FaultCounts()
-        self.enabled = True
         self._burst_until = 0.0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -84,9 +83,6 @@ class FaultLayer:
         # Draw every decision up front: the same number of draws per request keeps a seed's
         # fault sequence stable whatever each request ends up doing.
         latency, burst, lose, slow = (self.rng.random() for _ in range(4))
-        if not self.enabled:
-            await self._forward(scope, receive, send)
-            return
         if f.latency_ms:
             await asyncio.sleep(latency * f.latency_ms / 1000)
         now = self.clock()
