@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from onceonly.demo.agentdemo import AgentDemoReport, DemoOptions, run_agent_demo
 from onceonly.demo.run import DemoReport, run_demo
 
-__all__ = ["DemoReport", "run_demo"]
+__all__ = ["AgentDemoReport", "DemoOptions", "DemoReport", "run_agent_demo", "run_demo"]

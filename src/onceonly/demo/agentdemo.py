@@ -201,7 +201,9 @@ class _Mode:
         run = WorkerRun()
         mode = self.result.mode
         log_path = Path(settings.state_dir) / f"agent-{number}.log"
-        env = {**os.environ, "PYTHONPATH": _package_root()}
+        # The child imports this very onceonly, whatever the working directory.
+        paths = [_package_root(), *filter(None, [os.environ.get("PYTHONPATH")])]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
         with log_path.open("wb") as log:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
