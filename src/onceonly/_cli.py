@@ -112,7 +112,7 @@ def cli() -> None:
 )
 @click.option(
     "--slow-rate",
-    default=0.01,
+    default=0.02,
     show_default=True,
     type=click.FloatRange(0, 1),
     help="share of calls slower than the agent's read timeout (in flight on retry)",

@@ -60,6 +60,7 @@ from onceonly.tools import agent_run, idempotent_tool
 Tool = Callable[..., Awaitable[dict[str, Any]]]
 MAX_ROUNDS = 30  # deferred-turn rounds at the end; each waits for the faults to ease
 ROUND_PAUSE = 0.2
+CIRCUIT_WAITS = 20  # a turn waits out an open circuit this often, then is deferred
 
 
 class ToolFailed(Exception):
@@ -150,7 +151,7 @@ class Agent:
         breaker refuses before sending); a call that exhausted its retries or the retry
         budget is parked in the DLQ by the transport, and the turn is deferred.
         """
-        while True:
+        for _ in range(CIRCUIT_WAITS):
             try:
                 charged = await self.purchase(order.order, order.customer, order.sku, order.cents)
                 if order.refund:
@@ -164,8 +165,9 @@ class Agent:
                 pass
             else:
                 return True
-            self.deferrals += 1
-            return False
+            break
+        self.deferrals += 1
+        return False
 
     async def drain(self, dlq: DeadLetterQueue, client: httpx.AsyncClient) -> None:
         """Replay every parked call once, a few at a time (one ``areplay`` per lane)."""

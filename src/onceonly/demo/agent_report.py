@@ -54,10 +54,10 @@ class RichProgress:
         self.progress.stop()
 
     def begin(self, mode: str, total: int) -> None:
-        self.tasks[mode] = self.progress.add_task(mode, total=total, note="starting the agent")
+        self.tasks[mode] = self.progress.add_task(mode, total=total, note="agent process running")
 
     def advance(self, mode: str, completed: int) -> None:
-        self.progress.update(self.tasks[mode], completed=completed, note="")
+        self.progress.update(self.tasks[mode], completed=completed)
 
     def note(self, mode: str, text: str) -> None:
         self.progress.update(self.tasks[mode], note=text)
@@ -109,7 +109,8 @@ def _rows(run: ModeResult) -> list[tuple[str, str]]:
 
 
 def _crash(report: AgentDemoReport) -> str:
-    return ", ".join(f"#{r.crashed_at_charge}" for r in report.runs if r.crashed_at_charge)
+    charges = sorted({r.crashed_at_charge for r in report.runs if r.crashed_at_charge})
+    return " and ".join(f"#{n}" for n in charges)
 
 
 def render_agent_report(report: AgentDemoReport, console: Console) -> None:

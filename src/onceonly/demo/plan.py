@@ -55,7 +55,7 @@ class Faults:
     burst_rate: float = 0.01  # a request starts a burst of 503s lasting burst_seconds
     burst_seconds: float = 0.3
     latency_ms: float = 15.0  # extra latency per request, uniform in [0, latency_ms]
-    slow_rate: float = 0.01  # the card network is slow: the handler takes slow_seconds
+    slow_rate: float = 0.02  # the card network is slow: the handler takes slow_seconds
     slow_seconds: float = 1.0  # longer than the agent's read timeout, so it retries in flight
 
     def __post_init__(self) -> None:
