@@ -171,7 +171,8 @@ class Agent:
 
     async def drain(self, dlq: DeadLetterQueue, client: httpx.AsyncClient) -> None:
         """Replay every parked call once, a few at a time (one ``areplay`` per lane)."""
-        parked = [e.id for e in dlq.entries(EntryState.PARKED, limit=100_000)]
+        entries = await asyncio.to_thread(dlq.entries, EntryState.PARKED, limit=100_000)
+        parked = [e.id for e in entries]
         lanes = self.settings.lanes
         batches = [parked[i::lanes] for i in range(lanes) if parked[i::lanes]]
         replays = [dlq.areplay(client, ids, force=True) for ids in batches]
@@ -229,8 +230,8 @@ async def run(settings: AgentSettings) -> None:
         emit("start", pid=os.getpid(), resumed_orders=len(agent.done), resumed_ops=resumed_ops)
         deferred = await agent.work(todo)
         for _ in range(MAX_ROUNDS):
-            if dlq.depth():
-                emit("phase", text=f"replaying {dlq.depth()} parked call(s) from the DLQ")
+            if depth := await asyncio.to_thread(dlq.depth):
+                emit("phase", text=f"replaying {depth} parked call(s) from the DLQ")
                 await agent.drain(dlq, client)
             if not deferred:
                 break
