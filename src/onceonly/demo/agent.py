@@ -230,14 +230,16 @@ async def run(settings: AgentSettings) -> None:
         emit("start", pid=os.getpid(), resumed_orders=len(agent.done), resumed_ops=resumed_ops)
         deferred = await agent.work(todo)
         for _ in range(MAX_ROUNDS):
-            if depth := await asyncio.to_thread(dlq.depth):
+            depth = await asyncio.to_thread(dlq.depth)
+            if not deferred and not depth:
+                break
+            await asyncio.sleep(ROUND_PAUSE)  # let a 503 burst or an open circuit pass
+            if depth:
                 emit("phase", text=f"replaying {depth} parked call(s) from the DLQ")
                 await agent.drain(dlq, client)
-            if not deferred:
-                break
-            emit("phase", text=f"re-running {len(deferred)} deferred turn(s)")
-            await asyncio.sleep(ROUND_PAUSE)  # let a 503 burst or an open circuit pass
-            deferred = await agent.work(deferred)
+            if deferred:
+                emit("phase", text=f"re-running {len(deferred)} deferred turn(s)")
+                deferred = await agent.work(deferred)
         agent.checkpoint.save(agent.done)
         emit("done", unfinished=len(deferred), dlq_depth=dlq.depth(), stats=agent.stats())
         if agent.store is not None:
