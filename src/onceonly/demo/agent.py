@@ -235,7 +235,7 @@ async def run(settings: AgentSettings) -> None:
                 break
             await asyncio.sleep(ROUND_PAUSE)  # let a 503 burst or an open circuit pass
             if depth:
-                emit("phase", text=f"replaying {depth} parked call(s) from the DLQ")
+                emit("phase", text=f"DLQ: replaying {depth} parked call(s)")
                 await agent.drain(dlq, client)
             if deferred:
                 emit("phase", text=f"re-running {len(deferred)} deferred turn(s)")

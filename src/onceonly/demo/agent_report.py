@@ -13,7 +13,7 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
-from rich.table import Table
+from rich.table import Column, Table
 from rich.text import Text
 
 from onceonly.demo.agentdemo import AgentDemoReport, DemoOptions, ModeResult
@@ -31,12 +31,17 @@ class RichProgress:
 
     def __init__(self, console: Console) -> None:
         self.progress = Progress(
-            TextColumn("{task.description:<14}", style="bold"),
-            BarColumn(),
+            TextColumn("{task.description:<13}", style="bold"),
+            BarColumn(bar_width=24),
             MofNCompleteColumn(),
-            TextColumn("operations"),
+            TextColumn("ops"),
             TimeElapsedColumn(),
-            TextColumn("{task.fields[note]}", style="dim"),
+            # Only the note gives way on a narrow terminal, never the figures.
+            TextColumn(
+                "{task.fields[note]}",
+                style="dim",
+                table_column=Column(no_wrap=True, overflow="ellipsis", ratio=1),
+            ),
             console=console,
         )
         self.tasks: dict[str, TaskID] = {}

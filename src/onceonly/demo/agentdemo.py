@@ -284,8 +284,7 @@ async def run_mode(
             if result.workers[0].killed:
                 progress.note(
                     result.mode,
-                    f"killed (SIGKILL) in charge #{result.crashed_at_charge}; a new process "
-                    "resumes the run",
+                    f"killed (SIGKILL) in charge #{result.crashed_at_charge}, resuming",
                 )
                 result.workers.append(await mode.worker(settings, 2))
     except TimeoutError as exc:
@@ -294,7 +293,7 @@ async def run_mode(
         if store is not None:
             await store.aclose()
     _tally(result, ledger, plan_orders={o.order: o.refund for o in plan})
-    progress.note(result.mode, f"done: {result.duplicates} duplicate(s) in the ledger")
+    progress.note(result.mode, f"done: {result.duplicates} duplicate(s)")
     dlq = DeadLetterQueue(state / "dlq.db")
     try:
         entries = dlq.entries(limit=100_000)
