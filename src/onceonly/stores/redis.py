@@ -1,0 +1,431 @@
+"""The Redis store: one record, many machines, one round trip per operation.
+
+Each operation is one ``EVALSHA`` of a Lua script (``_redis_lua.py``) that runs the rules of
+``records.py`` on the server, atomically and on the server's clock (DESIGN "store contract").
+redis-py's ``register_script`` sends ``EVALSHA`` and reloads a script on ``NOSCRIPT`` (after a
+server restart or ``SCRIPT FLUSH``), so a replay costs one round trip and a first execution
+two (claim, complete).
+
+Records expire by themselves (``PEXPIRE``): no sweeper. The two keys of a record share the
+hash tag ``{id}``, so Redis Cluster (``redis+cluster://``) works unchanged. Waiting duplicates
+are woken by pub/sub on one channel per prefix (``_wake.py``), with polling as the fallback.
+
+Connections come from a bounded pool (``pool_size``; a caller waits at most ``pool_timeout``
+for one); ``timeout`` bounds each command and ``connect_timeout`` each connect, so an outage
+answers StoreUnavailable (SPEC 17, a 503) in bounded time. No command is retried
+automatically: a retried claim whose first attempt did land would find its own claim. After
+the server returns, the pool's next connection simply succeeds.
+
+URL forms (options in the query string, see :data:`URL_OPTIONS`)::
+
+    redis://[user:password@]host:6379/0?prefix=onceonly:&pool_size=50&timeout=2
+    rediss://host:6380/0?ssl_cert_reqs=required        TLS
+    redis+cluster://host:7000?prefix=...                Redis Cluster (any node as seed)
+    rediss+cluster://host:7000                          Redis Cluster over TLS
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import redis
+import redis.asyncio
+import redis.asyncio.cluster
+import redis.cluster
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from onceonly.errors import ConfigurationError, StoreError
+from onceonly.records import Claimed, ClaimResult, Existing, Record, State, StoredResponse
+from onceonly.stores import _redis_lua as lua
+from onceonly.stores._errors import translated
+from onceonly.stores._notify import Notifier
+from onceonly.stores._perloop import PerLoop
+from onceonly.stores._urlopts import as_bool, split_options
+from onceonly.stores._wake import Listener, awatch_loop, watch_loop
+
+# An abandoned claim (holder died, nobody retried) expires this long after its lease lapsed;
+# until then a retry is reported as "recovered" (as in MemoryStore and SQLiteStore).
+ABANDONED_GRACE = 3600.0
+DEFAULT_URL = "redis://127.0.0.1:6379/0"
+
+URL_OPTIONS = {
+    "prefix": str,  # key prefix, default "onceonly:" (no braces: the hash tag is the id)
+    "pool_size": int,  # connections per pool (per node on a cluster), default 50
+    "pool_timeout": float,  # seconds to wait for a free connection, default = timeout
+    "timeout": float,  # seconds per command (socket timeout), default 2
+    "connect_timeout": float,  # seconds per connect, default 1
+    "listen": as_bool,  # pub/sub wake-ups for waiting duplicates, default true
+}
+
+_ERRORS: tuple[type[BaseException], ...] = (redis.exceptions.RedisError,)
+Client = redis.Redis | redis.cluster.RedisCluster
+AsyncClient = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
+
+
+def _us(seconds: float) -> int:
+    return round(seconds * 1_000_000)
+
+
+class _AsyncSide:
+    """One loop's async client and its registered scripts."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self.client = client
+        self.claim = client.register_script(lua.CLAIM)
+        self.renew = client.register_script(lua.RENEW)
+        self.complete = client.register_script(lua.COMPLETE)
+        self.release = client.register_script(lua.RELEASE)
+        self.delete = client.register_script(lua.DELETE)
+        self.get = client.register_script(lua.GET)
+        self.watch = client.register_script(lua.WATCH)
+
+
+class RedisStore:
+    """Idempotency records in Redis or Redis Cluster; sync and async faces in one object."""
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        prefix: str = "onceonly:",
+        pool_size: int = 50,
+        pool_timeout: float | None = None,
+        timeout: float = 2.0,
+        connect_timeout: float = 1.0,
+        listen: bool = True,
+    ) -> None:
+        clean, options = split_options(url, URL_OPTIONS)
+        prefix = options.get("prefix", prefix)
+        pool_size = options.get("pool_size", pool_size)
+        timeout = options.get("timeout", timeout)
+        connect_timeout = options.get("connect_timeout", connect_timeout)
+        pool_timeout = options.get("pool_timeout", pool_timeout)
+        listen = options.get("listen", listen)
+        if "{" in prefix or "}" in prefix:
+            raise ConfigurationError(
+                f"Redis key prefix {prefix!r} must not contain braces: the record id is the "
+                "hash tag that keeps a record's keys in one Cluster slot"
+            )
+        if pool_size < 1 or timeout <= 0 or connect_timeout <= 0:
+            raise ConfigurationError("Redis store: pool_size, timeout, connect_timeout must be > 0")
+        scheme, _, rest = clean.partition("://")
+        self.cluster = scheme.lower().endswith("+cluster")
+        if scheme.lower() not in ("redis", "rediss", "redis+cluster", "rediss+cluster"):
+            raise ConfigurationError(f"not a Redis store URL: {url!r}")
+        self.url = url
+        self.prefix = prefix
+        self.channel = f"{prefix}done"
+        self._driver_url = f"{scheme.lower().removesuffix('+cluster')}://{rest}"
+        self._kwargs: dict[str, Any] = {
+            "socket_timeout": timeout,
+            "socket_connect_timeout": connect_timeout,
+            # No automatic retries: an outage must answer in bounded time, and a retried
+            # claim whose first attempt landed would find its own claim (see module doc).
+            "retry": Retry(NoBackoff(), 0),
+        }
+        self._pool_size = pool_size
+        self._pool_timeout = timeout if pool_timeout is None else pool_timeout
+        self._what = f"Redis store {self._redacted()}"
+        with translated(self._what, _ERRORS):
+            self._client = self._make_client()
+        self._claim = self._client.register_script(lua.CLAIM)
+        self._renew = self._client.register_script(lua.RENEW)
+        self._complete = self._client.register_script(lua.COMPLETE)
+        self._release = self._client.register_script(lua.RELEASE)
+        self._delete = self._client.register_script(lua.DELETE)
+        self._get = self._client.register_script(lua.GET)
+        self._watch = self._client.register_script(lua.WATCH)
+        self._async: PerLoop[_AsyncSide] = PerLoop(self._make_async)
+        self._notifier = Notifier()
+        self._listener = (
+            Listener(f"onceonly-redis-{prefix}", self._subscription, self._notifier)
+            if listen
+            else None
+        )
+        self._closed = threading.Event()
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisStore:
+        return cls(url)
+
+    # -- clients -------------------------------------------------------------------------
+
+    def _redacted(self) -> str:
+        scheme, _, rest = self.url.partition("://")
+        return f"{scheme}://{rest.rpartition('@')[2]}"
+
+    def _make_client(self) -> Client:
+        if self.cluster:
+            return redis.cluster.RedisCluster.from_url(
+                self._driver_url, max_connections=self._pool_size, **self._kwargs
+            )
+        pool = redis.BlockingConnectionPool.from_url(
+            self._driver_url,
+            max_connections=self._pool_size,
+            timeout=self._pool_timeout,
+            **self._kwargs,
+        )
+        return redis.Redis(connection_pool=pool)
+
+    async def _make_async(self) -> _AsyncSide:
+        client: AsyncClient
+        if self.cluster:
+            client = redis.asyncio.cluster.RedisCluster.from_url(
+                self._driver_url, max_connections=self._pool_size, **self._kwargs
+            )
+        else:
+            pool = redis.asyncio.BlockingConnectionPool.from_url(
+                self._driver_url,
+                max_connections=self._pool_size,
+                timeout=self._pool_timeout,
+                **self._kwargs,
+            )
+            client = redis.asyncio.Redis(connection_pool=pool)
+        return _AsyncSide(client)
+
+    def _keys(self, id: str) -> list[str]:
+        key = f"{self.prefix}{{{id}}}"
+        return [key, f"{key}:r"]
+
+    def _id_of(self, key: str) -> str:
+        return key[len(self.prefix) + 1 : -1]
+
+    def _subscription(self) -> Iterator[str | None]:
+        pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        try:
+            pubsub.subscribe(self.channel)
+            yield None
+            while not self._closed.is_set():
+                message = pubsub.get_message(timeout=1.0)
+                if message is None or message.get("type") != "message":
+                    yield None
+                    continue
+                yield self._id_of(bytes(message["data"]).decode())
+        finally:
+            pubsub.close()
+
+    # -- sync ----------------------------------------------------------------------------
+
+    def claim(self, id: str, fingerprint: str, lease: float) -> ClaimResult:
+        with translated(self._what, _ERRORS):
+            reply = self._claim(
+                keys=self._keys(id), args=[fingerprint, _us(lease), _us(ABANDONED_GRACE)]
+            )
+        return _claim_result(id, reply)
+
+    def renew(self, id: str, token: int, lease: float) -> bool:
+        with translated(self._what, _ERRORS):
+            reply = self._renew(keys=self._keys(id)[:1], args=_renew_args(token, lease))
+        return bool(reply)
+
+    def complete(
+        self, id: str, token: int, response: StoredResponse, ttl: float, retention: float
+    ) -> bool:
+        args = _complete_args(token, response, ttl, retention, self.channel)
+        with translated(self._what, _ERRORS):
+            reply = self._complete(keys=self._keys(id), args=args)
+        if reply:
+            self._notifier.notify(id)  # waiters in this process need not wait for pub/sub
+        return bool(reply)
+
+    def release(self, id: str, token: int) -> bool:
+        with translated(self._what, _ERRORS):
+            reply = self._release(keys=self._keys(id), args=[token, self.channel])
+        if reply:
+            self._notifier.notify(id)
+        return bool(reply)
+
+    def get(self, id: str) -> Record | None:
+        with translated(self._what, _ERRORS):
+            now, fields, response = self._get(keys=self._keys(id))
+        return _record(id, int(now), fields, response)
+
+    def watch(self, id: str, timeout: float) -> None:
+        if self._listener is not None:
+            self._listener.ensure_started()
+        watch_loop(self._notifier, id, timeout, lambda: self._lease_left(id))
+
+    def delete(self, id: str) -> bool:
+        with translated(self._what, _ERRORS):
+            found = int(self._delete(keys=self._keys(id), args=[self.channel])) > 0
+        self._notifier.notify(id)
+        return found
+
+    def close(self) -> None:
+        self._closed.set()
+        if self._listener is not None:
+            self._listener.stop()
+        with translated(self._what, _ERRORS):
+            self._client.close()
+        self._async.clear()  # their loops may be gone; sockets close with them
+
+    # -- async ---------------------------------------------------------------------------
+
+    async def aclaim(self, id: str, fingerprint: str, lease: float) -> ClaimResult:
+        side = await self._side()
+        with translated(self._what, _ERRORS):
+            reply = await side.claim(
+                keys=self._keys(id), args=[fingerprint, _us(lease), _us(ABANDONED_GRACE)]
+            )
+        return _claim_result(id, reply)
+
+    async def arenew(self, id: str, token: int, lease: float) -> bool:
+        side = await self._side()
+        with translated(self._what, _ERRORS):
+            reply = await side.renew(keys=self._keys(id)[:1], args=_renew_args(token, lease))
+        return bool(reply)
+
+    async def acomplete(
+        self, id: str, token: int, response: StoredResponse, ttl: float, retention: float
+    ) -> bool:
+        side = await self._side()
+        args = _complete_args(token, response, ttl, retention, self.channel)
+        with translated(self._what, _ERRORS):
+            reply = await side.complete(keys=self._keys(id), args=args)
+        if reply:
+            self._notifier.notify(id)
+        return bool(reply)
+
+    async def arelease(self, id: str, token: int) -> bool:
+        side = await self._side()
+        with translated(self._what, _ERRORS):
+            reply = await side.release(keys=self._keys(id), args=[token, self.channel])
+        if reply:
+            self._notifier.notify(id)
+        return bool(reply)
+
+    async def aget(self, id: str) -> Record | None:
+        side = await self._side()
+        with translated(self._what, _ERRORS):
+            now, fields, response = await side.get(keys=self._keys(id))
+        return _record(id, int(now), fields, response)
+
+    async def awatch(self, id: str, timeout: float) -> None:
+        if self._listener is not None:
+            self._listener.ensure_started()
+        await awatch_loop(self._notifier, id, timeout, lambda: self._alease_left(id))
+
+    async def adelete(self, id: str) -> bool:
+        side = await self._side()
+        with translated(self._what, _ERRORS):
+            found = int(await side.delete(keys=self._keys(id), args=[self.channel])) > 0
+        self._notifier.notify(id)
+        return found
+
+    async def aclose(self) -> None:
+        side = self._async.pop_current()
+        if side is not None:
+            with translated(self._what, _ERRORS):
+                await side.client.aclose()
+        await asyncio.to_thread(self.close)
+
+    # -- internals -----------------------------------------------------------------------
+
+    async def _side(self) -> _AsyncSide:
+        with translated(self._what, _ERRORS):
+            return await self._async.get()
+
+    def _lease_left(self, id: str) -> float | None:
+        with translated(self._what, _ERRORS):
+            left = int(self._watch(keys=self._keys(id)[:1]))
+        return None if left < 0 else left / 1_000_000
+
+    async def _alease_left(self, id: str) -> float | None:
+        side = await self._side()
+        with translated(self._what, _ERRORS):
+            left = int(await side.watch(keys=self._keys(id)[:1]))
+        return None if left < 0 else left / 1_000_000
+
+
+# -- replies <-> records (shared by both faces) -------------------------------------------
+
+
+def _renew_args(token: int, lease: float) -> list[int]:
+    return [token, _us(lease), _us(ABANDONED_GRACE)]
+
+
+def _complete_args(
+    token: int, response: StoredResponse, ttl: float, retention: float, channel: str
+) -> list[int | str | bytes]:
+    return [
+        token,
+        _us(ttl),
+        _us(retention),
+        1 if response.replayable else 0,
+        response.status,
+        json.dumps([list(h) for h in response.headers]) if response.replayable else "[]",
+        response.body if response.replayable else b"",
+        response.trace_id or "",
+        response.span_id or "",
+        channel,
+    ]
+
+
+def _claim_result(id: str, reply: list[Any]) -> ClaimResult:
+    if int(reply[0]) == 1:
+        _, token, expired, recovered, previous = reply
+        return Claimed(
+            int(token),
+            expired_before=bool(expired),
+            recovered=bool(recovered),
+            previous_fingerprint=None if previous is None else bytes(previous).decode(),
+        )
+    record = _record(id, int(reply[1]), reply[2], reply[3])
+    if record is None:  # the script only answers "existing" for a live record
+        raise StoreError(f"Redis store: record {id[:12]} vanished inside its own claim")
+    return Existing(record)
+
+
+def _pairs(flat: list[bytes]) -> dict[str, bytes]:
+    return {bytes(flat[i]).decode(): bytes(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+
+def _num(fields: dict[str, bytes], name: str) -> int:
+    value = fields.get(name)
+    return 0 if value is None else int(value)
+
+
+def _record(id: str, now: int, flat: list[bytes], flat_response: list[bytes]) -> Record | None:
+    """The record as ``records.resolve`` sees it at ``now``; None when absent."""
+    if not flat:
+        return None
+    fields, body = _pairs(flat), _pairs(flat_response)
+    state = State(fields["st"].decode())
+    expires, retain = _num(fields, "ex"), _num(fields, "ru")
+    response = None
+    if state is not State.IN_FLIGHT:
+        if now >= retain:
+            return None
+        if now >= expires:
+            state = State.TOMBSTONE  # the body has expired with its key
+        else:
+            replayable = state is State.COMPLETED
+            if replayable and "body" not in body:
+                raise StoreError(
+                    f"Redis store: the stored response of {id[:12]} is missing before its TTL; "
+                    "run Redis with maxmemory-policy noeviction"
+                )
+            response = StoredResponse(
+                _num(fields, "status"),
+                tuple((str(k), str(v)) for k, v in json.loads(body.get("hdr", b"[]"))),
+                body.get("body", b""),
+                replayable,
+                fields.get("tid", b"").decode() or None,
+                fields.get("sid", b"").decode() or None,
+            )
+    return Record(
+        id,
+        fields["fp"].decode(),
+        state,
+        _num(fields, "tok"),
+        _num(fields, "lu") / 1_000_000,
+        expires / 1_000_000,
+        retain / 1_000_000,
+        response,
+        _num(fields, "ca") / 1_000_000,
+    )
