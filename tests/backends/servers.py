@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -24,6 +25,20 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def free_cluster_port() -> int:
+    """A free port whose cluster-bus twin (port + 10000) is free and valid too."""
+    for _ in range(200):
+        port = random.randint(20000, 30000)
+        try:
+            for p in (port, port + 10000):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair for a Redis Cluster node")
 
 
 def _wait_port(port: int, timeout: float = 10.0) -> None:
@@ -74,7 +89,7 @@ def redis_available() -> str | None:
 def redis_cluster(directory: Path) -> Iterator[str]:
     """Three masters, no replicas, created with ``redis-cli --cluster create``."""
     servers = [
-        RedisServer(directory / f"n{i}", None, "--cluster-enabled", "yes",
+        RedisServer(directory / f"n{i}", free_cluster_port(), "--cluster-enabled", "yes",
                     "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000")
         for i in range(3)
     ]

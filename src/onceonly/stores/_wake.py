@@ -33,7 +33,7 @@ log = logging.getLogger("onceonly.stores")
 POLL_START, POLL_MAX = 0.01, 0.25
 _RECONNECT_START, _RECONNECT_MAX = 0.05, 2.0
 
-# Yields record ids as messages arrive; yields None at least every second (a chance to stop).
+# Yields record ids as messages arrive, and None at least every 0.25 s (a chance to stop).
 Subscription = Callable[[], Iterator[str | None]]
 
 

@@ -346,7 +346,7 @@ class PostgresStore:
             yield None
             while not self._closed.is_set():
                 got = False
-                for notify in conn.notifies(timeout=1.0):
+                for notify in conn.notifies(timeout=0.25):
                     got = True
                     yield notify.payload
                 if not got:

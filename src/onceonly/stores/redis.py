@@ -201,7 +201,7 @@ class RedisStore:
             pubsub.subscribe(self.channel)
             yield None
             while not self._closed.is_set():
-                message = pubsub.get_message(timeout=1.0)
+                message = pubsub.get_message(timeout=0.25)
                 if message is None or message.get("type") != "message":
                     yield None
                     continue
