@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from servers import redis_available, redis_cluster
+from servers import redis_available, redis_cluster, require
 
 BACKENDS = ["redis", "postgres"]
 
@@ -15,12 +15,7 @@ BACKENDS = ["redis", "postgres"]
 @pytest.fixture(scope="session")
 def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Three ``redis-server --cluster-enabled yes`` processes on free loopback ports."""
-    if why := redis_available():
-        import os
-
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"Redis Cluster is required in CI: {why}")
-        pytest.skip(f"Redis Cluster not available: {why}")
+    require("Redis Cluster", redis_available())
     with redis_cluster(tmp_path_factory.mktemp("cluster")) as url:
         yield url
 
