@@ -13,6 +13,7 @@ import random
 import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -123,10 +124,11 @@ def redis_cluster(directory: Path) -> Iterator[str]:
 class PostgresServer:
     """A throwaway PostgreSQL cluster (initdb as the postgres user) on a spare port."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self) -> None:
         self.port = free_port()
-        self.directory = directory
-        self.data = directory / "data"
+        # Not under pytest's tmp_path: that is private to root, and postgres must own this.
+        self.directory = Path(tempfile.mkdtemp(prefix="onceonly-pg-"))
+        self.data = self.directory / "data"
 
     @property
     def url(self) -> str:
@@ -153,6 +155,11 @@ class PostgresServer:
                           "-l", str(self.directory / "log"), "start")
         _wait_port(self.port)
         return self
+
+    def remove(self) -> None:
+        with contextlib.suppress(Exception):
+            self.kill()
+        shutil.rmtree(self.directory, ignore_errors=True)
 
     def kill(self) -> None:
         """Stop at once (SIGQUIT via immediate mode: no clean shutdown, like a crash)."""
