@@ -90,8 +90,16 @@ def redis_available() -> str | None:
 def redis_cluster(directory: Path) -> Iterator[str]:
     """Three masters, no replicas, created with ``redis-cli --cluster create``."""
     servers = [
-        RedisServer(directory / f"n{i}", free_cluster_port(), "--cluster-enabled", "yes",
-                    "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000")
+        RedisServer(
+            directory / f"n{i}",
+            free_cluster_port(),
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            "2000",
+        )
         for i in range(3)
     ]
     try:
@@ -99,15 +107,28 @@ def redis_cluster(directory: Path) -> Iterator[str]:
             server.start()
         nodes = [f"127.0.0.1:{s.port}" for s in servers]
         subprocess.run(
-            ["redis-cli", "--cluster", "create", *nodes, "--cluster-replicas", "0",
-             "--cluster-yes"],
-            check=True, capture_output=True, timeout=30,
+            [
+                "redis-cli",
+                "--cluster",
+                "create",
+                *nodes,
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=30,
         )
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:  # every node must agree the cluster is up
             states = [
-                subprocess.run(["redis-cli", "-p", str(s.port), "cluster", "info"],
-                               capture_output=True, text=True, timeout=5).stdout
+                subprocess.run(
+                    ["redis-cli", "-p", str(s.port), "cluster", "info"],
+                    capture_output=True,
+                    text=True,
+                    timeout=5,
+                ).stdout
                 for s in servers
             ]
             if all("cluster_state:ok" in st for st in states):
@@ -144,15 +165,34 @@ class PostgresServer:
         self.directory.mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:
             shutil.chown(self.directory, "postgres", "postgres")
-        self._as_postgres(str(PG_BIN / "initdb"), "-D", str(self.data), "-A", "trust",
-                          "-U", "postgres", "--no-sync")
+        self._as_postgres(
+            str(PG_BIN / "initdb"),
+            "-D",
+            str(self.data),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+        )
         return self
 
     def start(self) -> PostgresServer:
-        opts = (f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 "
-                "-c fsync=off -c full_page_writes=off")
-        self._as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-o", opts, "-w",
-                          "-l", str(self.directory / "log"), "start")
+        opts = (
+            f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 "
+            "-c fsync=off -c full_page_writes=off"
+        )
+        self._as_postgres(
+            str(PG_BIN / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-o",
+            opts,
+            "-w",
+            "-l",
+            str(self.directory / "log"),
+            "start",
+        )
         _wait_port(self.port)
         return self
 
@@ -163,8 +203,9 @@ class PostgresServer:
 
     def kill(self) -> None:
         """Stop at once (SIGQUIT via immediate mode: no clean shutdown, like a crash)."""
-        self._as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", "immediate",
-                          "-w", "stop")
+        self._as_postgres(
+            str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop"
+        )
 
 
 def postgres_available() -> str | None:
@@ -201,13 +242,16 @@ class CountingProxy:
             for sock in (client, server):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             state = {"awaiting_reply": False}
-            threading.Thread(target=self._pump, args=(client, server, True, state),
-                             daemon=True).start()
-            threading.Thread(target=self._pump, args=(server, client, False, state),
-                             daemon=True).start()
+            threading.Thread(
+                target=self._pump, args=(client, server, True, state), daemon=True
+            ).start()
+            threading.Thread(
+                target=self._pump, args=(server, client, False, state), daemon=True
+            ).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket, upstream: bool,
-              state: dict[str, bool]) -> None:
+    def _pump(
+        self, src: socket.socket, dst: socket.socket, upstream: bool, state: dict[str, bool]
+    ) -> None:
         try:
             while data := src.recv(65536):
                 with self._lock:

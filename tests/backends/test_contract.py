@@ -30,7 +30,8 @@ def _existing(result: object) -> Existing:
 def test_first_claim_then_byte_exact_replay(bkit):
     store, t = bkit.store, bkit.tick
     first = _claimed(store.claim("k", "fp", 10 * t))
-    assert not first.expired_before and not first.recovered
+    assert not first.expired_before
+    assert not first.recovered
     assert store.complete("k", first.token, RESPONSE, 100 * t, 100 * t)
     again = _existing(store.claim("k", "other-fp", 10 * t)).record
     assert again.state is State.COMPLETED
@@ -54,7 +55,8 @@ def test_takeover_after_lapsed_lease_fences_out_the_old_holder(bkit):
     old = _claimed(store.claim("k", "fp-old", 1 * t))
     bkit.advance(1.5 * t)
     new = _claimed(store.claim("k", "fp-new", 10 * t))
-    assert new.recovered and not new.expired_before
+    assert new.recovered
+    assert not new.expired_before
     assert new.previous_fingerprint == "fp-old"
     assert new.token > old.token
     assert not store.renew("k", old.token, 10 * t)
@@ -86,7 +88,8 @@ def test_release_lets_a_retry_run_as_new(bkit):
     assert store.release("k", first.token)
     assert store.get("k") is None
     again = _claimed(store.claim("k", "fp", 10 * t))
-    assert not again.recovered and not again.expired_before
+    assert not again.recovered
+    assert not again.expired_before
     assert again.token > first.token
 
 
@@ -100,13 +103,15 @@ def test_expiry_leaves_a_tombstone_then_nothing(bkit):
     assert tomb.state is State.TOMBSTONE
     assert tomb.response is None  # the body is gone at the TTL
     again = _claimed(store.claim("k", "fp2", 10 * t))
-    assert again.expired_before and not again.recovered
+    assert again.expired_before
+    assert not again.recovered
     assert again.previous_fingerprint == "fp"
     assert store.complete("k", again.token, RESPONSE, 1 * t, 1 * t)
     bkit.advance(2.5 * t)  # past ttl + retention
     assert store.get("k") is None
     last = _claimed(store.claim("k", "fp3", 10 * t))
-    assert not last.expired_before and last.token > again.token
+    assert not last.expired_before
+    assert last.token > again.token
 
 
 def test_unreplayable_keeps_the_status_only(bkit):
@@ -203,7 +208,8 @@ async def test_async_face_follows_the_same_rules(bkit):
     assert not await store.acomplete("k", first.token, RESPONSE, 10 * t, 10 * t)
     assert await store.acomplete("k", new.token, RESPONSE, 10 * t, 10 * t)
     record = await store.aget("k")
-    assert record is not None and record.response == RESPONSE
+    assert record is not None
+    assert record.response == RESPONSE
     await store.awatch("k", 5.0)  # completed: returns at once
     assert await store.adelete("k")
     again = _claimed(await store.aclaim("k", "fp", 10 * t))

@@ -59,13 +59,20 @@ def test_200_duplicates_over_two_processes_execute_once(store_url, tmp_path):
             async with httpx.AsyncClient(timeout=30, limits=limits) as client:
                 # Warm both processes (their pools connect on first use) with another key.
                 for port in ports:
-                    await client.post(f"http://127.0.0.1:{port}/warm{port}",
-                                      headers={"Idempotency-Key": f"warm{port}"})
-                return await asyncio.gather(*(
-                    client.post(f"http://127.0.0.1:{ports[i % 2]}/charge", content=b'{"a":1}',
-                                headers={"Idempotency-Key": "one-charge"})
-                    for i in range(200)
-                ))
+                    await client.post(
+                        f"http://127.0.0.1:{port}/warm{port}",
+                        headers={"Idempotency-Key": f"warm{port}"},
+                    )
+                return await asyncio.gather(
+                    *(
+                        client.post(
+                            f"http://127.0.0.1:{ports[i % 2]}/charge",
+                            content=b'{"a":1}',
+                            headers={"Idempotency-Key": "one-charge"},
+                        )
+                        for i in range(200)
+                    )
+                )
 
         responses = asyncio.run(main())
     finally:

@@ -17,9 +17,10 @@ from onceonly.errors import StoreUnavailable
 @contextlib.contextmanager
 def translated(what: str, errors: tuple[type[BaseException], ...]) -> Iterator[None]:
     """Re-raise any of ``errors`` (and socket errors, timeouts) as StoreUnavailable."""
+    caught: tuple[type[BaseException], ...] = (*errors, OSError, TimeoutError)
     try:
         yield
     except StoreUnavailable:
         raise
-    except (*errors, OSError, TimeoutError) as exc:
+    except caught as exc:
         raise StoreUnavailable(f"{what}: {type(exc).__name__}: {exc}") from exc

@@ -78,9 +78,9 @@ class Statements:
             sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (retain_until)").format(
                 sql.Identifier(f"{self.table_name}_retain"), table
             ),
-            sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (expires_at) WHERE body IS NOT NULL").format(
-                sql.Identifier(f"{self.table_name}_body"), table
-            ),
+            sql.SQL(
+                "CREATE INDEX IF NOT EXISTS {} ON {} (expires_at) WHERE body IS NOT NULL"
+            ).format(sql.Identifier(f"{self.table_name}_body"), table),
         ]
         self.create = [s for s in create if s is not None]
         self.drop = q("DROP TABLE IF EXISTS {t}")
@@ -108,7 +108,10 @@ class Statements:
                               ELSE 'expired' END,
                 prev_fingerprint = CASE WHEN r.retain_until <= excluded.created_at THEN NULL
                                         ELSE r.fingerprint END
-              WHERE CASE WHEN r.state = 'in_flight' THEN r.lease_until <= excluded.created_at
+              -- only a retry of the same request takes over a lapsed lease (SPEC 9)
+              WHERE CASE WHEN r.state = 'in_flight'
+                         THEN r.lease_until <= excluded.created_at
+                              AND r.fingerprint = excluded.fingerprint
                          ELSE r.expires_at <= excluded.created_at END
               RETURNING r.token, r.origin, r.prev_fingerprint
             )

@@ -51,7 +51,8 @@ local r = redis.call('HMGET', KEYS[1], 'st', 'tok', 'lu', 'ex', 'ru', 'fp')
 local st = resolve(r[1], r[4], r[5], now)
 local expired, recovered, prevfp = 0, 0, false
 if st == 'in_flight' then
-  if now < tonumber(r[3]) then
+  -- only a retry of the same request takes over a lapsed lease (SPEC 9, records.claim_on)
+  if now < tonumber(r[3]) or r[6] ~= ARGV[1] then
     return {0, now, redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2])}
   end
   recovered, prevfp = 1, r[6]

@@ -30,7 +30,7 @@ import asyncio
 import hashlib
 import json
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import psycopg
@@ -52,7 +52,7 @@ DEFAULT_URL = "postgresql://127.0.0.1:5432/postgres"
 # A claim statement that raced a concurrent writer is run again; this bounds how often.
 _CLAIM_ATTEMPTS = 10
 
-URL_OPTIONS = {
+URL_OPTIONS: dict[str, Callable[[str], Any]] = {
     "schema": str,  # schema of the table, default: the connection's search_path
     "table_prefix": str,  # table name prefix, default "onceonly_" (table onceonly_records)
     "pool_size": int,  # max connections per pool, default 10
@@ -154,11 +154,14 @@ class PostgresStore:
 
     def init_schema(self) -> None:
         """Create the schema, table and indexes if missing (idempotent, safe concurrently)."""
-        with translated(self._what, _ERRORS), self._pool.connection() as conn:
-            with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_id(),))
-                for statement in self.sql.create:
-                    conn.execute(statement)
+        with (
+            translated(self._what, _ERRORS),
+            self._pool.connection() as conn,
+            conn.transaction(),
+        ):
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_id(),))
+            for statement in self.sql.create:
+                conn.execute(statement)
         self._schema_ready = True
 
     async def ainit_schema(self) -> None:
@@ -194,7 +197,7 @@ class PostgresStore:
         params = _claim_params(id, fingerprint, lease)
         for _ in range(_CLAIM_ATTEMPTS):
             row = self._one(self.sql.claim, params)
-            result = _claim_result(id, row)
+            result = _claim_result(id, fingerprint, row)
             if result is not None:
                 return result
         raise ClaimRaced(id)
@@ -247,7 +250,7 @@ class PostgresStore:
         params = _claim_params(id, fingerprint, lease)
         for _ in range(_CLAIM_ATTEMPTS):
             row = await self._aone(self.sql.claim, params)
-            result = _claim_result(id, row)
+            result = _claim_result(id, fingerprint, row)
             if result is not None:
                 return result
         raise ClaimRaced(id)
@@ -408,7 +411,7 @@ def _complete_params(
     }
 
 
-def _claim_result(id: str, row: Row | None) -> ClaimResult | None:
+def _claim_result(id: str, fingerprint: str, row: Row | None) -> ClaimResult | None:
     """The claim's answer, or None when the statement raced a concurrent writer."""
     assert row is not None
     token, origin, previous, now = row[:4]
@@ -422,7 +425,8 @@ def _claim_result(id: str, row: Row | None) -> ClaimResult | None:
     record = _record(now, row[4:])
     if record is None:
         return None  # inserted by another session after our snapshot: look again
-    if record.state is State.IN_FLIGHT and record.lease_until * 1_000_000 <= now:
+    lapsed = record.state is State.IN_FLIGHT and record.lease_until * 1_000_000 <= now
+    if lapsed and record.fingerprint == fingerprint:
         return None  # a lapsed lease someone else just took over
     if record.state is State.TOMBSTONE:
         return None  # an expired record someone else just claimed

@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
@@ -53,7 +53,7 @@ from onceonly.stores._wake import Listener, awatch_loop, watch_loop
 ABANDONED_GRACE = 3600.0
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 
-URL_OPTIONS = {
+URL_OPTIONS: dict[str, Callable[[str], Any]] = {
     "prefix": str,  # key prefix, default "onceonly:" (no braces: the hash tag is the id)
     "pool_size": int,  # connections per pool (per node on a cluster), default 50
     "pool_timeout": float,  # seconds to wait for a free connection, default = timeout
@@ -196,7 +196,7 @@ class RedisStore:
         return key[len(self.prefix) + 1 : -1]
 
     def _subscription(self) -> Iterator[str | None]:
-        pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        pubsub = self._client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
         try:
             pubsub.subscribe(self.channel)
             yield None
