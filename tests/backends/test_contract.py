@@ -52,18 +52,29 @@ def test_duplicate_in_flight_sees_the_holder(bkit):
 
 def test_takeover_after_lapsed_lease_fences_out_the_old_holder(bkit):
     store, t = bkit.store, bkit.tick
-    old = _claimed(store.claim("k", "fp-old", 1 * t))
+    old = _claimed(store.claim("k", "fp", 1 * t))
     bkit.advance(1.5 * t)
-    new = _claimed(store.claim("k", "fp-new", 10 * t))
+    new = _claimed(store.claim("k", "fp", 10 * t))
     assert new.recovered
     assert not new.expired_before
-    assert new.previous_fingerprint == "fp-old"
+    assert new.previous_fingerprint == "fp"
     assert new.token > old.token
     assert not store.renew("k", old.token, 10 * t)
     assert not store.complete("k", old.token, RESPONSE, 10 * t, 10 * t)
     assert not store.release("k", old.token)
     assert store.complete("k", new.token, RESPONSE, 10 * t, 10 * t)
-    assert _existing(store.claim("k", "fp-new", t)).record.fingerprint == "fp-new"
+    assert _existing(store.claim("k", "fp", t)).record.token == new.token
+
+
+def test_a_different_request_never_takes_over_a_lapsed_lease(bkit):
+    store, t = bkit.store, bkit.tick
+    old = _claimed(store.claim("k", "fp", 1 * t))
+    bkit.advance(1.5 * t)
+    record = _existing(store.claim("k", "other", 10 * t)).record  # SPEC 9: a mismatch
+    assert record.state is State.IN_FLIGHT
+    assert record.token == old.token
+    assert record.fingerprint == "fp"
+    assert store.complete("k", old.token, RESPONSE, 10 * t, 10 * t)
 
 
 def test_holder_keeps_a_lapsed_lease_until_someone_takes_over(bkit):
