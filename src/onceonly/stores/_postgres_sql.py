@@ -182,19 +182,24 @@ class Statements:
         )
         # Index-friendly purge, in batches: strip bodies past their TTL (partial index on
         # expires_at), delete rows past their retention (index on retain_until).
+        # now() (stable, the statement's start in autocommit) rather than clock_timestamp()
+        # (volatile): only a stable bound can be an index condition.
         self.purge_bodies = q(
             """
-            WITH now AS MATERIALIZED (SELECT {now} AS t),
-            due AS (SELECT id FROM {t}, now WHERE body IS NOT NULL AND expires_at <= now.t
-                    LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
-            UPDATE {t} SET body = NULL, headers = NULL FROM due WHERE {t}.id = due.id
+            UPDATE {t} SET body = NULL, headers = NULL
+            WHERE id = ANY(ARRAY(
+              SELECT id FROM {t}
+              WHERE body IS NOT NULL
+                AND expires_at <= (extract(epoch FROM now()) * 1000000)::bigint
+              LIMIT %(limit)s FOR UPDATE SKIP LOCKED))
             """
         )
         self.purge_rows = q(
             """
-            WITH now AS MATERIALIZED (SELECT {now} AS t),
-            due AS (SELECT id FROM {t}, now WHERE retain_until <= now.t
-                    LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
-            DELETE FROM {t} USING due WHERE {t}.id = due.id
+            DELETE FROM {t}
+            WHERE id = ANY(ARRAY(
+              SELECT id FROM {t}
+              WHERE retain_until <= (extract(epoch FROM now()) * 1000000)::bigint
+              LIMIT %(limit)s FOR UPDATE SKIP LOCKED))
             """
         )

@@ -27,6 +27,7 @@ URL form (options in the query string, see :data:`URL_OPTIONS`; others go to lib
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import threading
@@ -155,7 +156,7 @@ class PostgresStore:
     def init_schema(self) -> None:
         """Create the schema, table and indexes if missing (idempotent, safe concurrently)."""
         with (
-            translated(self._what, _ERRORS),
+            self._guard(),
             self._pool.connection() as conn,
             conn.transaction(),
         ):
@@ -166,7 +167,7 @@ class PostgresStore:
 
     async def ainit_schema(self) -> None:
         pool = await self._apool(init=False)
-        with translated(self._what, _ERRORS):
+        with self._guard():
             async with pool.connection() as conn, conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_id(),))
                 for statement in self.sql.create:
@@ -175,7 +176,7 @@ class PostgresStore:
 
     def drop_schema(self) -> None:
         """Drop the table (tests and uninstall)."""
-        with translated(self._what, _ERRORS), self._pool.connection() as conn:
+        with self._guard(), self._pool.connection() as conn:
             conn.execute(self.sql.drop)
         self._schema_ready = False
 
@@ -187,7 +188,7 @@ class PostgresStore:
         returns less than ``limit`` to catch up.
         """
         self._ensure_schema()
-        with translated(self._what, _ERRORS), self._pool.connection() as conn:
+        with self._guard(), self._pool.connection() as conn:
             conn.execute(self.sql.purge_bodies, {"limit": limit})
             return conn.execute(self.sql.purge_rows, {"limit": limit}).rowcount
 
@@ -300,7 +301,56 @@ class PostgresStore:
             await pool.close()
         await asyncio.to_thread(self.close)
 
+    # -- atomic completion (SPEC 13a) -----------------------------------------------------
+
+    def complete_in(
+        self,
+        conn: psycopg.Connection[Any],
+        id: str,
+        token: int,
+        response: StoredResponse,
+        ttl: float,
+        retention: float,
+    ) -> bool:
+        """Complete the record with one statement on ``conn``, inside the caller's transaction.
+
+        Does not commit: the caller's commit makes the completion and its own writes durable
+        together, and a rollback undoes both (SPEC 13a). ``conn`` must reach the same database
+        as the store. Returns False (writing nothing) if ``token`` is fenced out. Waiters are
+        notified when the caller commits (NOTIFY is transactional).
+        """
+        params = _complete_params(id, token, response, ttl, retention, self.channel)
+        with self._guard():
+            return conn.execute(self.sql.complete, params).fetchone() is not None
+
+    async def acomplete_in(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        id: str,
+        token: int,
+        response: StoredResponse,
+        ttl: float,
+        retention: float,
+    ) -> bool:
+        """The asyncio twin of :meth:`complete_in`."""
+        params = _complete_params(id, token, response, ttl, retention, self.channel)
+        with self._guard():
+            cur = await conn.execute(self.sql.complete, params)
+            return await cur.fetchone() is not None
+
     # -- internals -----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[None]:
+        """Backend errors become StoreUnavailable (STYLE 4); a missing table says what to do."""
+        with translated(self._what, _ERRORS):
+            try:
+                yield
+            except psycopg.errors.UndefinedTable as exc:
+                raise StoreUnavailable(
+                    f"{self._what}: table {self.sql.table_name!r} does not exist; create it "
+                    "with PostgresStore.init_schema() or leave init_schema enabled"
+                ) from exc
 
     def _lock_id(self) -> int:
         digest = hashlib.sha256(f"onceonly-schema:{self.sql.table_name}".encode()).digest()
@@ -318,7 +368,7 @@ class PostgresStore:
 
     def _one(self, statement: sql.Composed, params: Mapping[str, Any]) -> Row | None:
         self._ensure_schema()
-        with translated(self._what, _ERRORS), self._pool.connection() as conn:
+        with self._guard(), self._pool.connection() as conn:
             return conn.execute(statement, params).fetchone()
 
     async def _make_async(self) -> psycopg_pool.AsyncConnectionPool:
@@ -335,7 +385,7 @@ class PostgresStore:
         return pool
 
     async def _apool(self, *, init: bool = True) -> psycopg_pool.AsyncConnectionPool:
-        with translated(self._what, _ERRORS):
+        with self._guard():
             pool = await self._async.get()
         if init and self._lazy_init and not self._schema_ready:
             await self.ainit_schema()
@@ -343,7 +393,7 @@ class PostgresStore:
 
     async def _aone(self, statement: sql.Composed, params: Mapping[str, Any]) -> Row | None:
         pool = await self._apool()
-        with translated(self._what, _ERRORS):
+        with self._guard():
             async with pool.connection() as conn:
                 cur = await conn.execute(statement, params)
                 return await cur.fetchone()

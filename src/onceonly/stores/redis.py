@@ -71,18 +71,22 @@ def _us(seconds: float) -> int:
     return round(seconds * 1_000_000)
 
 
-class _AsyncSide:
-    """One loop's async client and its registered scripts."""
+class _Side:
+    """A client (sync, or one loop's async client) and the scripts registered on it.
 
-    def __init__(self, client: AsyncClient) -> None:
-        self.client = client
-        self.claim = client.register_script(lua.CLAIM)
-        self.renew = client.register_script(lua.RENEW)
-        self.complete = client.register_script(lua.COMPLETE)
-        self.release = client.register_script(lua.RELEASE)
-        self.delete = client.register_script(lua.DELETE)
-        self.get = client.register_script(lua.GET)
-        self.watch = client.register_script(lua.WATCH)
+    Attributes are ``Any``: the same names hold ``Script`` or ``AsyncScript`` objects, whose
+    replies are untyped RESP values either way.
+    """
+
+    def __init__(self, client: Client | AsyncClient) -> None:
+        self.client: Any = client
+        self.claim: Any = client.register_script(lua.CLAIM)
+        self.renew: Any = client.register_script(lua.RENEW)
+        self.complete: Any = client.register_script(lua.COMPLETE)
+        self.release: Any = client.register_script(lua.RELEASE)
+        self.delete: Any = client.register_script(lua.DELETE)
+        self.get: Any = client.register_script(lua.GET)
+        self.watch: Any = client.register_script(lua.WATCH)
 
 
 class RedisStore:
@@ -131,16 +135,11 @@ class RedisStore:
         self._pool_size = pool_size
         self._pool_timeout = timeout if pool_timeout is None else pool_timeout
         self._what = f"Redis store {self._redacted()}"
-        with translated(self._what, _ERRORS):
-            self._client = self._make_client()
-        self._claim = self._client.register_script(lua.CLAIM)
-        self._renew = self._client.register_script(lua.RENEW)
-        self._complete = self._client.register_script(lua.COMPLETE)
-        self._release = self._client.register_script(lua.RELEASE)
-        self._delete = self._client.register_script(lua.DELETE)
-        self._get = self._client.register_script(lua.GET)
-        self._watch = self._client.register_script(lua.WATCH)
-        self._async: PerLoop[_AsyncSide] = PerLoop(self._make_async)
+        # Clients are made on first use: a cluster client reads the topology when made, and
+        # an application must be able to start while its store is down.
+        self._sync: _Side | None = None
+        self._sync_lock = threading.Lock()
+        self._async: PerLoop[_Side] = PerLoop(self._make_async)
         self._notifier = Notifier()
         self._listener = (
             Listener(f"onceonly-redis-{prefix}", self._subscription, self._notifier)
@@ -172,7 +171,22 @@ class RedisStore:
         )
         return redis.Redis(connection_pool=pool)
 
-    async def _make_async(self) -> _AsyncSide:
+    @property
+    def client(self) -> Client:
+        """The synchronous redis-py client (admin and tests)."""
+        client: Client = self._s().client
+        return client
+
+    def _s(self) -> _Side:
+        side = self._sync
+        if side is None:
+            with self._sync_lock, translated(self._what, _ERRORS):
+                if self._sync is None:
+                    self._sync = _Side(self._make_client())
+                side = self._sync
+        return side
+
+    async def _make_async(self) -> _Side:
         client: AsyncClient
         if self.cluster:
             client = redis.asyncio.cluster.RedisCluster.from_url(
@@ -186,7 +200,7 @@ class RedisStore:
                 **self._kwargs,
             )
             client = redis.asyncio.Redis(connection_pool=pool)
-        return _AsyncSide(client)
+        return _Side(client)
 
     def _keys(self, id: str) -> list[str]:
         key = f"{self.prefix}{{{id}}}"
@@ -196,7 +210,7 @@ class RedisStore:
         return key[len(self.prefix) + 1 : -1]
 
     def _subscription(self) -> Iterator[str | None]:
-        pubsub = self._client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        pubsub = self.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
         try:
             pubsub.subscribe(self.channel)
             yield None
@@ -213,14 +227,14 @@ class RedisStore:
 
     def claim(self, id: str, fingerprint: str, lease: float) -> ClaimResult:
         with translated(self._what, _ERRORS):
-            reply = self._claim(
+            reply = self._s().claim(
                 keys=self._keys(id), args=[fingerprint, _us(lease), _us(ABANDONED_GRACE)]
             )
         return _claim_result(id, reply)
 
     def renew(self, id: str, token: int, lease: float) -> bool:
         with translated(self._what, _ERRORS):
-            reply = self._renew(keys=self._keys(id)[:1], args=_renew_args(token, lease))
+            reply = self._s().renew(keys=self._keys(id)[:1], args=_renew_args(token, lease))
         return bool(reply)
 
     def complete(
@@ -228,21 +242,21 @@ class RedisStore:
     ) -> bool:
         args = _complete_args(token, response, ttl, retention, self.channel)
         with translated(self._what, _ERRORS):
-            reply = self._complete(keys=self._keys(id), args=args)
+            reply = self._s().complete(keys=self._keys(id), args=args)
         if reply:
             self._notifier.notify(id)  # waiters in this process need not wait for pub/sub
         return bool(reply)
 
     def release(self, id: str, token: int) -> bool:
         with translated(self._what, _ERRORS):
-            reply = self._release(keys=self._keys(id), args=[token, self.channel])
+            reply = self._s().release(keys=self._keys(id), args=[token, self.channel])
         if reply:
             self._notifier.notify(id)
         return bool(reply)
 
     def get(self, id: str) -> Record | None:
         with translated(self._what, _ERRORS):
-            now, fields, response = self._get(keys=self._keys(id))
+            now, fields, response = self._s().get(keys=self._keys(id))
         return _record(id, int(now), fields, response)
 
     def watch(self, id: str, timeout: float) -> None:
@@ -252,7 +266,7 @@ class RedisStore:
 
     def delete(self, id: str) -> bool:
         with translated(self._what, _ERRORS):
-            found = int(self._delete(keys=self._keys(id), args=[self.channel])) > 0
+            found = int(self._s().delete(keys=self._keys(id), args=[self.channel])) > 0
         self._notifier.notify(id)
         return found
 
@@ -260,8 +274,10 @@ class RedisStore:
         self._closed.set()
         if self._listener is not None:
             self._listener.stop()
-        with translated(self._what, _ERRORS):
-            self._client.close()
+        side, self._sync = self._sync, None
+        if side is not None:
+            with translated(self._what, _ERRORS):
+                side.client.close()
         self._async.clear()  # their loops may be gone; sockets close with them
 
     # -- async ---------------------------------------------------------------------------
@@ -326,13 +342,13 @@ class RedisStore:
 
     # -- internals -----------------------------------------------------------------------
 
-    async def _side(self) -> _AsyncSide:
+    async def _side(self) -> _Side:
         with translated(self._what, _ERRORS):
             return await self._async.get()
 
     def _lease_left(self, id: str) -> float | None:
         with translated(self._what, _ERRORS):
-            left = int(self._watch(keys=self._keys(id)[:1]))
+            left = int(self._s().watch(keys=self._keys(id)[:1]))
         return None if left < 0 else left / 1_000_000
 
     async def _alease_left(self, id: str) -> float | None:
