@@ -33,6 +33,13 @@ local function resolve(st, ex, ru, now)
   if st == 'tombstone' and now >= tonumber(ru) then return 'absent' end
   return st
 end
+-- the record in a fixed field order (see redis.py FIELDS): no field names on the wire
+local function snapshot(now)
+  return {0, now,
+          redis.call('HMGET', KEYS[1], 'fp', 'st', 'tok', 'lu', 'ex', 'ru', 'ca', 'status',
+                     'rep', 'tid', 'sid'),
+          redis.call('HMGET', KEYS[2], 'hdr', 'body')}
+end
 local function ms(us)
   local v = math.ceil(us / 1000)
   if v < 1 then return 1 end
@@ -42,7 +49,7 @@ end
 
 # ARGV: fingerprint, lease_us, abandoned_grace_us
 # -> {1, token, expired_before, recovered, previous_fingerprint|false}
-# |  {0, now, record hash (flat), response hash (flat)}
+# |  {0, now, record fields, response fields}  (snapshot)
 CLAIM = (
     _PRELUDE
     + """
@@ -53,11 +60,11 @@ local expired, recovered, prevfp = 0, 0, false
 if st == 'in_flight' then
   -- only a retry of the same request takes over a lapsed lease (SPEC 9, records.claim_on)
   if now < tonumber(r[3]) or r[6] ~= ARGV[1] then
-    return {0, now, redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2])}
+    return snapshot(now)
   end
   recovered, prevfp = 1, r[6]
 elseif st == 'completed' or st == 'unreplayable' then
-  return {0, now, redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2])}
+  return snapshot(now)
 elseif st == 'tombstone' then
   expired, prevfp = 1, r[6]
 end
@@ -129,11 +136,11 @@ if w then redis.call('PUBLISH', ARGV[1], KEYS[1]) end
 return n
 """
 
-# -> {now, record hash (flat), response hash (flat)}
+# -> {0, now, record fields, response fields}  (snapshot)
 GET = (
     _PRELUDE
     + """
-return {now_us(), redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2])}
+return snapshot(now_us())
 """
 )
 

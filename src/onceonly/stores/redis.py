@@ -256,7 +256,7 @@ class RedisStore:
 
     def get(self, id: str) -> Record | None:
         with translated(self._what, _ERRORS):
-            now, fields, response = self._s().get(keys=self._keys(id))
+            _, now, fields, response = self._s().get(keys=self._keys(id))
         return _record(id, int(now), fields, response)
 
     def watch(self, id: str, timeout: float) -> None:
@@ -318,7 +318,7 @@ class RedisStore:
     async def aget(self, id: str) -> Record | None:
         side = await self._side()
         with translated(self._what, _ERRORS):
-            now, fields, response = await side.get(keys=self._keys(id))
+            _, now, fields, response = await side.get(keys=self._keys(id))
         return _record(id, int(now), fields, response)
 
     async def awatch(self, id: str, timeout: float) -> None:
@@ -397,22 +397,23 @@ def _claim_result(id: str, reply: list[Any]) -> ClaimResult:
     return Existing(record)
 
 
-def _pairs(flat: list[bytes]) -> dict[str, bytes]:
-    return {bytes(flat[i]).decode(): bytes(flat[i + 1]) for i in range(0, len(flat), 2)}
-
-
-def _num(fields: dict[str, bytes], name: str) -> int:
-    value = fields.get(name)
+def _int(value: bytes | None) -> int:
     return 0 if value is None else int(value)
 
 
-def _record(id: str, now: int, flat: list[bytes], flat_response: list[bytes]) -> Record | None:
-    """The record as ``records.resolve`` sees it at ``now``; None when absent."""
-    if not flat:
+def _record(
+    id: str, now: int, fields: list[bytes | None], stored: list[bytes | None]
+) -> Record | None:
+    """The record as ``records.resolve`` sees it at ``now``; None when absent.
+
+    ``fields`` come in the order of the scripts' ``snapshot``: fp, st, tok, lu, ex, ru, ca,
+    status, rep, tid, sid; ``stored`` is hdr, body (absent past the TTL).
+    """
+    fp, st, tok, lu, ex, ru, ca, status, _, tid, sid = fields
+    if fp is None or st is None:
         return None
-    fields, body = _pairs(flat), _pairs(flat_response)
-    state = State(fields["st"].decode())
-    expires, retain = _num(fields, "ex"), _num(fields, "ru")
+    state = State(st.decode())
+    expires, retain = _int(ex), _int(ru)
     response = None
     if state is not State.IN_FLIGHT:
         if now >= retain:
@@ -420,28 +421,29 @@ def _record(id: str, now: int, flat: list[bytes], flat_response: list[bytes]) ->
         if now >= expires:
             state = State.TOMBSTONE  # the body has expired with its key
         else:
+            headers, body = stored
             replayable = state is State.COMPLETED
-            if replayable and "body" not in body:
+            if replayable and body is None:
                 raise StoreError(
                     f"Redis store: the stored response of {id[:12]} is missing before its TTL; "
                     "run Redis with maxmemory-policy noeviction"
                 )
             response = StoredResponse(
-                _num(fields, "status"),
-                tuple((str(k), str(v)) for k, v in json.loads(body.get("hdr", b"[]"))),
-                body.get("body", b""),
+                _int(status),
+                tuple((str(k), str(v)) for k, v in json.loads(headers or b"[]")),
+                body or b"",
                 replayable,
-                fields.get("tid", b"").decode() or None,
-                fields.get("sid", b"").decode() or None,
+                tid.decode() if tid else None,
+                sid.decode() if sid else None,
             )
     return Record(
         id,
-        fields["fp"].decode(),
+        fp.decode(),
         state,
-        _num(fields, "tok"),
-        _num(fields, "lu") / 1_000_000,
+        _int(tok),
+        _int(lu) / 1_000_000,
         expires / 1_000_000,
         retain / 1_000_000,
         response,
-        _num(fields, "ca") / 1_000_000,
+        _int(ca) / 1_000_000,
     )
