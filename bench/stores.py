@@ -88,12 +88,12 @@ async def floor_trip(kind: str) -> tuple[Callable[[], Awaitable[object]], Callab
     if kind == "redis":
         import redis.asyncio
 
-        client = redis.asyncio.Redis.from_url(REDIS_URL)
+        client = redis.asyncio.Redis.from_url(REDIS_URL.split("?")[0])
         return client.ping, client.aclose
     if kind == "postgres":
         import psycopg
 
-        conn = await psycopg.AsyncConnection.connect(POSTGRES_URL, autocommit=True)
+        conn = await psycopg.AsyncConnection.connect(POSTGRES_URL.split("?")[0], autocommit=True)
 
         async def select() -> object:
             return await (await conn.execute("SELECT 1", prepare=True)).fetchone()

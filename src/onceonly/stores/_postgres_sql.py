@@ -88,14 +88,26 @@ class Statements:
         # -> one row: claimed token | NULL, origin, prev_fingerprint, now, the live record
         # (when not claimed). A claimed token and no record is impossible; neither means a
         # concurrent writer changed the row after this statement's snapshot: run it again.
+        #
+        # ``cur`` reads the row without a lock. When it is live (a replay, a duplicate in
+        # flight, a mismatch) the INSERT has no source row, so the statement stays read-only:
+        # no row lock, no transaction id, no WAL flush — a replay is a plain index read.
         self.claim = q(
             """
             WITH now AS MATERIALIZED (SELECT {now} AS t),
+            cur AS MATERIALIZED (SELECT * FROM {t} WHERE id = %(id)s),
+            live AS MATERIALIZED (
+              SELECT 1 FROM cur, now
+              WHERE CASE WHEN cur.state = 'in_flight'
+                         THEN cur.lease_until > now.t OR cur.fingerprint <> %(fp)s
+                         ELSE cur.expires_at > now.t END
+            ),
             up AS (
               INSERT INTO {t} AS r (id, fingerprint, state, token, lease_until, expires_at,
                                     retain_until, created_at, origin)
               SELECT %(id)s, %(fp)s, 'in_flight', now.t, now.t + %(lease)s, 0,
-                     now.t + %(lease)s + %(grace)s, now.t, 'new' FROM now
+                     now.t + %(lease)s + %(grace)s, now.t, 'new'
+              FROM now WHERE NOT EXISTS (SELECT 1 FROM live)
               ON CONFLICT (id) DO UPDATE SET
                 fingerprint = excluded.fingerprint, state = 'in_flight',
                 token = greatest(r.token + 1, excluded.token),
@@ -118,7 +130,7 @@ class Statements:
             SELECT up.token, up.origin, up.prev_fingerprint, now.t, {cols}
             FROM now
             LEFT JOIN up ON true
-            LEFT JOIN {t} r ON r.id = %(id)s AND up.token IS NULL
+            LEFT JOIN cur r ON up.token IS NULL
             """
         )
         self.renew = q(

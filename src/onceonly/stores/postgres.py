@@ -43,6 +43,7 @@ from onceonly.records import Claimed, ClaimResult, Existing, Record, State, Stor
 from onceonly.stores._errors import translated
 from onceonly.stores._notify import Notifier
 from onceonly.stores._perloop import PerLoop
+from onceonly.stores._pg_apool import AsyncPool
 from onceonly.stores._postgres_sql import Statements
 from onceonly.stores._urlopts import as_bool, split_options
 from onceonly.stores._wake import Listener, awatch_loop, watch_loop
@@ -63,6 +64,7 @@ URL_OPTIONS: dict[str, Callable[[str], Any]] = {
     "connect_timeout": float,  # seconds per connect, default 2 (libpq's minimum)
     "init_schema": as_bool,  # create the table lazily on first use, default true
     "listen": as_bool,  # LISTEN/NOTIFY wake-ups for waiting duplicates, default true
+    "synchronous_commit": str,  # the server setting for our statements, default: the server's
     "prepare": as_bool,  # server-side prepared statements, default true (false for PgBouncer
     # in transaction mode before 1.21)
 }
@@ -116,7 +118,7 @@ class PostgresStore:
         self._connect_kwargs: dict[str, Any] = {
             "autocommit": True,
             "connect_timeout": max(2, round(connect_timeout)),
-            "options": f"-c statement_timeout={round(timeout * 1000)}",
+            "options": _options(clean, timeout, o.get("synchronous_commit")),
             "tcp_user_timeout": round(timeout * 1000),
             # Prepare each statement on its first use on a connection: psycopg's default
             # (prepare on the 5th use) costs an extra round trip in the middle of traffic.
@@ -138,7 +140,7 @@ class PostgresStore:
             name=f"onceonly-{self.sql.table_name}",
         )
         self._pool.open(wait=False)  # connects in the background: a down server is no error
-        self._async: PerLoop[psycopg_pool.AsyncConnectionPool] = PerLoop(self._make_async)
+        self._async: PerLoop[AsyncPool] = PerLoop(self._make_async)
         self._notifier = Notifier()
         self._listener = (
             Listener(f"onceonly-pg-{self.sql.table_name}", self._subscription, self._notifier)
@@ -371,20 +373,10 @@ class PostgresStore:
         with self._guard(), self._pool.connection() as conn:
             return conn.execute(statement, params).fetchone()
 
-    async def _make_async(self) -> psycopg_pool.AsyncConnectionPool:
-        pool = psycopg_pool.AsyncConnectionPool(
-            self._conninfo,
-            min_size=self._pool_min,
-            max_size=self._pool_size,
-            timeout=self._pool_timeout,
-            kwargs=self._connect_kwargs,
-            open=False,
-            name=f"onceonly-async-{self.sql.table_name}",
-        )
-        await pool.open(wait=False)
-        return pool
+    async def _make_async(self) -> AsyncPool:
+        return AsyncPool(self._conninfo, self._connect_kwargs, self._pool_size, self._pool_timeout)
 
-    async def _apool(self, *, init: bool = True) -> psycopg_pool.AsyncConnectionPool:
+    async def _apool(self, *, init: bool = True) -> AsyncPool:
         with self._guard():
             pool = await self._async.get()
         if init and self._lazy_init and not self._schema_ready:
@@ -422,6 +414,15 @@ class ClaimRaced(StoreUnavailable):
             f"PostgreSQL store: claim of {id[:12]} raced concurrent writers "
             f"{_CLAIM_ATTEMPTS} times in a row"
         )
+
+
+def _options(conninfo: str, timeout: float, synchronous_commit: str | None) -> str:
+    """libpq ``options``: the caller's own (from the URL), then our statement timeout."""
+    given = str(psycopg.conninfo.conninfo_to_dict(conninfo).get("options") or "")
+    ours = [f"-c statement_timeout={round(timeout * 1000)}"]
+    if synchronous_commit:  # "off": a crash may lose the last completions, never corrupt
+        ours.append(f"-c synchronous_commit={synchronous_commit}")
+    return " ".join([given, *ours]).strip()
 
 
 def _redacted(conninfo: str) -> str:
