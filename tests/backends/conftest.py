@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from servers import redis_available, redis_cluster, require
+
+from storekit import STORE_KINDS, StoreKit, redis_kit
 
 BACKENDS = ["redis", "postgres"]
 
@@ -21,17 +22,12 @@ def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(params=[*BACKENDS, "redis-cluster"])
-def bkit(
-    request: pytest.FixtureRequest,
-    tmp_path: Path,
-    store_kinds: dict[str, Callable[[Path], Any]],
-    redis_kit_at: Callable[[str, str], Any],
-) -> Iterator[Any]:
-    """A kit for each server-backed store (a conftest StoreKit)."""
+def bkit(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreKit]:
+    """A kit for each server-backed store, the Redis Cluster included."""
     if request.param == "redis-cluster":
-        made = redis_kit_at(request.getfixturevalue("cluster_url"), "redis-cluster")
+        made = redis_kit(request.getfixturevalue("cluster_url"), "redis-cluster")
     else:
-        made = store_kinds[request.param](tmp_path)
+        made = STORE_KINDS[request.param](tmp_path)
     try:
         yield made
     finally:

@@ -19,6 +19,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from storekit import POSTGRES_URL, REDIS_URL, require_service
+from storekit import server_down as shared_down
+
+__all__ = ["POSTGRES_URL", "REDIS_URL", "require", "shared_down"]
+
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
 
@@ -271,35 +276,7 @@ class CountingProxy:
         self._listener.close()
 
 
-REDIS_URL = os.environ.get("ONCEONLY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-POSTGRES_URL = os.environ.get(
-    "ONCEONLY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
-)
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
 def require(name: str, why: str | None) -> None:
     """Skip (developer machine) or fail (CI) when ``why`` says a service is missing."""
-    import pytest
-
-    if why is None:
-        return
-    if IN_CI:
-        pytest.fail(f"{name} is required in CI but unavailable: {why}")
-    pytest.skip(f"{name} not available ({why}); start it to run these tests")
-
-
-def shared_down(url: str) -> str | None:
-    """Why the shared server at ``url`` cannot be used, or None."""
-    try:
-        if url.startswith("redis"):
-            import redis
-
-            redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1).ping()
-        else:
-            import psycopg
-
-            psycopg.connect(url, connect_timeout=2).close()
-    except Exception as exc:
-        return f"{type(exc).__name__}: {exc}"
-    return None
+    if why is not None:
+        require_service(name, why)

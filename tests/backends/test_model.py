@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from onceonly.records import Claimed, Existing, Record, StoredResponse
 from onceonly.stores.memory import MemoryStore
+from storekit import STORE_KINDS
 
 LEASE = 0.3  # seconds; a "lapse" step sleeps past it, other steps take milliseconds
 TTL = 600.0
@@ -61,8 +62,8 @@ def _shape(record: Record | None, names: dict[int, int]) -> Any:
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(sequence=ops)
-def test_server_store_agrees_with_the_reference(kind, sequence, store_kinds, tmp_path):
-    kit = store_kinds[kind](tmp_path)
+def test_server_store_agrees_with_the_reference(kind, sequence, tmp_path):
+    kit = STORE_KINDS[kind](tmp_path)
     real = kit.store
     clock = Clock()
     model = MemoryStore(clock=clock)
