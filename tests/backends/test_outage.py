@@ -52,7 +52,7 @@ def server_and_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator
         server = RedisServer(
             tmp_path / "redis", free_port(), "--appendonly", "yes", "--appendfsync", "always"
         ).start()
-        store = RedisStore(server.url, prefix="o:", timeout=0.5, connect_timeout=0.5)
+        store = RedisStore(server.url, prefix="o:", timeout=1.0, connect_timeout=0.5)
     else:
         require("PostgreSQL binaries", postgres_available())
         from onceonly.stores.postgres import PostgresStore
@@ -130,12 +130,23 @@ async def test_kill_and_restart_the_store_server_mid_run(server_and_store):
         while (await post(f"probe-{uuid.uuid4().hex}")).status_code != 201:
             assert time.monotonic() < deadline, "service did not resume after the restart"
             await asyncio.sleep(0.1)
+
+        async def settled(key: str) -> httpx.Response:
+            # A loaded machine may still time out a command now and then (a defined 503);
+            # a client retries those, as it would in production.
+            for _ in range(20):
+                response = await post(key)
+                if response.status_code != 503:
+                    return response
+                await asyncio.sleep(0.1)
+            return response
+
         for i in range(5):
-            replay = await post(f"a{i}")
+            replay = await settled(f"a{i}")
             assert replay.status_code == 201
             assert replay.headers.get("idempotent-replayed") == "true"
-            assert (await post(f"b{i}")).status_code == 201
-            assert (await post(f"b{i}")).headers.get("idempotent-replayed") == "true"
+            assert (await settled(f"b{i}")).status_code == 201
+            assert (await settled(f"b{i}")).headers.get("idempotent-replayed") == "true"
         stop.set()
         await stream
 
