@@ -85,6 +85,9 @@ REDIS_URL = os.environ.get("ONCEONLY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"
 POSTGRES_URL = os.environ.get(
     "ONCEONLY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
+# A tick on a real clock: long enough that a loaded machine's latency stays well inside one
+# (the shared contract waits 0.3 s on a 2.5-tick lease and expects the lease to outlive it).
+REAL_TICK = 0.2
 _reachable: dict[str, str | None] = {}  # url -> None if up, else why not (checked once)
 
 
@@ -132,7 +135,7 @@ def redis_kit(url: str, name: str = "redis") -> StoreKit:
                 opened[0].client.delete(key)
         opened[0].close()
 
-    kit = StoreKit(name, opened[0], time.sleep, reopen, tick=0.1, real_clock=True)
+    kit = StoreKit(name, opened[0], time.sleep, reopen, tick=REAL_TICK, real_clock=True)
     kit.closers.append(close)
     return kit
 
@@ -155,7 +158,7 @@ def _postgres(tmp_path: Path) -> StoreKit:
         for store in opened:
             store.close()
 
-    kit = StoreKit("postgres", opened[0], time.sleep, reopen, tick=0.1, real_clock=True)
+    kit = StoreKit("postgres", opened[0], time.sleep, reopen, tick=REAL_TICK, real_clock=True)
     kit.closers.append(close)
     return kit
 

@@ -85,25 +85,23 @@ class Listener:
 
 
 # ``check`` reads the record (marking it watched) and returns the seconds left on its lease
-# while it is in flight, or None once it is not. A lapsed lease still counts as in flight, as
-# in the reference store: the waiter's next claim, not the watch, decides about a takeover.
+# while it is in flight, or None once it is not.
 Check = Callable[[], float | None]
 ACheck = Callable[[], Awaitable[float | None]]
 
 
 def watch_loop(notifier: Notifier, id: str, timeout: float, check: Check) -> None:
-    """Return once ``id`` is not in flight, or after ``timeout``."""
+    """Return once ``id`` is not in flight (or its lease lapsed), or after ``timeout``."""
     deadline = time.monotonic() + timeout
     interval = POLL_START
     event, unsubscribe = notifier.thread_waiter(id)  # subscribe before looking: no lost wake
     try:
         while True:
-            if check() is None:
-                return
+            lease_left = check()
             left = deadline - time.monotonic()
-            if left <= 0:
+            if lease_left is None or lease_left <= 0 or left <= 0:
                 return
-            if event.wait(min(interval, left)):
+            if event.wait(min(interval, left, lease_left)):
                 return
             interval = min(interval * 2, POLL_MAX)
     finally:
@@ -117,13 +115,12 @@ async def awatch_loop(notifier: Notifier, id: str, timeout: float, check: ACheck
     event, unsubscribe = notifier.task_waiter(id)
     try:
         while True:
-            if await check() is None:
-                return
+            lease_left = await check()
             left = deadline - time.monotonic()
-            if left <= 0:
+            if lease_left is None or lease_left <= 0 or left <= 0:
                 return
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(min(interval, left)):
+                async with asyncio.timeout(min(interval, left, lease_left)):
                     await event.wait()
                     return
             interval = min(interval * 2, POLL_MAX)
