@@ -8,9 +8,11 @@ against every store. New backends register a factory in ``STORE_KINDS``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,10 +81,94 @@ def _sqlite(tmp_path: Path) -> StoreKit:
     return kit
 
 
+REDIS_URL = os.environ.get("ONCEONLY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+POSTGRES_URL = os.environ.get(
+    "ONCEONLY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+# A tick on a real clock: long enough that a loaded machine's latency stays well inside one
+# (the shared contract waits 0.3 s on a 2.5-tick lease and expects the lease to outlive it).
+REAL_TICK = 0.2
+_reachable: dict[str, str | None] = {}  # url -> None if up, else why not (checked once)
+
+
+def server_down(url: str) -> str | None:
+    """Why the shared Redis/PostgreSQL at ``url`` cannot be used, or None (checked once)."""
+    if url not in _reachable:
+        try:
+            if url.startswith("redis"):
+                import redis
+
+                redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1).ping()
+            else:
+                import psycopg
+
+                psycopg.connect(url, connect_timeout=2).close()
+            _reachable[url] = None
+        except Exception as exc:  # ImportError, connection refused, auth...
+            _reachable[url] = f"{type(exc).__name__}: {exc}"
+    return _reachable[url]
+
+
+def _redis(tmp_path: Path) -> StoreKit:
+    """A real Redis with a key prefix of its own per test (real clock: time really passes)."""
+    if why := server_down(REDIS_URL):
+        require_service("Redis", why)
+    return redis_kit(REDIS_URL)
+
+
+def redis_kit(url: str, name: str = "redis") -> StoreKit:
+    """A kit on the Redis (or Redis Cluster) at ``url``; tests/backends uses it for a cluster."""
+    from onceonly.stores.redis import RedisStore
+
+    prefix = f"t{uuid.uuid4().hex[:12]}:"
+    opened = [RedisStore(url, prefix=prefix)]
+
+    def reopen() -> DualStore:
+        opened.append(RedisStore(url, prefix=prefix))
+        return opened[-1]
+
+    def close() -> None:
+        for store in opened[1:]:
+            store.close()
+        with contextlib.suppress(Exception):  # the server may be gone (outage tests)
+            for key in opened[0].client.scan_iter(match=f"{prefix}*", count=1000):
+                opened[0].client.delete(key)
+        opened[0].close()
+
+    kit = StoreKit(name, opened[0], time.sleep, reopen, tick=REAL_TICK, real_clock=True)
+    kit.closers.append(close)
+    return kit
+
+
+def _postgres(tmp_path: Path) -> StoreKit:
+    """A real PostgreSQL with a table of its own per test (real clock: time really passes)."""
+    if why := server_down(POSTGRES_URL):
+        require_service("PostgreSQL", why)
+    from onceonly.stores.postgres import PostgresStore
+
+    prefix = f"t{uuid.uuid4().hex[:12]}_"
+    opened = [PostgresStore(POSTGRES_URL, table_prefix=prefix, pool_min=0)]
+
+    def reopen() -> DualStore:
+        opened.append(PostgresStore(POSTGRES_URL, table_prefix=prefix, pool_min=0))
+        return opened[-1]
+
+    def close() -> None:
+        opened[0].drop_schema()
+        for store in opened:
+            store.close()
+
+    kit = StoreKit("postgres", opened[0], time.sleep, reopen, tick=REAL_TICK, real_clock=True)
+    kit.closers.append(close)
+    return kit
+
+
 # name -> factory(tmp_path) -> StoreKit; a factory calls pytest.skip when its server is absent
 STORE_KINDS: dict[str, Callable[[Path], StoreKit]] = {
     "memory": _memory,
     "sqlite": _sqlite,
+    "redis": _redis,
+    "postgres": _postgres,
 }
 
 

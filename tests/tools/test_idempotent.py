@@ -244,6 +244,8 @@ def test_duplicate_in_flight_waits_then_gets_still_in_flight(
 def test_lapsed_lease_is_taken_over_and_the_late_writer_fenced(
     kit: StoreKit, flavour: Flavour
 ) -> None:
+    if kit.real_clock:  # the live holder's heartbeat renews its lease as real time passes
+        pytest.skip("a lease lapses under a live holder only on a fake clock")
     ledger = Ledger()
     started, release = threading.Event(), threading.Event()
 

@@ -3,6 +3,9 @@
 memory://                       a process-local MemoryStore
 sqlite:///relative/path.db      a file relative to the working directory
 sqlite:////absolute/path.db     an absolute path (four slashes)
+redis://host:6379/0             Redis (rediss:// for TLS); options in the query string
+redis+cluster://host:7000       Redis Cluster, any node as the seed (rediss+cluster:// TLS)
+postgresql://user@host/db       PostgreSQL (postgres:// too); options in the query string
 """
 
 from __future__ import annotations
@@ -50,6 +53,26 @@ def _open_sqlite(url: str) -> DualStore:
             "sqlite:////absolute/path.db"
         )
     return SQLiteStore(rest[1:], url=url)
+
+
+@register_scheme("redis", "rediss", "redis+cluster", "rediss+cluster")
+def _open_redis(url: str) -> DualStore:
+    try:
+        from onceonly.stores.redis import RedisStore
+    except ImportError as exc:
+        raise ConfigurationError(f"{url!r} needs redis-py: pip install 'onceonly[redis]'") from exc
+    return RedisStore(url)
+
+
+@register_scheme("postgresql", "postgres")
+def _open_postgres(url: str) -> DualStore:
+    try:
+        from onceonly.stores.postgres import PostgresStore
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"{url!r} needs psycopg 3: pip install 'onceonly[postgres]'"
+        ) from exc
+    return PostgresStore(url)
 
 
 def open_store(url: str | None = None) -> DualStore:

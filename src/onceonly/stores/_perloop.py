@@ -1,0 +1,58 @@
+"""One asyncio client per event loop.
+
+redis.asyncio clients and psycopg async pools bind their sockets to the loop that opened them;
+a store object may be used from several loops over its life (a test per loop, an app that
+runs ``asyncio.run`` twice), so the async face keeps one client per running loop. A loop that
+is garbage-collected drops its client with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import weakref
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class PerLoop(Generic[T]):
+    """Lazily make one ``T`` per running event loop with ``make`` (an async factory)."""
+
+    def __init__(self, make: Callable[[], Awaitable[T]]) -> None:
+        self._make = make
+        self._lock = threading.Lock()
+        self._items: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, T] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._making: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    async def get(self) -> T:
+        loop = asyncio.get_running_loop()
+        item = self._items.get(loop)
+        if item is not None:
+            return item
+        with self._lock:
+            making = self._making.setdefault(loop, asyncio.Lock())
+        async with making:  # one factory call per loop even if many tasks ask at once
+            item = self._items.get(loop)
+            if item is None:
+                item = await self._make()
+                with self._lock:
+                    self._items[loop] = item
+            return item
+
+    def pop_current(self) -> T | None:
+        """Forget (and return) the current loop's item, so the caller can close it."""
+        with self._lock:
+            return self._items.pop(asyncio.get_running_loop(), None)
+
+    def clear(self) -> list[T]:
+        """Forget every item (their loops may be gone; closing them is best effort)."""
+        with self._lock:
+            items = list(self._items.values())
+            self._items.clear()
+            return items

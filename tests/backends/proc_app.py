@@ -1,0 +1,35 @@
+"""An ASGI app run by uvicorn in its own OS process (test_processes.py starts two).
+
+Configured through the environment: ONCEONLY_STORE_URL names the shared store, RUN_LOG a file
+that gets one line per handler execution (appended atomically), WORK_S how long a handler
+works, so duplicates overlap it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from onceonly import open_store
+from onceonly.http.asgi import IdempotencyMiddleware
+
+RUN_LOG = os.environ["RUN_LOG"]
+WORK_S = float(os.environ.get("WORK_S", "0.3"))
+
+
+async def handler(scope: Any, receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    fd = os.open(RUN_LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        os.write(fd, f"{os.getpid()}\n".encode())
+    finally:
+        os.close(fd)
+    await asyncio.sleep(WORK_S)
+    body = f"charged by {os.getpid()}".encode()
+    await send({"type": "http.response.start", "status": 201, "headers": []})
+    await send({"type": "http.response.body", "body": body})
+
+
+app = IdempotencyMiddleware(handler, store=open_store())

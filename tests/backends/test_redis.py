@@ -1,0 +1,100 @@
+"""What only the Redis store has: self-expiring keys, one hash tag per record, scripts that
+survive a SCRIPT FLUSH, publishing only for watched records."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+from redis.crc import key_slot
+from servers import REDIS_URL, require, shared_down
+
+from onceonly.errors import ConfigurationError
+from onceonly.records import Claimed, Existing, StoredResponse
+from onceonly.stores.redis import RedisStore
+
+OK = StoredResponse(200, (("content-type", "text/plain"),), b"ok")
+
+
+@pytest.fixture
+def store() -> Iterator[RedisStore]:
+    require("Redis", shared_down(REDIS_URL))
+    made = RedisStore(REDIS_URL, prefix=f"r{uuid.uuid4().hex[:10]}:")
+    yield made
+    for key in made.client.scan_iter(match=f"{made.prefix}*"):
+        made.client.delete(key)
+    made.close()
+
+
+@pytest.fixture
+def raw() -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(REDIS_URL)
+    yield client
+    client.close()
+
+
+def test_records_expire_by_themselves(store, raw):
+    claimed = store.claim("k", "fp", 30)
+    assert isinstance(claimed, Claimed)
+    record_key, body_key = store._keys("k")
+    # In flight: kept for the lease plus the abandoned-claim grace, then gone by itself.
+    assert 3600_000 < raw.pttl(record_key) <= 3630_000
+    assert store.complete("k", claimed.token, OK, 100, 1000)
+    assert 1099_000 < raw.pttl(record_key) <= 1100_000  # ttl + retention: the tombstone
+    assert 99_000 < raw.pttl(body_key) <= 100_000  # the body goes at the TTL
+
+
+def test_the_body_key_expires_first_leaving_a_tombstone(store, raw):
+    claimed = store.claim("k", "fp", 30)
+    assert isinstance(claimed, Claimed)
+    assert store.complete("k", claimed.token, OK, 0.2, 30)
+    time.sleep(0.3)
+    record_key, body_key = store._keys("k")
+    assert raw.exists(body_key) == 0
+    assert raw.hget(record_key, "fp") == b"fp"
+    again = store.claim("k", "fp", 30)
+    assert isinstance(again, Claimed)
+    assert again.expired_before
+
+
+def test_both_keys_of_a_record_share_one_cluster_slot(store):
+    # The contract tests run on a real cluster too, where a cross-slot script would fail.
+    for id in ["k", "a" * 64, "with}brace", "x{y"]:
+        slots = {key_slot(key.encode()) for key in store._keys(id)}
+        assert len(slots) == 1, id
+    assert key_slot(store._keys("a")[0].encode()) != key_slot(store._keys("b")[0].encode())
+
+
+def test_scripts_are_reloaded_after_a_script_flush(store, raw):
+    assert isinstance(store.claim("k", "fp", 30), Claimed)
+    raw.script_flush()
+    assert isinstance(store.claim("k", "fp", 30), Existing)  # NOSCRIPT -> load -> EVALSHA
+
+
+def test_completion_publishes_only_for_watched_records(store, raw):
+    pubsub = raw.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+    pubsub.subscribe(store.channel)
+    quiet = store.claim("quiet", "fp", 30)
+    assert isinstance(quiet, Claimed)
+    assert store.complete("quiet", quiet.token, OK, 30, 30)
+    watched = store.claim("watched", "fp", 30)
+    assert isinstance(watched, Claimed)
+    store.watch("watched", 0.05)  # marks it watched
+    assert store.complete("watched", watched.token, OK, 30, 30)
+    messages = []
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline and not messages:
+        message = pubsub.get_message(timeout=0.1)
+        if message is not None:
+            messages.append(message["data"])
+    assert messages == [store._keys("watched")[0].encode()]
+    pubsub.close()
+
+
+@pytest.mark.parametrize("prefix", ["a{b:", "c}"])
+def test_a_prefix_with_braces_is_refused(prefix):
+    with pytest.raises(ConfigurationError, match="braces"):
+        RedisStore(REDIS_URL, prefix=prefix)

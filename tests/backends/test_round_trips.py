@@ -1,0 +1,107 @@
+"""Round trips are part of the contract (DESIGN.md): a replay costs one, a first execution two.
+
+Counted on the wire: the store talks to its server through a loopback proxy that counts
+request bursts that follow a reply, whatever the protocol. Connections are warmed up first
+(connect, handshake, script load), then the counter is reset.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from servers import POSTGRES_URL, REDIS_URL, CountingProxy, require, shared_down
+
+from onceonly.http.asgi import IdempotencyMiddleware
+from onceonly.records import Claimed, StoredResponse
+from onceonly.stores.base import DualStore
+
+BACKENDS = ["redis", "postgres"]
+
+
+@pytest.fixture(params=BACKENDS)
+def counted(request: pytest.FixtureRequest) -> Iterator[tuple[DualStore, CountingProxy]]:
+    """A store whose every byte to its server goes through a counting proxy."""
+    url = REDIS_URL if request.param == "redis" else POSTGRES_URL
+    require(request.param, shared_down(url))
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    proxy = CountingProxy(port)
+    proxied = url.replace(f":{port}/", f":{proxy.port}/")
+    store: Any
+    if request.param == "redis":
+        from onceonly.stores.redis import RedisStore
+
+        store = RedisStore(proxied, prefix=f"rt{uuid.uuid4().hex[:8]}:", pool_size=1)
+    else:
+        from onceonly.stores.postgres import PostgresStore
+
+        store = PostgresStore(proxied, table_prefix=f"rt{uuid.uuid4().hex[:8]}_", pool_size=1)
+    try:
+        yield store, proxy
+    finally:
+        if request.param == "postgres":
+            store.drop_schema()
+        store.close()
+        proxy.close()
+
+
+def _warm(store: DualStore) -> None:
+    # First use opens the connection, loads the scripts (Redis) or creates the table and
+    # prepares each statement (PostgreSQL): one-time costs, not counted.
+    for op in range(2):
+        claimed = store.claim(f"warm{op}", "fp", 60)
+        assert isinstance(claimed, Claimed)
+        store.renew(f"warm{op}", claimed.token, 60)
+        store.complete(f"warm{op}", claimed.token, StoredResponse(200), 60, 60)
+        store.claim(f"warm{op}", "fp", 60)
+        released = store.claim(f"warm-r{op}", "fp", 60)
+        assert isinstance(released, Claimed)
+        store.release(f"warm-r{op}", released.token)
+
+
+def test_store_operations_cost_one_round_trip_each(counted):
+    store, proxy = counted
+    _warm(store)
+    proxy.reset()
+    claimed = store.claim("k", "fp", 60)
+    assert isinstance(claimed, Claimed)
+    assert proxy.round_trips == 1
+    assert store.renew("k", claimed.token, 60)
+    assert proxy.round_trips == 2
+    assert store.complete("k", claimed.token, StoredResponse(201, (), b"x" * 100_000), 60, 60)
+    assert proxy.round_trips == 3
+    store.claim("k", "fp", 60)  # a replay, body included
+    assert proxy.round_trips == 4
+    again = store.claim("k2", "fp", 60)
+    assert isinstance(again, Claimed)
+    assert store.release("k2", again.token)
+    assert proxy.round_trips == 6
+
+
+async def test_async_replay_is_one_round_trip_and_first_execution_two(counted):
+    store, proxy = counted
+    calls = 0
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        nonlocal calls
+        calls += 1
+        await send({"type": "http.response.start", "status": 201, "headers": []})
+        await send({"type": "http.response.body", "body": b"made"})
+
+    transport = httpx.ASGITransport(app=IdempotencyMiddleware(app, store=store))
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        for warm in range(2):  # the async pool connects (and loads scripts) on first use
+            await client.post("/pay", headers={"Idempotency-Key": f"warm-{warm}"})
+        proxy.reset()
+        first = await client.post("/pay", headers={"Idempotency-Key": "k1"}, content=b"{}")
+        assert first.status_code == 201
+        assert proxy.round_trips == 2  # claim, complete
+        proxy.reset()
+        replay = await client.post("/pay", headers={"Idempotency-Key": "k1"}, content=b"{}")
+        assert replay.content == b"made"
+        assert replay.headers.get("idempotent-replayed") == "true"
+        assert proxy.round_trips == 1  # claim answers with the stored response
+    assert calls == 3
