@@ -158,8 +158,8 @@ def call_flow(call: Call) -> Flow:
             if (
                 safe
                 and isinstance(reply, httpx.Response)
+                and not _is_read(reply)  # first: cheap, and in-memory answers are read already
                 and policy.buffers(request.method, reply.status_code, reply.headers)
-                and not _is_read(reply)
             ):
                 reply = yield Buffer(reply)
         except BaseException:
