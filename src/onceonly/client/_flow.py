@@ -1,8 +1,8 @@
 """The retry decision logic, written once as a generator and driven twice (STYLE 5).
 
 Like httpx's auth flow, :func:`call_flow` does no I/O: it *yields* commands — send this
-request, read this response, sleep this long, park this call — and the sync and async drivers
-in ``transport.py`` carry them out and send the result back in. The generator returns the
+request, buffer or read this response, sleep this long, park this call — and the sync and async
+drivers in ``transport.py`` carry them out and send the result back in. The generator returns the
 response to give the caller, or raises the error to give the caller. Breaker, budget and clocks
 are in-memory objects it may consult directly; the network, the sleeping and the DLQ's database
 are the drivers' business.
@@ -55,6 +55,18 @@ class Read:
 
 
 @dataclass(frozen=True, slots=True)
+class Buffer:
+    """Read the raw body into memory *now*, inside the retry loop (SPEC 21).
+
+    The driver answers with an equivalent response whose body is served from memory (same
+    status, headers and extensions; the bytes still content-encoded, so httpx decodes them as
+    usual), or with the ``httpx.TransportError`` that cut the body off.
+    """
+
+    response: httpx.Response
+
+
+@dataclass(frozen=True, slots=True)
 class Sleep:
     seconds: float
 
@@ -69,7 +81,7 @@ class Park:
     not_before: float  # wall-clock epoch seconds
 
 
-Command = Send | Read | Sleep | Park
+Command = Send | Buffer | Read | Sleep | Park
 Reply = httpx.Response | httpx.TransportError | str | None
 Flow = Generator[Command, Reply, httpx.Response]
 
@@ -141,6 +153,15 @@ def call_flow(call: Call) -> Flow:
         started, t0 = call.wall(), call.monotonic()
         try:
             reply = yield Send(request, number, call.key)
+            # A body cut off mid-way is a maybe-processed failure like any other; httpx would
+            # only meet it after we returned, so read small bounded bodies here first.
+            if (
+                safe
+                and isinstance(reply, httpx.Response)
+                and not _is_read(reply)  # first: cheap, and in-memory answers are read already
+                and policy.buffers(request.method, reply.status_code, reply.headers)
+            ):
+                reply = yield Buffer(reply)
         except BaseException:
             if permit is not None and call.breaker is not None:
                 call.breaker.release(permit)

@@ -11,6 +11,11 @@ Failures are classified the way urllib3 does:
 * **maybe processed** — the request may have run (read timeouts, resets, protocol errors):
   retried only when the request is idempotent by method or carries an idempotency key, because
   only then does the server make the repeat harmless.
+
+A drop *while the body of an answer is being read* is a maybe-processed failure too, but httpx
+reads the body only after the transport has returned, out of the retry loop's reach. So the
+loop reads some bodies itself first (:meth:`RetryPolicy.buffers`): only those it can hold
+without changing what a streaming caller sees — see that method for the rule and its reasons.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ import httpx
 
 from onceonly.errors import ConfigurationError
 
+BUFFER_LIMIT = 1 << 20  # 1 MiB: the largest declared body read before the answer is returned
+_NO_BODY_STATUSES = frozenset({204, 205, 304})
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 # SPEC 21: 408 Request Timeout, 425 Too Early, 429 Too Many Requests, and every 5xx.
 RETRY_STATUSES = frozenset({408, 425, 429, *range(500, 600)})
@@ -102,12 +109,15 @@ class RetryPolicy:
     in_flight_problem: str = "request-in-flight"  # problem type tails of the onceonly server
     mismatch_problem: str = "key-mismatch"
     raise_on_mismatch: bool = True
+    buffer_limit: int = BUFFER_LIMIT  # bytes; 0: never read a body before returning it
 
     def __post_init__(self) -> None:
         if self.attempts < 1:
             raise ConfigurationError("attempts counts the first try too; it must be at least 1")
         if self.base < 0 or self.cap < 0 or self.retry_after_cap < 0:
             raise ConfigurationError("base, cap and retry_after_cap must not be negative")
+        if self.buffer_limit < 0:
+            raise ConfigurationError("buffer_limit is a byte count: 0 (off) or more")
         if self.deadline is not None and self.deadline <= 0:
             raise ConfigurationError("deadline must be positive (or None for no deadline)")
         object.__setattr__(self, "idempotent_methods", _upper(self.idempotent_methods))
@@ -131,6 +141,39 @@ class RetryPolicy:
 
     def wants_key(self, method: str) -> bool:
         return method.upper() in self.keyed_methods
+
+    def buffers(self, method: str, status: int, headers: httpx.Headers) -> bool:
+        """Whether to read this answer's body inside the retry loop (SPEC 21).
+
+        A connection that drops mid-body would otherwise surface after the transport returned,
+        unretried, even though a keyed repeat is harmless (the server replays). Read first are
+        only bodies that are **bounded and small**: a ``Content-Length`` of 1 byte to
+        ``buffer_limit`` (1 MiB). Never read first:
+
+        * chunked or close-delimited bodies (no ``Content-Length``): that is how streams are
+          sent (NDJSON, token streams, long downloads), and holding them until they end would
+          delay a ``client.stream()`` caller's first chunk by the whole stream;
+        * ``text/event-stream`` whatever its framing;
+        * bodies over the limit (memory, and a large download is better resumed than repeated);
+        * answers that have no body (HEAD, 1xx, 204, 205, 304).
+
+        The caller (the flow) asks only when a repeat is safe — a key or an idempotent method —
+        since otherwise a failed read could not be retried anyway and reading early would only
+        take streaming away. A small body read first is still served to a streaming caller,
+        from memory, in one piece.
+        """
+        if self.buffer_limit == 0 or method.upper() == "HEAD":
+            return False
+        if status < 200 or status in _NO_BODY_STATUSES:
+            return False
+        if "text/event-stream" in headers.get("content-type", "").lower():
+            return False
+        if "transfer-encoding" in headers:  # chunked wins over Content-Length (RFC 9112 6.3)
+            return False
+        declared = headers.get("content-length", "")
+        if not (declared.isascii() and declared.isdigit()):  # absent, or a list: httpx judges
+            return False
+        return 0 < int(declared) <= self.buffer_limit
 
 
 def _upper(methods: frozenset[str]) -> frozenset[str]:

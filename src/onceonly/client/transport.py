@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Iterable
 import httpx
 
 from onceonly.client import _telemetry
-from onceonly.client._flow import Call, Flow, Park, Read, Reply, Send, Sleep, call_flow
+from onceonly.client._flow import Buffer, Call, Flow, Park, Read, Reply, Send, Sleep, call_flow
 from onceonly.client.breaker import CircuitBreaker
 from onceonly.client.budget import RetryBudget
 from onceonly.client.dlq import REPLAY_EXTENSION, DeadLetterQueue
@@ -79,6 +79,21 @@ class _Base:
             rng=self.rng,
             observe=_telemetry.observe,
         )
+
+
+def _in_memory(response: httpx.Response, raw: bytes) -> httpx.Response:
+    """``response`` again, its body (still content-encoded) served from memory.
+
+    A fresh, unread response rather than ``response.read()``: the caller's client decodes the
+    bytes as it would have, and a ``client.stream()`` caller can still iterate them, raw or
+    decoded, since nothing has consumed this stream.
+    """
+    return httpx.Response(
+        response.status_code,
+        headers=response.headers,
+        stream=httpx.ByteStream(raw),
+        extensions=response.extensions,
+    )
 
 
 def _existing_key(request: httpx.Request, header: str) -> str | None:
@@ -138,6 +153,12 @@ class IdempotentTransport(_Base, httpx.BaseTransport):
                             except httpx.TransportError as exc:
                                 reply = exc
                             _telemetry.attempt_result(span, reply)
+                    case Buffer(response):
+                        try:
+                            reply = _in_memory(response, b"".join(response.iter_raw()))
+                        except httpx.TransportError as exc:
+                            response.close()
+                            reply = exc
                     case Read(response):
                         try:
                             response.read()
@@ -215,6 +236,14 @@ class AsyncIdempotentTransport(_Base, httpx.AsyncBaseTransport):
                             except httpx.TransportError as exc:
                                 reply = exc
                             _telemetry.attempt_result(span, reply)
+                    case Buffer(response):
+                        try:
+                            raw = b"".join([chunk async for chunk in response.aiter_raw()])
+                        except httpx.TransportError as exc:
+                            await response.aclose()
+                            reply = exc
+                        else:
+                            reply = _in_memory(response, raw)
                     case Read(response):
                         try:
                             await response.aread()
