@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import io
 import json
 import os
 import platform
@@ -33,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from flask import Flask
+from flask import request as flask_request
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -40,6 +43,8 @@ from starlette.routing import Route
 
 from onceonly.demo.recording import RecordingStore
 from onceonly.http.asgi import ASGIApp, IdempotencyMiddleware
+from onceonly.http.wsgi import IdempotencyMiddleware as WSGIIdempotencyMiddleware
+from onceonly.http.wsgi import WSGIApp
 from onceonly.policy import Policy
 from onceonly.stores.base import DualStore
 from onceonly.stores.memory import MemoryStore
@@ -157,6 +162,95 @@ def variants(tmp: Path) -> list[Variant]:
     ]  # fmt: skip
 
 
+# -- WSGI: the same handler as a Flask view, behind the WSGI middleware (sync store path) ------
+
+
+def flask_app() -> Flask:
+    app = Flask("bench")
+
+    @app.post("/charges")
+    def charges() -> tuple[dict[str, Any], int]:
+        return {"id": "ch_1", **flask_request.get_json()}, 201
+
+    return app
+
+
+def guarded_wsgi(store: DualStore) -> WSGIApp:
+    return WSGIIdempotencyMiddleware(flask_app().wsgi_app, store=store, policy=Policy())
+
+
+def environ_for(key: str | None) -> dict[str, Any]:
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": "POST",
+        "SCRIPT_NAME": "",
+        "PATH_INFO": "/charges",
+        "QUERY_STRING": "",
+        "SERVER_NAME": "bench",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "CONTENT_TYPE": "application/json",
+        "CONTENT_LENGTH": str(len(BODY)),
+        "HTTP_HOST": "bench",
+        "HTTP_AUTHORIZATION": "Bearer sk_test_bench",
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": "http",
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": False,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+    }
+    if key is not None:
+        environ["HTTP_IDEMPOTENCY_KEY"] = key
+    return environ
+
+
+def call_wsgi(app: WSGIApp, environ: dict[str, Any]) -> int:
+    """One WSGI request as a server makes it; returns the response status."""
+    status = 0
+
+    def start_response(line: str, headers: list[tuple[str, str]], exc: Any = None) -> Any:
+        nonlocal status
+        status = int(line[:3])
+        return lambda data: None
+
+    environ["wsgi.input"] = io.BytesIO(BODY)
+    result = app(environ, start_response)
+    try:
+        for _ in result:
+            pass
+    finally:
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+    return status
+
+
+@dataclass(frozen=True)
+class WSGIVariant:
+    name: str
+    label: str
+    make_app: Callable[[], WSGIApp]
+    keys: Callable[[], Iterator[str | None]]
+    expect: int = 201
+
+
+def wsgi_variants(tmp: Path) -> list[WSGIVariant]:
+    def sqlite() -> SQLiteStore:
+        return SQLiteStore(tmp / f"bench-wsgi-{uuid.uuid4().hex[:8]}.db")
+
+    return [
+        WSGIVariant("bare", "bare Flask app", lambda: flask_app().wsgi_app, no_key),
+        WSGIVariant("memory-first", "+ onceonly, memory, first execution",
+                    lambda: guarded_wsgi(MemoryStore()), fresh_keys),
+        WSGIVariant("memory-replay", "+ onceonly, memory, replay",
+                    lambda: guarded_wsgi(MemoryStore()), one_key),
+        WSGIVariant("sqlite-first", "+ onceonly, SQLite, first execution",
+                    lambda: guarded_wsgi(sqlite()), fresh_keys),
+        WSGIVariant("sqlite-replay", "+ onceonly, SQLite, replay",
+                    lambda: guarded_wsgi(sqlite()), one_key),
+    ]  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Run:
     """One timed run of a variant, per request: wall-clock and CPU time of this process."""
@@ -189,6 +283,28 @@ async def measure(chosen: list[Variant], runs: int, quick: bool) -> dict[str, li
                 await call(app, scope)
                 if i % LOOP_EVERY == 0:
                     await asyncio.sleep(0)
+            cpu, wall = time.process_time_ns() - cpu, time.perf_counter_ns() - wall
+            results[v.name].append(Run(wall / requests / 1000, cpu / requests / 1000))
+    return results
+
+
+def measure_wsgi(chosen: list[WSGIVariant], runs: int, quick: bool) -> dict[str, list[Run]]:
+    """:func:`measure` for WSGI variants (plain calls, no event loop)."""
+    apps = {v.name: (v.make_app(), v.keys()) for v in chosen}
+    for v in chosen:
+        app, keys = apps[v.name]
+        for _ in range(sizes(quick, v.name)[1]):
+            status = call_wsgi(app, environ_for(next(keys)))
+            assert status == v.expect, f"wsgi {v.name}: got {status}"
+    results: dict[str, list[Run]] = {v.name: [] for v in chosen}
+    for _ in range(runs):
+        for v in chosen:
+            app, keys = apps[v.name]
+            requests = sizes(quick, v.name)[0]
+            environs = [environ_for(next(keys)) for _ in range(requests)]
+            wall, cpu = time.perf_counter_ns(), time.process_time_ns()
+            for environ in environs:
+                call_wsgi(app, environ)
             cpu, wall = time.process_time_ns() - cpu, time.perf_counter_ns() - wall
             results[v.name].append(Run(wall / requests / 1000, cpu / requests / 1000))
     return results
@@ -241,29 +357,19 @@ async def main_async(args: argparse.Namespace) -> int:
         print(f"python {platform.python_version()} on {platform.machine()}, "
               f"{os.cpu_count()} CPUs; medians of {args.runs} runs")  # fmt: skip
         per_run = await measure(all_variants, args.runs, args.quick)
+        wsgi_all = wsgi_variants(tmp)
+        wsgi_per_run = None if args.asgi_only else measure_wsgi(wsgi_all, args.runs, args.quick)
         trips = {
             "memory": await round_trips(MemoryStore()),
             "sqlite": await round_trips(SQLiteStore(tmp / "trips.db")),
         }
     print()
-    print("| variant | CPU µs/request | × bare (CPU) | wall µs/request | × bare (wall) "
-          "| store round trips |")  # fmt: skip
-    print("|---|---:|---:|---:|---:|---:|")
-    ratios = {}
-    for variant in all_variants:
-        name, runs = variant.name, per_run[variant.name]
-        if name == "bare":
-            rt = "–"
-        else:
-            store, kind = name.split("-")
-            rt = f"{trips[store][0 if kind == 'first' else 1]:g}"
-        cpu = statistics.median(r.cpu_us for r in runs)
-        wall = statistics.median(r.wall_us for r in runs)
-        ratios[name] = ratio_to_bare(per_run, name, "cpu_us")
-        print(
-            f"| {variant.label} | {cpu:.1f} | {ratios[name]:.2f} "
-            f"| {wall:.1f} | {ratio_to_bare(per_run, name, 'wall_us'):.2f} | {rt} |"
-        )
+    ratios = print_table(all_variants, per_run, trips)
+    if wsgi_per_run is not None:
+        print()
+        print("WSGI (Flask 3, sync store path):")
+        print()
+        print_table(wsgi_all, wsgi_per_run, None)
     ok = True
     for store, (first, replay) in trips.items():
         if (first, replay) != (2, 1):
@@ -279,11 +385,39 @@ async def main_async(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def print_table(
+    chosen: list[Variant] | list[WSGIVariant],
+    per_run: dict[str, list[Run]],
+    trips: dict[str, tuple[float, float]] | None,
+) -> dict[str, float]:
+    """Print one results table (markdown); returns each variant's CPU ratio to bare."""
+    print("| variant | CPU µs/request | × bare (CPU) | wall µs/request | × bare (wall) "
+          "| store round trips |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|")
+    ratios = {}
+    for variant in chosen:
+        name, runs = variant.name, per_run[variant.name]
+        if name == "bare" or trips is None:
+            rt = "–"
+        else:
+            store, kind = name.split("-")
+            rt = f"{trips[store][0 if kind == 'first' else 1]:g}"
+        cpu = statistics.median(r.cpu_us for r in runs)
+        wall = statistics.median(r.wall_us for r in runs)
+        ratios[name] = ratio_to_bare(per_run, name, "cpu_us")
+        print(
+            f"| {variant.label} | {cpu:.1f} | {ratios[name]:.2f} "
+            f"| {wall:.1f} | {ratio_to_bare(per_run, name, 'wall_us'):.2f} | {rt} |"
+        )
+    return ratios
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="small runs (smoke test)")
     parser.add_argument("--runs", type=int, default=11, help="timed runs per variant (median)")
     parser.add_argument("--profile", metavar="VARIANT", help="cProfile one variant instead")
+    parser.add_argument("--asgi-only", action="store_true", help="skip the WSGI variants")
     return asyncio.run(main_async(parser.parse_args()))
 
 

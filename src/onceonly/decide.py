@@ -207,10 +207,13 @@ def settle(
     trace_id, span_id = trace if trace is not None else (None, None)
     if body is None:
         return Complete(StoredResponse(status, (), b"", False, trace_id, span_id))
+    allowed = policy.replay_headers
     kept = tuple(
-        (name.lower(), value)
-        for name, value in headers
-        if name.lower() in policy.replay_headers and not name.lower().startswith(INTERNAL_PREFIX)
+        [
+            (lower, value)
+            for name, value in headers
+            if (lower := name.lower()) in allowed and not lower.startswith(INTERNAL_PREFIX)
+        ]
     )
     return Complete(StoredResponse(status, (*kept, *internal), body, True, trace_id, span_id))
 

@@ -11,9 +11,11 @@ import asyncio
 import contextlib
 import heapq
 import logging
+import math
 import threading
 import time
-from collections.abc import Callable, Generator
+import weakref
+from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
 
 from onceonly.decide import Decision, Wait, decide
@@ -44,16 +46,30 @@ Flow = Generator[Op, ClaimResult | None, Decision]
 StoreTimer = Callable[[str, float], None]
 
 
-def claim_flow(id: str, fingerprint: str, policy: Policy) -> Flow:
-    """Claim; while the first attempt is in flight, watch and claim again (SPEC 7-10)."""
-    started = time.monotonic()
+def claim_flow(
+    id: str,
+    fingerprint: str,
+    policy: Policy,
+    *,
+    waiting: Wait | None = None,
+    started: float | None = None,
+) -> Flow:
+    """Claim; while the first attempt is in flight, watch and claim again (SPEC 7-10).
+
+    ``waiting`` resumes a flow whose first claim was already made and answered :class:`Wait`
+    (by :func:`claim_decision`), ``started`` being when that claim began.
+    """
+    if started is None:
+        started = time.monotonic()
+    decision: Decision | None = waiting
     while True:
+        if isinstance(decision, Wait):
+            yield WatchOp(id, decision.timeout)
         result = yield ClaimOp(id, fingerprint, policy.lease_s)
         assert result is not None
         decision = decide(result, fingerprint, time.monotonic() - started, policy)
         if not isinstance(decision, Wait):
             return decision
-        yield WatchOp(id, decision.timeout)
 
 
 def run_flow(flow: Flow, store: Store, timer: StoreTimer | None = None) -> Decision:
@@ -96,6 +112,42 @@ async def arun_flow(flow: Flow, store: AsyncStore, timer: StoreTimer | None = No
             return stop.value  # type: ignore[no-any-return]
 
 
+# Most claims are answered at once (execute, replay, refuse): these make the first claim
+# directly and start the generator above only to wait, so the loop still exists once.
+
+
+def claim_decision(
+    store: Store, id: str, fingerprint: str, policy: Policy, timer: StoreTimer | None = None
+) -> Decision:
+    """Claim ``id`` and decide (SPEC 7-10): the first claim inline, waits through the flow."""
+    started = time.monotonic()
+    result = store.claim(id, fingerprint, policy.lease_s)
+    took = time.monotonic() - started
+    if timer is not None:
+        timer("claim", took)
+    decision = decide(result, fingerprint, took, policy)
+    if isinstance(decision, Wait):
+        flow = claim_flow(id, fingerprint, policy, waiting=decision, started=started)
+        return run_flow(flow, store, timer)
+    return decision
+
+
+async def aclaim_decision(
+    store: AsyncStore, id: str, fingerprint: str, policy: Policy, timer: StoreTimer | None = None
+) -> Decision:
+    """The async twin of :func:`claim_decision`."""
+    started = time.monotonic()
+    result = await store.aclaim(id, fingerprint, policy.lease_s)
+    took = time.monotonic() - started
+    if timer is not None:
+        timer("claim", took)
+    decision = decide(result, fingerprint, took, policy)
+    if isinstance(decision, Wait):
+        flow = claim_flow(id, fingerprint, policy, waiting=decision, started=started)
+        return await arun_flow(flow, store, timer)
+    return decision
+
+
 def _lost(id: str) -> None:
     log.warning(
         "idempotency claim %s was taken over while its handler ran (lease lapsed); "
@@ -120,13 +172,17 @@ class _BeatScheduler:
     def schedule(self, beat: Heartbeat, due: float) -> None:
         with self._cond:
             self._seq += 1
-            heapq.heappush(self._heap, (due, self._seq, beat))
+            entry = (due, self._seq, beat)
+            heapq.heappush(self._heap, entry)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._run, name="onceonly-heartbeat", daemon=True
                 )
                 self._thread.start()
-            self._cond.notify()
+            # Wake the thread only if this beat is now the earliest: it already sleeps until
+            # the earliest one, and waking it on every request cost a thread switch each.
+            if self._heap[0] is entry:
+                self._cond.notify()
 
     def _run(self) -> None:
         while True:
@@ -185,41 +241,139 @@ class Heartbeat:
             _scheduler.schedule(self, time.monotonic() + self._policy.heartbeat_s)
 
 
+class _LoopBeats:
+    """Every async heartbeat of one event loop, behind one timer (SPEC 13).
+
+    A timer per request (``call_later`` + ``cancel``) cost more than everything else the
+    memory store does for a request, and its cancelled handles pile up in the loop's heap.
+    Here registering is a dict insert and finishing a dict pop; the one timer is set for the
+    earliest beat due and, when it fires, starts every beat due within a tenth of its period
+    (renewing a little early is harmless: a renewal only ever extends the lease).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = self._loop = loop
+        self._due: dict[AsyncHeartbeat, float] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
+
+    def add(self, beat: AsyncHeartbeat, period: float) -> None:
+        due = self._loop.time() + period
+        self._due[beat] = due
+        if due < self._timer_at:
+            self._set_timer(due)
+
+    def discard(self, beat: AsyncHeartbeat) -> None:
+        self._due.pop(beat, None)  # the timer stays: firing with nothing due costs nothing
+
+    def _set_timer(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer, self._timer_at = self._loop.call_at(when, self._fire), when
+
+    def _fire(self) -> None:
+        self._timer, self._timer_at = None, math.inf
+        now = self._loop.time()
+        later = math.inf
+        for beat, due in list(self._due.items()):
+            if due - beat.period / 10 <= now:
+                del self._due[beat]
+                beat.start()
+            else:
+                later = min(later, due)
+        if later < math.inf:
+            self._set_timer(later)
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+class _Done:
+    """An awaitable that is already done: ending a heartbeat that never beat costs no coroutine."""
+
+    def __await__(self) -> Generator[None, None, None]:
+        return
+        yield  # pragma: no cover - makes this a generator
+
+
+_DONE = _Done()
+
+_loop_beats: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopBeats] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+_last_beats: _LoopBeats | None = None  # almost every process runs one loop: skip the lookup
+
+
+def _beats_of(loop: asyncio.AbstractEventLoop) -> _LoopBeats:
+    global _last_beats
+    beats = _last_beats
+    if beats is not None and beats.loop is loop:
+        return beats
+    beats = _loop_beats.get(loop)
+    if beats is None:
+        beats = _loop_beats[loop] = _LoopBeats(loop)
+    _last_beats = beats
+    return beats
+
+
 class AsyncHeartbeat:
     """Renews an async claim's lease every ``policy.heartbeat_s`` while its handler runs.
 
-    Nothing runs until the first beat is due (a ``call_later`` handle), so a fast handler
-    pays only for scheduling and cancelling one timer.
+    Nothing runs until the first beat is due, and all heartbeats of a loop share one timer
+    (:class:`_LoopBeats`), so a fast handler pays for a dict insert and a dict pop.
     """
+
+    __slots__ = (
+        "_beats",
+        "_id",
+        "_idle",
+        "_policy",
+        "_store",
+        "_task",
+        "_token",
+        "lost",
+        "period",
+    )
 
     def __init__(
         self, store: AsyncStore, id: str, token: int, policy: Policy, *, idle: Idle = None
     ) -> None:
         self._store, self._id, self._token, self._policy = store, id, token, policy
         self._idle = idle
-        self._handle: asyncio.TimerHandle | None = None
+        self.period = policy.heartbeat_s
+        self._beats: _LoopBeats | None = None
         self._task: asyncio.Task[None] | None = None
         self.lost = False
 
     async def __aenter__(self) -> AsyncHeartbeat:
-        self._schedule()
-        return self
+        return self.begin()
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self.end()
 
-    def _schedule(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._handle = loop.call_later(self._policy.heartbeat_s, self._start_beat)
+    def begin(self) -> AsyncHeartbeat:
+        """Start renewing (the first beat is due one period from now)."""
+        self._beats = _beats_of(asyncio.get_running_loop())
+        self._beats.add(self, self.period)
+        return self
 
-    def _start_beat(self) -> None:
-        self._handle = None
+    def end(self) -> Awaitable[None]:
+        """Stop renewing; await the result, which waits for a renewal in progress to stop."""
+        beats, self._beats = self._beats, None
+        if beats is not None:
+            beats.discard(self)
+        task, self._task = self._task, None
+        if task is None:
+            return _DONE
+        task.cancel()
+        return _cancelled(task)
+
+    def start(self) -> None:
+        """Called by the loop's timer when this beat is due."""
         self._task = asyncio.create_task(self._beat(), name="onceonly-heartbeat")
 
     async def _beat(self) -> None:
@@ -233,4 +387,5 @@ class AsyncHeartbeat:
         except StoreError as exc:
             log.warning("heartbeat for claim %s failed: %s", self._id[:12], exc)
         self._task = None
-        self._schedule()
+        if self._beats is not None:  # still running: due again one period from now
+            self._beats.add(self, self.period)

@@ -159,6 +159,8 @@ class Policy:
     replay_headers: frozenset[str] = REPLAYED_HEADERS
     problem_status: Mapping[Problem, int] = field(default_factory=lambda: dict(DEFAULT_STATUS))
     problem_base_uri: str = PROBLEM_BASE_URI
+    # The durations in seconds, computed once: the engine reads them on every request.
+    _seconds: tuple[float, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name in ("methods", "header_names", "replay_headers"):
@@ -233,6 +235,20 @@ class Policy:
             if not 400 <= code <= 599:
                 raise ConfigurationError(f"status for {problem.value} must be 4xx or 5xx: {code}")
         object.__setattr__(self, "problem_status", status)
+        lease = seconds(self.lease)
+        object.__setattr__(
+            self,
+            "_seconds",
+            (
+                seconds(self.ttl),
+                seconds(self.retention),
+                lease,
+                seconds(self.heartbeat) if self.heartbeat is not None else lease / 3,
+                seconds(self.wait),
+                seconds(self.in_flight_retry_after),
+                seconds(self.unavailable_retry_after),
+            ),
+        )
 
     def replace(self, **changes: object) -> Policy:
         """A copy with ``changes`` applied (validated again)."""
@@ -241,31 +257,31 @@ class Policy:
     # Derived values, in the units the engine uses.
     @property
     def ttl_s(self) -> float:
-        return seconds(self.ttl)
+        return self._seconds[0]
 
     @property
     def retention_s(self) -> float:
-        return seconds(self.retention)
+        return self._seconds[1]
 
     @property
     def lease_s(self) -> float:
-        return seconds(self.lease)
+        return self._seconds[2]
 
     @property
     def heartbeat_s(self) -> float:
-        return seconds(self.heartbeat) if self.heartbeat is not None else self.lease_s / 3
+        return self._seconds[3]
 
     @property
     def wait_s(self) -> float:
-        return seconds(self.wait)
+        return self._seconds[4]
 
     @property
     def in_flight_retry_after_s(self) -> float:
-        return seconds(self.in_flight_retry_after)
+        return self._seconds[5]
 
     @property
     def unavailable_retry_after_s(self) -> float:
-        return seconds(self.unavailable_retry_after)
+        return self._seconds[6]
 
     def fingerprint_of(self, facts: RequestFacts) -> str:
         if self.fingerprint is not None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from onceonly.errors import IllegalTransition
 
@@ -33,6 +33,10 @@ class State(enum.Enum):
     def __str__(self) -> str:
         return self.value
 
+    # Members are singletons: hash by identity, in C (Enum's own __hash__ is Python code and
+    # the TRANSITIONS lookup runs on every store operation).
+    __hash__ = object.__hash__
+
 
 class Event(enum.Enum):
     """What can happen to a record."""
@@ -48,6 +52,10 @@ class Event(enum.Enum):
 
     def __str__(self) -> str:
         return self.value
+
+    # Members are singletons: hash by identity, in C (Enum's own __hash__ is Python code and
+    # the TRANSITIONS lookup runs on every store operation).
+    __hash__ = object.__hash__
 
 
 TRANSITIONS: Mapping[tuple[State, Event], State] = {
@@ -75,8 +83,13 @@ def transition(state: State, event: Event) -> State:
 Headers = tuple[tuple[str, str], ...]
 
 
-@dataclass(frozen=True, slots=True)
-class StoredResponse:
+# The four value types below are NamedTuples, not frozen dataclasses: every request builds
+# two to four of them on the hot path, and a frozen dataclass's __init__ (one
+# object.__setattr__ per field) cost three times as much (bench/README.md). They stay
+# immutable and match like dataclasses (``case Claimed(token=t)``).
+
+
+class StoredResponse(NamedTuple):
     """A result kept for replay: an HTTP response, or a serialized function result.
 
     ``replayable=False`` marks a result that ran but could not be kept (a stream, or a body
@@ -92,8 +105,7 @@ class StoredResponse:
     span_id: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
+class Record(NamedTuple):
     """One stored key. Times are seconds on the store's clock (SPEC rule 14)."""
 
     id: str
@@ -103,15 +115,14 @@ class Record:
     lease_until: float = 0.0
     expires_at: float = 0.0  # completed: replay until; ignored while in flight
     retain_until: float = 0.0  # tombstone kept until (expires_at + retention)
-    response: StoredResponse | None = field(default=None)
+    response: StoredResponse | None = None
     created_at: float = 0.0
     # The last recovery point an atomic handler committed (SPEC 13a); None without phases.
     # Stores that offer atomic completion fill it in; it survives takeovers and releases.
     phase: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Claimed:
+class Claimed(NamedTuple):
     """The caller now holds the key: it must run the operation, then complete or release.
 
     ``token`` is the fencing token every later write must present. ``expired_before`` says the
@@ -125,8 +136,7 @@ class Claimed:
     previous_fingerprint: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Existing:
+class Existing(NamedTuple):
     """The key is held by a live record (in flight, completed or unreplayable)."""
 
     record: Record
@@ -224,16 +234,16 @@ def claim_on(
             return Existing(record), record
         token = next_token(previous, now)
         transition(state, Event.TAKEOVER)
-        new = Record(id, fingerprint, State.IN_FLIGHT, token, now + lease, created_at=now)
-        return Claimed(token, recovered=True, previous_fingerprint=record.fingerprint), new
+        new = Record(id, fingerprint, State.IN_FLIGHT, token, now + lease, 0.0, 0.0, None, now)
+        return Claimed(token, False, True, record.fingerprint), new
     if state in (State.COMPLETED, State.UNREPLAYABLE) and record is not None:
         return Existing(record), record
     expired = state is State.TOMBSTONE
     transition(state, Event.CLAIM)
     token = next_token(previous, now)
-    new = Record(id, fingerprint, State.IN_FLIGHT, token, now + lease, created_at=now)
+    new = Record(id, fingerprint, State.IN_FLIGHT, token, now + lease, 0.0, 0.0, None, now)
     prev_fp = record.fingerprint if expired and record is not None else None
-    return Claimed(token, expired_before=expired, previous_fingerprint=prev_fp), new
+    return Claimed(token, expired, False, prev_fp), new
 
 
 def renew_on(record: Record | None, token: int, lease: float, now: float) -> Record | None:
@@ -268,16 +278,17 @@ def complete_on(
         response = StoredResponse(
             response.status, (), b"", False, response.trace_id, response.span_id
         )
+    # Positional: a NamedTuple built from keywords costs twice as much, on every completion.
     return Record(
         record.id,
         record.fingerprint,
         state,
         token,
         record.lease_until,
-        expires_at=now + ttl,
-        retain_until=now + ttl + retention,
-        response=response,
-        created_at=record.created_at,
+        now + ttl,  # expires_at
+        now + ttl + retention,  # retain_until
+        response,
+        record.created_at,
     )
 
 

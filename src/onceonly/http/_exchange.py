@@ -6,17 +6,20 @@ reads the body when told to, and feeds the response it forwards through a :class
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import NamedTuple
 
 from onceonly.decide import Admission, Keyed, Pass, Refuse, Settlement, admit, settle
-from onceonly.fingerprint import RequestFacts
+from onceonly.fingerprint import RawHeaders, RequestFacts
 from onceonly.outcomes import Outcome
 from onceonly.policy import Policy, Problem, storage_id
 from onceonly.problems import ProblemResponse, render
 
 HeaderList = Sequence[tuple[str, str]]
+RawHeaderList = Sequence[tuple[bytes, bytes]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,11 +27,46 @@ class ReadBody:
     """The key may be in the JSON body (``policy.body_field``): read it, then look again."""
 
 
+class KeyHeaders:
+    """The policy's key header names, lowercased once: finding them in a request is then one
+    dict lookup per request header (adapters build this in ``__init__``)."""
+
+    __slots__ = ("_count", "_index", "_raw_index")
+
+    def __init__(self, policy: Policy) -> None:
+        self._index = {name.lower(): i for i, name in enumerate(policy.header_names)}
+        self._raw_index = {name.encode("latin-1"): i for name, i in self._index.items()}
+        self._count = len(policy.header_names)
+
+    def values(self, headers: HeaderList) -> list[list[str]]:
+        """For each key header name, in policy order, the values of every line carrying it."""
+        found: list[list[str]] = [[] for _ in range(self._count)]
+        if isinstance(headers, RawHeaders):  # ASGI: compare bytes, decode only the key
+            raw_index = self._raw_index
+            for name, value in headers.raw:
+                i = raw_index.get(name.lower())
+                if i is not None:
+                    found[i].append(value.decode("latin-1"))
+            return found
+        index = self._index
+        for k, v in headers:
+            i = index.get(k.lower())
+            if i is not None:
+                found[i].append(v)
+        return found
+
+
 def look(
-    policy: Policy, method: str, path: str, headers: HeaderList, body: bytes | None = None
+    policy: Policy,
+    method: str,
+    path: str,
+    headers: HeaderList,
+    body: bytes | None = None,
+    *,
+    keys: KeyHeaders | None = None,
 ) -> Admission | ReadBody:
     """Admission of a request; the body is needed only to find a key in a body field."""
-    values = [[v for k, v in headers if k.lower() == name.lower()] for name in policy.header_names]
+    values = (keys or KeyHeaders(policy)).values(headers)
     body_key = None
     if policy.body_field and policy.covers(method) and not any(values):
         if body is None:
@@ -48,11 +86,14 @@ def _body_field(body: bytes, name: str) -> str | None:
 
 def declared_length(headers: HeaderList) -> int | None:
     """The Content-Length the client declared, if it is a plain non-negative integer."""
-    for k, v in headers:
-        if k.lower() == "content-length":
-            v = v.strip()
-            return int(v) if v.isdigit() else None
-    return None
+    if isinstance(headers, RawHeaders):
+        value = headers.first("content-length")
+    else:
+        value = next((v for k, v in headers if k.lower() == "content-length"), None)
+    if value is None:
+        return None
+    value = value.strip()
+    return int(value) if value.isdigit() else None
 
 
 def too_large(policy: Policy) -> ProblemResponse:
@@ -89,8 +130,7 @@ def refusal(refuse: Refuse, policy: Policy) -> ProblemResponse:
     return render(refuse.problem, refuse.detail, policy, retry_after=refuse.retry_after)
 
 
-@dataclass(frozen=True, slots=True)
-class Identity:
+class Identity(NamedTuple):  # built on every keyed request: a tuple costs a third of a dataclass
     """Where a keyed request lives in the store and what it must match."""
 
     key: str
@@ -104,26 +144,44 @@ def identify(key: str, facts: RequestFacts, policy: Policy) -> Identity:
     return Identity(key, storage_id(scope, key), policy.fingerprint_of(facts), scope)
 
 
-@dataclass(slots=True)
-class Capture:
-    """Watches a response go by and keeps a copy of it while it fits the cache cap."""
+@functools.lru_cache(maxsize=16)
+def _raw_names(names: frozenset[str]) -> frozenset[bytes]:
+    return frozenset(name.encode("latin-1") for name in names)
 
-    max_body: int
-    status: int | None = None
-    headers: list[tuple[str, str]] = field(default_factory=list)
-    chunks: list[bytes] = field(default_factory=list)
-    size: int = 0
-    overflow: bool = False
-    finished: bool = False
+
+class Capture:
+    """Watches a response go by and keeps a copy of it while it fits the cache cap.
+
+    Response headers are kept as the server adapter got them (ASGI: raw bytes) and decoded
+    only when the response is settled, and then only the allow-listed ones (SPEC 8).
+    """
+
+    __slots__ = ("chunks", "finished", "headers", "max_body", "overflow", "raw", "size", "status")
+
+    def __init__(self, max_body: int) -> None:
+        self.max_body = max_body
+        self.status: int | None = None
+        self.headers: HeaderList = ()
+        self.raw: RawHeaderList | None = None
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.overflow = False
+        self.finished = False
 
     def start(self, status: int, headers: HeaderList) -> None:
         self.status = status
         self.headers = list(headers)
-        if any(
-            k.lower() == "content-type" and v.lower().startswith("text/event-stream")
-            for k, v in headers
-        ):
-            self.overflow = True  # an event stream's meaning is its timing: never replayed
+        for k, v in headers:
+            if k.lower() == "content-type" and v.lower().startswith("text/event-stream"):
+                self.overflow = True  # an event stream's meaning is its timing: never replayed
+
+    def start_raw(self, status: int, headers: RawHeaderList) -> None:
+        """:meth:`start` for ASGI's (bytes, bytes) headers, without decoding them yet."""
+        self.status = status
+        self.raw = headers
+        for k, v in headers:
+            if k.lower() == b"content-type" and v.lower().startswith(b"text/event-stream"):
+                self.overflow = True
 
     def chunk(self, data: bytes) -> None:
         self.size += len(data)
@@ -145,14 +203,24 @@ class Capture:
         trace: tuple[str, str] | None = None,
         internal: HeaderList = (),
     ) -> Settlement:
-        keep = self.finished and not self.overflow
-        body = b"".join(self.chunks) if keep else None
-        return settle(self.status, self.headers, body, policy, trace=trace, internal=internal)
+        if not self.finished or self.overflow:
+            return settle(self.status, (), None, policy, trace=trace, internal=internal)
+        headers = self.headers
+        if self.raw is not None:  # decode only what settle() may keep
+            wanted = _raw_names(policy.replay_headers)
+            headers = [
+                (k.decode("latin-1"), v.decode("latin-1"))
+                for k, v in self.raw
+                if k.lower() in wanted
+            ]
+        body = b"".join(self.chunks)
+        return settle(self.status, headers, body, policy, trace=trace, internal=internal)
 
 
 __all__ = [
     "Capture",
     "Identity",
+    "KeyHeaders",
     "Keyed",
     "Outcome",
     "Pass",

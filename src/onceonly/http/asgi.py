@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -21,12 +20,13 @@ from onceonly.atomic._context import bound
 from onceonly.atomic._run import Ending, afinish, aopen_unit, require_atomic
 from onceonly.context import _current_key
 from onceonly.decide import Complete, Execute, Keyed, Pass, Refuse, Release, Replay, replay_headers
-from onceonly.engine import AsyncHeartbeat, arun_flow, claim_flow
+from onceonly.engine import AsyncHeartbeat, aclaim_decision
 from onceonly.errors import ClaimTakenOver, StoreError
-from onceonly.fingerprint import RequestFacts
+from onceonly.fingerprint import RawHeaders, RequestFacts
 from onceonly.http._exchange import (
     Capture,
     Identity,
+    KeyHeaders,
     ReadBody,
     declared_length,
     identify,
@@ -76,6 +76,7 @@ class IdempotencyMiddleware:
         self.atomic = atomic
         if atomic:
             require_atomic(store)
+        self.key_headers = KeyHeaders(self.policy)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self.policy.covers(scope["method"]):
@@ -87,23 +88,44 @@ class IdempotencyMiddleware:
 class _Responder:
     """One request's trip through the middleware."""
 
+    __slots__ = (
+        "app",
+        "atomic",
+        "body",
+        "headers",
+        "key_headers",
+        "messages",
+        "obs",
+        "policy",
+        "receive",
+        "scope",
+        "send",
+        "store",
+        "telemetry",
+    )
+
     def __init__(self, mw: IdempotencyMiddleware, scope: Scope, receive: Receive, send: Send):
         self.app, self.store, self.policy, self.atomic = mw.app, mw.store, mw.policy, mw.atomic
         self.scope, self.receive, self.send = scope, receive, send
-        self.headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
-        self.messages: deque[Message] = deque()
+        self.headers = RawHeaders(scope["headers"])  # decoded only where read
+        self.key_headers = mw.key_headers
+        self.messages: list[Message] = []  # the buffered request, re-fed to the app in order
         self.body: bytes | None = None
         self.telemetry, self.obs = mw.telemetry, NULL_OBSERVATION
 
     async def run(self) -> None:
         method, path = self.scope["method"], self.scope["path"]
-        admission = look(self.policy, method, path, self.headers)
-        if not isinstance(admission, Pass):
-            self.obs = observe(self.telemetry, method, path, self.headers)
+        admission = look(self.policy, method, path, self.headers, keys=self.key_headers)
+        if isinstance(admission, Pass):  # nothing buffered: the app reads the server's receive
+            await self.app(self.scope, self.receive, self.send)
+            return
+        self.obs = observe(self.telemetry, method, path, self.headers)
         if isinstance(admission, ReadBody | Keyed) and not await self._read_body():
             return
         if isinstance(admission, ReadBody):
-            admission = look(self.policy, method, path, self.headers, self.body)
+            admission = look(
+                self.policy, method, path, self.headers, self.body, keys=self.key_headers
+            )
         match admission:
             case Pass():
                 await self.app(self.scope, self._receive, self.send)
@@ -119,16 +141,14 @@ class _Responder:
             self.scope["method"],
             self.scope["path"],
             self.scope.get("query_string", b"").decode("latin-1"),
-            tuple(self.headers),
+            self.headers,
             self.body or b"",
         )
         ident = identify(key, facts, self.policy)
         self.obs.keyed(key, ident.scope, ident.fingerprint)
         try:
-            decision = await arun_flow(
-                claim_flow(ident.id, ident.fingerprint, self.policy),
-                self.store,
-                self.obs.store_time,
+            decision = await aclaim_decision(
+                self.store, ident.id, ident.fingerprint, self.policy, self.obs.store_time
             )
         except StoreError as exc:
             if self.policy.fail_open:
@@ -183,27 +203,28 @@ class _Responder:
     async def _execute(self, ident: Identity, token: int, capture: Capture) -> None:
         client_gone = False
 
+        downstream = self.send
+
         async def send(message: Message) -> None:
             nonlocal client_gone
-            if message["type"] == "http.response.start":
-                capture.start(
-                    message["status"],
-                    [(k.decode("latin-1"), v.decode("latin-1")) for k, v in message["headers"]],
-                )
-            elif message["type"] == "http.response.body":
+            kind = message["type"]
+            if kind == "http.response.body":
                 capture.chunk(message.get("body", b""))
                 if not message.get("more_body", False):
                     capture.end()
+            elif kind == "http.response.start":
+                capture.start_raw(message["status"], message.get("headers", ()))
             try:
-                await self.send(message)
+                await downstream(message)
             except OSError:  # ASGI 2.4: send raises an OSError once the client has gone away
                 client_gone = True
                 raise
 
+        heartbeat = AsyncHeartbeat(self.store, ident.id, token, self.policy).begin()
         try:
-            async with AsyncHeartbeat(self.store, ident.id, token, self.policy):
-                await self._call_app(ident.key, send)
+            await self._call_app(ident.key, send)
         except BaseException as exc:
+            await heartbeat.end()
             # SPEC 12: an exception releases the claim so a retry runs again - unless the
             # client already received the whole response, which a retry must then see again,
             # or left mid-response (an ASGI 2.4 send error, or a server cancelling the request
@@ -213,6 +234,7 @@ class _Responder:
             keep = capture.finished or client_gone or cancelled
             await self._settle(ident, token, capture if keep else None)
             raise
+        await heartbeat.end()
         await self._settle(ident, token, capture)
 
     async def _execute_atomic(self, ident: Identity, token: int, capture: Capture) -> None:
@@ -281,12 +303,11 @@ class _Responder:
         )
         match settlement:
             case Complete(response):
-                op, name = (
-                    self.store.acomplete(
-                        ident.id, token, response, self.policy.ttl_s, self.policy.retention_s
-                    ),
-                    "complete",
+                policy = self.policy
+                op = self.store.acomplete(
+                    ident.id, token, response, policy.ttl_s, policy.retention_s
                 )
+                name = "complete"
             case Release():
                 op, name = self.store.arelease(ident.id, token), "release"
         started = time.perf_counter()
@@ -302,9 +323,11 @@ class _Responder:
             log.warning("idempotency record %s was fenced out before it settled", ident.id[:12])
 
     async def _call_app(self, key: str, send: Send) -> None:
-        state = dict(self.scope.get("state") or {})
-        state[STATE_KEY] = key
-        scope = {**self.scope, "state": state}
+        # request.state.idempotency_key (SPEC 19): a copy of the request's state with the key,
+        # set in this request's scope (copying the whole scope cost more than the lookup).
+        scope = self.scope
+        state = scope.get("state")
+        scope["state"] = {**state, STATE_KEY: key} if state else {STATE_KEY: key}
         reset = _current_key.set(key)
         try:
             with self.obs.active():  # handler spans nest under ours; report_cost() works
@@ -314,7 +337,7 @@ class _Responder:
 
     async def _receive(self) -> Message:
         if self.messages:
-            return self.messages.popleft()
+            return self.messages.pop(0)
         return await self.receive()
 
     async def _read_body(self) -> bool:

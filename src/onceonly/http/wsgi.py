@@ -19,12 +19,13 @@ from onceonly.atomic._context import bound
 from onceonly.atomic._run import Ending, finish, open_unit, require_atomic
 from onceonly.context import _current_key
 from onceonly.decide import Complete, Execute, Keyed, Pass, Refuse, Release, Replay, replay_headers
-from onceonly.engine import Heartbeat, claim_flow, run_flow
+from onceonly.engine import Heartbeat, claim_decision
 from onceonly.errors import ClaimTakenOver, StoreError
 from onceonly.fingerprint import RequestFacts
 from onceonly.http._exchange import (
     Capture,
     Identity,
+    KeyHeaders,
     ReadBody,
     declared_length,
     identify,
@@ -84,6 +85,7 @@ class IdempotencyMiddleware:
         self.atomic = atomic
         if atomic:
             require_atomic(store)
+        self.key_headers = KeyHeaders(self.policy)
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
@@ -95,6 +97,7 @@ class IdempotencyMiddleware:
 class _Responder:
     def __init__(self, mw: IdempotencyMiddleware, environ: Environ, start_response: StartResponse):
         self.app, self.store, self.policy, self.atomic = mw.app, mw.store, mw.policy, mw.atomic
+        self.key_headers = mw.key_headers
         self.environ, self.start_response = environ, start_response
         self.headers = _headers(environ)
         self.body: bytes | None = None
@@ -103,7 +106,7 @@ class _Responder:
     def run(self) -> Iterable[bytes]:
         method = self.environ["REQUEST_METHOD"]
         path = self.environ.get("PATH_INFO", "") or "/"
-        admission = look(self.policy, method, path, self.headers)
+        admission = look(self.policy, method, path, self.headers, keys=self.key_headers)
         if not isinstance(admission, Pass):
             self.obs = observe(self.telemetry, method, path, self.headers)
         if isinstance(admission, ReadBody | Keyed):
@@ -111,7 +114,9 @@ class _Responder:
             if problem is not None:
                 return self._problem(problem)
         if isinstance(admission, ReadBody):
-            admission = look(self.policy, method, path, self.headers, self.body)
+            admission = look(
+                self.policy, method, path, self.headers, self.body, keys=self.key_headers
+            )
         match admission:
             case Pass():
                 return self.app(self.environ, self.start_response)
@@ -132,10 +137,8 @@ class _Responder:
         ident = identify(key, facts, self.policy)
         self.obs.keyed(key, ident.scope, ident.fingerprint)
         try:
-            decision = run_flow(
-                claim_flow(ident.id, ident.fingerprint, self.policy),
-                self.store,
-                self.obs.store_time,
+            decision = claim_decision(
+                self.store, ident.id, ident.fingerprint, self.policy, self.obs.store_time
             )
         except StoreError as exc:
             if self.policy.fail_open:

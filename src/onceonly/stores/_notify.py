@@ -33,6 +33,11 @@ class Notifier:
         return unsubscribe
 
     def notify(self, id: str) -> None:
+        # Nobody waits on most completions: skip the lock. A waiter subscribes before it reads
+        # the record, and the record is written before this runs, so one that subscribed after
+        # this check reads the new record and does not wait.
+        if not self._waiters:
+            return
         with self._lock:
             waiters = self._waiters.pop(id, [])
         for wake in waiters:

@@ -57,33 +57,34 @@ class MemoryStore:
     def claim(self, id: str, fingerprint: str, lease: float) -> ClaimResult:
         with self._lock:
             now = self._clock()
-            self._sweep(now)
-            result, record = claim_on(
-                self._records.get(id), id, fingerprint, lease, now, self._last_token
-            )
-            self._put(record)
-            if isinstance(result, Claimed):
+            if self._deadlines and self._deadlines[0][0] <= now:
+                self._sweep(now)
+            current = self._records.get(id)
+            result, record = claim_on(current, id, fingerprint, lease, now, self._last_token)
+            if record is not current:
+                self._put(record, current)
+            if type(result) is Claimed:
                 self._last_token = result.token
             return result
 
     def renew(self, id: str, token: int, lease: float) -> bool:
         with self._lock:
-            record = renew_on(self._records.get(id), token, lease, self._clock())
+            current = self._records.get(id)
+            record = renew_on(current, token, lease, self._clock())
             if record is None:
                 return False
-            self._put(record, schedule=False)
+            self._put(record, current, schedule=False)
             return True
 
     def complete(
         self, id: str, token: int, response: StoredResponse, ttl: float, retention: float
     ) -> bool:
         with self._lock:
-            record = complete_on(
-                self._records.get(id), token, response, ttl, retention, self._clock()
-            )
+            current = self._records.get(id)
+            record = complete_on(current, token, response, ttl, retention, self._clock())
             if record is None:
                 return False
-            self._put(record)
+            self._put(record, current)
         self._notifier.notify(id)
         return True
 
@@ -163,13 +164,23 @@ class MemoryStore:
         with self._lock:
             return lease_left(self._records.get(id), self._clock())
 
-    def _put(self, record: Record, *, schedule: bool = True) -> None:
-        previous = self._records.get(record.id)
-        self._records[record.id] = record
-        if schedule and (previous is None or previous.state is not record.state):
-            heapq.heappush(self._deadlines, (_deadline(record), record.id))
+    def _put(self, record: Record, previous: Record | None, *, schedule: bool = True) -> None:
+        """Store ``record`` in place of ``previous``.
 
-    def _sweep(self, now: float) -> None:
+        Every live record has a heap entry due no later than its own deadline; the sweep
+        pushes a record that is still alive back at its current deadline. So a record whose
+        deadline moved later (a completion: the TTL is past the claim's abandonment
+        deadline, by default) needs no new entry - one heap push per request, not two.
+        """
+        id = record.id
+        self._records[id] = record
+        if schedule and (
+            previous is None
+            or (previous.state is not record.state and _deadline(record) < _deadline(previous))
+        ):
+            heapq.heappush(self._deadlines, (_deadline(record), id))
+
+    def _sweep(self, now: float) -> None:  # callers check that the earliest deadline is due
         # Lazy expiry: drop at most a few due records per operation. A heap entry may be stale
         # (the record changed since it was pushed); the record is only dropped if it is dead now.
         for _ in range(_SWEEP_BATCH):

@@ -5,7 +5,8 @@ A claim is one ``BEGIN IMMEDIATE`` transaction (it takes the write lock first, s
 can never both read "absent" and both insert); a completion is one more. A replay skips the
 write lock: completed records are immutable until their TTL, so a plain read answers it.
 
-Async methods run the same code on a worker thread (``asyncio.to_thread``).
+Async methods run a write inline on the event loop when the write lock is free (a short WAL
+transaction, no fsync) and on a worker thread (``asyncio.to_thread``) when it must wait.
 
 Completion is also expressible as statements on a caller's connection (:func:`complete_in`),
 so a later layer can commit a record together with the application's own writes (SPEC 13a).
@@ -100,6 +101,16 @@ _UPSERT = f"INSERT OR REPLACE INTO {TABLE} ({_COLUMNS}) VALUES ({', '.join('?' *
 _LAST_TOKEN = f"SELECT last FROM {TABLE}_tokens WHERE one = 1"
 _SET_LAST_TOKEN = f"INSERT OR REPLACE INTO {TABLE}_tokens (one, last) VALUES (1, ?)"
 _POLL_START, _POLL_MAX = 0.005, 0.1
+# The event loop's connection never checkpoints (a checkpoint fsyncs); a worker thread does,
+# after this many inline commits (SQLite's own auto-checkpoint is at 1000 pages).
+_CHECKPOINT_EVERY = 200
+_BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+
+
+class _Busy(Exception):
+    """The write lock is held elsewhere: an inline write must go to a worker thread."""
+
+
 # An abandoned claim is purged this long after its lease lapsed (see MemoryStore).
 ABANDONED_GRACE = 3600.0
 _SPARE_MAX = 8  # idle connections kept for atomic units
@@ -219,6 +230,7 @@ class SQLiteStore:
         self._next_purge = time.monotonic() + (purge_every or 0.0)
         self._local = threading.local()
         self._pid = os.getpid()
+        self._inline_commits = 0  # since the last checkpoint
         self._notifier = Notifier()
         self._all: list[sqlite3.Connection] = []
         self._spare: list[sqlite3.Connection] = []
@@ -238,29 +250,37 @@ class SQLiteStore:
 
     # -- connections ---------------------------------------------------------------------
 
-    def _conn(self) -> sqlite3.Connection:
+    def _conn(self, inline: bool = False) -> sqlite3.Connection:
+        """This thread's connection; ``inline``: the event loop's own, which never waits for
+        the write lock and never checkpoints (see :meth:`aclaim`)."""
         if os.getpid() != self._pid:  # forked: never share a connection with the parent
             self._local = threading.local()
             self._pid = os.getpid()
             self._all = []
             self._spare = []
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        name = "inline" if inline else "conn"
+        conn: sqlite3.Connection | None = getattr(self._local, name, None)
         if conn is None:
-            conn = self._connect()
-            self._local.conn = conn
+            conn = self._connect(inline)
+            setattr(self._local, name, conn)
         return conn
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self, inline: bool = False) -> sqlite3.Connection:
         try:
             conn = sqlite3.connect(
                 self.path,
-                timeout=self._busy_timeout,
+                timeout=0.0 if inline else self._busy_timeout,
                 isolation_level=None,  # we issue BEGIN IMMEDIATE / COMMIT ourselves
                 check_same_thread=False,
             )
             try:
                 conn.execute("PRAGMA journal_mode=WAL")
+                # WAL + NORMAL: a commit appends to the WAL without fsync; the WAL is synced
+                # at checkpoints. A power loss may drop the last commits, never corrupt the
+                # file - the SQLite-recommended setting for WAL.
                 conn.execute("PRAGMA synchronous=NORMAL")
+                if inline:  # checkpoints fsync: they run on a worker thread instead
+                    conn.execute("PRAGMA wal_autocheckpoint=0")
             except sqlite3.Error:
                 conn.close()  # e.g. "file is not a database": do not leak the handle
                 raise
@@ -306,11 +326,20 @@ class SQLiteStore:
         return SQLiteUnit(self, id, token, fingerprint, lease, keep)
 
     @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One BEGIN IMMEDIATE transaction: the write lock is taken before anything is read."""
+    def _write(self, inline: bool = False) -> Iterator[sqlite3.Connection]:
+        """One BEGIN IMMEDIATE transaction: the write lock is taken before anything is read.
+
+        ``inline`` (on the event loop): raise :class:`_Busy` at once instead of waiting when
+        another connection or process holds the write lock.
+        """
         with _translated(self.path):
-            conn = self._conn()
-            conn.execute("BEGIN IMMEDIATE")
+            conn = self._conn(inline)
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                if inline and exc.sqlite_errorcode in _BUSY_CODES:
+                    raise _Busy from exc
+                raise
             try:
                 yield conn
             except BaseException:
@@ -336,8 +365,8 @@ class SQLiteStore:
             return Existing(current)
         return None
 
-    def _claim(self, id: str, fingerprint: str, lease: float) -> ClaimResult:
-        with self._write() as conn:
+    def _claim(self, id: str, fingerprint: str, lease: float, inline: bool = False) -> ClaimResult:
+        with self._write(inline) as conn:
             now = self._clock()
             existing = _read(conn, id)
             row = conn.execute(_LAST_TOKEN).fetchone()
@@ -360,15 +389,44 @@ class SQLiteStore:
     def complete(
         self, id: str, token: int, response: StoredResponse, ttl: float, retention: float
     ) -> bool:
-        with self._write() as conn:
+        done = self._complete(id, token, response, ttl, retention)
+        if self._housekeeping_due():
+            self._housekeeping()
+        return done
+
+    def _complete(
+        self,
+        id: str,
+        token: int,
+        response: StoredResponse,
+        ttl: float,
+        retention: float,
+        inline: bool = False,
+    ) -> bool:
+        with self._write(inline) as conn:
             done = complete_in(conn, id, token, response, ttl, retention, self._clock())
+        if inline:
+            self._inline_commits += 1
         if done:
             self._notifier.notify(id)
+        return done
+
+    def _housekeeping_due(self) -> bool:
+        purge = self._purge_every is not None and time.monotonic() >= self._next_purge
+        return purge or self._inline_commits >= _CHECKPOINT_EVERY
+
+    def _housekeeping(self) -> None:
+        """Rides on completions: a bounded purge at most once per ``purge_every`` seconds, and
+        a checkpoint of what the event loop's connection (which never checkpoints) wrote."""
+        # housekeeping must not fail a request
         if self._purge_every is not None and time.monotonic() >= self._next_purge:
             self._next_purge = time.monotonic() + self._purge_every
-            with contextlib.suppress(StoreUnavailable):  # housekeeping must not fail a request
+            with contextlib.suppress(StoreUnavailable):
                 self.purge(limit=500)
-        return done
+        if self._inline_commits >= _CHECKPOINT_EVERY:
+            self._inline_commits = 0
+            with contextlib.suppress(sqlite3.Error, StoreUnavailable):
+                self._conn().execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def release(self, id: str, token: int) -> bool:
         with self._write() as conn:
@@ -449,7 +507,13 @@ class SQLiteStore:
         settled = self._settled(id)
         if settled is not None:
             return settled
-        return await asyncio.to_thread(self._claim, id, fingerprint, lease)
+        # A write transaction, too, runs inline when the write lock is free: it takes tens of
+        # microseconds (WAL, no fsync), a hop to a worker thread and back cost several times
+        # that. When another connection holds the lock, wait for it on a worker thread.
+        try:
+            return self._claim(id, fingerprint, lease, inline=True)
+        except _Busy:
+            return await asyncio.to_thread(self._claim, id, fingerprint, lease)
 
     async def arenew(self, id: str, token: int, lease: float) -> bool:
         return await asyncio.to_thread(self.renew, id, token, lease)
@@ -457,7 +521,13 @@ class SQLiteStore:
     async def acomplete(
         self, id: str, token: int, response: StoredResponse, ttl: float, retention: float
     ) -> bool:
-        return await asyncio.to_thread(self.complete, id, token, response, ttl, retention)
+        try:  # inline when the write lock is free, as in aclaim
+            done = self._complete(id, token, response, ttl, retention, inline=True)
+        except _Busy:
+            return await asyncio.to_thread(self.complete, id, token, response, ttl, retention)
+        if self._housekeeping_due():
+            await asyncio.to_thread(self._housekeeping)
+        return done
 
     async def arelease(self, id: str, token: int) -> bool:
         return await asyncio.to_thread(self.release, id, token)

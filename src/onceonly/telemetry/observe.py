@@ -21,7 +21,7 @@ import hashlib
 import time
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Literal
 
@@ -465,11 +465,8 @@ class Observation:
         response = settlement.response
         trace_id, span_id = ids if ids is not None else (response.trace_id, response.span_id)
         return Complete(
-            replace(
-                response,
-                headers=(*response.headers, *extra),
-                trace_id=trace_id,
-                span_id=span_id,
+            response._replace(
+                headers=(*response.headers, *extra), trace_id=trace_id, span_id=span_id
             )
         )
 
@@ -527,6 +524,9 @@ class Observation:
             span.end()
 
 
+_NO_CONTEXT: AbstractContextManager[None] = nullcontext()
+
+
 class _NullObservation(Observation):
     """Telemetry turned off (``telemetry=None``): every method does nothing."""
 
@@ -565,7 +565,7 @@ class _NullObservation(Observation):
         pass
 
     def active(self) -> AbstractContextManager[None]:
-        return nullcontext()
+        return _NO_CONTEXT  # one shared instance: this runs on every keyed request
 
     def stored_headers(self) -> tuple[tuple[str, str], ...]:
         return ()

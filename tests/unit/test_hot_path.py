@@ -1,0 +1,144 @@
+"""The shortcuts the request hot path takes give the same answers as the long way round.
+
+- raw ASGI headers read lazily (``RawHeaders``) look the same as decoded ones to a scope or
+  fingerprint function, to key-header lookup and to Content-Length;
+- the claim fast path (``claim_decision``) still waits through the one claim loop;
+- all async heartbeats of a loop share one timer, each still beating at its own period;
+- the memory store keeps one deadline entry per record and still drops it in time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+from onceonly.decide import Execute, Replay
+from onceonly.engine import AsyncHeartbeat, aclaim_decision, claim_decision
+from onceonly.fingerprint import RawHeaders, RequestFacts, bytes_fingerprint
+from onceonly.http._exchange import KeyHeaders, declared_length
+from onceonly.policy import Policy, authorization_scope
+from onceonly.records import Claimed, ClaimResult, Record, StoredResponse
+from onceonly.stores.memory import MemoryStore
+from storekit import FakeClock
+
+RAW = [
+    (b"host", b"example"),
+    (b"Authorization", b"Bearer first"),
+    (b"authorization", b"Bearer second"),
+    (b"content-length", b" 12 "),
+    (b"idempotency-key", b"k-\xe9"),
+]
+DECODED = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in RAW]
+
+
+def test_raw_headers_read_like_decoded_ones() -> None:
+    raw = RawHeaders(RAW)
+    assert list(raw) == DECODED
+    assert len(raw) == len(DECODED)
+    assert raw[1] == DECODED[1]
+    assert list(raw[1:3]) == DECODED[1:3]
+    lazy = RequestFacts("POST", "/x", "", raw, b"{}")
+    eager = RequestFacts("POST", "/x", "", tuple(DECODED), b"{}")
+    for name in ("authorization", "AUTHORIZATION", "Idempotency-Key", "x-missing"):
+        assert lazy.header(name) == eager.header(name)
+    assert lazy.header("authorization") == "Bearer first"  # first line wins, any case
+    assert authorization_scope(lazy) == authorization_scope(eager)
+    assert bytes_fingerprint(lazy) == bytes_fingerprint(eager)
+
+
+def test_key_headers_and_content_length_agree_on_raw_and_decoded_headers() -> None:
+    policy = Policy(header_names=("Idempotency-Key", "X-Idempotency-Key"))
+    keys = KeyHeaders(policy)
+    raw = [*RAW, (b"X-Idempotency-Key", b"other"), (b"idempotency-key", b"again")]
+    decoded = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
+    assert keys.values(RawHeaders(raw)) == keys.values(decoded) == [["k-é", "again"], ["other"]]
+    assert declared_length(RawHeaders(raw)) == declared_length(decoded) == 12
+    assert declared_length(RawHeaders([(b"content-length", b"-1")])) is None
+
+
+def test_claim_fast_path_waits_for_an_in_flight_first_attempt() -> None:
+    store = MemoryStore()
+    policy = Policy(wait=5)
+    first = claim_decision(store, "id-1", "fp", policy)
+    assert isinstance(first, Execute)
+    response = StoredResponse(201, (), b"done")
+
+    def finish() -> None:
+        store.complete("id-1", first.token, response, 60, 60)
+
+    timer = threading.Timer(0.05, finish)
+    timer.start()
+    try:
+        second = claim_decision(store, "id-1", "fp", policy)  # waits, then replays
+    finally:
+        timer.join()
+    assert isinstance(second, Replay)
+    assert second.response == response
+
+
+async def test_async_claim_fast_path_waits_too() -> None:
+    store = MemoryStore()
+    policy = Policy(wait=5)
+    first = await aclaim_decision(store, "id-2", "fp", policy)
+    assert isinstance(first, Execute)
+    response = StoredResponse(201, (), b"done")
+    asyncio.get_running_loop().call_later(
+        0.05, lambda: store.complete("id-2", first.token, response, 60, 60)
+    )
+    second = await aclaim_decision(store, "id-2", "fp", policy)
+    assert isinstance(second, Replay)
+
+
+class _CountingStore(MemoryStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.renewals: dict[str, int] = {}
+
+    async def arenew(self, id: str, token: int, lease: float) -> bool:
+        self.renewals[id] = self.renewals.get(id, 0) + 1
+        return await super().arenew(id, token, lease)
+
+
+async def test_heartbeats_of_one_loop_share_a_timer_yet_keep_their_own_periods() -> None:
+    store = _CountingStore()
+    fast, slow = Policy(lease=0.3, heartbeat=0.04), Policy(lease=3.0, heartbeat=0.25)
+    tokens = {}
+    for id, policy in (("fast", fast), ("slow", slow), ("done", fast)):
+        claimed: ClaimResult = store.claim(id, "fp", policy.lease_s)
+        assert isinstance(claimed, Claimed)
+        tokens[id] = claimed.token
+    finished = AsyncHeartbeat(store, "done", tokens["done"], fast).begin()
+    await finished.end()  # a handler that finished at once never beats
+    async with (
+        AsyncHeartbeat(store, "fast", tokens["fast"], fast),
+        AsyncHeartbeat(store, "slow", tokens["slow"], slow),
+    ):
+        await asyncio.sleep(0.4)
+    assert store.renewals.get("done", 0) == 0
+    assert 4 <= store.renewals["fast"] <= 12  # every ~0.04 s (up to a tenth early)
+    assert 1 <= store.renewals["slow"] <= 2  # every ~0.25 s
+    record = store.get("fast")
+    assert isinstance(record, Record)
+    assert record.lease_until > store._clock()  # still held: the beats kept it alive
+
+
+def test_memory_store_keeps_one_deadline_entry_per_record_and_still_expires_it() -> None:
+    clock = FakeClock()
+    store = MemoryStore(clock=clock)
+    ttl, retention = 10_000.0, 100.0  # the TTL ends after the claim's abandonment deadline
+    for i in range(10):
+        claimed = store.claim(f"r-{i}", "fp", 30)
+        assert isinstance(claimed, Claimed)
+        assert store.complete(f"r-{i}", claimed.token, StoredResponse(201), ttl, retention)
+    assert len(store._deadlines) == 10  # the claim's entry serves the completed record too
+    clock.advance(4000)  # the claim entries fall due: the records live on, re-filed at the TTL
+    for _ in range(3):
+        store.claim("poke", "fp", 30)
+    record = store.get("r-0")
+    assert record is not None
+    assert record.response == StoredResponse(201)
+    clock.advance(ttl + retention)  # past TTL and retention of all of them
+    for _ in range(10):  # the sweep is lazy: a few records per operation
+        store.claim("poke", "fp", 30)
+    assert store.get("r-0") is None
+    assert len(store) == 1  # only "poke" is left
