@@ -124,7 +124,7 @@ def open_backend(url: str | Path) -> DLQBackend:
         from onceonly.client.dlq_sqlite import SQLiteDLQ, sqlite_path
 
         return SQLiteDLQ(sqlite_path(url))
-    if scheme in ("redis", "rediss"):
+    if scheme in ("redis", "rediss", "redis+cluster", "rediss+cluster"):
         try:
             from onceonly.client.dlq_redis import RedisDLQ
         except ImportError as exc:
