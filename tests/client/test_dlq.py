@@ -23,7 +23,7 @@ from onceonly.client import (
 )
 
 from .client_harness import LIVE_CREDENTIALS, FakeTime, Harness, Script, problem, reply
-from .dlq_kit import DLQUrl, dlq_url  # noqa: F401 (a fixture)
+from .dlq_kit import DLQUrl
 
 SECRET = "Bearer parked-secret-token"
 

@@ -1,10 +1,12 @@
 """Replay claims (SPEC 25): replayers sharing one queue send each parked entry once.
 
-A replay claims its entry with one atomic ``UPDATE ... WHERE state = 'parked'`` before sending
-it. Without the claim, two replayers that listed the queue at the same time would both send
-every entry. Exercised with threads, asyncio tasks and OS processes, each replayer with its own
-``DeadLetterQueue`` on the same queue, on every backend (SQLite file, Redis, PostgreSQL); plus the claim's lease (a dead replayer's entries come
-back when it lapses) and fencing (a replayer whose lease lapsed cannot overwrite the result).
+A replay claims its entry with one atomic store operation (``UPDATE ... WHERE state =
+'parked'``, a Lua script on Redis) before sending it. Without the claim, two replayers that
+listed the queue at the same time would both send every entry. Exercised with threads, asyncio
+tasks and OS processes, each replayer with its own ``DeadLetterQueue`` on the same queue, on
+every backend (SQLite, Redis, PostgreSQL); plus the claim's lease (a dead replayer's entries
+come back when it lapses) and fencing (a replayer whose lease lapsed cannot overwrite the
+result).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import pytest
 from onceonly.client import DeadLetterQueue, EntryState
 
 from .client_servers import FaultServer
-from .dlq_kit import DLQUrl, dlq_url  # noqa: F401 (a fixture)
+from .dlq_kit import DLQUrl
 
 ENTRIES = 40
 ROOT = Path(__file__).resolve().parents[2]

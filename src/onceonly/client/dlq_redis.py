@@ -148,7 +148,8 @@ class RedisDLQ:
         connect_timeout = o.get("connect_timeout", connect_timeout)
         if pool_size < 1 or timeout <= 0 or connect_timeout <= 0:
             raise ConfigurationError("Redis DLQ: pool_size, timeout, connect_timeout must be > 0")
-        self._what = f"dead-letter queue {scheme}://{clean.partition('://')[2].rpartition('@')[2]}"
+        where = clean.partition("://")[2].rpartition("@")[2].partition("?")[0]
+        self._what = f"dead-letter queue {scheme}://{where}"  # no password, no options"
         self._pool = redis.BlockingConnectionPool.from_url(
             clean,
             max_connections=pool_size,
