@@ -253,3 +253,58 @@ def test_bad_urls_are_refused(tmp_path: Path) -> None:
     q = DeadLetterQueue(tmp_path / "plain.db")
     assert q.depth() == 0
     q.close()
+
+
+def test_listing_is_oldest_first_by_state_and_purge_counts(
+    dlq: DeadLetterQueue, t: FakeTime
+) -> None:
+    """The storage operations every backend implements (dlq_backend.DLQBackend)."""
+    h = Harness("sync", Script(reply(503)), time=t, dlq=dlq, retry=RetryPolicy(attempts=1))
+    parked = []
+    for _ in range(5):
+        parked.append(park_one(h).parked)
+        t.advance(1.0)
+    assert [e.id for e in dlq.entries()] == parked
+    assert [e.id for e in dlq.entries(limit=2)] == parked[:2]
+    net = Script(reply(201), reply(422), reply(201))
+    replayer = Harness("sync", net, time=t, dlq=dlq, retry=RetryPolicy(attempts=1))
+    t.advance(8.0)
+    replayer.replay(dlq, ids=parked[:3])
+    states = {e.id: e.state for e in dlq.entries()}
+    assert [states[i] for i in parked] == [
+        EntryState.DONE,
+        EntryState.FAILED,
+        EntryState.DONE,
+        EntryState.PARKED,
+        EntryState.PARKED,
+    ]
+    assert [e.id for e in dlq.entries(EntryState.DONE)] == [parked[0], parked[2]]
+    assert [e.id for e in dlq.entries(EntryState.PARKED)] == parked[3:]
+    assert dlq.depth() == 2
+    assert dlq.purge(EntryState.FAILED) == 1
+    assert dlq.purge() == 2  # done and failed: only the two done ones are left
+    assert [e.id for e in dlq.entries()] == parked[3:]
+    assert dlq.get(parked[0]) is None
+    assert dlq.purge(EntryState.PARKED) == 2
+    assert dlq.depth() == 0
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:1/0?connect_timeout=0.5&timeout=0.5",
+        "postgresql://postgres@127.0.0.1:1/test?timeout=0.5",
+    ],
+)
+def test_an_unreachable_store_fails_with_store_unavailable_in_bounded_time(url: str) -> None:
+    """Nothing listens on port 1: the queue is made anyway, each operation fails quickly."""
+    import time
+
+    from onceonly.errors import StoreUnavailable
+
+    queue = DeadLetterQueue(url)
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable, match=r"dead-letter queue \w+://127.0.0.1:1/"):
+        queue.depth()
+    assert time.monotonic() - started < 5.0
+    queue.close()
