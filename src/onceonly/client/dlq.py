@@ -138,6 +138,7 @@ class DeadLetterQueue:
         self.redact = frozenset(h.lower() for h in redact)
         self.rate = rate  # replays per second, at most
         self.clock, self.sleep, self.asleep = clock, sleep, asleep
+        self.url = url
         self.backend: DLQBackend = open_backend(url)
 
     # -- storage ------------------------------------------------------------------------------
