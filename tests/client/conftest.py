@@ -8,6 +8,8 @@ import pytest
 
 from onceonly.client.testing import set_testing
 
+from .dlq_kit import dlq_url  # noqa: F401 (the DLQ-on-every-backend fixture)
+
 
 @pytest.fixture(params=["sync", "async"])
 def flavor(request: pytest.FixtureRequest) -> str:

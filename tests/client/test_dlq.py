@@ -1,7 +1,11 @@
-"""The dead-letter queue (SPEC 25): parking, redaction, replay, reconciliation, pacing."""
+"""The dead-letter queue (SPEC 25): parking, redaction, replay, reconciliation, pacing.
+
+Each behaviour runs on every backend (SQLite, Redis, PostgreSQL: the ``dlq_url`` fixture).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +23,7 @@ from onceonly.client import (
 )
 
 from .client_harness import LIVE_CREDENTIALS, FakeTime, Harness, Script, problem, reply
+from .dlq_kit import DLQUrl
 
 SECRET = "Bearer parked-secret-token"
 
@@ -29,10 +34,8 @@ def t() -> FakeTime:
 
 
 @pytest.fixture
-def dlq(tmp_path: Path, t: FakeTime) -> DeadLetterQueue:
-    queue = DeadLetterQueue(
-        f"sqlite:///{tmp_path}/dlq.db", clock=t.wall, sleep=t.sleep, asleep=t.asleep, rate=2.0
-    )
+def dlq(dlq_url: DLQUrl, t: FakeTime) -> Iterator[DeadLetterQueue]:
+    queue = DeadLetterQueue(dlq_url.url, clock=t.wall, sleep=t.sleep, asleep=t.asleep, rate=2.0)
     yield queue
     queue.close()
 
@@ -48,7 +51,7 @@ def park_one(h: Harness, **headers: str) -> RetriesExhausted:
 
 
 def test_exhausted_call_is_parked_with_credentials_redacted(
-    flavor: str, dlq: DeadLetterQueue, t: FakeTime, tmp_path: Path
+    flavor: str, dlq: DeadLetterQueue, t: FakeTime, dlq_url: DLQUrl
 ) -> None:
     net = Script(reply(503, body=b"busy"))
     h = Harness(flavor, net, time=t, dlq=dlq)
@@ -71,7 +74,8 @@ def test_exhausted_call_is_parked_with_credentials_redacted(
     assert entry.last_error == "HTTP 503"
     assert entry.replay_by == pytest.approx(entry.created_at + 24 * 3600)
     assert dlq.depth() == 1
-    raw = (tmp_path / "dlq.db").read_bytes() + (tmp_path / "dlq.db-wal").read_bytes()
+    raw = dlq_url.dump()  # every byte the backend stored
+    assert b"charges?x=1" in raw  # the dump does see the entry
     assert b"parked-secret-token" not in raw
     assert b"s3cr3t" not in raw
     assert b"pw@" not in raw
@@ -238,10 +242,69 @@ def test_replay_respects_an_open_breaker(flavor: str, dlq: DeadLetterQueue, t: F
 def test_bad_urls_are_refused(tmp_path: Path) -> None:
     from onceonly import ConfigurationError
 
-    with pytest.raises(ConfigurationError):
-        DeadLetterQueue("redis://localhost/0")
+    with pytest.raises(ConfigurationError, match="supports sqlite://, redis://"):
+        DeadLetterQueue("mysql://localhost/0")
+    with pytest.raises(ConfigurationError, match="not Cluster"):
+        DeadLetterQueue("redis+cluster://localhost:7000")
+    with pytest.raises(ConfigurationError, match="pool_size"):
+        DeadLetterQueue("redis://localhost/0?pool_size=x&prefix=a")
     with pytest.raises(ConfigurationError):
         DeadLetterQueue("sqlite://relative.db")
     q = DeadLetterQueue(tmp_path / "plain.db")
     assert q.depth() == 0
     q.close()
+
+
+def test_listing_is_oldest_first_by_state_and_purge_counts(
+    dlq: DeadLetterQueue, t: FakeTime
+) -> None:
+    """The storage operations every backend implements (dlq_backend.DLQBackend)."""
+    h = Harness("sync", Script(reply(503)), time=t, dlq=dlq, retry=RetryPolicy(attempts=1))
+    parked = []
+    for _ in range(5):
+        parked.append(park_one(h).parked)
+        t.advance(1.0)
+    assert [e.id for e in dlq.entries()] == parked
+    assert [e.id for e in dlq.entries(limit=2)] == parked[:2]
+    net = Script(reply(201), reply(422), reply(201))
+    replayer = Harness("sync", net, time=t, dlq=dlq, retry=RetryPolicy(attempts=1))
+    t.advance(8.0)
+    replayer.replay(dlq, ids=parked[:3])
+    states = {e.id: e.state for e in dlq.entries()}
+    assert [states[i] for i in parked] == [
+        EntryState.DONE,
+        EntryState.FAILED,
+        EntryState.DONE,
+        EntryState.PARKED,
+        EntryState.PARKED,
+    ]
+    assert [e.id for e in dlq.entries(EntryState.DONE)] == [parked[0], parked[2]]
+    assert [e.id for e in dlq.entries(EntryState.PARKED)] == parked[3:]
+    assert dlq.depth() == 2
+    assert dlq.purge(EntryState.FAILED) == 1
+    assert dlq.purge() == 2  # done and failed: only the two done ones are left
+    assert [e.id for e in dlq.entries()] == parked[3:]
+    assert dlq.get(parked[0]) is None
+    assert dlq.purge(EntryState.PARKED) == 2
+    assert dlq.depth() == 0
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:1/0?connect_timeout=0.5&timeout=0.5",
+        "postgresql://postgres@127.0.0.1:1/test?timeout=0.5",
+    ],
+)
+def test_an_unreachable_store_fails_with_store_unavailable_in_bounded_time(url: str) -> None:
+    """Nothing listens on port 1: the queue is made anyway, each operation fails quickly."""
+    import time
+
+    from onceonly.errors import StoreUnavailable
+
+    queue = DeadLetterQueue(url)
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable, match=r"dead-letter queue \w+://127.0.0.1:1/"):
+        queue.depth()
+    assert time.monotonic() - started < 5.0
+    queue.close()

@@ -1,10 +1,12 @@
 """Replay claims (SPEC 25): replayers sharing one queue send each parked entry once.
 
-A replay claims its entry with one atomic ``UPDATE ... WHERE state = 'parked'`` before sending
-it. Without the claim, two replayers that listed the queue at the same time would both send
-every entry. Exercised with threads, asyncio tasks and OS processes, each replayer with its own
-``DeadLetterQueue`` on the same file; plus the claim's lease (a dead replayer's entries come
-back when it lapses) and fencing (a replayer whose lease lapsed cannot overwrite the result).
+A replay claims its entry with one atomic store operation (``UPDATE ... WHERE state =
+'parked'``, a Lua script on Redis) before sending it. Without the claim, two replayers that
+listed the queue at the same time would both send every entry. Exercised with threads, asyncio
+tasks and OS processes, each replayer with its own ``DeadLetterQueue`` on the same queue, on
+every backend (SQLite, Redis, PostgreSQL); plus the claim's lease (a dead replayer's entries
+come back when it lapses) and fencing (a replayer whose lease lapsed cannot overwrite the
+result).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import pytest
 from onceonly.client import DeadLetterQueue, EntryState
 
 from .client_servers import FaultServer
+from .dlq_kit import DLQUrl
 
 ENTRIES = 40
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,8 +68,8 @@ class Counting:
         return httpx.Response(self.status)
 
 
-def queues(path: Path, n: int = 2, **kw: object) -> list[DeadLetterQueue]:
-    return [DeadLetterQueue(path, rate=1e9, **kw) for _ in range(n)]  # type: ignore[arg-type]
+def queues(url: str | Path, n: int = 2, **kw: object) -> list[DeadLetterQueue]:
+    return [DeadLetterQueue(url, rate=1e9, **kw) for _ in range(n)]  # type: ignore[arg-type]
 
 
 def assert_each_sent_once(
@@ -81,8 +84,8 @@ def assert_each_sent_once(
     assert queue.depth() == 0
 
 
-def test_two_threads_replaying_at_once_send_each_entry_once(tmp_path: Path) -> None:
-    a, b = queues(tmp_path / "dlq.db")
+def test_two_threads_replaying_at_once_send_each_entry_once(dlq_url: DLQUrl) -> None:
+    a, b = queues(dlq_url.url)
     ids = park(a, ENTRIES)
     net = Counting()
     start = threading.Barrier(2)
@@ -103,8 +106,8 @@ def test_two_threads_replaying_at_once_send_each_entry_once(tmp_path: Path) -> N
         queue.close()
 
 
-async def test_two_tasks_replaying_at_once_send_each_entry_once(tmp_path: Path) -> None:
-    a, b = queues(tmp_path / "dlq.db")
+async def test_two_tasks_replaying_at_once_send_each_entry_once(dlq_url: DLQUrl) -> None:
+    a, b = queues(dlq_url.url)
     ids = park(a, ENTRIES)
     per_key: Counter[str] = Counter()
 
@@ -123,14 +126,14 @@ async def test_two_tasks_replaying_at_once_send_each_entry_once(tmp_path: Path) 
         queue.close()
 
 
-def test_two_processes_replaying_at_once_send_each_entry_once(tmp_path: Path) -> None:
+def test_two_processes_replaying_at_once_send_each_entry_once(dlq_url: DLQUrl) -> None:
     server = FaultServer("ok")
-    path = tmp_path / "dlq.db"
+    path = dlq_url.url
     (queue,) = queues(path, 1)
     ids = park(queue, ENTRIES, f"{server.url}/charges")
     children = [
         subprocess.Popen(
-            [sys.executable, "-m", "tests.client.replay_child", str(path)],
+            [sys.executable, "-m", "tests.client.replay_child", path],
             cwd=ROOT,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -176,15 +179,15 @@ class Clock:
         return time.time() + self.offset
 
 
-def test_a_dead_replayers_claim_lapses_then_the_entry_is_replayed(tmp_path: Path) -> None:
+def test_a_dead_replayers_claim_lapses_then_the_entry_is_replayed(dlq_url: DLQUrl) -> None:
     """A replayer killed (SIGKILL) mid-send leaves its claim; others wait out the lease."""
     server = FaultServer("hang", "ok")
-    path = tmp_path / "dlq.db"
+    path = dlq_url.url
     clock = Clock()
     (queue,) = queues(path, 1, clock=clock, claim_lease=300.0)
     (entry_id,) = park(queue, 1, f"{server.url}/charges")
     child = subprocess.Popen(
-        [sys.executable, "-m", "tests.client.replay_child", str(path)],
+        [sys.executable, "-m", "tests.client.replay_child", path],
         cwd=ROOT,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -231,8 +234,8 @@ class Interrupted(BaseException):
 
 
 @pytest.mark.parametrize("flavor", ["sync", "async"])
-def test_an_interrupted_replay_hands_its_claim_back(tmp_path: Path, flavor: str) -> None:
-    (queue,) = queues(tmp_path / "dlq.db", 1)
+def test_an_interrupted_replay_hands_its_claim_back(dlq_url: DLQUrl, flavor: str) -> None:
+    (queue,) = queues(dlq_url.url, 1)
     (entry_id,) = park(queue, 1)
     before = queue.get(entry_id)
 
@@ -262,10 +265,10 @@ def test_an_interrupted_replay_hands_its_claim_back(tmp_path: Path, flavor: str)
     queue.close()
 
 
-def test_a_replayer_whose_lease_lapsed_cannot_overwrite_the_result(tmp_path: Path) -> None:
+def test_a_replayer_whose_lease_lapsed_cannot_overwrite_the_result(dlq_url: DLQUrl) -> None:
     """A's send outlives its lease; B takes the entry over and settles it first (fencing)."""
     clock = Clock()
-    a, b = queues(tmp_path / "dlq.db", clock=clock, claim_lease=60.0)
+    a, b = queues(dlq_url.url, clock=clock, claim_lease=60.0)
     (entry_id,) = park(a, 1)
     taken_over: list[str] = []
 
@@ -291,7 +294,7 @@ def test_a_replayer_whose_lease_lapsed_cannot_overwrite_the_result(tmp_path: Pat
 def test_a_file_made_before_claims_is_migrated(tmp_path: Path) -> None:
     import sqlite3
 
-    from onceonly.client.dlq import SCHEMA
+    from onceonly.client.dlq_sqlite import SCHEMA
 
     path = tmp_path / "old.db"
     with sqlite3.connect(path) as db:
@@ -307,13 +310,13 @@ def test_a_file_made_before_claims_is_migrated(tmp_path: Path) -> None:
     queue.close()
 
 
-def test_the_cli_shows_a_claimed_entry_and_leaves_it_to_its_replayer(tmp_path: Path) -> None:
+def test_the_cli_shows_a_claimed_entry_and_leaves_it_to_its_replayer(dlq_url: DLQUrl) -> None:
     from click.testing import CliRunner
 
     from onceonly._cli import cli
 
-    store = f"sqlite:///{tmp_path}/dlq.db"
-    (queue,) = queues(tmp_path / "dlq.db", 1)
+    store = dlq_url.url
+    (queue,) = queues(dlq_url.url, 1)
     (entry_id,) = park(queue, 1)
     outputs: list[str] = []
 

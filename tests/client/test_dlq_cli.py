@@ -1,9 +1,8 @@
-"""`onceonly dlq list|show|replay|purge` against a real queue file and a loopback server."""
+"""`onceonly dlq list|show|replay|purge` on every DLQ backend, against a loopback server."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,6 +19,7 @@ from onceonly.client import (
 )
 
 from .client_servers import serve_app
+from .dlq_kit import DLQUrl
 
 
 def park(url: str, dlq: DeadLetterQueue, n: int) -> list[str]:
@@ -35,7 +35,7 @@ def park(url: str, dlq: DeadLetterQueue, n: int) -> list[str]:
     return ids
 
 
-def test_list_show_replay_purge(tmp_path: Path) -> None:
+def test_list_show_replay_purge(dlq_url: DLQUrl) -> None:
     seen: list[tuple[str | None, str | None]] = []
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -48,7 +48,7 @@ def test_list_show_replay_purge(tmp_path: Path) -> None:
         await send({"type": "http.response.start", "status": 201, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
 
-    store = f"sqlite:///{tmp_path}/dlq.db"
+    store = dlq_url.url
     runner = CliRunner()
     with serve_app(app) as base:
         queue = DeadLetterQueue(store)
@@ -94,6 +94,14 @@ def test_list_show_replay_purge(tmp_path: Path) -> None:
 
 
 def test_bad_store_url_is_a_one_line_error() -> None:
-    result = CliRunner().invoke(cli, ["dlq", "list", "--store", "redis://x"])
+    result = CliRunner().invoke(cli, ["dlq", "list", "--store", "mysql://x"])
     assert result.exit_code == 1
-    assert "supports sqlite://" in result.output
+    assert "supports sqlite://, redis://" in result.output
+
+
+def test_an_unreachable_store_is_a_one_line_error() -> None:
+    down = "redis://127.0.0.1:1/0?connect_timeout=0.5"  # port 1: nothing listens on loopback
+    result = CliRunner().invoke(cli, ["dlq", "list", "--store", down])
+    assert result.exit_code == 1
+    assert "dead-letter queue redis://127.0.0.1:1/0" in result.output
+    assert "Traceback" not in result.output

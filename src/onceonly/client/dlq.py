@@ -13,27 +13,25 @@ its breaker, budget and retry rules: a 409 waits, a 422 is terminal. Replays are
 Entries whose window has passed are flagged ``reconcile`` and never re-sent blindly.
 
 Several replayers may share a queue (two ``onceonly dlq replay`` runs, a cron job and a human):
-each entry is *claimed* by one atomic ``UPDATE ... WHERE state = 'parked'`` before it is sent,
-so it is sent by one replayer only. The claim (state ``replaying``) is a lease: its end is kept
-in ``not_before``, so an entry whose replayer died becomes due again when the lease lapses, and
-the settlement of a replayer whose lease lapsed is fenced out by its claim token.
+each entry is *claimed* by one atomic operation of the store (an ``UPDATE ... WHERE state =
+'parked'``, or one Lua script on Redis) before it is sent, so it is sent by one replayer only.
+The claim (state ``replaying``) is a lease: its end is kept in ``not_before``, so an entry
+whose replayer died becomes due again when the lease lapses, and the settlement of a replayer
+whose lease lapsed is fenced out by its claim token.
 
-Storage is one SQLite file (WAL, one connection per thread); async methods run the same code on
-a worker thread. The replay decision logic is one generator driven by :meth:`replay` and
-:meth:`areplay` (STYLE 5).
+Storage sits behind the small protocol of ``dlq_backend.py``, chosen by the URL: a SQLite file
+(``dlq_sqlite.py``, the default), Redis (``dlq_redis.py``) or PostgreSQL (``dlq_postgres.py``).
+This module keeps all the logic — redaction, claims, replay, pacing, reconciliation — so every
+backend behaves the same; async methods run the backend on a worker thread. The replay decision
+logic is one generator driven by :meth:`replay` and :meth:`areplay` (STYLE 5).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import enum
-import json
-import sqlite3
-import threading
 import time
 import uuid
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -41,10 +39,19 @@ from typing import Any
 
 import httpx
 
+from onceonly.client.dlq_backend import (
+    DeadLetter,
+    DLQBackend,
+    EntryState,
+    Settlement,
+    open_backend,
+)
 from onceonly.client.errors import CallFailed, CircuitOpen, RetryDeferred
 from onceonly.client.retry import RETRY_STATUSES, Attempt, retry_after
 from onceonly.client.testing import testing
-from onceonly.errors import ConfigurationError, KeyMismatch, StoreUnavailable
+from onceonly.errors import ConfigurationError, KeyMismatch
+
+__all__ = ["REDACTED_HEADERS", "DeadLetter", "DeadLetterQueue", "EntryState", "ReplayResult"]
 
 # Credentials are never written to disk; replay takes them from the live client instead.
 REDACTED_HEADERS = frozenset(
@@ -61,71 +68,6 @@ REDACTED_HEADERS = frozenset(
 # Recomputed by httpx (or by the transport, for the attempt number) on replay.
 _DROPPED_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
 REPLAY_EXTENSION = "onceonly.dlq_entry"  # request extension: "this send replays entry X"
-
-TABLE = "onceonly_dlq"
-SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS {TABLE} (
-    id          TEXT PRIMARY KEY,
-    state       TEXT NOT NULL,
-    reason      TEXT NOT NULL,
-    created_at  REAL NOT NULL,
-    updated_at  REAL NOT NULL,
-    not_before  REAL NOT NULL,
-    replay_by   REAL NOT NULL,
-    method      TEXT NOT NULL,
-    url         TEXT NOT NULL,
-    headers     TEXT NOT NULL,
-    redacted    TEXT NOT NULL,
-    body        BLOB NOT NULL,
-    key         TEXT NOT NULL,
-    attempts    TEXT NOT NULL,
-    last_error  TEXT NOT NULL,
-    replays     INTEGER NOT NULL DEFAULT 0,
-    last_status INTEGER,
-    claim       TEXT
-);
-CREATE INDEX IF NOT EXISTS {TABLE}_due ON {TABLE} (state, not_before);
-"""
-# Files made before claims existed get the column on open (an ALTER TABLE, once).
-_MIGRATION = f"ALTER TABLE {TABLE} ADD COLUMN claim TEXT"
-_COLUMNS = (
-    "id, state, reason, created_at, updated_at, not_before, replay_by, method, url, headers, "
-    "redacted, body, key, attempts, last_error, replays, last_status"
-)
-
-
-class EntryState(enum.Enum):
-    PARKED = "parked"  # waiting for a replay
-    REPLAYING = "replaying"  # claimed by a replayer; the claim lapses at not_before
-    DONE = "done"  # a replay got an answer (2xx/3xx, or a stored replay of one)
-    FAILED = "failed"  # a replay got a terminal answer (422 mismatch, other 4xx)
-    RECONCILE = "reconcile"  # past its replay window: a human or a job must check the far side
-
-    def __str__(self) -> str:
-        return self.value
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """One parked call."""
-
-    id: str
-    state: EntryState
-    reason: str
-    created_at: float
-    updated_at: float
-    not_before: float
-    replay_by: float
-    method: str
-    url: str
-    headers: tuple[tuple[str, str], ...]
-    redacted: tuple[str, ...]  # names of the headers removed before storing
-    body: bytes
-    key: str
-    attempts: tuple[Attempt, ...]
-    last_error: str
-    replays: int = 0
-    last_status: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,23 +112,10 @@ _ReplayReply = httpx.Response | Exception | str | None
 _ReplayFlow = Generator[_ReplayCommand, _ReplayReply, list[ReplayResult]]
 
 
-def _open_path(url: str | Path) -> Path:
-    if isinstance(url, Path):
-        return url
-    if url.startswith("sqlite://"):
-        rest = url[len("sqlite://") :]
-        if not rest.startswith("/") or rest == "/":
-            raise ConfigurationError(
-                f"bad DLQ URL {url!r}: use sqlite:///relative/path.db or sqlite:////abs/path.db"
-            )
-        return Path(rest[1:])
-    if "://" in url:
-        raise ConfigurationError(f"the dead-letter queue supports sqlite:// URLs, not {url!r}")
-    return Path(url)
-
-
 class DeadLetterQueue:
-    """Parked calls in a SQLite file: ``DeadLetterQueue("sqlite:///dlq.db")``."""
+    """Parked calls: ``DeadLetterQueue("sqlite:///dlq.db")``, or a ``redis://`` or
+    ``postgresql://`` URL (options as for the stores, see ``dlq_redis.py``/``dlq_postgres.py``).
+    """
 
     def __init__(
         self,
@@ -200,7 +129,6 @@ class DeadLetterQueue:
         sleep: Callable[[float], None] = time.sleep,
         asleep: Callable[[float], Any] = asyncio.sleep,
     ) -> None:
-        self.path = _open_path(url)
         window = replay_window
         self.replay_window = window.total_seconds() if isinstance(window, timedelta) else window
         lease = claim_lease
@@ -210,42 +138,13 @@ class DeadLetterQueue:
         self.redact = frozenset(h.lower() for h in redact)
         self.rate = rate  # replays per second, at most
         self.clock, self.sleep, self.asleep = clock, sleep, asleep
-        self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
-        with self._db() as db:
-            db.executescript(SCHEMA)
-            columns = {row[1] for row in db.execute(f"PRAGMA table_info({TABLE})")}
-            if "claim" not in columns:
-                with contextlib.suppress(sqlite3.OperationalError):  # another opener won
-                    db.execute(_MIGRATION)
+        self.url = url
+        self.backend: DLQBackend = open_backend(url)
 
     # -- storage ------------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        """This thread's connection; sqlite3 errors become StoreUnavailable (STYLE 4)."""
-        try:
-            conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-            if conn is None:
-                conn = sqlite3.connect(
-                    self.path, timeout=10.0, isolation_level=None, check_same_thread=False
-                )  # used by one thread at a time; closed by whichever thread closes the queue
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=NORMAL")
-                self._local.conn = conn
-                with self._lock:
-                    self._all.append(conn)
-            yield conn
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"dead-letter queue {str(self.path)!r}: {exc}") from exc
-
     def close(self) -> None:
-        with self._lock:
-            for conn in self._all:
-                conn.close()
-            self._all.clear()
-        self._local = threading.local()
+        self.backend.close()
 
     def park(
         self,
@@ -261,29 +160,25 @@ class DeadLetterQueue:
         now = self.clock()
         headers, redacted = self._scrub(request.headers)
         url = request.url.copy_with(username=None, password=None)
-        entry_id = str(uuid.uuid4())
-        row = (
-            entry_id,
-            EntryState.PARKED.value,
-            reason,
-            now,
-            now,
-            max(not_before, now),
-            now + self.replay_window,
-            request.method,
-            str(url),
-            json.dumps(headers),
-            json.dumps(redacted),
-            request.content,
-            key,
-            json.dumps([_attempt_to_json(a) for a in attempts]),
-            last_error,
-            0,
-            None,
+        entry = DeadLetter(
+            id=str(uuid.uuid4()),
+            state=EntryState.PARKED,
+            reason=reason,
+            created_at=now,
+            updated_at=now,
+            not_before=max(not_before, now),
+            replay_by=now + self.replay_window,
+            method=request.method,
+            url=str(url),
+            headers=tuple(headers),
+            redacted=tuple(redacted),
+            body=request.content,
+            key=key,
+            attempts=attempts,
+            last_error=last_error,
         )
-        with self._db() as db:
-            db.execute(f"INSERT INTO {TABLE} ({_COLUMNS}) VALUES ({', '.join('?' * 17)})", row)
-        return entry_id
+        self.backend.insert(entry)
+        return entry.id
 
     async def apark(self, request: httpx.Request, **kw: Any) -> str:
         return await asyncio.to_thread(lambda: self.park(request, **kw))
@@ -301,108 +196,53 @@ class DeadLetterQueue:
         return kept, sorted(set(redacted))
 
     def get(self, entry_id: str) -> DeadLetter | None:
-        with self._db() as db:
-            row = db.execute(f"SELECT {_COLUMNS} FROM {TABLE} WHERE id = ?", (entry_id,)).fetchone()
-        return _row_to_entry(row) if row is not None else None
+        return self.backend.get(entry_id)
 
     def entries(self, state: EntryState | None = None, *, limit: int = 1000) -> list[DeadLetter]:
         """Entries, oldest first; all states unless ``state`` is given."""
-        query = f"SELECT {_COLUMNS} FROM {TABLE}"
-        args: tuple[object, ...] = ()
-        if state is not None:
-            query += " WHERE state = ?"
-            args = (state.value,)
-        with self._db() as db:
-            rows = db.execute(
-                query + " ORDER BY created_at, rowid LIMIT ?", (*args, limit)
-            ).fetchall()
-        return [_row_to_entry(r) for r in rows]
+        return self.backend.entries(state, limit)
 
     def depth(self) -> int:
         """Entries waiting for a replay (parked, or being replayed right now)."""
-        with self._db() as db:
-            row = db.execute(
-                f"SELECT COUNT(*) FROM {TABLE} WHERE state IN (?, ?)",
-                (EntryState.PARKED.value, EntryState.REPLAYING.value),
-            ).fetchone()
-        return int(row[0])
+        return self.backend.count((EntryState.PARKED, EntryState.REPLAYING))
 
     def purge(self, *states: EntryState) -> int:
         """Delete entries in ``states`` (default: done and failed ones); returns how many."""
-        chosen = states or (EntryState.DONE, EntryState.FAILED)
-        marks = ", ".join("?" * len(chosen))
-        with self._db() as db:
-            cur = db.execute(
-                f"DELETE FROM {TABLE} WHERE state IN ({marks})", tuple(s.value for s in chosen)
-            )
-        return cur.rowcount
+        return self.backend.purge(states or (EntryState.DONE, EntryState.FAILED))
 
     def _claim(self, claim: _Claim) -> str | None:
         """Take ``claim.entry`` for this replayer, atomically; its token, or None if taken.
 
-        One ``UPDATE``: it matches only while the entry is still due — parked and due (or
-        forced, or past its window: it is then claimed to be flagged), or claimed by a replayer
-        whose lease has lapsed — so of two replayers racing for it, exactly one wins.
+        One atomic store operation: it matches only while the entry is still due — parked and
+        due (or forced, or past its window: it is then claimed to be flagged), or claimed by a
+        replayer whose lease has lapsed — so of two replayers racing for it, exactly one wins.
         """
         now = self.clock()
         token = str(uuid.uuid4())
-        with self._db() as db:
-            cur = db.execute(
-                f"UPDATE {TABLE} SET state = ?, claim = ?, not_before = ?, updated_at = ? "
-                "WHERE id = ? AND ((state = ? AND (? OR not_before <= ? OR replay_by < ?)) "
-                "OR (state = ? AND not_before <= ?))",
-                (
-                    EntryState.REPLAYING.value,
-                    token,
-                    now + self.claim_lease,
-                    now,
-                    claim.entry.id,
-                    EntryState.PARKED.value,
-                    claim.force,
-                    now,
-                    now,
-                    EntryState.REPLAYING.value,
-                    now,
-                ),
-            )
-        return token if cur.rowcount == 1 else None
+        taken = self.backend.claim(
+            claim.entry.id, token, force=claim.force, now=now, lease_until=now + self.claim_lease
+        )
+        return token if taken else None
 
     def _release(self, entry: DeadLetter, token: str) -> None:
         """Hand a claimed entry back as it was (a replay interrupted before its answer)."""
-        with self._db() as db:
-            db.execute(
-                f"UPDATE {TABLE} SET state = ?, claim = NULL, not_before = ?, updated_at = ? "
-                "WHERE id = ? AND state = ? AND claim = ?",
-                (
-                    EntryState.PARKED.value,
-                    entry.not_before,
-                    self.clock(),
-                    entry.id,
-                    EntryState.REPLAYING.value,
-                    token,
-                ),
-            )
+        self.backend.release(entry.id, token, not_before=entry.not_before, now=self.clock())
 
     def _settle(self, settle: _Settle) -> None:
         """Record a replay's result, if this replayer still holds the claim (fencing)."""
         r = settle.result
-        with self._db() as db:
-            db.execute(
-                f"UPDATE {TABLE} SET state = ?, claim = NULL, updated_at = ?, not_before = ?, "
-                "replays = replays + ?, last_status = COALESCE(?, last_status), "
-                "last_error = ? WHERE id = ? AND state = ? AND claim = ?",
-                (
-                    r.state.value,
-                    self.clock(),
-                    settle.not_before,
-                    0 if r.state is EntryState.RECONCILE else 1,
-                    r.status,
-                    r.detail,
-                    r.id,
-                    EntryState.REPLAYING.value,
-                    settle.claim,
-                ),
+        self.backend.settle(
+            Settlement(
+                id=r.id,
+                token=settle.claim,
+                state=r.state,
+                now=self.clock(),
+                not_before=settle.not_before,
+                counted=r.state is not EntryState.RECONCILE,
+                status=r.status,
+                detail=r.detail,
             )
+        )
 
     def _due(self, ids: Iterable[str] | None, force: bool) -> list[DeadLetter]:
         """Entries to replay: the given ids, or every one whose not-before has come.
@@ -495,7 +335,7 @@ class DeadLetterQueue:
         except StopIteration as done:
             return list(done.value)
         finally:
-            if held is not None:  # cancelled mid-replay: one quick local write, not awaited
+            if held is not None:  # cancelled mid-replay: one short write, not awaited
                 self._release(*held)
 
     def _request(
@@ -578,37 +418,3 @@ class DeadLetterQueue:
             status = reply.last_response.status_code
             return result(EntryState.PARKED, status, str(reply)), backoff
         return result(EntryState.PARKED, None, f"{type(reply).__name__}: {reply}"), backoff
-
-
-def _attempt_to_json(a: Attempt) -> dict[str, object]:
-    return {
-        "number": a.number,
-        "started": a.started,
-        "duration": a.duration,
-        "status": a.status,
-        "error": a.error,
-        "wait": a.wait,
-    }
-
-
-def _row_to_entry(row: Any) -> DeadLetter:
-    attempts = tuple(Attempt(**a) for a in json.loads(row[13]))
-    return DeadLetter(
-        id=row[0],
-        state=EntryState(row[1]),
-        reason=row[2],
-        created_at=row[3],
-        updated_at=row[4],
-        not_before=row[5],
-        replay_by=row[6],
-        method=row[7],
-        url=row[8],
-        headers=tuple((str(k), str(v)) for k, v in json.loads(row[9])),
-        redacted=tuple(json.loads(row[10])),
-        body=bytes(row[11]),
-        key=row[12],
-        attempts=attempts,
-        last_error=row[14],
-        replays=row[15],
-        last_status=row[16],
-    )

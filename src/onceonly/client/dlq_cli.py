@@ -1,8 +1,8 @@
 """``onceonly dlq list|show|replay|purge``: look after the dead-letter queue (SPEC 25).
 
-Registered on the ``onceonly`` click group. ``--store`` names the DLQ's SQLite file
-(default ``$ONCEONLY_DLQ_URL``, then ``sqlite:///onceonly-dlq.db``). Replays go through an
-idempotent transport; credentials are never in the queue, so pass them with ``-H``.
+Registered on the ``onceonly`` click group. ``--store`` names the DLQ: a SQLite file, Redis or
+PostgreSQL URL (default ``$ONCEONLY_DLQ_URL``, then ``sqlite:///onceonly-dlq.db``). Replays go
+through an idempotent transport; credentials are never in the queue, so pass them with ``-H``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,10 @@ store_option = click.option(
     default=DEFAULT_URL,
     show_default=True,
     metavar="URL",
-    help=f"the dead-letter queue: sqlite:///relative.db or sqlite:////abs.db (env: {ENV_VAR})",
+    help=(
+        "the dead-letter queue: sqlite:///relative.db, sqlite:////abs.db, "
+        f"redis://host:6379/0 or postgresql://user@host/db (env: {ENV_VAR})"
+    ),
 )
 
 
