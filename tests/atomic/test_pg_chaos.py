@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import random
 import signal
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -77,13 +80,21 @@ class Worker:
         self.spawned.append(self.proc)
         assert _recv(self.conn)[0] == "ready"
 
-    def kill(self) -> None:
+    def kill(self) -> list[Any]:
+        """SIGKILL the worker and start a fresh one; returns what it sent before dying."""
         os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.join(30)
         assert self.proc.exitcode == -signal.SIGKILL
         self.kills += 1
+        left = []
+        while self.conn.poll(0):
+            try:
+                left.append(self.conn.recv())
+            except (EOFError, OSError):  # it died with our job unread: we retry it
+                break
         self.conn.close()
         self.start()
+        return left
 
     def send(self, key: str, pause: str | None) -> Any:
         self.conn.send((key, 100, pause))
@@ -167,6 +178,62 @@ def test_with_atomic_completion_every_kill_leaves_exactly_one_charge(
     charges = _charges(db)
     assert charges == {key: [answer["row"]] for key, answer in [*answers.items(), ("calm", calm)]}
     for key in charges:
+        record = _record(db, "charge", key)
+        assert record is not None
+        assert record.state is State.COMPLETED
+
+
+def charge_killed_after(worker: Worker, key: str, delay: float) -> dict[str, Any]:
+    """Send ``key``, SIGKILL the worker ``delay`` s later wherever it is, retry until answered."""
+    worker.conn.send((key, 100, None))
+    time.sleep(delay)  # the point of a random kill: anywhere in the request
+    done = [m for m in worker.kill() if m[0] == "done" and m[1] == key]
+    if done:
+        return dict(done[0][2])
+    kind, got, result = worker.send(key, None)
+    assert (kind, got) == ("done", key)
+    return dict(result)
+
+
+def test_chaos_two_workers_killed_mid_traffic_charge_every_key_once(
+    db: PgDb, workers: list[Worker]
+) -> None:
+    """Two workers (sync and async functions) serve a client each; a third of the charges are
+    killed at a named point or at a random moment. Every key ends with one ledger row, the
+    one its answer names, and a completed record."""
+    rng = random.Random(8)
+    answers: dict[str, dict[str, Any]] = {}
+    errors: list[BaseException] = []
+
+    def client(worker: Worker, plan: list[str | float | None]) -> None:
+        try:
+            for i, how in enumerate(plan):
+                key = f"{worker.mode}-{i}"
+                if isinstance(how, str):
+                    answers[key] = charge_killed_at(worker, key, how)
+                elif isinstance(how, float):
+                    answers[key] = charge_killed_after(worker, key, how)
+                else:
+                    kind, _, answers[key] = worker.send(key, None)
+                    assert kind == "done"
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = []
+    for mode in ("atomic", "aatomic"):
+        plan: list[str | float | None] = ["after_write", "after_commit"]
+        plan += [rng.uniform(0.0, 0.01) for _ in range(2)] + [None] * 8
+        rng.shuffle(plan)
+        threads.append(threading.Thread(target=client, args=(_worker(workers, db, mode), plan)))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors, errors[0]
+    assert sum(worker.kills for worker in workers) == 8
+    assert _charges(db) == {key: [answer["row"]] for key, answer in answers.items()}
+    assert len(answers) == 24
+    for key in answers:
         record = _record(db, "charge", key)
         assert record is not None
         assert record.state is State.COMPLETED
