@@ -108,9 +108,11 @@ class PostgresUnit:
         if not self._open:
             with self.store._guard():
                 try:
-                    conn.execute("BEGIN")
                     self._open = True
-                    row = conn.execute(self.store.sql.hold, self._ids()).fetchone()
+                    with conn.pipeline():  # one round trip for both
+                        conn.execute("BEGIN")
+                        cur = conn.execute(self.store.sql.hold, self._ids())
+                    row = cur.fetchone()
                 except BaseException:
                     self.abort()
                     raise
@@ -128,9 +130,10 @@ class PostgresUnit:
         with self.store._guard():
             try:
                 # Under our row lock nobody can have taken the key over: renew cannot fail.
-                conn.execute(self.store.sql.renew, self._renewal())
-                conn.execute(self.store.sql.phases_write, self._phases_row(phases))
-                conn.execute("COMMIT")
+                with conn.pipeline():
+                    conn.execute(self.store.sql.renew, self._renewal())
+                    conn.execute(self.store.sql.phases_write, self._phases_row(phases))
+                    conn.execute("COMMIT")
             except BaseException:
                 self.abort()
                 raise
@@ -152,8 +155,8 @@ class PostgresUnit:
                 self._lost = True  # cannot happen under the row lock; checked all the same
                 self.abort()
                 return False
-            with self.store._guard():
-                # A completed record replays, never resumes: its recovery points go with it.
+            # A completed record replays, never resumes: its recovery points go with it.
+            with self.store._guard(), conn.pipeline():
                 conn.execute(self.store.sql.phases_drop, {"id": self.id})
                 conn.execute("COMMIT")
         except BaseException:
@@ -206,9 +209,11 @@ class PostgresUnit:
         if not self._open:
             with self.store._guard():
                 try:
-                    await conn.execute("BEGIN")
                     self._open = True
-                    row = await (await conn.execute(self.store.sql.hold, self._ids())).fetchone()
+                    async with conn.pipeline():
+                        await conn.execute("BEGIN")
+                        acur = await conn.execute(self.store.sql.hold, self._ids())
+                    row = await acur.fetchone()
                 except BaseException:
                     await self.aabort()
                     raise
@@ -225,9 +230,10 @@ class PostgresUnit:
         conn = await self.aconnection()
         with self.store._guard():
             try:
-                await conn.execute(self.store.sql.renew, self._renewal())
-                await conn.execute(self.store.sql.phases_write, self._phases_row(phases))
-                await conn.execute("COMMIT")
+                async with conn.pipeline():
+                    await conn.execute(self.store.sql.renew, self._renewal())
+                    await conn.execute(self.store.sql.phases_write, self._phases_row(phases))
+                    await conn.execute("COMMIT")
             except BaseException:
                 await self.aabort()
                 raise
@@ -251,8 +257,9 @@ class PostgresUnit:
                 await self.aabort()
                 return False
             with store._guard():
-                await conn.execute(store.sql.phases_drop, {"id": self.id})
-                await conn.execute("COMMIT")
+                async with conn.pipeline():
+                    await conn.execute(store.sql.phases_drop, {"id": self.id})
+                    await conn.execute("COMMIT")
         except BaseException:
             await self.aabort()
             raise
