@@ -36,19 +36,22 @@ DERIVED_KEY_VERSION = "onceonly.atomic.v1"
 
 
 def transaction() -> Any:
-    """The store's open transaction for this execution: a ``sqlite3.Connection`` (SQLite).
+    """The store's open transaction for this execution: a ``sqlite3.Connection`` (SQLite) or
+    a ``psycopg.Connection`` (PostgreSQL).
 
-    The first call begins it (``BEGIN IMMEDIATE``: SQLite's write lock, held until the
-    handler ends or the next :func:`phase`, so every other writer to the file waits) and
-    re-checks the claim's fencing token; :class:`~onceonly.errors.ClaimTakenOver` if a retry
-    took the key over meanwhile. Do not commit or roll back on it yourself: the middleware or
-    decorator commits once, with the record. Blocking; async code uses :func:`atransaction`.
+    The first call begins it and re-checks the claim's fencing token inside it (SQLite:
+    ``BEGIN IMMEDIATE``, the file's write lock, held until the handler ends or the next
+    :func:`phase`; PostgreSQL: ``BEGIN`` and ``SELECT ... FOR UPDATE`` of the record row, so a
+    takeover waits for us); :class:`~onceonly.errors.ClaimTakenOver` if a retry took the key
+    over meanwhile. Do not commit or roll back on it yourself: the middleware or decorator
+    commits once, with the record. Blocking; async code uses :func:`atransaction`.
     """
     return current_unit().connection()
 
 
 async def atransaction() -> Any:
-    """:func:`transaction` for async handlers: waits for the write lock off the event loop."""
+    """:func:`transaction` for async handlers: a ``psycopg.AsyncConnection`` (PostgreSQL), or
+    the ``sqlite3.Connection`` once SQLite's write lock was taken off the event loop."""
     return await current_unit().aconnection()
 
 

@@ -41,11 +41,15 @@ class Statements:
 
     def __init__(self, schema: str | None, prefix: str) -> None:
         self.table_name = f"{prefix}records"
+        self.phases_name = f"{prefix}records_phases"
         table = (
             sql.Identifier(schema, self.table_name) if schema else sql.Identifier(self.table_name)
         )
+        phases = (
+            sql.Identifier(schema, self.phases_name) if schema else sql.Identifier(self.phases_name)
+        )
         cols = sql.SQL(", ").join(sql.Identifier("r", c) for c in COLUMNS)
-        fmt = {"t": table, "now": NOW, "cols": cols}
+        fmt = {"t": table, "p": phases, "now": NOW, "cols": cols}
 
         def q(text: str) -> sql.Composed:
             return sql.SQL(text).format(**fmt)
@@ -81,9 +85,23 @@ class Statements:
             sql.SQL(
                 "CREATE INDEX IF NOT EXISTS {} ON {} (expires_at) WHERE body IS NOT NULL"
             ).format(sql.Identifier(f"{self.table_name}_body"), table),
+            # Recovery points of atomic handlers (SPEC 13a): they outlive the claim that wrote
+            # them (a release or takeover must resume, not redo), so they are rows of their own,
+            # dropped when the record completes or their retention lapses.
+            q(
+                """CREATE TABLE IF NOT EXISTS {p} (
+                    id           text PRIMARY KEY,
+                    fingerprint  text NOT NULL,
+                    phases       text NOT NULL,
+                    retain_until bigint NOT NULL
+                )"""
+            ),
+            sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (retain_until)").format(
+                sql.Identifier(f"{self.phases_name}_retain"), phases
+            ),
         ]
         self.create = [s for s in create if s is not None]
-        self.drop = q("DROP TABLE IF EXISTS {t}")
+        self.drop = q("DROP TABLE IF EXISTS {t}, {p}")
 
         # -> one row: claimed token | NULL, origin, prev_fingerprint, now, the live record
         # (when not claimed). A claimed token and no record is impossible; neither means a
@@ -173,14 +191,17 @@ class Statements:
         )
         self.delete = q(
             """
-            WITH d AS (DELETE FROM {t} WHERE id = %(id)s RETURNING id, waiters)
+            WITH d AS (DELETE FROM {t} WHERE id = %(id)s RETURNING id, waiters),
+            p AS (DELETE FROM {p} WHERE id = %(id)s)
             SELECT d.id, CASE WHEN d.waiters THEN pg_notify(%(channel)s, d.id) END FROM d
             """
         )
         self.get = q(
             """
             WITH now AS MATERIALIZED (SELECT {now} AS t)
-            SELECT NULL, NULL, NULL, now.t, {cols} FROM now LEFT JOIN {t} r ON r.id = %(id)s
+            SELECT NULL, NULL, NULL, now.t, {cols}, p.phases
+            FROM now LEFT JOIN {t} r ON r.id = %(id)s
+            LEFT JOIN {p} p ON p.id = r.id AND p.fingerprint = r.fingerprint
             """
         )
         # Mark the record watched; -> microseconds left on its lease, no row if not in flight.
@@ -215,3 +236,34 @@ class Statements:
               LIMIT %(limit)s FOR UPDATE SKIP LOCKED))
             """
         )
+        self.purge_phases = q(
+            """
+            DELETE FROM {p}
+            WHERE id = ANY(ARRAY(
+              SELECT id FROM {p}
+              WHERE retain_until <= (extract(epoch FROM now()) * 1000000)::bigint
+              LIMIT %(limit)s FOR UPDATE SKIP LOCKED))
+            """
+        )
+
+        # -- atomic units (SPEC 13a, stores/postgres_atomic.py) --
+        # Re-check the fencing token inside the unit's transaction and lock the record row:
+        # a takeover (the claim's upsert) now waits for our COMMIT or ROLLBACK, so the token
+        # checked here still holds when the completion commits.
+        self.hold = q(
+            """
+            SELECT token = %(token)s AND state = 'in_flight' FROM {t}
+            WHERE id = %(id)s FOR UPDATE
+            """
+        )
+        self.phases_read = q("SELECT phases FROM {p} WHERE id = %(id)s AND fingerprint = %(fp)s")
+        self.phases_write = q(
+            """
+            WITH now AS MATERIALIZED (SELECT {now} AS t)
+            INSERT INTO {p} (id, fingerprint, phases, retain_until)
+            SELECT %(id)s, %(fp)s, %(phases)s, now.t + %(keep)s FROM now
+            ON CONFLICT (id) DO UPDATE SET fingerprint = excluded.fingerprint,
+              phases = excluded.phases, retain_until = excluded.retain_until
+            """
+        )
+        self.phases_drop = q("DELETE FROM {p} WHERE id = %(id)s")

@@ -32,7 +32,7 @@ import hashlib
 import json
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 import psycopg_pool
@@ -47,6 +47,9 @@ from onceonly.stores._pg_apool import AsyncPool
 from onceonly.stores._postgres_sql import Statements
 from onceonly.stores._urlopts import as_bool, split_options
 from onceonly.stores._wake import Listener, awatch_loop, watch_loop
+
+if TYPE_CHECKING:
+    from onceonly.stores.postgres_atomic import PostgresUnit
 
 # An abandoned claim is purged this long after its lease lapsed (as in MemoryStore).
 ABANDONED_GRACE = 3600.0
@@ -192,6 +195,7 @@ class PostgresStore:
         self._ensure_schema()
         with self._guard(), self._pool.connection() as conn:
             conn.execute(self.sql.purge_bodies, {"limit": limit})
+            conn.execute(self.sql.purge_phases, {"limit": limit})
             return conn.execute(self.sql.purge_rows, {"limit": limit}).rowcount
 
     # -- sync ----------------------------------------------------------------------------
@@ -339,6 +343,14 @@ class PostgresStore:
         with self._guard():
             cur = await conn.execute(self.sql.complete, params)
             return await cur.fetchone() is not None
+
+    def unit(
+        self, id: str, token: int, fingerprint: str, lease: float, keep: float
+    ) -> PostgresUnit:
+        """The atomic unit of the claim ``(id, token)`` (:mod:`onceonly.stores.postgres_atomic`)."""
+        from onceonly.stores.postgres_atomic import PostgresUnit
+
+        return PostgresUnit(self, id, token, fingerprint, lease, keep)
 
     # -- internals -----------------------------------------------------------------------
 
@@ -491,7 +503,8 @@ def _lease_left(row: Row | None) -> float | None:
 def _record(now: int, row: Row) -> Record | None:
     """The record as ``records.resolve`` sees it at ``now``; None when absent."""
     (id, fp, state_name, token, lease_until, expires_at, retain_until, created_at) = row[:8]
-    status, headers, body, replayable, trace_id, span_id = row[8:]
+    status, headers, body, replayable, trace_id, span_id = row[8:14]
+    phases = json.loads(row[14]) if len(row) > 14 and row[14] is not None else []
     if id is None:
         return None
     state = State(state_name)
@@ -520,4 +533,5 @@ def _record(now: int, row: Row) -> Record | None:
         retain_until / 1_000_000 if state is not State.IN_FLIGHT else 0.0,
         response,
         created_at / 1_000_000,
+        str(phases[-1]) if phases else None,
     )

@@ -1,0 +1,131 @@
+"""Worker processes for the PostgreSQL SIGKILL tests (spawned; SIGKILLed by the parent).
+
+Each serves jobs from a pipe and, at a named pause point, reports ``("paused", key, point)``
+and blocks: the parent kills it right there, so every kill lands at a known place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from multiprocessing.connection import Connection
+from typing import Any
+
+import psycopg
+
+from onceonly import atomic
+from onceonly.policy import Policy
+from onceonly.stores.postgres import PostgresStore
+
+LEASE = 0.3  # seconds of real time: a retry takes a dead holder's claim over after this
+PHASES = ("reserve", "charge", "receipt")
+
+
+def policy() -> Policy:
+    return Policy(lease=LEASE, wait=10.0)
+
+
+def _pause(conn: Connection, key: str, point: str, wanted: str | None) -> None:
+    if point == wanted:
+        conn.send(("paused", key, point))
+        conn.recv()  # never answered: the parent SIGKILLs us here
+
+
+def _insert(ledger: str) -> str:
+    return f"INSERT INTO {ledger} (key, cents) VALUES (%s, %s) RETURNING id"
+
+
+def charge_worker(url: str, prefix: str, mode: str, conn: Connection) -> None:
+    """Serve ``(key, cents, pause)`` jobs through ``@idempotent``; ``mode`` is ``plain`` (the
+    charge commits on its own connection), ``atomic`` (sync, in the record's transaction) or
+    ``aatomic`` (an async function on the ``AsyncConnection``)."""
+    from onceonly.tools import idempotent
+
+    store = PostgresStore(url, table_prefix=prefix, pool_min=0)
+    insert = _insert(f"{prefix}ledger")
+    plain = psycopg.connect(url, autocommit=True)
+    decorate = idempotent(
+        store,
+        key=lambda key, cents, pause: key,
+        ignore_args=("pause",),
+        policy=policy(),
+        atomic=mode != "plain",
+        namespace="charge",
+    )
+
+    @decorate
+    def charge(key: str, cents: int, pause: str | None) -> dict[str, Any]:
+        _pause(conn, key, "before_write", pause)
+        db = atomic.transaction() if mode == "atomic" else plain
+        row = db.execute(insert, (key, cents)).fetchone()
+        assert row is not None
+        _pause(conn, key, "after_write", pause)
+        return {"key": key, "row": int(row[0])}
+
+    @decorate
+    async def acharge(key: str, cents: int, pause: str | None) -> dict[str, Any]:
+        _pause(conn, key, "before_write", pause)
+        db = await atomic.atransaction()
+        row = await (await db.execute(insert, (key, cents))).fetchone()
+        assert row is not None
+        _pause(conn, key, "after_write", pause)
+        return {"key": key, "row": int(row[0])}
+
+    with asyncio.Runner() as runner:
+        conn.send(("ready", "", None))
+        while True:
+            key, cents, pause = conn.recv()
+            if mode == "aatomic":
+                result = runner.run(acharge(key, cents, pause))
+            else:
+                result = charge(key, cents, pause)
+            _pause(conn, key, "after_commit", pause)
+            conn.send(("done", key, result))
+
+
+def phased_worker(url: str, prefix: str, mode: str, conn: Connection) -> None:
+    """Serve ``(key, 0, pause)`` jobs with a three-phase ``@idempotent(atomic=True)`` function.
+
+    Each phase calls a "foreign service" (its own autocommit connection: it logs every call
+    and keeps one effect per derived key, as an idempotent API would), writes a ledger row in
+    the record's transaction and commits a recovery point. Pause points are ``after_<phase>``
+    (committed) and ``called_<phase>`` (foreign call made, not committed).
+    """
+    from onceonly.tools import idempotent
+
+    store = PostgresStore(url, table_prefix=prefix, pool_min=0)
+    insert = _insert(f"{prefix}ledger")
+    foreign = psycopg.connect(url, autocommit=True)
+
+    def call_foreign(key: str, phase: str) -> None:
+        foreign.execute(f"INSERT INTO {prefix}calls (key, phase) VALUES (%s, %s)", (key, phase))
+        foreign.execute(
+            f"INSERT INTO {prefix}effects (key, phase) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+            (key, phase),
+        )
+
+    @idempotent(
+        store,
+        key=lambda key, cents, pause: key,
+        ignore_args=("cents", "pause"),
+        policy=policy(),
+        atomic=True,
+        namespace="ride",
+    )
+    def ride(key: str, cents: int, pause: str | None) -> dict[str, Any]:
+        resumed_at = atomic.current_phase()
+        ran = []
+        for phase in PHASES:
+            if atomic.reached(phase):
+                continue
+            ran.append(phase)
+            call_foreign(atomic.derived_key(phase), phase)
+            _pause(conn, key, f"called_{phase}", pause)
+            atomic.transaction().execute(insert, (f"{key}/{phase}", 1))
+            atomic.phase(phase)
+            _pause(conn, key, f"after_{phase}", pause)
+        return {"resumed_at": resumed_at, "ran": ran}
+
+    conn.send(("ready", "", None))
+    while True:
+        key, cents, pause = conn.recv()
+        conn.send(("done", key, ride(key, cents, pause)))
