@@ -18,7 +18,8 @@ import weakref
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
 
-from onceonly.decide import Decision, Wait, decide
+from onceonly._shield import shielded
+from onceonly.decide import Complete, Decision, Release, Settlement, Wait, decide
 from onceonly.errors import StoreError
 from onceonly.policy import Policy
 from onceonly.records import ClaimResult
@@ -389,3 +390,44 @@ class AsyncHeartbeat:
         self._task = None
         if self._beats is not None:  # still running: due again one period from now
             self._beats.add(self, self.period)
+
+
+def settle_record(store: Store, id: str, token: int, settlement: Settlement, policy: Policy) -> str:
+    """Apply ``settlement`` to a held claim: one store round trip (SPEC 12).
+
+    Returns the store operation's name ("complete" or "release") for telemetry. A fenced-out
+    token is logged, not raised: the handler's result still goes to its caller. Store errors
+    propagate; the claim then stays in flight until its lease lapses (outcome "recovered").
+    """
+    match settlement:
+        case Complete(response):
+            ok, name = (
+                store.complete(id, token, response, policy.ttl_s, policy.retention_s),
+                "complete",
+            )
+        case Release():
+            ok, name = store.release(id, token), "release"
+    if not ok:
+        _fenced(id)
+    return name
+
+
+async def asettle_record(
+    store: AsyncStore, id: str, token: int, settlement: Settlement, policy: Policy
+) -> str:
+    """:func:`settle_record` for async stores, shielded: a cancelled request (client gone,
+    server shutting down, a timeout around a tool) must still settle its record, or its
+    duplicates would wait for the lease to lapse."""
+    match settlement:
+        case Complete(response):
+            op = store.acomplete(id, token, response, policy.ttl_s, policy.retention_s)
+            name = "complete"
+        case Release():
+            op, name = store.arelease(id, token), "release"
+    if not await shielded(op):
+        _fenced(id)
+    return name
+
+
+def _fenced(id: str) -> None:
+    log.warning("idempotency record %s was fenced out before it settled", id[:12])

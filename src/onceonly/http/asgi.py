@@ -19,8 +19,8 @@ from onceonly._shield import shielded
 from onceonly.atomic._context import bound
 from onceonly.atomic._run import Ending, afinish, aopen_unit, require_atomic
 from onceonly.context import _current_key
-from onceonly.decide import Complete, Execute, Keyed, Pass, Refuse, Release, Replay, replay_headers
-from onceonly.engine import AsyncHeartbeat, aclaim_decision
+from onceonly.decide import Execute, Keyed, Pass, Refuse, Release, Replay, replay_headers
+from onceonly.engine import AsyncHeartbeat, aclaim_decision, asettle_record
 from onceonly.errors import ClaimTakenOver, StoreError
 from onceonly.fingerprint import RawHeaders, RequestFacts
 from onceonly.http._exchange import (
@@ -301,26 +301,13 @@ class _Responder:
             if capture is not None
             else Release()
         )
-        match settlement:
-            case Complete(response):
-                policy = self.policy
-                op = self.store.acomplete(
-                    ident.id, token, response, policy.ttl_s, policy.retention_s
-                )
-                name = "complete"
-            case Release():
-                op, name = self.store.arelease(ident.id, token), "release"
         started = time.perf_counter()
         try:
-            # Shielded: a cancelled request (client gone, server shutting down) must still
-            # settle its record, or duplicates would wait for the lease to lapse.
-            ok = await shielded(op)
-            obs.store_time(name, time.perf_counter() - started)
+            name = await asettle_record(self.store, ident.id, token, settlement, self.policy)
         except StoreError as exc:
             log.error("could not settle idempotency record %s: %s", ident.id[:12], exc)
             return
-        if not ok:
-            log.warning("idempotency record %s was fenced out before it settled", ident.id[:12])
+        obs.store_time(name, time.perf_counter() - started)
 
     async def _call_app(self, key: str, send: Send) -> None:
         # request.state.idempotency_key (SPEC 19): a copy of the request's state with the key,

@@ -18,8 +18,8 @@ from typing import Any
 from onceonly.atomic._context import bound
 from onceonly.atomic._run import Ending, finish, open_unit, require_atomic
 from onceonly.context import _current_key
-from onceonly.decide import Complete, Execute, Keyed, Pass, Refuse, Release, Replay, replay_headers
-from onceonly.engine import Heartbeat, claim_decision
+from onceonly.decide import Execute, Keyed, Pass, Refuse, Release, Replay, replay_headers
+from onceonly.engine import Heartbeat, claim_decision, settle_record
 from onceonly.errors import ClaimTakenOver, StoreError
 from onceonly.fingerprint import RequestFacts
 from onceonly.http._exchange import (
@@ -293,20 +293,11 @@ class _Responder:
         )
         started = time.perf_counter()
         try:
-            match settlement:
-                case Complete(response):
-                    ok = self.store.complete(
-                        ident.id, token, response, self.policy.ttl_s, self.policy.retention_s
-                    )
-                    obs.store_time("complete", time.perf_counter() - started)
-                case Release():
-                    ok = self.store.release(ident.id, token)
-                    obs.store_time("release", time.perf_counter() - started)
+            name = settle_record(self.store, ident.id, token, settlement, self.policy)
         except StoreError as exc:
             log.error("could not settle idempotency record %s: %s", ident.id[:12], exc)
             return
-        if not ok:
-            log.warning("idempotency record %s was fenced out before it settled", ident.id[:12])
+        obs.store_time(name, time.perf_counter() - started)
 
     def _call_app(self, key: str, start_response: StartResponse) -> Iterable[bytes]:
         self.environ[ENVIRON_KEY] = key

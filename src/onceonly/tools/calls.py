@@ -12,7 +12,6 @@ exception listed in ``store_exceptions`` as status 500 with :data:`EXCEPTION_MED
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
 import logging
@@ -27,7 +26,15 @@ from onceonly.atomic._context import bound
 from onceonly.atomic._run import Ending, afinish, aopen_unit, finish, open_unit, require_atomic
 from onceonly.context import _current_key
 from onceonly.decide import Complete, Execute, Refuse, Release, Replay, Settlement
-from onceonly.engine import AsyncHeartbeat, Heartbeat, arun_flow, claim_flow, run_flow
+from onceonly.engine import (
+    AsyncHeartbeat,
+    Heartbeat,
+    arun_flow,
+    asettle_record,
+    claim_flow,
+    run_flow,
+    settle_record,
+)
 from onceonly.errors import (
     ClaimTakenOver,
     ConfigurationError,
@@ -240,10 +247,6 @@ def keyed(key: str) -> Iterator[None]:
         _current_key.reset(token)
 
 
-def _fenced(spec: CallSpec, call: Call) -> None:
-    log.warning("%s: record %s was fenced out before it settled", spec.name, call.id[:12])
-
-
 def _unsettled(spec: CallSpec, call: Call, exc: StoreError) -> None:
     # The function ran; its result still goes to the caller. The claim stays in flight
     # until its lease lapses, after which a retry runs again (outcome "recovered").
@@ -252,39 +255,18 @@ def _unsettled(spec: CallSpec, call: Call, exc: StoreError) -> None:
 
 def settle_sync(spec: CallSpec, store: Store, call: Call, token: int, what: Settlement) -> None:
     try:
-        match what:
-            case Complete(response):
-                ok = store.complete(
-                    call.id, token, response, spec.policy.ttl_s, spec.policy.retention_s
-                )
-            case Release():
-                ok = store.release(call.id, token)
+        settle_record(store, call.id, token, what, spec.policy)
     except StoreError as exc:
         _unsettled(spec, call, exc)
-        return
-    if not ok:
-        _fenced(spec, call)
 
 
 async def settle_async(
     spec: CallSpec, store: AsyncStore, call: Call, token: int, what: Settlement
 ) -> None:
-    match what:
-        case Complete(response):
-            op = store.acomplete(
-                call.id, token, response, spec.policy.ttl_s, spec.policy.retention_s
-            )
-        case Release():
-            op = store.arelease(call.id, token)
     try:
-        # Shielded, as in the ASGI middleware: a cancelled caller (a timeout around the tool,
-        # an agent run shut down) must still settle, or duplicates wait for the lease to lapse.
-        ok = await asyncio.shield(op)
+        await asettle_record(store, call.id, token, what, spec.policy)
     except StoreError as exc:
         _unsettled(spec, call, exc)
-        return
-    if not ok:
-        _fenced(spec, call)
 
 
 def _settle_observed(
