@@ -300,6 +300,86 @@ def keys_delete(
     click.echo("deleted")
 
 
+@keys.command("purge")
+@store_option
+@click.option(
+    "--limit",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(1),
+    help="rows per batch; batches repeat until one comes back short",
+)
+def keys_purge(store_url: str | None, limit: int) -> None:
+    """Strip bodies past their TTL and delete records past their retention (SPEC 14).
+
+    Index-driven batches of LIMIT rows, repeated until the store is caught up, so it is safe
+    to run from cron while traffic flows. Redis and the memory store expire records by
+    themselves: there is nothing to purge.
+    """
+    with using_store(store_url) as store:
+        purge = getattr(store, "purge", None)
+        if purge is None:
+            click.echo(f"{_kind(store)} store expires records by itself: nothing to purge")
+            return
+        deleted = 0
+        while True:
+            n = int(purge(limit))
+            deleted += n
+            if n < limit:
+                break
+    click.echo(f"purged: {deleted} expired record(s) deleted")
+
+
+@keys.command("stats")
+@store_option
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+def keys_stats(store_url: str | None, as_json: bool) -> None:
+    """Count the records per state (admin: reads the whole store; never on a request path)."""
+    from onceonly.stores._stats import KeyStats
+
+    with using_store(store_url) as store:
+        stats_of = getattr(store, "stats", None)
+        if stats_of is None:
+            raise click.ClickException(f"{_kind(store)} store cannot count its records")
+        stats = stats_of()
+    assert isinstance(stats, KeyStats)
+    if as_json:
+        click.echo(json.dumps({**stats.counts, "total": stats.total, "complete": stats.complete}))
+        return
+    for state, n in stats.counts.items():
+        click.echo(f"{state:<13} {n}")
+    click.echo(f"{'total':<13} {stats.total}")
+    if not stats.complete:
+        click.echo("(stopped at the scan bound: the counts are a lower bound)", err=True)
+
+
+def _kind(store: object) -> str:
+    """A store's kind for messages: "Redis", "SQLite", ... ."""
+    return type(store).__name__.removesuffix("Store")
+
+
+@cli.group()
+def store() -> None:
+    """Set up a store."""
+
+
+@store.command("init")
+@click.argument("url", envvar=ENV_VAR)
+def store_init(url: str) -> None:
+    """Create the store's schema if missing (idempotent; PostgreSQL only needs it).
+
+    PostgreSQL: creates the schema, table and indexes (safe to run concurrently and again).
+    SQLite creates its table when the file is opened; Redis and memory have no schema.
+    """
+    with using_store(url) as opened:
+        init = getattr(opened, "init_schema", None)
+        if init is None:
+            click.echo(f"{_kind(opened)} store: there is no schema to create, nothing to do")
+            return
+        init()
+    click.echo(f"{_kind(opened)} store: schema ready")
+
+
 def _describe(record: Record) -> dict[str, object]:
     from onceonly.records import resolve
 

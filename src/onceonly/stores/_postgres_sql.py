@@ -227,6 +227,15 @@ class Statements:
               LIMIT %(limit)s FOR UPDATE SKIP LOCKED))
             """
         )
+        # Records per state for `onceonly keys stats` (admin only: a scan of the table).
+        self.stats = q(
+            """
+            WITH now AS MATERIALIZED (SELECT {now} AS t)
+            SELECT CASE WHEN r.state IN ('completed', 'unreplayable') AND r.expires_at <= now.t
+                        THEN 'tombstone' ELSE r.state END AS s, count(*)
+            FROM {t} r, now WHERE r.retain_until > now.t GROUP BY s
+            """
+        )
         self.purge_rows = q(
             """
             DELETE FROM {t}

@@ -29,6 +29,7 @@ from onceonly.records import (
     visible,
 )
 from onceonly.stores._notify import Notifier
+from onceonly.stores._stats import KeyStats, tally
 
 Clock = Callable[[], float]
 _SWEEP_BATCH = 8
@@ -116,6 +117,12 @@ class MemoryStore:
             found = resolve(self._records.pop(id, None), self._clock()) is not State.ABSENT
         self._notifier.notify(id)
         return found
+
+    def stats(self) -> KeyStats:
+        """Records per state now (admin: ``onceonly keys stats``)."""
+        with self._lock:
+            now = self._clock()
+            return tally(str(resolve(r, now)) for r in self._records.values())
 
     def close(self) -> None:
         """Nothing to close; present for the protocol."""

@@ -45,6 +45,7 @@ from onceonly.stores._notify import Notifier
 from onceonly.stores._perloop import PerLoop
 from onceonly.stores._pg_apool import AsyncPool
 from onceonly.stores._postgres_sql import Statements
+from onceonly.stores._stats import KeyStats, from_rows
 from onceonly.stores._urlopts import as_bool, split_options
 from onceonly.stores._wake import Listener, awatch_loop, watch_loop
 
@@ -197,6 +198,12 @@ class PostgresStore:
             conn.execute(self.sql.purge_bodies, {"limit": limit})
             conn.execute(self.sql.purge_phases, {"limit": limit})
             return conn.execute(self.sql.purge_rows, {"limit": limit}).rowcount
+
+    def stats(self) -> KeyStats:
+        """Records per state now, by the server's clock (admin: ``onceonly keys stats``)."""
+        self._ensure_schema()
+        with self._guard(), self._pool.connection() as conn:
+            return from_rows(conn.execute(self.sql.stats).fetchall())
 
     # -- sync ----------------------------------------------------------------------------
 

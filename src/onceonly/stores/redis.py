@@ -45,6 +45,7 @@ from onceonly.stores import _redis_lua as lua
 from onceonly.stores._errors import translated
 from onceonly.stores._notify import Notifier
 from onceonly.stores._perloop import PerLoop
+from onceonly.stores._stats import KeyStats, tally
 from onceonly.stores._urlopts import as_bool, split_options
 from onceonly.stores._wake import Listener, awatch_loop, watch_loop
 
@@ -270,6 +271,42 @@ class RedisStore:
         self._notifier.notify(id)
         return found
 
+    def stats(self, limit: int = 100_000) -> KeyStats:
+        """Records per state now, by the server's clock (admin: ``onceonly keys stats``).
+
+        SCANs the prefix's record keys (never ``KEYS``, which blocks the server) and reads
+        three small fields of each in pipelined batches; stops after ``limit`` records and
+        then says so (``complete=False``). Keys expire by themselves, so nothing past its
+        retention is left to count.
+        """
+        client = self.client
+        pattern = "".join("\\" + c if c in "*?[]\\" else c for c in self.prefix) + "{*}"
+        with translated(self._what, _ERRORS):
+            secs, micros = client.time()
+            now = int(secs) * 1_000_000 + int(micros)
+            states: list[str] = []
+            batch: list[str] = []
+            complete = True
+
+            def flush() -> None:
+                pipe = client.pipeline(transaction=False)
+                for key in batch:
+                    pipe.hmget(key, "st", "ex", "ru")
+                for st, ex, ru in pipe.execute():
+                    states.append(_resolve(st, ex, ru, now))
+                batch.clear()
+
+            for key in client.scan_iter(match=pattern, count=1000, _type="HASH"):
+                if len(states) + len(batch) >= limit:
+                    complete = False
+                    break
+                batch.append(key.decode() if isinstance(key, bytes) else key)
+                if len(batch) >= 500:
+                    flush()
+            if batch:
+                flush()
+        return tally(states, complete=complete)
+
     def close(self) -> None:
         self._closed.set()
         if self._listener is not None:
@@ -447,3 +484,15 @@ def _record(
         response,
         _int(ca) / 1_000_000,
     )
+
+
+def _resolve(st: bytes | None, ex: bytes | None, ru: bytes | None, now: int) -> str:
+    """``records.resolve`` on the raw fields of a record hash (times in microseconds)."""
+    if st is None:
+        return State.ABSENT.value  # expired between SCAN and HMGET
+    state = st.decode()
+    if state in ("completed", "unreplayable") and now >= int(ex or 0):
+        state = State.TOMBSTONE.value
+    if state == State.TOMBSTONE.value and now >= int(ru or 0):
+        return State.ABSENT.value
+    return state
