@@ -15,8 +15,9 @@ Peers (issue 3 "Performance"), each with its own Redis key prefix / PostgreSQL t
 
 - idemkit 1.0.2: ``idemkit.IdempotencyMiddleware`` on ``RedisBackend`` (redis.asyncio).
 - asgi-idempotency-header 0.2.0: ``IdempotencyHeaderMiddleware`` on its ``RedisBackend``.
-- aws-lambda-powertools 3.37: ``idempotent_function`` with ``RedisCachePersistenceLayer``
-  (sync redis-py: the function computes the response; the app around it is the bare app's).
+- aws-lambda-powertools 3.37: ``idempotent_function`` with ``CachePersistenceLayer`` (its
+  Redis layer, sync redis-py): the function computes the response, the app around it is the
+  bare app's shape.
 - exactly-once 0.2.1: ``@once`` on an async function with its ``RedisStore`` (redis.asyncio).
 - fastapi-idempotency 0.1.1: ``IdempotencyMiddleware`` on ``TortoiseStore`` (PostgreSQL via
   Tortoise ORM + asyncpg).
@@ -146,11 +147,11 @@ async def powertools_redis() -> tuple[Any, Closer]:
     import redis
     from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent_function
     from aws_lambda_powertools.utilities.idempotency.persistence.redis import (
-        RedisCachePersistenceLayer,
+        CachePersistenceLayer,
     )
 
     client = redis.Redis.from_url(REDIS_URL)
-    persistence = RedisCachePersistenceLayer(client=client)
+    persistence = CachePersistenceLayer(client=client)
     prefix = f"bpt{TAG}"
 
     @idempotent_function(
