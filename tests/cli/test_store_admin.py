@@ -18,13 +18,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from conftest import require_service
 from onceonly._cli import cli
 from onceonly.records import Claimed, StoredResponse
 from onceonly.stores.base import DualStore
 from onceonly.stores.memory import MemoryStore
 from onceonly.stores.url import open_store
-from storekit import POSTGRES_URL, REDIS_URL, server_down
+from storekit import POSTGRES_URL, REDIS_URL, require_service, server_down
 
 RESPONSE = StoredResponse(201, (("content-type", "application/json"),), b'{"id":1}')
 # Long enough that a loaded machine never sees these lapse mid-test.
