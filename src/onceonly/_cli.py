@@ -269,7 +269,7 @@ def _key_options(command: Callable[..., None]) -> Callable[..., None]:
 
 @cli.group()
 def keys() -> None:
-    """Inspect or remove the record of one idempotency key."""
+    """Inspect or remove one key's record; purge expired records; count records per state."""
 
 
 @keys.command("show")
