@@ -1,12 +1,15 @@
 """Atomic completion with SQLAlchemy (SPEC 13a): write with your Core connection or ORM session.
 
 Inside an atomic handler or ``@idempotent(..., atomic=True)`` function whose store is a
-:class:`~onceonly.stores.sqlite.SQLiteStore` on the application's own database file::
+:class:`~onceonly.stores.sqlite.SQLiteStore` on the application's own database file, or a
+:class:`~onceonly.stores.postgres.PostgresStore` on the application's PostgreSQL database::
 
     from onceonly.atomic.sqlalchemy import connection, session
 
     session(engine).add(Charge(order_id=order, cents=cents))      # ORM
     connection(engine).execute(insert(charges).values(...))       # or Core
+
+    (await asession(aengine)).add(...)                            # async (PostgreSQL only)
 
 Both are the same SQLAlchemy ``Connection`` of ``engine``, in the execution's transaction: the
 record's completion is written on its DBAPI connection and committed with your writes, once.
@@ -15,9 +18,11 @@ transaction in ``rollback_only`` mode and leaves it open), pending ORM changes a
 before the record completes, and a flush error counts as the handler's exception (writes
 rolled back, claim released).
 
-The engine must reach the store's file (:class:`~onceonly.errors.ForeignConnection` if not),
-and the store's tables may live in that same database next to the application's.
-Requires SQLAlchemy 2 (``pip install sqlalchemy``); sync only for now.
+The engine must reach the store's database (:class:`~onceonly.errors.ForeignConnection` if
+not): the same SQLite file, or - with the psycopg 3 dialect, ``postgresql+psycopg://`` - the
+same PostgreSQL database, whose connection is lent to the unit
+(:mod:`onceonly.atomic._sqlalchemy_pg`). The store's tables may live in that database next to
+the application's. Requires SQLAlchemy 2 (``pip install onceonly[sqlalchemy]``).
 """
 
 from __future__ import annotations
