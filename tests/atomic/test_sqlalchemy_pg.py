@@ -6,6 +6,8 @@ and one COMMIT (SPEC 13a)."""
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 
 import psycopg
@@ -19,7 +21,8 @@ from onceonly import atomic
 from onceonly.atomic import sqlalchemy as sa_atomic
 from onceonly.errors import ClaimTakenOver, ConfigurationError, ForeignConnection
 from onceonly.policy import storage_id
-from onceonly.records import Claimed, Record, State
+from onceonly.records import Claimed, ClaimResult, Existing, Record, State
+from onceonly.stores.postgres import PostgresStore
 from onceonly.tools import idempotent
 
 from ._pg import PgDb, pg
@@ -181,6 +184,57 @@ def test_fenced_out_between_phases_rolls_back_the_later_writes(pg: PgDb, engine:
     with pytest.raises(ClaimTakenOver):
         charge()
     assert pg.ledger() == [("fph", 1)]
+
+
+def test_a_takeover_waits_for_the_lent_connection_and_replays(pg: PgDb, engine: Engine) -> None:
+    """The record row is locked on the SQLAlchemy connection from the first handle on: a retry
+    arriving after the lease lapsed waits for our COMMIT, then replays our result."""
+    key = storage_id("function\0charge", "race")
+    answers: list[ClaimResult] = []
+
+    @idempotent(pg.store, key="race", atomic=True, namespace="charge")
+    def charge() -> str:
+        with psycopg.connect(pg.url, autocommit=True) as conn:  # lapsed, nobody took it yet
+            conn.execute(f"UPDATE {pg.prefix}records SET lease_until = 0")
+            row = conn.execute(f"SELECT fingerprint FROM {pg.prefix}records").fetchone()
+        assert row is not None
+        sa_atomic.connection(engine).execute(
+            text(f"INSERT INTO {pg.ledger_table} (key, cents) VALUES ('race', 5)")
+        )
+        other = pg.open()
+        retry = threading.Thread(target=lambda: answers.append(other.claim(key, row[0], 10.0)))
+        retry.start()
+        try:
+            _wait_for_a_lock_waiter(pg)
+            assert answers == []  # still blocked on our row lock
+        finally:
+            retry_done.append((retry, other))
+        return "first"
+
+    retry_done: list[tuple[threading.Thread, PostgresStore]] = []
+    assert charge() == "first"
+    thread, other = retry_done[0]
+    thread.join(10)
+    other.close()
+    assert len(answers) == 1
+    assert isinstance(answers[0], Existing)
+    assert answers[0].record.state is State.COMPLETED
+    assert pg.ledger() == [("race", 5)]
+
+
+def _wait_for_a_lock_waiter(pg: PgDb) -> None:
+    """Until another backend waits on a lock (the retry's upsert of our locked row)."""
+    with psycopg.connect(pg.url, autocommit=True) as conn:
+        for _ in range(500):
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND datname = current_database() AND position(%s in query) > 0",
+                (f"{pg.prefix}records",),  # ours alone: other tests share the database
+            ).fetchone()
+            if row is not None and row[0] >= 1:
+                return
+            time.sleep(0.01)  # polling a condition, not waiting for it to happen
+    raise AssertionError("the retry never waited for the record row's lock")
 
 
 def test_an_engine_on_another_database_is_refused(pg: PgDb) -> None:
