@@ -37,7 +37,8 @@ def _insert(ledger: str) -> str:
 def charge_worker(url: str, prefix: str, mode: str, conn: Connection) -> None:
     """Serve ``(key, cents, pause)`` jobs through ``@idempotent``; ``mode`` is ``plain`` (the
     charge commits on its own connection), ``atomic`` (sync, in the record's transaction) or
-    ``aatomic`` (an async function on the ``AsyncConnection``)."""
+    ``aatomic`` (an async function on the ``AsyncConnection``); ``sqla``/``asqla`` write
+    through SQLAlchemy's (async) engine, its connection lent to the record's transaction."""
     from onceonly.tools import idempotent
 
     store = PostgresStore(url, table_prefix=prefix, pool_min=0)
@@ -52,12 +53,35 @@ def charge_worker(url: str, prefix: str, mode: str, conn: Connection) -> None:
         namespace="charge",
     )
 
+    sa_url = "postgresql+psycopg://" + url.split("://", 1)[1]
+    sa_insert = f"INSERT INTO {prefix}ledger (key, cents) VALUES (:key, :cents) RETURNING id"
+
     @decorate
     def charge(key: str, cents: int, pause: str | None) -> dict[str, Any]:
         _pause(conn, key, "before_write", pause)
-        db = atomic.transaction() if mode == "atomic" else plain
-        row = db.execute(insert, (key, cents)).fetchone()
+        if mode == "sqla":
+            from sqlalchemy import text
+
+            from onceonly.atomic.sqlalchemy import connection
+
+            found = connection(engine).execute(text(sa_insert), {"key": key, "cents": cents})
+            row = found.one()
+        else:
+            db = atomic.transaction() if mode == "atomic" else plain
+            row = db.execute(insert, (key, cents)).fetchone()
         assert row is not None
+        _pause(conn, key, "after_write", pause)
+        return {"key": key, "row": int(row[0])}
+
+    @decorate
+    async def sqla_charge(key: str, cents: int, pause: str | None) -> dict[str, Any]:
+        from sqlalchemy import text
+
+        from onceonly.atomic.sqlalchemy import aconnection
+
+        _pause(conn, key, "before_write", pause)
+        db = await aconnection(aengine)
+        row = (await db.execute(text(sa_insert), {"key": key, "cents": cents})).one()
         _pause(conn, key, "after_write", pause)
         return {"key": key, "row": int(row[0])}
 
@@ -71,11 +95,21 @@ def charge_worker(url: str, prefix: str, mode: str, conn: Connection) -> None:
         return {"key": key, "row": int(row[0])}
 
     with asyncio.Runner() as runner:
+        if mode == "sqla":
+            from sqlalchemy import create_engine
+
+            engine = create_engine(sa_url)
+        if mode == "asqla":
+            from sqlalchemy.ext.asyncio import create_async_engine
+
+            aengine = create_async_engine(sa_url)  # bound to the runner's one event loop
         conn.send(("ready", "", None))
         while True:
             key, cents, pause = conn.recv()
             if mode == "aatomic":
                 result = runner.run(acharge(key, cents, pause))
+            elif mode == "asqla":
+                result = runner.run(sqla_charge(key, cents, pause))
             else:
                 result = charge(key, cents, pause)
             _pause(conn, key, "after_commit", pause)

@@ -163,7 +163,7 @@ def test_without_atomic_completion_a_kill_after_the_write_charges_twice(
     assert answer == {"key": "hole", "row": rows[1]}
 
 
-@pytest.mark.parametrize("mode", ["atomic", "aatomic"])
+@pytest.mark.parametrize("mode", ["atomic", "aatomic", "sqla", "asqla"])
 def test_with_atomic_completion_every_kill_leaves_exactly_one_charge(
     db: PgDb, workers: list[Worker], mode: str
 ) -> None:

@@ -1,12 +1,15 @@
 """Atomic completion with SQLAlchemy (SPEC 13a): write with your Core connection or ORM session.
 
 Inside an atomic handler or ``@idempotent(..., atomic=True)`` function whose store is a
-:class:`~onceonly.stores.sqlite.SQLiteStore` on the application's own database file::
+:class:`~onceonly.stores.sqlite.SQLiteStore` on the application's own database file, or a
+:class:`~onceonly.stores.postgres.PostgresStore` on the application's PostgreSQL database::
 
     from onceonly.atomic.sqlalchemy import connection, session
 
     session(engine).add(Charge(order_id=order, cents=cents))      # ORM
     connection(engine).execute(insert(charges).values(...))       # or Core
+
+    (await asession(aengine)).add(...)                            # async (PostgreSQL only)
 
 Both are the same SQLAlchemy ``Connection`` of ``engine``, in the execution's transaction: the
 record's completion is written on its DBAPI connection and committed with your writes, once.
@@ -15,15 +18,17 @@ transaction in ``rollback_only`` mode and leaves it open), pending ORM changes a
 before the record completes, and a flush error counts as the handler's exception (writes
 rolled back, claim released).
 
-The engine must reach the store's file (:class:`~onceonly.errors.ForeignConnection` if not),
-and the store's tables may live in that same database next to the application's.
-Requires SQLAlchemy 2 (``pip install sqlalchemy``); sync only for now.
+The engine must reach the store's database (:class:`~onceonly.errors.ForeignConnection` if
+not): the same SQLite file, or - with the psycopg 3 dialect, ``postgresql+psycopg://`` - the
+same PostgreSQL database, whose connection is lent to the unit
+(:mod:`onceonly.atomic._sqlalchemy_pg`). The store's tables may live in that database next to
+the application's. Requires SQLAlchemy 2 (``pip install onceonly[sqlalchemy]``).
 """
 
 from __future__ import annotations
 
 import sqlite3
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session
@@ -32,6 +37,13 @@ from onceonly.atomic._context import current_unit
 from onceonly.errors import AtomicUnsupported, ForeignConnection
 from onceonly.stores.sqlite import PHASES, SQLiteStore
 from onceonly.stores.sqlite_atomic import SQLiteUnit, same_database
+
+if TYPE_CHECKING:  # the asyncio extension needs greenlet: imported only when used
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+
+    from onceonly.atomic._sqlalchemy_pg import AsyncPostgresLink, PostgresLink
+    from onceonly.stores.base import AtomicUnit
+    from onceonly.stores.postgres_atomic import PostgresUnit
 
 
 class SQLAlchemyLink:
@@ -100,14 +112,16 @@ class SQLAlchemyLink:
             self._conn.close()
 
 
-def _link(engine: Engine) -> SQLAlchemyLink:
+def _link(engine: Engine) -> SQLAlchemyLink | PostgresLink:
     unit = current_unit()
-    if not isinstance(unit, SQLiteUnit):
-        raise AtomicUnsupported(
-            f"the SQLAlchemy integration works with SQLiteStore; this execution's store gives "
-            f"{type(unit).__name__} units"
-        )
-    link = unit.attach(SQLAlchemyLink, lambda store: SQLAlchemyLink(engine, store))
+    link: SQLAlchemyLink | PostgresLink
+    if isinstance(unit, SQLiteUnit):
+        link = unit.attach(SQLAlchemyLink, lambda store: SQLAlchemyLink(engine, store))
+    else:
+        pg = _postgres(unit)
+        from onceonly.atomic._sqlalchemy_pg import PostgresLink
+
+        link = pg.attach(PostgresLink, lambda store: PostgresLink(engine, store))
     if link.engine is not engine:
         raise ForeignConnection(
             "this execution's atomic transaction is already open on another engine; use one "
@@ -126,4 +140,48 @@ def session(engine: Engine, **options: Any) -> Session:
     return _link(engine).session(**options)
 
 
-__all__ = ["SQLAlchemyLink", "connection", "session"]
+async def aconnection(engine: AsyncEngine) -> AsyncConnection:
+    """``engine``'s ``AsyncConnection`` in this execution's transaction (PostgreSQL, psycopg)."""
+    return (await _alink(engine)).handle
+
+
+async def asession(engine: AsyncEngine, **options: Any) -> AsyncSession:
+    """An ``AsyncSession`` on :func:`aconnection` (the same one for the whole execution)."""
+    return (await _alink(engine)).session(**options)
+
+
+def _postgres(unit: AtomicUnit) -> PostgresUnit:
+    """``unit`` as a PostgreSQL unit, or :class:`AtomicUnsupported` (psycopg is imported only
+    here: a SQLite-only application need not install it)."""
+    try:
+        from onceonly.stores.postgres_atomic import PostgresUnit
+    except ImportError:
+        PostgresUnit = None  # type: ignore[misc,assignment]
+    if PostgresUnit is None or not isinstance(unit, PostgresUnit):
+        raise AtomicUnsupported(
+            "the SQLAlchemy integration works with SQLiteStore (sync) and PostgresStore (sync "
+            f"and async); this execution's store gives {type(unit).__name__} units"
+        )
+    return unit
+
+
+async def _alink(engine: AsyncEngine) -> AsyncPostgresLink:
+    pg = _postgres(current_unit())
+    from onceonly.atomic._sqlalchemy_pg import AsyncPostgresLink
+
+    link = await pg.aattach(AsyncPostgresLink, lambda store: AsyncPostgresLink.open(engine, store))
+    if link.engine is not engine:
+        raise ForeignConnection(
+            "this execution's atomic transaction is already open on another engine; use one "
+            "engine for every write of one handler"
+        )
+    return link
+
+
+__all__ = [
+    "SQLAlchemyLink",
+    "aconnection",
+    "asession",
+    "connection",
+    "session",
+]

@@ -18,6 +18,10 @@ fails closed (503), so keep atomic handlers short.
 Recovery points: :meth:`PostgresUnit.mark` commits the work so far together with the name of
 the phase reached (a row of the phases table) and renews the lease; the next transaction begins
 afresh and re-checks the token, since a takeover may happen between phases.
+
+A *link* lends the unit the application's own connection instead of one from the store's pool
+(:mod:`onceonly.atomic.sqlalchemy`: a SQLAlchemy connection's psycopg connection), so the
+application's ORM writes and the record share one transaction and one ``COMMIT``.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
 
 import psycopg
 from psycopg.pq import TransactionStatus
@@ -36,6 +41,24 @@ from onceonly.stores.postgres import ABANDONED_GRACE, PostgresStore, _us
 
 Conn = psycopg.Connection[Any]
 AConn = psycopg.AsyncConnection[Any]
+
+
+class PgLink(Protocol):
+    """The application's connection lent to a unit: ``raw`` (sync) or ``araw`` (async) is the
+    psycopg connection onceonly runs its statements on; ``flush`` pushes pending ORM changes
+    before the record completes; ``close`` gives the connection back to its owner."""
+
+    @property
+    def raw(self) -> Conn | None: ...
+    @property
+    def araw(self) -> AConn | None: ...
+    def flush(self) -> None: ...
+    def close(self) -> None: ...
+    async def aflush(self) -> None: ...
+    async def aclose(self) -> None: ...
+
+
+L = TypeVar("L", bound=PgLink)
 
 
 class PostgresUnit:
@@ -65,6 +88,7 @@ class PostgresUnit:
         self._open = False
         self._phases: tuple[str, ...] = ()
         self._lost = False
+        self._link: PgLink | None = None
 
     # -- state -----------------------------------------------------------------------------
 
@@ -84,6 +108,47 @@ class PostgresUnit:
     def phases(self) -> tuple[str, ...]:
         """Recovery points committed for this key so far, oldest first (see :meth:`load`)."""
         return self._phases
+
+    # -- links -------------------------------------------------------------------------------
+
+    def _check(self, kind: type[PgLink]) -> None:
+        """One unit, one connection: refuse a second kind of handle before opening anything."""
+        if self._link is None and (self._conn is not None or self._aconn is not None):
+            raise ConfigurationError(
+                "this handler's atomic transaction is already open on a psycopg connection "
+                f"(from transaction()); open the {kind.__name__} before any other write"
+            )
+        if self._link is not None and not isinstance(self._link, kind):
+            raise ConfigurationError(
+                f"this handler's atomic transaction is already open through "
+                f"{type(self._link).__name__}; use that one handle (not {kind.__name__}) for "
+                "every write, so they commit together"
+            )
+
+    def attach(self, kind: type[L], open_link: Callable[[PostgresStore], L]) -> L:
+        """The unit's link, opened with ``open_link`` the first time, in a begun (and checked)
+        transaction. One unit has one link for its whole life."""
+        self._check(kind)
+        if self._link is None:
+            link = open_link(self.store)
+            assert link.raw is not None
+            self._link, self._conn = link, link.raw
+            self._exit.callback(link.close)
+        self.connection()
+        assert isinstance(self._link, kind)
+        return self._link
+
+    async def aattach(self, kind: type[L], open_link: Callable[[PostgresStore], Awaitable[L]]) -> L:
+        """:meth:`attach` for an async link (``araw``)."""
+        self._check(kind)
+        if self._link is None:
+            link = await open_link(self.store)
+            assert link.araw is not None
+            self._link, self._aconn = link, link.araw
+            self._aexit.push_async_callback(link.aclose)
+        await self.aconnection()
+        assert isinstance(self._link, kind)
+        return self._link
 
     # -- sync --------------------------------------------------------------------------------
 
@@ -110,7 +175,8 @@ class PostgresUnit:
                 try:
                     self._open = True
                     with conn.pipeline():  # one round trip for both
-                        conn.execute("BEGIN")
+                        if conn.autocommit:  # a lent connection begins implicitly
+                            conn.execute("BEGIN")
                         cur = conn.execute(self.store.sql.hold, self._ids())
                     row = cur.fetchone()
                 except BaseException:
@@ -127,6 +193,11 @@ class PostgresUnit:
             raise ConfigurationError("an async atomic handler records phases with aphase()")
         phases = (*self._phases, _phase_name(name))
         conn = self.connection()
+        try:
+            self.flush()  # a link's pending ORM changes belong to this phase
+        except BaseException:
+            self.abort()
+            raise
         with self.store._guard():
             try:
                 # Under our row lock nobody can have taken the key over: renew cannot fail.
@@ -141,7 +212,9 @@ class PostgresUnit:
         self._phases = phases
 
     def flush(self) -> None:
-        """Nothing to flush: every statement went straight to the connection."""
+        """Push a link's pending ORM changes (raw statements went straight to the server)."""
+        if self._link is not None and self._conn is not None:
+            self._link.flush()
 
     def complete(self, response: StoredResponse, ttl: float, retention: float) -> bool:
         """Complete the record in the unit's transaction and commit it with the handler's
@@ -211,7 +284,8 @@ class PostgresUnit:
                 try:
                     self._open = True
                     async with conn.pipeline():
-                        await conn.execute("BEGIN")
+                        if conn.autocommit:
+                            await conn.execute("BEGIN")
                         acur = await conn.execute(self.store.sql.hold, self._ids())
                     row = await acur.fetchone()
                 except BaseException:
@@ -228,6 +302,11 @@ class PostgresUnit:
             return
         phases = (*self._phases, _phase_name(name))
         conn = await self.aconnection()
+        try:
+            await self.aflush()
+        except BaseException:
+            await self.aabort()
+            raise
         with self.store._guard():
             try:
                 async with conn.pipeline():
@@ -241,7 +320,10 @@ class PostgresUnit:
         self._phases = phases
 
     async def aflush(self) -> None:
-        pass
+        if self._conn is not None:
+            await asyncio.to_thread(self.flush)
+        elif self._link is not None and self._aconn is not None:
+            await self._link.aflush()
 
     async def acomplete(self, response: StoredResponse, ttl: float, retention: float) -> bool:
         if self._conn is not None:

@@ -1,0 +1,163 @@
+"""SQLAlchemy on PostgreSQL (psycopg 3): the application's connection is lent to the unit.
+
+The unit adopts the psycopg connection under a SQLAlchemy ``Connection`` (or ``AsyncConnection``)
+of the application's engine: its fencing re-check, the application's Core/ORM writes and the
+record's completion run on that one connection, in one transaction, ended by one ``COMMIT``
+(SPEC 13a). SQLAlchemy's own transaction on it is an outer one it never commits: an ORM
+``Session`` joins it in ``rollback_only`` mode, so ``Session.commit()`` only flushes.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg import sql
+from sqlalchemy import Connection, Engine
+from sqlalchemy.orm import Session
+
+if TYPE_CHECKING:  # the asyncio extension needs greenlet: imported only when used
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+
+from onceonly.errors import ForeignConnection
+from onceonly.stores.postgres import PostgresStore
+
+# Which server and database a connection reaches: two connections with the same answer share
+# transactions' visibility, so the record and the application's rows can commit together.
+_WHERE = sql.Composed(
+    [sql.SQL("SELECT current_database(), pg_postmaster_start_time()::text, inet_server_port()")]
+)
+
+
+def _foreign(engine: object, store: PostgresStore) -> ForeignConnection:
+    return ForeignConnection(
+        f"engine {engine!r} does not reach the idempotency store's PostgreSQL database "
+        f"({store.sql.table_name}); atomic completion needs the application's writes and the "
+        "record in one database: point the engine at the store's database with the psycopg "
+        "driver (postgresql+psycopg://)"
+    )
+
+
+class PostgresLink:
+    """A connection of the application's (sync) engine, as the unit's connection."""
+
+    def __init__(self, engine: Engine, store: PostgresStore) -> None:
+        self.engine = engine
+        self._conn = engine.connect()
+        self._session: Session | None = None
+        try:
+            raw: object = self._conn.connection.dbapi_connection
+            if not isinstance(raw, psycopg.Connection):
+                raise _foreign(engine.url, store)
+            theirs = raw.execute(_WHERE.as_string(raw)).fetchone()
+            raw.rollback()  # leave it idle: the unit begins its transaction itself
+            if theirs != tuple(store._one(_WHERE, {}) or ()):
+                raise _foreign(engine.url, store)
+            self._conn.begin()  # SQLAlchemy's outer transaction (emits nothing with psycopg)
+        except BaseException:
+            self._conn.close()
+            raise
+        self._raw: psycopg.Connection[Any] = raw
+
+    @property
+    def raw(self) -> psycopg.Connection[Any]:
+        return self._raw
+
+    @property
+    def araw(self) -> None:
+        return None
+
+    @property
+    def handle(self) -> Connection:
+        return self._conn
+
+    def session(self, **options: Any) -> Session:
+        """One ORM session per execution, joined to the connection's transaction."""
+        if self._session is None:
+            self._session = Session(
+                bind=self._conn, join_transaction_mode="rollback_only", **options
+            )
+        return self._session
+
+    def flush(self) -> None:
+        if self._session is not None:
+            self._session.flush()
+
+    def close(self) -> None:
+        try:
+            if self._session is not None:
+                self._session.close()
+        finally:
+            self._conn.close()  # back to the engine's pool (its reset rolls back nothing left)
+
+    async def aflush(self) -> None:
+        self.flush()
+
+    async def aclose(self) -> None:
+        self.close()
+
+
+class AsyncPostgresLink:
+    """A connection of the application's async engine, as the unit's ``AsyncConnection``."""
+
+    def __init__(self, engine: AsyncEngine, conn: AsyncConnection, raw: Any) -> None:
+        self.engine = engine
+        self._conn = conn
+        self._raw: psycopg.AsyncConnection[Any] = raw
+        self._session: AsyncSession | None = None
+
+    @classmethod
+    async def open(cls, engine: AsyncEngine, store: PostgresStore) -> AsyncPostgresLink:
+        conn = await engine.connect()
+        try:
+            raw = (await conn.get_raw_connection()).driver_connection
+            if not isinstance(raw, psycopg.AsyncConnection):
+                raise _foreign(engine.url, store)
+            cur = await raw.execute(_WHERE.as_string(raw))
+            theirs = await cur.fetchone()
+            await raw.rollback()
+            if theirs != tuple(await store._aone(_WHERE, {}) or ()):
+                raise _foreign(engine.url, store)
+            await conn.begin()
+        except BaseException:
+            await conn.close()
+            raise
+        return cls(engine, conn, raw)
+
+    @property
+    def raw(self) -> None:
+        return None
+
+    @property
+    def araw(self) -> psycopg.AsyncConnection[Any]:
+        return self._raw
+
+    @property
+    def handle(self) -> AsyncConnection:
+        return self._conn
+
+    def session(self, **options: Any) -> AsyncSession:
+        if self._session is None:
+            from sqlalchemy.ext.asyncio import AsyncSession
+
+            self._session = AsyncSession(
+                bind=self._conn, join_transaction_mode="rollback_only", **options
+            )
+        return self._session
+
+    def flush(self) -> None:
+        raise RuntimeError("an async link is flushed with aflush()")  # never: units await it
+
+    def close(self) -> None:
+        raise RuntimeError("an async link is closed with aclose()")
+
+    async def aflush(self) -> None:
+        if self._session is not None:
+            await self._session.flush()
+
+    async def aclose(self) -> None:
+        try:
+            if self._session is not None:
+                await self._session.close()
+        finally:
+            await self._conn.close()
