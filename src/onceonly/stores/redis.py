@@ -12,7 +12,13 @@ are woken by pub/sub on one channel per prefix (``_wake.py``), with polling as t
 
 Connections come from a bounded pool (``pool_size``; a caller waits at most ``pool_timeout``
 for one); ``timeout`` bounds each command and ``connect_timeout`` each connect, so an outage
-answers StoreUnavailable (SPEC 17, a 503) in bounded time. No command is retried
+answers StoreUnavailable (SPEC 17, a 503) in bounded time. The sync face bounds a command by
+the socket's own timeout. The async face does not give redis-py a ``socket_timeout``: with one,
+redis-py runs every write under ``asyncio.wait_for`` (a new task per command on Python 3.11)
+and every read under its own ``asyncio.timeout``, about a quarter of a replay's time. Instead
+each async store operation runs under one ``asyncio.timeout`` of ``pool_timeout + timeout``
+(a connection, then the command); when it fires, redis-py drops the interrupted connection
+(never reused with a reply still in flight) and the caller gets StoreUnavailable. No command is retried
 automatically: a retried claim whose first attempt did land would find its own claim. After
 the server returns, the pool's next connection simply succeeds.
 
@@ -135,6 +141,9 @@ class RedisStore:
         }
         self._pool_size = pool_size
         self._pool_timeout = timeout if pool_timeout is None else pool_timeout
+        # The async face's bound per operation (see module doc): a connection, then a command.
+        self._op_timeout = self._pool_timeout + timeout
+        self._akwargs = {**self._kwargs, "socket_timeout": None}
         self._what = f"Redis store {self._redacted()}"
         # Clients are made on first use: a cluster client reads the topology when made, and
         # an application must be able to start while its store is down.
@@ -191,14 +200,14 @@ class RedisStore:
         client: AsyncClient
         if self.cluster:
             client = redis.asyncio.cluster.RedisCluster.from_url(
-                self._driver_url, max_connections=self._pool_size, **self._kwargs
+                self._driver_url, max_connections=self._pool_size, **self._akwargs
             )
         else:
             pool = redis.asyncio.BlockingConnectionPool.from_url(
                 self._driver_url,
                 max_connections=self._pool_size,
                 timeout=self._pool_timeout,
-                **self._kwargs,
+                **self._akwargs,
             )
             client = redis.asyncio.Redis(connection_pool=pool)
         return _Side(client)
@@ -320,42 +329,27 @@ class RedisStore:
     # -- async ---------------------------------------------------------------------------
 
     async def aclaim(self, id: str, fingerprint: str, lease: float) -> ClaimResult:
-        side = await self._side()
-        with translated(self._what, _ERRORS):
-            reply = await side.claim(
-                keys=self._keys(id), args=[fingerprint, _us(lease), _us(ABANDONED_GRACE)]
-            )
-        return _claim_result(id, reply)
+        args = [fingerprint, _us(lease), _us(ABANDONED_GRACE)]
+        return _claim_result(id, await self._aeval("claim", self._keys(id), args))
 
     async def arenew(self, id: str, token: int, lease: float) -> bool:
-        side = await self._side()
-        with translated(self._what, _ERRORS):
-            reply = await side.renew(keys=self._keys(id)[:1], args=_renew_args(token, lease))
-        return bool(reply)
+        return bool(await self._aeval("renew", self._keys(id)[:1], _renew_args(token, lease)))
 
     async def acomplete(
         self, id: str, token: int, response: StoredResponse, ttl: float, retention: float
     ) -> bool:
-        side = await self._side()
         args = _complete_args(token, response, ttl, retention, self.channel)
-        with translated(self._what, _ERRORS):
-            reply = await side.complete(keys=self._keys(id), args=args)
-        if reply:
+        if reply := await self._aeval("complete", self._keys(id), args):
             self._notifier.notify(id)
         return bool(reply)
 
     async def arelease(self, id: str, token: int) -> bool:
-        side = await self._side()
-        with translated(self._what, _ERRORS):
-            reply = await side.release(keys=self._keys(id), args=[token, self.channel])
-        if reply:
+        if reply := await self._aeval("release", self._keys(id), [token, self.channel]):
             self._notifier.notify(id)
         return bool(reply)
 
     async def aget(self, id: str) -> Record | None:
-        side = await self._side()
-        with translated(self._what, _ERRORS):
-            _, now, fields, response = await side.get(keys=self._keys(id))
+        _, now, fields, response = await self._aeval("get", self._keys(id), [])
         return _record(id, int(now), fields, response)
 
     async def awatch(self, id: str, timeout: float) -> None:
@@ -364,9 +358,7 @@ class RedisStore:
         await awatch_loop(self._notifier, id, timeout, lambda: self._alease_left(id))
 
     async def adelete(self, id: str) -> bool:
-        side = await self._side()
-        with translated(self._what, _ERRORS):
-            found = int(await side.delete(keys=self._keys(id), args=[self.channel])) > 0
+        found = int(await self._aeval("delete", self._keys(id), [self.channel])) > 0
         self._notifier.notify(id)
         return found
 
@@ -383,15 +375,20 @@ class RedisStore:
         with translated(self._what, _ERRORS):
             return await self._async.get()
 
+    async def _aeval(self, script: str, keys: list[str], args: list[Any]) -> Any:
+        """Run one of the side's scripts under the operation's deadline (see module doc)."""
+        side = await self._side()
+        with translated(self._what, _ERRORS):
+            async with asyncio.timeout(self._op_timeout):
+                return await getattr(side, script)(keys=keys, args=args)
+
     def _lease_left(self, id: str) -> float | None:
         with translated(self._what, _ERRORS):
             left = int(self._s().watch(keys=self._keys(id)[:1]))
         return None if left < 0 else left / 1_000_000
 
     async def _alease_left(self, id: str) -> float | None:
-        side = await self._side()
-        with translated(self._what, _ERRORS):
-            left = int(await side.watch(keys=self._keys(id)[:1]))
+        left = int(await self._aeval("watch", self._keys(id)[:1], []))
         return None if left < 0 else left / 1_000_000
 
 
