@@ -1,4 +1,4 @@
-"""`shielded`: inline when the coroutine never suspends, shielded when it does."""
+"""`shielded`: runs in the caller's task; gets a task of its own only if the caller is cancelled."""
 
 from __future__ import annotations
 
@@ -73,3 +73,33 @@ async def test_the_coroutine_sees_values_sent_back_by_the_task() -> None:
         return await fut + 1
 
     assert await shielded(waits_for_future()) == 8
+
+
+async def test_a_suspending_coroutine_runs_in_the_callers_task() -> None:
+    async def where() -> tuple[object, object]:
+        before = asyncio.current_task()
+        await asyncio.get_running_loop().run_in_executor(None, lambda: None)
+        return before, asyncio.current_task()
+
+    caller = asyncio.current_task()
+    assert await shielded(where()) == (caller, caller)  # no task was made for it
+
+
+async def test_cancelling_the_caller_never_cancels_the_future_the_coroutine_awaits() -> None:
+    loop = asyncio.get_running_loop()
+    reply: asyncio.Future[int] = loop.create_future()
+    seen: list[int] = []
+
+    async def settle() -> None:
+        seen.append(await reply)
+
+    caller = asyncio.create_task(shielded(settle()))
+    await asyncio.sleep(0)  # settle() now waits on `reply`
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert not reply.cancelled()
+    reply.set_result(5)
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert seen == [5]  # finished in a task of its own, with the real reply
