@@ -52,6 +52,7 @@ from onceonly.stores import _redis_lua as lua
 from onceonly.stores._errors import translated
 from onceonly.stores._notify import Notifier
 from onceonly.stores._perloop import PerLoop
+from onceonly.stores._redis_pack import hiredis_packing
 from onceonly.stores._stats import KeyStats, tally
 from onceonly.stores._urlopts import as_bool, split_options
 from onceonly.stores._wake import Listener, awatch_loop, watch_loop
@@ -210,6 +211,7 @@ class RedisStore:
                 timeout=self._pool_timeout,
                 **self._akwargs,
             )
+            pool.connection_class = hiredis_packing(pool.connection_class)
             client = redis.asyncio.Redis(connection_pool=pool)
         return _Side(client)
 
