@@ -64,12 +64,11 @@ both = pytest.mark.parametrize("flavour", [Flavour("sync"), Flavour("async")], i
 def need(module: str) -> Any:
     """Import an SDK the adapter tests drive; skip on a dev machine without it, fail in CI."""
     import importlib
-    import os
+
+    from storekit import require_service
 
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        reason = f"{module} is not installed (pip install -e '.[agents]'): {exc}"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"required in CI: {reason}", pytrace=False)
-        pytest.skip(reason, allow_module_level=True)
+        require_service(module, f"not installed (pip install -e '.[agents]'): {exc}")
+        raise  # require_service always skips or fails
