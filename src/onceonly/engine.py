@@ -12,10 +12,12 @@ import contextlib
 import heapq
 import logging
 import math
+import os
 import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Generator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from onceonly._shield import shielded
@@ -158,17 +160,24 @@ def _lost(id: str) -> None:
 
 
 class _BeatScheduler:
-    """One daemon thread renews every sync claim whose heartbeat is due (a heap of due times).
+    """One daemon thread keeps the due times of every sync heartbeat (a heap) and hands each
+    due renewal to a small pool of worker threads.
 
     A thread per request would cost more than the request; most handlers finish long before
-    their first heartbeat, so registering and cancelling must be cheap.
+    their first heartbeat, so registering and cancelling must be cheap. The renewals
+    themselves run on the pool, not on the timing thread: a renewal blocked on a store (a
+    SQLite writer holding the lock for its busy timeout, a server store timing out) must not
+    hold up the renewals of other claims, whose leases would lapse meanwhile.
     """
+
+    RENEWERS = 8  # renewals in flight at once; a beat is re-armed only after its renewal ends
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._heap: list[tuple[float, int, Heartbeat]] = []
         self._seq = 0
         self._thread: threading.Thread | None = None
+        self._renewers: ThreadPoolExecutor | None = None
 
     def schedule(self, beat: Heartbeat, due: float) -> None:
         with self._cond:
@@ -192,10 +201,22 @@ class _BeatScheduler:
                     timeout = self._heap[0][0] - time.monotonic() if self._heap else None
                     self._cond.wait(timeout)
                 _, _, beat = heapq.heappop(self._heap)
-            beat.beat()
+            if self._renewers is None:
+                self._renewers = ThreadPoolExecutor(
+                    self.RENEWERS, thread_name_prefix="onceonly-renew"
+                )
+            self._renewers.submit(beat.beat)
+
+    def forget(self) -> None:
+        """In a forked child: the parent's threads do not exist here; start afresh."""
+        self._cond = threading.Condition()
+        self._heap = []
+        self._thread = None
+        self._renewers = None
 
 
 _scheduler = _BeatScheduler()
+os.register_at_fork(after_in_child=_scheduler.forget)
 
 # A heartbeat skips a renewal while ``idle()`` is true: an atomic handler's open transaction
 # holds the record itself (SQLite's write lock), so nobody can take it over meanwhile, and a

@@ -235,6 +235,11 @@ class SQLiteStore:
         self._notifier = Notifier()
         self._all: list[sqlite3.Connection] = []
         self._spare: list[sqlite3.Connection] = []
+        # Connections an operation or an atomic unit is using right now, and those of them
+        # that close() has given up on: closing a connection while another thread runs a
+        # statement on it crashes the interpreter, so the user closes it when done.
+        self._busy: set[sqlite3.Connection] = set()
+        self._doomed: set[sqlite3.Connection] = set()
         self._all_lock = threading.Lock()
         if self.path in ("", ":memory:"):
             raise ConfigurationError(
@@ -246,8 +251,8 @@ class SQLiteStore:
             raise ConfigurationError(
                 f"SQLite store {self.path!r}: directory {str(parent)!r} does not exist"
             )
-        with _translated(self.path):
-            self._conn().executescript(SCHEMA)
+        with self._using() as conn:
+            conn.executescript(SCHEMA)
 
     # -- connections ---------------------------------------------------------------------
 
@@ -259,6 +264,8 @@ class SQLiteStore:
             self._pid = os.getpid()
             self._all = []
             self._spare = []
+            self._busy = set()
+            self._doomed = set()
         name = "inline" if inline else "conn"
         conn: sqlite3.Connection | None = getattr(self._local, name, None)
         if conn is None:
@@ -304,9 +311,12 @@ class SQLiteStore:
         if os.getpid() != self._pid:
             self._conn()  # resets the per-process state after a fork
         with self._all_lock:
-            if self._spare:
-                return self._spare.pop()
-        return self._connect()
+            conn = self._spare.pop() if self._spare else None
+        if conn is None:
+            conn = self._connect()
+        with self._all_lock:
+            self._busy.add(conn)
+        return conn
 
     def checkin(self, conn: sqlite3.Connection) -> None:
         """Give back a connection from :meth:`checkout`; it must not be in a transaction."""
@@ -314,11 +324,32 @@ class SQLiteStore:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
         with self._all_lock:
-            if conn in self._all and len(self._spare) < _SPARE_MAX:
+            self._busy.discard(conn)
+            if conn in self._doomed:
+                self._doomed.discard(conn)
+            elif conn in self._all and len(self._spare) < _SPARE_MAX:
                 self._spare.append(conn)
                 return
         with contextlib.suppress(sqlite3.Error):
             conn.close()
+
+    @contextlib.contextmanager
+    def _using(self, inline: bool = False) -> Iterator[sqlite3.Connection]:
+        """This thread's connection for one operation, sqlite3 errors translated; marked busy
+        so that :meth:`close` from another thread leaves it to be closed here."""
+        with _translated(self.path):
+            conn = self._conn(inline)
+            with self._all_lock:
+                self._busy.add(conn)
+            try:
+                yield conn
+            finally:
+                with self._all_lock:
+                    self._busy.discard(conn)
+                    doomed = conn in self._doomed
+                    self._doomed.discard(conn)
+                if doomed:
+                    conn.close()
 
     def unit(self, id: str, token: int, fingerprint: str, lease: float, keep: float) -> SQLiteUnit:
         """The atomic unit of the claim ``(id, token)`` (:mod:`onceonly.stores.sqlite_atomic`)."""
@@ -333,8 +364,7 @@ class SQLiteStore:
         ``inline`` (on the event loop): raise :class:`_Busy` at once instead of waiting when
         another connection or process holds the write lock.
         """
-        with _translated(self.path):
-            conn = self._conn(inline)
+        with self._using(inline) as conn:
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as exc:
@@ -356,8 +386,8 @@ class SQLiteStore:
     def _settled(self, id: str) -> Existing | None:
         """Fast path for replays, without the write lock: a live completed record cannot
         change until its TTL, and a WAL reader never waits for the writer."""
-        with _translated(self.path):
-            current = _read(self._conn(), id)
+        with self._using() as conn:
+            current = _read(conn, id)
         if (
             current is not None
             and current.state in (State.COMPLETED, State.UNREPLAYABLE)
@@ -426,8 +456,8 @@ class SQLiteStore:
                 self.purge(limit=500)
         if self._inline_commits >= _CHECKPOINT_EVERY:
             self._inline_commits = 0
-            with contextlib.suppress(sqlite3.Error, StoreUnavailable):
-                self._conn().execute("PRAGMA wal_checkpoint(PASSIVE)")
+            with contextlib.suppress(StoreUnavailable), self._using() as conn:
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def release(self, id: str, token: int) -> bool:
         with self._write() as conn:
@@ -438,8 +468,8 @@ class SQLiteStore:
         return True
 
     def get(self, id: str) -> Record | None:
-        with _translated(self.path):
-            record = _read(self._conn(), id)
+        with self._using() as conn:
+            record = _read(conn, id)
         return visible(record, self._clock())
 
     def watch(self, id: str, timeout: float) -> None:
@@ -498,26 +528,27 @@ class SQLiteStore:
         One GROUP BY over the table: a scan, which is fine for an admin command and keeps
         the request path free of an extra index to maintain.
         """
-        with _translated(self.path):
-            rows = (
-                self._conn()
-                .execute(
-                    "SELECT CASE WHEN state IN ('completed', 'unreplayable') AND expires_at <= ?1 "
-                    f"THEN 'tombstone' ELSE state END AS s, count(*) FROM {TABLE} "
-                    "WHERE retain_until > ?1 GROUP BY s",
-                    (self._clock(),),
-                )
-                .fetchall()
-            )
+        with self._using() as conn:
+            rows = conn.execute(
+                "SELECT CASE WHEN state IN ('completed', 'unreplayable') AND expires_at <= ?1 "
+                f"THEN 'tombstone' ELSE state END AS s, count(*) FROM {TABLE} "
+                "WHERE retain_until > ?1 GROUP BY s",
+                (self._clock(),),
+            ).fetchall()
         return from_rows(rows)
 
     def close(self) -> None:
+        """Close every connection not in use; one in use (an operation on another thread, an
+        atomic unit's transaction) is closed by its user when done. The store stays usable:
+        a later operation opens a new connection."""
         with self._all_lock:
             conns, self._all, self._spare = self._all, [], []
-        for conn in conns:
+            idle = [conn for conn in conns if conn not in self._busy]
+            self._doomed.update(conn for conn in conns if conn in self._busy)
+            self._local = threading.local()
+        for conn in idle:
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
-        self._local = threading.local()
 
     # -- async: the same operations on a worker thread ----------------------------------
 
@@ -582,6 +613,6 @@ class SQLiteStore:
 
     def _in_flight(self, id: str) -> bool:
         # A lapsed lease counts as over: the waiter goes back and takes the claim over.
-        with _translated(self.path):
-            record = _read(self._conn(), id)
+        with self._using() as conn:
+            record = _read(conn, id)
         return lease_left(record, self._clock()) > 0

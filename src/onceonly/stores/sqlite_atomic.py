@@ -159,8 +159,8 @@ class SQLiteUnit:
 
     def load(self) -> None:
         """Read the recovery points an earlier attempt committed (one primary-key read)."""
-        with _translated(self.store.path):
-            row = self.store._conn().execute(_READ_PHASES, (self.id, self._fingerprint)).fetchone()
+        with self.store._using() as conn:
+            row = conn.execute(_READ_PHASES, (self.id, self._fingerprint)).fetchone()
         self._phases = tuple(json.loads(str(row[0]))) if row is not None else ()
 
     def connection(self) -> sqlite3.Connection:
