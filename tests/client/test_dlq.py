@@ -308,3 +308,27 @@ def test_an_unreachable_store_fails_with_store_unavailable_in_bounded_time(url: 
         queue.depth()
     assert time.monotonic() - started < 5.0
     queue.close()
+
+
+def test_replay_reads_past_a_page_of_entries_that_are_not_due(
+    dlq: DeadLetterQueue, t: FakeTime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The oldest entries wait for their Retry-After; newer ones, further down the queue than
+    one page, are due and must be replayed all the same."""
+    monkeypatch.setattr("onceonly.client.dlq._PAGE", 3)
+    later = Harness("sync", Script(reply(503, {"retry-after": "3600"})), time=t, dlq=dlq)
+    for _ in range(7):  # more than two pages of entries not due for an hour
+        with pytest.raises(RetryDeferred):
+            later.post()
+    now = Harness("sync", Script(reply(503)), time=t, dlq=dlq, retry=RetryPolicy(attempts=1))
+    due = [park_one(now).parked for _ in range(2)]
+    t.advance(60)
+    net = Script(reply(201), reply(201))
+    replayer = Harness("sync", net, time=t, dlq=dlq, retry=RetryPolicy(attempts=1))
+    results = replayer.replay(dlq)
+    assert [r.id for r in results] == due
+    assert [r.state for r in results] == [EntryState.DONE, EntryState.DONE]
+    assert len(dlq.entries(EntryState.PARKED)) == 7
+    assert [e.id for e in dlq.entries(EntryState.PARKED, limit=3, offset=6)] == [
+        e.id for e in dlq.entries(EntryState.PARKED)[6:]
+    ]

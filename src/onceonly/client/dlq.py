@@ -67,6 +67,7 @@ REDACTED_HEADERS = frozenset(
 )
 # Recomputed by httpx (or by the transport, for the attempt number) on replay.
 _DROPPED_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
+_PAGE = 500  # entries read per query when a replay lists the queue
 REPLAY_EXTENSION = "onceonly.dlq_entry"  # request extension: "this send replays entry X"
 
 
@@ -198,9 +199,26 @@ class DeadLetterQueue:
     def get(self, entry_id: str) -> DeadLetter | None:
         return self.backend.get(entry_id)
 
-    def entries(self, state: EntryState | None = None, *, limit: int = 1000) -> list[DeadLetter]:
-        """Entries, oldest first; all states unless ``state`` is given."""
-        return self.backend.entries(state, limit)
+    def entries(
+        self, state: EntryState | None = None, *, limit: int = 1000, offset: int = 0
+    ) -> list[DeadLetter]:
+        """Entries, oldest first; all states unless ``state`` is given; ``limit`` of them
+        after the first ``offset``."""
+        return self.backend.entries(state, limit, offset)
+
+    def _all(self, state: EntryState) -> list[DeadLetter]:
+        """Every entry in ``state``, read page by page (a replay must not stop at a page: the
+        oldest entries may all be waiting for their not-before while later ones are due).
+
+        Offsets move when another replayer takes entries meanwhile, so one may be missed by
+        this listing; it is then that replayer's, or the next run's.
+        """
+        found: list[DeadLetter] = []
+        while page := self.backend.entries(state, _PAGE, len(found)):
+            found += page
+            if len(page) < _PAGE:
+                break
+        return found
 
     def depth(self) -> int:
         """Entries waiting for a replay (parked, or being replayed right now)."""
@@ -254,7 +272,7 @@ class DeadLetterQueue:
             found = [self.get(i) for i in ids]
             entries = [e for e in found if e is not None]
         else:
-            entries = self.entries(EntryState.PARKED) + self.entries(EntryState.REPLAYING)
+            entries = self._all(EntryState.PARKED) + self._all(EntryState.REPLAYING)
             entries.sort(key=lambda e: e.created_at)
         now = self.clock()
         return [

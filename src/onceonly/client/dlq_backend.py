@@ -89,8 +89,9 @@ class DLQBackend(Protocol):
 
     def get(self, entry_id: str) -> DeadLetter | None: ...
 
-    def entries(self, state: EntryState | None, limit: int) -> list[DeadLetter]:
-        """Oldest first (parking order); all states when ``state`` is None."""
+    def entries(self, state: EntryState | None, limit: int, offset: int = 0) -> list[DeadLetter]:
+        """Oldest first (parking order); all states when ``state`` is None; ``limit`` entries
+        after skipping the first ``offset`` (paging)."""
         ...
 
     def count(self, states: Sequence[EntryState]) -> int: ...

@@ -174,10 +174,11 @@ class PostgresDLQ:
             row = conn.execute(self._select + sql.SQL(" WHERE id = %s"), (entry_id,)).fetchone()
         return entry_of(row) if row is not None else None
 
-    def entries(self, state: EntryState | None, limit: int) -> list[DeadLetter]:
+    def entries(self, state: EntryState | None, limit: int, offset: int = 0) -> list[DeadLetter]:
         where = sql.SQL(" WHERE state = %(state)s") if state is not None else sql.SQL("")
-        statement = self._select + where + sql.SQL(" ORDER BY created_at, seq LIMIT %(limit)s")
-        params = {"state": state.value if state else None, "limit": limit}
+        order = sql.SQL(" ORDER BY created_at, seq LIMIT %(limit)s OFFSET %(offset)s")
+        statement = self._select + where + order
+        params = {"state": state.value if state else None, "limit": limit, "offset": offset}
         with self._conn() as conn:
             rows = conn.execute(statement, params).fetchall()
         return [entry_of(r) for r in rows]

@@ -191,10 +191,10 @@ class RedisDLQ:
             fields: Any = self.client.hgetall(self._entry_key(entry_id))
         return _entry(fields) if fields else None
 
-    def entries(self, state: EntryState | None, limit: int) -> list[DeadLetter]:
+    def entries(self, state: EntryState | None, limit: int, offset: int = 0) -> list[DeadLetter]:
         index = f"{self.prefix}all" if state is None else self._state_key(state)
         with translated(self._what, _ERRORS):
-            ids: Any = self.client.zrange(index, 0, limit - 1)
+            ids: Any = self.client.zrange(index, offset, offset + limit - 1)
             pipe = self.client.pipeline(transaction=False)
             for raw in ids:
                 pipe.hgetall(self._entry_key(raw.decode()))

@@ -121,7 +121,7 @@ class SQLiteDLQ:
             row = db.execute(f"{_SELECT} WHERE id = ?", (entry_id,)).fetchone()
         return entry_of(row) if row is not None else None
 
-    def entries(self, state: EntryState | None, limit: int) -> list[DeadLetter]:
+    def entries(self, state: EntryState | None, limit: int, offset: int = 0) -> list[DeadLetter]:
         query = _SELECT
         args: tuple[object, ...] = ()
         if state is not None:
@@ -129,7 +129,7 @@ class SQLiteDLQ:
             args = (state.value,)
         with self._db() as db:
             rows = db.execute(
-                query + " ORDER BY created_at, rowid LIMIT ?", (*args, limit)
+                query + " ORDER BY created_at, rowid LIMIT ? OFFSET ?", (*args, limit, offset)
             ).fetchall()
         return [entry_of(r) for r in rows]
 
