@@ -1,7 +1,8 @@
 """The middlewares inside real frameworks: a keyed POST runs once and its duplicate replays.
 
-FastAPI and Starlette take the ASGI middleware (``app.add_middleware``); Flask and Django take
-the WSGI middleware around their WSGI callable (and Django's ASGI handler takes the ASGI one).
+FastAPI and Starlette take the ASGI middleware (``app.add_middleware``), Litestar through its
+``DefineMiddleware``, Quart around ``app.asgi_app``; Flask and Django take the WSGI middleware
+around their WSGI callable (and Django's ASGI handler takes the ASGI one).
 """
 
 from __future__ import annotations
@@ -172,3 +173,46 @@ async def test_django_asgi_keyed_post_runs_once_and_replays(kit):
     assert second.headers["idempotent-replayed"] == "true"
     assert second.content == first.content
     assert _django_counter.runs == 1
+
+
+async def test_litestar_keyed_post_runs_once_and_replays(kit):
+    """Litestar takes the middleware as it takes its own: ``DefineMiddleware`` in ``middleware``."""
+    from litestar import Litestar, post
+    from litestar import Request as LitestarRequest
+    from litestar.middleware import DefineMiddleware
+
+    counter = Counter()
+
+    @post("/orders", status_code=201)
+    async def create(request: LitestarRequest[Any, Any, Any]) -> dict[str, int]:
+        payload = await request.json()
+        run = counter.hit(request.scope["state"].get("idempotency_key"))
+        return {"run": run, **payload}
+
+    middleware = DefineMiddleware(IdempotencyMiddleware, store=kit.store, policy=_policy(kit))
+    app = Litestar(
+        route_handlers=[create],
+        middleware=[middleware],
+        # the handler's annotations are strings (PEP 563); Litestar resolves them here
+        signature_namespace={"LitestarRequest": LitestarRequest},
+    )
+    _check(*await _asgi_twice(app), counter)
+
+
+async def test_quart_keyed_post_runs_once_and_replays(kit):
+    """Quart (Flask's API on ASGI): the middleware wraps ``app.asgi_app``."""
+    import quart
+
+    counter = Counter()
+    app = quart.Quart("onceonly_quart_test")
+
+    @app.post("/orders")
+    async def create() -> tuple[dict[str, int], int]:
+        payload = await quart.request.get_json()
+        run = counter.hit(quart.request.scope["state"].get("idempotency_key"))
+        return {"run": run, **payload}, 201
+
+    app.asgi_app = IdempotencyMiddleware(  # type: ignore[method-assign]
+        app.asgi_app, store=kit.store, policy=_policy(kit)
+    )
+    _check(*await _asgi_twice(app), counter)
