@@ -13,21 +13,11 @@ from typing import Any
 import psycopg
 
 from onceonly import atomic
-from onceonly.policy import Policy
 from onceonly.stores.postgres import PostgresStore
 
-LEASE = 0.3  # seconds of real time: a retry takes a dead holder's claim over after this
-PHASES = ("reserve", "charge", "receipt")
+from ._workers import LEASE, PHASES, _pause, policy
 
-
-def policy() -> Policy:
-    return Policy(lease=LEASE, wait=10.0)
-
-
-def _pause(conn: Connection, key: str, point: str, wanted: str | None) -> None:
-    if point == wanted:
-        conn.send(("paused", key, point))
-        conn.recv()  # never answered: the parent SIGKILLs us here
+__all__ = ["LEASE", "PHASES", "charge_worker", "phased_worker", "policy"]
 
 
 def _insert(ledger: str) -> str:

@@ -177,7 +177,8 @@ def charge_worker(path: str, door: str, is_atomic: bool, conn: Connection) -> No
 
 
 def phased_worker(path: str, foreign_path: str, conn: Connection) -> None:
-    """Serve ``(key, pause)`` jobs with a three-phase ``@idempotent(atomic=True)`` function.
+    """Serve ``(key, cents, pause)`` jobs (``cents`` unused) with a three-phase
+    ``@idempotent(atomic=True)`` function.
 
     Each phase writes a row in the store's database, calls a "foreign service" (another
     database: it logs every call and keeps one effect per key, as an idempotent API would)
@@ -219,7 +220,7 @@ def phased_worker(path: str, foreign_path: str, conn: Connection) -> None:
 
     conn.send(("ready", "", None))
     while True:
-        key, pause = conn.recv()
+        key, _cents, pause = conn.recv()  # every worker reads the same (key, cents, pause) jobs
         conn.send(("done", key, ride(key, pause)))
 
 
