@@ -71,6 +71,29 @@ class Seen:
     def header(self, name: str) -> str | None:
         return next((v for k, v in self.headers if k.lower() == name.lower()), None)
 
+    @classmethod
+    def read(
+        cls,
+        method: str,
+        path: str,
+        query: str,
+        headers: Iterable[tuple[str, str]],
+        chunks: list[bytes],
+        state_key: str | None,
+    ) -> Seen:
+        """What an app saw, the body read in ``chunks``; called inside the handler, where
+        ``current_key()`` answers."""
+        return cls(
+            method,
+            path,
+            query,
+            tuple(headers),
+            b"".join(chunks),
+            len(chunks),
+            state_key,
+            current_key(),
+        )
+
 
 @dataclass
 class Out:
@@ -201,12 +224,29 @@ def _raw(value: HeaderValue) -> bytes:
     return value if isinstance(value, bytes) else value.encode("latin-1")
 
 
+def _decoded(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    """Raw header lines as a ``Reply`` holds them: latin-1 text, names lower-cased."""
+    return [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in headers]
+
+
 def _pieces(body: bytes, n: int = 4) -> list[bytes]:
     """``body`` cut into ``n`` roughly equal non-empty pieces (at least one piece)."""
     if not body:
         return [b""]
     size = max(1, -(-len(body) // n))
     return [body[i : i + size] for i in range(0, len(body), size)]
+
+
+@dataclass(frozen=True)
+class Sent:
+    """One request as a door sends it. ``chunked``: the body in several pieces, no length."""
+
+    method: str
+    path: str
+    query: str
+    headers: list[tuple[str, HeaderValue]]
+    body: bytes
+    chunked: bool
 
 
 class Door:
@@ -235,20 +275,12 @@ class Door:
         pairs: list[tuple[str, HeaderValue]] = list(headers)
         if key is not None:
             pairs.append(("Idempotency-Key", key))
-        return await self._send(method, path, query, pairs, body, chunked)
+        return await self._send(Sent(method, path, query, pairs, body, chunked))
 
     async def post(self, key: str | bytes | None = None, body: bytes = b"{}", **kw: Any) -> Reply:
         return await self.request("POST", key=key, body=body, **kw)
 
-    async def _send(
-        self,
-        method: str,
-        path: str,
-        query: str,
-        headers: list[tuple[str, HeaderValue]],
-        body: bytes,
-        chunked: bool,
-    ) -> Reply:
+    async def _send(self, req: Sent) -> Reply:
         raise NotImplementedError
 
     async def aclose(self) -> None:
@@ -272,15 +304,13 @@ def asgi_app(handler: Handler) -> Callable[..., Any]:
                 chunks.append(message["body"])
             if not message.get("more_body", False):
                 break
-        seen = Seen(
+        seen = Seen.read(
             scope["method"],
             scope["path"],
             scope.get("query_string", b"").decode("latin-1"),
-            tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]),
-            b"".join(chunks),
-            len(chunks),
+            ((k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]),
+            chunks,
             (scope.get("state") or {}).get("idempotency_key"),
-            current_key(),
         )
         out = await asyncio.to_thread(handler, seen)
         await send(
@@ -310,31 +340,23 @@ class RawASGIDoor(Door):
         super().__init__(handler, store, policy)
         self.app = IdempotencyMiddleware(asgi_app(handler), store=store, policy=policy)
 
-    async def _send(
-        self,
-        method: str,
-        path: str,
-        query: str,
-        headers: list[tuple[str, HeaderValue]],
-        body: bytes,
-        chunked: bool,
-    ) -> Reply:
-        raw = [(k.lower().encode("latin-1"), _raw(v)) for k, v in headers]
+    async def _send(self, req: Sent) -> Reply:
+        raw = [(k.lower().encode("latin-1"), _raw(v)) for k, v in req.headers]
         # A server hands a body over in several messages, with or without a declared length.
-        pieces = _pieces(body)
-        if chunked:
+        pieces = _pieces(req.body)
+        if req.chunked:
             raw.append((b"transfer-encoding", b"chunked"))
         else:
-            raw.append((b"content-length", str(len(body)).encode()))
+            raw.append((b"content-length", str(len(req.body)).encode()))
         scope = {
             "type": "http",
             "asgi": {"version": "3.0", "spec_version": "2.3"},
             "http_version": "1.1",
-            "method": method,
+            "method": req.method,
             "scheme": "http",
-            "path": path,
-            "raw_path": path.encode(),
-            "query_string": query.encode(),
+            "path": req.path,
+            "raw_path": req.path.encode(),
+            "query_string": req.query.encode(),
             "root_path": "",
             "headers": [(b"host", b"testserver"), *raw],
             "client": ("127.0.0.1", 50000),
@@ -379,7 +401,7 @@ class RawASGIDoor(Door):
         start = sent[0]
         return Reply(
             start["status"],
-            [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in start["headers"]],
+            _decoded(start["headers"]),
             b"".join(m.get("body", b"") for m in sent[1:]),
         )
 
@@ -389,15 +411,13 @@ def starlette_app(handler: Handler, store: Any, policy: Policy) -> Starlette:
 
     async def endpoint(request: Request) -> Response:
         chunks = [chunk async for chunk in request.stream() if chunk]
-        seen = Seen(
+        seen = Seen.read(
             request.method,
             request.url.path,
             request.url.query,
-            tuple((k, v) for k, v in request.headers.items()),
-            b"".join(chunks),
-            len(chunks),
+            request.headers.items(),
+            chunks,
             getattr(request.state, "idempotency_key", None),
-            current_key(),
         )
         out = await asyncio.to_thread(handler, seen)
         if isinstance(out.body, bytes):
@@ -427,29 +447,21 @@ class StarletteDoor(Door):
         transport = httpx.ASGITransport(app=self.app, raise_app_exceptions=False)
         self.client = httpx.AsyncClient(transport=transport, base_url="http://testserver")
 
-    async def _send(
-        self,
-        method: str,
-        path: str,
-        query: str,
-        headers: list[tuple[str, HeaderValue]],
-        body: bytes,
-        chunked: bool,
-    ) -> Reply:
-        content: bytes | AsyncIterator[bytes] = body
-        if chunked:
+    async def _send(self, req: Sent) -> Reply:
+        content: bytes | AsyncIterator[bytes] = req.body
+        if req.chunked:
 
             async def stream() -> AsyncIterator[bytes]:
-                for piece in _pieces(body):
+                for piece in _pieces(req.body):
                     yield piece
 
             content = stream()
-        url = path + (f"?{query}" if query else "")
-        raw = [(k, _raw(v)) for k, v in headers]
-        response = await self.client.request(method, url, headers=raw, content=content)
+        url = req.path + (f"?{req.query}" if req.query else "")
+        raw = [(k, _raw(v)) for k, v in req.headers]
+        response = await self.client.request(req.method, url, headers=raw, content=content)
         return Reply(
             response.status_code,
-            [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in response.headers.raw],
+            _decoded(response.headers.raw),
             response.content,
         )
 
@@ -491,15 +503,13 @@ def wsgi_app(handler: Handler) -> Callable[..., Iterable[bytes]]:
             for name, value in environ.items()
             if name.startswith("HTTP_")
         )
-        seen = Seen(
+        seen = Seen.read(
             environ["REQUEST_METHOD"],
             environ["PATH_INFO"],
             environ.get("QUERY_STRING", ""),
             headers,
-            b"".join(chunks),
-            len(chunks),
+            chunks,
             environ.get(ENVIRON_KEY),
-            current_key(),
         )
         out = handler(seen)
         start_response(f"{out.status} X", out.headers)
@@ -518,38 +528,30 @@ class RawWSGIDoor(Door):
         super().__init__(handler, store, policy)
         self.app = WSGIIdempotencyMiddleware(wsgi_app(handler), store=store, policy=policy)
 
-    async def _send(
-        self,
-        method: str,
-        path: str,
-        query: str,
-        headers: list[tuple[str, HeaderValue]],
-        body: bytes,
-        chunked: bool,
-    ) -> Reply:
+    async def _send(self, req: Sent) -> Reply:
         environ: dict[str, Any] = {
-            "REQUEST_METHOD": method,
+            "REQUEST_METHOD": req.method,
             "SCRIPT_NAME": "",
-            "PATH_INFO": path,
-            "QUERY_STRING": query,
+            "PATH_INFO": req.path,
+            "QUERY_STRING": req.query,
             "SERVER_NAME": "testserver",
             "SERVER_PORT": "80",
             "SERVER_PROTOCOL": "HTTP/1.1",
             "HTTP_HOST": "testserver",
             "wsgi.version": (1, 0),
             "wsgi.url_scheme": "http",
-            "wsgi.input": io.BytesIO(body),
+            "wsgi.input": io.BytesIO(req.body),
             "wsgi.errors": io.StringIO(),
             "wsgi.multithread": True,
             "wsgi.multiprocess": False,
             "wsgi.run_once": False,
         }
-        if chunked:
+        if req.chunked:
             environ["wsgi.input_terminated"] = True
             environ["HTTP_TRANSFER_ENCODING"] = "chunked"
         else:
-            environ["CONTENT_LENGTH"] = str(len(body))
-        for name, value in headers:
+            environ["CONTENT_LENGTH"] = str(len(req.body))
+        for name, value in req.headers:
             var = "HTTP_" + name.upper().replace("-", "_")
             text = _text(value)
             environ[var] = f"{environ[var]}, {text}" if var in environ else text
@@ -594,15 +596,13 @@ def flask_app(handler: Handler, store: Any, policy: Policy) -> flask.Flask:
     def view(rest: str) -> flask.Response:
         request = flask.request
         chunks = _read_wsgi_body(request.stream, _wsgi_length(request.environ))
-        seen = Seen(
+        seen = Seen.read(
             request.method,
             request.path,
             request.query_string.decode("latin-1"),
-            tuple((k.lower(), v) for k, v in request.headers.items()),
-            b"".join(chunks),
-            len(chunks),
+            ((k.lower(), v) for k, v in request.headers.items()),
+            chunks,
             request.environ.get(ENVIRON_KEY),
-            current_key(),
         )
         out = handler(seen)
         body = out.body if isinstance(out.body, bytes) else iter(out.body)
@@ -627,36 +627,20 @@ class FlaskDoor(Door):
         super().__init__(handler, store, policy)
         self.app = flask_app(handler, store, policy)
 
-    async def _send(
-        self,
-        method: str,
-        path: str,
-        query: str,
-        headers: list[tuple[str, HeaderValue]],
-        body: bytes,
-        chunked: bool,
-    ) -> Reply:
-        return await asyncio.to_thread(self._call, method, path, query, headers, body, chunked)
+    async def _send(self, req: Sent) -> Reply:
+        return await asyncio.to_thread(self._call, req)
 
-    def _call(
-        self,
-        method: str,
-        path: str,
-        query: str,
-        headers: list[tuple[str, HeaderValue]],
-        body: bytes,
-        chunked: bool,
-    ) -> Reply:
+    def _call(self, req: Sent) -> Reply:
         overrides: dict[str, Any] = {}
-        if chunked:  # what a server does with a chunked body: no length, a terminated stream
+        if req.chunked:  # what a server does with a chunked body: no length, a terminated stream
             overrides = {"CONTENT_LENGTH": "", "wsgi.input_terminated": True}
         client = self.app.test_client()
         response = client.open(
-            path,
-            method=method,
-            query_string=query,
-            headers=[(k, _text(v)) for k, v in headers],
-            input_stream=io.BytesIO(body),
+            req.path,
+            method=req.method,
+            query_string=req.query,
+            headers=[(k, _text(v)) for k, v in req.headers],
+            input_stream=io.BytesIO(req.body),
             environ_overrides=overrides,
         )
         try:
