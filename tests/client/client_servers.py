@@ -1,5 +1,8 @@
 """Real servers on loopback for the client tests: a raw fault server and a onceonly app.
 
+``LoopbackServer`` is the accept loop they share (also ``test_cut_bodies.BodyServer``'s), and
+``read_request`` reads one request off a raw connection.
+
 ``FaultServer`` speaks just enough HTTP/1.1 to read one request per connection and then do what
 its script says: answer, reset the connection (RST), or hang. It records the raw bytes of every
 request it read, so tests can compare attempts byte for byte.
@@ -27,22 +30,23 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class FaultServer:
-    """One request per connection; ``script`` entries: "ok", "reset" or "hang" (last repeats)."""
+class LoopbackServer:
+    """A listening socket on 127.0.0.1 whose accept loop hands each connection to
+    :meth:`_handle` on a thread of its own. Subclasses set their state before ``__init__``."""
 
-    def __init__(self, *script: str) -> None:
-        self.script = list(script)
-        self.requests: list[bytes] = []
-        self._sock = socket.socket()
-        self._sock.bind(("127.0.0.1", 0))
-        self._sock.listen(16)
+    backlog = 16
+    conn_timeout: float | None = 10.0
+
+    def __init__(self) -> None:
+        self._sock = socket.create_server(("127.0.0.1", 0), backlog=self.backlog)
         self._sock.settimeout(0.05)  # so the accept loop notices close() promptly
         self.port = int(self._sock.getsockname()[1])
         self.url = f"http://127.0.0.1:{self.port}"
         self._stop = threading.Event()
         self._conns: list[socket.socket] = []
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        self._threads: list[threading.Thread] = []
+        self._accept = threading.Thread(target=self._serve, daemon=True)
+        self._accept.start()
 
     def _serve(self) -> None:
         while not self._stop.is_set():
@@ -52,26 +56,64 @@ class FaultServer:
                 continue
             except OSError:
                 return
-            conn.settimeout(None)
+            conn.settimeout(self.conn_timeout)
             self._conns.append(conn)
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+            thread = threading.Thread(target=self._handle, args=(conn,), daemon=True)
+            self._threads.append(thread)
+            thread.start()
 
     def _handle(self, conn: socket.socket) -> None:
-        data = b""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Stop accepting and close every connection (a handler may still hang on one)."""
+        self._stop.set()
+        self._accept.join(timeout=5)
+        self._sock.close()
+        for conn in self._conns:
+            with contextlib.suppress(OSError):
+                conn.close()
+
+
+def read_request(conn: socket.socket) -> tuple[bytes, bytes] | None:
+    """One HTTP/1.1 request with a Content-Length body: ``(head, body)``, or None when the
+    peer hung up first."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return None
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value.strip())
+    while len(body) < length:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return None
+        body += chunk
+    return head, body
+
+
+class FaultServer(LoopbackServer):
+    """One request per connection; ``script`` entries: "ok", "reset" or "hang" (last repeats)."""
+
+    conn_timeout = None
+
+    def __init__(self, *script: str) -> None:
+        self.script = list(script)
+        self.requests: list[bytes] = []
+        super().__init__()
+
+    def _handle(self, conn: socket.socket) -> None:
         with contextlib.suppress(OSError):
-            while b"\r\n\r\n" not in data:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    return
-                data += chunk
-            head, _, body = data.partition(b"\r\n\r\n")
-            length = 0
-            for line in head.split(b"\r\n")[1:]:
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
-                    length = int(value.strip())
-            while len(body) < length:
-                body += conn.recv(65536)
+            request = read_request(conn)
+            if request is None:
+                return
+            head, body = request
             self.requests.append(head + b"\r\n\r\n" + body)
             action = self.script.pop(0) if len(self.script) > 1 else self.script[0]
             if action == "ok":
@@ -86,14 +128,6 @@ class FaultServer:
                 conn.close()
             elif action == "hang":
                 self._stop.wait()
-                conn.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self._sock.close()
-        for conn in self._conns:
-            with contextlib.suppress(OSError):
                 conn.close()
 
 
@@ -125,7 +159,7 @@ def serve_app(app: Any) -> Iterator[str]:
         sock.close()
 
 
-class FaultProxy:
+class FaultProxy(LoopbackServer):
     """A TCP proxy in front of an HTTP server that injects faults, one decision per request.
 
     Each connection carries one request (the proxy adds ``Connection: close`` upstream and
@@ -139,6 +173,8 @@ class FaultProxy:
     - ``slow``:  forward after a short delay.
     """
 
+    backlog = 256
+
     def __init__(self, upstream_port: int, rates: dict[str, float], seed: int = 0) -> None:
         import random
 
@@ -148,15 +184,7 @@ class FaultProxy:
         self.enabled = True
         self.counts: dict[str, int] = {}
         self._lock = threading.Lock()
-        self._sock = socket.socket()
-        self._sock.bind(("127.0.0.1", 0))
-        self._sock.listen(256)
-        self._sock.settimeout(0.05)
-        self.port = int(self._sock.getsockname()[1])
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        super().__init__()
 
     def _pick(self) -> str:
         with self._lock:
@@ -171,41 +199,19 @@ class FaultProxy:
             self.counts[fault] = self.counts.get(fault, 0) + 1
             return fault
 
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            conn.settimeout(10.0)
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
-
     @staticmethod
     def _read_request(conn: socket.socket) -> bytes | None:
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = conn.recv(65536)
-            if not chunk:
-                return None
-            data += chunk
-        head, _, body = data.partition(b"\r\n\r\n")
-        length = 0
-        lines = []
-        for line in head.split(b"\r\n"):
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value.strip())
-            if name.strip().lower() != b"connection":
-                lines.append(line)
-        while len(body) < length:
-            chunk = conn.recv(65536)
-            if not chunk:
-                return None
-            body += chunk
-        lines.append(b"Connection: close")
-        return b"\r\n".join(lines) + b"\r\n\r\n" + body
+        """The request to forward: its Connection header replaced by ``close``."""
+        request = read_request(conn)
+        if request is None:
+            return None
+        head, body = request
+        lines = [
+            line
+            for line in head.split(b"\r\n")
+            if line.partition(b":")[0].strip().lower() != b"connection"
+        ]
+        return b"\r\n".join([*lines, b"Connection: close"]) + b"\r\n\r\n" + body
 
     @staticmethod
     def _reset(conn: socket.socket) -> None:
@@ -244,8 +250,3 @@ class FaultProxy:
         except OSError:
             with contextlib.suppress(OSError):
                 conn.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self._sock.close()

@@ -28,55 +28,27 @@ from onceonly.client import (
 )
 from onceonly.errors import ConfigurationError
 
+from .client_servers import LoopbackServer, read_request
+
 FAST = RetryPolicy(base=0.01, cap=0.02, deadline=10.0)
 BODY = b'{"charge": "ch_1", "pad": "' + b"x" * 20_000 + b'"}'
 Step = Callable[[socket.socket], None]
 
 
-class BodyServer:
+class BodyServer(LoopbackServer):
     """One request per connection; each connection runs the next step (the last repeats)."""
 
     def __init__(self, *steps: Step) -> None:
         self.steps = list(steps)
         self.requests: list[bytes] = []
-        self._sock = socket.create_server(("127.0.0.1", 0))
-        self._sock.settimeout(0.05)  # so the accept loop notices close() promptly
-        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._accept = threading.Thread(target=self._serve, daemon=True)
-        self._accept.start()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            thread = threading.Thread(target=self._handle, args=(conn,), daemon=True)
-            self._threads.append(thread)
-            thread.start()
+        super().__init__()
 
     def _handle(self, conn: socket.socket) -> None:
-        conn.settimeout(10.0)
         with conn, contextlib.suppress(OSError):
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    return
-                data += chunk
-            head, _, body = data.partition(b"\r\n\r\n")
-            length = 0
-            for line in head.split(b"\r\n")[1:]:
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
-                    length = int(value)
-            while len(body) < length:
-                body += conn.recv(65536)
-            self.requests.append(head)
+            request = read_request(conn)
+            if request is None:
+                return
+            self.requests.append(request[0])
             step = self.steps.pop(0) if len(self.steps) > 1 else self.steps[0]
             step(conn)
 
@@ -91,11 +63,9 @@ class BodyServer:
         return found
 
     def close(self) -> None:
-        self._stop.set()
-        self._accept.join(timeout=5)
-        self._sock.close()
-        for thread in self._threads:
+        for thread in self._threads:  # every step ran to its end
             thread.join(timeout=5)
+        super().close()
 
 
 def head(status: str = "200 OK", **headers: str) -> bytes:
