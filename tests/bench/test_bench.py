@@ -2,28 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
-
-import pytest
 
 from onceonly.stores.memory import MemoryStore
 from onceonly.stores.sqlite import SQLiteStore
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "run.py"
-
-
-@pytest.fixture(scope="module")
-def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("onceonly_bench_run", BENCH)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while building
-    spec.loader.exec_module(module)
-    return module
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "run.py"  # conftest's bench loads it
 
 
 async def test_memory_store_round_trips_are_two_then_one(bench: ModuleType) -> None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -13,18 +11,7 @@ import pytest
 
 from onceonly.client import RetryBudget
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "client.py"
-
-
-@pytest.fixture(scope="module")
-def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("onceonly_bench_client", BENCH)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while building
-    spec.loader.exec_module(module)
-    return module
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "client.py"  # conftest's bench loads it
 
 
 @pytest.fixture(scope="module")
