@@ -30,6 +30,14 @@ def claimed(result: ClaimResult) -> Claimed:
     return result
 
 
+def first_claim(result: ClaimResult) -> Claimed:
+    """``result`` claimed the key as if it had never been seen: nothing expired, nothing to
+    recover, no earlier fingerprint."""
+    c = claimed(result)
+    assert (c.expired_before, c.recovered, c.previous_fingerprint) == (False, False, None)
+    return c
+
+
 def existing(result: ClaimResult) -> Existing:
     assert isinstance(result, Existing), f"expected Existing, got {result!r}"
     return result

@@ -22,15 +22,14 @@ from onceonly.stores import MemoryStore, SQLiteStore, open_store
 from onceonly.stores.base import DualStore
 from storekit import FakeClock, StoreKit
 
-from ._common import FP, LEASE, OK, OTHER_FP, RETENTION, TTL, claimed, existing, new_id
+from ._common import FP, LEASE, OK, OTHER_FP, RETENTION, TTL, claimed, existing, first_claim, new_id
 
 # -- claim -------------------------------------------------------------------------------------
 
 
 def test_first_claim_is_claimed_and_recorded_in_flight(kit: StoreKit) -> None:
     id = new_id()
-    c = claimed(kit.store.claim(id, FP, LEASE * kit.tick))
-    assert (c.expired_before, c.recovered, c.previous_fingerprint) == (False, False, None)
+    c = first_claim(kit.store.claim(id, FP, LEASE * kit.tick))
     assert c.token > 0
     record = kit.store.get(id)
     assert record is not None
@@ -171,12 +170,7 @@ def test_release_lets_the_next_claim_run_fresh(kit: StoreKit) -> None:
     assert kit.store.release(id, first.token)
     assert kit.store.get(id) is None
     assert not kit.store.release(id, first.token)  # released once is released
-    again = claimed(kit.store.claim(id, OTHER_FP, LEASE * kit.tick))
-    assert (again.expired_before, again.recovered, again.previous_fingerprint) == (
-        False,
-        False,
-        None,
-    )
+    again = first_claim(kit.store.claim(id, OTHER_FP, LEASE * kit.tick))
     # A token is never minted twice, even for a key that was released in the same instant.
     assert again.token > first.token
     before = kit.store.get(id)
@@ -311,12 +305,7 @@ def test_after_the_retention_window_a_claim_is_a_plain_first_claim(kit: StoreKit
     assert (tomb.fingerprint, tomb.state is State.IN_FLIGHT) == (FP, False)
     kit.advance(4 * kit.tick)  # 10 > 4.5 + 4.5: tombstone gone
     assert kit.store.get(id) is None
-    fresh = claimed(kit.store.claim(id, OTHER_FP, LEASE * kit.tick))
-    assert (fresh.expired_before, fresh.recovered, fresh.previous_fingerprint) == (
-        False,
-        False,
-        None,
-    )
+    fresh = first_claim(kit.store.claim(id, OTHER_FP, LEASE * kit.tick))
     assert fresh.token > c.token
 
 
