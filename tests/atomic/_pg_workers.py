@@ -15,7 +15,7 @@ import psycopg
 from onceonly import atomic
 from onceonly.stores.postgres import PostgresStore
 
-from ._workers import LEASE, PHASES, _pause, policy
+from ._workers import LEASE, PHASES, _pause, policy, serve_rides
 
 __all__ = ["LEASE", "PHASES", "charge_worker", "phased_worker", "policy"]
 
@@ -114,10 +114,7 @@ def phased_worker(url: str, prefix: str, mode: str, conn: Connection) -> None:
     the record's transaction and commits a recovery point. Pause points are ``after_<phase>``
     (committed) and ``called_<phase>`` (foreign call made, not committed).
     """
-    from onceonly.tools import idempotent
-
     store = PostgresStore(url, table_prefix=prefix, pool_min=0)
-    insert = _insert(f"{prefix}ledger")
     foreign = psycopg.connect(url, autocommit=True)
 
     def call_foreign(key: str, phase: str) -> None:
@@ -127,29 +124,4 @@ def phased_worker(url: str, prefix: str, mode: str, conn: Connection) -> None:
             (key, phase),
         )
 
-    @idempotent(
-        store,
-        key=lambda key, cents, pause: key,
-        ignore_args=("cents", "pause"),
-        policy=policy(),
-        atomic=True,
-        namespace="ride",
-    )
-    def ride(key: str, cents: int, pause: str | None) -> dict[str, Any]:
-        resumed_at = atomic.current_phase()
-        ran = []
-        for phase in PHASES:
-            if atomic.reached(phase):
-                continue
-            ran.append(phase)
-            call_foreign(atomic.derived_key(phase), phase)
-            _pause(conn, key, f"called_{phase}", pause)
-            atomic.transaction().execute(insert, (f"{key}/{phase}", 1))
-            atomic.phase(phase)
-            _pause(conn, key, f"after_{phase}", pause)
-        return {"resumed_at": resumed_at, "ran": ran}
-
-    conn.send(("ready", "", None))
-    while True:
-        key, cents, pause = conn.recv()
-        conn.send(("done", key, ride(key, cents, pause)))
+    serve_rides(store, conn, call_foreign, _insert(f"{prefix}ledger"))

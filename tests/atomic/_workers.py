@@ -185,14 +185,22 @@ def phased_worker(path: str, foreign_path: str, conn: Connection) -> None:
     with a key derived for the phase, and commits a recovery point. Pause points are
     ``after_<phase>`` (committed) and ``called_<phase>`` (foreign call made, not committed).
     """
-    from onceonly.tools import idempotent
-
     store = SQLiteStore(path)
     foreign = sqlite3.connect(foreign_path, isolation_level=None, timeout=10)
 
     def call_foreign(key: str, phase: str) -> None:
         foreign.execute("INSERT INTO calls (key, phase) VALUES (?, ?)", (key, phase))
         foreign.execute("INSERT OR IGNORE INTO effects (key, phase) VALUES (?, ?)", (key, phase))
+
+    serve_rides(store, conn, call_foreign, "INSERT INTO ledger (key, cents) VALUES (?, ?)")
+
+
+def serve_rides(
+    store: Any, conn: Connection, call_foreign: Callable[[str, str], None], insert: str
+) -> None:
+    """The three-phase worker's loop, on any store: ``insert`` writes a ledger row (key,
+    cents) in the record's transaction, ``call_foreign(derived key, phase)`` calls out."""
+    from onceonly.tools import idempotent
 
     @idempotent(
         store,
@@ -211,9 +219,7 @@ def phased_worker(path: str, foreign_path: str, conn: Connection) -> None:
             ran.append(phase)
             call_foreign(atomic.derived_key(phase), phase)
             _pause(conn, key, f"called_{phase}", pause)
-            atomic.transaction().execute(
-                "INSERT INTO ledger (key, cents) VALUES (?, ?)", (f"{key}/{phase}", 1)
-            )
+            atomic.transaction().execute(insert, (f"{key}/{phase}", 1))
             atomic.phase(phase)
             _pause(conn, key, f"after_{phase}", pause)
         return {"resumed_at": resumed_at, "ran": ran}
