@@ -183,6 +183,36 @@ def test_every_cut_exhausts_the_attempts_with_the_key(
 # -- streams stay streams ----------------------------------------------------------------------
 
 
+def stream(
+    flavor: str, url: str, each: Callable[[bytes], None] = lambda chunk: None
+) -> tuple[httpx.Response, bytes]:
+    """POST ``url`` as a streamed call; ``each`` sees every raw chunk as it arrives. Returns
+    the response and its raw (still content-encoded) body."""
+    body = b""
+    if flavor == "sync":
+        with (
+            httpx.Client(transport=IdempotentTransport(retry=FAST)) as client,
+            client.stream("POST", url, json={}) as response,
+        ):
+            for chunk in response.iter_raw():
+                each(chunk)
+                body += chunk
+        return response, body
+
+    async def go() -> tuple[httpx.Response, bytes]:
+        nonlocal body
+        async with (
+            httpx.AsyncClient(transport=AsyncIdempotentTransport(retry=FAST)) as client,
+            client.stream("POST", url, json={}) as response,
+        ):
+            async for chunk in response.aiter_raw():
+                each(chunk)
+                body += chunk
+            return response, body
+
+    return asyncio.run(go())
+
+
 def stream_of(
     first: bytes, second: bytes, *, chunked: bool, ctype: str, sent: threading.Event
 ) -> tuple[Step, threading.Event]:
@@ -229,30 +259,7 @@ def test_streams_are_delivered_incrementally(
         early.append(not sent.is_set())
         go.set()  # got something: let the server go on
 
-    if flavor == "sync":
-        with (
-            httpx.Client(transport=IdempotentTransport(retry=FAST)) as client,
-            client.stream("POST", s.url + "/events", json={}) as response,
-        ):
-            body = b""
-            for chunk in response.iter_raw():
-                seen(chunk)
-                body += chunk
-    else:
-
-        async def go_async() -> tuple[httpx.Response, bytes]:
-            transport = AsyncIdempotentTransport(retry=FAST)
-            async with (
-                httpx.AsyncClient(transport=transport) as client,
-                client.stream("POST", s.url + "/events", json={}) as response,
-            ):
-                body = b""
-                async for chunk in response.aiter_raw():
-                    seen(chunk)
-                    body += chunk
-                return response, body
-
-        response, body = asyncio.run(go_async())
+    response, body = stream(flavor, s.url + "/events", seen)
     assert early[0], "the first chunk waited for the rest of the body"
     assert body == first + second
     assert report(response).attempts == 1
@@ -264,24 +271,8 @@ def test_a_small_keyed_answer_to_a_stream_call_is_served_from_memory_after_a_cut
 ) -> None:
     packed = gzip.compress(BODY)
     s = serve(servers, half("close"), full(packed, content_encoding="gzip"))
-    if flavor == "sync":
-        with (
-            httpx.Client(transport=IdempotentTransport(retry=FAST)) as client,
-            client.stream("POST", s.url + "/charges", json={}) as response,
-        ):
-            raw = b"".join(response.iter_raw())
-        decoded = gzip.decompress(raw)
-    else:
-
-        async def go() -> tuple[httpx.Response, bytes]:
-            transport = AsyncIdempotentTransport(retry=FAST)
-            async with (
-                httpx.AsyncClient(transport=transport) as client,
-                client.stream("POST", s.url + "/charges", json={}) as response,
-            ):
-                return response, b"".join([c async for c in response.aiter_bytes()])
-
-        response, decoded = asyncio.run(go())
+    response, raw = stream(flavor, s.url + "/charges")
+    decoded = gzip.decompress(raw)
     assert decoded == BODY  # raw bytes stay content-encoded; httpx decodes as it would have
     assert report(response).attempts == 2
     assert response.headers["content-encoding"] == "gzip"
