@@ -211,7 +211,9 @@ def recv(conn: Any, timeout: float = 30.0) -> Any:
 class Worker:
     """One worker process and our end of its pipe; a fresh one after every kill."""
 
-    kit: DbKit | str | PgDb  # a SQLite path or a PgDb: taken as their kit
+    # A SQLite path, or anything with a PostgreSQL ``url`` and table ``prefix`` (a PgDb):
+    # taken as their kit.
+    kit: DbKit | str | PgDb
     door: str = "function"  # on PostgreSQL also a mode of ``_pg_workers.charge_worker``
     atomic: bool = True
     target: Callable[..., None] | None = None  # another charging worker, same arguments
@@ -224,7 +226,7 @@ class Worker:
     def __post_init__(self) -> None:
         if isinstance(self.kit, str):
             self.kit = SQLiteKit(self.kit, "")
-        elif isinstance(self.kit, PgDb):
+        elif not isinstance(self.kit, DbKit):
             self.kit = PostgresKit(self.kit)
 
     @property
