@@ -421,17 +421,22 @@ def test_store_down_fails_closed_unless_fail_open(flavour: Flavour) -> None:
 
 async def test_a_cancelled_call_releases_its_claim(kit: StoreKit) -> None:
     runs: list[int] = []
-    gate = asyncio.Event()
+    entered, gate = asyncio.Event(), asyncio.Event()
 
     @idempotent(kit.store, wait=0.1)
     async def slow(n: int) -> int:
         runs.append(n)
+        entered.set()
         await gate.wait()
         return n
 
-    with pytest.raises(TimeoutError):
-        async with asyncio.timeout(0.05):  # the caller gives up: the task is cancelled
-            await slow(1)
+    call = asyncio.create_task(slow(1))
+    # Once the body runs (a fixed timeout could fire while a loaded PostgreSQL still claims),
+    # the caller gives up: the task is cancelled.
+    await entered.wait()
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
     gate.set()
     assert await slow(1) == 1  # released, so the retry runs (no StillInFlight, no wait)
     assert runs == [1, 1]
