@@ -18,7 +18,7 @@ import logging
 import time
 import typing
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -253,41 +253,6 @@ def _unsettled(spec: CallSpec, call: Call, exc: StoreError) -> None:
     log.error("%s: could not settle record %s: %s", spec.name, call.id[:12], exc)
 
 
-def settle_sync(spec: CallSpec, store: Store, call: Call, token: int, what: Settlement) -> None:
-    try:
-        settle_record(store, call.id, token, what, spec.policy)
-    except StoreError as exc:
-        _unsettled(spec, call, exc)
-
-
-async def settle_async(
-    spec: CallSpec, store: AsyncStore, call: Call, token: int, what: Settlement
-) -> None:
-    try:
-        await asettle_record(store, call.id, token, what, spec.policy)
-    except StoreError as exc:
-        _unsettled(spec, call, exc)
-
-
-def _settle_observed(
-    spec: CallSpec, store: Store, call: Call, token: int, what: Settlement, obs: Observation
-) -> None:
-    """:func:`settle_sync` with the trace ids and cost kept in the record, and timed."""
-    what = obs.annotate(what)
-    started = time.perf_counter()
-    settle_sync(spec, store, call, token, what)
-    obs.settled(what, time.perf_counter() - started)
-
-
-async def _asettle_observed(
-    spec: CallSpec, store: AsyncStore, call: Call, token: int, what: Settlement, obs: Observation
-) -> None:
-    what = obs.annotate(what)
-    started = time.perf_counter()
-    await settle_async(spec, store, call, token, what)
-    obs.settled(what, time.perf_counter() - started)
-
-
 def _fail_open(spec: CallSpec, exc: StoreError) -> None:
     if not spec.policy.fail_open:
         raise exc
@@ -302,94 +267,7 @@ def _observe(spec: CallSpec, call: Call) -> Observation:
     return obs
 
 
-def call_sync(spec: CallSpec, call: Call, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """Run one keyed sync call through the engine."""
-    store = spec.sync_store()
-    obs = _observe(spec, call)
-    try:
-        decision = run_flow(
-            claim_flow(call.id, call.fingerprint, spec.policy), store, obs.store_time
-        )
-    except StoreError as exc:
-        obs.finish(Outcome.STORE_ERROR)
-        _fail_open(spec, exc)
-        with keyed(call.key):
-            return spec.fn(*args, **kwargs)
-    match decision:
-        case Replay(response):
-            obs.replayed(response)
-            obs.finish(decision.outcome, response.status)
-            return spec.replayed(response, call)
-        case Refuse():
-            obs.finish(decision.outcome)
-            raise spec.refused(decision, call)
-        case Execute(token, outcome) if spec.atomic:
-            obs.decided(outcome)
-            return _atomic_sync(spec, store, call, token, args, kwargs, obs)
-        case Execute(token, outcome):
-            obs.decided(outcome)
-            try:
-                with keyed(call.key), obs.active(), Heartbeat(store, call.id, token, spec.policy):
-                    value = spec.fn(*args, **kwargs)
-            except BaseException as exc:
-                _settle_observed(spec, store, call, token, spec.on_exception(exc), obs)
-                obs.executed(500)
-                raise
-            settlement, error = spec.on_result(value, call)
-            _settle_observed(spec, store, call, token, settlement, obs)
-            obs.executed(200)
-            if error is not None:
-                raise error
-            return value
-    raise AssertionError(f"unexpected decision {decision!r}")  # pragma: no cover
-
-
-async def call_async(
-    spec: CallSpec, call: Call, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Any:
-    """Run one keyed async call through the engine (the twin of :func:`call_sync`)."""
-    store = spec.async_store()
-    obs = _observe(spec, call)
-    try:
-        decision = await arun_flow(
-            claim_flow(call.id, call.fingerprint, spec.policy), store, obs.store_time
-        )
-    except StoreError as exc:
-        obs.finish(Outcome.STORE_ERROR)
-        _fail_open(spec, exc)
-        with keyed(call.key):
-            return await spec.fn(*args, **kwargs)
-    match decision:
-        case Replay(response):
-            obs.replayed(response)
-            obs.finish(decision.outcome, response.status)
-            return spec.replayed(response, call)
-        case Refuse():
-            obs.finish(decision.outcome)
-            raise spec.refused(decision, call)
-        case Execute(token, outcome) if spec.atomic:
-            obs.decided(outcome)
-            return await _atomic_async(spec, store, call, token, args, kwargs, obs)
-        case Execute(token, outcome):
-            obs.decided(outcome)
-            try:
-                with keyed(call.key), obs.active():
-                    async with AsyncHeartbeat(store, call.id, token, spec.policy):
-                        value = await spec.fn(*args, **kwargs)
-            except BaseException as exc:
-                await _asettle_observed(spec, store, call, token, spec.on_exception(exc), obs)
-                obs.executed(500)
-                raise
-            settlement, error = spec.on_result(value, call)
-            await _asettle_observed(spec, store, call, token, settlement, obs)
-            obs.executed(200)
-            if error is not None:
-                raise error
-            return value
-    raise AssertionError(f"unexpected decision {decision!r}")  # pragma: no cover
-
-
-def _taken_over(spec: CallSpec, call: Call, ending: Ending) -> None:
+def _taken_over(spec: CallSpec, call: Call, ending: Ending | None) -> None:
     if ending is Ending.TAKEN_OVER:
         raise ClaimTakenOver(
             f"{spec.name}: the claim on key {call.key!r} lapsed and another call took it over; "
@@ -400,83 +278,192 @@ def _taken_over(spec: CallSpec, call: Call, ending: Ending) -> None:
         )
 
 
-def _atomic_sync(
-    spec: CallSpec,
-    store: Store,
-    call: Call,
-    token: int,
-    args: tuple[Any, ...],
-    kwargs: Any,
-    obs: Observation,
-) -> Any:
-    """SPEC 13a: the function writes in the unit's transaction; the result commits with it."""
-    unit = open_unit(store, call.id, token, call.fingerprint, spec.policy)
+# -- one call as a generator of I/O steps, driven by a sync and an async driver ---------------
+# The flow decides everything (what a decision means, what to settle, which error to raise,
+# what telemetry sees); the drivers only perform the step they are handed and send back its
+# result, or throw its exception in (STYLE 5: the httpx auth-flow pattern, as engine.py).
+
+
+@dataclass(frozen=True, slots=True)
+class _Claim:
+    """Run the engine's claim loop; the reply is its :class:`Decision`."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Unprotected:
+    """The store is down and the policy fails open: run the function unguarded."""
+
+
+@dataclass(frozen=True, slots=True)
+class _OpenUnit:
+    """Open the atomic unit of the claim (SPEC 13a); the reply is the unit."""
+
+    token: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Run:
+    """Run the function under the key, with a heartbeat (and the unit bound, if atomic)."""
+
+    token: int
+    unit: AtomicUnit | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Settle:
+    """Complete or release the claim in the store (reply: None). A store error is logged by
+    the driver, not raised: the function has run and its result goes to the caller."""
+
+    token: int
+    what: Settlement
+
+
+@dataclass(frozen=True, slots=True)
+class _Finish:
+    """Commit or roll back the atomic unit as ``what`` says (reply: its :class:`Ending`)."""
+
+    unit: AtomicUnit
+    what: Settlement
+
+
+_Step = _Claim | _Unprotected | _OpenUnit | _Run | _Settle | _Finish
+_CallFlow = typing.Generator[_Step, Any, Any]
+
+
+def call_flow(spec: CallSpec, call: Call, obs: Observation) -> _CallFlow:
+    """One keyed call: claim, then replay, refuse, or run and settle (SPEC 28, 13a)."""
     try:
-        beat = Heartbeat(store, call.id, token, spec.policy, idle=lambda: unit.holding)
-        with keyed(call.key), bound(unit), obs.active(), beat:
-            value = spec.fn(*args, **kwargs)
-    except BaseException as exc:
-        what = Release() if isinstance(exc, ClaimTakenOver) else spec.on_exception(exc)
-        _finish_observed(unit, store, what, spec, obs)
-        obs.executed(409 if unit.lost else 500)
-        raise
-    settlement, error = spec.on_result(value, call)
-    ending = _finish_observed(unit, store, settlement, spec, obs)
-    obs.executed(409 if ending is Ending.TAKEN_OVER else 200)
-    _taken_over(spec, call, ending)
-    if error is not None:
-        raise error
-    return value
+        decision = yield _Claim()
+    except StoreError as exc:
+        obs.finish(Outcome.STORE_ERROR)
+        _fail_open(spec, exc)
+        return (yield _Unprotected())
+    match decision:
+        case Replay(response):
+            obs.replayed(response)
+            obs.finish(decision.outcome, response.status)
+            return spec.replayed(response, call)
+        case Refuse():
+            obs.finish(decision.outcome)
+            raise spec.refused(decision, call)
+        case Execute(token, outcome):
+            obs.decided(outcome)
+            unit = (yield _OpenUnit(token)) if spec.atomic else None
+            try:
+                value = yield _Run(token, unit)
+            except BaseException as exc:
+                taken = unit is not None and isinstance(exc, ClaimTakenOver)
+                yield from _settle(token, Release() if taken else spec.on_exception(exc), unit, obs)
+                obs.executed(409 if unit is not None and unit.lost else 500)
+                raise
+            settlement, error = spec.on_result(value, call)
+            ending = yield from _settle(token, settlement, unit, obs)
+            obs.executed(409 if ending is Ending.TAKEN_OVER else 200)
+            _taken_over(spec, call, ending)
+            if error is not None:
+                raise error
+            return value
+    raise AssertionError(f"unexpected decision {decision!r}")  # pragma: no cover
 
 
-def _finish_observed(
-    unit: AtomicUnit, store: Store, what: Settlement, spec: CallSpec, obs: Observation
-) -> Ending:
+def _settle(
+    token: int, what: Settlement, unit: AtomicUnit | None, obs: Observation
+) -> typing.Generator[_Step, Any, Ending | None]:
+    """A settle step with the trace ids and cost kept in the record, and timed."""
     what = obs.annotate(what)
     started = time.perf_counter()
-    ending = finish(unit, store, what, spec.policy)
+    ending: Ending | None = yield (_Settle(token, what) if unit is None else _Finish(unit, what))
     obs.settled(what, time.perf_counter() - started)
     return ending
 
 
-async def _atomic_async(
-    spec: CallSpec,
-    store: AsyncStore,
-    call: Call,
-    token: int,
-    args: tuple[Any, ...],
-    kwargs: Any,
-    obs: Observation,
-) -> Any:
-    """The async twin of :func:`_atomic_sync`."""
-    unit = await aopen_unit(store, call.id, token, call.fingerprint, spec.policy)
+def call_sync(spec: CallSpec, call: Call, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Drive :func:`call_flow` for a sync function."""
+    store = spec.sync_store()
+    obs = _observe(spec, call)
+    flow = call_flow(spec, call, obs)
     try:
-        with keyed(call.key), bound(unit), obs.active():
-            idle = lambda: unit.holding  # noqa: E731 - the open transaction holds the record
-            async with AsyncHeartbeat(store, call.id, token, spec.policy, idle=idle):
-                value = await spec.fn(*args, **kwargs)
-    except BaseException as exc:
-        what = Release() if isinstance(exc, ClaimTakenOver) else spec.on_exception(exc)
-        await _afinish_observed(unit, store, what, spec, obs)
-        obs.executed(409 if unit.lost else 500)
-        raise
-    settlement, error = spec.on_result(value, call)
-    ending = await _afinish_observed(unit, store, settlement, spec, obs)
-    obs.executed(409 if ending is Ending.TAKEN_OVER else 200)
-    _taken_over(spec, call, ending)
-    if error is not None:
-        raise error
-    return value
+        step = next(flow)
+        while True:
+            try:
+                match step:
+                    case _Claim():
+                        claim = claim_flow(call.id, call.fingerprint, spec.policy)
+                        reply: Any = run_flow(claim, store, obs.store_time)
+                    case _Unprotected():
+                        with keyed(call.key):
+                            reply = spec.fn(*args, **kwargs)
+                    case _OpenUnit(token):
+                        reply = open_unit(store, call.id, token, call.fingerprint, spec.policy)
+                    case _Run(token, unit):
+                        beat = Heartbeat(store, call.id, token, spec.policy, idle=_idle(unit))
+                        with keyed(call.key), _bound(unit), obs.active(), beat:
+                            reply = spec.fn(*args, **kwargs)
+                    case _Settle(token, what):
+                        reply = None
+                        try:
+                            settle_record(store, call.id, token, what, spec.policy)
+                        except StoreError as exc:
+                            _unsettled(spec, call, exc)
+                    case _Finish(unit, what):
+                        reply = finish(unit, store, what, spec.policy)
+            except BaseException as exc:
+                step = flow.throw(exc)
+            else:
+                step = flow.send(reply)
+    except StopIteration as done:
+        return done.value
 
 
-async def _afinish_observed(
-    unit: AtomicUnit, store: AsyncStore, what: Settlement, spec: CallSpec, obs: Observation
-) -> Ending:
-    what = obs.annotate(what)
-    started = time.perf_counter()
-    ending = await afinish(unit, store, what, spec.policy)
-    obs.settled(what, time.perf_counter() - started)
-    return ending
+async def call_async(
+    spec: CallSpec, call: Call, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """Drive :func:`call_flow` for an async function (the twin of :func:`call_sync`)."""
+    store = spec.async_store()
+    obs = _observe(spec, call)
+    flow = call_flow(spec, call, obs)
+    try:
+        step = next(flow)
+        while True:
+            try:
+                match step:
+                    case _Claim():
+                        claim = claim_flow(call.id, call.fingerprint, spec.policy)
+                        reply: Any = await arun_flow(claim, store, obs.store_time)
+                    case _Unprotected():
+                        with keyed(call.key):
+                            reply = await spec.fn(*args, **kwargs)
+                    case _OpenUnit(token):
+                        opened = aopen_unit(store, call.id, token, call.fingerprint, spec.policy)
+                        reply = await opened
+                    case _Run(token, unit):
+                        beat = AsyncHeartbeat(store, call.id, token, spec.policy, idle=_idle(unit))
+                        with keyed(call.key), _bound(unit), obs.active():
+                            async with beat:
+                                reply = await spec.fn(*args, **kwargs)
+                    case _Settle(token, what):
+                        reply = None
+                        try:
+                            await asettle_record(store, call.id, token, what, spec.policy)
+                        except StoreError as exc:
+                            _unsettled(spec, call, exc)
+                    case _Finish(unit, what):
+                        reply = await afinish(unit, store, what, spec.policy)
+            except BaseException as exc:
+                step = flow.throw(exc)
+            else:
+                step = flow.send(reply)
+    except StopIteration as done:
+        return done.value
+
+
+def _idle(unit: AtomicUnit | None) -> Callable[[], bool] | None:
+    # An atomic function's open transaction holds the record itself: no renewal needed then.
+    return (lambda: unit.holding) if unit is not None else None
+
+
+def _bound(unit: AtomicUnit | None) -> typing.ContextManager[None]:
+    return bound(unit) if unit is not None else nullcontext()
 
 
 Keyer = Callable[[CallSpec, tuple[Any, ...], dict[str, Any]], Call]
