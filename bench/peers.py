@@ -11,6 +11,10 @@ turns round by round (a noisy neighbour hits all of them alike); each figure is 
 over rounds of the per-round median request time, wall clock, in microseconds, and the
 ``× idemkit`` column is the median of the per-round ratios.
 
+``onceonly-redis-cached`` is onceonly on Redis behind the local replay cache
+(``stores/cached.py``): its replays come from process memory, so compare them with the bare
+app rather than with the floor.
+
 Peers (issue 3 "Performance"), each with its own Redis key prefix / PostgreSQL table:
 
 - idemkit 1.0.2: ``idemkit.IdempotencyMiddleware`` on ``RedisBackend`` (redis.asyncio).
@@ -89,6 +93,24 @@ async def onceonly_redis() -> tuple[Any, Closer]:
         await store.aclose()
 
     return IdempotencyMiddleware(counted_app, store=store), close
+
+
+async def onceonly_redis_cached() -> tuple[Any, Closer]:
+    """onceonly on Redis with the local replay cache in front (``CachedStore``): a replay of a
+    key this process completed or replayed before makes no round trip."""
+    from onceonly.http.asgi import IdempotencyMiddleware
+    from onceonly.stores.cached import CachedStore
+    from onceonly.stores.redis import RedisStore
+
+    store = RedisStore(REDIS_URL, prefix=f"bpeersc{TAG}:")
+
+    async def close() -> None:
+        client = store.client
+        for key in client.scan_iter(match=f"{store.prefix}*", count=1000):
+            client.delete(key)
+        await store.aclose()
+
+    return IdempotencyMiddleware(counted_app, store=CachedStore(store)), close
 
 
 async def onceonly_postgres() -> tuple[Any, Closer]:
@@ -256,6 +278,7 @@ def _asyncpg_credentials(dsn: str, schema: str) -> dict[str, Any]:
 
 VARIANTS: dict[str, tuple[str, Callable[[], Awaitable[tuple[Any, Closer]]]]] = {
     "onceonly-redis": ("onceonly, Redis", onceonly_redis),
+    "onceonly-redis-cached": ("onceonly, Redis + local replay cache", onceonly_redis_cached),
     "onceonly-postgres": ("onceonly, PostgreSQL", onceonly_postgres),
     "idemkit": ("idemkit 1.0.2, Redis", idemkit_redis),
     "asgi-idempotency-header": (
