@@ -80,29 +80,14 @@ async def json_app(handler: Callable[[str, bytes], Awaitable[dict[str, Any]]]) -
 # -- variants: each returns (asgi app, closer) --------------------------------------------
 
 
-async def onceonly_redis() -> tuple[Any, Closer]:
-    from onceonly.http.asgi import IdempotencyMiddleware
-    from onceonly.stores.redis import RedisStore
-
-    store = RedisStore(REDIS_URL, prefix=f"bpeers{TAG}:")
-
-    async def close() -> None:
-        client = store.client
-        for key in client.scan_iter(match=f"{store.prefix}*", count=1000):
-            client.delete(key)
-        await store.aclose()
-
-    return IdempotencyMiddleware(counted_app, store=store), close
-
-
-async def onceonly_redis_cached() -> tuple[Any, Closer]:
-    """onceonly on Redis with the local replay cache in front (``CachedStore``): a replay of a
-    key this process completed or replayed before makes no round trip."""
+async def onceonly_redis(cached: bool = False) -> tuple[Any, Closer]:
+    """onceonly on Redis; ``cached`` puts the local replay cache in front (``CachedStore``): a
+    replay of a key this process completed or replayed before then makes no round trip."""
     from onceonly.http.asgi import IdempotencyMiddleware
     from onceonly.stores.cached import CachedStore
     from onceonly.stores.redis import RedisStore
 
-    store = RedisStore(REDIS_URL, prefix=f"bpeersc{TAG}:")
+    store = RedisStore(REDIS_URL, prefix=f"bpeers{'c' if cached else ''}{TAG}:")
 
     async def close() -> None:
         client = store.client
@@ -110,7 +95,7 @@ async def onceonly_redis_cached() -> tuple[Any, Closer]:
             client.delete(key)
         await store.aclose()
 
-    return IdempotencyMiddleware(counted_app, store=CachedStore(store)), close
+    return IdempotencyMiddleware(counted_app, store=CachedStore(store) if cached else store), close
 
 
 async def onceonly_postgres() -> tuple[Any, Closer]:
@@ -278,7 +263,10 @@ def _asyncpg_credentials(dsn: str, schema: str) -> dict[str, Any]:
 
 VARIANTS: dict[str, tuple[str, Callable[[], Awaitable[tuple[Any, Closer]]]]] = {
     "onceonly-redis": ("onceonly, Redis", onceonly_redis),
-    "onceonly-redis-cached": ("onceonly, Redis + local replay cache", onceonly_redis_cached),
+    "onceonly-redis-cached": (
+        "onceonly, Redis + local replay cache",
+        lambda: onceonly_redis(cached=True),
+    ),
     "onceonly-postgres": ("onceonly, PostgreSQL", onceonly_postgres),
     "idemkit": ("idemkit 1.0.2, Redis", idemkit_redis),
     "asgi-idempotency-header": (

@@ -34,14 +34,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from onceonly.errors import ConfigurationError
-from onceonly.records import (
-    Claimed,
-    ClaimResult,
-    Existing,
-    Record,
-    State,
-    StoredResponse,
-)
+from onceonly.records import Claimed, ClaimResult, Existing, Record, State, StoredResponse
 
 Clock = Callable[[], float]
 MARGIN_S = 0.05  # seconds every deadline is pulled in by (scheduling jitter, clock steps)
