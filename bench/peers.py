@@ -11,6 +11,10 @@ turns round by round (a noisy neighbour hits all of them alike); each figure is 
 over rounds of the per-round median request time, wall clock, in microseconds, and the
 ``× idemkit`` column is the median of the per-round ratios.
 
+``onceonly-redis-cached`` is onceonly on Redis behind the local replay cache
+(``stores/cached.py``): its replays come from process memory, so compare them with the bare
+app rather than with the floor.
+
 Peers (issue 3 "Performance"), each with its own Redis key prefix / PostgreSQL table:
 
 - idemkit 1.0.2: ``idemkit.IdempotencyMiddleware`` on ``RedisBackend`` (redis.asyncio).
@@ -76,11 +80,14 @@ async def json_app(handler: Callable[[str, bytes], Awaitable[dict[str, Any]]]) -
 # -- variants: each returns (asgi app, closer) --------------------------------------------
 
 
-async def onceonly_redis() -> tuple[Any, Closer]:
+async def onceonly_redis(cached: bool = False) -> tuple[Any, Closer]:
+    """onceonly on Redis; ``cached`` puts the local replay cache in front (``CachedStore``): a
+    replay of a key this process completed or replayed before then makes no round trip."""
     from onceonly.http.asgi import IdempotencyMiddleware
+    from onceonly.stores.cached import CachedStore
     from onceonly.stores.redis import RedisStore
 
-    store = RedisStore(REDIS_URL, prefix=f"bpeers{TAG}:")
+    store = RedisStore(REDIS_URL, prefix=f"bpeers{'c' if cached else ''}{TAG}:")
 
     async def close() -> None:
         client = store.client
@@ -88,7 +95,7 @@ async def onceonly_redis() -> tuple[Any, Closer]:
             client.delete(key)
         await store.aclose()
 
-    return IdempotencyMiddleware(counted_app, store=store), close
+    return IdempotencyMiddleware(counted_app, store=CachedStore(store) if cached else store), close
 
 
 async def onceonly_postgres() -> tuple[Any, Closer]:
@@ -256,6 +263,10 @@ def _asyncpg_credentials(dsn: str, schema: str) -> dict[str, Any]:
 
 VARIANTS: dict[str, tuple[str, Callable[[], Awaitable[tuple[Any, Closer]]]]] = {
     "onceonly-redis": ("onceonly, Redis", onceonly_redis),
+    "onceonly-redis-cached": (
+        "onceonly, Redis + local replay cache",
+        lambda: onceonly_redis(cached=True),
+    ),
     "onceonly-postgres": ("onceonly, PostgreSQL", onceonly_postgres),
     "idemkit": ("idemkit 1.0.2, Redis", idemkit_redis),
     "asgi-idempotency-header": (

@@ -13,9 +13,10 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -53,6 +54,7 @@ class StoreKit:
     tick: float = 1.0  # a "unit" of time for this store: 1 s fake, shorter for real clocks
     real_clock: bool = False
     closers: list[Callable[[], None]] = field(default_factory=list)
+    clock: Callable[[], float] = time.monotonic  # moves with `advance` (the fake clock, if any)
 
     def close(self) -> None:
         for close in reversed(self.closers):
@@ -62,7 +64,7 @@ class StoreKit:
 def _memory(tmp_path: Path) -> StoreKit:
     clock = FakeClock()
     store = MemoryStore(clock=clock)
-    return StoreKit("memory", store, clock.advance, lambda: store)
+    return StoreKit("memory", store, clock.advance, lambda: store, clock=clock)
 
 
 def _sqlite(tmp_path: Path) -> StoreKit:
@@ -76,7 +78,7 @@ def _sqlite(tmp_path: Path) -> StoreKit:
         opened.append(again)
         return again
 
-    kit = StoreKit("sqlite", store, clock.advance, reopen)
+    kit = StoreKit("sqlite", store, clock.advance, reopen, clock=clock)
     kit.closers.append(lambda: [s.close() for s in opened] and None)
     return kit
 
@@ -170,6 +172,56 @@ STORE_KINDS: dict[str, Callable[[Path], StoreKit]] = {
     "redis": _redis,
     "postgres": _postgres,
 }
+
+
+# The same kinds behind a process-local replay cache (stores/cached.py). Not part of the
+# ``kit`` fixture everywhere (it would double the conformance suite): the store contract and
+# the model test take them through :func:`kit_fixture`, tests/stores/test_cached.py too.
+CACHE_RECORDS = 1000
+
+
+def cached_kit(base: StoreKit, max_records: int = CACHE_RECORDS) -> StoreKit:
+    """``base`` with a :class:`CachedStore` on top; ``reopen`` is another process (own cache)."""
+    from onceonly.stores.cached import CachedStore
+
+    def wrap(store: DualStore) -> DualStore:
+        return CachedStore(store, max_records, clock=base.clock)
+
+    return StoreKit(
+        f"{base.name}+cache",
+        wrap(base.store),
+        base.advance,
+        lambda: wrap(base.reopen()),
+        tick=base.tick,
+        real_clock=base.real_clock,
+        closers=base.closers,
+        clock=base.clock,
+    )
+
+
+CACHED_KINDS: dict[str, Callable[[Path], StoreKit]] = {
+    f"{name}+cache": (lambda tmp_path, make=make: cached_kit(make(tmp_path)))
+    for name, make in STORE_KINDS.items()
+}
+
+
+def kit_fixture(kinds: Iterable[str]) -> Any:
+    """A ``kit`` fixture over ``kinds`` (names of STORE_KINDS or CACHED_KINDS), for a module
+    that runs more kinds than the suite-wide one: ``kit = kit_fixture([...])``."""
+    every = {**STORE_KINDS, **CACHED_KINDS}
+
+    @pytest.fixture(name="kit", params=list(kinds))
+    def kit(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreKit]:
+        made = every[request.param](tmp_path)
+        try:
+            yield made
+        finally:
+            made.close()
+
+    return kit
+
+
+ALL_KINDS = [*sorted(STORE_KINDS), *sorted(CACHED_KINDS)]
 
 
 def require_service(name: str, reason: str) -> None:

@@ -20,6 +20,7 @@ from onceonly import __version__
 from onceonly.client.dlq_cli import dlq
 from onceonly.gateway_cli import proxy
 from onceonly.report_cli import report
+from onceonly.stores.cached import CachedStore
 from onceonly.stores.url import ENV_VAR
 
 if TYPE_CHECKING:
@@ -354,7 +355,10 @@ def keys_stats(store_url: str | None, as_json: bool) -> None:
 
 
 def _kind(store: object) -> str:
-    """A store's kind for messages: "Redis", "SQLite", ... ."""
+    """A store's kind for messages: "Redis", "SQLite", ... (behind a ``?local_cache`` wrapper,
+    the wrapped store's)."""
+    if isinstance(store, CachedStore):
+        store = store.inner
     return type(store).__name__.removesuffix("Store")
 
 

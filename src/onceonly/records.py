@@ -137,9 +137,17 @@ class Claimed(NamedTuple):
 
 
 class Existing(NamedTuple):
-    """The key is held by a live record (in flight, completed or unreplayable)."""
+    """The key is held by a live record (in flight, completed or unreplayable).
+
+    ``now`` is the store's clock when it answered (None when unknown): with the record's own
+    times it tells how long the record stays live without comparing two machines' clocks
+    (``stores/cached.py`` relies on it). ``cached`` is True when a process-local cache
+    answered instead of the store: no store round trip was made (telemetry tells them apart).
+    """
 
     record: Record
+    now: float | None = None
+    cached: bool = False
 
 
 ClaimResult = Claimed | Existing
@@ -231,13 +239,13 @@ def claim_on(
         # the same key is a mismatch (SPEC 9, answered 422 with the record untouched) even when
         # the holder died, or it would run in place of the work the dead holder may have done.
         if now < record.lease_until or record.fingerprint != fingerprint:
-            return Existing(record), record
+            return Existing(record, now), record
         token = next_token(previous, now)
         transition(state, Event.TAKEOVER)
         new = Record(id, fingerprint, State.IN_FLIGHT, token, now + lease, 0.0, 0.0, None, now)
         return Claimed(token, False, True, record.fingerprint), new
     if state in (State.COMPLETED, State.UNREPLAYABLE) and record is not None:
-        return Existing(record), record
+        return Existing(record, now), record
     expired = state is State.TOMBSTONE
     transition(state, Event.CLAIM)
     token = next_token(previous, now)

@@ -23,6 +23,16 @@ async def test_sqlite_store_round_trips_are_two_then_one(bench: ModuleType, tmp_
         store.close()
 
 
+async def test_cached_replays_make_no_store_round_trip(bench: ModuleType, tmp_path: Path) -> None:
+    # The local replay cache: a first execution still costs two calls, a replay none.
+    assert await bench.round_trips(MemoryStore(), cached=True) == (2.0, 0.0)
+    store = SQLiteStore(tmp_path / "cached.db")
+    try:
+        assert await bench.round_trips(store, cached=True) == (2.0, 0.0)
+    finally:
+        store.close()
+
+
 async def test_every_variant_answers_and_is_timed(bench: ModuleType, tmp_path: Path) -> None:
     variants = bench.variants(tmp_path)
     results = await bench.measure(variants, 1, True)
@@ -32,9 +42,11 @@ async def test_every_variant_answers_and_is_timed(bench: ModuleType, tmp_path: P
         "memory-replay",
         "sqlite-first",
         "sqlite-replay",
+        "memory+cache-replay",
+        "sqlite+cache-replay",
     }
     runs = [run for per_variant in results.values() for run in per_variant]
-    assert len(runs) == 5
+    assert len(runs) == 7
     assert all(run.wall_us > 0 and run.cpu_us > 0 for run in runs)
     assert bench.ratio_to_bare(results, "bare", "cpu_us") == 1.0
 

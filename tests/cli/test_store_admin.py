@@ -256,3 +256,18 @@ def test_store_init_with_a_bad_url_is_a_clear_error() -> None:
 
     assert result.exit_code == 1
     assert "Error: unknown store URL scheme" in result.output
+
+
+def test_admin_commands_see_through_the_local_replay_cache(tmp_path: Path) -> None:
+    # A URL with ?local_cache wraps the store (stores/cached.py): the commands still reach
+    # the wrapped store's purge/stats, and messages name the wrapped store's kind.
+    on_file = f"sqlite:///{tmp_path / 'cached.db'}?local_cache=10"
+    purged = invoke("keys", "purge", "--store", on_file)
+    assert purged.exit_code == 0, purged.output
+    assert purged.output.strip() == "purged: 0 expired record(s) deleted"
+    stats = invoke("keys", "stats", "--store", on_file, "--json")
+    assert stats.exit_code == 0, stats.output
+    assert json.loads(stats.output)["total"] == 0
+    in_memory = invoke("keys", "purge", "--store", "memory://?local_cache=10")
+    assert in_memory.exit_code == 0, in_memory.output
+    assert "Memory store expires records by itself" in in_memory.output

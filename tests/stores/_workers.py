@@ -130,3 +130,41 @@ def hold_then_settle(path: str, id: str, conn: Connection) -> None:
         done = store.release(id, result.token)
     conn.send(done)
     store.close()
+
+
+def complete_through_cache(url: str, id: str, conn: Connection) -> None:
+    """Process A: claim and complete ``id`` through ``open_store(url)`` (a cached store)."""
+    from onceonly.stores import open_store
+
+    store = open_store(url)
+    try:
+        result = store.claim(id, FP, 60.0)
+        assert isinstance(result, Claimed)
+        conn.send(store.complete(id, result.token, response_for(id), 3600.0, 3600.0))
+    finally:
+        store.close()
+
+
+def replay_through_cache(url: str, id: str, times: int, conn: Connection) -> None:
+    """Process B: claim ``id`` ``times`` times through ``open_store(url)``; report, per claim,
+    (state seen, whether the cache answered, body matches), and how many claims reached the
+    store (the cached store wraps a counting one)."""
+    from onceonly.demo.recording import RecordingStore
+    from onceonly.stores import open_store
+    from onceonly.stores.cached import CachedStore
+
+    opened = open_store(url)
+    assert isinstance(opened, CachedStore)
+    counting = RecordingStore(opened.inner)
+    store = CachedStore(counting, opened.cache.max_records)
+    try:
+        seen = []
+        for _ in range(times):
+            result = store.claim(id, FP, 60.0)
+            assert isinstance(result, Existing)
+            response = result.record.response
+            same = response is not None and response.body == body_for(id)
+            seen.append((result.record.state.value, result.cached, same))
+        conn.send((seen, counting.tally.calls["claim"]))
+    finally:
+        store.close()

@@ -30,7 +30,11 @@ from hypothesis.stateful import (
 )
 
 from onceonly.records import Claimed, Existing, Record, State, StoredResponse
-from storekit import STORE_KINDS, StoreKit
+from onceonly.stores.cached import CachedStore
+from storekit import ALL_KINDS, STORE_KINDS, StoreKit, kit_fixture
+
+# Every store kind, and each behind the local replay cache.
+kit = kit_fixture(ALL_KINDS)
 
 IDS = ("a", "b")
 FINGERPRINTS = ("fp-1", "fp-2")
@@ -319,6 +323,8 @@ def test_store_agrees_with_the_reference_model(kit: StoreKit) -> None:
     missing = [name for name in MUST_SEE if not seen[name]]
     if not kit.real_clock:
         assert not missing, f"the run never reached {missing}: {dict(seen)}"
+    if isinstance(kit.store, CachedStore):  # the cache really answered some claims
+        assert kit.store.cache.hits > 0
 
 
 @pytest.mark.parametrize("broken", ["reuses-tokens", "ignores-tokens"])

@@ -19,6 +19,7 @@ from onceonly.errors import StoreUnavailable
 from onceonly.http.asgi import IdempotencyMiddleware
 from onceonly.policy import storage_id
 from onceonly.records import ClaimResult, Record, StoredResponse
+from onceonly.stores.cached import CachedStore
 from onceonly.telemetry import Telemetry, report_cost
 from onceonly.telemetry.observe import DEFAULT_TELEMETRY, NULL_OBSERVATION, observe
 
@@ -455,3 +456,25 @@ async def test_a_custom_scope_is_logged_hashed(otel: Otel, audit_log: AuditLines
     (doc,) = audit_log.docs()
     assert doc["scope"] == hashlib.sha256(b"user:alice@example.com").hexdigest()
     assert "alice" not in audit_log.lines[0]
+
+
+async def test_a_replay_from_the_local_cache_is_no_store_operation(otel: Otel) -> None:
+    # stores/cached.py: a cached replay makes no store round trip, so the store latency
+    # histogram holds the first execution's claim and completion only, while the replays
+    # still count as replays.
+    store = CachedStore(MemoryStore(), max_records=10)
+    mw = IdempotencyMiddleware(App(), store=store, telemetry=otel.telemetry())
+    first = await call(mw)
+    replays = [await call(mw) for _ in range(3)]
+    assert [r.body for r in replays] == [first.body] * 3
+    assert store.cache.hits == 3
+    points = otel.points()
+    store_ops = [
+        (p.attributes["onceonly.store.operation"], p.count)
+        for p in points["onceonly.store.duration"]
+    ]
+    assert sorted(store_ops) == [("claim", 1), ("complete", 1)]
+    by_outcome = {
+        p.attributes["onceonly.idempotency.outcome"]: p.value for p in points["onceonly.requests"]
+    }
+    assert by_outcome == {"executed": 1, "replayed": 3}

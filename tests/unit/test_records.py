@@ -164,7 +164,7 @@ def test_claim_on_live_in_flight_returns_it_untouched() -> None:
     held = in_flight(token=7)
     for now in (T0, T0 + LEASE - 0.001):
         result, record = claim_on(held, "id", "fp", LEASE, now)
-        assert result == Existing(held)
+        assert result == Existing(held, now)  # with the store time it answered at
         assert record is held
 
 
@@ -191,7 +191,7 @@ def test_claim_on_lapsed_lease_with_another_fingerprint_does_not_take_over() -> 
     # holder's key: only a retry of the same request recovers it.
     held = in_flight(token=5, fp="fp-original")
     result, record = claim_on(held, "id", "fp-other", LEASE, T0 + 2 * LEASE)
-    assert result == Existing(held)
+    assert result == Existing(held, T0 + 2 * LEASE)
     assert record is held
     retry, _ = claim_on(held, "id", "fp-original", LEASE, T0 + 2 * LEASE)
     assert isinstance(retry, Claimed)
@@ -203,7 +203,7 @@ def test_claim_on_live_result_returns_it_whatever_the_fingerprint(state: State) 
     done = completed(state)
     for fp in ("fp", "other"):
         result, record = claim_on(done, "id", fp, LEASE, T0 + TTL - 1)
-        assert result == Existing(done)
+        assert result == Existing(done, T0 + TTL - 1)
         assert record is done
 
 

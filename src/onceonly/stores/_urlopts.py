@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode
 
 from onceonly.errors import ConfigurationError
 
@@ -26,11 +26,16 @@ def as_bool(value: str) -> bool:
 def split_options(
     url: str, known: Mapping[str, Callable[[str], Any]]
 ) -> tuple[str, dict[str, Any]]:
-    """Return ``url`` without the ``known`` query options, and those options converted."""
-    parts = urlsplit(url)
+    """Return ``url`` without the ``known`` query options, and those options converted.
+
+    Only the query string is rewritten: the rest of the URL is kept as written (a round trip
+    through ``urlunsplit`` would turn ``sqlite:////abs.db`` into ``sqlite://abs.db``).
+    """
+    base, _, rest = url.partition("?")
+    query, hash_, fragment = rest.partition("#")
     kept: list[tuple[str, str]] = []
     options: dict[str, Any] = {}
-    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+    for name, value in parse_qsl(query, keep_blank_values=True):
         convert = known.get(name)
         if convert is None:
             kept.append((name, value))
@@ -39,4 +44,5 @@ def split_options(
             options[name] = convert(value)
         except ValueError as exc:
             raise ConfigurationError(f"store URL option {name}={value!r}: {exc}") from exc
-    return urlunsplit(parts._replace(query=urlencode(kept))), options
+    clean = f"{base}?{urlencode(kept)}" if kept else base
+    return f"{clean}{hash_}{fragment}", options

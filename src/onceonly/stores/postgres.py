@@ -500,7 +500,7 @@ def _claim_result(id: str, fingerprint: str, row: Row | None) -> ClaimResult | N
         return None  # a lapsed lease someone else just took over
     if record.state is State.TOMBSTONE:
         return None  # an expired record someone else just claimed
-    return Existing(record)
+    return Existing(record, int(now) / 1_000_000)
 
 
 def _lease_left(row: Row | None) -> float | None:

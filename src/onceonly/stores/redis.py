@@ -428,10 +428,11 @@ def _claim_result(id: str, reply: list[Any]) -> ClaimResult:
             recovered=bool(recovered),
             previous_fingerprint=None if previous is None else bytes(previous).decode(),
         )
-    record = _record(id, int(reply[1]), reply[2], reply[3])
+    now = int(reply[1])
+    record = _record(id, now, reply[2], reply[3])
     if record is None:  # the script only answers "existing" for a live record
         raise StoreError(f"Redis store: record {id[:12]} vanished inside its own claim")
-    return Existing(record)
+    return Existing(record, now / 1_000_000)
 
 
 def _int(value: bytes | None) -> int:

@@ -388,13 +388,10 @@ class SQLiteStore:
         change until its TTL, and a WAL reader never waits for the writer."""
         with self._using() as conn:
             current = _read(conn, id)
-        if (
-            current is not None
-            and current.state in (State.COMPLETED, State.UNREPLAYABLE)
-            and resolve(current, self._clock()) is current.state
-        ):
-            return Existing(current)
-        return None
+        if current is None or current.state not in (State.COMPLETED, State.UNREPLAYABLE):
+            return None
+        now = self._clock()
+        return Existing(current, now) if resolve(current, now) is current.state else None
 
     def _claim(self, id: str, fingerprint: str, lease: float, inline: bool = False) -> ClaimResult:
         with self._write(inline) as conn:

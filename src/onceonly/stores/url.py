@@ -6,16 +6,26 @@ sqlite:////absolute/path.db     an absolute path (four slashes)
 redis://host:6379/0             Redis (rediss:// for TLS); options in the query string
 redis+cluster://host:7000       Redis Cluster, any node as the seed (rediss+cluster:// TLS)
 postgresql://user@host/db       PostgreSQL (postgres:// too); options in the query string
+
+Any of them with ``?local_cache=N`` (and optionally ``&local_cache_bytes=B``) is wrapped in a
+:class:`~onceonly.stores.cached.CachedStore`: replays of completed records answered from this
+process's memory, at most N records and B bytes (docs/stores.md, "Local replay cache").
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 from onceonly.errors import ConfigurationError
+from onceonly.stores._replay_cache import DEFAULT_MAX_BYTES
+from onceonly.stores._urlopts import split_options
 from onceonly.stores.base import DualStore
+
+# Options of the local replay cache, taken out of the URL before the backend sees it.
+CACHE_OPTIONS: dict[str, Callable[[str], Any]] = {"local_cache": int, "local_cache_bytes": int}
 
 ENV_VAR = "ONCEONLY_STORE_URL"
 DEFAULT_URL = "sqlite:///onceonly.db"
@@ -83,4 +93,21 @@ def open_store(url: str | None = None) -> DualStore:
     if opener is None:
         known = ", ".join(f"{s}://" for s in sorted(_OPENERS))
         raise ConfigurationError(f"unknown store URL scheme in {url!r}; known schemes: {known}")
-    return opener(url)
+    if "local_cache" not in url:
+        return opener(url)
+    inner_url, options = split_options(url, CACHE_OPTIONS)
+    if "local_cache" not in options:
+        if "local_cache_bytes" in options:
+            raise ConfigurationError(
+                f"store URL {url!r} sets local_cache_bytes without local_cache: "
+                "add local_cache=N (the most records to keep) to turn the cache on"
+            )
+        return opener(inner_url)
+    from onceonly.stores.cached import CachedStore
+
+    return CachedStore(
+        opener(inner_url),
+        options["local_cache"],
+        options.get("local_cache_bytes", DEFAULT_MAX_BYTES),
+        url=url,
+    )

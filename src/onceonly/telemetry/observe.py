@@ -43,6 +43,7 @@ from opentelemetry.trace import (
 from opentelemetry.util.types import AttributeValue
 
 from onceonly.decide import Complete, Settlement
+from onceonly.engine import CACHE_HIT
 from onceonly.outcomes import Outcome
 from onceonly.records import StoredResponse
 from onceonly.telemetry import audit, cost
@@ -391,7 +392,10 @@ class Observation:
             span.set_attribute(ATTR_FINGERPRINT, fingerprint)
 
     def store_time(self, operation: str, seconds: float) -> None:
-        """One store round trip took ``seconds``; a ``watch`` is waiting, not latency."""
+        """One store round trip took ``seconds``; a ``watch`` is waiting, not latency, and a
+        claim answered by a process-local cache (``engine.CACHE_HIT``) made no round trip."""
+        if operation == CACHE_HIT:
+            return
         if operation == "watch":
             self._wait_s += seconds
             return
