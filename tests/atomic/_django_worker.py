@@ -43,11 +43,8 @@ def _urls() -> list[Any]:
 urlpatterns: list[Any] = []
 
 
-def django_worker(path: str, door: str, is_atomic: bool, conn: Connection) -> None:
-    """Serve ``(key, cents, pause)`` charge jobs through Django; same protocol as
-    :func:`._workers.charge_worker`."""
-    global _conn
-    _conn = conn
+def configure(databases: dict[str, Any], **extra: Any) -> None:
+    """Django's settings for this process: onceonly's app and the test model's app."""
     import django
     from django.conf import settings
 
@@ -58,20 +55,35 @@ def django_worker(path: str, door: str, is_atomic: bool, conn: Connection) -> No
         ROOT_URLCONF=__name__,
         MIDDLEWARE=[],
         INSTALLED_APPS=["onceonly.atomic.django", "atomic"],
-        DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": path}},
+        DATABASES=databases,
         DEFAULT_AUTO_FIELD="django.db.models.AutoField",
         USE_TZ=True,
+        **extra,
     )
     django.setup()
     urlpatterns[:] = _urls()
     from django.core.management import call_command
+
+    call_command("migrate", run_syncdb=True, verbosity=0)
+
+
+def django_worker(path: str, door: str, is_atomic: bool, conn: Connection) -> None:
+    """Serve ``(key, cents, pause)`` charge jobs through Django; same protocol as
+    :func:`._workers.charge_worker`."""
+    configure({"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": path}})
+    from onceonly.stores.sqlite import SQLiteStore
+
+    serve(SQLiteStore(path), is_atomic, conn)
+
+
+def serve(store: Any, is_atomic: bool, conn: Connection) -> None:
+    """Django's WSGI application behind the middleware, fed jobs from ``conn``."""
+    global _conn
+    _conn = conn
     from django.core.wsgi import get_wsgi_application
 
     from onceonly.http.wsgi import IdempotencyMiddleware
-    from onceonly.stores.sqlite import SQLiteStore
 
-    call_command("migrate", run_syncdb=True, verbosity=0)
-    store = SQLiteStore(path)
     app = IdempotencyMiddleware(
         get_wsgi_application(), store=store, policy=policy(), atomic=is_atomic
     )

@@ -5,9 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from typing import TYPE_CHECKING
 
 from onceonly.errors import NoAtomicContext
 from onceonly.stores.base import AtomicUnit
+
+if TYPE_CHECKING:
+    from onceonly.stores.postgres_atomic import PostgresUnit
 
 _current_unit: ContextVar[AtomicUnit | None] = ContextVar("onceonly_atomic_unit", default=None)
 
@@ -32,3 +36,13 @@ def bound(unit: AtomicUnit) -> Iterator[None]:
         yield
     finally:
         _current_unit.reset(reset)
+
+
+def postgres_unit(unit: AtomicUnit) -> PostgresUnit | None:
+    """``unit`` if it is a PostgreSQL unit, else None (psycopg is imported only here: a
+    SQLite-only application need not install it)."""
+    try:
+        from onceonly.stores.postgres_atomic import PostgresUnit
+    except ImportError:
+        return None
+    return unit if isinstance(unit, PostgresUnit) else None

@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import psycopg
-from psycopg import sql
 from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session
 
@@ -21,12 +20,7 @@ if TYPE_CHECKING:  # the asyncio extension needs greenlet: imported only when us
 
 from onceonly.errors import ForeignConnection
 from onceonly.stores.postgres import PostgresStore
-
-# Which server and database a connection reaches: two connections with the same answer share
-# transactions' visibility, so the record and the application's rows can commit together.
-_WHERE = sql.Composed(
-    [sql.SQL("SELECT current_database(), pg_postmaster_start_time()::text, inet_server_port()")]
-)
+from onceonly.stores.postgres_atomic import areaches_store, reaches_store
 
 
 def _foreign(engine: object, store: PostgresStore) -> ForeignConnection:
@@ -47,11 +41,7 @@ class PostgresLink:
         self._session: Session | None = None
         try:
             raw: object = self._conn.connection.dbapi_connection
-            if not isinstance(raw, psycopg.Connection):
-                raise _foreign(engine.url, store)
-            theirs = raw.execute(_WHERE.as_string(raw)).fetchone()
-            raw.rollback()  # leave it idle: the unit begins its transaction itself
-            if theirs != tuple(store._one(_WHERE, {}) or ()):
+            if not isinstance(raw, psycopg.Connection) or not reaches_store(raw, store):
                 raise _foreign(engine.url, store)
             self._conn.begin()  # SQLAlchemy's outer transaction (emits nothing with psycopg)
         except BaseException:
@@ -83,6 +73,9 @@ class PostgresLink:
         if self._session is not None:
             self._session.flush()
 
+    def ended(self, committed: bool) -> None:
+        pass  # SQLAlchemy's outer transaction never commits: nothing to settle
+
     def close(self) -> None:
         try:
             if self._session is not None:
@@ -111,12 +104,7 @@ class AsyncPostgresLink:
         conn = await engine.connect()
         try:
             raw = (await conn.get_raw_connection()).driver_connection
-            if not isinstance(raw, psycopg.AsyncConnection):
-                raise _foreign(engine.url, store)
-            cur = await raw.execute(_WHERE.as_string(raw))
-            theirs = await cur.fetchone()
-            await raw.rollback()
-            if theirs != tuple(await store._aone(_WHERE, {}) or ()):
+            if not isinstance(raw, psycopg.AsyncConnection) or not await areaches_store(raw, store):
                 raise _foreign(engine.url, store)
             await conn.begin()
         except BaseException:
@@ -147,6 +135,9 @@ class AsyncPostgresLink:
 
     def flush(self) -> None:
         raise RuntimeError("an async link is flushed with aflush()")  # never: units await it
+
+    def ended(self, committed: bool) -> None:
+        pass  # SQLAlchemy's outer transaction never commits: nothing to settle
 
     def close(self) -> None:
         raise RuntimeError("an async link is closed with aclose()")

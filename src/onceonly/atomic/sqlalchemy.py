@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session
 
-from onceonly.atomic._context import current_unit
+from onceonly.atomic._context import current_unit, postgres_unit
 from onceonly.errors import AtomicUnsupported, ForeignConnection
 from onceonly.stores.sqlite import PHASES, SQLiteStore
 from onceonly.stores.sqlite_atomic import SQLiteUnit, same_database
@@ -151,18 +151,14 @@ async def asession(engine: AsyncEngine, **options: Any) -> AsyncSession:
 
 
 def _postgres(unit: AtomicUnit) -> PostgresUnit:
-    """``unit`` as a PostgreSQL unit, or :class:`AtomicUnsupported` (psycopg is imported only
-    here: a SQLite-only application need not install it)."""
-    try:
-        from onceonly.stores.postgres_atomic import PostgresUnit
-    except ImportError:
-        PostgresUnit = None  # type: ignore[misc,assignment]
-    if PostgresUnit is None or not isinstance(unit, PostgresUnit):
+    """``unit`` as a PostgreSQL unit, or :class:`AtomicUnsupported`."""
+    pg = postgres_unit(unit)
+    if pg is None:
         raise AtomicUnsupported(
             "the SQLAlchemy integration works with SQLiteStore (sync) and PostgresStore (sync "
             f"and async); this execution's store gives {type(unit).__name__} units"
         )
-    return unit
+    return pg
 
 
 async def _alink(engine: AsyncEngine) -> AsyncPostgresLink:

@@ -14,6 +14,8 @@ strips its body and later deletes it, each through an index, never scanning the 
 
 from __future__ import annotations
 
+import hashlib
+
 from psycopg import sql
 
 NOW = sql.SQL("(extract(epoch FROM clock_timestamp()) * 1000000)::bigint")
@@ -40,6 +42,7 @@ class Statements:
     """Every statement of the store, rendered once for one table name."""
 
     def __init__(self, schema: str | None, prefix: str) -> None:
+        self.schema, self.prefix = schema, prefix
         self.table_name = f"{prefix}records"
         self.phases_name = f"{prefix}records_phases"
         table = (
@@ -101,6 +104,10 @@ class Statements:
             ),
         ]
         self.create = [s for s in create if s is not None]
+        # Held (pg_advisory_xact_lock) while creating: concurrent CREATE ... IF NOT EXISTS of
+        # one table can still collide. The store and the Django migration take the same one.
+        digest = hashlib.sha256(f"onceonly-schema:{self.table_name}".encode()).digest()
+        self.lock_id = int.from_bytes(digest[:8], "big", signed=True)
         self.drop = q("DROP TABLE IF EXISTS {t}, {p}")
 
         # -> one row: claimed token | NULL, origin, prev_fingerprint, now, the live record

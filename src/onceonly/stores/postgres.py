@@ -374,8 +374,7 @@ class PostgresStore:
                 ) from exc
 
     def _lock_id(self) -> int:
-        digest = hashlib.sha256(f"onceonly-schema:{self.sql.table_name}".encode()).digest()
-        return int.from_bytes(digest[:8], "big", signed=True)
+        return self.sql.lock_id
 
     def _ensure_schema(self) -> None:
         if self._schema_ready or not self._lazy_init:

@@ -33,6 +33,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
 import psycopg
+from psycopg import sql
 from psycopg.pq import TransactionStatus
 
 from onceonly.errors import ClaimTakenOver, ConfigurationError
@@ -43,16 +44,41 @@ Conn = psycopg.Connection[Any]
 AConn = psycopg.AsyncConnection[Any]
 
 
+# Which server and database a connection reaches: two connections with the same answer share
+# transactions' visibility, so the record and the application's rows can commit together.
+WHERE = sql.Composed(
+    [sql.SQL("SELECT current_database(), pg_postmaster_start_time()::text, inet_server_port()")]
+)
+
+
+def reaches_store(conn: Conn, store: PostgresStore) -> bool:
+    """Whether ``conn`` reaches the store's server and database (leaves ``conn`` idle)."""
+    theirs = conn.execute(WHERE.as_string(conn)).fetchone()
+    conn.rollback()  # the unit begins its transaction itself
+    return theirs == tuple(store._one(WHERE, {}) or ())
+
+
+async def areaches_store(conn: AConn, store: PostgresStore) -> bool:
+    """:func:`reaches_store` for an ``AsyncConnection``."""
+    cur = await conn.execute(WHERE.as_string(conn))
+    theirs = await cur.fetchone()
+    await conn.rollback()
+    return theirs == tuple(await store._aone(WHERE, {}) or ())
+
+
 class PgLink(Protocol):
     """The application's connection lent to a unit: ``raw`` (sync) or ``araw`` (async) is the
     psycopg connection onceonly runs its statements on; ``flush`` pushes pending ORM changes
-    before the record completes; ``close`` gives the connection back to its owner."""
+    before the record completes; ``ended`` hears that the unit committed or rolled back the
+    transaction (a framework that tracks its own transaction state settles it at ``close``);
+    ``close`` gives the connection back to its owner."""
 
     @property
     def raw(self) -> Conn | None: ...
     @property
     def araw(self) -> AConn | None: ...
     def flush(self) -> None: ...
+    def ended(self, committed: bool) -> None: ...
     def close(self) -> None: ...
     async def aflush(self) -> None: ...
     async def aclose(self) -> None: ...
@@ -208,7 +234,7 @@ class PostgresUnit:
             except BaseException:
                 self.abort()
                 raise
-        self._open = False
+        self._ended(True)
         self._phases = phases
 
     def flush(self) -> None:
@@ -235,7 +261,7 @@ class PostgresUnit:
         except BaseException:
             self.abort()
             raise
-        self._open = False
+        self._ended(True)
         self.store._notifier.notify(self.id)
         return True
 
@@ -245,6 +271,7 @@ class PostgresUnit:
             self._open = False
             with self.store._guard():
                 self._conn.execute("ROLLBACK")
+            self._ended(False)
 
     def close(self) -> None:
         """Roll back anything uncommitted and give the connection back to the pool."""
@@ -253,6 +280,7 @@ class PostgresUnit:
             if conn is not None and conn.info.transaction_status != TransactionStatus.IDLE:
                 with contextlib.suppress(psycopg.Error):  # leave no transaction behind
                     conn.execute("ROLLBACK")
+                self._ended(False)
         finally:
             self._open, self._conn = False, None
             self._exit.close()
@@ -316,7 +344,7 @@ class PostgresUnit:
             except BaseException:
                 await self.aabort()
                 raise
-        self._open = False
+        self._ended(True)
         self._phases = phases
 
     async def aflush(self) -> None:
@@ -345,7 +373,7 @@ class PostgresUnit:
         except BaseException:
             await self.aabort()
             raise
-        self._open = False
+        self._ended(True)
         store._notifier.notify(self.id)
         return True
 
@@ -356,6 +384,7 @@ class PostgresUnit:
             self._open = False
             with self.store._guard():
                 await self._aconn.execute("ROLLBACK")
+            self._ended(False)
 
     async def aclose(self) -> None:
         if self._conn is not None:
@@ -366,11 +395,18 @@ class PostgresUnit:
             if aconn is not None and aconn.info.transaction_status != TransactionStatus.IDLE:
                 with contextlib.suppress(psycopg.Error):
                     await aconn.execute("ROLLBACK")
+                self._ended(False)
         finally:
             self._open, self._aconn = False, None
             await self._aexit.aclose()
 
     # -- shared by both faces ----------------------------------------------------------------
+
+    def _ended(self, committed: bool) -> None:
+        """The transaction is over (committed, or rolled back): tell a lent connection's owner."""
+        self._open = False
+        if self._link is not None:
+            self._link.ended(committed)
 
     def _ids(self) -> dict[str, Any]:
         return {"id": self.id, "token": self.token}

@@ -1,8 +1,10 @@
 """Atomic completion with Django (SPEC 13a): the ORM's writes commit with the record.
 
 Add ``"onceonly.atomic.django"`` to ``INSTALLED_APPS`` (its migration creates the record tables
-in the default database; the store would also create them itself), open the store on the
-same SQLite file as ``DATABASES["default"]``, and wrap the WSGI application::
+in the database it migrates, SQLite or PostgreSQL; the store would also create them itself),
+open the store on the same database as ``DATABASES["default"]`` (the same SQLite file, or the
+same PostgreSQL database with the psycopg 3 backend, schema and table prefix as the settings
+``ONCEONLY_SCHEMA`` / ``ONCEONLY_TABLE_PREFIX`` say) and wrap the WSGI application::
 
     application = WSGIIdempotencyMiddleware(
         get_wsgi_application(), store=SQLiteStore(settings.DATABASES["default"]["NAME"]),
@@ -18,10 +20,11 @@ In a view (or an ``@idempotent(..., atomic=True)`` function)::
         Charge.objects.create(order=..., cents=...)
         return JsonResponse({...}, status=201)   # the record commits with the charge
 
-``transaction()`` enters ``transaction.atomic(using)`` for the execution and takes SQLite's
-write lock at once; the middleware leaves it with the record written, which commits both.
-Nested ``transaction.atomic()`` blocks inside become savepoints as usual. Not with
-``ATOMIC_REQUESTS`` (the outermost transaction must be the execution's, so a
+``transaction()`` enters ``transaction.atomic(using)`` for the execution and re-checks the
+claim in it (SQLite: takes the write lock at once; PostgreSQL: locks the record row on
+Django's own connection, :mod:`._postgres`); the middleware ends it with the record written,
+which commits both. Nested ``transaction.atomic()`` blocks inside become savepoints as usual.
+Not with ``ATOMIC_REQUESTS`` (the outermost transaction must be the execution's, so a
 :class:`~onceonly.errors.ConfigurationError` says so) and sync only: Django's connections
 belong to one thread, so use it behind the WSGI middleware or in sync functions.
 """
@@ -29,19 +32,33 @@ belong to one thread, so use it behind the WSGI middleware or in sync functions.
 from __future__ import annotations
 
 import sqlite3
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db import connections
 from django.db import transaction as dj_transaction
 
-from onceonly.atomic._context import current_unit
+from onceonly.atomic._context import current_unit, postgres_unit
 from onceonly.errors import AtomicUnsupported, ConfigurationError, ForeignConnection
 from onceonly.stores.sqlite import PHASES, SQLiteStore
 from onceonly.stores.sqlite_atomic import SQLiteUnit, same_database
 
+if TYPE_CHECKING:  # psycopg is imported only for a PostgreSQL store
+    from onceonly.atomic.django._postgres import DjangoPostgresLink
 
-class _RolledBack(Exception):
-    """Handed to ``Atomic.__exit__`` to make Django roll the transaction back."""
+
+class RolledBack(Exception):
+    """Handed to ``Atomic.__exit__`` to make Django roll back (and drop on_commit callbacks)."""
+
+
+def outermost(wrapper: Any, using: str) -> None:
+    """Refuse a database already inside ``transaction.atomic()``: the record must commit the
+    outermost transaction."""
+    if wrapper.in_atomic_block:
+        raise ConfigurationError(
+            f"database {using!r} is already inside transaction.atomic() (is "
+            "ATOMIC_REQUESTS on?): the record must commit the outermost transaction, so "
+            "let onceonly's atomic=True be it"
+        )
 
 
 class DjangoLink:
@@ -69,12 +86,7 @@ class DjangoLink:
         return self._wrapper
 
     def begin(self) -> None:
-        if self._wrapper.in_atomic_block:
-            raise ConfigurationError(
-                f"database {self.using!r} is already inside transaction.atomic() (is "
-                "ATOMIC_REQUESTS on?): the record must commit the outermost transaction, so "
-                "let onceonly's atomic=True be it"
-            )
+        outermost(self._wrapper, self.using)
         self._atomic = dj_transaction.atomic(using=self.using)
         self._atomic.__enter__()
         # Django begins with a plain (deferred) BEGIN unless OPTIONS["transaction_mode"] is
@@ -92,8 +104,7 @@ class DjangoLink:
     def rollback(self) -> None:
         atomic, self._atomic = self._atomic, None
         if atomic is not None:
-            error = _RolledBack()
-            atomic.__exit__(_RolledBack, error, None)
+            atomic.__exit__(RolledBack, RolledBack(), None)
 
     def close(self) -> None:
         self.rollback()  # Django keeps (and closes) its own connections
@@ -103,12 +114,19 @@ def transaction(using: str = "default") -> Any:
     """Begin this execution's transaction on Django's ``using`` database (once) and return
     that database's connection wrapper; the ORM's writes on it commit with the record."""
     unit = current_unit()
-    if not isinstance(unit, SQLiteUnit):
-        raise AtomicUnsupported(
-            f"the Django integration works with SQLiteStore; this execution's store gives "
-            f"{type(unit).__name__} units"
-        )
-    link = unit.attach(DjangoLink, lambda store: DjangoLink(store, using))
+    link: DjangoLink | DjangoPostgresLink
+    if isinstance(unit, SQLiteUnit):
+        link = unit.attach(DjangoLink, lambda store: DjangoLink(store, using))
+    else:
+        pg = postgres_unit(unit)
+        if pg is None:
+            raise AtomicUnsupported(
+                f"the Django integration works with SQLiteStore and PostgresStore; this "
+                f"execution's store gives {type(unit).__name__} units"
+            )
+        from onceonly.atomic.django._postgres import DjangoPostgresLink
+
+        link = pg.attach(DjangoPostgresLink, lambda store: DjangoPostgresLink(store, using))
     if link.using != using:
         raise ConfigurationError(
             f"this execution's atomic transaction is on database {link.using!r}, not {using!r}"

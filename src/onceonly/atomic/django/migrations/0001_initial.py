@@ -1,26 +1,26 @@
-"""onceonly's record tables in the application's database (SQLite: the store's own schema)."""
+"""onceonly's record tables in the application's database: the store's own schema, SQLite or
+PostgreSQL (``ONCEONLY_SCHEMA`` / ``ONCEONLY_TABLE_PREFIX`` settings), whichever is migrated."""
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from django.db import migrations
 
-from onceonly.stores.sqlite import PHASES, SCHEMA, TABLE
+from onceonly.atomic.django._tables import create_statements, drop_statements
 
-_STATEMENTS = [s.strip() for s in SCHEMA.split(";") if s.strip()]
+
+def _create(apps: Any, schema_editor: Any) -> None:
+    for statement in create_statements(schema_editor.connection):
+        schema_editor.execute(statement, params=None)
+
+
+def _drop(apps: Any, schema_editor: Any) -> None:
+    for statement in drop_statements(schema_editor.connection):
+        schema_editor.execute(statement, params=None)
 
 
 class Migration(migrations.Migration):  # type: ignore[misc]  # django ships no types
     initial = True
     dependencies: ClassVar[list[tuple[str, str]]] = []
-    operations: ClassVar[list[migrations.RunSQL]] = [
-        migrations.RunSQL(
-            sql=_STATEMENTS,
-            reverse_sql=[
-                f"DROP TABLE IF EXISTS {PHASES}",
-                f"DROP TABLE IF EXISTS {TABLE}_tokens",
-                f"DROP TABLE IF EXISTS {TABLE}",
-            ],
-        )
-    ]
+    operations: ClassVar[list[migrations.RunPython]] = [migrations.RunPython(_create, _drop)]
