@@ -371,10 +371,9 @@ async def test_async_fenced_out_commits_nothing(pg: PgDb, aengine: AsyncEngine) 
     assert record.state is State.IN_FLIGHT
 
 
-async def test_async_engine_is_refused_on_sqlite(tmp_path: object) -> None:
+async def test_a_postgres_async_engine_is_refused_on_sqlite(tmp_path: object) -> None:
     from pathlib import Path
 
-    from onceonly.errors import AtomicUnsupported
     from onceonly.stores.sqlite import SQLiteStore
 
     assert isinstance(tmp_path, Path)
@@ -386,7 +385,7 @@ async def test_async_engine_is_refused_on_sqlite(tmp_path: object) -> None:
         await sa_atomic.aconnection(made)
 
     try:
-        with pytest.raises(AtomicUnsupported, match="PostgresStore"):
+        with pytest.raises(ForeignConnection, match="not an aiosqlite engine"):
             await charge()
     finally:
         store.close()

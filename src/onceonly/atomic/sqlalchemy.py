@@ -9,7 +9,7 @@ Inside an atomic handler or ``@idempotent(..., atomic=True)`` function whose sto
     session(engine).add(Charge(order_id=order, cents=cents))      # ORM
     connection(engine).execute(insert(charges).values(...))       # or Core
 
-    (await asession(aengine)).add(...)                            # async (PostgreSQL only)
+    (await asession(aengine)).add(...)                            # async
 
 Both are the same SQLAlchemy ``Connection`` of ``engine``, in the execution's transaction: the
 record's completion is written on its DBAPI connection and committed with your writes, once.
@@ -19,10 +19,12 @@ before the record completes, and a flush error counts as the handler's exception
 rolled back, claim released).
 
 The engine must reach the store's database (:class:`~onceonly.errors.ForeignConnection` if
-not): the same SQLite file, or - with the psycopg 3 dialect, ``postgresql+psycopg://`` - the
-same PostgreSQL database, whose connection is lent to the unit
-(:mod:`onceonly.atomic._sqlalchemy_pg`). The store's tables may live in that database next to
-the application's. Requires SQLAlchemy 2 (``pip install onceonly[sqlalchemy]``).
+not): the same SQLite file (async: the aiosqlite dialect, ``sqlite+aiosqlite://``, whose
+connection the unit uses on aiosqlite's thread, :mod:`onceonly.atomic._sqlalchemy_aiosqlite`),
+or - with the psycopg 3 dialect, ``postgresql+psycopg://`` - the same PostgreSQL database,
+whose connection is lent to the unit (:mod:`onceonly.atomic._sqlalchemy_pg`). The store's
+tables may live in that database next to the application's. Requires SQLAlchemy 2
+(``pip install onceonly[sqlalchemy]``; async SQLite also needs ``aiosqlite``).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from onceonly.stores.sqlite_atomic import SQLiteUnit, same_database
 if TYPE_CHECKING:  # the asyncio extension needs greenlet: imported only when used
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
+    from onceonly.atomic._sqlalchemy_aiosqlite import AsyncSQLiteLink
     from onceonly.atomic._sqlalchemy_pg import AsyncPostgresLink, PostgresLink
     from onceonly.stores.base import AtomicUnit
     from onceonly.stores.postgres_atomic import PostgresUnit
@@ -83,7 +86,8 @@ class SQLAlchemyLink:
         return self._session
 
     def begin(self) -> None:
-        self._conn.begin()
+        if not self._conn.in_transaction():  # a flush after a phase may have begun it
+            self._conn.begin()
         if not self._raw.in_transaction:
             self._raw.execute("BEGIN IMMEDIATE")
         else:
@@ -141,7 +145,7 @@ def session(engine: Engine, **options: Any) -> Session:
 
 
 async def aconnection(engine: AsyncEngine) -> AsyncConnection:
-    """``engine``'s ``AsyncConnection`` in this execution's transaction (PostgreSQL, psycopg)."""
+    """``engine``'s ``AsyncConnection`` in this execution's transaction (begun on first use)."""
     return (await _alink(engine)).handle
 
 
@@ -155,17 +159,27 @@ def _postgres(unit: AtomicUnit) -> PostgresUnit:
     pg = postgres_unit(unit)
     if pg is None:
         raise AtomicUnsupported(
-            "the SQLAlchemy integration works with SQLiteStore (sync) and PostgresStore (sync "
-            f"and async); this execution's store gives {type(unit).__name__} units"
+            "the SQLAlchemy integration works with SQLiteStore and PostgresStore; this "
+            f"execution's store gives {type(unit).__name__} units"
         )
     return pg
 
 
-async def _alink(engine: AsyncEngine) -> AsyncPostgresLink:
-    pg = _postgres(current_unit())
-    from onceonly.atomic._sqlalchemy_pg import AsyncPostgresLink
+async def _alink(engine: AsyncEngine) -> AsyncSQLiteLink | AsyncPostgresLink:
+    unit = current_unit()
+    link: AsyncSQLiteLink | AsyncPostgresLink
+    if isinstance(unit, SQLiteUnit):
+        from onceonly.atomic._sqlalchemy_aiosqlite import AsyncSQLiteLink
 
-    link = await pg.aattach(AsyncPostgresLink, lambda store: AsyncPostgresLink.open(engine, store))
+        link = await unit.aattach(
+            AsyncSQLiteLink, lambda store: AsyncSQLiteLink.open(engine, store)
+        )
+    else:
+        from onceonly.atomic._sqlalchemy_pg import AsyncPostgresLink
+
+        link = await _postgres(unit).aattach(
+            AsyncPostgresLink, lambda store: AsyncPostgresLink.open(engine, store)
+        )
     if link.engine is not engine:
         raise ForeignConnection(
             "this execution's atomic transaction is already open on another engine; use one "

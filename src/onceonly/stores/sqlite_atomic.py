@@ -18,7 +18,9 @@ phase reached (a row in ``onceonly_records_phases``) and renews the lease. The n
 begins afresh and re-checks the token, since a takeover may happen between phases.
 
 A *link* is how the unit reaches the database: its own ``sqlite3`` connection by default, or a
-connection of the application's SQLAlchemy engine (:mod:`onceonly.atomic.sqlalchemy`).
+connection of the application's SQLAlchemy engine (:mod:`onceonly.atomic.sqlalchemy`). An
+*async link* (SQLAlchemy's aiosqlite dialect) owns a connection that lives on a thread of its
+own: the unit's blocking steps run there instead of on a worker thread.
 """
 
 from __future__ import annotations
@@ -27,9 +29,9 @@ import asyncio
 import json
 import os
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from onceonly.errors import ClaimTakenOver, ConfigurationError, ForeignConnection
 from onceonly.records import StoredResponse, held_by, renew_on
@@ -68,6 +70,21 @@ class Link(Protocol):
 
 
 L = TypeVar("L", bound=Link)
+T = TypeVar("T")
+
+
+@runtime_checkable
+class AsyncLink(Link, Protocol):
+    """A link whose ``sqlite3`` connection belongs to another thread (aiosqlite's).
+
+    The unit calls ``raw``, ``begin``, ``commit`` and ``rollback`` only inside ``run`` (on that
+    thread); ``flush`` is a no-op there, since ``aflush`` (pending ORM changes, on the event
+    loop) comes first; ``aclose`` replaces ``close``.
+    """
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T: ...
+    async def aflush(self) -> None: ...
+    async def aclose(self) -> None: ...
 
 
 class RawLink:
@@ -180,15 +197,20 @@ class SQLiteUnit:
         if self._link is None:
             with _translated(self.store.path):
                 self._link = open_link(self.store)
-        if not isinstance(self._link, kind):
-            raise ConfigurationError(
-                f"this handler's atomic transaction is already open through "
-                f"{type(self._link).__name__}; use that one handle (not {kind.__name__}) for "
-                "every write, so they commit together"
-            )
+        link = self._kind(kind)
         if not self._open:
             self._begin()
-        return self._link
+        return link
+
+    async def aattach(self, kind: type[L], open_link: Callable[[SQLiteStore], Awaitable[L]]) -> L:
+        """:meth:`attach` for an :class:`AsyncLink`, begun on the link's own thread."""
+        if self._link is None:
+            with _translated(self.store.path):
+                self._link = await open_link(self.store)
+        link = self._kind(kind)
+        if not self._open:
+            await self._off_loop(self._begin)
+        return link
 
     def mark(self, name: str) -> None:
         """Commit the work so far with the recovery point ``name``; renew the lease too."""
@@ -242,8 +264,11 @@ class SQLiteUnit:
         return True
 
     def flush(self) -> None:
-        """Send the handler's pending ORM changes, if its link has any (SQLAlchemy)."""
-        if self._link is not None and self._open:
+        """Send the handler's pending ORM changes, if its link has any (SQLAlchemy).
+
+        Also after a phase closed the transaction: the flush begins the next one and the
+        completion re-checks the claim in it (under the write lock) before committing."""
+        if self._link is not None:
             self._link.flush()
 
     def abort(self) -> None:
@@ -266,30 +291,59 @@ class SQLiteUnit:
         finally:
             link.close()
 
-    # -- async twins: the same steps on a worker thread ------------------------------------
+    # -- async twins: the same steps off the event loop -------------------------------------
 
     async def aload(self) -> None:
         self.load()  # one WAL read by primary key never waits for a writer: inline
 
     async def aconnection(self) -> sqlite3.Connection:
-        return await asyncio.to_thread(self.connection)
+        return await self._off_loop(self.connection)
 
     async def amark(self, name: str) -> None:
-        await asyncio.to_thread(self.mark, name)
+        await self.aflush()
+        await self._off_loop(self.mark, name)
 
     async def acomplete(self, response: StoredResponse, ttl: float, retention: float) -> bool:
-        return await asyncio.to_thread(self.complete, response, ttl, retention)
+        return await self._off_loop(self.complete, response, ttl, retention)
 
     async def aflush(self) -> None:
-        await asyncio.to_thread(self.flush)
+        if isinstance(self._link, AsyncLink):
+            await self._link.aflush()
+        else:
+            await asyncio.to_thread(self.flush)
 
     async def aabort(self) -> None:
-        await asyncio.to_thread(self.abort)
+        await self._off_loop(self.abort)
 
     async def aclose(self) -> None:
-        await asyncio.to_thread(self.close)
+        link = self._link
+        if not isinstance(link, AsyncLink):
+            await asyncio.to_thread(self.close)
+            return
+        try:
+            await link.run(self.abort)
+        finally:
+            self._link = None
+            await link.aclose()
+
+    async def _off_loop(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking step where the link's connection lives: an async link's own thread,
+        else a worker thread."""
+        if isinstance(self._link, AsyncLink):
+            return await self._link.run(fn, *args)
+        return await asyncio.to_thread(fn, *args)
 
     # -- internals -----------------------------------------------------------------------
+
+    def _kind(self, kind: type[L]) -> L:
+        """The open link, if it is a ``kind``; else the handler mixed two kinds of handle."""
+        if not isinstance(self._link, kind):
+            raise ConfigurationError(
+                f"this handler's atomic transaction is already open through "
+                f"{type(self._link).__name__}; use that one handle (not {kind.__name__}) for "
+                "every write, so they commit together"
+            )
+        return self._link
 
     def _ready(self) -> Link:
         """The link, in a transaction that holds the write lock and the claim."""
