@@ -18,25 +18,24 @@ import sqlite3
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from onceonly.atomic._sqlalchemy_async import AsyncSessionLink
 from onceonly.errors import ForeignConnection
 from onceonly.stores.sqlite import PHASES, SQLiteStore
 from onceonly.stores.sqlite_atomic import same_database
 
 if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 T = TypeVar("T")
 
 
-class AsyncSQLiteLink:
+class AsyncSQLiteLink(AsyncSessionLink):
     """A connection of the application's async engine, as the unit's (async) link."""
 
     def __init__(self, engine: AsyncEngine, conn: AsyncConnection, driver: Any) -> None:
-        self.engine = engine
-        self._conn = conn
+        super().__init__(engine, conn)
         self._driver = driver  # the aiosqlite.Connection
         self._raw: sqlite3.Connection = driver._conn
-        self._session: AsyncSession | None = None
 
     @classmethod
     async def open(cls, engine: AsyncEngine, store: SQLiteStore) -> AsyncSQLiteLink:
@@ -61,20 +60,6 @@ class AsyncSQLiteLink:
     @property
     def raw(self) -> sqlite3.Connection:
         return self._raw
-
-    @property
-    def handle(self) -> AsyncConnection:
-        return self._conn
-
-    def session(self, **options: Any) -> AsyncSession:
-        """One ``AsyncSession`` per execution, joined to the connection's transaction."""
-        if self._session is None:
-            from sqlalchemy.ext.asyncio import AsyncSession
-
-            self._session = AsyncSession(
-                bind=self._conn, join_transaction_mode="rollback_only", **options
-            )
-        return self._session
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         result: T = await self._driver._execute(fn, *args)
@@ -101,16 +86,3 @@ class AsyncSQLiteLink:
 
     def close(self) -> None:
         raise RuntimeError("an async link is closed with aclose()")  # never: units await it
-
-    # On the event loop:
-
-    async def aflush(self) -> None:
-        if self._session is not None:
-            await self._session.flush()
-
-    async def aclose(self) -> None:
-        try:
-            if self._session is not None:
-                await self._session.close()
-        finally:
-            await self._conn.close()

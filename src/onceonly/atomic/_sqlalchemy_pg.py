@@ -16,8 +16,9 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session
 
 if TYPE_CHECKING:  # the asyncio extension needs greenlet: imported only when used
-    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from onceonly.atomic._sqlalchemy_async import AsyncSessionLink
 from onceonly.errors import ForeignConnection
 from onceonly.stores.postgres import PostgresStore
 from onceonly.stores.postgres_atomic import areaches_store, reaches_store
@@ -90,14 +91,12 @@ class PostgresLink:
         self.close()
 
 
-class AsyncPostgresLink:
+class AsyncPostgresLink(AsyncSessionLink):
     """A connection of the application's async engine, as the unit's ``AsyncConnection``."""
 
     def __init__(self, engine: AsyncEngine, conn: AsyncConnection, raw: Any) -> None:
-        self.engine = engine
-        self._conn = conn
+        super().__init__(engine, conn)
         self._raw: psycopg.AsyncConnection[Any] = raw
-        self._session: AsyncSession | None = None
 
     @classmethod
     async def open(cls, engine: AsyncEngine, store: PostgresStore) -> AsyncPostgresLink:
@@ -120,19 +119,6 @@ class AsyncPostgresLink:
     def araw(self) -> psycopg.AsyncConnection[Any]:
         return self._raw
 
-    @property
-    def handle(self) -> AsyncConnection:
-        return self._conn
-
-    def session(self, **options: Any) -> AsyncSession:
-        if self._session is None:
-            from sqlalchemy.ext.asyncio import AsyncSession
-
-            self._session = AsyncSession(
-                bind=self._conn, join_transaction_mode="rollback_only", **options
-            )
-        return self._session
-
     def flush(self) -> None:
         raise RuntimeError("an async link is flushed with aflush()")  # never: units await it
 
@@ -141,14 +127,3 @@ class AsyncPostgresLink:
 
     def close(self) -> None:
         raise RuntimeError("an async link is closed with aclose()")
-
-    async def aflush(self) -> None:
-        if self._session is not None:
-            await self._session.flush()
-
-    async def aclose(self) -> None:
-        try:
-            if self._session is not None:
-                await self._session.close()
-        finally:
-            await self._conn.close()
