@@ -217,6 +217,7 @@ def fenced_at_begin(ctx: Ctx) -> dict[str, Any]:
 def retry_waits_and_replays(ctx: Ctx) -> dict[str, Any]:
     """The record row is locked on Django's connection from transaction() on: a retry
     arriving after the lease lapsed waits for the commit, then replays it."""
+    from onceonly import atomic
     from onceonly.atomic import django as dj_atomic
     from onceonly.policy import storage_id
     from onceonly.tools import idempotent
@@ -232,7 +233,9 @@ def retry_waits_and_replays(ctx: Ctx) -> dict[str, Any]:
     @idempotent(store, key="race", atomic=True, namespace="charge")
     def charge() -> str:
         fingerprint = ctx.lapse()  # before the row lock: it would wait for us after
-        dj_atomic.transaction()
+        wrapper = dj_atomic.transaction()
+        # One connection: Django's own, the one the unit re-checked the claim on.
+        seen["same_connection"] = atomic.transaction() is wrapper.connection
         Charge.objects.create(key="race", cents=5)
         other = open_store(ctx.url, ctx.prefix)
         threads.append(

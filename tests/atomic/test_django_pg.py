@@ -139,9 +139,10 @@ def test_a_takeover_before_the_first_transaction_fences_the_old_holder(
     assert seen == {"old": "ClaimTakenOver", "ledger": [("fenced", 3)], "replay": "new"}
 
 
-def test_a_retry_waits_for_the_djangos_commit_and_replays(run: Run, tmp_path: Path) -> None:
+def test_a_retry_waits_for_djangos_commit_and_replays(run: Run, tmp_path: Path) -> None:
     seen = in_django(run, "retry_waits_and_replays", tmp_path)
     assert seen == {
+        "same_connection": True,
         "waited": True,
         "answered_early": False,
         "result": "first",
