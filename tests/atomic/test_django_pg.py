@@ -22,9 +22,8 @@ import pytest
 from onceonly.records import State
 from storekit import POSTGRES_URL, require_service, server_down
 
+from ._dbkit import Worker, record_id
 from ._django_pg import django_pg_worker, open_store, scenario, schema_of
-from .test_chaos import record_of
-from .test_pg_chaos import Worker
 
 pytestmark = pytest.mark.slow
 
@@ -88,7 +87,7 @@ def in_django(run: Run, name: str, tmp_path: Path) -> dict[str, Any]:
 
 
 def test_orm_charges_commit_with_the_record_exactly_once_under_sigkill(run: Run) -> None:
-    worker = Worker(run, "atomic", target=django_pg_worker)  # type: ignore[arg-type]
+    worker = Worker(run, target=django_pg_worker)  # type: ignore[arg-type]
     worker.start()  # its migrate made the tables; its store opens them (init_schema=False)
     answers: dict[str, dict[str, Any]] = {}
     store = open_store(run.url, run.prefix)
@@ -98,7 +97,7 @@ def test_orm_charges_commit_with_the_record_exactly_once_under_sigkill(run: Run)
             key = f"dj-{point}"
             assert worker.send(key, point) == ("paused", key, point)
             worker.kill()
-            record, rows = record_of(store, "wsgi", key), run.charges().get(key, [])
+            record, rows = store.get(record_id("wsgi", key)), run.charges().get(key, [])
             assert record is not None
             if point == "after_commit":  # both or neither
                 assert (record.state, len(rows)) == (State.COMPLETED, 1)
@@ -114,10 +113,12 @@ def test_orm_charges_commit_with_the_record_exactly_once_under_sigkill(run: Run)
     assert worker.kills == 3
     charges = run.charges()
     assert charges == {key: [answer["row"]] for key, answer in answers.items()}
-    for key in answers:
-        record = record_of(open_store(run.url, run.prefix), "wsgi", key)
-        assert record is not None
-        assert record.state is State.COMPLETED
+    store = open_store(run.url, run.prefix)
+    try:
+        states = {key: getattr(store.get(record_id("wsgi", key)), "state", None) for key in answers}
+    finally:
+        store.close()
+    assert states == dict.fromkeys(answers, State.COMPLETED)
 
 
 def test_a_takeover_between_phases_rolls_back_the_old_holders_later_writes(
