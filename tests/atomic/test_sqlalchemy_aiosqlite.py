@@ -26,8 +26,8 @@ from onceonly.stores.sqlite import SQLiteStore
 from onceonly.tools import idempotent
 
 from ._aiosqlite_worker import aiosqlite_worker
+from ._dbkit import NAMED_POINTS, Worker, charge_killed_at
 from ._workers import LEDGER
-from .test_chaos import POINTS, Worker, charge_until_answered, ledger_rows
 from .test_sqlalchemy import Base, Charge
 
 
@@ -291,16 +291,15 @@ def test_sigkill_around_the_commit_leaves_exactly_one_charge(tmp_path: Path) -> 
     SQLiteStore(db).close()  # the store's tables, next to the application's
     with sqlite3.connect(db) as raw:
         raw.execute(LEDGER)
-    worker = Worker(db, "function", True, target=aiosqlite_worker)
+    worker = Worker(db, target=aiosqlite_worker)
     worker.start()
-    answers = {}
     try:
-        for n, pause in enumerate([None, *POINTS, *POINTS, None]):
-            key = f"aio-{n}"
-            answers[key] = charge_until_answered(worker, key, 100 + n, pause, None, db)
+        # Each kill leaves the charge and the completion both or neither (checked after it).
+        answers = {f"aio-{p}": charge_killed_at(worker, f"aio-{p}", p) for p in NAMED_POINTS}
+        kind, _, answers["calm"] = worker.send("calm", None)
+        assert kind == "done"
     finally:
         worker.stop()
-    assert worker.kills == 2 * len(POINTS)
-    rows = ledger_rows(db)
-    assert {key: len(ids) for key, ids in rows.items()} == dict.fromkeys(answers, 1)
-    assert all(answer == {"key": key, "row": rows[key][0]} for key, answer in answers.items())
+    assert worker.kills == len(NAMED_POINTS)
+    assert worker.db.charges() == {key: [answer["row"]] for key, answer in answers.items()}
+    assert {worker.db.record("function", key).state for key in answers} == {State.COMPLETED}
