@@ -130,23 +130,3 @@ async def test_an_async_operation_past_its_deadline_answers_and_leaves_no_stale_
     assert found.fingerprint == "fp"
     await store.adelete("known")
     await store.aclose()
-
-
-def test_hiredis_packing_sends_the_bytes_redis_py_would():
-    import redis.asyncio
-
-    from onceonly.stores._redis_pack import hiredis_packing
-
-    plain = redis.asyncio.Connection()
-    packed = hiredis_packing(redis.asyncio.Connection)()
-    assert hiredis_packing(redis.asyncio.SSLConnection) is not hiredis_packing(
-        redis.asyncio.Connection
-    )
-    for args in [
-        ("EVALSHA", "a" * 40, 2, "p:{id}", "p:{id}:r", 1_764_284_400_123_456, 0, -1, "é"),
-        ("SCRIPT LOAD", "return 1"),
-        ("HSET", b"k", memoryview(b"\x00\xff"), bytearray(b"v"), b""),
-    ]:
-        assert b"".join(packed.pack_command(*args)) == b"".join(plain.pack_command(*args))
-    with pytest.raises(redis.exceptions.DataError):
-        packed.pack_command("SET", "k", object())

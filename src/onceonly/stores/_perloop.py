@@ -1,9 +1,10 @@
 """One asyncio client per event loop.
 
-redis.asyncio clients and psycopg async pools bind their sockets to the loop that opened them;
-a store object may be used from several loops over its life (a test per loop, an app that
-runs ``asyncio.run`` twice), so the async face keeps one client per running loop. A loop that
-is garbage-collected drops its client with it.
+The Redis async channel (``_redis_wire.py``), redis.asyncio cluster clients and psycopg async
+pools bind their sockets to the loop that opened them; a store object may be used from several
+loops over its life (a test per loop, an app that runs ``asyncio.run`` twice), so the async
+face keeps one client per running loop. A loop that is garbage-collected drops its client
+with it.
 """
 
 from __future__ import annotations

@@ -2,26 +2,30 @@
 
 Each operation is one ``EVALSHA`` of a Lua script (``_redis_lua.py``) that runs the rules of
 ``records.py`` on the server, atomically and on the server's clock (DESIGN "store contract").
-redis-py's ``register_script`` sends ``EVALSHA`` and reloads a script on ``NOSCRIPT`` (after a
-server restart or ``SCRIPT FLUSH``), so a replay costs one round trip and a first execution
-two (claim, complete).
+A script missing on the server (``NOSCRIPT``, after a restart or ``SCRIPT FLUSH``) is sent
+once in full (``EVAL``), which loads it again, so a replay costs one round trip and a first
+execution two (claim, complete).
 
 Records expire by themselves (``PEXPIRE``): no sweeper. The two keys of a record share the
 hash tag ``{id}``, so Redis Cluster (``redis+cluster://``) works unchanged. Waiting duplicates
 are woken by pub/sub on one channel per prefix (``_wake.py``), with polling as the fallback.
 
-Connections come from a bounded pool (``pool_size``; a caller waits at most ``pool_timeout``
-for one); ``timeout`` bounds each command and ``connect_timeout`` each connect, so an outage
-answers StoreUnavailable (SPEC 17, a 503) in bounded time. The sync face bounds a command by
-the socket's own timeout. The async face does not give redis-py a ``socket_timeout``: with one,
-redis-py runs every write under ``asyncio.wait_for`` (a new task per command on Python 3.11)
-and every read under its own ``asyncio.timeout`` (some 15-20 µs a replay, bench/README.md).
-Instead each async store operation runs under one ``asyncio.timeout`` of ``pool_timeout + timeout``
-(a connection, then the command); when it fires, redis-py drops the interrupted connection
-(never reused with a reply still in flight) and the caller gets StoreUnavailable.
+Two faces, two clients:
 
-No command is retried automatically: a retried claim whose first attempt did land would find
-its own claim. After the server returns, the pool's next connection simply succeeds.
+- The sync face (and pub/sub, ``stats``, the ``client`` property for admin) uses redis-py: a
+  bounded pool (``pool_size``; a caller waits at most ``pool_timeout`` for a connection),
+  ``timeout`` as the socket timeout, ``connect_timeout`` per connect.
+- The async face on a single server uses ``_redis_wire.Wire``: one pipelined connection per
+  event loop shared by all its coroutines, one timer per connection bounding every command
+  by ``timeout``, ``connect_timeout`` per connect (about a third of a redis.asyncio round
+  trip's cost, bench/README.md; the module says why not redis.asyncio). On a cluster the
+  async face stays on redis.asyncio's cluster client (it follows the slot map), each
+  operation under one ``asyncio.timeout`` of ``pool_timeout + timeout``.
+
+Either way an outage answers StoreUnavailable (SPEC 17, a 503) in bounded time, and a
+connection interrupted mid-command is dropped, never read again. No command is retried
+automatically: a retried claim whose first attempt did land would find its own claim. After
+the server returns, the next command connects again.
 
 URL forms (options in the query string, see :data:`URL_OPTIONS`)::
 
@@ -36,8 +40,8 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Hashable, Iterator
+from typing import Any, Generic, TypeVar
 
 import redis
 import redis.asyncio
@@ -52,7 +56,7 @@ from onceonly.stores import _redis_lua as lua
 from onceonly.stores._errors import translated
 from onceonly.stores._notify import Notifier
 from onceonly.stores._perloop import PerLoop
-from onceonly.stores._redis_pack import hiredis_packing
+from onceonly.stores._redis_wire import Endpoint, ReplyError, Script, Wire
 from onceonly.stores._stats import KeyStats, tally
 from onceonly.stores._urlopts import as_bool, split_options
 from onceonly.stores._wake import Listener, awatch_loop, watch_loop
@@ -64,16 +68,15 @@ DEFAULT_URL = "redis://127.0.0.1:6379/0"
 
 URL_OPTIONS: dict[str, Callable[[str], Any]] = {
     "prefix": str,  # key prefix, default "onceonly:" (no braces: the hash tag is the id)
-    "pool_size": int,  # connections per pool (per node on a cluster), default 50
-    "pool_timeout": float,  # seconds to wait for a free connection, default = timeout
-    "timeout": float,  # seconds per command (socket timeout), default 2
+    "pool_size": int,  # sync pool size (per node on a cluster), default 50
+    "pool_timeout": float,  # seconds to wait for a free pooled connection, default = timeout
+    "timeout": float,  # seconds per command, default 2
     "connect_timeout": float,  # seconds per connect, default 1
     "listen": as_bool,  # pub/sub wake-ups for waiting duplicates, default true
 }
 
-_ERRORS: tuple[type[BaseException], ...] = (redis.exceptions.RedisError,)
+_ERRORS: tuple[type[BaseException], ...] = (redis.exceptions.RedisError, ReplyError)
 Client = redis.Redis | redis.cluster.RedisCluster
-AsyncClient = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
 
 
 def _us(seconds: float) -> int:
@@ -81,13 +84,10 @@ def _us(seconds: float) -> int:
 
 
 class _Side:
-    """A client (sync, or one loop's async client) and the scripts registered on it.
+    """The sync client and the scripts registered on it (redis-py ``Script`` objects, which
+    send ``EVALSHA`` and reload on ``NOSCRIPT``; their replies are untyped RESP values)."""
 
-    Attributes are ``Any``: the same names hold ``Script`` or ``AsyncScript`` objects, whose
-    replies are untyped RESP values either way.
-    """
-
-    def __init__(self, client: Client | AsyncClient) -> None:
+    def __init__(self, client: Client) -> None:
         self.client: Any = client
         self.claim: Any = client.register_script(lua.CLAIM)
         self.renew: Any = client.register_script(lua.RENEW)
@@ -96,6 +96,53 @@ class _Side:
         self.delete: Any = client.register_script(lua.DELETE)
         self.get: Any = client.register_script(lua.GET)
         self.watch: Any = client.register_script(lua.WATCH)
+
+
+_SCRIPTS = {
+    name: Script.of(source)
+    for name, source in [
+        ("claim", lua.CLAIM),
+        ("renew", lua.RENEW),
+        ("complete", lua.COMPLETE),
+        ("release", lua.RELEASE),
+        ("delete", lua.DELETE),
+        ("get", lua.GET),
+        ("watch", lua.WATCH),
+    ]
+}
+
+
+class _ClusterFace:
+    """The async face on Redis Cluster: redis.asyncio's cluster client, which routes each
+    script to its slot's node and reloads a script on ``NOSCRIPT``."""
+
+    def __init__(self, client: redis.asyncio.cluster.RedisCluster, op_timeout: float) -> None:
+        self._client = client
+        self._op_timeout = op_timeout
+        self._scripts = {name: client.register_script(s.source) for name, s in _SCRIPTS.items()}
+
+    async def evalsha(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        async with asyncio.timeout(self._op_timeout):  # a connection, then the command
+            return await self._scripts[name](keys=keys, args=args)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+class _WireFace:
+    """The async face on one server: the lean channel (``_redis_wire.py``)."""
+
+    def __init__(self, wire: Wire) -> None:
+        self._wire = wire
+
+    async def evalsha(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        return await self._wire.evalsha(_SCRIPTS[name], keys, args)
+
+    async def aclose(self) -> None:
+        await self._wire.aclose()
+
+
+AsyncFace = _ClusterFace | _WireFace
 
 
 class RedisStore:
@@ -143,15 +190,19 @@ class RedisStore:
         }
         self._pool_size = pool_size
         self._pool_timeout = timeout if pool_timeout is None else pool_timeout
-        # The async face's bound per operation (see module doc): a connection, then a command.
+        self._timeout = timeout
+        self._connect_timeout = connect_timeout
+        # The async cluster face's bound per operation (see module doc): a connection, then a
+        # command. Without a socket_timeout redis.asyncio runs no timer of its own per command.
         self._op_timeout = self._pool_timeout + timeout
         self._akwargs = {**self._kwargs, "socket_timeout": None}
         self._what = f"Redis store {self._redacted()}"
+        self._endpoint = None if self.cluster else Endpoint.from_url(self._driver_url)
         # Clients are made on first use: a cluster client reads the topology when made, and
         # an application must be able to start while its store is down.
         self._sync: _Side | None = None
         self._sync_lock = threading.Lock()
-        self._async: PerLoop[_Side] = PerLoop(self._make_async)
+        self._async: PerLoop[AsyncFace] = PerLoop(self._make_async)
         self._notifier = Notifier()
         self._listener = (
             Listener(f"onceonly-redis-{prefix}", self._subscription, self._notifier)
@@ -198,22 +249,13 @@ class RedisStore:
                 side = self._sync
         return side
 
-    async def _make_async(self) -> _Side:
-        client: AsyncClient
-        if self.cluster:
+    async def _make_async(self) -> AsyncFace:
+        if self._endpoint is None:
             client = redis.asyncio.cluster.RedisCluster.from_url(
                 self._driver_url, max_connections=self._pool_size, **self._akwargs
             )
-        else:
-            pool = redis.asyncio.BlockingConnectionPool.from_url(
-                self._driver_url,
-                max_connections=self._pool_size,
-                timeout=self._pool_timeout,
-                **self._akwargs,
-            )
-            pool.connection_class = hiredis_packing(pool.connection_class)
-            client = redis.asyncio.Redis(connection_pool=pool)
-        return _Side(client)
+            return _ClusterFace(client, self._op_timeout)
+        return _WireFace(Wire(self._endpoint, self._timeout, self._connect_timeout, self._what))
 
     def _keys(self, id: str) -> list[str]:
         key = f"{self.prefix}{{{id}}}"
@@ -366,24 +408,19 @@ class RedisStore:
         return found
 
     async def aclose(self) -> None:
-        side = self._async.pop_current()
-        if side is not None:
+        face = self._async.pop_current()
+        if face is not None:
             with translated(self._what, _ERRORS):
-                await side.client.aclose()
+                await face.aclose()
         await asyncio.to_thread(self.close)
 
     # -- internals -----------------------------------------------------------------------
 
-    async def _side(self) -> _Side:
-        with translated(self._what, _ERRORS):
-            return await self._async.get()
-
     async def _aeval(self, script: str, keys: list[str], args: list[Any]) -> Any:
-        """Run one of the side's scripts under the operation's deadline (see module doc)."""
-        side = await self._side()
+        """Run one of the scripts on this loop's async face (bounded: see module doc)."""
         with translated(self._what, _ERRORS):
-            async with asyncio.timeout(self._op_timeout):
-                return await getattr(side, script)(keys=keys, args=args)
+            face = await self._async.get()
+            return await face.evalsha(script, keys, args)
 
     def _lease_left(self, id: str) -> float | None:
         with translated(self._what, _ERRORS):
@@ -396,6 +433,38 @@ class RedisStore:
 
 
 # -- replies <-> records (shared by both faces) -------------------------------------------
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class _Memo(Generic[K, V]):
+    """``make(key)``, remembered: an application answers with a handful of distinct header
+    sets, and each request would otherwise pay a JSON encode (completion) or parse and a
+    tuple per header (replay), 2 µs or so. Bounded: emptied when full. Values are immutable."""
+
+    def __init__(self, make: Callable[[K], V], size: int = 1024) -> None:
+        self._make = make
+        self._size = size
+        self._made: dict[K, V] = {}
+
+    def __call__(self, key: K) -> V:
+        try:
+            value = self._made.get(key)
+        except TypeError:  # not hashable after all (lists where tuples belong): no memo
+            return self._make(key)
+        if value is None:
+            value = self._make(key)
+            if len(self._made) >= self._size:
+                self._made.clear()
+            self._made[key] = value
+        return value
+
+
+_json_of = _Memo[tuple[tuple[str, str], ...], str](lambda h: json.dumps([list(x) for x in h]))
+_headers_of = _Memo[bytes, tuple[tuple[str, str], ...]](
+    lambda raw: tuple((str(k), str(v)) for k, v in json.loads(raw))
+)
 
 
 def _renew_args(token: int, lease: float) -> list[int]:
@@ -411,7 +480,7 @@ def _complete_args(
         _us(retention),
         1 if response.replayable else 0,
         response.status,
-        json.dumps([list(h) for h in response.headers]) if response.replayable else "[]",
+        _json_of(response.headers) if response.replayable else "[]",
         response.body if response.replayable else b"",
         response.trace_id or "",
         response.span_id or "",
@@ -439,6 +508,9 @@ def _int(value: bytes | None) -> int:
     return 0 if value is None else int(value)
 
 
+_STATES = {state.value.encode(): state for state in State}
+
+
 def _record(
     id: str, now: int, fields: list[bytes | None], stored: list[bytes | None]
 ) -> Record | None:
@@ -450,7 +522,7 @@ def _record(
     fp, st, tok, lu, ex, ru, ca, status, _, tid, sid = fields
     if fp is None or st is None:
         return None
-    state = State(st.decode())
+    state = _STATES[st]
     expires, retain = _int(ex), _int(ru)
     response = None
     if state is not State.IN_FLIGHT:
@@ -468,7 +540,7 @@ def _record(
                 )
             response = StoredResponse(
                 _int(status),
-                tuple((str(k), str(v)) for k, v in json.loads(headers or b"[]")),
+                () if headers is None else _headers_of(headers),
                 body or b"",
                 replayable,
                 tid.decode() if tid else None,
