@@ -26,6 +26,14 @@ __all__ = ["POSTGRES_URL", "REDIS_URL", "require", "shared_down"]
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
+# A script that keeps the Redis server busy for ARGV[1] microseconds (a stalled server).
+BUSY_LUA = """
+local t = redis.call('TIME')
+local stop = tonumber(t[1]) * 1000000 + tonumber(t[2]) + tonumber(ARGV[1])
+repeat t = redis.call('TIME') until tonumber(t[1]) * 1000000 + tonumber(t[2]) >= stop
+return 1
+"""
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 from redis.crc import key_slot
-from servers import REDIS_URL, require, shared_down
+from servers import BUSY_LUA, REDIS_URL, require, shared_down
 
 from onceonly.errors import ConfigurationError, StoreUnavailable
 from onceonly.records import Claimed, Existing, StoredResponse
@@ -100,30 +100,23 @@ def test_a_prefix_with_braces_is_refused(prefix):
         RedisStore(REDIS_URL, prefix=prefix)
 
 
-_BUSY_LUA = """
-local t = redis.call('TIME')
-local stop = tonumber(t[1]) * 1000000 + tonumber(t[2]) + tonumber(ARGV[1])
-repeat t = redis.call('TIME') until tonumber(t[1]) * 1000000 + tonumber(t[2]) >= stop
-return 1
-"""
-
-
 async def test_an_async_operation_past_its_deadline_answers_and_leaves_no_stale_reply(raw):
-    """SPEC 17 on the async face, which bounds an operation with one asyncio.timeout (not
-    redis-py's socket_timeout): a server that stalls past the deadline gets StoreUnavailable
-    in bounded time, and the interrupted connection's late reply never answers a later call."""
+    """SPEC 17 on the async face, whose channel bounds each command with its connection's
+    one timer (not redis-py's socket_timeout): a server that stalls past the deadline gets
+    StoreUnavailable in bounded time, and the interrupted connection's late reply never
+    answers a later call (test_redis_wire.py checks the channel itself)."""
     store = RedisStore(REDIS_URL, prefix=f"t{uuid.uuid4().hex[:8]}:", timeout=0.2, pool_size=1)
     assert isinstance(await store.aclaim("known", "fp", 60), Claimed)  # connection made
     # The server stalls 0.8 s in a script sent (not awaited) before our call goes out.
     busy = raw.connection_pool.get_connection()
-    busy.send_command("EVAL", _BUSY_LUA, 0, 800_000)
+    busy.send_command("EVAL", BUSY_LUA, 0, 800_000)
     started = time.monotonic()
     with pytest.raises(StoreUnavailable):
         await store.aget("known")
-    assert time.monotonic() - started < 0.6  # pool_timeout + timeout, not the 0.8 s stall
+    assert time.monotonic() - started < 0.6  # the 0.2 s timeout, not the 0.8 s stall
     assert busy.read_response() == 1
     raw.connection_pool.release(busy)
-    # The one pooled connection was interrupted mid-read; a later call must read its own reply.
+    # The loop's one connection was dropped mid-read; a later call must read its own reply.
     assert await store.aget("absent") is None
     found = await store.aget("known")
     assert found is not None

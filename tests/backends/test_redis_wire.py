@@ -17,7 +17,15 @@ from pathlib import Path
 
 import pytest
 import redis
-from servers import REDIS_URL, RedisServer, free_port, redis_available, require, shared_down
+from servers import (
+    BUSY_LUA,
+    REDIS_URL,
+    RedisServer,
+    free_port,
+    redis_available,
+    require,
+    shared_down,
+)
 
 from onceonly.errors import ConfigurationError, StoreUnavailable
 from onceonly.records import Claimed, Existing, StoredResponse
@@ -25,13 +33,6 @@ from onceonly.stores._redis_wire import Endpoint, Wire
 from onceonly.stores.redis import RedisStore
 
 OK = StoredResponse(201, (("content-type", "text/plain"),), b"ok")
-
-_BUSY_LUA = """
-local t = redis.call('TIME')
-local stop = tonumber(t[1]) * 1000000 + tonumber(t[2]) + tonumber(ARGV[1])
-repeat t = redis.call('TIME') until tonumber(t[1]) * 1000000 + tonumber(t[2]) >= stop
-return 1
-"""
 
 
 @pytest.fixture
@@ -100,7 +101,7 @@ async def test_a_stalled_server_fails_every_waiting_call_in_time_then_a_fresh_co
         before = await wire.call(b"CLIENT", b"ID")
         busy = raw.connection_pool.get_connection()
         # Sent (not awaited) before our calls: the server stalls 1.2 s in it first.
-        busy.send_command("EVAL", _BUSY_LUA, 0, 1_200_000)
+        busy.send_command("EVAL", BUSY_LUA, 0, 1_200_000)
         started = time.monotonic()
         calls = [wire.call(b"ECHO", f"late{i}") for i in range(20)]
         outcomes = await asyncio.gather(*calls, return_exceptions=True)
