@@ -1,9 +1,9 @@
 """One worker process of the ledger scenario (``ledger_scenario.py``), run as a script.
 
-``python _ledger_worker.py CONFIG_JSON`` serves a Starlette app under uvicorn on a listening
-socket it inherited from the scenario (``CONFIG["fd"]``; the other worker accepts on the same
-socket, as pre-forked workers behind a proxy do), prints ``ready`` once it accepts, and runs
-until it is SIGKILLed.
+``python _ledger_worker.py CONFIG_JSON`` opens the store, prints ``warm`` and waits for a line
+on stdin (it is a spare until then); then it serves a Starlette app under uvicorn on a
+listening socket inherited from the scenario (``CONFIG["fd"]``; the other worker accepts on the
+same socket, as pre-forked workers do), prints ``ready`` and runs until it is SIGKILLed.
 
 ``POST /charges`` with ``{"charge": id, "n": number, "cents": cents}`` books the charge: one
 row in the ledger table of the store's own database (a SQLite file or a PostgreSQL database),
@@ -85,8 +85,7 @@ def _postgres(config: dict[str, Any]) -> tuple[AsyncStore, Write]:
     return PostgresStore(url, table_prefix=prefix, pool_min=0), write
 
 
-def build_app(config: dict[str, Any]) -> Any:
-    store, write = {"sqlite": _sqlite, "postgres": _postgres}[config["db"]](config)
+def build_app(config: dict[str, Any], store: AsyncStore, write: Write) -> Any:
     crashes = Path(config["crashes"])
 
     async def charge(request: Request) -> JSONResponse:
@@ -107,8 +106,13 @@ def build_app(config: dict[str, Any]) -> Any:
 
 
 async def serve(config: dict[str, Any]) -> None:
+    store, write = {"sqlite": _sqlite, "postgres": _postgres}[config["db"]](config)
+    await store.aget("warm-up")  # open the connection pool, as a warm spare would have
+    print("warm", flush=True)
+    await asyncio.to_thread(sys.stdin.readline)  # "go": the supervisor puts us to work
     sock = socket.socket(fileno=config["fd"])
-    uv = uvicorn.Config(build_app(config), log_level="error", access_log=False, lifespan="off")
+    app = build_app(config, store, write)
+    uv = uvicorn.Config(app, log_level="error", access_log=False, lifespan="off")
     server = uvicorn.Server(uv)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:

@@ -30,6 +30,7 @@ import argparse
 import contextlib
 import json
 import os
+import queue
 import random
 import signal
 import socket
@@ -65,10 +66,12 @@ SQLITE_LEDGER = (
 class LedgerConfig:
     """The scenario's sizes. The defaults fit a CI run (a few seconds per database and mode)."""
 
-    charges: int = 100  # logical charges, each with its own key
+    charges: int = 60  # logical charges, each with its own key
     clients: int = 4  # client threads
     workers: int = 2
-    kill_every: float = 0.7  # seconds between the killer's SIGKILLs
+    spares: int = 2  # workers started ahead (in parallel), ready to replace a dead one
+    kills: int = 6  # SIGKILLs by the killer thread
+    kill_every: float = 0.5  # seconds between them
     crash_every: int = 10  # every n-th charge kills its worker after the write, once
     drop: float = 0.3  # share of answers the proxy cuts after the worker executed
     lease: float = 0.5  # the claim's lease: how soon a retry takes a dead worker's key over
@@ -156,6 +159,8 @@ class LedgerRun:
     dlq_states: dict[str, int] = field(default_factory=dict)  # parked calls' final states
     keys: dict[str, str] = field(default_factory=dict)  # charge -> its idempotency key
     seconds: float = 0.0
+    startup: float = 0.0  # seconds until both workers served
+    charging: float = 0.0  # seconds the clients took, kills and all
 
     @property
     def extra_rows(self) -> int:
@@ -171,25 +176,33 @@ class LedgerRun:
             f"{self.replay_rounds} replay round(s), {self.left_in_dlq} left in the DLQ -> "
             f"{self.rows} rows, {len(self.doubled)} charged twice or more "
             f"({self.extra_rows} extra rows), {len(self.missing)} missing, "
-            f"records {self.records}, DLQ {self.dlq_states}, {self.seconds:.1f} s"
+            f"records {self.records}, DLQ {self.dlq_states}; {self.seconds:.1f} s "
+            f"(start {self.startup:.1f} s, charges {self.charging:.1f} s)"
         )
 
 
 class Workers:
-    """``count`` worker processes on one listening socket, each restarted when it dies, and a
-    killer that SIGKILLs a random running one every ``kill_every`` seconds."""
+    """``count`` worker processes on one listening socket, each replaced when it dies, and a
+    killer that SIGKILLs a random running one every ``kill_every`` seconds, ``kills`` times.
 
-    def __init__(self, worker_config: dict[str, Any], count: int, kill_every: float, seed: int):
+    A dead worker is replaced by a *spare*: a process started ahead of time that has imported
+    everything and opened its pool, and waits for a ``go`` line before it accepts (a Python
+    process takes a second or more to start on a loaded machine; a supervisor that forks from a
+    warm master, like gunicorn's, replaces a worker as fast).
+    """
+
+    def __init__(self, worker_config: dict[str, Any], config: LedgerConfig) -> None:
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(256)
         self.port = int(self.sock.getsockname()[1])
         self.worker_config = {**worker_config, "fd": self.sock.fileno()}
-        self.kill_every = kill_every
-        self.rng = random.Random(seed)
+        self.kill_every, self.max_kills = config.kill_every, config.kills
+        self.rng = random.Random(config.seed)
         self.lock = threading.Lock()
-        self.running: list[subprocess.Popen[str] | None] = [None] * count
+        self.running: list[subprocess.Popen[str] | None] = [None] * config.workers
         self.spawned: list[subprocess.Popen[str]] = []
+        self.spares: queue.Queue[subprocess.Popen[str]] = queue.Queue(maxsize=config.spares)
         self.stopping = threading.Event()
         self.killing = threading.Event()
         self.kills = 0
@@ -197,60 +210,90 @@ class Workers:
         self.errors: list[str] = []
         self.threads = [
             threading.Thread(target=self._supervise, args=(slot,), daemon=True)
-            for slot in range(count)
+            for slot in range(config.workers)
         ]
-        self.killer = threading.Thread(target=self._kill, daemon=True)
+        self.threads += [threading.Thread(target=self._kill, daemon=True)]
+        self.threads += [
+            threading.Thread(target=self._keep_spares, daemon=True) for _ in range(config.spares)
+        ]
 
-    def _spawn(self) -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            [sys.executable, str(WORKER), json.dumps(self.worker_config)],
-            pass_fds=(self.sock.fileno(),),
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-
-    def _supervise(self, slot: int) -> None:
+    def _keep_spares(self) -> None:
         while True:
             with self.lock:
                 if self.stopping.is_set():
                     return
-                proc = self._spawn()
-                self.spawned.append(proc)  # __exit__ kills it, even while it starts
+                proc = subprocess.Popen(
+                    [sys.executable, str(WORKER), json.dumps(self.worker_config)],
+                    pass_fds=(self.sock.fileno(),),
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+                self.spawned.append(proc)  # __exit__ kills it, wherever it is
             assert proc.stdout is not None
-            line = proc.stdout.readline()  # "ready", or "" if it died while starting
+            if proc.stdout.readline().strip() != "warm":
+                self._failed(proc, "died while starting")
+                return
+            while not self.stopping.is_set():
+                with contextlib.suppress(queue.Full):
+                    self.spares.put(proc, timeout=0.1)
+                    break
+
+    def _supervise(self, slot: int) -> None:
+        while not self.stopping.is_set():
+            try:
+                proc = self.spares.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            assert proc.stdin is not None
+            assert proc.stdout is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+            if proc.stdout.readline().strip() != "ready":
+                self._failed(proc, "died while starting to serve")
+                return
             with self.lock:
-                if line.strip() == "ready":
-                    self.running[slot] = proc
+                self.running[slot] = proc
             code = proc.wait()
             with self.lock:
                 self.running[slot] = None
                 if self.stopping.is_set():
                     return
                 self.deaths += 1
-                if code != -signal.SIGKILL:
-                    self.errors.append(f"worker exited with {code}")
-                    return
+            if code != -signal.SIGKILL:
+                self._failed(proc, f"exited with {code}")
+                return
+
+    def _failed(self, proc: subprocess.Popen[str], what: str) -> None:
+        if not self.stopping.is_set():
+            self.errors.append(f"worker {proc.pid} {what}")
 
     def _kill(self) -> None:
-        while not self.stopping.wait(self.kill_every):
-            if not self.killing.is_set():
-                continue
-            with self.lock:
-                alive = [p for p in self.running if p is not None and p.poll() is None]
-                if alive:
-                    self.rng.choice(alive).send_signal(signal.SIGKILL)
-                    self.kills += 1
+        """Every ``kill_every`` s, SIGKILL a random running worker - the next one to be up if
+        none is (both may be being replaced), so that the kills keep their pace."""
+        while self.kills < self.max_kills and not self.stopping.wait(self.kill_every):
+            while self.killing.is_set() and not self._kill_one():
+                if self.stopping.wait(0.01):
+                    return
 
-    def wait_ready(self, timeout: float = 30.0) -> None:
+    def _kill_one(self) -> bool:
+        with self.lock:
+            alive = [p for p in self.running if p is not None and p.poll() is None]
+            if alive:
+                self.rng.choice(alive).send_signal(signal.SIGKILL)
+                self.kills += 1
+        return bool(alive)
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         while not all(self.running):
-            assert time.monotonic() < deadline, f"workers did not start: {self.errors}"
+            assert not self.errors, self.errors
+            assert time.monotonic() < deadline, "the workers did not start"
             time.sleep(0.02)
 
     def __enter__(self) -> Workers:
         for thread in self.threads:
             thread.start()
-        self.killer.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -259,11 +302,13 @@ class Workers:
             procs = list(self.spawned)
         for proc in procs:
             proc.kill()  # a no-op for one already reaped
-        for thread in [*self.threads, self.killer]:
+        for thread in self.threads:
             thread.join(30)
         for proc in procs:
-            if proc.stdout is not None:
-                proc.stdout.close()
+            proc.wait(30)
+            for pipe in (proc.stdin, proc.stdout):
+                if pipe is not None:
+                    pipe.close()
         self.sock.close()
 
 
@@ -340,15 +385,17 @@ def run_ledger(db: Database, atomic: bool, config: LedgerConfig, scratch: Path) 
         "wait": config.wait,
     }
     dlq = DeadLetterQueue(scratch / "dlq.db", rate=1e6)
-    with Workers(worker_config, config.workers, config.kill_every, config.seed) as workers:
+    with Workers(worker_config, config) as workers:
         proxy = FaultProxy(workers.port, {"drop": config.drop}, seed=config.seed)
         try:
             workers.wait_ready()
+            run.startup = time.monotonic() - started
             with _client(dlq, proxy.url, config.attempts) as client:
                 charges = Charges(client, config.charges)
                 workers.killing.set()
                 charges.run(config.clients)
                 workers.killing.clear()
+                run.charging = time.monotonic() - started - run.startup
                 # The killer is quiet now; the proxy still cuts answers.
                 while dlq.depth() and run.replay_rounds < config.replay_rounds:
                     run.replay_rounds += 1
