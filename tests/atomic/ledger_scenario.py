@@ -446,14 +446,16 @@ def main(argv: list[str] | None = None) -> None:
         for mode in modes:
             with (
                 tempfile.TemporaryDirectory(prefix="onceonly-ledger-") as tmp,
-                _database(kind, Path(tmp)) as db,
+                open_database(kind, Path(tmp)) as db,
             ):
                 run = run_ledger(db, mode == "atomic", config, Path(tmp))
                 print(run.summary(), flush=True)
 
 
 @contextlib.contextmanager
-def _database(kind: str, tmp: Path) -> Iterator[Database]:
+def open_database(kind: str, tmp: Path) -> Iterator[Database]:
+    """A fresh database of ``kind`` ("sqlite": a file in ``tmp``; "postgres": tables under a
+    prefix of their own, dropped afterwards; skipped, or failed in CI, when the server is down)."""
     if kind == "sqlite":
         yield sqlite_database(tmp / "ledger.db")
         return

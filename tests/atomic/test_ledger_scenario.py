@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from .ledger_scenario import Database, LedgerConfig, LedgerRun, run_ledger, sqlite_database
+from .ledger_scenario import Database, LedgerConfig, LedgerRun, open_database, run_ledger
 
 pytestmark = pytest.mark.slow
 
@@ -28,13 +28,8 @@ Record = Callable[[str, object], None]  # pytest's record_property
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    if request.param == "sqlite":
-        yield sqlite_database(tmp_path / "ledger.db")
-        return
-    from ._pg import make_db
-
-    for made in make_db():
-        yield Database("postgres", url=made.url, prefix=made.prefix)
+    with open_database(request.param, tmp_path) as db:
+        yield db
 
 
 def _run(database: Database, atomic: bool, tmp_path: Path, record: Record) -> LedgerRun:
