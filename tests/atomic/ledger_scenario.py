@@ -6,14 +6,14 @@
 - **Two worker processes** under uvicorn, accepting on one listening socket that this process
   holds (pre-forked workers, as gunicorn runs them): a request queued while both are down waits
   in the socket's backlog for the next worker.
-- **A supervisor** thread per worker restarts it whenever it dies.
+- **A supervisor** thread per worker replaces it with a warm spare whenever it dies.
 - **A killer** thread SIGKILLs a random running worker every ``kill_every`` seconds, wherever
-  it is. Random kills rarely land between a write and its completion, so every
+  it is, ``kills`` times. Random kills rarely land between a write and its completion, so every
   ``crash_every``-th charge also SIGKILLs its own worker right there, once (a deterministic
   kill in the window; see the worker).
-- **A proxy** on loopback (the client tests' ``FaultProxy``) lets ``drop`` of the requests
-  through, lets the worker answer, and then resets the client's connection instead of
-  relaying the answer: the charge was made, the client cannot know.
+- **A proxy** on loopback (the client tests' ``FaultProxy``) passes every request on and, for
+  a share ``drop`` of them, lets the worker answer and then resets the client's connection
+  instead of relaying the answer: the charge was made, the client cannot know.
 - **The client**: ``clients`` threads sharing one ``httpx.Client`` over onceonly's
   ``IdempotentTransport`` (one key per logical charge, kept across retries) with a SQLite
   dead-letter queue; calls that exhaust their attempts are parked, and the queue is replayed
@@ -21,7 +21,8 @@
 
 :func:`run_ledger` returns a :class:`LedgerRun` with what the ledger holds per charge. Run it
 bigger from the repository root with ``PYTHONPATH=tests python -m atomic.ledger_scenario
---charges 2000`` (``--help``).
+--charges 1000 --kills 100`` (``--help``), or the test with ``ONCEONLY_LEDGER_CHARGES=1000``
+(any :class:`LedgerConfig` field, upper-cased).
 """
 
 from __future__ import annotations
