@@ -1,4 +1,5 @@
-"""A request cancelled while its record settles still settles it (ASGI, every store kind)."""
+"""A request cancelled while its record settles still settles it, and the answer's last body
+message waits for the record (ASGI, every store kind)."""
 
 from __future__ import annotations
 
@@ -81,4 +82,36 @@ async def test_cancelled_request_still_completes_its_record(kit: StoreKit) -> No
     assert record.state is State.COMPLETED
     assert record.response is not None
     assert record.response.body == b"charged"
+    # The answer's last body message waits for the record: cancelled before the completion
+    # returned, the client never got the whole answer - and a retry replays it.
+    assert [m["type"] for m in sent] == ["http.response.start"]
+
+
+async def test_the_last_body_message_goes_out_only_once_the_record_is_stored(
+    kit: StoreKit,
+) -> None:
+    """A client that has the whole answer can always have it replayed: no retry of a request
+    it saw answered runs the handler again, even if the process died right after answering."""
+    store = GatedStore(kit.store)
+    middleware = IdempotencyMiddleware(app, store=store, policy=Policy())
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body":
+            record = kit.store.get(storage_id("anonymous", KEY))
+            assert record is not None
+            assert record.state is State.COMPLETED  # stored before the client sees the end
+        sent.append(message)
+
+    request = asyncio.create_task(middleware(request_scope(), receive, send))
+    async with asyncio.timeout(5):
+        await store.settling.wait()
+    assert [m["type"] for m in sent] == ["http.response.start"]  # the body is held meanwhile
+    store.gate.set()
+    async with asyncio.timeout(5):
+        await request
     assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+    assert sent[1]["body"] == b"charged"

@@ -201,9 +201,24 @@ class _Responder:
             self.obs.finish(Outcome.STORE_ERROR, status)
 
     async def _execute(self, ident: Identity, token: int, capture: Capture) -> None:
-        client_gone = False
+        """Run the handler, streaming its answer through, and settle the record.
 
+        The answer's last body message goes out only once the record is settled: a client
+        that has the whole answer can always get it again by replay, and no retry of a request
+        it saw answered can run the handler again (were the process killed between the answer
+        and the completion, the record would stay in flight until its lease lapsed).
+        """
+        client_gone = False
+        settled = False
         downstream = self.send
+        heartbeat = AsyncHeartbeat(self.store, ident.id, token, self.policy).begin()
+
+        async def settle(kept: Capture | None) -> None:
+            nonlocal settled
+            if not settled:
+                settled = True
+                await heartbeat.end()
+                await self._settle(ident, token, kept)
 
         async def send(message: Message) -> None:
             nonlocal client_gone
@@ -212,6 +227,7 @@ class _Responder:
                 capture.chunk(message.get("body", b""))
                 if not message.get("more_body", False):
                     capture.end()
+                    await settle(capture)
             elif kind == "http.response.start":
                 capture.start_raw(message["status"], message.get("headers", ()))
             try:
@@ -220,11 +236,9 @@ class _Responder:
                 client_gone = True
                 raise
 
-        heartbeat = AsyncHeartbeat(self.store, ident.id, token, self.policy).begin()
         try:
             await self._call_app(ident.key, send)
         except BaseException as exc:
-            await heartbeat.end()
             # SPEC 12: an exception releases the claim so a retry runs again - unless the
             # client already received the whole response, which a retry must then see again,
             # or left mid-response (an ASGI 2.4 send error, or a server cancelling the request
@@ -232,10 +246,9 @@ class _Responder:
             # (SPEC 15), as when a 2.3 server stops the stream or a WSGI server closes it early.
             cancelled = isinstance(exc, asyncio.CancelledError) and capture.status is not None
             keep = capture.finished or client_gone or cancelled
-            await self._settle(ident, token, capture if keep else None)
+            await settle(capture if keep else None)
             raise
-        await heartbeat.end()
-        await self._settle(ident, token, capture)
+        await settle(capture)  # an app that returned without finishing its answer
 
     async def _execute_atomic(self, ident: Identity, token: int, capture: Capture) -> None:
         """SPEC 13a: run the handler with its unit bound, commit, and only then answer.

@@ -350,6 +350,12 @@ class _Body:
     when the server calls ``close()`` early because the client went away (PEP 3333). A server
     may call ``close()`` without ever iterating; a generator would then skip its ``finally`` and
     leave the claim in flight with its heartbeat renewing it forever, so this is a class.
+
+    A response that declares its ``Content-Length`` is stored before the chunk that completes
+    it is handed to the server: a client that has the whole answer can always have it
+    replayed, even if the process dies right after answering. (Without a declared length the
+    last chunk is known only once the app says so, after it was sent; holding every chunk
+    back until the next would delay a stream.)
     """
 
     def __init__(
@@ -364,13 +370,15 @@ class _Body:
         self._responder, self._result, self._capture = responder, result, capture
         self._ident, self._token, self._heartbeat = ident, token, heartbeat
         self._chunks: Iterator[bytes] | None = None
+        self._length: int | None = -1  # the declared Content-Length; -1: not looked up yet
         self._settled = False
+        self._closed = False
 
     def __iter__(self) -> Iterator[bytes]:
         return self
 
     def __next__(self) -> bytes:
-        if self._settled:
+        if self._closed:
             raise StopIteration
         # A generator app runs its handler lazily, here: keep the current key visible (SPEC 19).
         reset: Token[str | None] = _current_key.set(self._ident.key)
@@ -388,8 +396,23 @@ class _Body:
             raise
         finally:
             _current_key.reset(reset)
-        self._capture.chunk(chunk)
+        capture = self._capture
+        capture.chunk(chunk)
+        if not self._settled:
+            length = self._length if self._length != -1 else self._declared_length()
+            if length is not None and capture.size >= length:
+                capture.end()
+                self._settle(capture)  # before the server sends the answer's last bytes
         return chunk
+
+    def _declared_length(self) -> int | None:
+        length: int | None = None
+        for name, value in self._capture.headers:
+            if name.lower() == "content-length":
+                length = int(value) if value.strip().isdigit() else None
+                break
+        self._length = length
+        return length
 
     def close(self) -> None:
         # Closed before the end: the client is gone. If the handler started answering it ran,
@@ -398,17 +421,23 @@ class _Body:
         self._finish(self._capture)
 
     def _finish(self, outcome: Capture | None) -> None:
-        if self._settled:
+        if self._closed:
             return
-        self._settled = True
+        self._closed = True
         close = getattr(self._result, "close", None)
         try:
             if close is not None:
                 close()
         finally:
-            self._heartbeat.__exit__()
-            self._responder._settle(self._ident, self._token, outcome)
-            self._responder.obs.executed(self._capture.status or 500)
+            self._settle(outcome)
+
+    def _settle(self, outcome: Capture | None) -> None:
+        if self._settled:
+            return
+        self._settled = True
+        self._heartbeat.__exit__()
+        self._responder._settle(self._ident, self._token, outcome)
+        self._responder.obs.executed(self._capture.status or 500)
 
 
 def _status_line(status: int) -> str:
