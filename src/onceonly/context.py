@@ -30,22 +30,20 @@ class _ScopedKey(str):
     Every ``_current_key.set(key)`` makes a new one, so each keyed scope — a tool call, a
     handled request — counts its downstream keys from 1, however the scope was entered, and
     resetting to an outer scope restores that scope's counter where it was. Threads that copy
-    the context share the scope, hence the lock.
+    the context share the scope, hence the lock: one for all scopes, since a lock per scope
+    cost more than the rest of the scope on every request, while keyed downstream calls are
+    few and hold it for one addition.
     """
 
-    _count: int  # no __slots__: a str subclass cannot have them
-    _lock: threading.Lock
-
-    def __new__(cls, key: str) -> _ScopedKey:
-        scoped = super().__new__(cls, key)
-        scoped._count = 0
-        scoped._lock = threading.Lock()
-        return scoped
+    _count = 0  # no __slots__ (a str subclass cannot have them): set on the instance when used
 
     def next_number(self) -> int:
-        with self._lock:
+        with _count_lock:
             self._count += 1
             return self._count
+
+
+_count_lock = threading.Lock()
 
 
 class _KeyVar:

@@ -80,6 +80,18 @@ def transition(state: State, event: Event) -> State:
         raise IllegalTransition(state, event) from None
 
 
+# Python 3.11 reads an Enum member through EnumType.__getattr__, ten times the cost of a plain
+# global, and the functions below run on every store operation: they use these names. The
+# states the hot transitions lead to are read from the table once, here.
+_ABSENT, _IN_FLIGHT, _TOMBSTONE = State.ABSENT, State.IN_FLIGHT, State.TOMBSTONE
+_ENDED = (State.COMPLETED, State.UNREPLAYABLE)  # completed either way: a TTL applies
+_CLAIMED = transition(State.ABSENT, Event.CLAIM)
+_COMPLETED_AS = {  # by StoredResponse.replayable
+    True: transition(State.IN_FLIGHT, Event.COMPLETE),
+    False: transition(State.IN_FLIGHT, Event.COMPLETE_UNREPLAYABLE),
+}
+
+
 Headers = tuple[tuple[str, str], ...]
 
 
@@ -160,17 +172,19 @@ def next_token(previous: int | None, now: float) -> int:
     takeovers, releases and deletions, so a holder from long ago can never match a new token.
     """
     stamp = int(now * 1_000_000)
-    return stamp if previous is None else max(previous + 1, stamp)
+    return stamp if previous is None or stamp > previous else previous + 1
 
 
 def resolve(record: Record | None, now: float) -> State:
     """The state ``record`` is really in at store time ``now`` (lapsed TTLs applied)."""
     if record is None:
-        return State.ABSENT
+        return _ABSENT
     state = record.state
-    if state in (State.COMPLETED, State.UNREPLAYABLE) and now >= record.expires_at:
+    if state is _IN_FLIGHT:  # no TTL runs while in flight (a lapsed lease is still in flight)
+        return state
+    if state in _ENDED and now >= record.expires_at:
         state = transition(state, Event.TTL_LAPSED)
-    if state is State.TOMBSTONE and now >= record.retain_until:
+    if state is _TOMBSTONE and now >= record.retain_until:
         state = transition(state, Event.RETENTION_LAPSED)
     return state
 
@@ -179,9 +193,9 @@ def visible(record: Record | None, now: float) -> Record | None:
     """``record`` as readers see it at ``now``: None once gone, a body-less tombstone after its
     TTL (SPEC 14: the tombstone keeps the fingerprint and times, never the response)."""
     state = resolve(record, now)
-    if state is State.ABSENT or record is None:
+    if state is _ABSENT or record is None:
         return None
-    if state is State.TOMBSTONE and record.state is not State.TOMBSTONE:
+    if state is _TOMBSTONE and record.state is not _TOMBSTONE:
         return as_tombstone(record)
     return record
 
@@ -207,7 +221,7 @@ def lease_left(record: Record | None, now: float) -> float:
     A waiter (``watch``) stops at 0: a completed or released record can be replayed or claimed,
     and a lapsed lease can be taken over, so waiting longer would only delay the retry.
     """
-    if record is None or resolve(record, now) is not State.IN_FLIGHT:
+    if record is None or resolve(record, now) is not _IN_FLIGHT:
         return 0.0
     return max(0.0, record.lease_until - now)
 
@@ -230,11 +244,13 @@ def claim_on(
     the clock stepped back) would mint the released holder's token again and let that stale
     holder complete the new claim (SPEC 13 fencing).
     """
+    if record is None:  # a new key, the common case
+        token = next_token(floor, now)
+        new = Record(id, fingerprint, _CLAIMED, token, now + lease, 0.0, 0.0, None, now)
+        return Claimed(token, False, False, None), new
     state = resolve(record, now)
-    previous = record.token if record is not None else None
-    if floor is not None:
-        previous = floor if previous is None else max(previous, floor)
-    if state is State.IN_FLIGHT and record is not None:
+    previous = record.token if floor is None else max(record.token, floor)
+    if state is _IN_FLIGHT:
         # Only a retry of the same request may take over a lapsed lease: another request under
         # the same key is a mismatch (SPEC 9, answered 422 with the record untouched) even when
         # the holder died, or it would run in place of the work the dead holder may have done.
@@ -242,15 +258,15 @@ def claim_on(
             return Existing(record, now), record
         token = next_token(previous, now)
         transition(state, Event.TAKEOVER)
-        new = Record(id, fingerprint, State.IN_FLIGHT, token, now + lease, 0.0, 0.0, None, now)
+        new = Record(id, fingerprint, _IN_FLIGHT, token, now + lease, 0.0, 0.0, None, now)
         return Claimed(token, False, True, record.fingerprint), new
-    if state in (State.COMPLETED, State.UNREPLAYABLE) and record is not None:
+    if state in _ENDED:
         return Existing(record, now), record
-    expired = state is State.TOMBSTONE
-    transition(state, Event.CLAIM)
+    expired = state is _TOMBSTONE
+    claimed = transition(state, Event.CLAIM)
     token = next_token(previous, now)
-    new = Record(id, fingerprint, State.IN_FLIGHT, token, now + lease, 0.0, 0.0, None, now)
-    prev_fp = record.fingerprint if expired and record is not None else None
+    new = Record(id, fingerprint, claimed, token, now + lease, 0.0, 0.0, None, now)
+    prev_fp = record.fingerprint if expired else None
     return Claimed(token, expired, False, prev_fp), new
 
 
@@ -280,8 +296,7 @@ def complete_on(
     """The completed record, or None if ``token`` no longer holds it (fenced out)."""
     if not _holds(record, token, now) or record is None:
         return None
-    event = Event.COMPLETE if response.replayable else Event.COMPLETE_UNREPLAYABLE
-    state = transition(State.IN_FLIGHT, event)
+    state = _COMPLETED_AS[response.replayable]
     if not response.replayable:
         response = StoredResponse(
             response.status, (), b"", False, response.trace_id, response.span_id
@@ -316,4 +331,4 @@ def held_by(record: Record | None, token: int, now: float) -> bool:
 def _holds(record: Record | None, token: int, now: float) -> bool:
     # A holder keeps the record past its lease until someone else takes it over: the lease only
     # decides whether a duplicate *may* take over, the token decides who holds it.
-    return record is not None and resolve(record, now) is State.IN_FLIGHT and record.token == token
+    return record is not None and record.token == token and resolve(record, now) is _IN_FLIGHT

@@ -42,11 +42,14 @@ class KeyHeaders:
         """For each key header name, in policy order, the values of every line carrying it."""
         found: list[list[str]] = [[] for _ in range(self._count)]
         if isinstance(headers, RawHeaders):  # ASGI: compare bytes, decode only the key
-            raw_index = self._raw_index
-            for name, value in headers.raw:
-                i = raw_index.get(name.lower())
-                if i is not None:
-                    found[i].append(value.decode("latin-1"))
+            names, raw = headers.names(), headers.raw
+            for name, i in self._raw_index.items():
+                if name not in names:  # searched in C, as are count() and index() below
+                    continue
+                if names.count(name) == 1:
+                    found[i].append(raw[names.index(name)][1].decode("latin-1"))
+                else:
+                    found[i] = [v.decode("latin-1") for n, (_, v) in zip(names, raw) if n == name]
             return found
         index = self._index
         for k, v in headers:

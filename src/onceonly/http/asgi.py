@@ -50,6 +50,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 log = logging.getLogger("onceonly")
 STATE_KEY = "idempotency_key"
+_NEEDS_BODY = (ReadBody, Keyed)  # built once: ``ReadBody | Keyed`` makes a union per use
 
 
 class IdempotencyMiddleware:
@@ -120,7 +121,7 @@ class _Responder:
             await self.app(self.scope, self.receive, self.send)
             return
         self.obs = observe(self.telemetry, method, path, self.headers)
-        if isinstance(admission, ReadBody | Keyed) and not await self._read_body():
+        if isinstance(admission, _NEEDS_BODY) and not await self._read_body():
             return
         if isinstance(admission, ReadBody):
             admission = look(
@@ -328,10 +329,14 @@ class _Responder:
         scope = self.scope
         state = scope.get("state")
         scope["state"] = {**state, STATE_KEY: key} if state else {STATE_KEY: key}
+        obs = self.obs
         reset = _current_key.set(key)
         try:
-            with self.obs.active():  # handler spans nest under ours; report_cost() works
+            if obs is NULL_OBSERVATION:  # nothing to activate: skip a no-op context manager
                 await self.app(scope, self._receive, send)
+            else:
+                with obs.active():  # handler spans nest under ours; report_cost() works
+                    await self.app(scope, self._receive, send)
         finally:
             _current_key.reset(reset)
 

@@ -36,6 +36,9 @@ _SWEEP_BATCH = 8
 # An abandoned claim (holder died, nobody retried) is dropped this long after its lease lapsed;
 # until then a retry is reported as "recovered", after it as a plain first execution.
 ABANDONED_GRACE = 3600.0
+# Python 3.11 reads an Enum member through EnumType.__getattr__: the per-request paths below use
+# these names instead.
+_IN_FLIGHT, _TOMBSTONE = State.IN_FLIGHT, State.TOMBSTONE
 
 
 class MemoryStore:
@@ -209,8 +212,9 @@ class MemoryStore:
 
 
 def _deadline(record: Record) -> float:
-    if record.state is State.IN_FLIGHT:
+    state = record.state
+    if state is _IN_FLIGHT:
         return record.lease_until + ABANDONED_GRACE
-    if record.state is State.TOMBSTONE:
+    if state is _TOMBSTONE:
         return record.retain_until
     return record.expires_at
