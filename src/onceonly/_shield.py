@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import types
-from collections.abc import Coroutine, Generator
+from collections.abc import Awaitable, Coroutine, Generator
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -27,6 +27,15 @@ _finishing: set[asyncio.Task[Any]] = set()
 async def shielded(coro: Coroutine[Any, Any, T]) -> T:
     """The result of ``coro``; once started, ``coro`` runs to its end even if we are cancelled."""
     return await _inline(coro)
+
+
+def shield_awaited(coro: Coroutine[Any, Any, T]) -> Awaitable[T]:
+    """:func:`shielded` without a coroutine of its own around ``coro``, for ``await`` only.
+
+    What it returns is a generator-based awaitable, which ``asyncio.create_task`` refuses from
+    Python 3.12 on; the engine awaits every settlement through this, on every request.
+    """
+    return _inline(coro)
 
 
 @types.coroutine

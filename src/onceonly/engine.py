@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import logging
 import math
 import os
@@ -20,7 +19,7 @@ from collections.abc import Awaitable, Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from onceonly._shield import shielded
+from onceonly._shield import shield_awaited
 from onceonly.decide import Complete, Decision, Release, Settlement, Wait, decide
 from onceonly.errors import StoreError
 from onceonly.policy import Policy
@@ -168,59 +167,75 @@ def _lost(id: str) -> None:
 
 
 class _BeatScheduler:
-    """One daemon thread keeps the due times of every sync heartbeat (a heap) and hands each
-    due renewal to a small pool of worker threads.
+    """One daemon thread keeps the due times of every sync heartbeat and hands each due
+    renewal to a small pool of worker threads (SPEC 13).
 
-    A thread per request would cost more than the request; most handlers finish long before
-    their first heartbeat, so registering and cancelling must be cheap. The renewals
-    themselves run on the pool, not on the timing thread: a renewal blocked on a store (a
-    SQLite writer holding the lock for its busy timeout, a server store timing out) must not
-    hold up the renewals of other claims, whose leases would lapse meanwhile.
+    A thread per request would cost more than the request, and most handlers finish long
+    before their first heartbeat, so registering is a dict insert and finishing a dict pop,
+    under a plain lock. (A heap of due times kept every finished request's entry, and the
+    handler's objects with it, until that entry came due, and cost a thread liveness check
+    per request.) The thread sleeps until the earliest beat is due and is woken only when a
+    new beat is due earlier still; the dict holds the beats of requests in flight, so finding
+    the next one is a scan of a few entries. The renewals themselves run on the pool, not on
+    the timing thread: a renewal blocked on a store (a SQLite writer holding the lock for its
+    busy timeout, a server store timing out) must not hold up the renewals of other claims,
+    whose leases would lapse meanwhile.
     """
 
     RENEWERS = 8  # renewals in flight at once; a beat is re-armed only after its renewal ends
 
     def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._heap: list[tuple[float, int, Heartbeat]] = []
-        self._seq = 0
+        self.forget()
+
+    def forget(self) -> None:
+        """Start empty, with no threads (in a forked child, the parent's threads are gone)."""
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._due: dict[Heartbeat, float] = {}
+        self._wake_at = math.inf  # when the thread wakes next (inf: when notified)
         self._thread: threading.Thread | None = None
         self._renewers: ThreadPoolExecutor | None = None
 
     def schedule(self, beat: Heartbeat, due: float) -> None:
-        with self._cond:
-            self._seq += 1
-            entry = (due, self._seq, beat)
-            heapq.heappush(self._heap, entry)
-            if self._thread is None or not self._thread.is_alive():
+        with self._lock:
+            self._due[beat] = due
+            if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="onceonly-heartbeat", daemon=True
                 )
                 self._thread.start()
-            # Wake the thread only if this beat is now the earliest: it already sleeps until
-            # the earliest one, and waking it on every request cost a thread switch each.
-            if self._heap[0] is entry:
+            if due < self._wake_at:
+                self._wake_at = due
                 self._cond.notify()
 
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._heap or self._heap[0][0] > time.monotonic():
-                    timeout = self._heap[0][0] - time.monotonic() if self._heap else None
-                    self._cond.wait(timeout)
-                _, _, beat = heapq.heappop(self._heap)
-            if self._renewers is None:
-                self._renewers = ThreadPoolExecutor(
-                    self.RENEWERS, thread_name_prefix="onceonly-renew"
-                )
-            self._renewers.submit(beat.beat)
+    def cancel(self, beat: Heartbeat) -> None:
+        with self._lock:
+            self._due.pop(beat, None)
 
-    def forget(self) -> None:
-        """In a forked child: the parent's threads do not exist here; start afresh."""
-        self._cond = threading.Condition()
-        self._heap = []
-        self._thread = None
-        self._renewers = None
+    def _run(self) -> None:
+        try:
+            while True:
+                for beat in self._take_due():
+                    if self._renewers is None:
+                        self._renewers = ThreadPoolExecutor(
+                            self.RENEWERS, thread_name_prefix="onceonly-renew"
+                        )
+                    self._renewers.submit(beat.beat)
+        finally:  # only if something unexpected was raised: the next schedule starts anew
+            with self._lock:
+                self._thread, self._wake_at = None, math.inf
+
+    def _take_due(self) -> list[Heartbeat]:
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                ready = [beat for beat, due in self._due.items() if due <= now]
+                for beat in ready:
+                    del self._due[beat]
+                self._wake_at = min(self._due.values(), default=math.inf)
+                if ready:
+                    return ready
+                self._cond.wait(None if self._wake_at == math.inf else self._wake_at - now)
 
 
 _scheduler = _BeatScheduler()
@@ -253,7 +268,8 @@ class Heartbeat:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._active = False  # a due entry for an inactive beat is skipped
+        self._active = False  # a beat running now does not schedule itself again
+        _scheduler.cancel(self)
 
     def beat(self) -> None:
         if not self._active:
@@ -453,7 +469,7 @@ async def asettle_record(
             name = "complete"
         case Release():
             op, name = store.arelease(id, token), "release"
-    if not await shielded(op):
+    if not await shield_awaited(op):
         _fenced(id)
     return name
 

@@ -27,10 +27,55 @@ from urllib.parse import parse_qsl
 import rfc8785
 
 
-class RawHeaders(Sequence[tuple[str, str]]):
-    """Request headers as an ASGI server hands them over (bytes pairs), read as ``(name,
-    value)`` strings only when read: most requests have one or two of them looked at (the key,
-    the default scope's ``Authorization``), so decoding them all up front was wasted work."""
+class HeaderView(Sequence[tuple[str, str]]):
+    """Request headers as a server adapter holds them, read as ``(lowercase name, value)``
+    pairs. A request has only a few of its headers looked at (the key, Content-Length, the
+    default scope's ``Authorization``): :meth:`first` and :meth:`lines` find one without
+    decoding or listing the others, and the full list is built only if something iterates."""
+
+    __slots__ = ()
+
+    def __init_subclass__(cls) -> None:
+        super().__init_subclass__()
+        _VIEWS.add(cls)
+
+    def first(self, name: str) -> str | None:
+        """The first value of header ``name`` (lowercase), or None."""
+        raise NotImplementedError
+
+    def lines(self, name: str) -> list[str]:
+        """The value of every line of header ``name`` (lowercase), in order."""
+        raise NotImplementedError
+
+    def _all(self) -> list[tuple[str, str]]:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+    @overload
+    def __getitem__(self, index: int) -> tuple[str, str]: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[tuple[str, str]]: ...
+    def __getitem__(self, index: int | slice) -> tuple[str, str] | Sequence[tuple[str, str]]:
+        return self._all()[index]
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(self._all())
+
+
+# Every HeaderView class, for view_of(): isinstance() against a subclass of an ABC such as
+# Sequence goes through ABCMeta.__instancecheck__, ten times the cost of this set lookup.
+_VIEWS: set[type] = set()
+
+
+def view_of(headers: Sequence[tuple[str, str]]) -> HeaderView | None:
+    """``headers`` if it is a :class:`HeaderView` (the adapters' headers), else None."""
+    return headers if type(headers) in _VIEWS else None  # type: ignore[return-value]
+
+
+class RawHeaders(HeaderView):
+    """Request headers as an ASGI server hands them over (bytes pairs)."""
 
     __slots__ = ("_decoded", "_names", "raw")
 
@@ -51,12 +96,22 @@ class RawHeaders(Sequence[tuple[str, str]]):
         return names
 
     def first(self, name: str) -> str | None:
-        """The first value of header ``name`` (lowercase), or None; decodes only that one."""
         wanted = name.encode("latin-1")
         names = self.names()
         if wanted in names:
             return self.raw[names.index(wanted)][1].decode("latin-1")
         return None
+
+    def lines(self, name: str) -> list[str]:
+        wanted = name.encode("latin-1")
+        names = self.names()
+        lines = names.count(wanted)  # searched in C, as is index() below
+        if not lines:
+            return []
+        if lines == 1:
+            return [self.raw[names.index(wanted)][1].decode("latin-1")]
+        pairs = zip(names, self.raw, strict=True)
+        return [v.decode("latin-1") for n, (_, v) in pairs if n == wanted]
 
     def _all(self) -> list[tuple[str, str]]:
         if self._decoded is None:
@@ -65,16 +120,6 @@ class RawHeaders(Sequence[tuple[str, str]]):
 
     def __len__(self) -> int:
         return len(self.raw)
-
-    @overload
-    def __getitem__(self, index: int) -> tuple[str, str]: ...
-    @overload
-    def __getitem__(self, index: slice) -> Sequence[tuple[str, str]]: ...
-    def __getitem__(self, index: int | slice) -> tuple[str, str] | Sequence[tuple[str, str]]:
-        return self._all()[index]
-
-    def __iter__(self) -> Iterator[tuple[str, str]]:
-        return iter(self._all())
 
 
 class RequestFacts(NamedTuple):  # built on every keyed request: a tuple costs half a dataclass
@@ -93,8 +138,9 @@ class RequestFacts(NamedTuple):  # built on every keyed request: a tuple costs h
         """The first value of header ``name`` (case-insensitive), or None."""
         lname = name.lower()
         headers = self.headers
-        if isinstance(headers, RawHeaders):
-            return headers.first(lname)
+        view = view_of(headers)
+        if view is not None:
+            return view.first(lname)
         for k, v in headers:
             if k == lname or k.lower() == lname:
                 return v

@@ -10,10 +10,21 @@
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
+import os
 import threading
+from typing import Any
+
+import pytest
 
 from onceonly.decide import Execute, Replay
-from onceonly.engine import AsyncHeartbeat, aclaim_decision, claim_decision
+from onceonly.engine import (
+    AsyncHeartbeat,
+    Heartbeat,
+    _scheduler,
+    aclaim_decision,
+    claim_decision,
+)
 from onceonly.fingerprint import RawHeaders, RequestFacts, bytes_fingerprint
 from onceonly.http._exchange import KeyHeaders, declared_length
 from onceonly.policy import Policy, authorization_scope
@@ -120,6 +131,79 @@ async def test_heartbeats_of_one_loop_share_a_timer_yet_keep_their_own_periods()
     record = store.get("fast")
     assert isinstance(record, Record)
     assert record.lease_until > store._clock()  # still held: the beats kept it alive
+
+
+class _CountingSyncStore(MemoryStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.renewals: dict[str, int] = {}
+        self._count_lock = threading.Lock()
+
+    def renew(self, id: str, token: int, lease: float) -> bool:
+        with self._count_lock:
+            self.renewals[id] = self.renewals.get(id, 0) + 1
+        return super().renew(id, token, lease)
+
+
+def test_sync_heartbeats_share_a_thread_keep_their_periods_and_leave_nothing_behind() -> None:
+    store = _CountingSyncStore()
+    fast, slow = Policy(lease=0.3, heartbeat=0.04), Policy(lease=3.0, heartbeat=0.25)
+    tokens = {}
+    for id, policy in (("fast", fast), ("slow", slow), ("done", fast)):
+        claimed: ClaimResult = store.claim(id, "fp", policy.lease_s)
+        assert isinstance(claimed, Claimed)
+        tokens[id] = claimed.token
+    with Heartbeat(store, "done", tokens["done"], fast):
+        pass  # a handler that finished at once never beats
+    stop = threading.Event()
+    with (
+        Heartbeat(store, "fast", tokens["fast"], fast),
+        Heartbeat(store, "slow", tokens["slow"], slow),
+    ):
+        stop.wait(0.4)  # the handlers "run" for 0.4 s
+    assert store.renewals.get("done", 0) == 0
+    assert 4 <= store.renewals["fast"] <= 11  # every ~0.04 s
+    assert 1 <= store.renewals["slow"] <= 2  # every ~0.25 s
+    record = store.get("fast")
+    assert isinstance(record, Record)
+    assert record.lease_until > store._clock()  # still held: the beats kept it alive
+    after = dict(store.renewals)
+    stop.wait(0.1)  # finished handlers are beaten no more, and nothing of theirs is kept
+    assert store.renewals == after
+    assert not any(beat._store is store for beat in _scheduler._due)
+
+
+def _beats_in_child(parent_thread_ran: bool, results: Any) -> None:
+    store = _CountingSyncStore()
+    policy = Policy(lease=0.3, heartbeat=0.04)
+    claimed = store.claim("child", "fp", policy.lease_s)
+    assert isinstance(claimed, Claimed)
+    with Heartbeat(store, "child", claimed.token, policy):
+        threading.Event().wait(0.3)
+    results.put((parent_thread_ran, store.renewals.get("child", 0)))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX-only")
+def test_a_forked_child_renews_with_a_heartbeat_thread_of_its_own() -> None:
+    store = MemoryStore()
+    policy = Policy(lease=0.3, heartbeat=0.04)
+    claimed = store.claim("parent", "fp", policy.lease_s)
+    assert isinstance(claimed, Claimed)
+    with Heartbeat(store, "parent", claimed.token, policy):  # the parent's thread now runs
+        ran = _scheduler._thread is not None
+        ctx = multiprocessing.get_context("fork")
+        results = ctx.Queue()
+        child = ctx.Process(target=_beats_in_child, args=(ran, results))
+        child.start()
+        try:
+            parent_ran, renewals = results.get(timeout=10)
+            child.join(timeout=10)
+        finally:
+            if child.is_alive():
+                child.kill()
+    assert child.exitcode == 0
+    assert parent_ran
+    assert renewals >= 3  # the child's own thread beat every ~0.04 s
 
 
 def test_memory_store_keeps_one_deadline_entry_per_record_and_still_expires_it() -> None:

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from onceonly._shield import shielded
+from onceonly._shield import shield_awaited, shielded
 
 
 async def test_a_coroutine_that_never_suspends_finishes_without_a_loop_trip() -> None:
@@ -62,6 +62,30 @@ async def test_cancelling_the_caller_lets_the_coroutine_finish() -> None:
     for _ in range(5):
         await asyncio.sleep(0)
     assert finished == ["settled"]
+
+
+async def test_shield_awaited_also_lets_the_coroutine_finish_when_the_caller_is_cancelled() -> None:
+    gate = asyncio.Event()
+    finished: list[str] = []
+
+    async def settle() -> bool:
+        await gate.wait()
+        finished.append("settled")
+        return True
+
+    async def caller() -> bool:
+        return await shield_awaited(settle())
+
+    task = asyncio.create_task(caller())
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    gate.set()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert finished == ["settled"]
+    assert await shield_awaited(settle()) is True  # and hands back the result when not
 
 
 async def test_the_coroutine_sees_values_sent_back_by_the_task() -> None:

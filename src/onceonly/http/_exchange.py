@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from onceonly.decide import Admission, Keyed, Pass, Refuse, Settlement, admit, settle
-from onceonly.fingerprint import RawHeaders, RequestFacts
+from onceonly.fingerprint import RequestFacts, view_of
 from onceonly.outcomes import Outcome
 from onceonly.policy import Policy, Problem, storage_id
 from onceonly.problems import ProblemResponse, render
@@ -29,28 +29,22 @@ class ReadBody:
 
 class KeyHeaders:
     """The policy's key header names, lowercased once: finding them in a request is then one
-    dict lookup per request header (adapters build this in ``__init__``)."""
+    dict lookup per request header, or one search per name in a :class:`HeaderView` (adapters
+    build this in ``__init__``)."""
 
-    __slots__ = ("_count", "_index", "_raw_index")
+    __slots__ = ("_count", "_index", "_names")
 
     def __init__(self, policy: Policy) -> None:
         self._index = {name.lower(): i for i, name in enumerate(policy.header_names)}
-        self._raw_index = {name.encode("latin-1"): i for name, i in self._index.items()}
+        self._names = tuple(self._index)
         self._count = len(policy.header_names)
 
     def values(self, headers: HeaderList) -> list[list[str]]:
         """For each key header name, in policy order, the values of every line carrying it."""
+        view = view_of(headers)
+        if view is not None:  # the adapters' headers: nothing decoded but the keys
+            return [view.lines(name) for name in self._names]
         found: list[list[str]] = [[] for _ in range(self._count)]
-        if isinstance(headers, RawHeaders):  # ASGI: compare bytes, decode only the key
-            names, raw = headers.names(), headers.raw
-            for name, i in self._raw_index.items():
-                if name not in names:  # searched in C, as are count() and index() below
-                    continue
-                if names.count(name) == 1:
-                    found[i].append(raw[names.index(name)][1].decode("latin-1"))
-                else:
-                    found[i] = [v.decode("latin-1") for n, (_, v) in zip(names, raw) if n == name]
-            return found
         index = self._index
         for k, v in headers:
             i = index.get(k.lower())
@@ -89,8 +83,9 @@ def _body_field(body: bytes, name: str) -> str | None:
 
 def declared_length(headers: HeaderList) -> int | None:
     """The Content-Length the client declared, if it is a plain non-negative integer."""
-    if isinstance(headers, RawHeaders):
-        value = headers.first("content-length")
+    view = view_of(headers)
+    if view is not None:
+        value = view.first("content-length")
     else:
         value = next((v for k, v in headers if k.lower() == "content-length"), None)
     if value is None:

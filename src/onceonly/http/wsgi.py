@@ -6,6 +6,7 @@ lines arrive as one comma-joined value, which the key parser rejects as a list (
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import time
@@ -21,7 +22,7 @@ from onceonly.context import _current_key
 from onceonly.decide import Execute, Keyed, Pass, Refuse, Release, Replay, replay_headers
 from onceonly.engine import Heartbeat, claim_decision, settle_record
 from onceonly.errors import ClaimTakenOver, StoreError
-from onceonly.fingerprint import RequestFacts
+from onceonly.fingerprint import HeaderView, RequestFacts
 from onceonly.http._exchange import (
     Capture,
     Identity,
@@ -51,14 +52,52 @@ ENVIRON_KEY = "onceonly.idempotency_key"
 _READ_CHUNK = 64 * 1024
 
 
-def _headers(environ: Environ) -> list[tuple[str, str]]:
-    out = []
-    for name, value in environ.items():
-        if name.startswith("HTTP_"):
-            out.append((name[5:].replace("_", "-").lower(), value))
-        elif name in ("CONTENT_TYPE", "CONTENT_LENGTH") and value:
-            out.append((name.replace("_", "-").lower(), value))
-    return out
+class EnvironHeaders(HeaderView):
+    """A WSGI request's headers, read from its environ: one header is one dict lookup there
+    (``HTTP_IDEMPOTENCY_KEY``); the full list (lowercase names) is built only if iterated."""
+
+    __slots__ = ("_all_lines", "environ")
+
+    def __init__(self, environ: Environ) -> None:
+        self.environ = environ
+        self._all_lines: list[tuple[str, str]] | None = None
+
+    def first(self, name: str) -> str | None:
+        for key in _environ_keys(name):
+            value: str | None = self.environ.get(key)
+            # CGI leaves an empty CONTENT_TYPE/CONTENT_LENGTH for "not sent".
+            if value is not None and (value or key.startswith("HTTP_")):
+                return value
+        return None
+
+    def lines(self, name: str) -> list[str]:
+        value = self.first(name)  # the server joined repeated lines into one (PEP 3333)
+        return [] if value is None else [value]
+
+    def _all(self) -> list[tuple[str, str]]:
+        lines = self._all_lines
+        if lines is None:
+            lines = self._all_lines = []
+            for key, value in self.environ.items():
+                if key.startswith("HTTP_"):
+                    lines.append((key[5:].replace("_", "-").lower(), value))
+                elif key in ("CONTENT_TYPE", "CONTENT_LENGTH") and value:
+                    lines.append((key.replace("_", "-").lower(), value))
+        return lines
+
+
+@functools.lru_cache(maxsize=64)
+def _environ_keys(name: str) -> tuple[str, ...]:
+    """Where header ``name`` (lowercase) may be in an environ, in the order :meth:`first` looks.
+
+    A name with ``_`` has no environ key of its own: listing the environ never yields one.
+    """
+    if "_" in name or name != name.lower():
+        return ()
+    key = name.upper().replace("-", "_")
+    if name in ("content-type", "content-length"):
+        return (key, f"HTTP_{key}")
+    return (f"HTTP_{key}",)
 
 
 class IdempotencyMiddleware:
@@ -99,7 +138,7 @@ class _Responder:
         self.app, self.store, self.policy, self.atomic = mw.app, mw.store, mw.policy, mw.atomic
         self.key_headers = mw.key_headers
         self.environ, self.start_response = environ, start_response
-        self.headers = _headers(environ)
+        self.headers = EnvironHeaders(environ)
         self.body: bytes | None = None
         self.telemetry, self.obs = mw.telemetry, NULL_OBSERVATION
 
@@ -131,7 +170,7 @@ class _Responder:
             method,
             path,
             self.environ.get("QUERY_STRING", ""),
-            tuple(self.headers),
+            self.headers,
             self.body or b"",
         )
         ident = identify(key, facts, self.policy)
@@ -441,7 +480,8 @@ class _Body:
 
 
 def _status_line(status: int) -> str:
-    try:
-        return f"{status} {HTTPStatus(status).phrase}"
-    except ValueError:
-        return f"{status} Unknown"
+    line = _STATUS_LINES.get(status)
+    return line if line is not None else f"{status} Unknown"
+
+
+_STATUS_LINES = {s.value: f"{s.value} {s.phrase}" for s in HTTPStatus}
