@@ -110,14 +110,20 @@ class _CountingStore(MemoryStore):
         return await super().arenew(id, token, lease)
 
 
-async def test_heartbeats_of_one_loop_share_a_timer_yet_keep_their_own_periods() -> None:
-    store = _CountingStore()
-    fast, slow = Policy(lease=0.3, heartbeat=0.04), Policy(lease=3.0, heartbeat=0.25)
+def _claim_each(store: MemoryStore, **policies: Policy) -> dict[str, int]:
+    """Claim one id per keyword (with that policy's lease); the tokens by id."""
     tokens = {}
-    for id, policy in (("fast", fast), ("slow", slow), ("done", fast)):
+    for id, policy in policies.items():
         claimed: ClaimResult = store.claim(id, "fp", policy.lease_s)
         assert isinstance(claimed, Claimed)
         tokens[id] = claimed.token
+    return tokens
+
+
+async def test_heartbeats_of_one_loop_share_a_timer_yet_keep_their_own_periods() -> None:
+    store = _CountingStore()
+    fast, slow = Policy(lease=0.3, heartbeat=0.04), Policy(lease=3.0, heartbeat=0.25)
+    tokens = _claim_each(store, fast=fast, slow=slow, done=fast)
     finished = AsyncHeartbeat(store, "done", tokens["done"], fast).begin()
     await finished.end()  # a handler that finished at once never beats
     async with (
@@ -148,11 +154,7 @@ class _CountingSyncStore(MemoryStore):
 def test_sync_heartbeats_share_a_thread_keep_their_periods_and_leave_nothing_behind() -> None:
     store = _CountingSyncStore()
     fast, slow = Policy(lease=0.3, heartbeat=0.04), Policy(lease=3.0, heartbeat=0.25)
-    tokens = {}
-    for id, policy in (("fast", fast), ("slow", slow), ("done", fast)):
-        claimed: ClaimResult = store.claim(id, "fp", policy.lease_s)
-        assert isinstance(claimed, Claimed)
-        tokens[id] = claimed.token
+    tokens = _claim_each(store, fast=fast, slow=slow, done=fast)
     with Heartbeat(store, "done", tokens["done"], fast):
         pass  # a handler that finished at once never beats
     stop = threading.Event()
