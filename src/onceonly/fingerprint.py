@@ -17,6 +17,7 @@ Anything else can be plugged in as a :data:`Fingerprinter`.
 
 from __future__ import annotations
 
+import abc
 import functools
 import hashlib
 import json
@@ -39,16 +40,17 @@ class HeaderView(Sequence[tuple[str, str]]):
         super().__init_subclass__()
         _VIEWS.add(cls)
 
+    @abc.abstractmethod
     def first(self, name: str) -> str | None:
         """The first value of header ``name`` (lowercase), or None."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def lines(self, name: str) -> list[str]:
         """The value of every line of header ``name`` (lowercase), in order."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _all(self) -> list[tuple[str, str]]:
-        raise NotImplementedError
+        """Every line as a ``(lowercase name, value)`` pair, in order (built once)."""
 
     def __len__(self) -> int:
         return len(self._all())

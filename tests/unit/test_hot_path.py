@@ -27,6 +27,7 @@ from onceonly.engine import (
 )
 from onceonly.fingerprint import RawHeaders, RequestFacts, bytes_fingerprint
 from onceonly.http._exchange import KeyHeaders, declared_length
+from onceonly.http.wsgi import EnvironHeaders
 from onceonly.policy import Policy, authorization_scope
 from onceonly.records import Claimed, ClaimResult, Record, StoredResponse
 from onceonly.stores.memory import MemoryStore
@@ -65,6 +66,39 @@ def test_key_headers_and_content_length_agree_on_raw_and_decoded_headers() -> No
     assert keys.values(RawHeaders(raw)) == keys.values(decoded) == [["k-é", "again"], ["other"]]
     assert declared_length(RawHeaders(raw)) == declared_length(decoded) == 12
     assert declared_length(RawHeaders([(b"content-length", b"-1")])) is None
+
+
+def test_environ_headers_read_like_the_listed_environ() -> None:
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "HTTP_IDEMPOTENCY_KEY": "k-1",
+        "HTTP_AUTHORIZATION": "Bearer x",
+        "HTTP_X_EMPTY": "",
+        "CONTENT_LENGTH": "12",
+        "CONTENT_TYPE": "",  # CGI's "not sent"
+    }
+    headers = EnvironHeaders(environ)
+    listed = [
+        ("idempotency-key", "k-1"),
+        ("authorization", "Bearer x"),
+        ("x-empty", ""),
+        ("content-length", "12"),
+    ]
+    assert list(headers) == listed
+    assert len(headers) == 4
+    assert headers[0] == listed[0]
+    for name, value in listed:
+        assert headers.first(name) == value
+        assert headers.lines(name) == [value]
+    assert headers.first("content-type") is None  # empty CONTENT_TYPE: not sent
+    assert headers.lines("x-missing") == []
+    assert headers.first("x_empty") is None  # no environ key yields a name with "_"
+    assert headers.first("Authorization") is None  # names are asked for in lowercase
+    facts = RequestFacts("POST", "/x", "", headers, b"")
+    assert authorization_scope(facts) == authorization_scope(facts._replace(headers=listed))
+    assert KeyHeaders(Policy()).values(headers) == [["k-1"]]
+    assert declared_length(headers) == 12
+    assert RawHeaders(RAW).lines("x-missing") == []
 
 
 def test_claim_fast_path_waits_for_an_in_flight_first_attempt() -> None:
