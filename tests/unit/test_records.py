@@ -19,11 +19,14 @@ from onceonly.records import (
     StoredResponse,
     claim_on,
     complete_on,
+    held_by,
+    lease_left,
     next_token,
     release_allowed,
     renew_on,
     resolve,
     transition,
+    visible,
 )
 
 T0 = 1_700_000_000.0
@@ -409,3 +412,33 @@ def test_token_of_a_released_claim_is_not_reused_at_the_same_instant() -> None:
     second, _ = claim_on(None, "id", "fp", LEASE, T0, floor=first.token)
     assert isinstance(second, Claimed)
     assert second.token != first.token
+
+
+def test_visible_is_what_a_reader_sees_as_time_passes() -> None:
+    done = complete_on(in_flight(token=3), 3, OK, TTL, RETENTION, T0)
+    assert done is not None
+    assert visible(None, T0) is None
+    assert visible(done, T0 + 1) is done  # live: the record itself, response and all
+    tomb = visible(done, T0 + TTL)
+    assert tomb is not None
+    assert tomb.state is State.TOMBSTONE
+    assert tomb.response is None  # SPEC 14: no body after the TTL
+    assert (tomb.fingerprint, tomb.token, tomb.expires_at) == ("fp", 3, done.expires_at)
+    assert visible(tomb, T0 + TTL + 1) is tomb  # a stored tombstone is shown as it is
+    assert visible(done, T0 + TTL + RETENTION) is None  # gone after retention
+
+
+def test_lease_left_counts_down_only_for_a_live_claim() -> None:
+    claim = in_flight(token=3)
+    assert lease_left(None, T0) == 0.0
+    assert lease_left(claim, T0 + 10) == LEASE - 10
+    assert lease_left(claim, T0 + LEASE + 1) == 0.0  # lapsed: a waiter may take it over
+    done = complete_on(claim, 3, OK, TTL, RETENTION, T0 + 1)
+    assert lease_left(done, T0 + 2) == 0.0  # completed: nothing to wait for
+
+
+def test_held_by_only_the_current_token() -> None:
+    claim = in_flight(token=3)
+    assert held_by(claim, 3, T0 + 1)
+    assert not held_by(claim, 4, T0 + 1)
+    assert not held_by(None, 3, T0 + 1)
