@@ -12,13 +12,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import psycopg
-from sqlalchemy import Connection, Engine
-from sqlalchemy.orm import Session
+from sqlalchemy import Engine
 
 if TYPE_CHECKING:  # the asyncio extension needs greenlet: imported only when used
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from onceonly.atomic._sqlalchemy_async import AsyncSessionLink
+from onceonly.atomic._sqlalchemy_session import SessionLink
 from onceonly.errors import ForeignConnection
 from onceonly.stores.postgres import PostgresStore
 from onceonly.stores.postgres_atomic import areaches_store, reaches_store
@@ -33,13 +33,11 @@ def _foreign(engine: object, store: PostgresStore) -> ForeignConnection:
     )
 
 
-class PostgresLink:
+class PostgresLink(SessionLink):
     """A connection of the application's (sync) engine, as the unit's connection."""
 
     def __init__(self, engine: Engine, store: PostgresStore) -> None:
-        self.engine = engine
-        self._conn = engine.connect()
-        self._session: Session | None = None
+        super().__init__(engine)
         try:
             raw: object = self._conn.connection.dbapi_connection
             if not isinstance(raw, psycopg.Connection) or not reaches_store(raw, store):
@@ -58,31 +56,8 @@ class PostgresLink:
     def araw(self) -> None:
         return None
 
-    @property
-    def handle(self) -> Connection:
-        return self._conn
-
-    def session(self, **options: Any) -> Session:
-        """One ORM session per execution, joined to the connection's transaction."""
-        if self._session is None:
-            self._session = Session(
-                bind=self._conn, join_transaction_mode="rollback_only", **options
-            )
-        return self._session
-
-    def flush(self) -> None:
-        if self._session is not None:
-            self._session.flush()
-
     def ended(self, committed: bool) -> None:
         pass  # SQLAlchemy's outer transaction never commits: nothing to settle
-
-    def close(self) -> None:
-        try:
-            if self._session is not None:
-                self._session.close()
-        finally:
-            self._conn.close()  # back to the engine's pool (its reset rolls back nothing left)
 
     async def aflush(self) -> None:
         self.flush()

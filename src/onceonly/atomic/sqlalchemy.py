@@ -36,6 +36,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session
 
 from onceonly.atomic._context import current_unit, postgres_unit
+from onceonly.atomic._sqlalchemy_session import SessionLink
 from onceonly.errors import AtomicUnsupported, ForeignConnection
 from onceonly.stores.sqlite import PHASES, SQLiteStore
 from onceonly.stores.sqlite_atomic import SQLiteUnit, same_database
@@ -49,13 +50,11 @@ if TYPE_CHECKING:  # the asyncio extension needs greenlet: imported only when us
     from onceonly.stores.postgres_atomic import PostgresUnit
 
 
-class SQLAlchemyLink:
+class SQLAlchemyLink(SessionLink):
     """A connection of the application's engine, as the unit's link to the database."""
 
     def __init__(self, engine: Engine, store: SQLiteStore) -> None:
-        self.engine = engine
-        self._conn = engine.connect()
-        self._session: Session | None = None
+        super().__init__(engine)
         try:
             raw: object = self._conn.connection.dbapi_connection
             if not isinstance(raw, sqlite3.Connection):
@@ -73,18 +72,6 @@ class SQLAlchemyLink:
     def raw(self) -> sqlite3.Connection:
         return self._raw
 
-    @property
-    def handle(self) -> Connection:
-        return self._conn
-
-    def session(self, **options: Any) -> Session:
-        """One ORM session per execution, joined to the connection's transaction."""
-        if self._session is None:
-            self._session = Session(
-                bind=self._conn, join_transaction_mode="rollback_only", **options
-            )
-        return self._session
-
     def begin(self) -> None:
         if not self._conn.in_transaction():  # a flush after a phase may have begun it
             self._conn.begin()
@@ -96,10 +83,6 @@ class SQLAlchemyLink:
             # is read, which is what BEGIN IMMEDIATE would have done.
             self._raw.execute(f"DELETE FROM {PHASES} WHERE 0")
 
-    def flush(self) -> None:
-        if self._session is not None:
-            self._session.flush()
-
     def commit(self) -> None:
         self._conn.commit()
 
@@ -107,13 +90,6 @@ class SQLAlchemyLink:
         if self._session is not None:
             self._session.expunge_all()  # its objects describe rows that no longer exist
         self._conn.rollback()
-
-    def close(self) -> None:
-        try:
-            if self._session is not None:
-                self._session.close()
-        finally:
-            self._conn.close()
 
 
 def _link(engine: Engine) -> SQLAlchemyLink | PostgresLink:

@@ -75,6 +75,20 @@ class Settlement:
     status: int | None
     detail: str
 
+    def row(self) -> tuple[object, ...]:
+        """The values the SQL backends' settle statement binds, in its placeholders' order:
+        state, updated_at, not_before, replays added, last_status, last_error, id, claim."""
+        return (
+            self.state.value,
+            self.now,
+            self.not_before,
+            int(self.counted),
+            self.status,
+            self.detail,
+            self.id,
+            self.token,
+        )
+
 
 class DLQBackend(Protocol):
     """Storage of one dead-letter queue. Every method is one atomic operation on the store.

@@ -219,18 +219,8 @@ class PostgresDLQ:
             "replays = replays + %s, last_status = COALESCE(%s, last_status), last_error = %s "
             "WHERE id = %s AND state = 'replaying' AND claim = %s"
         ).format(self._table)
-        params = (
-            s.state.value,
-            s.now,
-            s.not_before,
-            int(s.counted),
-            s.status,
-            s.detail,
-            s.id,
-            s.token,
-        )
         with self._conn() as conn:
-            conn.execute(statement, params)
+            conn.execute(statement, s.row())
 
     def close(self) -> None:
         self._pool.close()

@@ -175,14 +175,5 @@ class SQLiteDLQ:
                 f"UPDATE {TABLE} SET state = ?, claim = NULL, updated_at = ?, not_before = ?, "
                 "replays = replays + ?, last_status = COALESCE(?, last_status), "
                 "last_error = ? WHERE id = ? AND state = 'replaying' AND claim = ?",
-                (
-                    s.state.value,
-                    s.now,
-                    s.not_before,
-                    int(s.counted),
-                    s.status,
-                    s.detail,
-                    s.id,
-                    s.token,
-                ),
+                s.row(),
             )
