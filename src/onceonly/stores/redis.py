@@ -6,8 +6,9 @@ A script missing on the server (``NOSCRIPT``, after a restart or ``SCRIPT FLUSH`
 once in full (``EVAL``), which loads it again, so a replay costs one round trip and a first
 execution two (claim, complete).
 
-Records expire by themselves (``PEXPIRE``): no sweeper. The two keys of a record share the
-hash tag ``{id}``, so Redis Cluster (``redis+cluster://``) works unchanged. Waiting duplicates
+Records expire by themselves (``SET … PX``): no sweeper. The two keys of a record (layout
+``v2``, ``_redis_lua.py``) share the hash tag ``{id}``, so Redis Cluster (``redis+cluster://``)
+works unchanged. Waiting duplicates
 are woken by pub/sub on one channel per prefix (``_wake.py``), with polling as the fallback.
 
 Two faces, two clients:
@@ -64,6 +65,9 @@ from onceonly.stores._wake import Listener, awatch_loop, watch_loop
 # An abandoned claim (holder died, nobody retried) expires this long after its lease lapsed;
 # until then a retry is reported as "recovered" (as in MemoryStore and SQLiteStore).
 ABANDONED_GRACE = 3600.0
+# The key layout's name, part of every key (``_redis_lua.py``): keys of an older layout are
+# never read, so an upgrade starts from empty records (docs/stores.md, "Upgrading").
+LAYOUT = "v2"
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 
 URL_OPTIONS: dict[str, Callable[[str], Any]] = {
@@ -258,11 +262,11 @@ class RedisStore:
         return _WireFace(Wire(self._endpoint, self._timeout, self._connect_timeout, self._what))
 
     def _keys(self, id: str) -> list[str]:
-        key = f"{self.prefix}{{{id}}}"
+        key = f"{self.prefix}{LAYOUT}{{{id}}}"
         return [key, f"{key}:r"]
 
     def _id_of(self, key: str) -> str:
-        return key[len(self.prefix) + 1 : -1]
+        return key[len(self.prefix) + len(LAYOUT) + 1 : -1]
 
     def _subscription(self) -> Iterator[str | None]:
         pubsub = self.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
@@ -311,8 +315,8 @@ class RedisStore:
 
     def get(self, id: str) -> Record | None:
         with translated(self._what, _ERRORS):
-            _, now, fields, response = self._s().get(keys=self._keys(id))
-        return _record(id, int(now), fields, response)
+            _, now, raw, response = self._s().get(keys=self._keys(id))
+        return _record(id, int(now), raw, response)
 
     def watch(self, id: str, timeout: float) -> None:
         if self._listener is not None:
@@ -329,12 +333,13 @@ class RedisStore:
         """Records per state now, by the server's clock (admin: ``onceonly keys stats``).
 
         SCANs the prefix's record keys (never ``KEYS``, which blocks the server) and reads
-        three small fields of each in pipelined batches; stops after ``limit`` records and
-        then says so (``complete=False``). Keys expire by themselves, so nothing past its
-        retention is left to count.
+        each (a short string) in pipelined batches; stops after ``limit`` records and then
+        says so (``complete=False``). Keys expire by themselves, so nothing past its retention
+        is left to count.
         """
         client = self.client
-        pattern = "".join("\\" + c if c in "*?[]\\" else c for c in self.prefix) + "{*}"
+        escaped = "".join("\\" + c if c in "*?[]\\" else c for c in self.prefix)
+        pattern = f"{escaped}{LAYOUT}{{*}}"  # record keys only: a response key ends in ":r"
         with translated(self._what, _ERRORS):
             secs, micros = client.time()
             now = int(secs) * 1_000_000 + int(micros)
@@ -345,12 +350,11 @@ class RedisStore:
             def flush() -> None:
                 pipe = client.pipeline(transaction=False)
                 for key in batch:
-                    pipe.hmget(key, "st", "ex", "ru")
-                for st, ex, ru in pipe.execute():
-                    states.append(_resolve(st, ex, ru, now))
+                    pipe.get(key)
+                states.extend(_state_at(raw, now).value for raw in pipe.execute())
                 batch.clear()
 
-            for key in client.scan_iter(match=pattern, count=1000, _type="HASH"):
+            for key in client.scan_iter(match=pattern, count=1000, _type="STRING"):
                 if len(states) + len(batch) >= limit:
                     complete = False
                     break
@@ -394,8 +398,8 @@ class RedisStore:
         return bool(reply)
 
     async def aget(self, id: str) -> Record | None:
-        _, now, fields, response = await self._aeval("get", self._keys(id), [])
-        return _record(id, int(now), fields, response)
+        _, now, raw, response = await self._aeval("get", self._keys(id), [])
+        return _record(id, int(now), raw, response)
 
     async def awatch(self, id: str, timeout: float) -> None:
         if self._listener is not None:
@@ -461,7 +465,9 @@ class _Memo(Generic[K, V]):
         return value
 
 
-_json_of = _Memo[tuple[tuple[str, str], ...], str](lambda h: json.dumps([list(x) for x in h]))
+_json_of = _Memo[tuple[tuple[str, str], ...], bytes](
+    lambda h: json.dumps([list(x) for x in h]).encode()
+)
 _headers_of = _Memo[bytes, tuple[tuple[str, str], ...]](
     lambda raw: tuple((str(k), str(v)) for k, v in json.loads(raw))
 )
@@ -478,14 +484,56 @@ def _complete_args(
         token,
         _us(ttl),
         _us(retention),
-        1 if response.replayable else 0,
-        response.status,
-        _json_of(response.headers) if response.replayable else "[]",
-        response.body if response.replayable else b"",
-        response.trace_id or "",
-        response.span_id or "",
+        "c" if response.replayable else "u",
+        _response_value(token, response),
         channel,
     ]
+
+
+# -- the response key: "<token> <status> <trace id|-> <span id|-> <headers length>\n",
+# then the headers as JSON, then the body (nothing of either for an unreplayable result).
+
+
+def _response_value(token: int, response: StoredResponse) -> bytes:
+    if response.replayable:
+        headers, body = _json_of(response.headers), response.body
+    else:
+        headers, body = b"", b""
+    head = (
+        f"{token} {response.status} {response.trace_id or '-'} {response.span_id or '-'} "
+        f"{len(headers)}\n"
+    )
+    return b"".join((head.encode(), headers, body))
+
+
+def _stored(token: int, replayable: bool, raw: bytes | None) -> StoredResponse | None:
+    """The response in ``raw`` if it is the one of the record holding ``token``, else None
+    (gone, or left by an earlier claim of the key: never replayed)."""
+    if raw is None:
+        return None
+    head, _, rest = raw.partition(b"\n")
+    tok, status, tid, sid, size = head.split(b" ")
+    if int(tok) != token:
+        return None
+    length = int(size)
+    return StoredResponse(
+        int(status),
+        _headers_of(rest[:length]) if length else (),
+        rest[length:],
+        replayable,
+        None if tid == b"-" else tid.decode(),
+        None if sid == b"-" else sid.decode(),
+    )
+
+
+# -- the record key (``_redis_lua.py``): "<st><ex>,<ru>,<tok>,<lu>,<ca>,<fp>" ---------------
+
+_STATES = {
+    ord("i"): State.IN_FLIGHT,
+    ord("w"): State.IN_FLIGHT,
+    ord("c"): State.COMPLETED,
+    ord("u"): State.UNREPLAYABLE,
+}
 
 
 def _claim_result(id: str, reply: list[Any]) -> ClaimResult:
@@ -504,68 +552,48 @@ def _claim_result(id: str, reply: list[Any]) -> ClaimResult:
     return Existing(record, now / 1_000_000)
 
 
-def _int(value: bytes | None) -> int:
-    return 0 if value is None else int(value)
-
-
-_STATES = {state.value.encode(): state for state in State}
-
-
-def _record(
-    id: str, now: int, fields: list[bytes | None], stored: list[bytes | None]
-) -> Record | None:
-    """The record as ``records.resolve`` sees it at ``now``; None when absent.
-
-    ``fields`` come in the order of the scripts' ``snapshot``: fp, st, tok, lu, ex, ru, ca,
-    status, rep, tid, sid; ``stored`` is hdr, body (absent past the TTL).
-    """
-    fp, st, tok, lu, ex, ru, ca, status, _, tid, sid = fields
-    if fp is None or st is None:
+def _record(id: str, now: int, raw: bytes | None, response: bytes | None) -> Record | None:
+    """The record as ``records.resolve`` sees it at ``now`` (server microseconds); None when
+    absent. ``response`` is the response key's value (None when gone or not read)."""
+    if raw is None:
         return None
-    state = _STATES[st]
-    expires, retain = _int(ex), _int(ru)
-    response = None
+    state = _STATES[raw[0]]
+    ex, ru, tok, lu, ca, fp = raw[1:].split(b",", 5)
+    expires, retain, token = int(ex), int(ru), int(tok)
+    stored = None
     if state is not State.IN_FLIGHT:
         if now >= retain:
             return None
         if now >= expires:
             state = State.TOMBSTONE  # the body has expired with its key
         else:
-            headers, body = stored
-            replayable = state is State.COMPLETED
-            if replayable and body is None:
+            stored = _stored(token, state is State.COMPLETED, response)
+            if stored is None:
                 raise StoreError(
                     f"Redis store: the stored response of {id[:12]} is missing before its TTL; "
                     "run Redis with maxmemory-policy noeviction"
                 )
-            response = StoredResponse(
-                _int(status),
-                () if headers is None else _headers_of(headers),
-                body or b"",
-                replayable,
-                tid.decode() if tid else None,
-                sid.decode() if sid else None,
-            )
     return Record(
         id,
         fp.decode(),
         state,
-        _int(tok),
-        _int(lu) / 1_000_000,
+        token,
+        int(lu) / 1_000_000,
         expires / 1_000_000,
         retain / 1_000_000,
-        response,
-        _int(ca) / 1_000_000,
+        stored,
+        int(ca) / 1_000_000,
     )
 
 
-def _resolve(st: bytes | None, ex: bytes | None, ru: bytes | None, now: int) -> str:
-    """``records.resolve`` on the raw fields of a record hash (times in microseconds)."""
-    if st is None:
-        return State.ABSENT.value  # expired between SCAN and HMGET
-    state = st.decode()
-    if state in ("completed", "unreplayable") and now >= int(ex or 0):
-        state = State.TOMBSTONE.value
-    if state == State.TOMBSTONE.value and now >= int(ru or 0):
-        return State.ABSENT.value
-    return state
+def _state_at(raw: bytes | None, now: int) -> State:
+    """``records.resolve`` on a raw record string (times in microseconds)."""
+    if raw is None:
+        return State.ABSENT  # expired between SCAN and GET
+    state = _STATES[raw[0]]
+    if state is State.IN_FLIGHT:
+        return state
+    ex, ru, _ = raw[1:].split(b",", 2)
+    if now >= int(ru):
+        return State.ABSENT
+    return State.TOMBSTONE if now >= int(ex) else state
