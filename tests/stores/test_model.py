@@ -7,7 +7,8 @@ disagreement instead of being copied into the oracle.
 
 Checked after every step: each result agrees with the model, a store's tokens for one id
 strictly increase (across takeovers, expiries, releases and deletes), and a token that is not
-the current holder's never succeeds. Durations are half-integer tick counts and the clock
+the current holder's never succeeds. Leases and TTLs are half-integer tick counts,
+retentions whole ones (a retention ends TTL + retention after completion), and the clock
 moves by whole ticks, so no step lands exactly on a deadline (see ``_common``).
 """
 
@@ -41,7 +42,9 @@ IDS = ("a", "b")
 FINGERPRINTS = ("fp-1", "fp-2")
 LEASES = (1.5, 2.5)  # ticks
 TTLS = (1.5, 3.5)
-RETENTIONS = (1.5, 4.5)
+# Whole ticks: retention ends at TTL + retention after completion, and a half-integer TTL
+# plus a half-integer retention would land that deadline exactly on a tick (a flake).
+RETENTIONS = (1, 4)
 ADVANCES = (1, 2, 3)
 RESPONSES = (
     StoredResponse(201, (("Content-Type", "application/json"),), b'{"ok": true}'),
@@ -314,9 +317,10 @@ MUST_SEE = (
 )
 
 
-def _settings(examples: int, steps: int) -> settings:
+def _settings(examples: int, steps: int, derandomize: bool = False) -> settings:
     return settings(
         report_multiple_bugs=False,  # one plain AssertionError, the smallest failing run
+        derandomize=derandomize,
         max_examples=examples,
         stateful_step_count=steps,
         deadline=None,
@@ -329,12 +333,15 @@ def test_store_agrees_with_the_reference_model(kit: StoreKit) -> None:
     # Real-clock kits pay real time for every advance: fewer, shorter runs.
     examples, steps = (8, 20) if kit.real_clock else (200, 50)
     seen: Counter[str] = Counter()
-    run_state_machine_as_test(_machine(kit, seen), settings=_settings(examples, steps))
+    # So few runs are a sample that may by chance never replay from the cache (checked
+    # below): real-clock kits run the same fixed sample every time.
+    chosen = _settings(examples, steps, derandomize=kit.real_clock)
+    run_state_machine_as_test(_machine(kit, seen), settings=chosen)
     missing = [name for name in MUST_SEE if not seen[name]]
     if not kit.real_clock:
         assert not missing, f"the run never reached {missing}: {dict(seen)}"
     if isinstance(kit.store, CachedStore):  # the cache really answered some claims
-        assert kit.store.cache.hits > 0
+        assert kit.store.cache.hits > 0, f"no claim was answered from the cache: {dict(seen)}"
 
 
 @pytest.mark.parametrize("broken", ["reuses-tokens", "ignores-tokens"])

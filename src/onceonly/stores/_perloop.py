@@ -30,12 +30,26 @@ class PerLoop(Generic[T]):
         self._making: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
             weakref.WeakKeyDictionary()
         )
+        # The last loop asked for and its item: almost every call comes from the same loop,
+        # and a WeakKeyDictionary lookup makes a weak reference each time.
+        self._last: tuple[weakref.ref[asyncio.AbstractEventLoop], T] | None = None
 
-    async def get(self) -> T:
+    def current(self) -> T | None:
+        """The running loop's item if it was made already (no await: the hot path)."""
+        last = self._last
         loop = asyncio.get_running_loop()
+        if last is not None and last[0]() is loop:
+            return last[1]
         item = self._items.get(loop)
         if item is not None:
+            self._last = (weakref.ref(loop), item)
+        return item
+
+    async def get(self) -> T:
+        item = self.current()
+        if item is not None:
             return item
+        loop = asyncio.get_running_loop()
         with self._lock:
             making = self._making.setdefault(loop, asyncio.Lock())
         async with making:  # one factory call per loop even if many tasks ask at once
@@ -49,11 +63,13 @@ class PerLoop(Generic[T]):
     def pop_current(self) -> T | None:
         """Forget (and return) the current loop's item, so the caller can close it."""
         with self._lock:
+            self._last = None
             return self._items.pop(asyncio.get_running_loop(), None)
 
     def clear(self) -> list[T]:
         """Forget every item (their loops may be gone; closing them is best effort)."""
         with self._lock:
+            self._last = None
             items = list(self._items.values())
             self._items.clear()
             return items

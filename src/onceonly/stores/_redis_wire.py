@@ -223,8 +223,11 @@ class Wire:
     async def evalsha(self, script: Script, keys: list[str], args: list[Any]) -> Any:
         """``EVALSHA``; after a ``NOSCRIPT`` (server restart, ``SCRIPT FLUSH``) one ``EVAL``,
         which loads the script for the next time."""
+        conn = self._conn  # ``call``, inlined: one coroutine frame fewer per operation
+        if conn is None or conn.closed:
+            conn = await self._open()
         try:
-            return await self.call(b"EVALSHA", script.sha, len(keys), *keys, *args)
+            return await conn.request(_pack((b"EVALSHA", script.sha, len(keys), *keys, *args)))
         except ReplyError as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 raise

@@ -41,7 +41,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Awaitable, Callable, Hashable, Iterator
 from typing import Any, Generic, TypeVar
 
 import redis
@@ -51,10 +51,10 @@ import redis.cluster
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from onceonly.errors import ConfigurationError, StoreError
+from onceonly.errors import ConfigurationError, StoreError, StoreUnavailable
 from onceonly.records import Claimed, ClaimResult, Existing, Record, State, StoredResponse
 from onceonly.stores import _redis_lua as lua
-from onceonly.stores._errors import translated
+from onceonly.stores._errors import caught, translated, unavailable
 from onceonly.stores._notify import Notifier
 from onceonly.stores._perloop import PerLoop
 from onceonly.stores._redis_wire import Endpoint, ReplyError, Script, Wire
@@ -80,6 +80,7 @@ URL_OPTIONS: dict[str, Callable[[str], Any]] = {
 }
 
 _ERRORS: tuple[type[BaseException], ...] = (redis.exceptions.RedisError, ReplyError)
+_CAUGHT = caught(_ERRORS)
 Client = redis.Redis | redis.cluster.RedisCluster
 
 
@@ -139,8 +140,8 @@ class _WireFace:
     def __init__(self, wire: Wire) -> None:
         self._wire = wire
 
-    async def evalsha(self, name: str, keys: list[str], args: list[Any]) -> Any:
-        return await self._wire.evalsha(_SCRIPTS[name], keys, args)
+    def evalsha(self, name: str, keys: list[str], args: list[Any]) -> Awaitable[Any]:
+        return self._wire.evalsha(_SCRIPTS[name], keys, args)  # no coroutine frame of our own
 
     async def aclose(self) -> None:
         await self._wire.aclose()
@@ -422,9 +423,13 @@ class RedisStore:
 
     async def _aeval(self, script: str, keys: list[str], args: list[Any]) -> Any:
         """Run one of the scripts on this loop's async face (bounded: see module doc)."""
-        with translated(self._what, _ERRORS):
-            face = await self._async.get()
+        try:  # ``translated``, spelt out: this runs once or twice per request
+            face = self._async.current() or await self._async.get()
             return await face.evalsha(script, keys, args)
+        except StoreUnavailable:
+            raise
+        except _CAUGHT as exc:
+            raise unavailable(self._what, exc) from exc
 
     def _lease_left(self, id: str) -> float | None:
         with translated(self._what, _ERRORS):
