@@ -25,17 +25,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import os
-import sys
 import tempfile
 import uuid
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from stores import app, call, open_kind  # noqa: E402 - bench/ is not a package
-
-from onceonly.http.asgi import IdempotencyMiddleware  # noqa: E402
+from onceonly.http.asgi import IdempotencyMiddleware
+from stores import app, call, open_kind  # bench/ (the script's directory) is on sys.path
 
 
 class CountingLoop(asyncio.SelectorEventLoop):
