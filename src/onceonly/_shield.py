@@ -5,10 +5,11 @@ own unless the caller actually is cancelled.
 loop before the caller resumes, which costs more than everything else the memory store does
 for a request and about 7 µs of each Redis completion. :func:`shielded` runs the coroutine in
 the caller's task instead. Whenever the coroutine waits on a future, the caller's task waits
-on a stand-in future that the real one completes, so cancelling the caller cancels the
-stand-in, never the future the coroutine needs. Only then is the coroutine handed, mid-flight,
-to a task of its own that runs it to its end, while the caller gets its CancelledError at
-once: what ``asyncio.shield`` does, paid for only when a cancellation happens.
+on a stand-in that the real future wakes (in the same loop turn as it would wake the task
+itself), so cancelling the caller cancels the stand-in, never the future the coroutine
+needs. Only then is the coroutine handed, mid-flight, to a task of its own that runs it to
+its end, while the caller gets its CancelledError at once: what ``asyncio.shield`` does,
+paid for only when a cancellation happens.
 """
 
 from __future__ import annotations
