@@ -5,10 +5,11 @@ own unless the caller actually is cancelled.
 loop before the caller resumes, which costs more than everything else the memory store does
 for a request and about 7 µs of each Redis completion. :func:`shielded` runs the coroutine in
 the caller's task instead. Whenever the coroutine waits on a future, the caller's task waits
-on a stand-in future that the real one completes, so cancelling the caller cancels the
-stand-in, never the future the coroutine needs. Only then is the coroutine handed, mid-flight,
-to a task of its own that runs it to its end, while the caller gets its CancelledError at
-once: what ``asyncio.shield`` does, paid for only when a cancellation happens.
+on a stand-in that the real future wakes (in the same loop turn as it would wake the task
+itself), so cancelling the caller cancels the stand-in, never the future the coroutine
+needs. Only then is the coroutine handed, mid-flight, to a task of its own that runs it to
+its end, while the caller gets its CancelledError at once: what ``asyncio.shield`` does,
+paid for only when a cancellation happens.
 """
 
 from __future__ import annotations
@@ -67,15 +68,63 @@ def _stand_in(pending: Any) -> Any:
     """What the task waits on for ``coro``'s ``pending``: a future the task may cancel."""
     if not asyncio.isfuture(pending):
         return pending  # a bare yield (``asyncio.sleep(0)``): the task just comes round again
-    stand_in = pending.get_loop().create_future()
+    return _StandIn(pending)
 
-    def release(_: object) -> None:
-        if not stand_in.done():  # cancelled with the caller: ``coro`` has moved on
-            stand_in.set_result(None)
 
-    pending.add_done_callback(release)
-    stand_in._asyncio_future_blocking = True  # as Future.__await__ marks what it yields
-    return stand_in
+class _StandIn:
+    """A future-like the task waits on in place of ``pending``: done when ``pending`` is,
+    but cancelling it (the task being cancelled) leaves ``pending`` alone.
+
+    A stand-in ``Future`` completed by a callback on ``pending`` cost every wait one more
+    turn of the event loop (the callback runs one turn, the task's wake-up the next). Here
+    the task's wake-up is registered on ``pending`` itself, through :meth:`_relay`, so it runs
+    in the same turn as it would have for ``pending``. A task needs of what it awaits only
+    ``_asyncio_future_blocking``, ``get_loop``, ``add_done_callback``, ``cancel`` and
+    ``result`` (the protocol ``asyncio.Task`` follows for any future-compatible object).
+    """
+
+    __slots__ = ("_asyncio_future_blocking", "_cancelled", "_msg", "_pending", "_wake")
+
+    def __init__(self, pending: asyncio.Future[Any]) -> None:
+        self._pending = pending
+        self._asyncio_future_blocking = True  # as Future.__await__ marks what it yields
+        self._cancelled = False
+        self._wake: tuple[Any, Any] | None = None
+        self._msg: Any = None
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return self._pending.get_loop()
+
+    def add_done_callback(self, fn: Any, *, context: Any = None) -> None:
+        self._wake = fn, context  # the task registers exactly one: its wake-up
+        self._pending.add_done_callback(self._relay, context=context)
+
+    def _relay(self, _: object) -> None:
+        if not self._cancelled and self._wake is not None:
+            self._wake[0](self)  # wakes the task, which reads our result(): None
+
+    def cancel(self, msg: Any = None) -> bool:
+        if self._cancelled or self._pending.done() or self._wake is None:
+            return False  # the task is being woken already: it cancels itself on waking
+        self._cancelled = True
+        self._pending.remove_done_callback(self._relay)
+        fn, context = self._wake
+        self._pending.get_loop().call_soon(fn, self, context=context)
+        self._msg = msg
+        return True
+
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def done(self) -> bool:
+        return self._cancelled or self._pending.done()
+
+    def result(self) -> None:
+        if self._cancelled:
+            raise asyncio.CancelledError(*(() if self._msg is None else (self._msg,)))
+
+    def __repr__(self) -> str:
+        return f"<stand-in for {self._pending!r}>"
 
 
 def _hand_off(coro: Coroutine[Any, Any, Any], pending: object) -> None:

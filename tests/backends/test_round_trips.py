@@ -7,6 +7,7 @@ request bursts that follow a reply, whatever the protocol. Connections are warme
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -105,3 +106,89 @@ async def test_async_replay_is_one_round_trip_and_first_execution_two(counted):
         assert replay.headers.get("idempotent-replayed") == "true"
         assert proxy.round_trips == 1  # claim answers with the stored response
     assert calls == 3
+
+
+class _CountingLoop(asyncio.SelectorEventLoop):
+    """Counts its own iterations (each runs the ready callbacks once, after one poll)."""
+
+    turns = 0
+
+    def _run_once(self) -> None:
+        self.turns += 1
+        super()._run_once()  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_loop_turns_per_request_are_those_of_the_round_trips(backend: str) -> None:
+    # A round trip costs two turns of the loop: one polls the reply in and wakes the task,
+    # the next runs it. A replay (one round trip) is 2 turns on Redis; a first execution (two)
+    # must not pay more than its two round trips: no extra turn for shielding the completion
+    # or for the heartbeat. PostgreSQL's driver goes round more per statement (a pool
+    # checkout, then the statement); its bound is what the driver needs, nothing extra.
+    url = REDIS_URL if backend == "redis" else POSTGRES_URL
+    require(backend, shared_down(url))
+    store: Any
+    if backend == "redis":
+        from onceonly.stores.redis import RedisStore
+
+        store = RedisStore(url, prefix=f"lt{uuid.uuid4().hex[:8]}:")
+    else:
+        from onceonly.stores.postgres import PostgresStore
+
+        store = PostgresStore(url, table_prefix=f"lt{uuid.uuid4().hex[:8]}_")
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": 201, "headers": []})
+        await send({"type": "http.response.body", "body": b"made"})
+
+    middleware = IdempotencyMiddleware(app, store=store)
+
+    async def turns(key: str) -> int:
+        sent: list[int] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"{}", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                sent.append(message["status"])
+
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": "/pay",
+            "query_string": b"",
+            "headers": [(b"idempotency-key", key.encode())],
+        }
+        loop = asyncio.get_running_loop()
+        assert isinstance(loop, _CountingLoop)
+        before = loop.turns
+        await middleware(scope, receive, send)
+        assert sent == [201]
+        return loop.turns - before
+
+    async def measure() -> tuple[list[int], list[int]]:
+        for warm in range(5):  # connect, load scripts, prepare statements: not counted
+            await turns(f"warm-{warm}")
+            await turns(f"warm-{warm}")
+        firsts = [await turns(f"k{i}") for i in range(20)]
+        replays = [await turns(f"k{i}") for i in range(20)]
+        return firsts, replays
+
+    try:
+        with asyncio.Runner(loop_factory=_CountingLoop) as runner:
+            firsts, replays = runner.run(measure())
+            if backend == "postgres":
+                store.drop_schema()
+            runner.run(store.aclose())
+    finally:
+        store.close()
+    # The least over several requests: a timer that happens to fall due mid-request (another
+    # test's leftovers, never ours) can only add turns.
+    first, replay = min(firsts), min(replays)
+    if backend == "redis":
+        assert (first, replay) == (4, 2)
+    else:
+        assert replay <= 5
+        assert first <= 2 * replay

@@ -117,3 +117,73 @@ async def test_cancelling_the_caller_never_cancels_the_future_the_coroutine_awai
     for _ in range(5):
         await asyncio.sleep(0)
     assert seen == [5]  # finished in a task of its own, with the real reply
+
+
+async def _turns_to_await(awaiting: Callable[[asyncio.Future[int]], Any]) -> int:
+    """Loop turns between a reply arriving and the caller resuming (sleeps of 0 counted)."""
+    loop = asyncio.get_running_loop()
+    reply: asyncio.Future[int] = loop.create_future()
+    caller = asyncio.create_task(awaiting(reply))
+    await asyncio.sleep(0)  # the caller waits on the reply
+    reply.set_result(1)
+    turns = 0
+    while not caller.done():
+        await asyncio.sleep(0)
+        turns += 1
+    assert caller.result() == 1
+    return turns
+
+
+async def test_a_shielded_wait_costs_no_more_loop_turns_than_a_plain_one() -> None:
+    async def plain(reply: asyncio.Future[int]) -> int:
+        return await reply
+
+    async def inline(reply: asyncio.Future[int]) -> int:
+        return await shield_awaited(plain(reply))
+
+    async def as_shield(reply: asyncio.Future[int]) -> int:
+        return await asyncio.shield(plain(reply))
+
+    assert await _turns_to_await(inline) == await _turns_to_await(plain)
+    assert await _turns_to_await(as_shield) > await _turns_to_await(plain)
+
+
+async def test_a_cancel_message_and_timeouts_reach_the_caller() -> None:
+    loop = asyncio.get_running_loop()
+    reply: asyncio.Future[int] = loop.create_future()
+
+    async def settle() -> int:
+        return await reply
+
+    caller = asyncio.create_task(shielded(settle()))
+    await asyncio.sleep(0)
+    caller.cancel("client gone")
+    with pytest.raises(asyncio.CancelledError, match="client gone"):
+        await caller
+    with pytest.raises(TimeoutError):  # asyncio.timeout cancels and uncancels the task
+        async with asyncio.timeout(0.01):
+            await shielded(settle())
+    assert not reply.done()
+    reply.set_result(3)
+    assert await shielded(settle()) == 3
+
+
+async def test_cancelling_once_the_reply_is_in_still_lets_the_coroutine_finish() -> None:
+    loop = asyncio.get_running_loop()
+    reply: asyncio.Future[int] = loop.create_future()
+    finished: list[int] = []
+
+    async def settle() -> None:
+        finished.append(await reply)
+        await asyncio.sleep(0)
+        finished.append(-1)
+
+    caller = asyncio.create_task(shielded(settle()))
+    await asyncio.sleep(0)
+    reply.set_result(4)  # the caller's wake-up is scheduled; cancel before it runs
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert finished == [4, -1]

@@ -48,6 +48,7 @@ StartResponse = Callable[..., Callable[[bytes], object]]
 WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 
 log = logging.getLogger("onceonly")
+_NEEDS_BODY = (ReadBody, Keyed)  # built once: ``ReadBody | Keyed`` makes a union per use
 ENVIRON_KEY = "onceonly.idempotency_key"
 _READ_CHUNK = 64 * 1024
 
@@ -148,7 +149,7 @@ class _Responder:
         admission = look(self.policy, method, path, self.headers, keys=self.key_headers)
         if not isinstance(admission, Pass):
             self.obs = observe(self.telemetry, method, path, self.headers)
-        if isinstance(admission, ReadBody | Keyed):
+        if isinstance(admission, _NEEDS_BODY):
             problem = self._read_body()
             if problem is not None:
                 return self._problem(problem)
@@ -156,13 +157,14 @@ class _Responder:
             admission = look(
                 self.policy, method, path, self.headers, self.body, keys=self.key_headers
             )
-        match admission:
-            case Pass():
-                return self.app(self.environ, self.start_response)
-            case Refuse():
-                return self._problem(refusal(admission, self.policy), admission.outcome)
-            case Keyed(key):
-                return self._keyed(key, method, path)
+        # isinstance, the hot case first: a class pattern (``case Keyed(key)``) costs several
+        # times an isinstance and an attribute read (MATCH_CLASS looks up ``__match_args__``).
+        if isinstance(admission, Keyed):
+            return self._keyed(admission.key, method, path)
+        if isinstance(admission, Pass):
+            return self.app(self.environ, self.start_response)
+        if isinstance(admission, Refuse):
+            return self._problem(refusal(admission, self.policy), admission.outcome)
         raise AssertionError("look() never asks for the body twice")  # pragma: no cover
 
     def _keyed(self, key: str, method: str, path: str) -> Iterable[bytes]:
@@ -176,29 +178,28 @@ class _Responder:
         ident = identify(key, facts, self.policy)
         self.obs.keyed(key, ident.scope, ident.fingerprint)
         try:
-            decision = claim_decision(
-                self.store, ident.id, ident.fingerprint, self.policy, self.obs.store_time
-            )
+            obs = self.obs  # no store timer when telemetry is off: nothing would read it
+            timer = None if obs is NULL_OBSERVATION else obs.store_time
+            decision = claim_decision(self.store, ident.id, ident.fingerprint, self.policy, timer)
         except StoreError as exc:
             if self.policy.fail_open:
                 log.warning("idempotency store unavailable, failing open: %s", exc)
                 return self._fail_open(key)
             log.error("idempotency store unavailable, failing closed: %s", exc)
             return self._problem(unavailable(self.policy), Outcome.STORE_ERROR)
-        match decision:
-            case Replay(response):
-                self.obs.replayed(response)
-                self.obs.finish(decision.outcome, response.status)
-                self.start_response(_status_line(response.status), replay_headers(response))
-                return [response.body]
-            case Refuse():
-                return self._problem(refusal(decision, self.policy), decision.outcome)
-            case Execute(token, outcome) if self.atomic:
-                self.obs.decided(outcome)
-                return self._execute_atomic(ident, token)
-            case Execute(token, outcome):
-                self.obs.decided(outcome)
-                return self._execute(ident, token)
+        if isinstance(decision, Execute):  # not a class pattern: see run()
+            self.obs.decided(decision.outcome)
+            if self.atomic:
+                return self._execute_atomic(ident, decision.token)
+            return self._execute(ident, decision.token)
+        if isinstance(decision, Replay):
+            response = decision.response
+            self.obs.replayed(response)
+            self.obs.finish(decision.outcome, response.status)
+            self.start_response(_status_line(response.status), replay_headers(response))
+            return [response.body]
+        if isinstance(decision, Refuse):
+            return self._problem(refusal(decision, self.policy), decision.outcome)
         raise AssertionError(f"unexpected decision {decision!r}")  # pragma: no cover
 
     def _fail_open(self, key: str) -> Iterable[bytes]:
@@ -336,7 +337,8 @@ class _Responder:
         except StoreError as exc:
             log.error("could not settle idempotency record %s: %s", ident.id[:12], exc)
             return
-        obs.store_time(name, time.perf_counter() - started)
+        if obs is not NULL_OBSERVATION:
+            obs.store_time(name, time.perf_counter() - started)
 
     def _call_app(self, key: str, start_response: StartResponse) -> Iterable[bytes]:
         self.environ[ENVIRON_KEY] = key
