@@ -54,10 +54,44 @@ async def acreate_charge(request: Any) -> Any:
     return JsonResponse({"key": doc["key"], "row": charge.pk}, status=201)
 
 
+def failing(request: Any) -> Any:
+    """Writes, then fails as ``?how=`` says: ``raise`` (an exception) or ``500``."""
+    from django.http import JsonResponse
+
+    from onceonly.atomic import django as dj_atomic
+
+    from .models import Charge
+
+    dj_atomic.transaction()
+    Charge.objects.create(key=request.headers["Idempotency-Key"], cents=1)
+    if request.GET.get("how") == "raise":
+        raise RuntimeError("declined")
+    return JsonResponse({"error": "upstream"}, status=500)
+
+
+async def afailing(request: Any) -> Any:
+    from django.http import JsonResponse
+
+    from onceonly.atomic import django as dj_atomic
+
+    from .models import Charge
+
+    await dj_atomic.atransaction()
+    await Charge.objects.acreate(key=request.headers["Idempotency-Key"], cents=1)
+    if request.GET.get("how") == "raise":
+        raise RuntimeError("declined")
+    return JsonResponse({"error": "upstream"}, status=500)
+
+
 def _urls() -> list[Any]:
     from django.urls import path
 
-    return [path("charges", create_charge), path("acharges", acreate_charge)]
+    return [
+        path("charges", create_charge),
+        path("acharges", acreate_charge),
+        path("fail", failing),
+        path("afail", afailing),
+    ]
 
 
 urlpatterns: list[Any] = []
@@ -165,6 +199,15 @@ def serve_asgi(store: Any, conn: Connection, route: str) -> None:
     server.run(sockets=[sock])
 
 
+def django_asgi_server(path: str, conn: Connection) -> None:
+    """uvicorn serving Django on the SQLite file ``path`` for requests from the parent: sends
+    ``("ready", base URL)``."""
+    configure({"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": path}})
+    from onceonly.stores.sqlite import SQLiteStore
+
+    serve_asgi(SQLiteStore(path), conn, "")
+
+
 def _drive(server: Any, url: str, conn: Connection) -> None:
     import time
 
@@ -172,6 +215,9 @@ def _drive(server: Any, url: str, conn: Connection) -> None:
 
     while not server.started:
         time.sleep(0.01)  # polling a condition: uvicorn says when it listens
+    if not url.endswith("charges"):  # the parent sends its own requests
+        conn.send(("ready", url))
+        return
     conn.send(("ready", "", None))
     with httpx.Client(timeout=60) as client:
         while True:
