@@ -76,7 +76,7 @@ class DbKit:
 
 def record_id(door: str, key: str, namespace: str = "charge") -> str:
     """The storage id under which ``door`` keeps the charge ``key``."""
-    if door in ("wsgi", "asgi"):  # the middleware's default scope: no Authorization
+    if door in ("wsgi", "asgi", "asgi-async"):  # the middleware's default scope: no Authorization
         scope = Policy().scope(RequestFacts("POST", "/charges", "", (), b""))
         return storage_id(scope, key)
     return storage_id(f"function\0{namespace}", key)

@@ -22,7 +22,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from onceonly.stores.postgres import PostgresStore
 
-from ._django_worker import configure, serve
+from ._django_worker import configure, serve, serve_asgi
 
 
 def schema_of(prefix: str) -> str:
@@ -63,9 +63,15 @@ def open_store(url: str, prefix: str, table_prefix: str | None = None) -> Postgr
 
 
 def django_pg_worker(url: str, prefix: str, mode: str, conn: Connection) -> None:
-    """Serve ``(key, cents, pause)`` charge jobs through Django on PostgreSQL (WSGI)."""
+    """Serve ``(key, cents, pause)`` charge jobs through Django on PostgreSQL: WSGI, or
+    uvicorn with the ASGI middleware (``asgi``: the sync view, ``asgi-async``: the async one)."""
     configure_pg(url, prefix)
-    serve(open_store(url, prefix), mode != "plain", conn)
+    if mode.startswith("asgi"):
+        serve_asgi(
+            open_store(url, prefix), conn, "/acharges" if mode == "asgi-async" else "/charges"
+        )
+    else:
+        serve(open_store(url, prefix), mode != "plain", conn)
 
 
 @dataclass

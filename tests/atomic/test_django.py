@@ -1,6 +1,8 @@
 """Atomic completion with Django (SPEC 13a): the record tables come from a Django migration,
-the view writes with the ORM inside ``onceonly.atomic.django.transaction()``, and a worker
-SIGKILLed before and after the commit still charges every key exactly once.
+the view writes with the ORM inside ``onceonly.atomic.django.transaction()`` (or, async,
+``atransaction()``), and a worker SIGKILLed before and after the commit still charges every key
+exactly once: behind the WSGI middleware, and under uvicorn behind the ASGI middleware with a
+sync view (run in asgiref's thread for the request) and with an async view.
 
 Django runs in child processes only (its settings are once per process).
 """
@@ -18,9 +20,10 @@ from .test_chaos import POINTS, Worker, charge_until_answered, ledger_rows
 pytestmark = pytest.mark.slow
 
 
-def test_django_orm_charges_commit_with_the_record_exactly_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize("door", ["wsgi", "asgi", "asgi-async"])
+def test_django_orm_charges_commit_with_the_record_exactly_once(tmp_path: Path, door: str) -> None:
     db = str(tmp_path / "django.db")  # empty: Django's migrate creates every table
-    worker = Worker(db, "wsgi", True, target=django_worker)
+    worker = Worker(db, door, True, target=django_worker)
     worker.start()
     answers = {}
     try:

@@ -86,8 +86,10 @@ def in_django(run: Run, name: str, tmp_path: Path) -> dict[str, Any]:
     return dict(got)
 
 
-def test_orm_charges_commit_with_the_record_exactly_once_under_sigkill(run: Run) -> None:
-    worker = Worker(run, target=django_pg_worker)  # type: ignore[arg-type]
+@pytest.mark.parametrize("door", ["wsgi", "asgi", "asgi-async"])
+def test_orm_charges_commit_with_the_record_exactly_once_under_sigkill(run: Run, door: str) -> None:
+    """WSGI, and uvicorn serving Django's ASGI application (a sync view, an async view)."""
+    worker = Worker(run, door, target=django_pg_worker)  # type: ignore[arg-type]
     worker.start()  # its migrate made the tables; its store opens them (init_schema=False)
     answers: dict[str, dict[str, Any]] = {}
     store = open_store(run.url, run.prefix)
@@ -97,7 +99,7 @@ def test_orm_charges_commit_with_the_record_exactly_once_under_sigkill(run: Run)
             key = f"dj-{point}"
             assert worker.send(key, point) == ("paused", key, point)
             worker.kill()
-            record, rows = store.get(record_id("wsgi", key)), run.charges().get(key, [])
+            record, rows = store.get(record_id(door, key)), run.charges().get(key, [])
             assert record is not None
             if point == "after_commit":  # both or neither
                 assert (record.state, len(rows)) == (State.COMPLETED, 1)
@@ -115,7 +117,7 @@ def test_orm_charges_commit_with_the_record_exactly_once_under_sigkill(run: Run)
     assert charges == {key: [answer["row"]] for key, answer in answers.items()}
     store = open_store(run.url, run.prefix)
     try:
-        states = {key: getattr(store.get(record_id("wsgi", key)), "state", None) for key in answers}
+        states = {key: getattr(store.get(record_id(door, key)), "state", None) for key in answers}
     finally:
         store.close()
     assert states == dict.fromkeys(answers, State.COMPLETED)

@@ -396,3 +396,67 @@ def test_atomic_needs_a_store_that_can_give_it() -> None:
         IdempotencyMiddleware(app, store=MemoryStore(), atomic=True)
     with pytest.raises(AtomicUnsupported, match="MemoryStore"):
         WSGIIdempotencyMiddleware(lambda e, s: [], store=MemoryStore(), atomic=True)
+
+
+def raw_asgi(world: World, raise_after: str) -> Callable[[], httpx.AsyncClient]:
+    """A bare ASGI app (no framework to turn errors into answers): it writes, sends part or all
+    of its answer as ``raise_after`` says, then raises."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        row = await world.awrite("raw", 1) if world.async_asgi else world.write("raw", 1)
+        world.runs.append("raw")
+        await send({"type": "http.response.start", "status": 201, "headers": []})
+        if raise_after == "whole":
+            await send({"type": "http.response.body", "body": str(row).encode()})
+        raise RuntimeError(f"raised after the {raise_after} answer")
+
+    mw = IdempotencyMiddleware(app, store=world.store, policy=POLICY, atomic=True)
+    transport = httpx.ASGITransport(app=mw, raise_app_exceptions=False)
+    return lambda: httpx.AsyncClient(transport=transport, base_url="http://t")
+
+
+async def test_an_app_raising_after_its_whole_answer_keeps_it_committed(world: World) -> None:
+    async with raw_asgi(world, "whole")() as client:
+        first = await client.post("/raw", headers=keyed("r1"))
+        again = await client.post("/raw", headers=keyed("r1"))
+    assert first.status_code == again.status_code == 201
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.content == first.content
+    assert world.ledger() == [("raw", 1)]
+    assert world.runs == ["raw"]
+
+
+async def test_an_app_raising_before_its_whole_answer_rolls_back_and_releases(
+    world: World,
+) -> None:
+    async with raw_asgi(world, "started")() as client:
+        first = await client.post("/raw", headers=keyed("r2"))
+        again = await client.post("/raw", headers=keyed("r2"))
+    assert first.status_code == again.status_code == 500  # nothing was sent: the server's 500
+    assert world.ledger() == []
+    assert world.runs == ["raw", "raw"]  # released: the retry ran again
+
+
+async def test_background_tasks_run_after_the_commit(world: World) -> None:
+    """Starlette runs a response's background task once its last body message was sent: the
+    record and the write are committed by then."""
+    from starlette.background import BackgroundTask
+
+    seen: list[Any] = []
+
+    def after() -> None:
+        (id,) = world.ids()
+        record = world.store.get(id)
+        seen.append((world.ledger(), record.state if record else None))
+
+    async def endpoint(request: Request) -> JSONResponse:
+        row = await world.awrite("bg", 1) if world.async_asgi else world.write("bg", 1)
+        return JSONResponse({"row": row}, status_code=201, background=BackgroundTask(after))
+
+    app = Starlette(routes=[Route("/bg", endpoint, methods=["POST"])])
+    app.add_middleware(IdempotencyMiddleware, store=world.store, policy=POLICY, atomic=True)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        reply = await client.post("/bg", headers=keyed("b1"))
+    assert reply.status_code == 201
+    assert seen == [([("bg", 1)], State.COMPLETED)]

@@ -39,7 +39,7 @@ from onceonly.http._exchange import (
 from onceonly.outcomes import Outcome
 from onceonly.policy import Policy
 from onceonly.problems import ProblemResponse
-from onceonly.stores.base import AsyncStore
+from onceonly.stores.base import AsyncStore, AtomicUnit
 from onceonly.telemetry.observe import DEFAULT_TELEMETRY, NULL_OBSERVATION, Telemetry, observe
 
 Scope = MutableMapping[str, Any]
@@ -263,6 +263,12 @@ class _Responder:
 
         The response is held whole (not streamed) until the record commits with the
         handler's writes: a client must never see a result that a crash could still undo.
+        The commit happens inside the application's send of its last body message, while the
+        application still runs: what it holds for the request is still there (Django under
+        ASGI commits on the thread its connection belongs to, before ``request_finished``
+        closes it), and what it does once it answered (Starlette's background tasks) comes
+        after the commit. An application that raises after sending its whole answer keeps it
+        committed; one that raises before rolls its writes back and releases (SPEC 12).
         """
         try:
             unit = await aopen_unit(self.store, ident.id, token, ident.fingerprint, self.policy)
@@ -273,8 +279,12 @@ class _Responder:
             await self._problem(unavailable(self.policy), Outcome.STORE_ERROR)
             return
         held: list[Message] = []
+        settled = False
 
         async def send(message: Message) -> None:
+            nonlocal settled
+            if settled:  # nothing follows the last body message (ASGI)
+                return
             if message["type"] == "http.response.start":
                 capture.start(
                     message["status"],
@@ -285,19 +295,36 @@ class _Responder:
                 if not message.get("more_body", False):
                     capture.end()
             held.append(message)
+            if capture.finished:
+                settled = True
+                await self._commit_atomic(ident, unit, capture, held)
 
         try:
             with bound(unit):
-                idle = lambda: unit.holding  # noqa: E731 - the open transaction holds the record
+                # The open transaction holds the record; once settled, nothing is left to renew.
+                idle = lambda: unit.holding or settled  # noqa: E731
                 async with AsyncHeartbeat(self.store, ident.id, token, self.policy, idle=idle):
                     await self._call_app(ident.key, send)
         except ClaimTakenOver:
-            await shielded(unit.aclose())
-            await self._problem(taken_over(self.policy), Outcome.CONFLICT_IN_FLIGHT)
+            if not settled:  # else the refusal was the app's 500, already answered with a 409
+                settled = True
+                await shielded(unit.aclose())
+                await self._problem(taken_over(self.policy), Outcome.CONFLICT_IN_FLIGHT)
             return
         except BaseException:
-            await afinish(unit, self.store, Release(), self.policy)  # SPEC 12, writes undone
+            if not settled:  # SPEC 12: no whole answer yet, so the writes are undone
+                settled = True
+                await afinish(unit, self.store, Release(), self.policy)
             raise
+        if not settled:  # an app that returned without finishing its answer
+            settled = True
+            await self._commit_atomic(ident, unit, capture, held)
+
+    async def _commit_atomic(
+        self, ident: Identity, unit: AtomicUnit, capture: Capture, held: list[Message]
+    ) -> None:
+        """Settle ``unit`` as the captured answer says, then send that answer (or a problem
+        saying why it cannot stand)."""
         obs = self.obs
         settlement = capture.settlement(self.policy, obs.trace_ids, obs.stored_headers())
         started = time.perf_counter()

@@ -21,7 +21,10 @@ afresh and re-checks the token, since a takeover may happen between phases.
 
 A *link* lends the unit the application's own connection instead of one from the store's pool
 (:mod:`onceonly.atomic.sqlalchemy`: a SQLAlchemy connection's psycopg connection), so the
-application's ORM writes and the record share one transaction and one ``COMMIT``.
+application's ORM writes and the record share one transaction and one ``COMMIT``. A link whose
+sync connection belongs to one thread (Django's, :mod:`onceonly.atomic.django`) says where
+with a ``run`` method (:class:`OwnThread`): the unit's async methods run their blocking steps
+there instead of on a worker thread.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import psycopg
 from psycopg import sql
@@ -85,6 +88,14 @@ class PgLink(Protocol):
 
 
 L = TypeVar("L", bound=PgLink)
+T = TypeVar("T")
+
+
+@runtime_checkable
+class OwnThread(Protocol):
+    """A link whose sync connection may be used on one thread only: ``run`` runs there."""
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T: ...
 
 
 class PostgresUnit:
@@ -165,14 +176,23 @@ class PostgresUnit:
         return self._link
 
     async def aattach(self, kind: type[L], open_link: Callable[[PostgresStore], Awaitable[L]]) -> L:
-        """:meth:`attach` for an async link (``araw``)."""
+        """:meth:`attach` for async code: an async link (``araw``), or a sync one (``raw``)
+        whose blocking steps run where :meth:`_off_loop` says."""
         self._check(kind)
         if self._link is None:
             link = await open_link(self.store)
-            assert link.araw is not None
-            self._link, self._aconn = link, link.araw
-            self._aexit.push_async_callback(link.aclose)
-        await self.aconnection()
+            self._link = link
+            if link.araw is not None:
+                self._aconn = link.araw
+                self._aexit.push_async_callback(link.aclose)
+            else:
+                assert link.raw is not None
+                self._conn = link.raw
+                self._exit.callback(link.close)
+        if self._conn is not None:
+            await self._off_loop(self.connection)
+        else:
+            await self.aconnection()
         assert isinstance(self._link, kind)
         return self._link
 
@@ -269,8 +289,9 @@ class PostgresUnit:
         """Roll back whatever the transaction holds (the handler's writes included)."""
         if self._open and self._conn is not None:
             self._open = False
-            with self.store._guard():
-                self._conn.execute("ROLLBACK")
+            if not self._conn.closed:  # a closed connection's transaction was rolled back
+                with self.store._guard():
+                    self._conn.execute("ROLLBACK")
             self._ended(False)
 
     def close(self) -> None:
@@ -326,7 +347,7 @@ class PostgresUnit:
 
     async def amark(self, name: str) -> None:
         if self._conn is not None:
-            await asyncio.to_thread(self.mark, name)
+            await self._off_loop(self.mark, name)
             return
         phases = (*self._phases, _phase_name(name))
         conn = await self.aconnection()
@@ -349,13 +370,13 @@ class PostgresUnit:
 
     async def aflush(self) -> None:
         if self._conn is not None:
-            await asyncio.to_thread(self.flush)
+            await self._off_loop(self.flush)
         elif self._link is not None and self._aconn is not None:
             await self._link.aflush()
 
     async def acomplete(self, response: StoredResponse, ttl: float, retention: float) -> bool:
         if self._conn is not None:
-            return await asyncio.to_thread(self.complete, response, ttl, retention)
+            return await self._off_loop(self.complete, response, ttl, retention)
         try:
             conn = await self.aconnection()
         except ClaimTakenOver:
@@ -379,7 +400,7 @@ class PostgresUnit:
 
     async def aabort(self) -> None:
         if self._conn is not None:
-            await asyncio.to_thread(self.abort)
+            await self._off_loop(self.abort)
         elif self._open and self._aconn is not None:
             self._open = False
             with self.store._guard():
@@ -388,7 +409,7 @@ class PostgresUnit:
 
     async def aclose(self) -> None:
         if self._conn is not None:
-            await asyncio.to_thread(self.close)
+            await self._off_loop(self.close)
             return
         try:
             aconn = self._aconn
@@ -401,6 +422,13 @@ class PostgresUnit:
             await self._aexit.aclose()
 
     # -- shared by both faces ----------------------------------------------------------------
+
+    async def _off_loop(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking step on the sync connection: on the thread a link keeps it on, else
+        on a worker thread."""
+        if isinstance(self._link, OwnThread):
+            return await self._link.run(fn, *args)
+        return await asyncio.to_thread(fn, *args)
 
     def _ended(self, committed: bool) -> None:
         """The transaction is over (committed, or rolled back): tell a lent connection's owner."""

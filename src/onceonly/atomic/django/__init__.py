@@ -25,12 +25,19 @@ claim in it (SQLite: takes the write lock at once; PostgreSQL: locks the record 
 Django's own connection, :mod:`._postgres`); the middleware ends it with the record written,
 which commits both. Nested ``transaction.atomic()`` blocks inside become savepoints as usual.
 Not with ``ATOMIC_REQUESTS`` (the outermost transaction must be the execution's, so a
-:class:`~onceonly.errors.ConfigurationError` says so) and sync only: Django's connections
-belong to one thread, so use it behind the WSGI middleware or in sync functions.
+:class:`~onceonly.errors.ConfigurationError` says so).
+
+Under ASGI (``get_asgi_application()`` behind the ASGI middleware, uvicorn & co.), sync views
+call ``transaction()`` as above, and async views ``await atransaction()`` and write with the
+async ORM (``acreate``, ``asave``, ...). Either way the link is opened on the thread Django
+gives the request's database work, and the unit's steps run there too (:mod:`._thread`): the
+middleware commits inside the application's send of its last body message, before Django's
+``request_finished`` closes the connection.
 """
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +45,9 @@ from django.db import connections
 from django.db import transaction as dj_transaction
 
 from onceonly.atomic._context import current_unit, postgres_unit
+from onceonly.atomic.django._thread import OwnThread, on_request_thread
 from onceonly.errors import AtomicUnsupported, ConfigurationError, ForeignConnection
+from onceonly.stores.base import AtomicUnit
 from onceonly.stores.sqlite import PHASES, SQLiteStore
 from onceonly.stores.sqlite_atomic import SQLiteUnit, same_database
 
@@ -61,12 +70,16 @@ def outermost(wrapper: Any, using: str) -> None:
         )
 
 
-class DjangoLink:
-    """A Django database connection (``connections[using]``) as the unit's link."""
+class DjangoLink(OwnThread):
+    """A Django database connection (``connections[using]``) as the unit's link.
+
+    An async link too (:class:`~onceonly.stores.sqlite_atomic.AsyncLink`): an async adapter
+    runs the unit's steps on the thread the connection belongs to."""
 
     def __init__(self, store: SQLiteStore, using: str) -> None:
         self.using = using
         self._wrapper: Any = connections[using]
+        super().__init__(self._wrapper)
         if self._wrapper.vendor != "sqlite":
             raise ForeignConnection(
                 f"database {using!r} is {self._wrapper.vendor}, but the idempotency store is "
@@ -103,35 +116,67 @@ class DjangoLink:
 
     def rollback(self) -> None:
         atomic, self._atomic = self._atomic, None
-        if atomic is not None:
+        if atomic is not None and not self.orphaned:  # an orphan's connection is closed
             atomic.__exit__(RolledBack, RolledBack(), None)
 
     def close(self) -> None:
         self.rollback()  # Django keeps (and closes) its own connections
 
+    async def aflush(self) -> None:
+        pass  # the ORM writes as it goes
+
+    async def aclose(self) -> None:
+        await self.run(self.close)
+
 
 def transaction(using: str = "default") -> Any:
     """Begin this execution's transaction on Django's ``using`` database (once) and return
     that database's connection wrapper; the ORM's writes on it commit with the record."""
-    unit = current_unit()
-    link: DjangoLink | DjangoPostgresLink
-    if isinstance(unit, SQLiteUnit):
-        link = unit.attach(DjangoLink, lambda store: DjangoLink(store, using))
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass  # sync code: a WSGI view, a sync view under ASGI (asgiref's thread), a function
     else:
-        pg = postgres_unit(unit)
-        if pg is None:
-            raise AtomicUnsupported(
-                f"the Django integration works with SQLiteStore and PostgresStore; this "
-                f"execution's store gives {type(unit).__name__} units"
-            )
-        from onceonly.atomic.django._postgres import DjangoPostgresLink
+        raise ConfigurationError(
+            "onceonly.atomic.django.transaction() blocks and Django's connections are not for "
+            "the event loop's thread: in async code, use `await atransaction()`"
+        )
+    unit, kind = _unit_and_link(current_unit())
+    link = unit.attach(kind, lambda store: kind(store, using))
+    return _same_database(link, using).handle
 
-        link = pg.attach(DjangoPostgresLink, lambda store: DjangoPostgresLink(store, using))
+
+async def atransaction(using: str = "default") -> Any:
+    """:func:`transaction` for async views (Django under ASGI) and async functions: the
+    transaction is begun on the thread Django's async ORM uses for this request, so
+    ``await Model.objects.acreate(...)`` writes in it. Returns the connection wrapper, which
+    belongs to that thread: reach it through the async ORM or ``sync_to_async``."""
+    unit, kind = _unit_and_link(current_unit())
+    link = await unit.aattach(kind, lambda store: on_request_thread(kind, store, using))
+    return _same_database(link, using).handle
+
+
+def _unit_and_link(unit: AtomicUnit) -> tuple[Any, Any]:
+    """The unit (SQLite or PostgreSQL) and the kind of Django link it takes."""
+    if isinstance(unit, SQLiteUnit):
+        return unit, DjangoLink
+    pg = postgres_unit(unit)
+    if pg is None:
+        raise AtomicUnsupported(
+            f"the Django integration works with SQLiteStore and PostgresStore; this "
+            f"execution's store gives {type(unit).__name__} units"
+        )
+    from onceonly.atomic.django._postgres import DjangoPostgresLink
+
+    return pg, DjangoPostgresLink
+
+
+def _same_database(link: DjangoLink | DjangoPostgresLink, using: str) -> Any:
     if link.using != using:
         raise ConfigurationError(
             f"this execution's atomic transaction is on database {link.using!r}, not {using!r}"
         )
-    return link.handle
+    return link
 
 
-__all__ = ["DjangoLink", "transaction"]
+__all__ = ["DjangoLink", "atransaction", "transaction"]

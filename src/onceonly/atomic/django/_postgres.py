@@ -7,6 +7,9 @@ and the record's completion run in one transaction, ended by the unit's one ``CO
 (Django's autocommit stays off, so a write after a ``phase()`` begins the next transaction,
 whose re-check comes before its commit); ``close`` leaves it the way the last transaction
 ended, so ``transaction.on_commit`` callbacks run after a commit and are dropped otherwise.
+
+Under ASGI the unit's async steps run on the thread the connection belongs to
+(:meth:`~onceonly.atomic.django._thread.OwnThread.run`), not on a worker thread of their own.
 """
 
 from __future__ import annotations
@@ -20,17 +23,19 @@ from django.db import transaction as dj_transaction
 
 from onceonly.atomic.django import RolledBack, outermost
 from onceonly.atomic.django._tables import store_tables
+from onceonly.atomic.django._thread import OwnThread
 from onceonly.errors import ConfigurationError, ForeignConnection
 from onceonly.stores.postgres import PostgresStore
 from onceonly.stores.postgres_atomic import reaches_store
 
 
-class DjangoPostgresLink:
+class DjangoPostgresLink(OwnThread):
     """``connections[using]`` (PostgreSQL, psycopg 3) as the unit's lent connection."""
 
     def __init__(self, store: PostgresStore, using: str) -> None:
         self.using = using
         self._wrapper: Any = connections[using]
+        super().__init__(self._wrapper)
         if self._wrapper.vendor != "postgresql":
             raise ForeignConnection(
                 f"database {using!r} is {self._wrapper.vendor}, but the idempotency store is "
@@ -77,7 +82,7 @@ class DjangoPostgresLink:
 
     def close(self) -> None:
         atomic, self._atomic = self._atomic, None
-        if atomic is None:
+        if atomic is None or self.orphaned:  # an orphan's connection is closed: rolled back
             return
         if self._committed and not self._wrapper.needs_rollback:
             atomic.__exit__(None, None, None)  # nothing left to commit: runs on_commit hooks
@@ -85,10 +90,10 @@ class DjangoPostgresLink:
             atomic.__exit__(RolledBack, RolledBack(), None)
 
     async def aflush(self) -> None:
-        raise RuntimeError("Django's connections are sync: the Django link is never awaited")
+        pass  # the ORM writes as it goes
 
     async def aclose(self) -> None:
-        raise RuntimeError("Django's connections are sync: the Django link is never awaited")
+        await self.run(self.close)
 
 
 def _same_tables(store: PostgresStore) -> None:
