@@ -30,7 +30,9 @@ import uuid
 from typing import Any
 
 from onceonly.http.asgi import IdempotencyMiddleware
-from stores import app, call, open_kind  # bench/ (the script's directory) is on sys.path
+
+# bench/ (the script's directory) is on sys.path
+from stores import app, call, close_kind, open_kind
 
 
 class CountingLoop(asyncio.SelectorEventLoop):
@@ -73,13 +75,7 @@ async def measure(kind: str, n: int, only: str, tmp: str) -> dict[str, tuple[int
             counts.append(await turns_of(asgi, key))
         common = collections.Counter(counts).most_common(1)[0][0]
         figures[path] = (common, min(counts), max(counts))
-    if kind == "postgres":
-        store.drop_schema()  # type: ignore[attr-defined]
-    elif kind == "redis":
-        client = store.client  # type: ignore[attr-defined]
-        for key in client.scan_iter(match=f"{store.prefix}*", count=1000):  # type: ignore[attr-defined]
-            client.delete(key)
-    await store.aclose()
+    await close_kind(kind, store)
     return figures
 
 

@@ -128,6 +128,17 @@ def open_kind(kind: str, tmp: str) -> DualStore:
     return PostgresStore(POSTGRES_URL, table_prefix=f"bench{tag}_")
 
 
+async def close_kind(kind: str, store: DualStore) -> None:
+    """Drop what ``open_kind`` made on a server (the schema, the keys), then close."""
+    if kind == "postgres":
+        store.drop_schema()  # type: ignore[attr-defined]
+    elif kind == "redis":
+        client = store.client  # type: ignore[attr-defined]
+        for key in client.scan_iter(match=f"{store.prefix}*", count=1000):  # type: ignore[attr-defined]
+            client.delete(key)
+    await store.aclose()
+
+
 async def bench(kind: str, n: int, tmp: str) -> dict[str, float]:
     store = open_kind(kind, tmp)
     asgi = IdempotencyMiddleware(app, store=store)
@@ -160,13 +171,7 @@ async def bench(kind: str, n: int, tmp: str) -> dict[str, float]:
         "replay": await timed(n, replay),
     }
     await close_trip()
-    if kind == "postgres":
-        store.drop_schema()  # type: ignore[attr-defined]
-    elif kind == "redis":
-        client = store.client  # type: ignore[attr-defined]
-        for key in client.scan_iter(match=f"{store.prefix}*", count=1000):  # type: ignore[attr-defined]
-            client.delete(key)
-    await store.aclose()
+    await close_kind(kind, store)
     return figures
 
 
