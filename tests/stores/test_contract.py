@@ -368,6 +368,17 @@ def test_delete_removes_a_record_whatever_its_state(kit: StoreKit) -> None:
     assert not claimed(kit.store.claim(id, FP, LEASE * kit.tick)).expired_before
 
 
+def test_delete_past_retention_finds_nothing_though_no_purge_ran(kit: StoreKit) -> None:
+    # Found means "get would have returned it": a row past its retention that no purge has
+    # removed yet (SQLite, PostgreSQL keep it until one runs) is already gone to callers.
+    id = new_id()
+    c = claimed(kit.store.claim(id, FP, LEASE * kit.tick))
+    assert kit.store.complete(id, c.token, OK, 1 * kit.tick, 1 * kit.tick)
+    kit.advance(3 * kit.tick)
+    assert kit.store.get(id) is None
+    assert kit.store.delete(id) is False
+
+
 # -- watch / awatch ----------------------------------------------------------------------------
 
 WATCH_TIMEOUT = 10.0  # real seconds: a broken wake-up shows as a 10 s wait

@@ -198,6 +198,16 @@ def _machine(kit: StoreKit, seen: Counter[str]) -> type[RuleBasedStateMachine]:
             self.claim(id, fp, LEASES[0])
             self.complete(id, 0, response, ttl, RETENTIONS[-1])
 
+        @rule(id=st.sampled_from(IDS), same_request=st.booleans())
+        def holder_dies(self, id: str, same_request: bool) -> None:
+            # A holder crashes mid-request and a retry of it (or another request under the
+            # key) comes after its lease lapsed. Random runs reach that three-step sequence
+            # (claim, a long enough advance, another claim before anything else touches the id)
+            # rarely: one CI run never saw another request meet a lapsed lease.
+            self.claim(id, FINGERPRINTS[0], LEASES[0])
+            self.advance(2)  # the shortest whole advance past LEASES[0]
+            self.claim(id, FINGERPRINTS[0 if same_request else 1], LEASES[0])
+
         @rule(id=st.sampled_from(IDS), pick=PICKS, lease=st.sampled_from(LEASES))
         def renew(self, id: str, pick: int, lease: float) -> None:
             token = self._token(id, pick)
@@ -333,9 +343,12 @@ def test_store_agrees_with_the_reference_model(kit: StoreKit) -> None:
     # Real-clock kits pay real time for every advance: fewer, shorter runs.
     examples, steps = (8, 20) if kit.real_clock else (200, 50)
     seen: Counter[str] = Counter()
-    # So few runs are a sample that may by chance never replay from the cache (checked
-    # below): real-clock kits run the same fixed sample every time.
-    chosen = _settings(examples, steps, derandomize=kit.real_clock)
+    # The same fixed sample every run. Hypothesis switches rules off per example, so a random
+    # run may by chance never reach a situation in MUST_SEE (random runs here have met a
+    # tombstone delete once in 10,000 steps) or never replay from the cache: the guards below
+    # must not flake. The fixed sample reaches every situation in MUST_SEE at least 25 times
+    # (memory, 200 x 50).
+    chosen = _settings(examples, steps, derandomize=True)
     run_state_machine_as_test(_machine(kit, seen), settings=chosen)
     missing = [name for name in MUST_SEE if not seen[name]]
     if not kit.real_clock:

@@ -196,11 +196,16 @@ class Statements:
             SELECT d.id, CASE WHEN d.waiters THEN pg_notify(%(channel)s, d.id) END FROM d
             """
         )
+        # -> whether get would have returned the row (one past its retention that the purge
+        # has not reached yet is already gone to callers); no row if there was none at all.
         self.delete = q(
             """
-            WITH d AS (DELETE FROM {t} WHERE id = %(id)s RETURNING id, waiters),
+            WITH now AS MATERIALIZED (SELECT {now} AS t),
+            d AS (DELETE FROM {t} WHERE id = %(id)s RETURNING id, waiters, state, retain_until),
             p AS (DELETE FROM {p} WHERE id = %(id)s)
-            SELECT d.id, CASE WHEN d.waiters THEN pg_notify(%(channel)s, d.id) END FROM d
+            SELECT d.state = 'in_flight' OR d.retain_until > now.t,
+                   CASE WHEN d.waiters THEN pg_notify(%(channel)s, d.id) END
+            FROM d, now
             """
         )
         self.get = q(

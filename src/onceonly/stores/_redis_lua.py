@@ -135,14 +135,20 @@ return 1
 """
 )
 
-# ARGV: channel -> 1 if there was a record, else 0
-DELETE = """
+# ARGV: channel -> 1 if get would have returned a record, else 0 (a key lives a hair past its
+# retention, see ms: in that hair the record is already gone to callers)
+DELETE = (
+    _PRELUDE
+    + """
 local v = redis.call('GET', KEYS[1])
 redis.call('DEL', KEYS[1], KEYS[2])
 if not v then return 0 end
-if string.sub(v, 1, 1) == 'w' then redis.call('PUBLISH', ARGV[1], KEYS[1]) end
-return 1
+local st, ex, ru = parse(v)
+if st == 'w' then redis.call('PUBLISH', ARGV[1], KEYS[1]) end
+if st == 'i' or st == 'w' or now_us() < ru then return 1 end
+return 0
 """
+)
 
 # -> {0, now, record|false, response|false}
 GET = (

@@ -247,9 +247,9 @@ class PostgresStore:
         watch_loop(self._notifier, id, timeout, lambda: _lease_left(self._one(*self._w(id))))
 
     def delete(self, id: str) -> bool:
-        found = self._one(self.sql.delete, {"id": id, "channel": self.channel}) is not None
+        row = self._one(self.sql.delete, {"id": id, "channel": self.channel})
         self._notifier.notify(id)
-        return found
+        return row is not None and bool(row[0])
 
     def close(self) -> None:
         self._closed.set()
@@ -304,9 +304,9 @@ class PostgresStore:
         await awatch_loop(self._notifier, id, timeout, check)
 
     async def adelete(self, id: str) -> bool:
-        found = await self._aone(self.sql.delete, {"id": id, "channel": self.channel}) is not None
+        row = await self._aone(self.sql.delete, {"id": id, "channel": self.channel})
         self._notifier.notify(id)
-        return found
+        return row is not None and bool(row[0])
 
     async def aclose(self) -> None:
         pool = self._async.pop_current()
