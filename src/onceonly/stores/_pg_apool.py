@@ -31,7 +31,10 @@ class AsyncPool:
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        await asyncio.wait_for(self._slots.acquire(), self._timeout)  # TimeoutError: busy
+        if self._slots.locked():  # all in use: wait, at most the timeout (TimeoutError)
+            await asyncio.wait_for(self._slots.acquire(), self._timeout)
+        else:  # a free slot is taken at once; wait_for would cost a Task and loop turns (3.11)
+            await self._slots.acquire()
         try:
             conn = self._idle.pop() if self._idle else None
             if conn is None or conn.closed:

@@ -75,6 +75,7 @@ URL_OPTIONS: dict[str, Callable[[str], Any]] = {
 
 _ERRORS: tuple[type[BaseException], ...] = (psycopg.Error, psycopg_pool.PoolTimeout)
 Row = tuple[Any, ...]
+Statement = bytes | sql.Composed  # the request path's are bytes, rendered once (see Statements)
 
 
 def _us(seconds: float) -> int:
@@ -383,10 +384,10 @@ class PostgresStore:
             if not self._schema_ready:
                 self.init_schema()
 
-    def _w(self, id: str) -> tuple[sql.Composed, Mapping[str, Any]]:
+    def _w(self, id: str) -> tuple[Statement, Mapping[str, Any]]:
         return self.sql.watch, {"id": id}
 
-    def _one(self, statement: sql.Composed, params: Mapping[str, Any]) -> Row | None:
+    def _one(self, statement: Statement, params: Mapping[str, Any]) -> Row | None:
         self._ensure_schema()
         with self._guard(), self._pool.connection() as conn:
             return conn.execute(statement, params).fetchone()
@@ -401,7 +402,7 @@ class PostgresStore:
             await self.ainit_schema()
         return pool
 
-    async def _aone(self, statement: sql.Composed, params: Mapping[str, Any]) -> Row | None:
+    async def _aone(self, statement: Statement, params: Mapping[str, Any]) -> Row | None:
         pool = await self._apool()
         with self._guard():
             async with pool.connection() as conn:
