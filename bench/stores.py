@@ -133,9 +133,7 @@ async def close_kind(kind: str, store: DualStore) -> None:
     if kind == "postgres":
         store.drop_schema()  # type: ignore[attr-defined]
     elif kind == "redis":
-        client = store.client  # type: ignore[attr-defined]
-        for key in client.scan_iter(match=f"{store.prefix}*", count=1000):  # type: ignore[attr-defined]
-            client.delete(key)
+        store.drop_keys()  # type: ignore[attr-defined]
     await store.aclose()
 
 

@@ -133,8 +133,7 @@ def redis_kit(url: str, name: str = "redis") -> StoreKit:
         for store in opened[1:]:
             store.close()
         with contextlib.suppress(Exception):  # the server may be gone (outage tests)
-            for key in opened[0].client.scan_iter(match=f"{prefix}*", count=1000):
-                opened[0].client.delete(key)
+            opened[0].drop_keys()
         opened[0].close()
 
     kit = StoreKit(name, opened[0], time.sleep, reopen, tick=REAL_TICK, real_clock=True)

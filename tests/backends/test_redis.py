@@ -27,8 +27,7 @@ def store() -> Iterator[RedisStore]:
     require("Redis", shared_down(REDIS_URL))
     made = RedisStore(REDIS_URL, prefix=f"r{uuid.uuid4().hex[:10]}:")
     yield made
-    for key in made.client.scan_iter(match=f"{made.prefix}*"):
-        made.client.delete(key)
+    made.drop_keys()
     made.close()
 
 
@@ -135,6 +134,50 @@ def test_keys_of_the_older_hash_layout_are_ignored(store, raw):
     assert not claimed.expired_before
     assert raw.hget(old, "st") == b"completed"  # untouched
     raw.delete(old)
+
+
+def test_drop_keys_deletes_the_prefix_and_nothing_else(raw):
+    # "[a]" in the prefix is a glob class: unescaped, SCAN MATCH would take the neighbour's
+    # prefix "...a:" for ours and delete its keys.
+    tag = uuid.uuid4().hex[:10]
+    ours = RedisStore(REDIS_URL, prefix=f"d{tag}[a]:")
+    neighbour = RedisStore(REDIS_URL, prefix=f"d{tag}a:")
+    try:
+        for store in (ours, neighbour):
+            for id in ("done", "held"):
+                assert isinstance(store.claim(id, "fp", 30), Claimed)
+            assert store.complete("done", claimed_token(store, "done"), OK, 100, 100)
+        old = f"{ours.prefix}{{k}}"  # a key of the older layout goes too
+        raw.hset(old, mapping={"st": "completed"})
+        # ours: a record and its response ("done"), a record in flight ("held"), the old key
+        assert ours.drop_keys() == 4
+        assert (ours.get("done"), ours.get("held")) == (None, None)
+        assert raw.exists(old) == 0
+        assert neighbour.get("done") is not None
+        assert neighbour.get("held") is not None
+        assert ours.drop_keys() == 0
+    finally:
+        for store in (ours, neighbour):
+            store.drop_keys()
+            store.close()
+
+
+def test_drop_keys_works_on_a_cluster(cluster_url):
+    # Records hash to different slots of different nodes: one key per command.
+    store = RedisStore(cluster_url, prefix=f"d{uuid.uuid4().hex[:10]}:")
+    try:
+        for i in range(30):
+            assert isinstance(store.claim(f"k{i}", "fp", 30), Claimed)
+        assert store.drop_keys() == 30
+        assert all(store.get(f"k{i}") is None for i in range(30))
+    finally:
+        store.close()
+
+
+def claimed_token(store: RedisStore, id: str) -> int:
+    record = store.get(id)
+    assert record is not None
+    return record.token
 
 
 _TEXT = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=20)

@@ -44,8 +44,7 @@ def raw() -> Iterator[redis.Redis]:
 
 
 def _drop(store: RedisStore) -> None:
-    for key in store.client.scan_iter(match=f"{store.prefix}*"):
-        store.client.delete(key)
+    store.drop_keys()
     store.close()
 
 

@@ -62,9 +62,7 @@ def _target(kind: str, tmp_path: Path) -> Iterator[Target]:
         if kind == "postgres":
             store.drop_schema()  # type: ignore[attr-defined]
         elif kind == "redis":
-            client = store.client  # type: ignore[attr-defined]
-            for key in client.scan_iter(match=f"{store.prefix}*", count=1000):  # type: ignore[attr-defined]
-                client.delete(key)
+            store.drop_keys()  # type: ignore[attr-defined]
         store.close()
 
 

@@ -339,8 +339,7 @@ class RedisStore:
         is left to count.
         """
         client = self.client
-        escaped = "".join("\\" + c if c in "*?[]\\" else c for c in self.prefix)
-        pattern = f"{escaped}{LAYOUT}{{*}}"  # record keys only: a response key ends in ":r"
+        pattern = f"{_glob(self.prefix)}{LAYOUT}{{*}}"  # records only: responses end in ":r"
         with translated(self._what, _ERRORS):
             secs, micros = client.time()
             now = int(secs) * 1_000_000 + int(micros)
@@ -365,6 +364,34 @@ class RedisStore:
             if batch:
                 flush()
         return tally(states, complete=complete)
+
+    def drop_keys(self) -> int:
+        """Delete every key under the prefix, of any layout (tests and uninstall: the
+        counterpart of ``PostgresStore.drop_schema``); returns how many were deleted.
+
+        SCANs (never ``KEYS``) and ``UNLINK``s in pipelined batches, one key per command, so
+        it also works on a cluster, where a record's keys share a slot but records do not.
+        """
+        client = self.client
+        dropped = 0
+        batch: list[Any] = []
+
+        def flush() -> int:
+            pipe = client.pipeline(transaction=False)
+            for key in batch:
+                pipe.unlink(key)
+            gone = sum(int(n) for n in pipe.execute())
+            batch.clear()
+            return gone
+
+        with translated(self._what, _ERRORS):
+            for key in client.scan_iter(match=f"{_glob(self.prefix)}*", count=1000):
+                batch.append(key)
+                if len(batch) >= 500:
+                    dropped += flush()
+            if batch:
+                dropped += flush()
+        return dropped
 
     def close(self) -> None:
         self._closed.set()
@@ -493,6 +520,11 @@ def _complete_args(
         _response_value(token, response),
         channel,
     ]
+
+
+def _glob(prefix: str) -> str:
+    """``prefix`` as a literal in a SCAN ``MATCH`` pattern."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in prefix)
 
 
 # -- the response key: "<token> <status> <trace id|-> <span id|-> <headers length>\n",
