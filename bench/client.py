@@ -1,4 +1,4 @@
-"""What onceonly's client transport costs per request, and what it saves under failure.
+"""What retrysafe's client transport costs per request, and what it saves under failure.
 
 Two measurements (issue 4, "Performance"; results in bench/README.md, "Client"):
 
@@ -42,7 +42,7 @@ from typing import TypeVar
 
 import httpx
 
-from onceonly.client import (
+from retrysafe.client import (
     AsyncIdempotentTransport,
     BudgetExhausted,
     CallFailed,
@@ -111,9 +111,9 @@ VARIANTS = [
     # What the transport adds to the wire, without the transport: separates the cost of two
     # more headers (a UUID made, encoded by h11, parsed by the server) from the retry logic.
     Variant("httpx + key headers", plain, plain, keyed=True),
-    Variant("onceonly", IdempotentTransport, AsyncIdempotentTransport),
+    Variant("retrysafe", IdempotentTransport, AsyncIdempotentTransport),
     Variant(
-        "onceonly+breaker",
+        "retrysafe+breaker",
         lambda inner: IdempotentTransport(inner, breaker=CircuitBreaker()),
         lambda inner: AsyncIdempotentTransport(inner, breaker=CircuitBreaker()),
     ),
@@ -291,7 +291,7 @@ async def amplify(
                 attempts += len(exc.attempts)
                 refused += isinstance(exc, BudgetExhausted)
                 continue
-            attempts += response.extensions["onceonly"].attempts
+            attempts += response.extensions["retrysafe"].attempts
             succeeded += response.status_code == 201
 
     start = time.perf_counter()

@@ -3,7 +3,7 @@
     python bench/gateway.py [--requests 2000] [--concurrency 32] [--store URL ...] [--workers N]
 
 Starts, on loopback, a minimal upstream (uvicorn, one process) and one gateway process per
-store (``python -m onceonly.cli proxy``), then drives them with an async httpx load script:
+store (``python -m retrysafe.cli proxy``), then drives them with an async httpx load script:
 
 - ``direct``        POST straight to the upstream (the baseline)
 - ``pass-through``  POST through the gateway without a key (forwarding cost only)
@@ -82,11 +82,11 @@ def start_upstream() -> tuple[subprocess.Popen[bytes], str]:
 
 def start_gateway(upstream: str, store: str, workers: int) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    cmd = [sys.executable, "-m", "onceonly.cli", "proxy", "--upstream", upstream, "--store", store]
+    cmd = [sys.executable, "-m", "retrysafe.cli", "proxy", "--upstream", upstream, "--store", store]
     cmd += ["--port", str(port), "--workers", str(workers), "--log-level", "warning"]
     proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    wait_ready(url + "/_onceonly/health", proc)
+    wait_ready(url + "/_retrysafe/health", proc)
     return proc, url
 
 
@@ -161,7 +161,7 @@ def main() -> None:
     if args.serve_upstream:
         serve_upstream(args.serve_upstream)
         return
-    tmp = Path(tempfile.mkdtemp(prefix="onceonly-bench-"))
+    tmp = Path(tempfile.mkdtemp(prefix="retrysafe-bench-"))
     stores = args.store or [f"sqlite:///{tmp / 'gateway.db'}"]
     upstream, direct = start_upstream()
     print(

@@ -29,7 +29,7 @@ import tempfile
 import uuid
 from typing import Any
 
-from onceonly.http.asgi import IdempotencyMiddleware
+from retrysafe.http.asgi import IdempotencyMiddleware
 
 # bench/ (the script's directory) is on sys.path
 from stores import app, call, close_kind, open_kind

@@ -1,4 +1,4 @@
-"""onceonly next to its peers: per-request in-process time, first execution and replay.
+"""retrysafe next to its peers: per-request in-process time, first execution and replay.
 
     bench/.venv-peers/bin/python bench/peers.py [--n 1000] [--rounds 5] [--only a,b]
 
@@ -11,7 +11,7 @@ turns round by round (a noisy neighbour hits all of them alike); each figure is 
 over rounds of the per-round median request time, wall clock, in microseconds, and the
 ``× idemkit`` column is the median of the per-round ratios.
 
-``onceonly-redis-cached`` is onceonly on Redis behind the local replay cache
+``retrysafe-redis-cached`` is retrysafe on Redis behind the local replay cache
 (``stores/cached.py``): its replays come from process memory, so compare them with the bare
 app rather than with the floor.
 
@@ -80,12 +80,12 @@ async def json_app(handler: Callable[[str, bytes], Awaitable[dict[str, Any]]]) -
 # -- variants: each returns (asgi app, closer) --------------------------------------------
 
 
-async def onceonly_redis(cached: bool = False) -> tuple[Any, Closer]:
-    """onceonly on Redis; ``cached`` puts the local replay cache in front (``CachedStore``): a
+async def retrysafe_redis(cached: bool = False) -> tuple[Any, Closer]:
+    """retrysafe on Redis; ``cached`` puts the local replay cache in front (``CachedStore``): a
     replay of a key this process completed or replayed before then makes no round trip."""
-    from onceonly.http.asgi import IdempotencyMiddleware
-    from onceonly.stores.cached import CachedStore
-    from onceonly.stores.redis import RedisStore
+    from retrysafe.http.asgi import IdempotencyMiddleware
+    from retrysafe.stores.cached import CachedStore
+    from retrysafe.stores.redis import RedisStore
 
     store = RedisStore(REDIS_URL, prefix=f"bpeers{'c' if cached else ''}{TAG}:")
 
@@ -98,9 +98,9 @@ async def onceonly_redis(cached: bool = False) -> tuple[Any, Closer]:
     return IdempotencyMiddleware(counted_app, store=CachedStore(store) if cached else store), close
 
 
-async def onceonly_postgres() -> tuple[Any, Closer]:
-    from onceonly.http.asgi import IdempotencyMiddleware
-    from onceonly.stores.postgres import PostgresStore
+async def retrysafe_postgres() -> tuple[Any, Closer]:
+    from retrysafe.http.asgi import IdempotencyMiddleware
+    from retrysafe.stores.postgres import PostgresStore
 
     store = PostgresStore(POSTGRES_URL, table_prefix=f"bpeers{TAG}_")
 
@@ -262,12 +262,12 @@ def _asyncpg_credentials(dsn: str, schema: str) -> dict[str, Any]:
 
 
 VARIANTS: dict[str, tuple[str, Callable[[], Awaitable[tuple[Any, Closer]]]]] = {
-    "onceonly-redis": ("onceonly, Redis", onceonly_redis),
-    "onceonly-redis-cached": (
-        "onceonly, Redis + local replay cache",
-        lambda: onceonly_redis(cached=True),
+    "retrysafe-redis": ("retrysafe, Redis", retrysafe_redis),
+    "retrysafe-redis-cached": (
+        "retrysafe, Redis + local replay cache",
+        lambda: retrysafe_redis(cached=True),
     ),
-    "onceonly-postgres": ("onceonly, PostgreSQL", onceonly_postgres),
+    "retrysafe-postgres": ("retrysafe, PostgreSQL", retrysafe_postgres),
     "idemkit": ("idemkit 1.0.2, Redis", idemkit_redis),
     "asgi-idempotency-header": (
         "asgi-idempotency-header 0.2.0, Redis",

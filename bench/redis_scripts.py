@@ -23,12 +23,12 @@ from collections.abc import Callable
 
 import redis
 
-from onceonly.records import Claimed, StoredResponse
-from onceonly.stores import _redis_lua as lua
-from onceonly.stores._redis_wire import Script
-from onceonly.stores.redis import RedisStore
+from retrysafe.records import Claimed, StoredResponse
+from retrysafe.stores import _redis_lua as lua
+from retrysafe.stores._redis_wire import Script
+from retrysafe.stores.redis import RedisStore
 
-REDIS_URL = os.environ.get("ONCEONLY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+REDIS_URL = os.environ.get("RETRYSAFE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 RESPONSE = StoredResponse(201, (("content-type", "application/json"),), b'{"id": "ch_1"}' * 4)
 
 

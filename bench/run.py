@@ -1,9 +1,9 @@
-"""Per-request cost of onceonly's ASGI middleware, in process, no network.
+"""Per-request cost of retrysafe's ASGI middleware, in process, no network.
 
 Each variant drives one ASGI app with raw ASGI calls in a loop (a scope, a ``receive`` that
 hands over the body once, a ``send`` that keeps the status) and reports microseconds per
 request, the median of several runs. Variants: a bare Starlette app; the same app behind
-onceonly with the memory store and with the SQLite store, each for a first execution (a new
+retrysafe with the memory store and with the SQLite store, each for a first execution (a new
 key every request) and a replay (one key, already completed), and the replays again with the
 local replay cache (``CachedStore``) in front of each store.
 
@@ -42,15 +42,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from onceonly.demo.recording import RecordingStore
-from onceonly.http.asgi import ASGIApp, IdempotencyMiddleware
-from onceonly.http.wsgi import IdempotencyMiddleware as WSGIIdempotencyMiddleware
-from onceonly.http.wsgi import WSGIApp
-from onceonly.policy import Policy
-from onceonly.stores.base import DualStore
-from onceonly.stores.cached import CachedStore
-from onceonly.stores.memory import MemoryStore
-from onceonly.stores.sqlite import SQLiteStore
+from retrysafe.demo.recording import RecordingStore
+from retrysafe.http.asgi import ASGIApp, IdempotencyMiddleware
+from retrysafe.http.wsgi import IdempotencyMiddleware as WSGIIdempotencyMiddleware
+from retrysafe.http.wsgi import WSGIApp
+from retrysafe.policy import Policy
+from retrysafe.stores.base import DualStore
+from retrysafe.stores.cached import CachedStore
+from retrysafe.stores.memory import MemoryStore
+from retrysafe.stores.sqlite import SQLiteStore
 
 Message = MutableMapping[str, Any]
 
@@ -153,17 +153,17 @@ def variants(tmp: Path) -> list[Variant]:
 
     return [
         Variant("bare", "bare Starlette app", bare_app, no_key),
-        Variant("memory-first", "+ onceonly, memory, first execution",
+        Variant("memory-first", "+ retrysafe, memory, first execution",
                 lambda: guarded_app(MemoryStore()), fresh_keys),
-        Variant("memory-replay", "+ onceonly, memory, replay",
+        Variant("memory-replay", "+ retrysafe, memory, replay",
                 lambda: guarded_app(MemoryStore()), one_key),
-        Variant("sqlite-first", "+ onceonly, SQLite, first execution",
+        Variant("sqlite-first", "+ retrysafe, SQLite, first execution",
                 lambda: guarded_app(sqlite()), fresh_keys),
-        Variant("sqlite-replay", "+ onceonly, SQLite, replay",
+        Variant("sqlite-replay", "+ retrysafe, SQLite, replay",
                 lambda: guarded_app(sqlite()), one_key),
-        Variant("memory+cache-replay", "+ onceonly, memory + local cache, replay",
+        Variant("memory+cache-replay", "+ retrysafe, memory + local cache, replay",
                 lambda: guarded_app(CachedStore(MemoryStore())), one_key),
-        Variant("sqlite+cache-replay", "+ onceonly, SQLite + local cache, replay",
+        Variant("sqlite+cache-replay", "+ retrysafe, SQLite + local cache, replay",
                 lambda: guarded_app(CachedStore(sqlite())), one_key),
     ]  # fmt: skip
 
@@ -246,17 +246,17 @@ def wsgi_variants(tmp: Path) -> list[WSGIVariant]:
 
     return [
         WSGIVariant("bare", "bare Flask app", lambda: flask_app().wsgi_app, no_key),
-        WSGIVariant("memory-first", "+ onceonly, memory, first execution",
+        WSGIVariant("memory-first", "+ retrysafe, memory, first execution",
                     lambda: guarded_wsgi(MemoryStore()), fresh_keys),
-        WSGIVariant("memory-replay", "+ onceonly, memory, replay",
+        WSGIVariant("memory-replay", "+ retrysafe, memory, replay",
                     lambda: guarded_wsgi(MemoryStore()), one_key),
-        WSGIVariant("sqlite-first", "+ onceonly, SQLite, first execution",
+        WSGIVariant("sqlite-first", "+ retrysafe, SQLite, first execution",
                     lambda: guarded_wsgi(sqlite()), fresh_keys),
-        WSGIVariant("sqlite-replay", "+ onceonly, SQLite, replay",
+        WSGIVariant("sqlite-replay", "+ retrysafe, SQLite, replay",
                     lambda: guarded_wsgi(sqlite()), one_key),
-        WSGIVariant("memory+cache-replay", "+ onceonly, memory + local cache, replay",
+        WSGIVariant("memory+cache-replay", "+ retrysafe, memory + local cache, replay",
                     lambda: guarded_wsgi(CachedStore(MemoryStore())), one_key),
-        WSGIVariant("sqlite+cache-replay", "+ onceonly, SQLite + local cache, replay",
+        WSGIVariant("sqlite+cache-replay", "+ retrysafe, SQLite + local cache, replay",
                     lambda: guarded_wsgi(CachedStore(sqlite())), one_key),
     ]  # fmt: skip
 
@@ -354,7 +354,7 @@ def sizes(quick: bool, name: str) -> tuple[int, int]:
 
 
 async def main_async(args: argparse.Namespace) -> int:
-    with tempfile.TemporaryDirectory(prefix="onceonly-bench-") as tmpdir:
+    with tempfile.TemporaryDirectory(prefix="retrysafe-bench-") as tmpdir:
         tmp = Path(tmpdir)
         all_variants = variants(tmp)
         if args.profile:

@@ -21,12 +21,12 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from onceonly.http.asgi import IdempotencyMiddleware
-from onceonly.stores.base import DualStore
+from retrysafe.http.asgi import IdempotencyMiddleware
+from retrysafe.stores.base import DualStore
 
-REDIS_URL = os.environ.get("ONCEONLY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+REDIS_URL = os.environ.get("RETRYSAFE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 POSTGRES_URL = os.environ.get(
-    "ONCEONLY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+    "RETRYSAFE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
 BODY = b'{"amount": 1000, "currency": "eur"}'
 
@@ -112,18 +112,18 @@ async def floor_trip(kind: str) -> tuple[Callable[[], Awaitable[object]], Callab
 def open_kind(kind: str, tmp: str) -> DualStore:
     tag = uuid.uuid4().hex[:8]
     if kind == "memory":
-        from onceonly.stores.memory import MemoryStore
+        from retrysafe.stores.memory import MemoryStore
 
         return MemoryStore()
     if kind == "sqlite":
-        from onceonly.stores.sqlite import SQLiteStore
+        from retrysafe.stores.sqlite import SQLiteStore
 
         return SQLiteStore(os.path.join(tmp, "bench.db"))
     if kind == "redis":
-        from onceonly.stores.redis import RedisStore
+        from retrysafe.stores.redis import RedisStore
 
         return RedisStore(REDIS_URL, prefix=f"bench{tag}:")
-    from onceonly.stores.postgres import PostgresStore
+    from retrysafe.stores.postgres import PostgresStore
 
     return PostgresStore(POSTGRES_URL, table_prefix=f"bench{tag}_")
 

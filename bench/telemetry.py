@@ -21,9 +21,9 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from onceonly import MemoryStore
-from onceonly.http.asgi import IdempotencyMiddleware
-from onceonly.telemetry import AUDIT_LOGGER, Telemetry
+from retrysafe import MemoryStore
+from retrysafe.http.asgi import IdempotencyMiddleware
+from retrysafe.telemetry import AUDIT_LOGGER, Telemetry
 
 BODY = b'{"amount": 500, "currency": "eur", "customer": "c-1"}'
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from onceonly.stores.base import DualStore
+from retrysafe.stores.base import DualStore
 from storekit import STORE_KINDS, StoreKit, kit_fixture, require_service
 
 __all__ = ["STORE_KINDS", "StoreKit", "require_service"]

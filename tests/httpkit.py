@@ -37,14 +37,14 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from onceonly import current_key
-from onceonly.errors import StoreUnavailable
-from onceonly.http.asgi import IdempotencyMiddleware
-from onceonly.http.wsgi import ENVIRON_KEY
-from onceonly.http.wsgi import IdempotencyMiddleware as WSGIIdempotencyMiddleware
-from onceonly.policy import PROBLEM_BASE_URI, Policy, Problem
-from onceonly.problems import TITLES
-from onceonly.records import ClaimResult, Record, StoredResponse
+from retrysafe import current_key
+from retrysafe.errors import StoreUnavailable
+from retrysafe.http.asgi import IdempotencyMiddleware
+from retrysafe.http.wsgi import ENVIRON_KEY
+from retrysafe.http.wsgi import IdempotencyMiddleware as WSGIIdempotencyMiddleware
+from retrysafe.policy import PROBLEM_BASE_URI, Policy, Problem
+from retrysafe.problems import TITLES
+from retrysafe.records import ClaimResult, Record, StoredResponse
 
 HeaderValue = str | bytes
 HeaderPairs = Sequence[tuple[str, HeaderValue]]
@@ -65,8 +65,8 @@ class Seen:
     headers: tuple[tuple[str, str], ...]
     body: bytes
     reads: int  # how many non-empty chunks the app read the body in
-    state_key: str | None  # request.state.idempotency_key / environ["onceonly.idempotency_key"]
-    context_key: str | None  # onceonly.current_key() inside the handler
+    state_key: str | None  # request.state.idempotency_key / environ["retrysafe.idempotency_key"]
+    context_key: str | None  # retrysafe.current_key() inside the handler
 
     def header(self, name: str) -> str | None:
         return next((v for k, v in self.headers if k.lower() == name.lower()), None)
@@ -589,7 +589,7 @@ class RawWSGIDoor(Door):
 def flask_app(handler: Handler, store: Any, policy: Policy) -> flask.Flask:
     """A Flask app with the middleware around ``app.wsgi_app``; the view reads
     ``request.stream`` a few bytes at a time."""
-    app = flask.Flask("onceonly_conformance")
+    app = flask.Flask("retrysafe_conformance")
 
     @app.route("/", defaults={"rest": ""}, methods=ALL_METHODS)
     @app.route("/<path:rest>", methods=ALL_METHODS)

@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from onceonly.stores.base import DualStore
-from onceonly.stores.memory import MemoryStore
-from onceonly.stores.sqlite import SQLiteStore
+from retrysafe.stores.base import DualStore
+from retrysafe.stores.memory import MemoryStore
+from retrysafe.stores.sqlite import SQLiteStore
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -69,7 +69,7 @@ def _memory(tmp_path: Path) -> StoreKit:
 
 def _sqlite(tmp_path: Path) -> StoreKit:
     clock = FakeClock()
-    path = tmp_path / "onceonly.db"
+    path = tmp_path / "retrysafe.db"
     store = SQLiteStore(path, clock=clock)
     opened: list[SQLiteStore] = [store]
 
@@ -83,9 +83,9 @@ def _sqlite(tmp_path: Path) -> StoreKit:
     return kit
 
 
-REDIS_URL = os.environ.get("ONCEONLY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+REDIS_URL = os.environ.get("RETRYSAFE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 POSTGRES_URL = os.environ.get(
-    "ONCEONLY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+    "RETRYSAFE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
 # A tick on a real clock: long enough that a loaded machine's latency stays well inside one
 # (the shared contract waits 0.3 s on a 2.5-tick lease and expects the lease to outlive it).
@@ -120,7 +120,7 @@ def _redis(tmp_path: Path) -> StoreKit:
 
 def redis_kit(url: str, name: str = "redis") -> StoreKit:
     """A kit on the Redis (or Redis Cluster) at ``url``; tests/backends uses it for a cluster."""
-    from onceonly.stores.redis import RedisStore
+    from retrysafe.stores.redis import RedisStore
 
     prefix = f"t{uuid.uuid4().hex[:12]}:"
     opened = [RedisStore(url, prefix=prefix)]
@@ -145,7 +145,7 @@ def _postgres(tmp_path: Path) -> StoreKit:
     """A real PostgreSQL with a table of its own per test (real clock: time really passes)."""
     if why := server_down(POSTGRES_URL):
         require_service("PostgreSQL", why)
-    from onceonly.stores.postgres import PostgresStore
+    from retrysafe.stores.postgres import PostgresStore
 
     prefix = f"t{uuid.uuid4().hex[:12]}_"
     opened = [PostgresStore(POSTGRES_URL, table_prefix=prefix, pool_min=0)]
@@ -181,7 +181,7 @@ CACHE_RECORDS = 1000
 
 def cached_kit(base: StoreKit, max_records: int = CACHE_RECORDS) -> StoreKit:
     """``base`` with a :class:`CachedStore` on top; ``reopen`` is another process (own cache)."""
-    from onceonly.stores.cached import CachedStore
+    from retrysafe.stores.cached import CachedStore
 
     def wrap(store: DualStore) -> DualStore:
         return CachedStore(store, max_records, clock=base.clock)

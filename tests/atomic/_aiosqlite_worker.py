@@ -14,9 +14,9 @@ def aiosqlite_worker(path: str, door: str, is_atomic: bool, conn: Connection) ->
     from sqlalchemy import text
     from sqlalchemy.ext.asyncio import create_async_engine
 
-    from onceonly.atomic.sqlalchemy import aconnection
-    from onceonly.stores.sqlite import SQLiteStore
-    from onceonly.tools import idempotent
+    from retrysafe.atomic.sqlalchemy import aconnection
+    from retrysafe.stores.sqlite import SQLiteStore
+    from retrysafe.tools import idempotent
 
     store = SQLiteStore(path)
     insert = text("INSERT INTO ledger (key, cents) VALUES (:key, :cents)")

@@ -5,7 +5,7 @@ A kit says how to start a worker process on its database (``_workers.py`` on a S
 left behind: the ledger, the records, the foreign service's calls. Every worker reads the same
 ``(key, cents, pause)`` jobs from its pipe, so :class:`Worker` drives any of them.
 
-Doors: the way a charge reaches onceonly inside the worker. ``function`` is ``@idempotent``
+Doors: the way a charge reaches retrysafe inside the worker. ``function`` is ``@idempotent``
 on both databases (atomic or not); SQLite adds the WSGI and ASGI middlewares, PostgreSQL an
 async function and SQLAlchemy's sync and async engines.
 """
@@ -25,10 +25,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from onceonly.fingerprint import RequestFacts
-from onceonly.policy import Policy, storage_id
-from onceonly.records import Record, State
-from onceonly.stores.sqlite import SQLiteStore
+from retrysafe.fingerprint import RequestFacts
+from retrysafe.policy import Policy, storage_id
+from retrysafe.records import Record, State
+from retrysafe.stores.sqlite import SQLiteStore
 
 from . import _pg_workers, _workers
 from ._pg import PgDb, make_db
@@ -134,7 +134,7 @@ class SQLiteKit(DbKit):
 
     def states(self) -> list[str]:
         with sqlite3.connect(self.path) as raw:
-            rows = raw.execute("SELECT DISTINCT state FROM onceonly_records").fetchall()
+            rows = raw.execute("SELECT DISTINCT state FROM retrysafe_records").fetchall()
         return [str(r[0]) for r in rows]
 
     def check_intact(self) -> None:

@@ -1,8 +1,8 @@
 """Django on PostgreSQL in child processes: the WSGI charge worker and named scenarios.
 
 Everything a test run makes lives in one schema named after its prefix (Django's
-``search_path``, ``ONCEONLY_SCHEMA``): Django's migration table, the ``ledger`` table of the
-test model and onceonly's ``<prefix>records`` tables, created by onceonly's migration. The
+``search_path``, ``RETRYSAFE_SCHEMA``): Django's migration table, the ``ledger`` table of the
+test model and retrysafe's ``<prefix>records`` tables, created by retrysafe's migration. The
 store opens them with ``init_schema=False``, so it works only if the migration made exactly
 the tables it expects.
 """
@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from onceonly.stores.postgres import PostgresStore
+from retrysafe.stores.postgres import PostgresStore
 
 from ._django_worker import configure, serve, serve_asgi
 
@@ -47,7 +47,7 @@ def configure_pg(url: str, prefix: str, sqlite_path: str | None = None) -> None:
     }
     if sqlite_path is not None:
         databases["lite"] = {"ENGINE": "django.db.backends.sqlite3", "NAME": sqlite_path}
-    configure(databases, ONCEONLY_SCHEMA=schema_of(prefix), ONCEONLY_TABLE_PREFIX=prefix)
+    configure(databases, RETRYSAFE_SCHEMA=schema_of(prefix), RETRYSAFE_TABLE_PREFIX=prefix)
 
 
 def open_store(url: str, prefix: str, table_prefix: str | None = None) -> PostgresStore:
@@ -141,9 +141,9 @@ def _charge(store: PostgresStore, key: str, hooks: list[str]) -> Callable[..., A
     """An atomic function writing through the ORM; the role says what each attempt does."""
     from django.db import transaction
 
-    from onceonly import atomic
-    from onceonly.atomic import django as dj_atomic
-    from onceonly.tools import idempotent
+    from retrysafe import atomic
+    from retrysafe.atomic import django as dj_atomic
+    from retrysafe.tools import idempotent
 
     from .models import Charge
 
@@ -169,7 +169,7 @@ def _charge(store: PostgresStore, key: str, hooks: list[str]) -> Callable[..., A
 def takeover_between_phases(ctx: Ctx) -> dict[str, Any]:
     """The old holder commits a phase, pauses past its lease, a retry takes over and
     completes; the old holder's later writes are rolled back at its commit."""
-    from onceonly.errors import ClaimTakenOver
+    from retrysafe.errors import ClaimTakenOver
 
     store = open_store(ctx.url, ctx.prefix)
     hooks: list[str] = []
@@ -196,9 +196,9 @@ def takeover_between_phases(ctx: Ctx) -> dict[str, Any]:
 
 def fenced_at_begin(ctx: Ctx) -> dict[str, Any]:
     """A retry took the key over before the old holder's first transaction: refused there."""
-    from onceonly.atomic import django as dj_atomic
-    from onceonly.errors import ClaimTakenOver
-    from onceonly.tools import idempotent
+    from retrysafe.atomic import django as dj_atomic
+    from retrysafe.errors import ClaimTakenOver
+    from retrysafe.tools import idempotent
 
     from .models import Charge
 
@@ -223,10 +223,10 @@ def fenced_at_begin(ctx: Ctx) -> dict[str, Any]:
 def retry_waits_and_replays(ctx: Ctx) -> dict[str, Any]:
     """The record row is locked on Django's connection from transaction() on: a retry
     arriving after the lease lapsed waits for the commit, then replays it."""
-    from onceonly import atomic
-    from onceonly.atomic import django as dj_atomic
-    from onceonly.policy import storage_id
-    from onceonly.tools import idempotent
+    from retrysafe import atomic
+    from retrysafe.atomic import django as dj_atomic
+    from retrysafe.policy import storage_id
+    from retrysafe.tools import idempotent
 
     from .models import Charge
 
@@ -264,10 +264,10 @@ def errors(ctx: Ctx) -> dict[str, Any]:
     """What each misconfiguration raises: (error class name, message)."""
     from django.db import connections, transaction
 
-    from onceonly.atomic import django as dj_atomic
-    from onceonly.atomic.django._tables import create_statements
-    from onceonly.stores.sqlite import SQLiteStore
-    from onceonly.tools import idempotent
+    from retrysafe.atomic import django as dj_atomic
+    from retrysafe.atomic.django._tables import create_statements
+    from retrysafe.stores.sqlite import SQLiteStore
+    from retrysafe.tools import idempotent
 
     def attempt(store: Any, using: str = "default", inside_atomic: bool = False) -> Any:
         @idempotent(store, key=f"err-{len(out)}", atomic=True, namespace="charge")

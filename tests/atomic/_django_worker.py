@@ -3,7 +3,7 @@ or behind the ASGI middleware with uvicorn serving it (a sync view, run in asgir
 the request, or an async view using the async ORM).
 
 Settings are configured here, in the child, so Django's one-per-process configuration never
-meets the other tests'. ``migrate`` runs onceonly's migration (the record tables) and creates
+meets the other tests'. ``migrate`` runs retrysafe's migration (the record tables) and creates
 the test model's table; the store then opens the same file.
 """
 
@@ -22,7 +22,7 @@ _conn: Connection | None = None
 def create_charge(request: Any) -> Any:
     from django.http import JsonResponse
 
-    from onceonly.atomic import django as dj_atomic
+    from retrysafe.atomic import django as dj_atomic
 
     from .models import Charge
 
@@ -40,7 +40,7 @@ async def acreate_charge(request: Any) -> Any:
     """The async view: ``atransaction()`` and the async ORM, both on the request's DB thread."""
     from django.http import JsonResponse
 
-    from onceonly.atomic import django as dj_atomic
+    from retrysafe.atomic import django as dj_atomic
 
     from .models import Charge
 
@@ -58,7 +58,7 @@ def failing(request: Any) -> Any:
     """Writes, then fails as ``?how=`` says: ``raise`` (an exception) or ``500``."""
     from django.http import JsonResponse
 
-    from onceonly.atomic import django as dj_atomic
+    from retrysafe.atomic import django as dj_atomic
 
     from .models import Charge
 
@@ -72,7 +72,7 @@ def failing(request: Any) -> Any:
 async def afailing(request: Any) -> Any:
     from django.http import JsonResponse
 
-    from onceonly.atomic import django as dj_atomic
+    from retrysafe.atomic import django as dj_atomic
 
     from .models import Charge
 
@@ -98,17 +98,17 @@ urlpatterns: list[Any] = []
 
 
 def configure(databases: dict[str, Any], **extra: Any) -> None:
-    """Django's settings for this process: onceonly's app and the test model's app."""
+    """Django's settings for this process: retrysafe's app and the test model's app."""
     import django
     from django.conf import settings
 
     settings.configure(
         DEBUG=False,
-        SECRET_KEY="onceonly-atomic-tests",
+        SECRET_KEY="retrysafe-atomic-tests",
         ALLOWED_HOSTS=["*"],
         ROOT_URLCONF=__name__,
         MIDDLEWARE=[],
-        INSTALLED_APPS=["onceonly.atomic.django", "atomic"],
+        INSTALLED_APPS=["retrysafe.atomic.django", "atomic"],
         DATABASES=databases,
         DEFAULT_AUTO_FIELD="django.db.models.AutoField",
         USE_TZ=True,
@@ -126,7 +126,7 @@ def django_worker(path: str, door: str, is_atomic: bool, conn: Connection) -> No
     :func:`._workers.charge_worker`. ``door``: ``wsgi``, or ``asgi`` / ``asgi-async`` (uvicorn
     serving the sync / the async view)."""
     configure({"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": path}})
-    from onceonly.stores.sqlite import SQLiteStore
+    from retrysafe.stores.sqlite import SQLiteStore
 
     store = SQLiteStore(path)
     if door == "wsgi":
@@ -141,7 +141,7 @@ def serve(store: Any, is_atomic: bool, conn: Connection) -> None:
     _conn = conn
     from django.core.wsgi import get_wsgi_application
 
-    from onceonly.http.wsgi import IdempotencyMiddleware
+    from retrysafe.http.wsgi import IdempotencyMiddleware
 
     app = IdempotencyMiddleware(
         get_wsgi_application(), store=store, policy=policy(), atomic=is_atomic
@@ -186,7 +186,7 @@ def serve_asgi(store: Any, conn: Connection, route: str) -> None:
     import uvicorn
     from django.core.asgi import get_asgi_application
 
-    from onceonly.http.asgi import IdempotencyMiddleware
+    from retrysafe.http.asgi import IdempotencyMiddleware
 
     app = IdempotencyMiddleware(get_asgi_application(), store=store, policy=policy(), atomic=True)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -203,7 +203,7 @@ def django_asgi_server(path: str, conn: Connection) -> None:
     """uvicorn serving Django on the SQLite file ``path`` for requests from the parent: sends
     ``("ready", base URL)``."""
     configure({"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": path}})
-    from onceonly.stores.sqlite import SQLiteStore
+    from retrysafe.stores.sqlite import SQLiteStore
 
     serve_asgi(SQLiteStore(path), conn, "")
 

@@ -7,7 +7,7 @@ same socket, as pre-forked workers do), prints ``ready`` and runs until it is SI
 
 ``POST /charges`` with ``{"charge": id, "n": number, "cents": cents}`` books the charge: one
 row in the ledger table of the store's own database (a SQLite file or a PostgreSQL database),
-behind onceonly's ASGI middleware. With ``atomic`` the row is written in the record's
+behind retrysafe's ASGI middleware. With ``atomic`` the row is written in the record's
 transaction (``atomic.atransaction()``) and commits with the completion; without, it commits
 on its own connection first, as a handler without SPEC 13a does.
 
@@ -15,7 +15,7 @@ The forced crash: for every ``crash_every``-th charge, the first execution that 
 write leaves a marker file and SIGKILLs its own process - between the side effect and the
 completion, the window atomic completion closes. The marker makes the retry run normally.
 
-Imports only onceonly and its dependencies: it runs as a file, outside the test packages.
+Imports only retrysafe and its dependencies: it runs as a file, outside the test packages.
 """
 
 from __future__ import annotations
@@ -37,16 +37,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from onceonly import atomic
-from onceonly.http.asgi import IdempotencyMiddleware
-from onceonly.policy import Policy
-from onceonly.stores.base import AsyncStore
+from retrysafe import atomic
+from retrysafe.http.asgi import IdempotencyMiddleware
+from retrysafe.policy import Policy
+from retrysafe.stores.base import AsyncStore
 
 Write = Callable[[str, int], Awaitable[int]]
 
 
 def _sqlite(config: dict[str, Any]) -> tuple[AsyncStore, Write]:
-    from onceonly.stores.sqlite import SQLiteStore
+    from retrysafe.stores.sqlite import SQLiteStore
 
     path = config["path"]
     insert = "INSERT INTO ledger (key, cents) VALUES (?, ?)"
@@ -67,7 +67,7 @@ def _sqlite(config: dict[str, Any]) -> tuple[AsyncStore, Write]:
 def _postgres(config: dict[str, Any]) -> tuple[AsyncStore, Write]:
     import psycopg
 
-    from onceonly.stores.postgres import PostgresStore
+    from retrysafe.stores.postgres import PostgresStore
 
     url, prefix = config["url"], config["prefix"]
     insert = f"INSERT INTO {prefix}ledger (key, cents) VALUES (%s, %s) RETURNING id"

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import psycopg
 import pytest
 
-from onceonly.stores.postgres import PostgresStore
+from retrysafe.stores.postgres import PostgresStore
 from storekit import POSTGRES_URL, require_service, server_down
 
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import psycopg
 
-from onceonly import atomic
-from onceonly.stores.postgres import PostgresStore
+from retrysafe import atomic
+from retrysafe.stores.postgres import PostgresStore
 
 from ._workers import LEASE, PHASES, _pause, policy, serve_rides
 
@@ -29,7 +29,7 @@ def charge_worker(url: str, prefix: str, mode: str, conn: Connection) -> None:
     charge commits on its own connection), ``atomic`` (sync, in the record's transaction) or
     ``aatomic`` (an async function on the ``AsyncConnection``); ``sqla``/``asqla`` write
     through SQLAlchemy's (async) engine, its connection lent to the record's transaction."""
-    from onceonly.tools import idempotent
+    from retrysafe.tools import idempotent
 
     store = PostgresStore(url, table_prefix=prefix, pool_min=0)
     insert = _insert(f"{prefix}ledger")
@@ -52,7 +52,7 @@ def charge_worker(url: str, prefix: str, mode: str, conn: Connection) -> None:
         if mode == "sqla":
             from sqlalchemy import text
 
-            from onceonly.atomic.sqlalchemy import connection
+            from retrysafe.atomic.sqlalchemy import connection
 
             found = connection(engine).execute(text(sa_insert), {"key": key, "cents": cents})
             row = found.one()
@@ -67,7 +67,7 @@ def charge_worker(url: str, prefix: str, mode: str, conn: Connection) -> None:
     async def sqla_charge(key: str, cents: int, pause: str | None) -> dict[str, Any]:
         from sqlalchemy import text
 
-        from onceonly.atomic.sqlalchemy import aconnection
+        from retrysafe.atomic.sqlalchemy import aconnection
 
         _pause(conn, key, "before_write", pause)
         db = await aconnection(aengine)

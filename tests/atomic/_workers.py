@@ -1,6 +1,6 @@
 """Code run in child processes (spawn context) by the SIGKILL tests of atomic completion.
 
-A worker serves "charge" jobs from a pipe, one at a time, through a real onceonly door on a
+A worker serves "charge" jobs from a pipe, one at a time, through a real retrysafe door on a
 SQLite file: the ``@idempotent`` decorator or the WSGI middleware (called in-process with a
 built environ, no server needed). The charge is a row in the ``ledger`` table of the store's
 own database - written in the store's transaction when ``atomic`` is on, committed on its own
@@ -20,9 +20,9 @@ from collections.abc import Callable, Iterable
 from multiprocessing.connection import Connection
 from typing import Any
 
-from onceonly import atomic
-from onceonly.policy import Policy
-from onceonly.stores.sqlite import SQLiteStore
+from retrysafe import atomic
+from retrysafe.policy import Policy
+from retrysafe.stores.sqlite import SQLiteStore
 
 LEASE = 0.3  # seconds of real time: a retry takes a dead holder's claim over after this
 LEDGER = "CREATE TABLE IF NOT EXISTS ledger (key TEXT NOT NULL, cents INTEGER NOT NULL)"
@@ -59,7 +59,7 @@ def _write(store: SQLiteStore, is_atomic: bool, key: str, cents: int) -> int:
 def _function_door(
     store: SQLiteStore, is_atomic: bool, conn: Connection
 ) -> Callable[[str, int, str | None], dict[str, Any]]:
-    from onceonly.tools import idempotent
+    from retrysafe.tools import idempotent
 
     @idempotent(
         store,
@@ -81,7 +81,7 @@ def _function_door(
 def _wsgi_door(
     store: SQLiteStore, is_atomic: bool, conn: Connection
 ) -> Callable[[str, int, str | None], dict[str, Any]]:
-    from onceonly.http.wsgi import IdempotencyMiddleware
+    from retrysafe.http.wsgi import IdempotencyMiddleware
 
     def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         doc = json.loads(environ["wsgi.input"].read())
@@ -129,7 +129,7 @@ def _asgi_door(
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
-    from onceonly.http.asgi import IdempotencyMiddleware
+    from retrysafe.http.asgi import IdempotencyMiddleware
 
     async def create(request: Request) -> JSONResponse:
         doc = await request.json()
@@ -200,7 +200,7 @@ def serve_rides(
 ) -> None:
     """The three-phase worker's loop, on any store: ``insert`` writes a ledger row (key,
     cents) in the record's transaction, ``call_foreign(derived key, phase)`` calls out."""
-    from onceonly.tools import idempotent
+    from retrysafe.tools import idempotent
 
     @idempotent(
         store,
@@ -237,8 +237,8 @@ def stalled_holder(path: str, key: str, when: str, conn: Connection) -> None:
     The parent SIGSTOPs it there (its heartbeat too) and lets the lease lapse, tries to take
     the key over, then SIGCONTs it and says go.
     """
-    from onceonly.errors import ClaimTakenOver
-    from onceonly.tools import idempotent
+    from retrysafe.errors import ClaimTakenOver
+    from retrysafe.tools import idempotent
 
     store = SQLiteStore(path)
 

@@ -1,7 +1,7 @@
 """Issue 8's whole scenario: a ledger app, two workers SIGKILLed repeatedly, a lossy proxy.
 
 - **The app** (``_ledger_worker.py``): ``POST /charges`` books a charge as a row in the
-  store's own database (a SQLite file, or a PostgreSQL database), behind onceonly's ASGI
+  store's own database (a SQLite file, or a PostgreSQL database), behind retrysafe's ASGI
   middleware, with atomic completion or with plain completion (the contrast).
 - **Two worker processes** under uvicorn, accepting on one listening socket that this process
   holds (pre-forked workers, as gunicorn runs them): a request queued while both are down waits
@@ -14,14 +14,14 @@
 - **A proxy** on loopback (the client tests' ``FaultProxy``) passes every request on and, for
   a share ``drop`` of them, lets the worker answer and then resets the client's connection
   instead of relaying the answer: the charge was made, the client cannot know.
-- **The client**: ``clients`` threads sharing one ``httpx.Client`` over onceonly's
+- **The client**: ``clients`` threads sharing one ``httpx.Client`` over retrysafe's
   ``IdempotentTransport`` (one key per logical charge, kept across retries) with a SQLite
   dead-letter queue; calls that exhaust their attempts are parked, and the queue is replayed
   (same key, same body) once the killer has stopped, until it is empty.
 
 :func:`run_ledger` returns a :class:`LedgerRun` with what the ledger holds per charge. Run it
 bigger from the repository root with ``PYTHONPATH=tests python -m atomic.ledger_scenario
---charges 1000 --kills 100`` (``--help``), or the test with ``ONCEONLY_LEDGER_CHARGES=1000``
+--charges 1000 --kills 100`` (``--help``), or the test with ``RETRYSAFE_LEDGER_CHARGES=1000``
 (any :class:`LedgerConfig` field, upper-cased).
 """
 
@@ -51,10 +51,10 @@ import httpx
 import psycopg
 
 from client.client_servers import FaultProxy
-from onceonly.client import CallFailed, DeadLetterQueue, IdempotentTransport, RetryPolicy
-from onceonly.fingerprint import RequestFacts
-from onceonly.policy import Policy, storage_id
-from onceonly.stores.sqlite import SQLiteStore
+from retrysafe.client import CallFailed, DeadLetterQueue, IdempotentTransport, RetryPolicy
+from retrysafe.fingerprint import RequestFacts
+from retrysafe.policy import Policy, storage_id
+from retrysafe.stores.sqlite import SQLiteStore
 
 WORKER = Path(__file__).with_name("_ledger_worker.py")
 SQLITE_LEDGER = (
@@ -82,8 +82,8 @@ class LedgerConfig:
     seed: int = 8
 
     @classmethod
-    def from_env(cls, prefix: str = "ONCEONLY_LEDGER_") -> LedgerConfig:
-        """Overrides from the environment: ``ONCEONLY_LEDGER_CHARGES=2000`` and so on."""
+    def from_env(cls, prefix: str = "RETRYSAFE_LEDGER_") -> LedgerConfig:
+        """Overrides from the environment: ``RETRYSAFE_LEDGER_CHARGES=2000`` and so on."""
         found: dict[str, Any] = {}
         for name, value in asdict(cls()).items():
             raw = os.environ.get(prefix + name.upper())
@@ -121,7 +121,7 @@ class Database:
 
     def records(self) -> dict[str, str]:
         """Idempotency records' states by storage id (one record per key)."""
-        table = "{p}records" if self.kind == "postgres" else "onceonly_records"
+        table = "{p}records" if self.kind == "postgres" else "retrysafe_records"
         return {str(id): str(state) for id, state in self.query(f"SELECT id, state FROM {table}")}
 
 
@@ -348,7 +348,7 @@ class Charges:
             return
         if reply.status_code != 201:
             raise AssertionError(f"{name}: {reply.status_code} {reply.text}")
-        self.answers[name], self.keys[name] = reply.json(), reply.extensions["onceonly"].key
+        self.answers[name], self.keys[name] = reply.json(), reply.extensions["retrysafe"].key
 
     def _book_all(self) -> None:
         try:
@@ -446,7 +446,7 @@ def main(argv: list[str] | None = None) -> None:
     for kind in kinds:
         for mode in modes:
             with (
-                tempfile.TemporaryDirectory(prefix="onceonly-ledger-") as tmp,
+                tempfile.TemporaryDirectory(prefix="retrysafe-ledger-") as tmp,
                 open_database(kind, Path(tmp)) as db,
             ):
                 run = run_ledger(db, mode == "atomic", config, Path(tmp))

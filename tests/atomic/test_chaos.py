@@ -28,12 +28,12 @@ from typing import Any
 
 import pytest
 
-from onceonly.atomic import DERIVED_KEY_VERSION
-from onceonly.keys import derive_key
-from onceonly.policy import storage_id
-from onceonly.records import Record, State
-from onceonly.stores.sqlite import SQLiteStore
-from onceonly.tools.serializer import DEFAULT_SERIALIZER
+from retrysafe.atomic import DERIVED_KEY_VERSION
+from retrysafe.keys import derive_key
+from retrysafe.policy import storage_id
+from retrysafe.records import Record, State
+from retrysafe.stores.sqlite import SQLiteStore
+from retrysafe.tools.serializer import DEFAULT_SERIALIZER
 
 from ._dbkit import (
     NAMED_POINTS,

@@ -1,5 +1,5 @@
 """Atomic completion with Django (SPEC 13a): the record tables come from a Django migration,
-the view writes with the ORM inside ``onceonly.atomic.django.transaction()`` (or, async,
+the view writes with the ORM inside ``retrysafe.atomic.django.transaction()`` (or, async,
 ``atransaction()``), and a worker SIGKILLed before and after the commit still charges every key
 exactly once: behind the WSGI middleware, and under uvicorn behind the ASGI middleware with a
 sync view (run in asgiref's thread for the request) and with an async view.
@@ -29,7 +29,7 @@ def test_django_orm_charges_commit_with_the_record_exactly_once(tmp_path: Path, 
     try:
         with sqlite3.connect(db) as raw:
             applied = raw.execute("SELECT app, name FROM django_migrations").fetchall()
-        assert ("onceonly", "0001_initial") in applied
+        assert ("retrysafe", "0001_initial") in applied
         for n, pause in enumerate([None, *POINTS, *POINTS, None]):
             key = f"dj-{n}"
             answers[key] = charge_until_answered(worker, key, 100 + n, pause, None, db)

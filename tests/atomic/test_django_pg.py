@@ -1,8 +1,8 @@
 """Atomic completion with Django on the real PostgreSQL (psycopg 3 backend, SPEC 13a).
 
-The record tables come from onceonly's Django migration (in a schema and with a table prefix
+The record tables come from retrysafe's Django migration (in a schema and with a table prefix
 of this run's own, from the settings); the view writes with the ORM on Django's own
-connection, inside ``onceonly.atomic.django.transaction()``, and the record's completion
+connection, inside ``retrysafe.atomic.django.transaction()``, and the record's completion
 commits in that same transaction. Django runs in child processes only (its settings are once
 per process): a WSGI worker SIGKILLed before and after the commit, and named scenarios
 (takeovers, misconfigurations) that report what they saw.
@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from onceonly.records import State
+from retrysafe.records import State
 from storekit import POSTGRES_URL, require_service, server_down
 
 from ._dbkit import Worker, record_id
@@ -163,7 +163,7 @@ def test_misconfigurations_say_what_to_fix(run: Run, tmp_path: Path) -> None:
     assert seen["sqlite_store"][0] == "ForeignConnection"
     assert "'default' is postgresql" in seen["sqlite_store"][1]
     assert seen["other_prefix"][0] == "ConfigurationError"
-    assert "ONCEONLY_TABLE_PREFIX" in seen["other_prefix"][1]
+    assert "RETRYSAFE_TABLE_PREFIX" in seen["other_prefix"][1]
     assert seen["inside_atomic"][0] == "ConfigurationError"
     assert "already inside transaction.atomic()" in seen["inside_atomic"][1]
     assert seen["migrate_mysql"][0] == "ConfigurationError"

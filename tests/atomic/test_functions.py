@@ -13,17 +13,17 @@ from typing import Any
 
 import pytest
 
-from onceonly import MemoryStore, Policy, atomic
-from onceonly.atomic._context import current_unit
-from onceonly.errors import (
+from retrysafe import MemoryStore, Policy, atomic
+from retrysafe.atomic._context import current_unit
+from retrysafe.errors import (
     AtomicUnsupported,
     ClaimTakenOver,
     NoAtomicContext,
     StillInFlight,
 )
-from onceonly.records import Claimed
-from onceonly.stores.sqlite import SQLiteStore
-from onceonly.tools import idempotent
+from retrysafe.records import Claimed
+from retrysafe.stores.sqlite import SQLiteStore
+from retrysafe.tools import idempotent
 from storekit import FakeClock
 
 POLICY = Policy(lease=10.0)

@@ -28,20 +28,20 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from onceonly import MemoryStore, Policy, atomic
-from onceonly.atomic._context import current_unit
-from onceonly.errors import AtomicUnsupported, ClaimTakenOver
-from onceonly.http.asgi import IdempotencyMiddleware
-from onceonly.http.wsgi import IdempotencyMiddleware as WSGIIdempotencyMiddleware
-from onceonly.records import Claimed, State
-from onceonly.stores.sqlite import SQLiteStore
-from onceonly.tools import idempotent
+from retrysafe import MemoryStore, Policy, atomic
+from retrysafe.atomic._context import current_unit
+from retrysafe.errors import AtomicUnsupported, ClaimTakenOver
+from retrysafe.http.asgi import IdempotencyMiddleware
+from retrysafe.http.wsgi import IdempotencyMiddleware as WSGIIdempotencyMiddleware
+from retrysafe.records import Claimed, State
+from retrysafe.stores.sqlite import SQLiteStore
+from retrysafe.tools import idempotent
 from storekit import FakeClock
 
 from ._pg import PgDb, make_db
 
 POLICY = Policy(lease=10.0)
-PROBLEM_TYPE = "https://onceonly.dev/problems/request-in-flight"
+PROBLEM_TYPE = "urn:retrysafe:problem:request-in-flight"
 PATHS = [
     "/charge",
     "/error500",
@@ -115,7 +115,7 @@ class SQLiteWorld(World):
         return self._query("SELECT key, cents FROM ledger ORDER BY rowid")
 
     def ids(self) -> list[str]:
-        return [r[0] for r in self._query("SELECT id FROM onceonly_records")]
+        return [r[0] for r in self._query("SELECT id FROM retrysafe_records")]
 
 
 @dataclass

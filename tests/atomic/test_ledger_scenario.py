@@ -8,7 +8,7 @@ retries with one key per charge and parks what it cannot finish in a DLQ, replay
 With atomic completion every charge is in the ledger exactly once. With plain completion each
 kill between the write and the completion makes the retry charge again; the test asserts it
 (the forced crashes make it deterministic), so the atomic run could see a double if there were
-one. ``ONCEONLY_LEDGER_CHARGES=1000`` (and the other ``LedgerConfig`` fields) run it bigger.
+one. ``RETRYSAFE_LEDGER_CHARGES=1000`` (and the other ``LedgerConfig`` fields) run it bigger.
 """
 
 from __future__ import annotations

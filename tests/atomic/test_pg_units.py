@@ -11,14 +11,14 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from onceonly.atomic._run import Ending, afinish, finish
-from onceonly.decide import Complete, Release
-from onceonly.errors import ClaimTakenOver, ConfigurationError
-from onceonly.policy import Policy
-from onceonly.records import Claimed, ClaimResult, Existing, State, StoredResponse
-from onceonly.stores.base import AtomicStore, AtomicUnit
-from onceonly.stores.postgres import PostgresStore
-from onceonly.stores.postgres_atomic import PostgresUnit
+from retrysafe.atomic._run import Ending, afinish, finish
+from retrysafe.decide import Complete, Release
+from retrysafe.errors import ClaimTakenOver, ConfigurationError
+from retrysafe.policy import Policy
+from retrysafe.records import Claimed, ClaimResult, Existing, State, StoredResponse
+from retrysafe.stores.base import AtomicStore, AtomicUnit
+from retrysafe.stores.postgres import PostgresStore
+from retrysafe.stores.postgres_atomic import PostgresUnit
 
 from ._pg import PgDb, pg
 

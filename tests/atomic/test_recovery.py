@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from onceonly.errors import StoreUnavailable
-from onceonly.stores.sqlite import SQLiteStore
-from onceonly.tools import idempotent
+from retrysafe.errors import StoreUnavailable
+from retrysafe.stores.sqlite import SQLiteStore
+from retrysafe.tools import idempotent
 
 from ._dbkit import SPAWN, recv
 from ._workers import LEASE, LEDGER, policy, stalled_holder
@@ -76,7 +76,7 @@ def test_an_old_holder_waking_after_a_takeover_is_refused_and_rolled_back(
 
         @idempotent(store, key=lambda key: key, policy=policy(), atomic=True, namespace="charge1")
         def charge(key: str) -> dict[str, Any]:
-            from onceonly import atomic
+            from retrysafe import atomic
 
             cur = atomic.transaction().execute("INSERT INTO ledger VALUES (?, 200)", (key,))
             return {"key": key, "row": cur.lastrowid}

@@ -15,11 +15,11 @@ from sqlalchemy import Engine, String, create_engine, event, func, insert, selec
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from onceonly import atomic
-from onceonly.atomic import sqlalchemy as sa_atomic
-from onceonly.errors import ConfigurationError, ForeignConnection
-from onceonly.stores.sqlite import SQLiteStore
-from onceonly.tools import idempotent
+from retrysafe import atomic
+from retrysafe.atomic import sqlalchemy as sa_atomic
+from retrysafe.errors import ConfigurationError, ForeignConnection
+from retrysafe.stores.sqlite import SQLiteStore
+from retrysafe.tools import idempotent
 
 
 class Base(DeclarativeBase):
@@ -132,7 +132,7 @@ def test_a_flush_error_is_the_handlers_error(engine: Engine, store: SQLiteStore)
 
 def _ids(store: SQLiteStore) -> list[str]:
     with sqlite3.connect(store.path) as raw:
-        return [r[0] for r in raw.execute("SELECT id FROM onceonly_records")] or ["none"]
+        return [r[0] for r in raw.execute("SELECT id FROM retrysafe_records")] or ["none"]
 
 
 def test_a_user_rollback_starts_a_fresh_checked_transaction(

@@ -17,13 +17,13 @@ from sqlalchemy import create_engine, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from onceonly import atomic
-from onceonly.atomic import sqlalchemy as sa_atomic
-from onceonly.errors import ClaimTakenOver, ConfigurationError, ForeignConnection
-from onceonly.policy import storage_id
-from onceonly.records import Claimed, State
-from onceonly.stores.sqlite import SQLiteStore
-from onceonly.tools import idempotent
+from retrysafe import atomic
+from retrysafe.atomic import sqlalchemy as sa_atomic
+from retrysafe.errors import ClaimTakenOver, ConfigurationError, ForeignConnection
+from retrysafe.policy import storage_id
+from retrysafe.records import Claimed, State
+from retrysafe.stores.sqlite import SQLiteStore
+from retrysafe.tools import idempotent
 
 from ._aiosqlite_worker import aiosqlite_worker
 from ._dbkit import NAMED_POINTS, Worker, charge_killed_at
@@ -90,7 +90,7 @@ async def test_orm_and_core_writes_commit_with_the_record_in_one_commit(
     assert commits == ["COMMIT"]  # one, after every write and the record's completion
     last_write = max(i for i, s in enumerate(statements) if s.startswith(("INSERT", "UPDATE")))
     assert statements.index("COMMIT") > last_write
-    assert any("onceonly_records" in s for s in statements[: last_write + 1])
+    assert any("retrysafe_records" in s for s in statements[: last_write + 1])
 
 
 async def test_an_exception_rolls_back_both_and_releases(
@@ -171,8 +171,8 @@ def take_over(store: SQLiteStore, key: str) -> None:
     """What a retry does once this holder's lease lapsed: the lease lapses now, and another
     store handle claims the key as a takeover."""
     with sqlite3.connect(store.path) as raw:
-        raw.execute("UPDATE onceonly_records SET lease_until = 0")
-        (fingerprint,) = raw.execute("SELECT fingerprint FROM onceonly_records").fetchone()
+        raw.execute("UPDATE retrysafe_records SET lease_until = 0")
+        (fingerprint,) = raw.execute("SELECT fingerprint FROM retrysafe_records").fetchone()
     other = SQLiteStore(store.path)
     try:
         taken = other.claim(storage_id("function\0charge", key), fingerprint, 10.0)
@@ -211,7 +211,7 @@ async def test_a_takeover_between_phases_rolls_back_the_old_holders_later_writes
         session.add(Charge(order="one", cents=1))
         await atomic.aphase("one")
         with sqlite3.connect(store.path) as raw:
-            raw.execute("UPDATE onceonly_records SET lease_until = 0")
+            raw.execute("UPDATE retrysafe_records SET lease_until = 0")
         assert await charge("new") == "new"  # the retry: a takeover, resumed after "one"
         session.add(Charge(order="old", cents=2))
         return role

@@ -17,13 +17,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from onceonly import atomic
-from onceonly.atomic import sqlalchemy as sa_atomic
-from onceonly.errors import ClaimTakenOver, ConfigurationError, ForeignConnection
-from onceonly.policy import storage_id
-from onceonly.records import Claimed, ClaimResult, Existing, Record, State
-from onceonly.stores.postgres import PostgresStore
-from onceonly.tools import idempotent
+from retrysafe import atomic
+from retrysafe.atomic import sqlalchemy as sa_atomic
+from retrysafe.errors import ClaimTakenOver, ConfigurationError, ForeignConnection
+from retrysafe.policy import storage_id
+from retrysafe.records import Claimed, ClaimResult, Existing, Record, State
+from retrysafe.stores.postgres import PostgresStore
+from retrysafe.tools import idempotent
 
 from ._pg import PgDb, pg
 
@@ -239,9 +239,9 @@ def _wait_for_a_lock_waiter(pg: PgDb) -> None:
 
 def test_an_engine_on_another_database_is_refused(pg: PgDb) -> None:
     with psycopg.connect(pg.url, autocommit=True) as conn:
-        conn.execute("DROP DATABASE IF EXISTS onceonly_sqla_other")
-        conn.execute("CREATE DATABASE onceonly_sqla_other")
-    other = create_engine(sa_url(pg.url).rsplit("/", 1)[0] + "/onceonly_sqla_other")
+        conn.execute("DROP DATABASE IF EXISTS retrysafe_sqla_other")
+        conn.execute("CREATE DATABASE retrysafe_sqla_other")
+    other = create_engine(sa_url(pg.url).rsplit("/", 1)[0] + "/retrysafe_sqla_other")
 
     @idempotent(pg.store, key="x", atomic=True, namespace="charge")
     def charge() -> None:
@@ -253,7 +253,7 @@ def test_an_engine_on_another_database_is_refused(pg: PgDb) -> None:
     finally:
         other.dispose()
         with psycopg.connect(pg.url, autocommit=True) as conn:
-            conn.execute("DROP DATABASE IF EXISTS onceonly_sqla_other")
+            conn.execute("DROP DATABASE IF EXISTS retrysafe_sqla_other")
 
 
 def test_one_handle_per_execution(pg: PgDb, engine: Engine) -> None:
@@ -374,7 +374,7 @@ async def test_async_fenced_out_commits_nothing(pg: PgDb, aengine: AsyncEngine) 
 async def test_a_postgres_async_engine_is_refused_on_sqlite(tmp_path: object) -> None:
     from pathlib import Path
 
-    from onceonly.stores.sqlite import SQLiteStore
+    from retrysafe.stores.sqlite import SQLiteStore
 
     assert isinstance(tmp_path, Path)
     store = SQLiteStore(str(tmp_path / "s.db"))

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from onceonly.errors import ClaimTakenOver, ConfigurationError, StoreUnavailable
-from onceonly.records import Claimed, Existing, State, StoredResponse
-from onceonly.stores.base import AtomicStore, AtomicUnit
-from onceonly.stores.sqlite import SQLiteStore
-from onceonly.stores.sqlite_atomic import SQLiteUnit
+from retrysafe.errors import ClaimTakenOver, ConfigurationError, StoreUnavailable
+from retrysafe.records import Claimed, Existing, State, StoredResponse
+from retrysafe.stores.base import AtomicStore, AtomicUnit
+from retrysafe.stores.sqlite import SQLiteStore
+from retrysafe.stores.sqlite_atomic import SQLiteUnit
 from storekit import FakeClock
 
 FP = "fp"
@@ -227,7 +227,7 @@ def test_purge_and_delete_drop_recovery_points(store: SQLiteStore, clock: FakeCl
     clock.advance(101.0)
     store.purge()
     with sqlite3.connect(store.path) as raw:
-        assert raw.execute("SELECT count(*) FROM onceonly_records_phases").fetchone() == (0,)
+        assert raw.execute("SELECT count(*) FROM retrysafe_records_phases").fetchone() == (0,)
 
 
 def test_phase_names_must_be_strings(store: SQLiteStore) -> None:

@@ -1,6 +1,6 @@
 """An ASGI app run by uvicorn in its own OS process (test_processes.py starts two).
 
-Configured through the environment: ONCEONLY_STORE_URL names the shared store, RUN_LOG a file
+Configured through the environment: RETRYSAFE_STORE_URL names the shared store, RUN_LOG a file
 that gets one line per handler execution (appended atomically), WORK_S how long a handler
 works, so duplicates overlap it.
 """
@@ -11,8 +11,8 @@ import asyncio
 import os
 from typing import Any
 
-from onceonly import open_store
-from onceonly.http.asgi import IdempotencyMiddleware
+from retrysafe import open_store
+from retrysafe.http.asgi import IdempotencyMiddleware
 
 RUN_LOG = os.environ["RUN_LOG"]
 WORK_S = float(os.environ.get("WORK_S", "0.3"))

@@ -161,7 +161,7 @@ class PostgresServer:
     def __init__(self) -> None:
         self.port = free_port()
         # Not under pytest's tmp_path: that is private to root, and postgres must own this.
-        self.directory = Path(tempfile.mkdtemp(prefix="onceonly-pg-"))
+        self.directory = Path(tempfile.mkdtemp(prefix="retrysafe-pg-"))
         self.data = self.directory / "data"
 
     @property

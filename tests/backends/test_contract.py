@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from onceonly.records import Claimed, Existing, State, StoredResponse
+from retrysafe.records import Claimed, Existing, State, StoredResponse
 
 RESPONSE = StoredResponse(201, (("content-type", "application/json"),), b'{"id": 7}\x00\xff')
 

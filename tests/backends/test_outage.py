@@ -29,8 +29,8 @@ from servers import (
     require,
 )
 
-from onceonly import Policy
-from onceonly.http.asgi import IdempotencyMiddleware
+from retrysafe import Policy
+from retrysafe.http.asgi import IdempotencyMiddleware
 
 BOUND_S = 4.0  # the slowest acceptable answer while the store is down
 
@@ -47,7 +47,7 @@ def server_and_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator
     server: Any
     if request.param == "redis":
         require("redis-server", redis_available())
-        from onceonly.stores.redis import RedisStore
+        from retrysafe.stores.redis import RedisStore
 
         server = RedisServer(
             tmp_path / "redis", free_port(), "--appendonly", "yes", "--appendfsync", "always"
@@ -55,7 +55,7 @@ def server_and_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator
         store = RedisStore(server.url, prefix="o:", timeout=1.0, connect_timeout=0.5)
     else:
         require("PostgreSQL binaries", postgres_available())
-        from onceonly.stores.postgres import PostgresStore
+        from retrysafe.stores.postgres import PostgresStore
 
         try:
             server = PostgresServer()

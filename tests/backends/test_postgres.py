@@ -11,9 +11,9 @@ import psycopg
 import pytest
 from servers import POSTGRES_URL, require, shared_down
 
-from onceonly.errors import StoreUnavailable
-from onceonly.records import Claimed, Existing, State, StoredResponse
-from onceonly.stores.postgres import PostgresStore
+from retrysafe.errors import StoreUnavailable
+from retrysafe.records import Claimed, Existing, State, StoredResponse
+from retrysafe.stores.postgres import PostgresStore
 
 OK = StoredResponse(200, (), b"ok")
 

@@ -31,7 +31,7 @@ def store_url(request: pytest.FixtureRequest) -> Iterator[str]:
         require("PostgreSQL", shared_down(POSTGRES_URL))
         prefix = f"p{uuid.uuid4().hex[:8]}_"
         yield f"{POSTGRES_URL}?table_prefix={prefix}"
-        from onceonly.stores.postgres import PostgresStore
+        from retrysafe.stores.postgres import PostgresStore
 
         cleanup = PostgresStore(POSTGRES_URL, table_prefix=prefix)
         cleanup.drop_schema()
@@ -39,7 +39,7 @@ def store_url(request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 def _start(url: str, run_log: Path, port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "ONCEONLY_STORE_URL": url, "RUN_LOG": str(run_log), "WORK_S": "0.3"}
+    env = {**os.environ, "RETRYSAFE_STORE_URL": url, "RUN_LOG": str(run_log), "WORK_S": "0.3"}
     env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])
     args = [sys.executable, "-m", "uvicorn", "proc_app:app", "--host", "127.0.0.1"]
     args += ["--port", str(port), "--log-level", "warning", "--no-access-log"]

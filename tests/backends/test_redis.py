@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 from redis.crc import key_slot
 from servers import BUSY_LUA, REDIS_URL, require, shared_down
 
-from onceonly.errors import ConfigurationError, StoreError, StoreUnavailable
-from onceonly.records import Claimed, Existing, StoredResponse
-from onceonly.stores.redis import RedisStore
+from retrysafe.errors import ConfigurationError, StoreError, StoreUnavailable
+from retrysafe.records import Claimed, Existing, StoredResponse
+from retrysafe.stores.redis import RedisStore
 
 OK = StoredResponse(200, (("content-type", "text/plain"),), b"ok")
 

@@ -27,10 +27,10 @@ from servers import (
     shared_down,
 )
 
-from onceonly.errors import ConfigurationError, StoreUnavailable
-from onceonly.records import Claimed, Existing, StoredResponse
-from onceonly.stores._redis_wire import Endpoint, Wire
-from onceonly.stores.redis import RedisStore
+from retrysafe.errors import ConfigurationError, StoreUnavailable
+from retrysafe.records import Claimed, Existing, StoredResponse
+from retrysafe.stores._redis_wire import Endpoint, Wire
+from retrysafe.stores.redis import RedisStore
 
 OK = StoredResponse(201, (("content-type", "text/plain"),), b"ok")
 

@@ -16,9 +16,9 @@ import httpx
 import pytest
 from servers import POSTGRES_URL, REDIS_URL, CountingProxy, require, shared_down
 
-from onceonly.http.asgi import IdempotencyMiddleware
-from onceonly.records import Claimed, StoredResponse
-from onceonly.stores.base import DualStore
+from retrysafe.http.asgi import IdempotencyMiddleware
+from retrysafe.records import Claimed, StoredResponse
+from retrysafe.stores.base import DualStore
 
 BACKENDS = ["redis", "postgres"]
 
@@ -33,11 +33,11 @@ def counted(request: pytest.FixtureRequest) -> Iterator[tuple[DualStore, Countin
     proxied = url.replace(f":{port}/", f":{proxy.port}/")
     store: Any
     if request.param == "redis":
-        from onceonly.stores.redis import RedisStore
+        from retrysafe.stores.redis import RedisStore
 
         store = RedisStore(proxied, prefix=f"rt{uuid.uuid4().hex[:8]}:", pool_size=1)
     else:
-        from onceonly.stores.postgres import PostgresStore
+        from retrysafe.stores.postgres import PostgresStore
 
         store = PostgresStore(proxied, table_prefix=f"rt{uuid.uuid4().hex[:8]}_", pool_size=1)
     try:
@@ -129,11 +129,11 @@ def test_loop_turns_per_request_are_those_of_the_round_trips(backend: str) -> No
     require(backend, shared_down(url))
     store: Any
     if backend == "redis":
-        from onceonly.stores.redis import RedisStore
+        from retrysafe.stores.redis import RedisStore
 
         store = RedisStore(url, prefix=f"lt{uuid.uuid4().hex[:8]}:")
     else:
-        from onceonly.stores.postgres import PostgresStore
+        from retrysafe.stores.postgres import PostgresStore
 
         store = PostgresStore(url, table_prefix=f"lt{uuid.uuid4().hex[:8]}_")
 

@@ -7,10 +7,10 @@ import time
 import pytest
 from servers import free_port
 
-from onceonly import open_store
-from onceonly.errors import ConfigurationError, StoreUnavailable
-from onceonly.stores.postgres import PostgresStore
-from onceonly.stores.redis import RedisStore
+from retrysafe import open_store
+from retrysafe.errors import ConfigurationError, StoreUnavailable
+from retrysafe.stores.postgres import PostgresStore
+from retrysafe.stores.redis import RedisStore
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ import pytest
 @pytest.fixture(scope="module")
 def bench(request: pytest.FixtureRequest) -> ModuleType:
     path = request.module.BENCH
-    spec = importlib.util.spec_from_file_location(f"onceonly_bench_{path.stem}", path)
+    spec = importlib.util.spec_from_file_location(f"retrysafe_bench_{path.stem}", path)
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)

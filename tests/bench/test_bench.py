@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from types import ModuleType
 
-from onceonly.stores.memory import MemoryStore
-from onceonly.stores.sqlite import SQLiteStore
+from retrysafe.stores.memory import MemoryStore
+from retrysafe.stores.sqlite import SQLiteStore
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "run.py"  # conftest's bench loads it
 

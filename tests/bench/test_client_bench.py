@@ -9,7 +9,7 @@ from types import ModuleType
 
 import pytest
 
-from onceonly.client import RetryBudget
+from retrysafe.client import RetryBudget
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "client.py"  # conftest's bench loads it
 
@@ -27,7 +27,7 @@ def test_loopback_requests_take_well_under_the_delayed_ack_stall(
     (bench/README.md, "Client"). Sub-millisecond in practice; 20 ms leaves room for a busy
     machine while still catching a 40 ms stall on every request."""
     results = bench.overhead_sync(server, 1, 30)
-    assert set(results) == {"httpx", "httpx + key headers", "onceonly", "onceonly+breaker"}
+    assert set(results) == {"httpx", "httpx + key headers", "retrysafe", "retrysafe+breaker"}
     for timings in results.values():
         assert len(timings.all_ns()) == 30
         assert timings.median_us() < 20_000

@@ -1,4 +1,4 @@
-"""`onceonly keys show|delete`: find a key's record the way the middleware stored it."""
+"""`retrysafe keys show|delete`: find a key's record the way the middleware stored it."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from onceonly._cli import cli
-from onceonly.fingerprint import RequestFacts
-from onceonly.policy import authorization_scope, storage_id
-from onceonly.records import Claimed, StoredResponse
-from onceonly.stores.sqlite import SQLiteStore
+from retrysafe._cli import cli
+from retrysafe.fingerprint import RequestFacts
+from retrysafe.policy import authorization_scope, storage_id
+from retrysafe.records import Claimed, StoredResponse
+from retrysafe.stores.sqlite import SQLiteStore
 
 
 def scope_of(authorization: str | None) -> str:
@@ -48,7 +48,7 @@ def test_show_prints_the_record(db: Path) -> None:
 
 
 def test_the_store_url_comes_from_the_environment(db: Path) -> None:
-    env = {"ONCEONLY_STORE_URL": f"sqlite:///{db}"}
+    env = {"RETRYSAFE_STORE_URL": f"sqlite:///{db}"}
     result = CliRunner(env=env).invoke(cli, ["keys", "show", "k-anon"])
 
     assert result.exit_code == 0, result.output

@@ -1,4 +1,4 @@
-"""`onceonly store init`, `onceonly keys purge`, `onceonly keys stats` on real stores.
+"""`retrysafe store init`, `retrysafe keys purge`, `retrysafe keys stats` on real stores.
 
 SQLite in a temp dir, the shared PostgreSQL (a table prefix of its own per test) and the
 shared Redis (a key prefix of its own per test); real clocks, so the short TTLs really lapse.
@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from onceonly._cli import cli
-from onceonly.records import Claimed, StoredResponse
-from onceonly.stores.base import DualStore
-from onceonly.stores.memory import MemoryStore
-from onceonly.stores.url import open_store
+from retrysafe._cli import cli
+from retrysafe.records import Claimed, StoredResponse
+from retrysafe.stores.base import DualStore
+from retrysafe.stores.memory import MemoryStore
+from retrysafe.stores.url import open_store
 from storekit import POSTGRES_URL, REDIS_URL, require_service, server_down
 
 RESPONSE = StoredResponse(201, (("content-type", "application/json"),), b'{"id":1}')
@@ -156,7 +156,7 @@ def _rows(target: Target) -> int:
     if target.kind == "sqlite":
         path = target.url.removeprefix("sqlite:///")
         with contextlib.closing(sqlite3.connect(path)) as conn:
-            return int(conn.execute("SELECT count(*) FROM onceonly_records").fetchone()[0])
+            return int(conn.execute("SELECT count(*) FROM retrysafe_records").fetchone()[0])
     import psycopg
 
     table = target.store.sql.table_name  # type: ignore[attr-defined]

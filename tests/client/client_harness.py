@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from onceonly.client import (
+from retrysafe.client import (
     AsyncIdempotentTransport,
     DeadLetterQueue,
     IdempotentTransport,
@@ -133,7 +133,7 @@ def reply(status: int, headers: dict[str, str] | None = None, body: bytes = b"")
 
 
 def problem(status: int, kind: str, **headers: str) -> httpx.Response:
-    doc = {"type": f"https://onceonly.dev/problems/{kind}", "title": "t", "status": status}
+    doc = {"type": f"urn:retrysafe:problem:{kind}", "title": "t", "status": status}
     body = json.dumps(doc).encode()
     return httpx.Response(
         status, headers={"content-type": "application/problem+json", **headers}, content=body

@@ -1,4 +1,4 @@
-"""Real servers on loopback for the client tests: a raw fault server and a onceonly app.
+"""Real servers on loopback for the client tests: a raw fault server and a retrysafe app.
 
 ``LoopbackServer`` is the accept loop they share (also ``test_cut_bodies.BodyServer``'s), and
 ``read_request`` reads one request off a raw connection.

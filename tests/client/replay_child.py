@@ -12,7 +12,7 @@ import sys
 
 import httpx
 
-from onceonly.client import DeadLetterQueue
+from retrysafe.client import DeadLetterQueue
 
 
 def main() -> None:

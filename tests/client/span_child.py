@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from onceonly.client import AsyncIdempotentTransport, IdempotentTransport, RetryPolicy
+from retrysafe.client import AsyncIdempotentTransport, IdempotentTransport, RetryPolicy
 
 
 def script() -> httpx.MockTransport:
@@ -50,7 +50,7 @@ def main() -> None:
         }
         for span in exporter.get_finished_spans()
     ]
-    print(json.dumps({"keys": [k["onceonly"].key for k in keys], "spans": spans}))
+    print(json.dumps({"keys": [k["retrysafe"].key for k in keys], "spans": spans}))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import threading
 import httpx
 import pytest
 
-from onceonly.client import (
+from retrysafe.client import (
     BudgetExhausted,
     CircuitBreaker,
     CircuitOpen,

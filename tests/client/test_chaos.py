@@ -1,4 +1,4 @@
-"""Many logical charges through a fault-injecting proxy to a real onceonly server.
+"""Many logical charges through a fault-injecting proxy to a real retrysafe server.
 
 The ledger must hold exactly one charge per logical call once the DLQ has been drained: zero
 duplicates (same key charged twice) and zero lost (a call that reported success but was not
@@ -22,8 +22,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from onceonly import MemoryStore
-from onceonly.client import (
+from retrysafe import MemoryStore
+from retrysafe.client import (
     AsyncIdempotentTransport,
     CallFailed,
     CircuitBreaker,
@@ -32,7 +32,7 @@ from onceonly.client import (
     IdempotentTransport,
     RetryPolicy,
 )
-from onceonly.http.asgi import IdempotencyMiddleware
+from retrysafe.http.asgi import IdempotencyMiddleware
 
 from .client_servers import FaultProxy, serve_app
 

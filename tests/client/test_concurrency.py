@@ -9,8 +9,8 @@ from collections import defaultdict
 
 import httpx
 
-from onceonly import derive_key
-from onceonly.client import (
+from retrysafe import derive_key
+from retrysafe.client import (
     AsyncIdempotentTransport,
     CircuitBreaker,
     IdempotentTransport,
@@ -18,7 +18,7 @@ from onceonly.client import (
     RetryPolicy,
     State,
 )
-from onceonly.context import key_scope
+from retrysafe.context import key_scope
 
 NO_WAIT = RetryPolicy(base=0.0, cap=0.0)
 
@@ -59,7 +59,7 @@ def test_threads_sharing_a_transport_keep_their_keys_apart() -> None:
             response = client.post("http://api.test/charges", content=body)
             assert response.status_code == 201
             with lock:
-                results.append((response.extensions["onceonly"].key, response.content))
+                results.append((response.extensions["retrysafe"].key, response.content))
 
     threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
     for th in threads:
@@ -85,7 +85,7 @@ async def test_tasks_sharing_a_transport_keep_their_keys_apart() -> None:
 
         async def one(i: int) -> tuple[str, bytes]:
             response = await client.post("http://api.test/charges", json={"i": i})
-            return response.extensions["onceonly"].key, response.content
+            return response.extensions["retrysafe"].key, response.content
 
         results = await asyncio.gather(*(one(i) for i in range(200)))
     assert len({key for key, _ in results}) == 200

@@ -20,13 +20,13 @@ from typing import Any
 import httpx
 import pytest
 
-from onceonly.client import (
+from retrysafe.client import (
     AsyncIdempotentTransport,
     CallReport,
     IdempotentTransport,
     RetryPolicy,
 )
-from onceonly.errors import ConfigurationError
+from retrysafe.errors import ConfigurationError
 
 from .client_servers import LoopbackServer, read_request
 
@@ -123,7 +123,7 @@ def call(flavor: str, method: str, url: str, retry: RetryPolicy = FAST) -> httpx
 
 
 def report(response: httpx.Response) -> CallReport:
-    info = response.extensions["onceonly"]
+    info = response.extensions["retrysafe"]
     assert isinstance(info, CallReport)
     return info
 

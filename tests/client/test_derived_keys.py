@@ -16,11 +16,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from onceonly import MemoryStore, current_key, derive_key
-from onceonly.client import AsyncIdempotentTransport, IdempotentTransport
-from onceonly.context import _current_key, key_scope
-from onceonly.http.asgi import IdempotencyMiddleware
-from onceonly.tools import idempotent
+from retrysafe import MemoryStore, current_key, derive_key
+from retrysafe.client import AsyncIdempotentTransport, IdempotentTransport
+from retrysafe.context import _current_key, key_scope
+from retrysafe.http.asgi import IdempotencyMiddleware
+from retrysafe.tools import idempotent
 
 
 class Downstream:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from onceonly.client import (
+from retrysafe.client import (
     BudgetExhausted,
     CircuitBreaker,
     CircuitOpen,
@@ -240,7 +240,7 @@ def test_replay_respects_an_open_breaker(flavor: str, dlq: DeadLetterQueue, t: F
 
 
 def test_bad_urls_are_refused(tmp_path: Path) -> None:
-    from onceonly import ConfigurationError
+    from retrysafe import ConfigurationError
 
     with pytest.raises(ConfigurationError, match="supports sqlite://, redis://"):
         DeadLetterQueue("mysql://localhost/0")
@@ -300,7 +300,7 @@ def test_an_unreachable_store_fails_with_store_unavailable_in_bounded_time(url: 
     """Nothing listens on port 1: the queue is made anyway, each operation fails quickly."""
     import time
 
-    from onceonly.errors import StoreUnavailable
+    from retrysafe.errors import StoreUnavailable
 
     queue = DeadLetterQueue(url)
     started = time.monotonic()
@@ -315,7 +315,7 @@ def test_replay_reads_past_a_page_of_entries_that_are_not_due(
 ) -> None:
     """The oldest entries wait for their Retry-After; newer ones, further down the queue than
     one page, are due and must be replayed all the same."""
-    monkeypatch.setattr("onceonly.client.dlq._PAGE", 3)
+    monkeypatch.setattr("retrysafe.client.dlq._PAGE", 3)
     later = Harness("sync", Script(reply(503, {"retry-after": "3600"})), time=t, dlq=dlq)
     for _ in range(7):  # more than two pages of entries not due for an hour
         with pytest.raises(RetryDeferred):

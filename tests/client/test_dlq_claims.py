@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from onceonly.client import DeadLetterQueue, EntryState
+from retrysafe.client import DeadLetterQueue, EntryState
 
 from .client_servers import FaultServer
 from .dlq_kit import DLQUrl
@@ -294,12 +294,12 @@ def test_a_replayer_whose_lease_lapsed_cannot_overwrite_the_result(dlq_url: DLQU
 def test_a_file_made_before_claims_is_migrated(tmp_path: Path) -> None:
     import sqlite3
 
-    from onceonly.client.dlq_sqlite import SCHEMA
+    from retrysafe.client.dlq_sqlite import SCHEMA
 
     path = tmp_path / "old.db"
     with sqlite3.connect(path) as db:
         db.executescript(SCHEMA.replace(",\n    claim       TEXT", ""))
-    columns = {row[1] for row in sqlite3.connect(path).execute("PRAGMA table_info(onceonly_dlq)")}
+    columns = {row[1] for row in sqlite3.connect(path).execute("PRAGMA table_info(retrysafe_dlq)")}
     assert "claim" not in columns
     (queue,) = queues(path, 1)
     park(queue, 1)
@@ -313,7 +313,7 @@ def test_a_file_made_before_claims_is_migrated(tmp_path: Path) -> None:
 def test_the_cli_shows_a_claimed_entry_and_leaves_it_to_its_replayer(dlq_url: DLQUrl) -> None:
     from click.testing import CliRunner
 
-    from onceonly._cli import cli
+    from retrysafe._cli import cli
 
     store = dlq_url.url
     (queue,) = queues(dlq_url.url, 1)

@@ -1,4 +1,4 @@
-"""`onceonly dlq list|show|replay|purge` on every DLQ backend, against a loopback server."""
+"""`retrysafe dlq list|show|replay|purge` on every DLQ backend, against a loopback server."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from onceonly._cli import cli
-from onceonly.client import (
+from retrysafe._cli import cli
+from retrysafe.client import (
     DeadLetterQueue,
     EntryState,
     IdempotentTransport,

@@ -1,4 +1,4 @@
-"""The client against a real onceonly server: uvicorn on loopback, the ASGI middleware, a ledger.
+"""The client against a real retrysafe server: uvicorn on loopback, the ASGI middleware, a ledger.
 
 The server's default scope is a hash of the ``Authorization`` header, so a replay that did not
 re-attach the live client's credentials would land in another scope and charge again: the
@@ -22,8 +22,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from onceonly import MemoryStore, Policy
-from onceonly.client import (
+from retrysafe import MemoryStore, Policy
+from retrysafe.client import (
     AsyncIdempotentTransport,
     DeadLetterQueue,
     EntryState,
@@ -32,7 +32,7 @@ from onceonly.client import (
     RetriesExhausted,
     RetryPolicy,
 )
-from onceonly.http.asgi import IdempotencyMiddleware
+from retrysafe.http.asgi import IdempotencyMiddleware
 
 from .client_servers import serve_app
 
@@ -162,8 +162,8 @@ def test_a_retry_of_a_charged_request_is_a_replay(
     again = client.post(json={"amount": 10}, headers=key)
     assert first.status_code == again.status_code == 201
     assert first.content == again.content
-    assert again.extensions["onceonly"].replayed
-    assert not first.extensions["onceonly"].replayed
+    assert again.extensions["retrysafe"].replayed
+    assert not first.extensions["retrysafe"].replayed
     assert len(service.ledger) == 1
 
 
@@ -197,7 +197,7 @@ def test_parked_call_replays_once_with_the_same_key(
     assert client.replay(force=True) == []
     # The same key again is answered from the server's store, not charged again.
     again = client.post(json={"amount": 25}, headers={"Idempotency-Key": caught.value.key})
-    assert again.extensions["onceonly"].replayed
+    assert again.extensions["retrysafe"].replayed
     assert len(service.ledger) == 1
 
 

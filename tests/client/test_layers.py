@@ -7,7 +7,7 @@ import pytest
 from unit.test_architecture import PACKAGE, imports_of, offending
 
 PURE = ["_flow", "retry", "budget", "breaker", "testing"]
-FORBIDDEN = ["asyncio", "socket", "sqlite3", "onceonly.client.dlq", "onceonly.client.transport"]
+FORBIDDEN = ["asyncio", "socket", "sqlite3", "retrysafe.client.dlq", "retrysafe.client.transport"]
 
 
 @pytest.mark.parametrize("module", PURE)
@@ -18,4 +18,4 @@ def test_client_logic_does_no_io(module: str) -> None:
 
 def test_the_retry_flow_imports_no_telemetry() -> None:
     found = imports_of(PACKAGE / "client" / "_flow.py")
-    assert offending(found, ["opentelemetry", "onceonly.client._telemetry"]) == []
+    assert offending(found, ["opentelemetry", "retrysafe.client._telemetry"]) == []

@@ -10,8 +10,8 @@ from email.utils import format_datetime
 import httpx
 import pytest
 
-from onceonly import ConfigurationError
-from onceonly.client import Failure, RetryPolicy, classify_error, retry_after
+from retrysafe import ConfigurationError
+from retrysafe.client import Failure, RetryPolicy, classify_error, retry_after
 
 NOW = 1_800_000_000.0
 

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from onceonly.client import (
+from retrysafe.client import (
     AsyncIdempotentTransport,
     IdempotentTransport,
     RetriesExhausted,

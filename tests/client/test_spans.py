@@ -11,7 +11,7 @@ import httpx
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
-from onceonly.client import IdempotentTransport, RetryPolicy
+from retrysafe.client import IdempotentTransport, RetryPolicy
 
 
 def test_without_an_sdk_every_attempt_runs_under_the_callers_span() -> None:
@@ -48,7 +48,7 @@ def test_with_an_sdk_each_attempt_is_a_client_span() -> None:
         attrs = span["attributes"]
         assert span["name"] == "POST"
         assert span["kind"] == "CLIENT"
-        assert attrs["onceonly.idempotency.key"] == key
+        assert attrs["retrysafe.idempotency.key"] == key
         assert attrs["server.address"] == "api.test"
         assert "pw@" not in attrs["url.full"]
         if number % 2 == 0:

@@ -9,8 +9,8 @@ from email.utils import format_datetime
 import httpx
 import pytest
 
-from onceonly import KeyMismatch, derive_key
-from onceonly.client import (
+from retrysafe import KeyMismatch, derive_key
+from retrysafe.client import (
     CallFailed,
     CallReport,
     KeyMismatchResponse,
@@ -19,7 +19,7 @@ from onceonly.client import (
     RetryPolicy,
     set_testing,
 )
-from onceonly.context import key_scope
+from retrysafe.context import key_scope
 
 from .client_harness import Harness, Script, problem, reply
 
@@ -27,7 +27,7 @@ ATTEMPT = "idempotency-attempt"
 
 
 def report(response: httpx.Response) -> CallReport:
-    info = response.extensions["onceonly"]
+    info = response.extensions["retrysafe"]
     assert isinstance(info, CallReport)
     return info
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from httpkit import DOORS, Behaviour, Door, Handler, SpyStore, created
-from onceonly.policy import Policy
+from retrysafe.policy import Policy
 
 Serve = Callable[..., Door]
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 
 from httpkit import Gate, Out, Seen, assert_problem, created, until
-from onceonly.fingerprint import RequestFacts
-from onceonly.policy import Problem, authorization_scope, storage_id
-from onceonly.records import Claimed, StoredResponse
+from retrysafe.fingerprint import RequestFacts
+from retrysafe.policy import Problem, authorization_scope, storage_id
+from retrysafe.records import Claimed, StoredResponse
 
 BODY = b'{"amount": 100}'
 

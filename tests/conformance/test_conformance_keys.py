@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from httpkit import assert_problem
-from onceonly.policy import Problem
+from retrysafe.policy import Problem
 
 BODY = b'{"amount": 100}'
 

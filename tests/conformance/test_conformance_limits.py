@@ -9,9 +9,9 @@ import os
 import pytest
 
 from httpkit import Out, Seen, assert_problem, created
-from onceonly import current_key
-from onceonly.policy import Policy, Problem
-from onceonly.problems import render
+from retrysafe import current_key
+from retrysafe.policy import Policy, Problem
+from retrysafe.problems import render
 
 BODY = b'{"amount": 100}'
 
@@ -183,7 +183,7 @@ async def test_rule_19_the_handler_sees_the_current_key(serve):
     await door.post('"pay\\"ment-1"', BODY)
     call = door.handler.calls[0]
     assert call.state_key == 'pay"ment-1'  # request.state / environ, unquoted
-    assert call.context_key == 'pay"ment-1'  # onceonly.current_key() in the app
+    assert call.context_key == 'pay"ment-1'  # retrysafe.current_key() in the app
     assert seen_inside == ['pay"ment-1']  # and in code the app calls
     assert current_key() is None  # nothing leaks out of the request
     await door.post(None, BODY)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from httpkit import Out, Seen, assert_problem, created
-from onceonly.policy import REPLAYED_HEADERS, Problem
+from retrysafe.policy import REPLAYED_HEADERS, Problem
 
 BODY = b'{"amount": 100, "currency": "EUR"}'
 ALLOW_LISTED = ("content-type", "location", "content-location", "etag", "last-modified", "link")

@@ -1,6 +1,6 @@
 """The full agent demo at a small size: real uvicorn, real agent processes, a real SIGKILL.
 
-Every figure asserted here comes from outside onceonly: the payments API's own ledger, the
+Every figure asserted here comes from outside retrysafe: the payments API's own ledger, the
 fault layer's counts, the agent processes' exit codes.
 """
 
@@ -11,9 +11,9 @@ import signal
 import pytest
 from click.testing import CliRunner
 
-from onceonly._cli import cli
-from onceonly.demo.agentdemo import DemoOptions, ModeResult, run_agent_demo
-from onceonly.demo.plan import Faults, make_plan
+from retrysafe._cli import cli
+from retrysafe.demo.agentdemo import DemoOptions, ModeResult, run_agent_demo
+from retrysafe.demo.plan import Faults, make_plan
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +30,7 @@ def killed_then_resumed(run: ModeResult) -> None:
     assert second.unfinished == 0
 
 
-async def test_summary_no_duplicates_with_onceonly_some_without() -> None:
+async def test_summary_no_duplicates_with_retrysafe_some_without() -> None:
     faults = Faults(loss_rate=0.15, burst_rate=0.02, burst_seconds=0.2, slow_rate=0.0)
     options = DemoOptions(operations=40, seed=3, faults=faults, lanes=4)
 
@@ -49,7 +49,7 @@ async def test_summary_no_duplicates_with_onceonly_some_without() -> None:
         assert run.counts.retries > 0
         killed_then_resumed(run)
         assert run.missing == 0  # both get everything done in the end ...
-    # ... but only with onceonly exactly once.
+    # ... but only with retrysafe exactly once.
     assert on.duplicates == 0
     assert (on.charges, on.refunds) == (purchases, refunds)
     assert set(on.charges_per_order.values()) == {1}
@@ -75,7 +75,7 @@ async def test_crash_mid_purchase_then_resume_charges_that_order_once() -> None:
         assert run.crashed_order is not None
         assert run.crashed_at_charge == max(1, round(run.purchases * options.crash_at))
         assert run.counts.lost == run.counts.retries == 0
-    # With onceonly the tool call cut off by the kill is taken over (same tool key, so the
+    # With retrysafe the tool call cut off by the kill is taken over (same tool key, so the
     # same derived HTTP key) and the API replays the charge it had already made.
     assert on.tool_claims["recovered"] >= 1
     assert on.counts.replays >= 1
@@ -107,17 +107,17 @@ def test_cli_prints_the_side_by_side_table_and_exits_zero() -> None:
 
     assert result.exit_code == 0, result.output
     out = result.output
-    assert "with onceonly" in out
+    assert "with retrysafe" in out
     assert "without" in out
     assert "duplicates (money moved twice)" in out
     assert "killed inside charge" in out
-    assert "✓ with onceonly: no order charged or refunded twice" in out
+    assert "✓ with retrysafe: no order charged or refunded twice" in out
     assert "all 6 expectations met" in out
 
 
 def test_cli_exits_non_zero_when_an_expectation_fails() -> None:
     # No faults and no crash: the run without idempotency has nothing to duplicate, so the
-    # demo's point ("duplicates without onceonly") is not made - and it says so.
+    # demo's point ("duplicates without retrysafe") is not made - and it says so.
     args = ["demo", "-n", "10", "--no-crash", "--loss-rate", "0", "--burst-rate", "0"]
     result = CliRunner().invoke(cli, [*args, "--slow-rate", "0", "--lanes", "2"])
 

@@ -1,15 +1,15 @@
-"""`onceonly demo` runs end to end (real uvicorn on loopback) and its checks can fail."""
+"""`retrysafe demo` runs end to end (real uvicorn on loopback) and its checks can fail."""
 
 from __future__ import annotations
 
 import pytest
 from click.testing import CliRunner
 
-import onceonly.demo.run as demo_run
-from onceonly._cli import cli
-from onceonly.demo import run_demo
-from onceonly.records import ClaimResult
-from onceonly.stores.memory import MemoryStore
+import retrysafe.demo.run as demo_run
+from retrysafe._cli import cli
+from retrysafe.demo import run_demo
+from retrysafe.records import ClaimResult
+from retrysafe.stores.memory import MemoryStore
 
 
 class ForgetfulStore(MemoryStore):

@@ -5,11 +5,11 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from onceonly.demo.faults import FaultLayer
-from onceonly.demo.payments import PaymentsLedger, build_payments_app
-from onceonly.demo.plan import Faults
-from onceonly.demo.server import serving
-from onceonly.stores.memory import MemoryStore
+from retrysafe.demo.faults import FaultLayer
+from retrysafe.demo.payments import PaymentsLedger, build_payments_app
+from retrysafe.demo.plan import Faults
+from retrysafe.demo.server import serving
+from retrysafe.stores.memory import MemoryStore
 
 NONE = Faults(loss_rate=0.0, burst_rate=0.0, latency_ms=0.0, slow_rate=0.0)
 ORDER = {"order": "ord-1", "customer": "cus-1", "sku": "cable", "cents": 900}
@@ -31,7 +31,7 @@ async def test_a_lost_answer_was_produced_and_stored_first() -> None:
         retry = await client.post(
             "/purchases", json=ORDER, headers={**headers, "Idempotency-Attempt": "2"}
         )
-    # ... and onceonly had stored it: the retry is a replay of that very charge.
+    # ... and retrysafe had stored it: the retry is a replay of that very charge.
     assert retry.status_code == 201
     assert retry.headers["idempotent-replayed"] == "true"
     assert retry.json()["charge"] == ledger.charges[0][0]

@@ -21,7 +21,7 @@ def readme_block(marker: str) -> str:
 
 
 def run_block(marker: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    monkeypatch.chdir(tmp_path)  # the examples open sqlite:///onceonly.db, relative to the cwd
+    monkeypatch.chdir(tmp_path)  # the examples open sqlite:///retrysafe.db, relative to the cwd
     namespace: dict[str, Any] = {"__name__": "readme_example"}
     exec(compile(readme_block(marker), str(README), "exec"), namespace)
     return namespace
@@ -56,7 +56,7 @@ async def test_fastapi_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert again.content == first.content  # same charge id: the handler ran once
     assert other.status_code == 422
     assert keyless.status_code == 400  # Policy(required=True)
-    assert (tmp_path / "onceonly.db").exists()
+    assert (tmp_path / "retrysafe.db").exists()
 
 
 def test_flask_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,9 +15,9 @@ from gwsupport import (
     serve_in_thread,
 )
 
-from onceonly.gateway import GatewayConfig, create_app
-from onceonly.stores.base import DualStore
-from onceonly.stores.sqlite import SQLiteStore
+from retrysafe.gateway import GatewayConfig, create_app
+from retrysafe.stores.base import DualStore
+from retrysafe.stores.sqlite import SQLiteStore
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,7 @@
 
 The upstream (``upstream_app.py``) runs in its own process so it can really crash. Gateways run
 in-process (uvicorn in a thread, on a socket bound before the thread starts, so there is no
-start-up race) or as ``python -m onceonly.cli proxy`` processes for the multi-process tests.
+start-up race) or as ``python -m retrysafe.cli proxy`` processes for the multi-process tests.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from typing import Any
 import httpx
 import uvicorn
 
-from onceonly.gateway import Gateway
-from onceonly.gateway.serve import uvicorn_config
-from onceonly.stores.base import DualStore
+from retrysafe.gateway import Gateway
+from retrysafe.gateway.serve import uvicorn_config
+from retrysafe.stores.base import DualStore
 
 HERE = Path(__file__).parent
 START_TIMEOUT = 20.0
@@ -104,11 +104,11 @@ GatewayFactory = Callable[..., RunningGateway]
 
 
 class GatewayProcess:
-    """``python -m onceonly.cli proxy ...`` (the real entry point) as a child process."""
+    """``python -m retrysafe.cli proxy ...`` (the real entry point) as a child process."""
 
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
-        cmd = [sys.executable, "-m", "onceonly.cli", "proxy", "--port", str(self.port), *args]
+        cmd = [sys.executable, "-m", "retrysafe.cli", "proxy", "--port", str(self.port), *args]
         self.proc = subprocess.Popen(
             cmd,
             stderr=subprocess.PIPE,
@@ -130,7 +130,7 @@ class GatewayProcess:
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline and self.proc.poll() is None:
             try:
-                return httpx.get(self.url + "/_onceonly/health").status_code == 200
+                return httpx.get(self.url + "/_retrysafe/health").status_code == 200
             except httpx.ConnectError:
                 time.sleep(0.05)  # readiness polling, bounded by the deadline
         return False

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from onceonly.errors import ConfigurationError
-from onceonly.gateway.config import GatewayConfig, RoutePolicy, Timeouts, load_config
-from onceonly.gateway.durations import parse_duration
-from onceonly.gateway.serve import check_store
-from onceonly.gateway_cli import proxy
+from retrysafe.errors import ConfigurationError
+from retrysafe.gateway.config import GatewayConfig, RoutePolicy, Timeouts, load_config
+from retrysafe.gateway.durations import parse_duration
+from retrysafe.gateway.serve import check_store
+from retrysafe.gateway_cli import proxy
 
-UP = {"ONCEONLY_UPSTREAM": "http://127.0.0.1:9000"}
+UP = {"RETRYSAFE_UPSTREAM": "http://127.0.0.1:9000"}
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -59,7 +59,7 @@ def test_missing_upstream() -> None:
         load_config(env={})
     message = str(info.value)
     assert "--upstream" in message
-    assert "ONCEONLY_UPSTREAM" in message
+    assert "RETRYSAFE_UPSTREAM" in message
 
 
 @pytest.mark.parametrize(
@@ -74,7 +74,7 @@ def test_missing_upstream() -> None:
     ],
 )
 def test_bad_upstream_url_names_its_origin(url: str, why: str) -> None:
-    fails(f"^ONCEONLY_UPSTREAM: .*{why}", env={"ONCEONLY_UPSTREAM": url})
+    fails(f"^RETRYSAFE_UPSTREAM: .*{why}", env={"RETRYSAFE_UPSTREAM": url})
     fails(f"^--upstream: .*{why}", upstream=url)
 
 
@@ -85,9 +85,9 @@ def test_layers_file_then_env_then_flags(tmp_path: Path) -> None:
         '[timeouts]\nread = "9s"\nconnect = "2s"\n',
     )
     env = {
-        "ONCEONLY_UPSTREAM": "http://127.0.0.1:2/api/",
-        "ONCEONLY_PORT": "2222",
-        "ONCEONLY_READ_TIMEOUT": "3s",
+        "RETRYSAFE_UPSTREAM": "http://127.0.0.1:2/api/",
+        "RETRYSAFE_PORT": "2222",
+        "RETRYSAFE_READ_TIMEOUT": "3s",
     }
     config = load_config(path, env=env, flags={"port": 3333, "host": None})
     assert config.upstream == "http://127.0.0.1:2/api"  # env beat the file; trailing / dropped
@@ -98,7 +98,7 @@ def test_layers_file_then_env_then_flags(tmp_path: Path) -> None:
 
 def test_config_file_from_environment(tmp_path: Path) -> None:
     path = write(tmp_path, 'upstream = "http://127.0.0.1:1"\nworkers = 3\n')
-    assert load_config(env={"ONCEONLY_CONFIG": str(path)}).workers == 3
+    assert load_config(env={"RETRYSAFE_CONFIG": str(path)}).workers == 3
 
 
 @pytest.mark.parametrize(
@@ -126,7 +126,7 @@ def test_config_file_from_environment(tmp_path: Path) -> None:
         ),
         ("[[routes]]\nrequire_key = true", r"routes\[0\]: a route needs a path"),
         ('[[routes]]\npath = "a"', r"routes\[0\].path: path must start with '/'"),
-        ('[[routes]]\npath = "/_onceonly/x"', r"is under admin_prefix"),
+        ('[[routes]]\npath = "/_retrysafe/x"', r"is under admin_prefix"),
         (
             '[[routes]]\npath = "/a"\n[[routes]]\npath = "/a/"',
             r"routes\[1\].path: '/a' is configured twice",
@@ -214,8 +214,8 @@ def test_bad_store_url_fails_at_start_up(tmp_path: Path) -> None:
         (["--upstream", "gopher://x"], {}, "--upstream: 'gopher://x' is not an http"),
         (
             [],
-            {"ONCEONLY_UPSTREAM": "http://127.0.0.1:1", "ONCEONLY_PORT": "http"},
-            "ONCEONLY_PORT: expected a whole number",
+            {"RETRYSAFE_UPSTREAM": "http://127.0.0.1:1", "RETRYSAFE_PORT": "http"},
+            "RETRYSAFE_PORT: expected a whole number",
         ),
         (
             ["--upstream", "http://127.0.0.1:1", "--read-timeout", "fast"],
@@ -233,14 +233,14 @@ def test_cli_reports_bad_configuration(args: list[str], env: dict[str, str], mat
     clean: dict[str, str | None] = {
         var: None
         for var in (
-            "ONCEONLY_UPSTREAM",
-            "ONCEONLY_STORE_URL",
-            "ONCEONLY_PORT",
-            "ONCEONLY_CONFIG",
-            "ONCEONLY_HOST",
-            "ONCEONLY_WORKERS",
-            "ONCEONLY_CONNECT_TIMEOUT",
-            "ONCEONLY_READ_TIMEOUT",
+            "RETRYSAFE_UPSTREAM",
+            "RETRYSAFE_STORE_URL",
+            "RETRYSAFE_PORT",
+            "RETRYSAFE_CONFIG",
+            "RETRYSAFE_HOST",
+            "RETRYSAFE_WORKERS",
+            "RETRYSAFE_CONNECT_TIMEOUT",
+            "RETRYSAFE_READ_TIMEOUT",
         )
     }
     result = CliRunner().invoke(proxy, args, env={**clean, **env})
@@ -249,11 +249,11 @@ def test_cli_reports_bad_configuration(args: list[str], env: dict[str, str], mat
     assert re.search(re.escape(match), result.output), result.output
 
 
-def test_proxy_is_registered_on_the_onceonly_command() -> None:
-    from onceonly._cli import cli
+def test_proxy_is_registered_on_the_retrysafe_command() -> None:
+    from retrysafe._cli import cli
 
     runner = CliRunner()
     assert "proxy" in runner.invoke(cli, ["--help"]).output
-    result = runner.invoke(cli, ["proxy", "--upstream", "nope"], env={"ONCEONLY_UPSTREAM": None})
+    result = runner.invoke(cli, ["proxy", "--upstream", "nope"], env={"RETRYSAFE_UPSTREAM": None})
     assert result.exit_code == 2
     assert "bad configuration: --upstream: 'nope' is not an http" in result.output

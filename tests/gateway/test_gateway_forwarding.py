@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 from gwsupport import GatewayFactory, ManualClock, Upstream, wait_for
 
-from onceonly.gateway.config import RoutePolicy, Timeouts
-from onceonly.stores.sqlite import SQLiteStore
+from retrysafe.gateway.config import RoutePolicy, Timeouts
+from retrysafe.stores.sqlite import SQLiteStore
 
 PROBLEM = "application/problem+json"
 
@@ -194,7 +194,7 @@ async def test_client_gone_mid_upload_aborts_the_upstream_request(
         # The gateway gives up the upstream request instead of leaving it hanging.
         assert (await wait_for(control.get(f"/_received/{name}"))).content == b"<disconnected>"
     async with httpx.AsyncClient(base_url=gw.url) as client:
-        assert (await client.get("/_onceonly/health")).status_code == 200
+        assert (await client.get("/_retrysafe/health")).status_code == 200
 
 
 async def test_concurrent_duplicates_in_one_gateway_run_once(
@@ -327,23 +327,23 @@ def test_health_and_metrics(gateway: GatewayFactory, upstream: Upstream) -> None
     key = {"Idempotency-Key": uuid.uuid4().hex}
     path = unique("echo")
     with httpx.Client(base_url=gw.url) as client:
-        health = client.get("/_onceonly/health")
+        health = client.get("/_retrysafe/health")
         client.post(path, headers=key)
         client.post(path, headers=key)
-        metrics = client.get("/_onceonly/metrics")
-        missing = client.get("/_onceonly/nope")
-        post = client.post("/_onceonly/health")
+        metrics = client.get("/_retrysafe/metrics")
+        missing = client.get("/_retrysafe/nope")
+        post = client.post("/_retrysafe/health")
     assert health.status_code == 200
     assert health.json()["status"] == "ok"
     assert health.json()["store"] == "sqlite"
     assert metrics.status_code == 200
     assert metrics.headers["content-type"].startswith("text/plain; version=0.0.4")
     lines = metrics.text.splitlines()
-    assert 'onceonly_gateway_responses_total{code="2xx"} 2' in lines
-    assert "onceonly_gateway_replays_total 1" in lines
+    assert 'retrysafe_gateway_responses_total{code="2xx"} 2' in lines
+    assert "retrysafe_gateway_replays_total 1" in lines
     assert missing.status_code == 404
     assert post.status_code == 405
-    assert upstream.count("/_onceonly/health", "GET") == 0  # never forwarded
+    assert upstream.count("/_retrysafe/health", "GET") == 0  # never forwarded
 
 
 def test_health_reports_a_broken_store(gateway: GatewayFactory, tmp_path: Any) -> None:
@@ -352,7 +352,7 @@ def test_health_reports_a_broken_store(gateway: GatewayFactory, tmp_path: Any) -
     (tmp_path / "gateway.db").unlink()
     (tmp_path / "gateway.db").mkdir()  # the store's file is now a directory: unusable
     with httpx.Client(base_url=gw.url) as client:
-        health = client.get("/_onceonly/health")
+        health = client.get("/_retrysafe/health")
         post = client.post("/anything", headers={"Idempotency-Key": "k"})
     assert health.status_code == 503
     assert health.json()["type"].endswith("/store-unavailable")

@@ -1,4 +1,4 @@
-"""Gateways as separate OS processes (``python -m onceonly.cli proxy``) sharing one store."""
+"""Gateways as separate OS processes (``python -m retrysafe.cli proxy``) sharing one store."""
 
 from __future__ import annotations
 
@@ -53,8 +53,8 @@ async def test_two_gateway_processes_share_a_sqlite_store(
 
 
 async def test_two_gateway_processes_share_a_redis_store(upstream: Upstream) -> None:
-    from onceonly import open_store
-    from onceonly.errors import StoreError
+    from retrysafe import open_store
+    from retrysafe.errors import StoreError
 
     url = "redis://127.0.0.1:6379/0"
     try:

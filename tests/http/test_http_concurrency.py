@@ -13,9 +13,9 @@ import threading
 from typing import Any
 
 from httpkit import SpyStore
-from onceonly.http.asgi import IdempotencyMiddleware
-from onceonly.http.wsgi import IdempotencyMiddleware as WSGIIdempotencyMiddleware
-from onceonly.policy import Policy
+from retrysafe.http.asgi import IdempotencyMiddleware
+from retrysafe.http.wsgi import IdempotencyMiddleware as WSGIIdempotencyMiddleware
+from retrysafe.policy import Policy
 
 N = 50
 BODY = b'{"amount": 100}'

@@ -19,12 +19,12 @@ from typing import Any
 import pytest
 
 from httpkit import SpyStore
-from onceonly.fingerprint import RequestFacts
-from onceonly.http.asgi import IdempotencyMiddleware
-from onceonly.http.wsgi import IdempotencyMiddleware as WSGIIdempotencyMiddleware
-from onceonly.policy import Policy, authorization_scope, storage_id
-from onceonly.records import State
-from onceonly.stores.sqlite import SQLiteStore
+from retrysafe.fingerprint import RequestFacts
+from retrysafe.http.asgi import IdempotencyMiddleware
+from retrysafe.http.wsgi import IdempotencyMiddleware as WSGIIdempotencyMiddleware
+from retrysafe.policy import Policy, authorization_scope, storage_id
+from retrysafe.records import State
+from retrysafe.stores.sqlite import SQLiteStore
 
 BODY = b'{"amount": 100}'
 
@@ -105,7 +105,7 @@ def test_wsgi_generator_app_closed_before_it_started_releases_the_claim(kit):
 
 
 def test_wsgi_generator_app_sees_the_current_key_while_it_runs(kit):
-    from onceonly import current_key
+    from retrysafe import current_key
 
     seen: list[str | None] = []
 

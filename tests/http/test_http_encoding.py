@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from onceonly.http.asgi import IdempotencyMiddleware
+from retrysafe.http.asgi import IdempotencyMiddleware
 from storekit import StoreKit
 
 

@@ -24,11 +24,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from onceonly import current_key
-from onceonly.http.asgi import IdempotencyMiddleware
-from onceonly.http.wsgi import ENVIRON_KEY
-from onceonly.http.wsgi import IdempotencyMiddleware as WSGIIdempotencyMiddleware
-from onceonly.policy import Policy
+from retrysafe import current_key
+from retrysafe.http.asgi import IdempotencyMiddleware
+from retrysafe.http.wsgi import ENVIRON_KEY
+from retrysafe.http.wsgi import IdempotencyMiddleware as WSGIIdempotencyMiddleware
+from retrysafe.policy import Policy
 
 BODY = b'{"amount": 100}'
 HEADERS = {"Idempotency-Key": "order-1", "Content-Type": "application/json"}
@@ -107,7 +107,7 @@ async def test_starlette_keyed_post_runs_once_and_replays(kit):
 
 def test_flask_keyed_post_runs_once_and_replays(kit):
     counter = Counter()
-    app = flask.Flask("onceonly_flask_test")
+    app = flask.Flask("retrysafe_flask_test")
 
     @app.post("/orders")
     def create() -> tuple[dict[str, int], int]:
@@ -140,7 +140,7 @@ def _django() -> None:
     if not settings.configured:
         settings.configure(
             DEBUG=False,
-            SECRET_KEY="onceonly-tests",
+            SECRET_KEY="retrysafe-tests",
             ALLOWED_HOSTS=["testserver"],
             ROOT_URLCONF=__name__,
             MIDDLEWARE=[],
@@ -204,7 +204,7 @@ async def test_quart_keyed_post_runs_once_and_replays(kit):
     import quart
 
     counter = Counter()
-    app = quart.Quart("onceonly_quart_test")
+    app = quart.Quart("retrysafe_quart_test")
 
     @app.post("/orders")
     async def create() -> tuple[dict[str, int], int]:

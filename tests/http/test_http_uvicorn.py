@@ -22,10 +22,10 @@ from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 from httpkit import SpyStore
-from onceonly.fingerprint import RequestFacts
-from onceonly.http.asgi import IdempotencyMiddleware
-from onceonly.policy import Policy, authorization_scope, storage_id
-from onceonly.records import State
+from retrysafe.fingerprint import RequestFacts
+from retrysafe.http.asgi import IdempotencyMiddleware
+from retrysafe.policy import Policy, authorization_scope, storage_id
+from retrysafe.records import State
 
 pytestmark = pytest.mark.slow
 

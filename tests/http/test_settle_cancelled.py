@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from onceonly.demo.recording import RecordingStore
-from onceonly.http.asgi import IdempotencyMiddleware
-from onceonly.policy import Policy, storage_id
-from onceonly.records import State, StoredResponse
+from retrysafe.demo.recording import RecordingStore
+from retrysafe.http.asgi import IdempotencyMiddleware
+from retrysafe.policy import Policy, storage_id
+from retrysafe.records import State, StoredResponse
 
 if TYPE_CHECKING:  # conftest is not importable as a module under every pytest invocation
     from tests.conftest import StoreKit

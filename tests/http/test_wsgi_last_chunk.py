@@ -7,9 +7,9 @@ import io
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from onceonly.http.wsgi import IdempotencyMiddleware
-from onceonly.policy import Policy, storage_id
-from onceonly.records import State
+from retrysafe.http.wsgi import IdempotencyMiddleware
+from retrysafe.policy import Policy, storage_id
+from retrysafe.records import State
 
 if TYPE_CHECKING:
     from tests.conftest import StoreKit

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 
-from onceonly.records import Claimed, ClaimResult, Existing, StoredResponse
+from retrysafe.records import Claimed, ClaimResult, Existing, StoredResponse
 
 LEASE = 2.5
 TTL = 4.5

@@ -13,8 +13,8 @@ from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Barrier
 from typing import Any
 
-from onceonly.records import Claimed, ClaimResult, Existing, StoredResponse
-from onceonly.stores.sqlite import SQLiteStore
+from retrysafe.records import Claimed, ClaimResult, Existing, StoredResponse
+from retrysafe.stores.sqlite import SQLiteStore
 
 FP = "fp-original"
 # (kind, token, fingerprint of the record seen or None, state seen or None)
@@ -134,7 +134,7 @@ def hold_then_settle(path: str, id: str, conn: Connection) -> None:
 
 def complete_through_cache(url: str, id: str, conn: Connection) -> None:
     """Process A: claim and complete ``id`` through ``open_store(url)`` (a cached store)."""
-    from onceonly.stores import open_store
+    from retrysafe.stores import open_store
 
     store = open_store(url)
     try:
@@ -149,9 +149,9 @@ def replay_through_cache(url: str, id: str, times: int, conn: Connection) -> Non
     """Process B: claim ``id`` ``times`` times through ``open_store(url)``; report, per claim,
     (state seen, whether the cache answered, body matches), and how many claims reached the
     store (the cached store wraps a counting one)."""
-    from onceonly.demo.recording import RecordingStore
-    from onceonly.stores import open_store
-    from onceonly.stores.cached import CachedStore
+    from retrysafe.demo.recording import RecordingStore
+    from retrysafe.stores import open_store
+    from retrysafe.stores.cached import CachedStore
 
     opened = open_store(url)
     assert isinstance(opened, CachedStore)

@@ -18,16 +18,16 @@ from typing import Any
 
 import pytest
 
-from onceonly.decide import Refuse, Replay, decide
-from onceonly.demo.recording import RecordingStore
-from onceonly.engine import CACHE_HIT, claim_decision
-from onceonly.errors import ConfigurationError
-from onceonly.outcomes import Outcome
-from onceonly.policy import Policy
-from onceonly.records import Claimed, ClaimResult, Existing, State, StoredResponse
-from onceonly.stores import MemoryStore, SQLiteStore, open_store
-from onceonly.stores._replay_cache import MARGIN_S, entry_size
-from onceonly.stores.cached import CachedStore
+from retrysafe.decide import Refuse, Replay, decide
+from retrysafe.demo.recording import RecordingStore
+from retrysafe.engine import CACHE_HIT, claim_decision
+from retrysafe.errors import ConfigurationError
+from retrysafe.outcomes import Outcome
+from retrysafe.policy import Policy
+from retrysafe.records import Claimed, ClaimResult, Existing, State, StoredResponse
+from retrysafe.stores import MemoryStore, SQLiteStore, open_store
+from retrysafe.stores._replay_cache import MARGIN_S, entry_size
+from retrysafe.stores.cached import CachedStore
 from storekit import (
     CACHED_KINDS,
     REDIS_URL,

@@ -28,9 +28,9 @@ from typing import Any
 
 import pytest
 
-from onceonly.records import ClaimResult, Existing, State
-from onceonly.stores.memory import MemoryStore
-from onceonly.stores.sqlite import SQLiteStore
+from retrysafe.records import ClaimResult, Existing, State
+from retrysafe.stores.memory import MemoryStore
+from retrysafe.stores.sqlite import SQLiteStore
 from storekit import StoreKit
 
 from ._common import new_id

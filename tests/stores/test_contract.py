@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from onceonly.errors import ConfigurationError, StoreUnavailable
-from onceonly.records import Claimed, Existing, State, StoredResponse
-from onceonly.stores import MemoryStore, SQLiteStore, open_store
-from onceonly.stores.base import DualStore
+from retrysafe.errors import ConfigurationError, StoreUnavailable
+from retrysafe.records import Claimed, Existing, State, StoredResponse
+from retrysafe.stores import MemoryStore, SQLiteStore, open_store
+from retrysafe.stores.base import DualStore
 from storekit import ALL_KINDS, FakeClock, StoreKit, kit_fixture
 
 from ._common import FP, LEASE, OK, OTHER_FP, RETENTION, TTL, claimed, existing, first_claim, new_id
@@ -621,13 +621,13 @@ def test_open_store_sqlite_absolute_path(tmp_path: Path) -> None:
 def test_open_store_reads_the_environment_when_no_url_is_given(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("ONCEONLY_STORE_URL", "memory://from-env")
+    monkeypatch.setenv("RETRYSAFE_STORE_URL", "memory://from-env")
     store = open_store()
     assert isinstance(store, MemoryStore)
     assert store.url == "memory://from-env"
 
 
-@pytest.mark.parametrize("url", ["mysql://localhost/db", "onceonly.db", "sqlite3:///x.db"])
+@pytest.mark.parametrize("url", ["mysql://localhost/db", "retrysafe.db", "sqlite3:///x.db"])
 def test_open_store_rejects_an_unknown_scheme_naming_the_known_ones(url: str) -> None:
     with pytest.raises(ConfigurationError) as info:
         open_store(url)

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from onceonly.records import Claimed, Existing, State, StoredResponse
-from onceonly.stores.sqlite import TABLE, SQLiteStore
+from retrysafe.records import Claimed, Existing, State, StoredResponse
+from retrysafe.stores.sqlite import TABLE, SQLiteStore
 
 from ._workers import FP, body_for, hold, response_for, storm
 

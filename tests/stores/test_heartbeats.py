@@ -10,11 +10,11 @@ import sqlite3
 import threading
 from pathlib import Path
 
-from onceonly.engine import Heartbeat
-from onceonly.policy import Policy
-from onceonly.records import Claimed
-from onceonly.stores.memory import MemoryStore
-from onceonly.stores.sqlite import SQLiteStore
+from retrysafe.engine import Heartbeat
+from retrysafe.policy import Policy
+from retrysafe.records import Claimed
+from retrysafe.stores.memory import MemoryStore
+from retrysafe.stores.sqlite import SQLiteStore
 
 
 class _CountingMemoryStore(MemoryStore):

@@ -6,8 +6,8 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from onceonly.records import Claimed, State, StoredResponse
-from onceonly.stores.sqlite import TABLE, SQLiteStore
+from retrysafe.records import Claimed, State, StoredResponse
+from retrysafe.stores.sqlite import TABLE, SQLiteStore
 from storekit import FakeClock, StoreKit
 
 BODY = StoredResponse(201, (("content-type", "application/json"),), b'{"id": 1}')

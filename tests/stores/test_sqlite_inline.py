@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from onceonly.records import Claimed, State, StoredResponse
-from onceonly.stores import sqlite as sqlite_store
-from onceonly.stores.sqlite import SQLiteStore
+from retrysafe.records import Claimed, State, StoredResponse
+from retrysafe.stores import sqlite as sqlite_store
+from retrysafe.stores.sqlite import SQLiteStore
 
 
 async def test_a_held_write_lock_sends_writes_to_a_thread_and_the_loop_keeps_running(

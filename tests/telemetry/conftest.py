@@ -19,7 +19,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from onceonly.telemetry import AUDIT_LOGGER, Telemetry
+from retrysafe.telemetry import AUDIT_LOGGER, Telemetry
 
 
 @dataclass
@@ -38,7 +38,7 @@ class Otel:
         return list(self.exporter.get_finished_spans())
 
     def ours(self) -> list[ReadableSpan]:
-        return [s for s in self.spans() if s.name.startswith("onceonly ")]
+        return [s for s in self.spans() if s.name.startswith("retrysafe ")]
 
     def points(self) -> dict[str, list[Any]]:
         """Metric name -> its data points, from one collection."""

@@ -11,8 +11,8 @@ from tests.telemetry._asgi import call
 from tests.telemetry.conftest import make_otel
 from tests.telemetry.test_asgi_telemetry import App
 
-from onceonly import SQLiteStore
-from onceonly.http.asgi import IdempotencyMiddleware
+from retrysafe import SQLiteStore
+from retrysafe.http.asgi import IdempotencyMiddleware
 
 
 def main(path: str) -> None:

@@ -14,18 +14,18 @@ from tests.storekit import FakeClock
 from tests.telemetry._asgi import call
 from tests.telemetry.conftest import AuditLines, Otel
 
-from onceonly import MemoryStore, Policy, SQLiteStore
-from onceonly.errors import StoreUnavailable
-from onceonly.http.asgi import IdempotencyMiddleware
-from onceonly.policy import storage_id
-from onceonly.records import ClaimResult, Record, StoredResponse
-from onceonly.stores.cached import CachedStore
-from onceonly.telemetry import Telemetry, report_cost
-from onceonly.telemetry.observe import DEFAULT_TELEMETRY, NULL_OBSERVATION, observe
+from retrysafe import MemoryStore, Policy, SQLiteStore
+from retrysafe.errors import StoreUnavailable
+from retrysafe.http.asgi import IdempotencyMiddleware
+from retrysafe.policy import storage_id
+from retrysafe.records import ClaimResult, Record, StoredResponse
+from retrysafe.stores.cached import CachedStore
+from retrysafe.telemetry import Telemetry, report_cost
+from retrysafe.telemetry.observe import DEFAULT_TELEMETRY, NULL_OBSERVATION, observe
 
-OUTCOME = "onceonly.idempotency.outcome"
-BILLABLE = "onceonly.idempotency.billable"
-KEY = "onceonly.idempotency.key"
+OUTCOME = "retrysafe.idempotency.outcome"
+BILLABLE = "retrysafe.idempotency.billable"
+KEY = "retrysafe.idempotency.key"
 
 
 class App:
@@ -87,11 +87,11 @@ async def test_first_execution_then_replay_links_to_it(otel: Otel, audit_log: Au
     assert attrs(replayed)[BILLABLE] is False
     assert attrs(executed)[KEY] == "k-1"
     assert (
-        attrs(executed)["onceonly.idempotency.fingerprint"]
-        == (attrs(replayed)["onceonly.idempotency.fingerprint"])
+        attrs(executed)["retrysafe.idempotency.fingerprint"]
+        == (attrs(replayed)["retrysafe.idempotency.fingerprint"])
     )
     assert attrs(executed)["http.response.status_code"] == 201
-    assert executed.name == "onceonly POST /pay"
+    assert executed.name == "retrysafe POST /pay"
     assert executed.kind is SpanKind.INTERNAL
     # The record holds the first execution's ids, and the replay links to exactly that span.
     record = store.get(storage_id("anonymous", "k-1"))
@@ -102,7 +102,7 @@ async def test_first_execution_then_replay_links_to_it(otel: Otel, audit_log: Au
     assert (format(link.context.trace_id, "032x"), format(link.context.span_id, "016x")) == ids(
         executed
     )
-    assert dict(link.attributes or {}) == {"onceonly.link": "first_execution"}
+    assert dict(link.attributes or {}) == {"retrysafe.link": "first_execution"}
     # Two requests, two audit lines, attempts recorded, the replay pointing at the original.
     first_doc, replay_doc = audit_log.docs()
     assert (first_doc["attempt"], replay_doc["attempt"]) == (1, 2)
@@ -110,7 +110,7 @@ async def test_first_execution_then_replay_links_to_it(otel: Otel, audit_log: Au
     assert (first_doc["trace_id"], first_doc["span_id"]) == ids(executed)
 
 
-async def test_handler_spans_nest_under_the_onceonly_span(otel: Otel) -> None:
+async def test_handler_spans_nest_under_the_retrysafe_span(otel: Otel) -> None:
     app = App()
     mw = IdempotencyMiddleware(app, store=MemoryStore(), telemetry=otel.telemetry())
     await call(mw)
@@ -287,19 +287,21 @@ async def test_cost_reported_stored_and_avoided(otel: Otel, audit_log: AuditLine
     mw = IdempotencyMiddleware(app, store=store, telemetry=otel.telemetry())
     await call(mw)
     replay = await call(mw)
-    assert "onceonly-cost" not in replay.headers  # internal: never replayed to the client
+    assert "retrysafe-cost" not in replay.headers  # internal: never replayed to the client
     executed, replayed = audit_log.docs()
     assert executed["cost"] == {"USD": 0.25, "tokens": 1200.0}
     assert executed["billable"]
     assert replayed["cost"] == {"USD": 0.25, "tokens": 1200.0}
     assert not replayed["billable"]
     spans = otel.ours()
-    assert attrs(spans[0])["onceonly.cost"] == "USD=0.25, tokens=1200.0"
-    assert attrs(spans[1])["onceonly.cost.avoided"] == "USD=0.25, tokens=1200.0"
+    assert attrs(spans[0])["retrysafe.cost"] == "USD=0.25, tokens=1200.0"
+    assert attrs(spans[1])["retrysafe.cost.avoided"] == "USD=0.25, tokens=1200.0"
     points = otel.points()
-    avoided = {p.attributes["onceonly.cost.unit"]: p.value for p in points["onceonly.cost.avoided"]}
+    avoided = {
+        p.attributes["retrysafe.cost.unit"]: p.value for p in points["retrysafe.cost.avoided"]
+    }
     assert avoided == {"USD": 0.25, "tokens": 1200.0}
-    assert sum(p.value for p in points["onceonly.replays"]) == 1
+    assert sum(p.value for p in points["retrysafe.replays"]) == 1
 
 
 async def test_no_key_in_any_metric_attribute(otel: Otel) -> None:
@@ -309,7 +311,7 @@ async def test_no_key_in_any_metric_attribute(otel: Otel) -> None:
     await call(mw, key=key)
     await call(mw, key=key, body=b"other")
     points = otel.points()
-    assert {"onceonly.requests", "onceonly.request.duration", "onceonly.store.duration"} <= set(
+    assert {"retrysafe.requests", "retrysafe.request.duration", "retrysafe.store.duration"} <= set(
         points
     )
     hashed = hashlib.sha256(key.encode()).hexdigest()
@@ -319,11 +321,11 @@ async def test_no_key_in_any_metric_attribute(otel: Otel) -> None:
             assert key not in blob, name
             assert hashed not in blob, name
     by_outcome = {
-        p.attributes["onceonly.idempotency.outcome"]: p.value for p in points["onceonly.requests"]
+        p.attributes["retrysafe.idempotency.outcome"]: p.value for p in points["retrysafe.requests"]
     }
     assert by_outcome == {"executed": 1, "replayed": 1, "mismatch": 1}
     store_ops = {
-        p.attributes["onceonly.store.operation"] for p in points["onceonly.store.duration"]
+        p.attributes["retrysafe.store.operation"] for p in points["retrysafe.store.duration"]
     }
     assert store_ops == {"claim", "complete"}
 
@@ -371,7 +373,7 @@ async def test_enriches_the_asgi_instrumentation_server_span(otel: Otel) -> None
     assert [attrs(s)[OUTCOME] for s in servers] == ["executed", "replayed"]
     assert attrs(servers[0])[KEY] == "k-1"
     # The instrumentation ends its span with the last body message: the cost is set before.
-    assert attrs(servers[0])["onceonly.cost"] == "USD=0.5, tokens=1200.0"
+    assert attrs(servers[0])["retrysafe.cost"] == "USD=0.5, tokens=1200.0"
     (link,) = servers[1].links
     assert link.context.span_id == servers[0].context.span_id
 
@@ -412,10 +414,10 @@ def test_idle_without_sdk_or_audit_is_the_null_observation(audit_log: AuditLines
     """API only and nobody listening to the audit log: the no-op observation, nearly free."""
     import logging
 
-    logging.getLogger("onceonly.audit").setLevel(logging.WARNING)
+    logging.getLogger("retrysafe.audit").setLevel(logging.WARNING)
     idle = Telemetry()
     assert observe(idle, "POST", "/pay", []) is NULL_OBSERVATION
-    logging.getLogger("onceonly.audit").setLevel(logging.INFO)
+    logging.getLogger("retrysafe.audit").setLevel(logging.INFO)
     assert observe(Telemetry(), "POST", "/pay", []) is not NULL_OBSERVATION
 
 
@@ -470,11 +472,11 @@ async def test_a_replay_from_the_local_cache_is_no_store_operation(otel: Otel) -
     assert store.cache.hits == 3
     points = otel.points()
     store_ops = [
-        (p.attributes["onceonly.store.operation"], p.count)
-        for p in points["onceonly.store.duration"]
+        (p.attributes["retrysafe.store.operation"], p.count)
+        for p in points["retrysafe.store.duration"]
     ]
     assert sorted(store_ops) == [("claim", 1), ("complete", 1)]
     by_outcome = {
-        p.attributes["onceonly.idempotency.outcome"]: p.value for p in points["onceonly.requests"]
+        p.attributes["retrysafe.idempotency.outcome"]: p.value for p in points["retrysafe.requests"]
     }
     assert by_outcome == {"executed": 1, "replayed": 3}

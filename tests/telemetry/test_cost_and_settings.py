@@ -11,9 +11,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from tests.telemetry.conftest import AuditLines, Otel
 
-from onceonly.outcomes import Outcome
-from onceonly.telemetry import Telemetry, report_cost
-from onceonly.telemetry.cost import decode, encode, metering
+from retrysafe.outcomes import Outcome
+from retrysafe.telemetry import Telemetry, report_cost
+from retrysafe.telemetry.cost import decode, encode, metering
 
 
 def test_report_cost_outside_an_execution_is_a_no_op() -> None:
@@ -97,12 +97,12 @@ def test_finish_twice_reports_once(otel: Otel, audit_log: AuditLines) -> None:
 
 
 def test_internal_headers_are_stored_never_replayed_never_taken_from_the_handler() -> None:
-    from onceonly import Policy
-    from onceonly.decide import Complete, replay_headers, settle
+    from retrysafe import Policy
+    from retrysafe.decide import Complete, replay_headers, settle
 
-    policy = Policy(replay_headers=frozenset({"content-type", "onceonly-cost"}))
-    headers = [("Content-Type", "text/plain"), ("Onceonly-Cost", "USD=999")]  # from the handler
-    done = settle(200, headers, b"ok", policy, internal=[("onceonly-cost", "USD=0.5")])
+    policy = Policy(replay_headers=frozenset({"content-type", "retrysafe-cost"}))
+    headers = [("Content-Type", "text/plain"), ("Retrysafe-Cost", "USD=999")]  # from the handler
+    done = settle(200, headers, b"ok", policy, internal=[("retrysafe-cost", "USD=0.5")])
     assert isinstance(done, Complete)
-    assert done.response.headers == (("content-type", "text/plain"), ("onceonly-cost", "USD=0.5"))
-    assert [h for h in replay_headers(done.response) if h[0].startswith("onceonly-")] == []
+    assert done.response.headers == (("content-type", "text/plain"), ("retrysafe-cost", "USD=0.5"))
+    assert [h for h in replay_headers(done.response) if h[0].startswith("retrysafe-")] == []

@@ -1,4 +1,4 @@
-"""``onceonly report``: tables and the HTML page from audit logs, real and hand-computed."""
+"""``retrysafe report``: tables and the HTML page from audit logs, real and hand-computed."""
 
 from __future__ import annotations
 
@@ -17,12 +17,12 @@ from tests.storekit import require_service
 from tests.telemetry._asgi import call
 from tests.telemetry.test_asgi_telemetry import App
 
-from onceonly import MemoryStore
-from onceonly.http.asgi import IdempotencyMiddleware
-from onceonly.report_cli import report
-from onceonly.telemetry import AUDIT_LOGGER, Telemetry
-from onceonly.telemetry.report import html_page, load, summarize
-from onceonly.telemetry.slo import DAY, HOUR, MINUTE, Objective
+from retrysafe import MemoryStore
+from retrysafe.http.asgi import IdempotencyMiddleware
+from retrysafe.report_cli import report
+from retrysafe.telemetry import AUDIT_LOGGER, Telemetry
+from retrysafe.telemetry.report import html_page, load, summarize
+from retrysafe.telemetry.slo import DAY, HOUR, MINUTE, Objective
 
 NOW = 1_790_000_000.0
 SVG = "{http://www.w3.org/2000/svg}"
@@ -33,7 +33,7 @@ def line(age: float, outcome: str, status: int, op: str = "POST /pay", **extra: 
     doc |= {"surface": "http", "billable": outcome in ("executed", "expired", "recovered")}
     doc |= extra
     # A logging format with a prefix, as many deployments have: the report skips it.
-    return "2026-09-21 12:00:00 INFO onceonly.audit " + json.dumps(doc)
+    return "2026-09-21 12:00:00 INFO retrysafe.audit " + json.dumps(doc)
 
 
 def hand_log(path: Path) -> Path:
@@ -180,8 +180,8 @@ def test_page_renders_in_headless_chromium(tmp_path: Path) -> None:
     assert "SyntaxError" not in done.stderr
 
 
-def test_report_is_a_subcommand_of_onceonly() -> None:
-    from onceonly._cli import cli
+def test_report_is_a_subcommand_of_retrysafe() -> None:
+    from retrysafe._cli import cli
 
     result = CliRunner().invoke(cli, ["report", "--help"])
     assert result.exit_code == 0

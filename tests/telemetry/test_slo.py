@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from onceonly.telemetry.slo import (
+from retrysafe.telemetry.slo import (
     DAY,
     HOUR,
     MINUTE,

@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 from tests.telemetry.conftest import AuditLines, Otel
 
-from onceonly import KeyMismatch, MemoryStore
-from onceonly.telemetry import report_cost
-from onceonly.tools import agent_run, idempotent, idempotent_tool
+from retrysafe import KeyMismatch, MemoryStore
+from retrysafe.telemetry import report_cost
+from retrysafe.tools import agent_run, idempotent, idempotent_tool
 
 
 def attrs(span: Any) -> dict[str, Any]:
@@ -30,9 +30,9 @@ def test_function_replay_links_and_records_cost_avoided(otel: Otel, audit_log: A
     with pytest.raises(KeyMismatch):
         charge(6)
     executed, replayed, mismatch = otel.spans()
-    assert executed.name.startswith("onceonly ")
+    assert executed.name.startswith("retrysafe ")
     assert executed.name.endswith("charge")
-    assert [attrs(s)["onceonly.idempotency.outcome"] for s in (executed, replayed, mismatch)] == [
+    assert [attrs(s)["retrysafe.idempotency.outcome"] for s in (executed, replayed, mismatch)] == [
         "executed",
         "replayed",
         "mismatch",
@@ -72,7 +72,7 @@ def test_tool_span_follows_the_genai_conventions(otel: Otel, audit_log: AuditLin
     assert attrs(first)["gen_ai.tool.name"] == "search"
     assert attrs(first)["gen_ai.conversation.id"] == "run-42"
     assert "gen_ai.tool.call.id" not in attrs(first)  # the provider gave none
-    assert attrs(again)["onceonly.idempotency.outcome"] == "replayed"
+    assert attrs(again)["retrysafe.idempotency.outcome"] == "replayed"
     assert again.links[0].context.span_id == first.context.span_id
     docs = audit_log.docs()
     assert [(d["surface"], d["operation"]) for d in docs] == [("tool", "search")] * 2

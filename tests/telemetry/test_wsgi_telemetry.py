@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 from tests.telemetry.conftest import AuditLines, Otel
 
-from onceonly import MemoryStore, Policy
-from onceonly.errors import StoreUnavailable
-from onceonly.http.wsgi import IdempotencyMiddleware
-from onceonly.records import ClaimResult
-from onceonly.telemetry import report_cost
+from retrysafe import MemoryStore, Policy
+from retrysafe.errors import StoreUnavailable
+from retrysafe.http.wsgi import IdempotencyMiddleware
+from retrysafe.records import ClaimResult
+from retrysafe.telemetry import report_cost
 
 
 class App:
@@ -70,13 +70,13 @@ def test_execute_replay_link_cost_attempt(otel: Otel, audit_log: AuditLines) -> 
     status, headers, _ = call(mw, attempt="3")
     assert status.startswith("201")
     assert headers["idempotent-replayed"] == "true"
-    assert "onceonly-cost" not in headers
+    assert "retrysafe-cost" not in headers
     assert app.runs == 1
     executed, replayed = otel.ours()
     assert executed.attributes is not None
     assert replayed.attributes is not None
-    assert executed.attributes["onceonly.idempotency.outcome"] == "executed"
-    assert replayed.attributes["onceonly.idempotency.outcome"] == "replayed"
+    assert executed.attributes["retrysafe.idempotency.outcome"] == "executed"
+    assert replayed.attributes["retrysafe.idempotency.outcome"] == "replayed"
     (link,) = replayed.links
     assert link.context.span_id == executed.context.span_id
     first, again = audit_log.docs()

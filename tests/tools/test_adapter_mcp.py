@@ -18,11 +18,11 @@ from mcp import Client  # noqa: E402
 from mcp.server.mcpserver import Context, MCPServer  # noqa: E402
 from mcp_types import ToolAnnotations  # noqa: E402
 
-from onceonly.stores.memory import MemoryStore  # noqa: E402
-from onceonly.tools import agent_run, current_key  # noqa: E402
-from onceonly.tools.adapters import mcp as onceonly_mcp  # noqa: E402
+from retrysafe.stores.memory import MemoryStore  # noqa: E402
+from retrysafe.tools import agent_run, current_key  # noqa: E402
+from retrysafe.tools.adapters import mcp as retrysafe_mcp  # noqa: E402
 
-RUN = {onceonly_mcp.RUN_ID_META: "run-mcp-1"}
+RUN = {retrysafe_mcp.RUN_ID_META: "run-mcp-1"}
 
 
 def text(result: Any) -> str:
@@ -40,20 +40,20 @@ def server(ledger: list[str | None]) -> MCPServer:
     server = MCPServer("payments")
     store = MemoryStore()
 
-    @onceonly_mcp.tool(server, store)
+    @retrysafe_mcp.tool(server, store)
     async def send_refund(customer: str, cents: int) -> str:
         """Refund a customer."""
         ledger.append(current_key())
         return f"re_{len(ledger)} {customer} {cents}"
 
-    @onceonly_mcp.tool(server, store)
+    @retrysafe_mcp.tool(server, store)
     def charge(customer: str, cents: int, ctx: Context) -> str:
         """Charge a customer (a sync tool that takes MCP's context itself)."""
         assert isinstance(ctx, Context)
         ledger.append(current_key())
         return f"ch_{len(ledger)}"
 
-    @onceonly_mcp.tool(server, store, annotations=ToolAnnotations(readOnlyHint=True))
+    @retrysafe_mcp.tool(server, store, annotations=ToolAnnotations(readOnlyHint=True))
     def balance(customer: str) -> str:
         """Read a balance: safe to repeat, so not wrapped."""
         ledger.append(current_key())
@@ -91,7 +91,7 @@ async def test_retried_calls_with_the_run_in_meta_run_once(
         first = text(await client.call_tool("send_refund", args, meta=RUN))
         again = text(await client.call_tool("send_refund", args, meta=RUN))
         other_run = text(
-            await client.call_tool("send_refund", args, meta={onceonly_mcp.RUN_ID_META: "run-2"})
+            await client.call_tool("send_refund", args, meta={retrysafe_mcp.RUN_ID_META: "run-2"})
         )
         charged = [text(await client.call_tool("charge", args, meta=RUN)) for _ in range(2)]
     assert first == again == "re_1 cus_1 500"
@@ -128,7 +128,7 @@ async def test_read_only_tools_are_not_wrapped(server: MCPServer, ledger: list[s
 
 
 def test_safe_to_repeat_reads_the_hints() -> None:
-    assert onceonly_mcp.safe_to_repeat(ToolAnnotations(idempotentHint=True))
-    assert onceonly_mcp.safe_to_repeat(ToolAnnotations(readOnlyHint=True))
-    assert not onceonly_mcp.safe_to_repeat(ToolAnnotations(destructiveHint=True))
-    assert not onceonly_mcp.safe_to_repeat(None)
+    assert retrysafe_mcp.safe_to_repeat(ToolAnnotations(idempotentHint=True))
+    assert retrysafe_mcp.safe_to_repeat(ToolAnnotations(readOnlyHint=True))
+    assert not retrysafe_mcp.safe_to_repeat(ToolAnnotations(destructiveHint=True))
+    assert not retrysafe_mcp.safe_to_repeat(None)

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from onceonly.errors import AgentRunRequired, ConfigurationError
-from onceonly.fingerprint import canonical_json
-from onceonly.tools import agent_run, agent_step, current_key, current_run, idempotent_tool
-from onceonly.tools.decorators import tool_key
-from onceonly.tools.serializer import canonical_tree
+from retrysafe.errors import AgentRunRequired, ConfigurationError
+from retrysafe.fingerprint import canonical_json
+from retrysafe.tools import agent_run, agent_step, current_key, current_run, idempotent_tool
+from retrysafe.tools.decorators import tool_key
+from retrysafe.tools.serializer import canonical_tree
 from storekit import StoreKit
 from tools.tools_flavour import Flavour, both
 

@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from onceonly.stores.sqlite import SQLiteStore
-from onceonly.tools import agent_run, current_key, idempotent, idempotent_tool
+from retrysafe.stores.sqlite import SQLiteStore
+from retrysafe.tools import agent_run, current_key, idempotent, idempotent_tool
 
 HERE = Path(__file__).parent
 WORKER = HERE / "tool_worker.py"

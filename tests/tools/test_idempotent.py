@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from onceonly.errors import (
+from retrysafe.errors import (
     ConfigurationError,
     KeyMismatch,
     SerializationError,
@@ -20,10 +20,10 @@ from onceonly.errors import (
     StoreUnavailable,
     Unreplayable,
 )
-from onceonly.policy import Policy, storage_id
-from onceonly.records import State
-from onceonly.stores.memory import MemoryStore
-from onceonly.tools import current_key, idempotent
+from retrysafe.policy import Policy, storage_id
+from retrysafe.records import State
+from retrysafe.stores.memory import MemoryStore
+from retrysafe.tools import current_key, idempotent
 from storekit import StoreKit
 from tools.tools_flavour import Flavour, both
 from tools.tools_models import Invoice, Opaque, PaymentDeclined, Receipt
@@ -302,7 +302,7 @@ def test_record_is_stored_under_a_hash_of_scope_and_key(kit: StoreKit) -> None:
     assert record.state is State.COMPLETED
     assert record.response is not None
     assert record.response.status == 200
-    assert record.response.headers == (("content-type", "application/vnd.onceonly.tagged+json"),)
+    assert record.response.headers == (("content-type", "application/vnd.retrysafe.tagged+json"),)
     assert record.response.body == b'"A"'
 
 
@@ -385,8 +385,8 @@ def test_a_custom_serializer_is_used_and_its_media_type_checked(
 
 
 def custom_key(n: int) -> str:
-    from onceonly.fingerprint import call_fingerprint
-    from onceonly.tools.serializer import canonical_tree
+    from retrysafe.fingerprint import call_fingerprint
+    from retrysafe.tools.serializer import canonical_tree
 
     return call_fingerprint("pick", canonical_tree({"n": n}))
 

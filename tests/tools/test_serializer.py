@@ -15,8 +15,8 @@ import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from onceonly.errors import SerializationError
-from onceonly.tools.serializer import TaggedJSON, canonical_tree
+from retrysafe.errors import SerializationError
+from retrysafe.tools.serializer import TaggedJSON, canonical_tree
 from tools.tools_models import Color, Counted, Invoice, Level, Mode, Opaque, Receipt
 
 codec = TaggedJSON()

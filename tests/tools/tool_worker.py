@@ -18,9 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-from onceonly.keys import derive_key
-from onceonly.stores.sqlite import SQLiteStore
-from onceonly.tools import agent_run, current_key, idempotent_tool
+from retrysafe.keys import derive_key
+from retrysafe.stores.sqlite import SQLiteStore
+from retrysafe.tools import agent_run, current_key, idempotent_tool
 
 
 def record(ledger: Path) -> None:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-import onceonly
+import retrysafe
 
-PACKAGE = Path(onceonly.__file__).parent
+PACKAGE = Path(retrysafe.__file__).parent
 
 CORE = ["decide", "records", "keys", "fingerprint", "policy", "problems", "outcomes"]
 FORBIDDEN_IN_CORE = [
@@ -28,17 +28,17 @@ FORBIDDEN_IN_CORE = [
     "httpx",
     "starlette",
     "opentelemetry",
-    "onceonly.stores",
-    "onceonly.http",
-    "onceonly.engine",
+    "retrysafe.stores",
+    "retrysafe.http",
+    "retrysafe.engine",
 ]
-FORBIDDEN_IN_STORES = ["onceonly.http", "onceonly.engine", "onceonly.decide"]
+FORBIDDEN_IN_STORES = ["retrysafe.http", "retrysafe.engine", "retrysafe.decide"]
 
 
 def imports_of(path: Path, root: Path = PACKAGE.parent) -> set[str]:
     """Every module ``path`` imports (``from a import b`` yields ``a`` and ``a.b``).
 
-    ``root`` is the directory holding the ``onceonly`` package, to resolve relative imports.
+    ``root`` is the directory holding the ``retrysafe`` package, to resolve relative imports.
     """
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     package = path.relative_to(root).with_suffix("").parts[:-1]
@@ -98,16 +98,20 @@ def test_there_are_stores_to_check() -> None:
 @pytest.mark.parametrize(
     ("source", "where", "bad"),
     [
-        ("import asyncio", "onceonly/decide.py", "asyncio"),
-        ("import asyncio.locks as l", "onceonly/decide.py", "asyncio.locks"),
-        ("from redis.asyncio import Redis", "onceonly/decide.py", "redis.asyncio"),
-        ("def f():\n    import sqlite3\n", "onceonly/decide.py", "sqlite3"),
-        ("from onceonly.stores import memory", "onceonly/decide.py", "onceonly.stores"),
-        ("from .stores.memory import MemoryStore", "onceonly/decide.py", "onceonly.stores.memory"),
-        ("from . import engine", "onceonly/decide.py", "onceonly.engine"),
-        ("from ..http import asgi", "onceonly/stores/memory.py", "onceonly.http"),
-        ("from ..decide import decide", "onceonly/stores/memory.py", "onceonly.decide"),
-        ("importlib.import_module('httpx')", "onceonly/decide.py", "httpx"),
+        ("import asyncio", "retrysafe/decide.py", "asyncio"),
+        ("import asyncio.locks as l", "retrysafe/decide.py", "asyncio.locks"),
+        ("from redis.asyncio import Redis", "retrysafe/decide.py", "redis.asyncio"),
+        ("def f():\n    import sqlite3\n", "retrysafe/decide.py", "sqlite3"),
+        ("from retrysafe.stores import memory", "retrysafe/decide.py", "retrysafe.stores"),
+        (
+            "from .stores.memory import MemoryStore",
+            "retrysafe/decide.py",
+            "retrysafe.stores.memory",
+        ),
+        ("from . import engine", "retrysafe/decide.py", "retrysafe.engine"),
+        ("from ..http import asgi", "retrysafe/stores/memory.py", "retrysafe.http"),
+        ("from ..decide import decide", "retrysafe/stores/memory.py", "retrysafe.decide"),
+        ("importlib.import_module('httpx')", "retrysafe/decide.py", "httpx"),
     ],
 )
 def test_the_scanner_finds_forbidden_imports(
@@ -123,5 +127,5 @@ def test_the_scanner_finds_forbidden_imports(
 
 def test_the_scanner_allows_siblings_and_stdlib() -> None:
     found = imports_of(PACKAGE / "decide.py")
-    assert "onceonly.records" in found
-    assert offending({"onceonly.storesx", "asyncio_helpers", "hashlib"}, FORBIDDEN_IN_CORE) == []
+    assert "retrysafe.records" in found
+    assert offending({"retrysafe.storesx", "asyncio_helpers", "hashlib"}, FORBIDDEN_IN_CORE) == []

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from onceonly.decide import (
+from retrysafe.decide import (
     Complete,
     Execute,
     Keyed,
@@ -23,9 +23,9 @@ from onceonly.decide import (
     replay_headers,
     settle,
 )
-from onceonly.outcomes import Outcome
-from onceonly.policy import NEVER_REPLAYED, Policy, Problem
-from onceonly.records import Claimed, Existing, Record, State, StoredResponse
+from retrysafe.outcomes import Outcome
+from retrysafe.policy import NEVER_REPLAYED, Policy, Problem
+from retrysafe.records import Claimed, Existing, Record, State, StoredResponse
 
 KEY = "8e03978e-40d5-43e8-bc93-6894a57f9324"
 DEFAULT = Policy()

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from onceonly.fingerprint import (
+from retrysafe.fingerprint import (
     RequestFacts,
     bytes_fingerprint,
     call_fingerprint,
@@ -18,7 +18,7 @@ from onceonly.fingerprint import (
     json_fingerprint,
     request_fingerprint,
 )
-from onceonly.policy import Policy
+from retrysafe.policy import Policy
 
 
 def facts(

@@ -17,20 +17,20 @@ from typing import Any
 
 import pytest
 
-from onceonly.decide import Execute, Replay
-from onceonly.engine import (
+from retrysafe.decide import Execute, Replay
+from retrysafe.engine import (
     AsyncHeartbeat,
     Heartbeat,
     _scheduler,
     aclaim_decision,
     claim_decision,
 )
-from onceonly.fingerprint import RawHeaders, RequestFacts, bytes_fingerprint
-from onceonly.http._exchange import KeyHeaders, declared_length
-from onceonly.http.wsgi import EnvironHeaders
-from onceonly.policy import Policy, authorization_scope
-from onceonly.records import Claimed, ClaimResult, Record, StoredResponse
-from onceonly.stores.memory import MemoryStore
+from retrysafe.fingerprint import RawHeaders, RequestFacts, bytes_fingerprint
+from retrysafe.http._exchange import KeyHeaders, declared_length
+from retrysafe.http.wsgi import EnvironHeaders
+from retrysafe.policy import Policy, authorization_scope
+from retrysafe.records import Claimed, ClaimResult, Record, StoredResponse
+from retrysafe.stores.memory import MemoryStore
 from storekit import FakeClock
 
 RAW = [

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from onceonly.errors import InvalidKey, OnceOnlyError
-from onceonly.keys import MAX_KEY_LENGTH, check_key, derive_key, new_key, parse_key
+from retrysafe.errors import InvalidKey, RetrySafeError
+from retrysafe.keys import MAX_KEY_LENGTH, check_key, derive_key, new_key, parse_key
 
 VISIBLE = "".join(chr(c) for c in range(0x21, 0x7F))
 
@@ -40,7 +40,7 @@ def test_absent_header_is_no_key() -> None:
 
 def test_invalid_key_is_a_value_error_under_the_root() -> None:
     assert issubclass(InvalidKey, ValueError)
-    assert issubclass(InvalidKey, OnceOnlyError)
+    assert issubclass(InvalidKey, RetrySafeError)
 
 
 # -- SPEC rule 3: every malformed form is refused, never treated as "no key" --------------------

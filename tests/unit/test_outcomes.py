@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from onceonly.outcomes import Outcome
+from retrysafe.outcomes import Outcome
 
 
 def test_outcome_values_are_the_spec_vocabulary() -> None:

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from onceonly.errors import ConfigurationError
-from onceonly.fingerprint import RequestFacts
-from onceonly.policy import (
+from retrysafe.errors import ConfigurationError
+from retrysafe.fingerprint import RequestFacts
+from retrysafe.policy import (
     DEFAULT_STATUS,
     NEVER_REPLAYED,
     PROBLEM_BASE_URI,

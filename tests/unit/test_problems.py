@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from onceonly.policy import Policy, Problem
-from onceonly.problems import CONTENT_TYPE, TITLES, render
+from retrysafe.policy import Policy, Problem
+from retrysafe.problems import CONTENT_TYPE, TITLES, render
 
 
 def document(problem: Problem, policy: Policy | None = None) -> dict[str, object]:
@@ -22,7 +22,7 @@ def test_problem_document_has_the_rfc9457_members(problem: Problem) -> None:
     response = render(problem, "what went wrong", Policy())
     doc = json.loads(response.body)
     assert doc == {
-        "type": f"https://onceonly.dev/problems/{problem.value}",
+        "type": f"urn:retrysafe:problem:{problem.value}",
         "title": TITLES[problem],
         "status": response.status,
         "detail": "what went wrong",

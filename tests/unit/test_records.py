@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from onceonly.errors import IllegalTransition, OnceOnlyError
-from onceonly.records import (
+from retrysafe.errors import IllegalTransition, RetrySafeError
+from retrysafe.records import (
     TRANSITIONS,
     Claimed,
     Event,
@@ -67,7 +67,7 @@ def test_transition_follows_the_table_or_raises_naming_both(state: State, event:
     assert info.value.state is state
     assert info.value.event is event
     assert str(info.value) == f"no transition from {state.value} on {event.value}"
-    assert isinstance(info.value, OnceOnlyError)
+    assert isinstance(info.value, RetrySafeError)
 
 
 def test_every_state_is_reachable_from_absent_and_can_return_to_it() -> None:

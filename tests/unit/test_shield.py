@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from onceonly._shield import shield_awaited, shielded
+from retrysafe._shield import shield_awaited, shielded
 
 
 async def test_a_coroutine_that_never_suspends_finishes_without_a_loop_trip() -> None:

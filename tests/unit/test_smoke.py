@@ -1,4 +1,4 @@
-from onceonly.records import Claimed, Existing, State, StoredResponse
+from retrysafe.records import Claimed, Existing, State, StoredResponse
 
 
 def test_first_claim_then_replay(store):

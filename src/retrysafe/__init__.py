@@ -1,0 +1,59 @@
+"""retrysafe: idempotency keys done right, so retries are safe.
+
+Public names only; everything else lives in its own module.
+"""
+
+from __future__ import annotations
+
+from retrysafe.context import current_key
+from retrysafe.errors import (
+    AtomicUnsupported,
+    ClaimTakenOver,
+    ConfigurationError,
+    ForeignConnection,
+    IdempotencyConflict,
+    InvalidKey,
+    KeyMismatch,
+    NoAtomicContext,
+    RetrySafeError,
+    StillInFlight,
+    StoreError,
+    StoreUnavailable,
+    Unreplayable,
+)
+from retrysafe.keys import derive_key, new_key
+from retrysafe.outcomes import Outcome
+from retrysafe.policy import Policy, Problem, authorization_scope, header_scope
+from retrysafe.stores import AsyncStore, MemoryStore, SQLiteStore, Store, open_store
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncStore",
+    "AtomicUnsupported",
+    "ClaimTakenOver",
+    "ConfigurationError",
+    "ForeignConnection",
+    "IdempotencyConflict",
+    "InvalidKey",
+    "KeyMismatch",
+    "MemoryStore",
+    "NoAtomicContext",
+    "Outcome",
+    "Policy",
+    "Problem",
+    "RetrySafeError",
+    "SQLiteStore",
+    "StillInFlight",
+    "Store",
+    "StoreError",
+    "StoreUnavailable",
+    "Unreplayable",
+    "__version__",
+    "authorization_scope",
+    "current_key",
+    "derive_key",
+    "header_scope",
+    "new_key",
+    "open_store",
+]

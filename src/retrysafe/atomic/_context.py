@@ -1,0 +1,48 @@
+"""The atomic unit of the execution in progress, readable anywhere below a handler (SPEC 13a)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import TYPE_CHECKING
+
+from retrysafe.errors import NoAtomicContext
+from retrysafe.stores.base import AtomicUnit
+
+if TYPE_CHECKING:
+    from retrysafe.stores.postgres_atomic import PostgresUnit
+
+_current_unit: ContextVar[AtomicUnit | None] = ContextVar("retrysafe_atomic_unit", default=None)
+
+
+def current_unit() -> AtomicUnit:
+    """The unit of the atomic handler or function running now; :class:`NoAtomicContext` if none."""
+    unit = _current_unit.get()
+    if unit is None:
+        raise NoAtomicContext(
+            "no atomic idempotent execution is running here: retrysafe.atomic works inside a "
+            "handler behind IdempotencyMiddleware(..., atomic=True) or an "
+            "@idempotent(..., atomic=True) function, once its key was claimed"
+        )
+    return unit
+
+
+@contextmanager
+def bound(unit: AtomicUnit) -> Iterator[None]:
+    """Make ``unit`` the current unit while the handler runs."""
+    reset = _current_unit.set(unit)
+    try:
+        yield
+    finally:
+        _current_unit.reset(reset)
+
+
+def postgres_unit(unit: AtomicUnit) -> PostgresUnit | None:
+    """``unit`` if it is a PostgreSQL unit, else None (psycopg is imported only here: a
+    SQLite-only application need not install it)."""
+    try:
+        from retrysafe.stores.postgres_atomic import PostgresUnit
+    except ImportError:
+        return None
+    return unit if isinstance(unit, PostgresUnit) else None

@@ -1,0 +1,50 @@
+"""The idempotent HTTP client: httpx transports with keys, retries, budget, breaker and DLQ.
+
+Needs the ``[client]`` extra (httpx). See docs/client.md.
+"""
+
+from __future__ import annotations
+
+from retrysafe.client._flow import CallReport
+from retrysafe.client.breaker import CircuitBreaker, Permit, Refusal, State, Transition
+from retrysafe.client.budget import RetryBudget
+from retrysafe.client.dlq import DeadLetter, DeadLetterQueue, EntryState, ReplayResult
+from retrysafe.client.errors import (
+    BudgetExhausted,
+    CallFailed,
+    CircuitOpen,
+    KeyMismatchResponse,
+    RetriesExhausted,
+    RetryDeferred,
+)
+from retrysafe.client.retry import Attempt, Failure, RetryPolicy, classify_error, retry_after
+from retrysafe.client.testing import set_testing
+from retrysafe.client.transport import AsyncIdempotentTransport, IdempotentTransport
+
+__all__ = [
+    "AsyncIdempotentTransport",
+    "Attempt",
+    "BudgetExhausted",
+    "CallFailed",
+    "CallReport",
+    "CircuitBreaker",
+    "CircuitOpen",
+    "DeadLetter",
+    "DeadLetterQueue",
+    "EntryState",
+    "Failure",
+    "IdempotentTransport",
+    "KeyMismatchResponse",
+    "Permit",
+    "Refusal",
+    "ReplayResult",
+    "RetriesExhausted",
+    "RetryBudget",
+    "RetryDeferred",
+    "RetryPolicy",
+    "State",
+    "Transition",
+    "classify_error",
+    "retry_after",
+    "set_testing",
+]

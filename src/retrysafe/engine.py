@@ -1,0 +1,478 @@
+"""The claim loop, written once as a generator and driven by a sync and an async driver.
+
+The generator yields store operations and receives their results (the httpx auth-flow
+pattern, STYLE 5), so the loop "claim, decide, maybe wait, claim again" exists once. The
+drivers are the only place that touch a store. Heartbeats are the one sync/async twin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import threading
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Generator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from retrysafe._shield import shield_awaited
+from retrysafe.decide import Complete, Decision, Release, Settlement, Wait, decide
+from retrysafe.errors import StoreError
+from retrysafe.policy import Policy
+from retrysafe.records import ClaimResult, Existing
+from retrysafe.stores.base import AsyncStore, Store
+
+log = logging.getLogger("retrysafe")
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimOp:
+    id: str
+    fingerprint: str
+    lease: float
+
+
+@dataclass(frozen=True, slots=True)
+class WatchOp:
+    id: str
+    timeout: float
+
+
+Op = ClaimOp | WatchOp
+Flow = Generator[Op, ClaimResult | None, Decision]
+# Told how long each store operation took ("claim" or "watch", seconds): telemetry's hook.
+# A claim a process-local cache answered (``stores/cached.py``) is reported as CACHE_HIT: it
+# made no store round trip, so it must not count as store latency.
+StoreTimer = Callable[[str, float], None]
+CACHE_HIT = "cache"
+
+
+def claim_op(result: ClaimResult | None) -> str:
+    """The name a claim's time is reported under: ``claim``, or CACHE_HIT for a cache answer."""
+    return CACHE_HIT if type(result) is Existing and result.cached else "claim"
+
+
+def claim_flow(
+    id: str,
+    fingerprint: str,
+    policy: Policy,
+    *,
+    waiting: Wait | None = None,
+    started: float | None = None,
+) -> Flow:
+    """Claim; while the first attempt is in flight, watch and claim again (SPEC 7-10).
+
+    ``waiting`` resumes a flow whose first claim was already made and answered :class:`Wait`
+    (by :func:`claim_decision`), ``started`` being when that claim began.
+    """
+    if started is None:
+        started = time.monotonic()
+    decision: Decision | None = waiting
+    while True:
+        if isinstance(decision, Wait):
+            yield WatchOp(id, decision.timeout)
+        result = yield ClaimOp(id, fingerprint, policy.lease_s)
+        assert result is not None
+        decision = decide(result, fingerprint, time.monotonic() - started, policy)
+        if not isinstance(decision, Wait):
+            return decision
+
+
+def run_flow(flow: Flow, store: Store, timer: StoreTimer | None = None) -> Decision:
+    """Drive ``flow`` against a sync store, timing each operation for ``timer``."""
+    op = next(flow)
+    while True:
+        started = time.perf_counter()
+        match op:
+            case ClaimOp(id, fingerprint, lease):
+                answer: ClaimResult | None = store.claim(id, fingerprint, lease)
+                name = claim_op(answer)
+            case WatchOp(id, timeout):
+                store.watch(id, timeout)
+                answer, name = None, "watch"
+        if timer is not None:
+            timer(name, time.perf_counter() - started)
+        try:
+            op = flow.send(answer)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+
+
+async def arun_flow(flow: Flow, store: AsyncStore, timer: StoreTimer | None = None) -> Decision:
+    """Drive ``flow`` against an async store, timing each operation for ``timer``."""
+    op = next(flow)
+    while True:
+        started = time.perf_counter()
+        match op:
+            case ClaimOp(id, fingerprint, lease):
+                answer: ClaimResult | None = await store.aclaim(id, fingerprint, lease)
+                name = claim_op(answer)
+            case WatchOp(id, timeout):
+                await store.awatch(id, timeout)
+                answer, name = None, "watch"
+        if timer is not None:
+            timer(name, time.perf_counter() - started)
+        try:
+            op = flow.send(answer)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+
+
+# Most claims are answered at once (execute, replay, refuse): these make the first claim
+# directly and start the generator above only to wait, so the loop still exists once.
+
+
+def claim_decision(
+    store: Store, id: str, fingerprint: str, policy: Policy, timer: StoreTimer | None = None
+) -> Decision:
+    """Claim ``id`` and decide (SPEC 7-10): the first claim inline, waits through the flow."""
+    started = time.monotonic()
+    result = store.claim(id, fingerprint, policy.lease_s)
+    took = time.monotonic() - started
+    if timer is not None:
+        timer(claim_op(result), took)
+    decision = decide(result, fingerprint, took, policy)
+    if isinstance(decision, Wait):
+        flow = claim_flow(id, fingerprint, policy, waiting=decision, started=started)
+        return run_flow(flow, store, timer)
+    return decision
+
+
+async def aclaim_decision(
+    store: AsyncStore, id: str, fingerprint: str, policy: Policy, timer: StoreTimer | None = None
+) -> Decision:
+    """The async twin of :func:`claim_decision`."""
+    started = time.monotonic()
+    result = await store.aclaim(id, fingerprint, policy.lease_s)
+    took = time.monotonic() - started
+    if timer is not None:
+        timer(claim_op(result), took)
+    decision = decide(result, fingerprint, took, policy)
+    if isinstance(decision, Wait):
+        flow = claim_flow(id, fingerprint, policy, waiting=decision, started=started)
+        return await arun_flow(flow, store, timer)
+    return decision
+
+
+def _lost(id: str) -> None:
+    log.warning(
+        "idempotency claim %s was taken over while its handler ran (lease lapsed); "
+        "its result will not be stored",
+        id[:12],
+    )
+
+
+class _BeatScheduler:
+    """One daemon thread keeps the due times of every sync heartbeat and hands each due
+    renewal to a small pool of worker threads (SPEC 13).
+
+    A thread per request would cost more than the request, and most handlers finish long
+    before their first heartbeat, so registering is a dict insert and finishing a dict pop,
+    under a plain lock. (A heap of due times kept every finished request's entry, and the
+    handler's objects with it, until that entry came due, and cost a thread liveness check
+    per request.) The thread sleeps until the earliest beat is due and is woken only when a
+    new beat is due earlier still; the dict holds the beats of requests in flight, so finding
+    the next one is a scan of a few entries. The renewals themselves run on the pool, not on
+    the timing thread: a renewal blocked on a store (a SQLite writer holding the lock for its
+    busy timeout, a server store timing out) must not hold up the renewals of other claims,
+    whose leases would lapse meanwhile.
+    """
+
+    RENEWERS = 8  # renewals in flight at once; a beat is re-armed only after its renewal ends
+
+    def __init__(self) -> None:
+        self.forget()
+
+    def forget(self) -> None:
+        """Start empty, with no threads (in a forked child, the parent's threads are gone)."""
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._due: dict[Heartbeat, float] = {}
+        self._wake_at = math.inf  # when the thread wakes next (inf: when notified)
+        self._thread: threading.Thread | None = None
+        self._renewers: ThreadPoolExecutor | None = None
+
+    def schedule(self, beat: Heartbeat, due: float) -> None:
+        with self._lock:
+            self._due[beat] = due
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="retrysafe-heartbeat", daemon=True
+                )
+                self._thread.start()
+            if due < self._wake_at:
+                self._wake_at = due
+                self._cond.notify()
+
+    def cancel(self, beat: Heartbeat) -> None:
+        with self._lock:
+            self._due.pop(beat, None)
+
+    def _run(self) -> None:
+        try:
+            while True:
+                for beat in self._take_due():
+                    if self._renewers is None:
+                        self._renewers = ThreadPoolExecutor(
+                            self.RENEWERS, thread_name_prefix="retrysafe-renew"
+                        )
+                    self._renewers.submit(beat.beat)
+        finally:  # only if something unexpected was raised: the next schedule starts anew
+            with self._lock:
+                self._thread, self._wake_at = None, math.inf
+
+    def _take_due(self) -> list[Heartbeat]:
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                ready = [beat for beat, due in self._due.items() if due <= now]
+                for beat in ready:
+                    del self._due[beat]
+                self._wake_at = min(self._due.values(), default=math.inf)
+                if ready:
+                    return ready
+                self._cond.wait(None if self._wake_at == math.inf else self._wake_at - now)
+
+
+_scheduler = _BeatScheduler()
+os.register_at_fork(after_in_child=_scheduler.forget)
+
+# A heartbeat skips a renewal while ``idle()`` is true: an atomic handler's open transaction
+# holds the record itself (SQLite's write lock), so nobody can take it over meanwhile, and a
+# renewal from another connection would only wait on that lock (SPEC 13a).
+Idle = Callable[[], bool] | None
+
+
+def _idle(idle: Idle) -> bool:
+    return idle is not None and idle()
+
+
+class Heartbeat:
+    """Renews a sync claim's lease every ``policy.heartbeat_s`` while its handler runs (SPEC 13)."""
+
+    def __init__(
+        self, store: Store, id: str, token: int, policy: Policy, *, idle: Idle = None
+    ) -> None:
+        self._store, self._id, self._token, self._policy = store, id, token, policy
+        self._idle = idle
+        self._active = False
+        self.lost = False
+
+    def __enter__(self) -> Heartbeat:
+        self._active = True
+        _scheduler.schedule(self, time.monotonic() + self._policy.heartbeat_s)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._active = False  # a beat running now does not schedule itself again
+        _scheduler.cancel(self)
+
+    def beat(self) -> None:
+        if not self._active:
+            return
+        try:
+            if _idle(self._idle):
+                pass
+            elif not self._store.renew(self._id, self._token, self._policy.lease_s):
+                self.lost = True
+                _lost(self._id)
+                return
+        except StoreError as exc:  # keep trying: the lease may still outlive the outage
+            log.warning("heartbeat for claim %s failed: %s", self._id[:12], exc)
+        if self._active:
+            _scheduler.schedule(self, time.monotonic() + self._policy.heartbeat_s)
+
+
+class _LoopBeats:
+    """Every async heartbeat of one event loop, behind one timer (SPEC 13).
+
+    A timer per request (``call_later`` + ``cancel``) cost more than everything else the
+    memory store does for a request, and its cancelled handles pile up in the loop's heap.
+    Here registering is a dict insert and finishing a dict pop; the one timer is set for the
+    earliest beat due and, when it fires, starts every beat due within a tenth of its period
+    (renewing a little early is harmless: a renewal only ever extends the lease).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = self._loop = loop
+        self._due: dict[AsyncHeartbeat, float] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
+
+    def add(self, beat: AsyncHeartbeat, period: float) -> None:
+        due = self._loop.time() + period
+        self._due[beat] = due
+        if due < self._timer_at:
+            self._set_timer(due)
+
+    def discard(self, beat: AsyncHeartbeat) -> None:
+        self._due.pop(beat, None)  # the timer stays: firing with nothing due costs nothing
+
+    def _set_timer(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer, self._timer_at = self._loop.call_at(when, self._fire), when
+
+    def _fire(self) -> None:
+        self._timer, self._timer_at = None, math.inf
+        now = self._loop.time()
+        later = math.inf
+        for beat, due in list(self._due.items()):
+            if due - beat.period / 10 <= now:
+                del self._due[beat]
+                beat.start()
+            else:
+                later = min(later, due)
+        if later < math.inf:
+            self._set_timer(later)
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+class _Done:
+    """An awaitable that is already done: ending a heartbeat that never beat costs no coroutine."""
+
+    def __await__(self) -> Generator[None, None, None]:
+        return
+        yield  # pragma: no cover - makes this a generator
+
+
+_DONE = _Done()
+
+_loop_beats: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopBeats] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+_last_beats: _LoopBeats | None = None  # almost every process runs one loop: skip the lookup
+
+
+def _beats_of(loop: asyncio.AbstractEventLoop) -> _LoopBeats:
+    global _last_beats
+    beats = _last_beats
+    if beats is not None and beats.loop is loop:
+        return beats
+    beats = _loop_beats.get(loop)
+    if beats is None:
+        beats = _loop_beats[loop] = _LoopBeats(loop)
+    _last_beats = beats
+    return beats
+
+
+class AsyncHeartbeat:
+    """Renews an async claim's lease every ``policy.heartbeat_s`` while its handler runs.
+
+    Nothing runs until the first beat is due, and all heartbeats of a loop share one timer
+    (:class:`_LoopBeats`), so a fast handler pays for a dict insert and a dict pop.
+    """
+
+    __slots__ = (
+        "_beats",
+        "_id",
+        "_idle",
+        "_policy",
+        "_store",
+        "_task",
+        "_token",
+        "lost",
+        "period",
+    )
+
+    def __init__(
+        self, store: AsyncStore, id: str, token: int, policy: Policy, *, idle: Idle = None
+    ) -> None:
+        self._store, self._id, self._token, self._policy = store, id, token, policy
+        self._idle = idle
+        self.period = policy.heartbeat_s
+        self._beats: _LoopBeats | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.lost = False
+
+    async def __aenter__(self) -> AsyncHeartbeat:
+        return self.begin()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.end()
+
+    def begin(self) -> AsyncHeartbeat:
+        """Start renewing (the first beat is due one period from now)."""
+        self._beats = _beats_of(asyncio.get_running_loop())
+        self._beats.add(self, self.period)
+        return self
+
+    def end(self) -> Awaitable[None]:
+        """Stop renewing; await the result, which waits for a renewal in progress to stop."""
+        beats, self._beats = self._beats, None
+        if beats is not None:
+            beats.discard(self)
+        task, self._task = self._task, None
+        if task is None:
+            return _DONE
+        task.cancel()
+        return _cancelled(task)
+
+    def start(self) -> None:
+        """Called by the loop's timer when this beat is due."""
+        self._task = asyncio.create_task(self._beat(), name="retrysafe-heartbeat")
+
+    async def _beat(self) -> None:
+        try:
+            if _idle(self._idle):
+                pass
+            elif not await self._store.arenew(self._id, self._token, self._policy.lease_s):
+                self.lost = True
+                _lost(self._id)
+                return
+        except StoreError as exc:
+            log.warning("heartbeat for claim %s failed: %s", self._id[:12], exc)
+        self._task = None
+        if self._beats is not None:  # still running: due again one period from now
+            self._beats.add(self, self.period)
+
+
+def settle_record(store: Store, id: str, token: int, settlement: Settlement, policy: Policy) -> str:
+    """Apply ``settlement`` to a held claim: one store round trip (SPEC 12).
+
+    Returns the store operation's name ("complete" or "release") for telemetry. A fenced-out
+    token is logged, not raised: the handler's result still goes to its caller. Store errors
+    propagate; the claim then stays in flight until its lease lapses (outcome "recovered").
+    """
+    match settlement:
+        case Complete(response):
+            ok, name = (
+                store.complete(id, token, response, policy.ttl_s, policy.retention_s),
+                "complete",
+            )
+        case Release():
+            ok, name = store.release(id, token), "release"
+    if not ok:
+        _fenced(id)
+    return name
+
+
+async def asettle_record(
+    store: AsyncStore, id: str, token: int, settlement: Settlement, policy: Policy
+) -> str:
+    """:func:`settle_record` for async stores, shielded: a cancelled request (client gone,
+    server shutting down, a timeout around a tool) must still settle its record, or its
+    duplicates would wait for the lease to lapse."""
+    match settlement:
+        case Complete(response):
+            op = store.acomplete(id, token, response, policy.ttl_s, policy.retention_s)
+            name = "complete"
+        case Release():
+            op, name = store.arelease(id, token), "release"
+    if not await shield_awaited(op):
+        _fenced(id)
+    return name
+
+
+def _fenced(id: str) -> None:
+    log.warning("idempotency record %s was fenced out before it settled", id[:12])

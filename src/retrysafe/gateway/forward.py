@@ -1,0 +1,176 @@
+"""The forwarding ASGI app: one request in, the same request out to the upstream, and back.
+
+Request bodies stream to the upstream as the client sends them (a keyed request's body was
+already buffered by the middleware to fingerprint it, SPEC 16, and is re-fed unchanged).
+Response bodies stream back chunk by chunk as the upstream produces them, raw (compressed
+bodies stay compressed), with the upstream's status and end-to-end headers unchanged.
+
+Failures before the upstream answered become RFC 9457 problems: 502 when it cannot be
+reached or broke the connection, 504 on a timeout. Being 5xx, they release the claim, so a
+retry with the same key runs (SPEC 12). A failure after the response started cannot be
+answered any more: :class:`UpstreamAborted` is raised, the middleware releases the claim, and
+the server drops the client connection, so the client sees a broken response, never a
+truncated one that looks complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from http.cookiejar import CookieJar, DefaultCookiePolicy
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from retrysafe.gateway.headers import forwarded_headers, strip_hop_by_hop
+from retrysafe.gateway.metrics import GatewayMetrics
+from retrysafe.gateway.problems import UpstreamProblem, upstream_problem
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+log = logging.getLogger("retrysafe.gateway")
+
+# Everything printable but '%'-escapes untouched: a raw path is already percent-encoded, and
+# re-encoding it would change what the upstream sees (/a%2Fb must not become /a/b or /a%252Fb).
+_SAFE = "".join(chr(c) for c in range(0x21, 0x7F))
+
+
+class UpstreamAborted(Exception):
+    """The upstream failed after its response had started; the client connection is dropped."""
+
+
+class ClientGone(Exception):
+    """The client disconnected before it finished sending the request body."""
+
+
+class Forwarder:
+    """Sends each request to ``upstream`` through a pooled ``httpx.AsyncClient``."""
+
+    def __init__(self, upstream: str, client: httpx.AsyncClient, metrics: GatewayMetrics) -> None:
+        self.base = httpx.URL(upstream)
+        self.prefix = self.base.raw_path.rstrip(b"/")
+        self.client = client
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        first = await receive()
+        if first["type"] != "http.request":  # gone before sending anything: nobody to answer
+            return
+        body = first.get("body", b"")
+        content: bytes | AsyncIterator[bytes] = (
+            _stream(body, receive) if first.get("more_body", False) else body
+        )
+        # httpx.Request, not client.build_request: the latter merges the client's cookie jar
+        # into the request, and a shared proxy must never send one user's cookies for another.
+        request = httpx.Request(
+            scope["method"], self._url(scope), headers=self._headers(scope), content=content
+        )
+        started = time.perf_counter()
+        try:
+            response = await self.client.send(request, stream=True)
+        except ClientGone:
+            return
+        except httpx.TimeoutException as exc:
+            await self._problem(send, UpstreamProblem.TIMEOUT, f"{_describe(exc)}", "timeout")
+            return
+        except httpx.ConnectError as exc:
+            detail = f"cannot connect to the upstream: {_describe(exc)}"
+            await self._problem(send, UpstreamProblem.UNREACHABLE, detail, "unreachable")
+            return
+        except httpx.TransportError as exc:
+            detail = f"the upstream failed before answering: {_describe(exc)}"
+            await self._problem(send, UpstreamProblem.FAILED, detail, "failed")
+            return
+        self.metrics.upstream_latency(time.perf_counter() - started)
+        try:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": response.status_code,
+                    "headers": [
+                        (name.lower(), value)
+                        for name, value in strip_hop_by_hop(response.headers.raw)
+                    ],
+                }
+            )
+            async for chunk in response.aiter_raw():
+                if chunk:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except httpx.TransportError as exc:
+            self.metrics.upstream_error("aborted")
+            raise UpstreamAborted(
+                f"upstream failed mid-response ({_describe(exc)}); dropping the client connection"
+            ) from exc
+        finally:
+            await response.aclose()
+
+    def _url(self, scope: Scope) -> httpx.URL:
+        raw = scope.get("raw_path") or scope["path"].encode("utf-8")
+        path = quote(raw, safe=_SAFE).encode("ascii")  # only escapes non-ASCII bytes
+        query = scope.get("query_string", b"")
+        target = self.prefix + path + (b"?" + quote(query, safe=_SAFE).encode() if query else b"")
+        return self.base.copy_with(raw_path=target)
+
+    def _headers(self, scope: Scope) -> list[tuple[bytes, bytes]]:
+        client = scope.get("client")
+        return forwarded_headers(
+            strip_hop_by_hop(scope["headers"]),
+            (client[0], client[1]) if client else None,
+            scope.get("scheme", "http"),
+        )
+
+    async def _problem(self, send: Send, problem: UpstreamProblem, detail: str, kind: str) -> None:
+        self.metrics.upstream_error(kind)
+        log.warning("upstream %s: %s", kind, detail)
+        answer = upstream_problem(problem, detail)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": answer.status,
+                "headers": [(k.encode(), v.encode()) for k, v in answer.headers],
+            }
+        )
+        await send({"type": "http.response.body", "body": answer.body})
+
+
+async def _stream(first: bytes, receive: Receive) -> AsyncIterator[bytes]:
+    """The request body as the client sends it, without buffering it."""
+    if first:
+        yield first
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise ClientGone("client disconnected while sending the request body")
+        if chunk := message.get("body", b""):
+            yield chunk
+        if not message.get("more_body", False):
+            return
+
+
+def _describe(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def new_client(
+    *, connect: float, read: float, write: float, pool: float, max_connections: int
+) -> httpx.AsyncClient:
+    """The pooled client: no redirects, no proxies from the environment, no cookies kept.
+
+    ``send`` stores every response's Set-Cookie in the client's jar; the jar's policy refuses
+    them all so a long-running gateway does not accumulate its users' cookies.
+    """
+    return httpx.AsyncClient(
+        cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
+        timeout=httpx.Timeout(connect=connect, read=read, write=write, pool=pool),
+        limits=httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        ),
+        follow_redirects=False,
+        trust_env=False,
+    )

@@ -1,0 +1,234 @@
+"""The request/response model both server adapters share; no I/O here either.
+
+An adapter turns its framework's request into plain values, asks :func:`look` what to do,
+reads the body when told to, and feeds the response it forwards through a :class:`Capture`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from retrysafe.decide import Admission, Keyed, Pass, Refuse, Settlement, admit, settle
+from retrysafe.fingerprint import RequestFacts, view_of
+from retrysafe.outcomes import Outcome
+from retrysafe.policy import Policy, Problem, storage_id
+from retrysafe.problems import ProblemResponse, render
+
+HeaderList = Sequence[tuple[str, str]]
+RawHeaderList = Sequence[tuple[bytes, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class ReadBody:
+    """The key may be in the JSON body (``policy.body_field``): read it, then look again."""
+
+
+class KeyHeaders:
+    """The policy's key header names, lowercased once: finding them in a request is then one
+    dict lookup per request header, or one search per name in a :class:`HeaderView` (adapters
+    build this in ``__init__``)."""
+
+    __slots__ = ("_count", "_index", "_names")
+
+    def __init__(self, policy: Policy) -> None:
+        self._index = {name.lower(): i for i, name in enumerate(policy.header_names)}
+        self._names = tuple(self._index)
+        self._count = len(policy.header_names)
+
+    def values(self, headers: HeaderList) -> list[list[str]]:
+        """For each key header name, in policy order, the values of every line carrying it."""
+        view = view_of(headers)
+        if view is not None:  # the adapters' headers: nothing decoded but the keys
+            return [view.lines(name) for name in self._names]
+        found: list[list[str]] = [[] for _ in range(self._count)]
+        index = self._index
+        for k, v in headers:
+            i = index.get(k.lower())
+            if i is not None:
+                found[i].append(v)
+        return found
+
+
+def look(
+    policy: Policy,
+    method: str,
+    path: str,
+    headers: HeaderList,
+    body: bytes | None = None,
+    *,
+    keys: KeyHeaders | None = None,
+) -> Admission | ReadBody:
+    """Admission of a request; the body is needed only to find a key in a body field."""
+    values = (keys or KeyHeaders(policy)).values(headers)
+    body_key = None
+    if policy.body_field and policy.covers(method) and not any(values):
+        if body is None:
+            return ReadBody()
+        body_key = _body_field(body, policy.body_field)
+    return admit(method, path, values, policy, body_key)
+
+
+def _body_field(body: bytes, name: str) -> str | None:
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return None
+    value = doc.get(name) if isinstance(doc, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def declared_length(headers: HeaderList) -> int | None:
+    """The Content-Length the client declared, if it is a plain non-negative integer."""
+    view = view_of(headers)
+    if view is not None:
+        value = view.first("content-length")
+    else:
+        value = next((v for k, v in headers if k.lower() == "content-length"), None)
+    if value is None:
+        return None
+    value = value.strip()
+    return int(value) if value.isdigit() else None
+
+
+def too_large(policy: Policy) -> ProblemResponse:
+    return render(
+        Problem.BODY_TOO_LARGE,
+        f"the request body exceeds {policy.max_body} bytes, the most this endpoint buffers "
+        "to check idempotency keys",
+        policy,
+    )
+
+
+def unavailable(policy: Policy) -> ProblemResponse:
+    return render(
+        Problem.STORE_UNAVAILABLE,
+        "the idempotency store cannot be reached, so the request was not processed; "
+        "retry with the same key",
+        policy,
+        retry_after=policy.unavailable_retry_after_s,
+    )
+
+
+def taken_over(policy: Policy) -> ProblemResponse:
+    """An atomic attempt fenced out at commit (SPEC 13a): 409 in flight with Retry-After."""
+    return render(
+        Problem.IN_FLIGHT,
+        "this attempt's claim on the idempotency key lapsed and a retry took it over; nothing "
+        "this attempt wrote was committed - retry after the Retry-After delay to get the result",
+        policy,
+        retry_after=max(1.0, policy.in_flight_retry_after_s),
+    )
+
+
+def refusal(refuse: Refuse, policy: Policy) -> ProblemResponse:
+    return render(refuse.problem, refuse.detail, policy, retry_after=refuse.retry_after)
+
+
+class Identity(NamedTuple):  # built on every keyed request: a tuple costs a third of a dataclass
+    """Where a keyed request lives in the store and what it must match."""
+
+    key: str
+    id: str
+    fingerprint: str
+    scope: str = ""  # the scope hash, for telemetry (never the credential)
+
+
+def identify(key: str, facts: RequestFacts, policy: Policy) -> Identity:
+    scope = policy.scope(facts)
+    return Identity(key, storage_id(scope, key), policy.fingerprint_of(facts), scope)
+
+
+@functools.lru_cache(maxsize=16)
+def _raw_names(names: frozenset[str]) -> frozenset[bytes]:
+    return frozenset(name.encode("latin-1") for name in names)
+
+
+class Capture:
+    """Watches a response go by and keeps a copy of it while it fits the cache cap.
+
+    Response headers are kept as the server adapter got them (ASGI: raw bytes) and decoded
+    only when the response is settled, and then only the allow-listed ones (SPEC 8).
+    """
+
+    __slots__ = ("chunks", "finished", "headers", "max_body", "overflow", "raw", "size", "status")
+
+    def __init__(self, max_body: int) -> None:
+        self.max_body = max_body
+        self.status: int | None = None
+        self.headers: HeaderList = ()
+        self.raw: RawHeaderList | None = None
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.overflow = False
+        self.finished = False
+
+    def start(self, status: int, headers: HeaderList) -> None:
+        self.status = status
+        self.headers = list(headers)
+        for k, v in headers:
+            if k.lower() == "content-type" and v.lower().startswith("text/event-stream"):
+                self.overflow = True  # an event stream's meaning is its timing: never replayed
+
+    def start_raw(self, status: int, headers: RawHeaderList) -> None:
+        """:meth:`start` for ASGI's (bytes, bytes) headers, without decoding them yet."""
+        self.status = status
+        self.raw = headers
+        for k, v in headers:
+            if k.lower() == b"content-type" and v.lower().startswith(b"text/event-stream"):
+                self.overflow = True
+
+    def chunk(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.overflow:
+            return
+        if self.size > self.max_body:
+            self.overflow = True
+            self.chunks = []
+            return
+        if data:
+            self.chunks.append(data)
+
+    def end(self) -> None:
+        self.finished = True
+
+    def settlement(
+        self,
+        policy: Policy,
+        trace: tuple[str, str] | None = None,
+        internal: HeaderList = (),
+    ) -> Settlement:
+        if not self.finished or self.overflow:
+            return settle(self.status, (), None, policy, trace=trace, internal=internal)
+        headers = self.headers
+        if self.raw is not None:  # decode only what settle() may keep
+            wanted = _raw_names(policy.replay_headers)
+            headers = [
+                (k.decode("latin-1"), v.decode("latin-1"))
+                for k, v in self.raw
+                if k.lower() in wanted
+            ]
+        body = b"".join(self.chunks)
+        return settle(self.status, headers, body, policy, trace=trace, internal=internal)
+
+
+__all__ = [
+    "Capture",
+    "Identity",
+    "KeyHeaders",
+    "Keyed",
+    "Outcome",
+    "Pass",
+    "ReadBody",
+    "Refuse",
+    "declared_length",
+    "identify",
+    "look",
+    "refusal",
+    "taken_over",
+    "too_large",
+    "unavailable",
+]

@@ -1,0 +1,417 @@
+"""Pure ASGI idempotency middleware (no BaseHTTPMiddleware), after Starlette's GZipMiddleware.
+
+Configuration is fixed in ``__init__``; per-request state lives in a :class:`_Responder`.
+The request body is buffered only for keyed requests (to fingerprint it) and re-fed to the
+application as the very same ``http.request`` messages. Responses are forwarded message by
+message as the application sends them; a copy is kept only while it fits the cache cap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from retrysafe._shield import shielded
+from retrysafe.atomic._context import bound
+from retrysafe.atomic._run import Ending, afinish, aopen_unit, require_atomic
+from retrysafe.context import _current_key
+from retrysafe.decide import Execute, Keyed, Pass, Refuse, Release, Replay, replay_headers
+from retrysafe.engine import AsyncHeartbeat, aclaim_decision, asettle_record
+from retrysafe.errors import ClaimTakenOver, StoreError
+from retrysafe.fingerprint import RawHeaders, RequestFacts
+from retrysafe.http._exchange import (
+    Capture,
+    Identity,
+    KeyHeaders,
+    ReadBody,
+    declared_length,
+    identify,
+    look,
+    refusal,
+    taken_over,
+    too_large,
+    unavailable,
+)
+from retrysafe.outcomes import Outcome
+from retrysafe.policy import Policy
+from retrysafe.problems import ProblemResponse
+from retrysafe.stores.base import AsyncStore, AtomicUnit
+from retrysafe.telemetry.observe import DEFAULT_TELEMETRY, NULL_OBSERVATION, Telemetry, observe
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+log = logging.getLogger("retrysafe")
+STATE_KEY = "idempotency_key"
+_NEEDS_BODY = (ReadBody, Keyed)  # built once: ``ReadBody | Keyed`` makes a union per use
+
+
+class IdempotencyMiddleware:
+    """Gives an ASGI app ``Idempotency-Key`` semantics (SPEC section 2).
+
+    ``app.add_middleware(IdempotencyMiddleware, store=open_store(url), policy=Policy())``
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        store: AsyncStore,
+        policy: Policy | None = None,
+        telemetry: Telemetry | None = DEFAULT_TELEMETRY,
+        atomic: bool = False,
+    ) -> None:
+        self.app = app
+        self.store = store
+        self.policy = policy or Policy()
+        self.telemetry = telemetry  # spans, metrics, audit log (SPEC 31-34); None: off
+        # SPEC 13a: handlers write in the store's transaction (retrysafe.atomic) and the record
+        # commits with them; responses are then held until that commit.
+        self.atomic = atomic
+        if atomic:
+            require_atomic(store)
+        self.key_headers = KeyHeaders(self.policy)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.policy.covers(scope["method"]):
+            await self.app(scope, receive, send)
+            return
+        await _Responder(self, scope, receive, send).run()
+
+
+class _Responder:
+    """One request's trip through the middleware."""
+
+    __slots__ = (
+        "app",
+        "atomic",
+        "body",
+        "headers",
+        "key_headers",
+        "messages",
+        "obs",
+        "policy",
+        "receive",
+        "scope",
+        "send",
+        "store",
+        "telemetry",
+    )
+
+    def __init__(self, mw: IdempotencyMiddleware, scope: Scope, receive: Receive, send: Send):
+        self.app, self.store, self.policy, self.atomic = mw.app, mw.store, mw.policy, mw.atomic
+        self.scope, self.receive, self.send = scope, receive, send
+        self.headers = RawHeaders(scope["headers"])  # decoded only where read
+        self.key_headers = mw.key_headers
+        self.messages: list[Message] = []  # the buffered request, re-fed to the app in order
+        self.body: bytes | None = None
+        self.telemetry, self.obs = mw.telemetry, NULL_OBSERVATION
+
+    async def run(self) -> None:
+        method, path = self.scope["method"], self.scope["path"]
+        admission = look(self.policy, method, path, self.headers, keys=self.key_headers)
+        if isinstance(admission, Pass):  # nothing buffered: the app reads the server's receive
+            await self.app(self.scope, self.receive, self.send)
+            return
+        self.obs = observe(self.telemetry, method, path, self.headers)
+        if isinstance(admission, _NEEDS_BODY) and not await self._read_body():
+            return
+        if isinstance(admission, ReadBody):
+            admission = look(
+                self.policy, method, path, self.headers, self.body, keys=self.key_headers
+            )
+        # isinstance, the hot case first: a class pattern (``case Keyed(key)``) costs several
+        # times an isinstance and an attribute read (MATCH_CLASS looks up ``__match_args__``).
+        if isinstance(admission, Keyed):
+            await self._keyed(admission.key)
+        elif isinstance(admission, Pass):
+            await self.app(self.scope, self._receive, self.send)
+        elif isinstance(admission, Refuse):
+            await self._problem(refusal(admission, self.policy), admission.outcome)
+        else:  # pragma: no cover - look() never asks twice
+            raise AssertionError(f"unexpected admission {admission!r}")
+
+    async def _keyed(self, key: str) -> None:
+        facts = RequestFacts(
+            self.scope["method"],
+            self.scope["path"],
+            self.scope.get("query_string", b"").decode("latin-1"),
+            self.headers,
+            self.body or b"",
+        )
+        ident = identify(key, facts, self.policy)
+        obs = self.obs
+        obs.keyed(key, ident.scope, ident.fingerprint)
+        # No store timer when telemetry is off: nothing would read the times.
+        timer = None if obs is NULL_OBSERVATION else obs.store_time
+        try:
+            decision = await aclaim_decision(
+                self.store, ident.id, ident.fingerprint, self.policy, timer
+            )
+        except StoreError as exc:
+            if self.policy.fail_open:
+                log.warning("idempotency store unavailable, failing open: %s", exc)
+                await self._fail_open(key)
+                return
+            log.error("idempotency store unavailable, failing closed: %s", exc)
+            await self._problem(unavailable(self.policy), Outcome.STORE_ERROR)
+            return
+        if isinstance(decision, Execute):  # not a class pattern: see run()
+            token, outcome = decision.token, decision.outcome
+            obs.decided(outcome)
+            capture = Capture(self.policy.max_cached_body)
+            try:
+                if self.atomic:
+                    await self._execute_atomic(ident, token, capture)
+                else:
+                    await self._execute(ident, token, capture)
+            finally:  # a handler that raised before responding is a 500 to the client
+                obs.finish(outcome, capture.status or 500)
+        elif isinstance(decision, Replay):
+            response = decision.response
+            obs.replayed(response)
+            obs.finish(decision.outcome, response.status)
+            await self.send(
+                {
+                    "type": "http.response.start",
+                    "status": response.status,
+                    "headers": [
+                        (k.encode("latin-1"), v.encode("latin-1"))
+                        for k, v in replay_headers(response)
+                    ],
+                }
+            )
+            await self.send({"type": "http.response.body", "body": response.body})
+        elif isinstance(decision, Refuse):
+            await self._problem(refusal(decision, self.policy), decision.outcome)
+        else:  # pragma: no cover - aclaim_decision waits out every Wait itself
+            raise AssertionError(f"unexpected decision {decision!r}")
+
+    async def _fail_open(self, key: str) -> None:
+        status = 500
+
+        async def send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await self.send(message)
+
+        try:
+            await self._call_app(key, send)
+        finally:
+            self.obs.finish(Outcome.STORE_ERROR, status)
+
+    async def _execute(self, ident: Identity, token: int, capture: Capture) -> None:
+        """Run the handler, streaming its answer through, and settle the record.
+
+        The answer's last body message goes out only once the record is settled: a client
+        that has the whole answer can always get it again by replay, and no retry of a request
+        it saw answered can run the handler again (were the process killed between the answer
+        and the completion, the record would stay in flight until its lease lapsed).
+        """
+        client_gone = False
+        settled = False
+        downstream = self.send
+        heartbeat = AsyncHeartbeat(self.store, ident.id, token, self.policy).begin()
+
+        async def settle(kept: Capture | None) -> None:
+            nonlocal settled
+            if not settled:
+                settled = True
+                await heartbeat.end()
+                await self._settle(ident, token, kept)
+
+        async def send(message: Message) -> None:
+            nonlocal client_gone
+            kind = message["type"]
+            if kind == "http.response.body":
+                capture.chunk(message.get("body", b""))
+                if not message.get("more_body", False):
+                    capture.end()
+                    await settle(capture)
+            elif kind == "http.response.start":
+                capture.start_raw(message["status"], message.get("headers", ()))
+            try:
+                await downstream(message)
+            except OSError:  # ASGI 2.4: send raises an OSError once the client has gone away
+                client_gone = True
+                raise
+
+        try:
+            await self._call_app(ident.key, send)
+        except BaseException as exc:
+            # SPEC 12: an exception releases the claim so a retry runs again - unless the
+            # client already received the whole response, which a retry must then see again,
+            # or left mid-response (an ASGI 2.4 send error, or a server cancelling the request
+            # once the answer had started): the handler ran, so its record stays, unreplayable
+            # (SPEC 15), as when a 2.3 server stops the stream or a WSGI server closes it early.
+            cancelled = isinstance(exc, asyncio.CancelledError) and capture.status is not None
+            keep = capture.finished or client_gone or cancelled
+            await settle(capture if keep else None)
+            raise
+        await settle(capture)  # an app that returned without finishing its answer
+
+    async def _execute_atomic(self, ident: Identity, token: int, capture: Capture) -> None:
+        """SPEC 13a: run the handler with its unit bound, commit, and only then answer.
+
+        The response is held whole (not streamed) until the record commits with the
+        handler's writes: a client must never see a result that a crash could still undo.
+        The commit happens inside the application's send of its last body message, while the
+        application still runs: what it holds for the request is still there (Django under
+        ASGI commits on the thread its connection belongs to, before ``request_finished``
+        closes it), and what it does once it answered (Starlette's background tasks) comes
+        after the commit. An application that raises after sending its whole answer keeps it
+        committed; one that raises before rolls its writes back and releases (SPEC 12).
+        """
+        try:
+            unit = await aopen_unit(self.store, ident.id, token, ident.fingerprint, self.policy)
+        except StoreError as exc:
+            log.error("idempotency store unavailable, failing closed: %s", exc)
+            with contextlib.suppress(StoreError):  # the lease lapses if this fails too
+                await shielded(self.store.arelease(ident.id, token))
+            await self._problem(unavailable(self.policy), Outcome.STORE_ERROR)
+            return
+        held: list[Message] = []
+        settled = False
+
+        async def send(message: Message) -> None:
+            nonlocal settled
+            if settled:  # nothing follows the last body message (ASGI)
+                return
+            if message["type"] == "http.response.start":
+                capture.start(
+                    message["status"],
+                    [(k.decode("latin-1"), v.decode("latin-1")) for k, v in message["headers"]],
+                )
+            elif message["type"] == "http.response.body":
+                capture.chunk(message.get("body", b""))
+                if not message.get("more_body", False):
+                    capture.end()
+            held.append(message)
+            if capture.finished:
+                settled = True
+                await self._commit_atomic(ident, unit, capture, held)
+
+        try:
+            with bound(unit):
+                # The open transaction holds the record; once settled, nothing is left to renew.
+                idle = lambda: unit.holding or settled  # noqa: E731
+                async with AsyncHeartbeat(self.store, ident.id, token, self.policy, idle=idle):
+                    await self._call_app(ident.key, send)
+        except ClaimTakenOver:
+            if not settled:  # else the refusal was the app's 500, already answered with a 409
+                settled = True
+                await shielded(unit.aclose())
+                await self._problem(taken_over(self.policy), Outcome.CONFLICT_IN_FLIGHT)
+            return
+        except BaseException:
+            if not settled:  # SPEC 12: no whole answer yet, so the writes are undone
+                settled = True
+                await afinish(unit, self.store, Release(), self.policy)
+            raise
+        if not settled:  # an app that returned without finishing its answer
+            settled = True
+            await self._commit_atomic(ident, unit, capture, held)
+
+    async def _commit_atomic(
+        self, ident: Identity, unit: AtomicUnit, capture: Capture, held: list[Message]
+    ) -> None:
+        """Settle ``unit`` as the captured answer says, then send that answer (or a problem
+        saying why it cannot stand)."""
+        obs = self.obs
+        settlement = capture.settlement(self.policy, obs.trace_ids, obs.stored_headers())
+        started = time.perf_counter()
+        try:
+            ending = await afinish(unit, self.store, settlement, self.policy)
+        except StoreError as exc:
+            log.error("could not commit idempotency record %s: %s", ident.id[:12], exc)
+            await self._problem(unavailable(self.policy), Outcome.STORE_ERROR)
+            return
+        obs.store_time("complete", time.perf_counter() - started)
+        if ending is Ending.TAKEN_OVER:
+            log.warning("idempotency record %s was taken over; writes rolled back", ident.id[:12])
+            await self._problem(taken_over(self.policy), Outcome.CONFLICT_IN_FLIGHT)
+            return
+        for message in held:
+            await self.send(message)
+
+    async def _settle(self, ident: Identity, token: int, capture: Capture | None) -> None:
+        obs = self.obs
+        settlement = (
+            capture.settlement(self.policy, obs.trace_ids, obs.stored_headers())
+            if capture is not None
+            else Release()
+        )
+        started = time.perf_counter()
+        try:
+            name = await asettle_record(self.store, ident.id, token, settlement, self.policy)
+        except StoreError as exc:
+            log.error("could not settle idempotency record %s: %s", ident.id[:12], exc)
+            return
+        if obs is not NULL_OBSERVATION:
+            obs.store_time(name, time.perf_counter() - started)
+
+    async def _call_app(self, key: str, send: Send) -> None:
+        # request.state.idempotency_key (SPEC 19): a copy of the request's state with the key,
+        # set in this request's scope (copying the whole scope cost more than the lookup).
+        scope = self.scope
+        state = scope.get("state")
+        scope["state"] = {**state, STATE_KEY: key} if state else {STATE_KEY: key}
+        obs = self.obs
+        reset = _current_key.set(key)
+        try:
+            if obs is NULL_OBSERVATION:  # nothing to activate: skip a no-op context manager
+                await self.app(scope, self._receive, send)
+            else:
+                with obs.active():  # handler spans nest under ours; report_cost() works
+                    await self.app(scope, self._receive, send)
+        finally:
+            _current_key.reset(reset)
+
+    async def _receive(self) -> Message:
+        if self.messages:
+            return self.messages.pop(0)
+        return await self.receive()
+
+    async def _read_body(self) -> bool:
+        """Buffer the request body (SPEC 16); False if the request was answered or abandoned."""
+        limit = self.policy.max_body
+        declared = declared_length(self.headers)
+        if declared is not None and declared > limit:
+            await self._problem(too_large(self.policy))
+            return False
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await self.receive()
+            if message["type"] != "http.request":  # http.disconnect: nobody to answer
+                return False
+            self.messages.append(message)
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                await self._problem(too_large(self.policy))
+                return False
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        self.body = b"".join(chunks)
+        return True
+
+    async def _problem(self, problem: ProblemResponse, outcome: Outcome = Outcome.REJECTED) -> None:
+        self.obs.finish(outcome, problem.status)
+        await self.send(
+            {
+                "type": "http.response.start",
+                "status": problem.status,
+                "headers": [(k.encode(), v.encode()) for k, v in problem.headers],
+            }
+        )
+        await self.send({"type": "http.response.body", "body": problem.body})

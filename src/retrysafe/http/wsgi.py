@@ -1,0 +1,489 @@
+"""WSGI idempotency middleware for Flask, Django and any WSGI app; uses the sync store path.
+
+WSGI joins repeated header lines with commas before we see them, so two ``Idempotency-Key``
+lines arrive as one comma-joined value, which the key parser rejects as a list (SPEC 3).
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextvars import Token
+from http import HTTPStatus
+from types import TracebackType
+from typing import Any
+
+from retrysafe.atomic._context import bound
+from retrysafe.atomic._run import Ending, finish, open_unit, require_atomic
+from retrysafe.context import _current_key
+from retrysafe.decide import Execute, Keyed, Pass, Refuse, Release, Replay, replay_headers
+from retrysafe.engine import Heartbeat, claim_decision, settle_record
+from retrysafe.errors import ClaimTakenOver, StoreError
+from retrysafe.fingerprint import HeaderView, RequestFacts
+from retrysafe.http._exchange import (
+    Capture,
+    Identity,
+    KeyHeaders,
+    ReadBody,
+    declared_length,
+    identify,
+    look,
+    refusal,
+    taken_over,
+    too_large,
+    unavailable,
+)
+from retrysafe.outcomes import Outcome
+from retrysafe.policy import Policy
+from retrysafe.problems import ProblemResponse
+from retrysafe.stores.base import AtomicUnit, Store
+from retrysafe.telemetry.observe import DEFAULT_TELEMETRY, NULL_OBSERVATION, Telemetry, observe
+
+Environ = dict[str, Any]
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
+StartResponse = Callable[..., Callable[[bytes], object]]
+WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
+
+log = logging.getLogger("retrysafe")
+_NEEDS_BODY = (ReadBody, Keyed)  # built once: ``ReadBody | Keyed`` makes a union per use
+ENVIRON_KEY = "retrysafe.idempotency_key"
+_READ_CHUNK = 64 * 1024
+
+
+class EnvironHeaders(HeaderView):
+    """A WSGI request's headers, read from its environ: one header is one dict lookup there
+    (``HTTP_IDEMPOTENCY_KEY``); the full list (lowercase names) is built only if iterated."""
+
+    __slots__ = ("_all_lines", "environ")
+
+    def __init__(self, environ: Environ) -> None:
+        self.environ = environ
+        self._all_lines: list[tuple[str, str]] | None = None
+
+    def first(self, name: str) -> str | None:
+        for key in _environ_keys(name):
+            value: str | None = self.environ.get(key)
+            # CGI leaves an empty CONTENT_TYPE/CONTENT_LENGTH for "not sent".
+            if value is not None and (value or key.startswith("HTTP_")):
+                return value
+        return None
+
+    def lines(self, name: str) -> list[str]:
+        value = self.first(name)  # the server joined repeated lines into one (PEP 3333)
+        return [] if value is None else [value]
+
+    def _all(self) -> list[tuple[str, str]]:
+        lines = self._all_lines
+        if lines is None:
+            lines = self._all_lines = []
+            for key, value in self.environ.items():
+                if key.startswith("HTTP_"):
+                    lines.append((key[5:].replace("_", "-").lower(), value))
+                elif key in ("CONTENT_TYPE", "CONTENT_LENGTH") and value:
+                    lines.append((key.replace("_", "-").lower(), value))
+        return lines
+
+
+@functools.lru_cache(maxsize=64)
+def _environ_keys(name: str) -> tuple[str, ...]:
+    """Where header ``name`` (lowercase) may be in an environ, in the order :meth:`first` looks.
+
+    A name with ``_`` has no environ key of its own: listing the environ never yields one.
+    """
+    if "_" in name or name != name.lower():
+        return ()
+    key = name.upper().replace("-", "_")
+    if name in ("content-type", "content-length"):
+        return (key, f"HTTP_{key}")
+    return (f"HTTP_{key}",)
+
+
+class IdempotencyMiddleware:
+    """Gives a WSGI app ``Idempotency-Key`` semantics (SPEC section 2).
+
+    ``app.wsgi_app = IdempotencyMiddleware(app.wsgi_app, store=open_store(url))``
+    """
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        *,
+        store: Store,
+        policy: Policy | None = None,
+        telemetry: Telemetry | None = DEFAULT_TELEMETRY,
+        atomic: bool = False,
+    ) -> None:
+        self.app = app
+        self.store = store
+        self.policy = policy or Policy()
+        self.telemetry = telemetry  # spans, metrics, audit log (SPEC 31-34); None: off
+        # SPEC 13a: handlers write in the store's transaction (retrysafe.atomic) and the record
+        # commits with them; responses are then held until that commit.
+        self.atomic = atomic
+        if atomic:
+            require_atomic(store)
+        self.key_headers = KeyHeaders(self.policy)
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        method = environ.get("REQUEST_METHOD", "GET")
+        if not self.policy.covers(method):
+            return self.app(environ, start_response)
+        return _Responder(self, environ, start_response).run()
+
+
+class _Responder:
+    def __init__(self, mw: IdempotencyMiddleware, environ: Environ, start_response: StartResponse):
+        self.app, self.store, self.policy, self.atomic = mw.app, mw.store, mw.policy, mw.atomic
+        self.key_headers = mw.key_headers
+        self.environ, self.start_response = environ, start_response
+        self.headers = EnvironHeaders(environ)
+        self.body: bytes | None = None
+        self.telemetry, self.obs = mw.telemetry, NULL_OBSERVATION
+
+    def run(self) -> Iterable[bytes]:
+        method = self.environ["REQUEST_METHOD"]
+        path = self.environ.get("PATH_INFO", "") or "/"
+        admission = look(self.policy, method, path, self.headers, keys=self.key_headers)
+        if not isinstance(admission, Pass):
+            self.obs = observe(self.telemetry, method, path, self.headers)
+        if isinstance(admission, _NEEDS_BODY):
+            problem = self._read_body()
+            if problem is not None:
+                return self._problem(problem)
+        if isinstance(admission, ReadBody):
+            admission = look(
+                self.policy, method, path, self.headers, self.body, keys=self.key_headers
+            )
+        # isinstance, the hot case first: a class pattern (``case Keyed(key)``) costs several
+        # times an isinstance and an attribute read (MATCH_CLASS looks up ``__match_args__``).
+        if isinstance(admission, Keyed):
+            return self._keyed(admission.key, method, path)
+        if isinstance(admission, Pass):
+            return self.app(self.environ, self.start_response)
+        if isinstance(admission, Refuse):
+            return self._problem(refusal(admission, self.policy), admission.outcome)
+        raise AssertionError("look() never asks for the body twice")  # pragma: no cover
+
+    def _keyed(self, key: str, method: str, path: str) -> Iterable[bytes]:
+        facts = RequestFacts(
+            method,
+            path,
+            self.environ.get("QUERY_STRING", ""),
+            self.headers,
+            self.body or b"",
+        )
+        ident = identify(key, facts, self.policy)
+        self.obs.keyed(key, ident.scope, ident.fingerprint)
+        try:
+            obs = self.obs  # no store timer when telemetry is off: nothing would read it
+            timer = None if obs is NULL_OBSERVATION else obs.store_time
+            decision = claim_decision(self.store, ident.id, ident.fingerprint, self.policy, timer)
+        except StoreError as exc:
+            if self.policy.fail_open:
+                log.warning("idempotency store unavailable, failing open: %s", exc)
+                return self._fail_open(key)
+            log.error("idempotency store unavailable, failing closed: %s", exc)
+            return self._problem(unavailable(self.policy), Outcome.STORE_ERROR)
+        if isinstance(decision, Execute):  # not a class pattern: see run()
+            self.obs.decided(decision.outcome)
+            if self.atomic:
+                return self._execute_atomic(ident, decision.token)
+            return self._execute(ident, decision.token)
+        if isinstance(decision, Replay):
+            response = decision.response
+            self.obs.replayed(response)
+            self.obs.finish(decision.outcome, response.status)
+            self.start_response(_status_line(response.status), replay_headers(response))
+            return [response.body]
+        if isinstance(decision, Refuse):
+            return self._problem(refusal(decision, self.policy), decision.outcome)
+        raise AssertionError(f"unexpected decision {decision!r}")  # pragma: no cover
+
+    def _fail_open(self, key: str) -> Iterable[bytes]:
+        status = 500
+
+        def start_response(
+            line: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
+        ) -> Callable[[bytes], object]:
+            nonlocal status
+            status = int(line[:3])
+            return self.start_response(line, headers, exc_info)
+
+        try:
+            return self._call_app(key, start_response)
+        finally:  # the body may stream later: the decision (serve unprotected) is made now
+            self.obs.finish(Outcome.STORE_ERROR, status)
+
+    def _execute(self, ident: Identity, token: int) -> Iterable[bytes]:
+        capture = Capture(self.policy.max_cached_body)
+
+        def start_response(
+            status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
+        ) -> Callable[[bytes], object]:
+            capture.start(int(status[:3]), headers)
+            write = self.start_response(status, headers, exc_info)
+
+            def write_through(data: bytes) -> object:  # the legacy write() callable
+                capture.chunk(data)
+                return write(data)
+
+            return write_through
+
+        heartbeat = Heartbeat(self.store, ident.id, token, self.policy).__enter__()
+        try:
+            result = self._call_app(ident.key, start_response)
+        except BaseException:
+            heartbeat.__exit__()
+            self._settle(ident, token, None)
+            self.obs.executed(capture.status or 500)
+            raise
+        return _Body(self, result, capture, ident, token, heartbeat)
+
+    def _execute_atomic(self, ident: Identity, token: int) -> Iterable[bytes]:
+        """SPEC 13a: run the handler (its body included) with its unit bound, commit, and only
+        then start the response: a client must never see a result a crash could still undo."""
+        try:
+            unit = open_unit(self.store, ident.id, token, ident.fingerprint, self.policy)
+        except StoreError as exc:
+            log.error("idempotency store unavailable, failing closed: %s", exc)
+            self._settle(ident, token, None)
+            return self._problem(unavailable(self.policy), Outcome.STORE_ERROR)
+        capture = Capture(self.policy.max_cached_body)
+        started: list[tuple[str, list[tuple[str, str]]]] = []
+        chunks: list[bytes] = []
+
+        def start_response(
+            status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
+        ) -> Callable[[bytes], object]:
+            capture.start(int(status[:3]), headers)
+            started[:] = [(status, list(headers))]
+
+            def write(data: bytes) -> object:  # the legacy write() callable, held too
+                capture.chunk(data)
+                chunks.append(data)
+                return None
+
+            return write
+
+        heartbeat = Heartbeat(self.store, ident.id, token, self.policy, idle=lambda: unit.holding)
+        self.environ[ENVIRON_KEY] = ident.key
+        reset = _current_key.set(ident.key)
+        result: Iterable[bytes] = ()
+        try:
+            with heartbeat, bound(unit), self.obs.active():
+                result = self.app(self.environ, start_response)
+                for chunk in result:  # a generator app runs its handler here
+                    capture.chunk(chunk)
+                    chunks.append(chunk)
+            capture.end()
+            # The app's close() comes after the commit: frameworks release their database
+            # connection there (Django's request_finished), which would undo an open
+            # transaction.
+            return self._commit_then_answer(ident, unit, capture, started, chunks)
+        except ClaimTakenOver:
+            unit.close()
+            return self._problem(taken_over(self.policy), Outcome.CONFLICT_IN_FLIGHT)
+        except BaseException:
+            finish(unit, self.store, Release(), self.policy)  # SPEC 12, writes undone
+            self.obs.executed(capture.status or 500)
+            raise
+        finally:
+            _current_key.reset(reset)
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+
+    def _commit_then_answer(
+        self,
+        ident: Identity,
+        unit: AtomicUnit,
+        capture: Capture,
+        started: list[tuple[str, list[tuple[str, str]]]],
+        chunks: list[bytes],
+    ) -> Iterable[bytes]:
+        obs = self.obs
+        settlement = capture.settlement(self.policy, obs.trace_ids, obs.stored_headers())
+        begun = time.perf_counter()
+        try:
+            ending = finish(unit, self.store, settlement, self.policy)
+        except StoreError as exc:
+            log.error("could not commit idempotency record %s: %s", ident.id[:12], exc)
+            return self._problem(unavailable(self.policy), Outcome.STORE_ERROR)
+        obs.settled(settlement, time.perf_counter() - begun)
+        if ending is Ending.TAKEN_OVER:
+            log.warning("idempotency record %s was taken over; writes rolled back", ident.id[:12])
+            return self._problem(taken_over(self.policy), Outcome.CONFLICT_IN_FLIGHT)
+        if not started:  # nothing to store either: the claim was released
+            obs.executed(500)
+            raise RuntimeError("the WSGI application returned without calling start_response")
+        status, headers = started[0]
+        obs.executed(capture.status)
+        self.start_response(status, headers)
+        return chunks
+
+    def _settle(self, ident: Identity, token: int, capture: Capture | None) -> None:
+        obs = self.obs
+        settlement = (
+            capture.settlement(self.policy, obs.trace_ids, obs.stored_headers())
+            if capture is not None
+            else Release()
+        )
+        started = time.perf_counter()
+        try:
+            name = settle_record(self.store, ident.id, token, settlement, self.policy)
+        except StoreError as exc:
+            log.error("could not settle idempotency record %s: %s", ident.id[:12], exc)
+            return
+        if obs is not NULL_OBSERVATION:
+            obs.store_time(name, time.perf_counter() - started)
+
+    def _call_app(self, key: str, start_response: StartResponse) -> Iterable[bytes]:
+        self.environ[ENVIRON_KEY] = key
+        reset = _current_key.set(key)
+        try:
+            with self.obs.active():  # handler spans nest under ours; report_cost() works
+                return self.app(self.environ, start_response)
+        finally:
+            _current_key.reset(reset)
+
+    def _read_body(self) -> ProblemResponse | None:
+        """Buffer the body (SPEC 16) and put it back as ``wsgi.input``; a problem if too big."""
+        limit = self.policy.max_body
+        declared = declared_length(self.headers)
+        stream = self.environ.get("wsgi.input")
+        if declared is not None and declared > limit:
+            return too_large(self.policy)
+        if stream is None:
+            self.body = b""
+        elif declared is not None:
+            self.body = stream.read(declared) if declared else b""
+        elif self.environ.get("wsgi.input_terminated"):
+            chunks: list[bytes] = []
+            size = 0
+            while chunk := stream.read(_READ_CHUNK):
+                size += len(chunk)
+                if size > limit:
+                    return too_large(self.policy)
+                chunks.append(chunk)
+            self.body = b"".join(chunks)
+        else:
+            self.body = b""  # no length and no terminated stream: WSGI says there is no body
+        self.environ["wsgi.input"] = io.BytesIO(self.body)
+        self.environ["CONTENT_LENGTH"] = str(len(self.body))
+        return None
+
+    def _problem(
+        self, problem: ProblemResponse, outcome: Outcome = Outcome.REJECTED
+    ) -> list[bytes]:
+        self.obs.finish(outcome, problem.status)
+        self.start_response(_status_line(problem.status), problem.headers)
+        return [problem.body]
+
+
+class _Body:
+    """The response iterable handed to the server: forwards each chunk as the app yields it and
+    settles the claim exactly once.
+
+    It settles when the body is exhausted (stored), when the app fails mid-body (released), or
+    when the server calls ``close()`` early because the client went away (PEP 3333). A server
+    may call ``close()`` without ever iterating; a generator would then skip its ``finally`` and
+    leave the claim in flight with its heartbeat renewing it forever, so this is a class.
+
+    A response that declares its ``Content-Length`` is stored before the chunk that completes
+    it is handed to the server: a client that has the whole answer can always have it
+    replayed, even if the process dies right after answering. (Without a declared length the
+    last chunk is known only once the app says so, after it was sent; holding every chunk
+    back until the next would delay a stream.)
+    """
+
+    def __init__(
+        self,
+        responder: _Responder,
+        result: Iterable[bytes],
+        capture: Capture,
+        ident: Identity,
+        token: int,
+        heartbeat: Heartbeat,
+    ) -> None:
+        self._responder, self._result, self._capture = responder, result, capture
+        self._ident, self._token, self._heartbeat = ident, token, heartbeat
+        self._chunks: Iterator[bytes] | None = None
+        self._length: int | None = -1  # the declared Content-Length; -1: not looked up yet
+        self._settled = False
+        self._closed = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        if self._closed:
+            raise StopIteration
+        # A generator app runs its handler lazily, here: keep the current key visible (SPEC 19).
+        reset: Token[str | None] = _current_key.set(self._ident.key)
+        try:
+            with self._responder.obs.active():  # a lazy handler reports cost here too
+                if self._chunks is None:
+                    self._chunks = iter(self._result)
+                chunk = next(self._chunks)
+        except StopIteration:
+            self._capture.end()
+            self._finish(self._capture)
+            raise
+        except BaseException:
+            self._finish(None)  # SPEC 12: the handler failed, a retry runs again
+            raise
+        finally:
+            _current_key.reset(reset)
+        capture = self._capture
+        capture.chunk(chunk)
+        if not self._settled:
+            length = self._length if self._length != -1 else self._declared_length()
+            if length is not None and capture.size >= length:
+                capture.end()
+                self._settle(capture)  # before the server sends the answer's last bytes
+        return chunk
+
+    def _declared_length(self) -> int | None:
+        length: int | None = None
+        for name, value in self._capture.headers:
+            if name.lower() == "content-length":
+                length = int(value) if value.strip().isdigit() else None
+                break
+        self._length = length
+        return length
+
+    def close(self) -> None:
+        # Closed before the end: the client is gone. If the handler started answering it ran,
+        # so keep the record (unreplayable) rather than let a retry run it again; if it never
+        # answered, the capture has no status and the claim is released.
+        self._finish(self._capture)
+
+    def _finish(self, outcome: Capture | None) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        close = getattr(self._result, "close", None)
+        try:
+            if close is not None:
+                close()
+        finally:
+            self._settle(outcome)
+
+    def _settle(self, outcome: Capture | None) -> None:
+        if self._settled:
+            return
+        self._settled = True
+        self._heartbeat.__exit__()
+        self._responder._settle(self._ident, self._token, outcome)
+        self._responder.obs.executed(self._capture.status or 500)
+
+
+def _status_line(status: int) -> str:
+    line = _STATUS_LINES.get(status)
+    return line if line is not None else f"{status} Unknown"
+
+
+_STATUS_LINES = {s.value: f"{s.value} {s.phrase}" for s in HTTPStatus}

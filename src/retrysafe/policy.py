@@ -1,0 +1,302 @@
+"""Policy: every knob of the server and function layers in one immutable value.
+
+Defaults are the ones SPEC.md names. Durations accept seconds (float) or ``timedelta``.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+
+from retrysafe.errors import ConfigurationError
+from retrysafe.fingerprint import (
+    BodyMode,
+    Fingerprinter,
+    RequestFacts,
+    bytes_fingerprint,
+    json_fingerprint,
+)
+from retrysafe.keys import MAX_KEY_LENGTH
+
+Duration = timedelta | float
+Scope = Callable[[RequestFacts], str]
+RequiredRule = bool | Callable[[str, str], bool]
+
+
+class Problem(enum.Enum):
+    """The errors the idempotency layer itself answers with (SPEC rule 18)."""
+
+    MISSING_KEY = "missing-key"
+    MALFORMED_KEY = "malformed-key"
+    MISMATCH = "key-mismatch"
+    IN_FLIGHT = "request-in-flight"
+    UNREPLAYABLE = "unreplayable"
+    STORE_UNAVAILABLE = "store-unavailable"
+    BODY_TOO_LARGE = "body-too-large"
+
+
+DEFAULT_STATUS: Mapping[Problem, int] = {
+    Problem.MISSING_KEY: 400,
+    Problem.MALFORMED_KEY: 400,
+    Problem.MISMATCH: 422,
+    Problem.IN_FLIGHT: 409,
+    Problem.UNREPLAYABLE: 409,
+    Problem.STORE_UNAVAILABLE: 503,
+    Problem.BODY_TOO_LARGE: 413,
+}
+
+# A URN, not an https URL: the default must not claim a domain the project does not own (RFC 9457
+# §3.1.1 allows non-resolvable type URIs). Deployments that publish problem pages set their own.
+PROBLEM_BASE_URI = "urn:retrysafe:problem:"
+
+# SPEC rule 8: what a replay may repeat. Never Set-Cookie, Date, request ids or rate limits.
+REPLAYED_HEADERS = frozenset(
+    {
+        "content-type",
+        "location",
+        "content-location",
+        "etag",
+        "last-modified",
+        "link",
+        # Representation metadata SPEC 8 does not list, without which a replayed body is
+        # unreadable or mislabelled (a gzip body without Content-Encoding is garbage).
+        "content-encoding",
+        "content-language",
+        "content-disposition",
+    }
+)
+NEVER_REPLAYED = frozenset(
+    {
+        "set-cookie",
+        "date",
+        "x-request-id",
+        "request-id",
+        "x-correlation-id",
+        "retry-after",
+        "ratelimit",
+        "ratelimit-policy",
+        "ratelimit-limit",
+        "ratelimit-remaining",
+        "ratelimit-reset",
+        "x-ratelimit-limit",
+        "x-ratelimit-remaining",
+        "x-ratelimit-reset",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        # The replay marker is added on replay; a stored copy would appear twice.
+        "idempotent-replayed",
+    }
+)
+
+
+def seconds(value: Duration) -> float:
+    """``value`` in seconds."""
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+def authorization_scope(facts: RequestFacts) -> str:
+    """Default scope: a hash of the ``Authorization`` header (SPEC rule 5).
+
+    Two principals using the same key never see each other's records; requests without
+    credentials share the anonymous scope.
+    """
+    auth = facts.header("authorization")
+    if not auth:
+        return "anonymous"
+    return hashlib.sha256(auth.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def header_scope(name: str) -> Scope:
+    """A scope taken from header ``name`` (for example an API-key header), hashed."""
+
+    def scope(facts: RequestFacts) -> str:
+        value = facts.header(name) or ""
+        return hashlib.sha256(f"{name.lower()}\0{value}".encode()).hexdigest()
+
+    return scope
+
+
+def storage_id(scope: str, key: str) -> str:
+    """The store's id for (scope, key): the raw key is never the storage key (SPEC rule 5)."""
+    return hashlib.sha256(f"{scope}\0{key}".encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """How the idempotency layer behaves. Immutable: derive variants with :meth:`replace`."""
+
+    # Which requests are covered (SPEC 2, 11).
+    methods: frozenset[str] = frozenset({"POST", "PATCH"})
+    header_names: tuple[str, ...] = ("Idempotency-Key",)
+    body_field: str | None = None  # optional JSON body field carrying the key
+    required: RequiredRule = False  # True, or a callable (method, path) -> bool
+    # Key format (SPEC 3).
+    key_min_length: int = 1
+    key_max_length: int = MAX_KEY_LENGTH
+    uuid_only: bool = False
+    # Identity and fingerprint (SPEC 5, 6).
+    scope: Scope = authorization_scope
+    body_mode: BodyMode = "bytes"
+    fingerprint: Fingerprinter | None = None  # overrides body_mode when set
+    # Time (SPEC 10, 13, 14).
+    ttl: Duration = timedelta(hours=24)
+    retention: Duration = timedelta(days=7)  # tombstone window after the TTL
+    lease: Duration = timedelta(seconds=60)
+    heartbeat: Duration | None = None  # default: a third of the lease
+    wait: Duration = timedelta(seconds=5)  # how long a duplicate waits for the first
+    in_flight_retry_after: Duration = timedelta(seconds=1)
+    unavailable_retry_after: Duration = timedelta(seconds=5)
+    # Sizes (SPEC 15, 16).
+    max_body: int = 10 * 1024 * 1024
+    max_cached_body: int = 1024 * 1024
+    # What is stored (SPEC 12) and what happens when the store is down (SPEC 17).
+    store_server_errors: bool = False
+    fail_open: bool = False
+    # Replay and problems (SPEC 8, 18).
+    replay_headers: frozenset[str] = REPLAYED_HEADERS
+    problem_status: Mapping[Problem, int] = field(default_factory=lambda: dict(DEFAULT_STATUS))
+    problem_base_uri: str = PROBLEM_BASE_URI
+    # The durations in seconds, computed once: the engine reads them on every request.
+    _seconds: tuple[float, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for name in ("methods", "header_names", "replay_headers"):
+            value = getattr(self, name)
+            # A bare string is iterable too: methods="POST" would silently mean {"P","O","S","T"}.
+            if isinstance(value, str) or not all(isinstance(v, str) and v for v in value):
+                raise ConfigurationError(
+                    f"{name} must be a collection of non-empty strings, such as "
+                    f"{{{value!r}}}, not {value!r}"
+                )
+        object.__setattr__(self, "methods", frozenset(m.upper() for m in self.methods))
+        lowered = frozenset(h.lower() for h in self.replay_headers)
+        forbidden = sorted(lowered & NEVER_REPLAYED)
+        if forbidden:
+            raise ConfigurationError(
+                f"replay_headers may not include {', '.join(forbidden)}: "
+                "replaying them would leak one response's cookies, dates or limits into another"
+            )
+        object.__setattr__(self, "replay_headers", lowered)
+        if not self.header_names:
+            raise ConfigurationError("header_names needs at least one header name")
+        # Header names are case-insensitive: a name listed twice would make every keyed request
+        # look like it carries two key headers, and be refused.
+        if len({h.lower() for h in self.header_names}) != len(self.header_names):
+            raise ConfigurationError(
+                f"header_names lists the same header twice (names are case-insensitive): "
+                f"{self.header_names!r}"
+            )
+        if not 1 <= self.key_min_length <= self.key_max_length <= MAX_KEY_LENGTH:
+            raise ConfigurationError(
+                f"need 1 <= key_min_length <= key_max_length <= {MAX_KEY_LENGTH}, got "
+                f"{self.key_min_length} and {self.key_max_length}"
+            )
+        if self.body_mode not in ("bytes", "json"):
+            raise ConfigurationError(f"body_mode must be 'bytes' or 'json', not {self.body_mode!r}")
+        durations = ("ttl", "retention", "lease", "heartbeat", "wait")
+        for name in (*durations, "in_flight_retry_after", "unavailable_retry_after"):
+            value = getattr(self, name)
+            if value is None and name == "heartbeat":
+                continue
+            # bool is an int, and NaN or infinity would make every expiry comparison false.
+            if not isinstance(value, timedelta | int | float) or isinstance(value, bool):
+                raise ConfigurationError(
+                    f"{name} must be a number of seconds or a timedelta, not {value!r}"
+                )
+            if not math.isfinite(seconds(value)):
+                raise ConfigurationError(f"{name} must be finite, not {value!r}")
+        for name in ("ttl", "lease", "wait", "in_flight_retry_after", "unavailable_retry_after"):
+            if seconds(getattr(self, name)) <= 0 and name in ("ttl", "lease"):
+                raise ConfigurationError(f"{name} must be positive")
+            if seconds(getattr(self, name)) < 0:
+                raise ConfigurationError(f"{name} must not be negative")
+        if seconds(self.retention) < 0:
+            raise ConfigurationError("retention must not be negative")
+        if self.heartbeat is not None and not 0 < seconds(self.heartbeat) < seconds(self.lease):
+            raise ConfigurationError("heartbeat must be positive and shorter than the lease")
+        if self.max_cached_body < 0 or self.max_body < 0:
+            raise ConfigurationError("max_body and max_cached_body must not be negative")
+        if not (isinstance(self.required, bool) or callable(self.required)):
+            raise ConfigurationError(
+                f"required must be True, False or a callable (method, path) -> bool, "
+                f"not {self.required!r}"
+            )
+        unknown = [p for p in self.problem_status if not isinstance(p, Problem)]
+        if unknown:
+            raise ConfigurationError(
+                f"problem_status keys must be Problem members (e.g. Problem.MISMATCH), "
+                f"not {unknown[0]!r}"
+            )
+        status = {**DEFAULT_STATUS, **self.problem_status}
+        for problem, code in status.items():
+            if not 400 <= code <= 599:
+                raise ConfigurationError(f"status for {problem.value} must be 4xx or 5xx: {code}")
+        object.__setattr__(self, "problem_status", status)
+        lease = seconds(self.lease)
+        object.__setattr__(
+            self,
+            "_seconds",
+            (
+                seconds(self.ttl),
+                seconds(self.retention),
+                lease,
+                seconds(self.heartbeat) if self.heartbeat is not None else lease / 3,
+                seconds(self.wait),
+                seconds(self.in_flight_retry_after),
+                seconds(self.unavailable_retry_after),
+            ),
+        )
+
+    def replace(self, **changes: object) -> Policy:
+        """A copy with ``changes`` applied (validated again)."""
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    # Derived values, in the units the engine uses.
+    @property
+    def ttl_s(self) -> float:
+        return self._seconds[0]
+
+    @property
+    def retention_s(self) -> float:
+        return self._seconds[1]
+
+    @property
+    def lease_s(self) -> float:
+        return self._seconds[2]
+
+    @property
+    def heartbeat_s(self) -> float:
+        return self._seconds[3]
+
+    @property
+    def wait_s(self) -> float:
+        return self._seconds[4]
+
+    @property
+    def in_flight_retry_after_s(self) -> float:
+        return self._seconds[5]
+
+    @property
+    def unavailable_retry_after_s(self) -> float:
+        return self._seconds[6]
+
+    def fingerprint_of(self, facts: RequestFacts) -> str:
+        if self.fingerprint is not None:
+            return self.fingerprint(facts)
+        return json_fingerprint(facts) if self.body_mode == "json" else bytes_fingerprint(facts)
+
+    def requires_key(self, method: str, path: str) -> bool:
+        rule = self.required
+        return rule(method, path) if callable(rule) else bool(rule)
+
+    def covers(self, method: str) -> bool:
+        return method.upper() in self.methods
+
+    def should_store(self, status: int) -> bool:
+        """SPEC 12: keep 2xx-4xx; 5xx only with ``store_server_errors``."""
+        return status < 500 or self.store_server_errors

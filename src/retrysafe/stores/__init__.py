@@ -1,0 +1,19 @@
+"""Stores: where idempotency records live. ``open_store(url)`` picks one by URL scheme."""
+
+from __future__ import annotations
+
+from retrysafe.stores.base import AsyncStore, DualStore, Store
+from retrysafe.stores.cached import CachedStore
+from retrysafe.stores.memory import MemoryStore
+from retrysafe.stores.sqlite import SQLiteStore
+from retrysafe.stores.url import open_store
+
+__all__ = [
+    "AsyncStore",
+    "CachedStore",
+    "DualStore",
+    "MemoryStore",
+    "SQLiteStore",
+    "Store",
+    "open_store",
+]

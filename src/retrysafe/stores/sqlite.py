@@ -1,0 +1,615 @@
+"""The SQLite store: the embedded default, safe across threads and OS processes.
+
+One database file in WAL mode. Each thread (and each process) uses its own connection.
+A claim is one ``BEGIN IMMEDIATE`` transaction (it takes the write lock first, so two processes
+can never both read "absent" and both insert); a completion is one more. A replay skips the
+write lock: completed records are immutable until their TTL, so a plain read answers it.
+
+Async methods run a write inline on the event loop when the write lock is free (a short WAL
+transaction, no fsync) and on a worker thread (``asyncio.to_thread``) when it must wait.
+
+Completion is also expressible as statements on a caller's connection (:func:`complete_in`),
+so a later layer can commit a record together with the application's own writes (SPEC 13a).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from retrysafe.errors import ConfigurationError, StoreUnavailable
+from retrysafe.records import (
+    Claimed,
+    ClaimResult,
+    Existing,
+    Record,
+    State,
+    StoredResponse,
+    claim_on,
+    complete_on,
+    lease_left,
+    release_allowed,
+    renew_on,
+    resolve,
+    visible,
+)
+from retrysafe.stores._notify import Notifier
+from retrysafe.stores._stats import KeyStats, from_rows
+
+if TYPE_CHECKING:
+    from retrysafe.stores.sqlite_atomic import SQLiteUnit
+
+Clock = Callable[[], float]
+
+TABLE = "retrysafe_records"
+# Recovery points of atomic handlers (SPEC 13a): committed phases outlive the claim that wrote
+# them (a release or a takeover must resume, not redo), so they are rows of their own, keyed
+# like the record and dropped when the record completes or their retention lapses.
+PHASES = f"{TABLE}_phases"
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS {TABLE} (
+    id           TEXT PRIMARY KEY,
+    fingerprint  TEXT NOT NULL,
+    state        TEXT NOT NULL,
+    token        INTEGER NOT NULL,
+    lease_until  REAL NOT NULL,
+    expires_at   REAL NOT NULL,
+    retain_until REAL NOT NULL,
+    created_at   REAL NOT NULL,
+    status       INTEGER,
+    headers      TEXT,
+    body         BLOB,
+    replayable   INTEGER,
+    trace_id     TEXT,
+    span_id      TEXT
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS {TABLE}_retain ON {TABLE} (retain_until);
+CREATE INDEX IF NOT EXISTS {TABLE}_expires ON {TABLE} (expires_at)
+    WHERE state IN ('completed', 'unreplayable');
+CREATE TABLE IF NOT EXISTS {TABLE}_tokens (
+    one   INTEGER PRIMARY KEY CHECK (one = 1),
+    last  INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS {PHASES} (
+    id           TEXT PRIMARY KEY,
+    fingerprint  TEXT NOT NULL,
+    phases       TEXT NOT NULL,
+    retain_until REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS {PHASES}_retain ON {PHASES} (retain_until);
+"""
+_COLUMNS = (
+    "id, fingerprint, state, token, lease_until, expires_at, retain_until, created_at, "
+    "status, headers, body, replayable, trace_id, span_id"
+)
+_SELECT = (
+    "SELECT "
+    + ", ".join(f"r.{c.strip()}" for c in _COLUMNS.split(","))
+    + f", p.phases FROM {TABLE} r LEFT JOIN {PHASES} p "
+    "ON p.id = r.id AND p.fingerprint = r.fingerprint WHERE r.id = ?"
+)
+_UPSERT = f"INSERT OR REPLACE INTO {TABLE} ({_COLUMNS}) VALUES ({', '.join('?' * 14)})"
+# The largest token ever minted in this file, so a released or deleted key never gets an old
+# token back (see records.claim_on); read and bumped inside the claim's own transaction.
+_LAST_TOKEN = f"SELECT last FROM {TABLE}_tokens WHERE one = 1"
+_SET_LAST_TOKEN = f"INSERT OR REPLACE INTO {TABLE}_tokens (one, last) VALUES (1, ?)"
+_POLL_START, _POLL_MAX = 0.005, 0.1
+# The event loop's connection never checkpoints (a checkpoint fsyncs); a worker thread does,
+# after this many inline commits (SQLite's own auto-checkpoint is at 1000 pages).
+_CHECKPOINT_EVERY = 200
+_BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+
+
+class _Busy(Exception):
+    """The write lock is held elsewhere: an inline write must go to a worker thread."""
+
+
+# An abandoned claim is purged this long after its lease lapsed (see MemoryStore).
+ABANDONED_GRACE = 3600.0
+_SPARE_MAX = 8  # idle connections kept for atomic units
+
+
+@contextlib.contextmanager
+def _translated(path: str) -> Iterator[None]:
+    """Turn sqlite3 failures into StoreUnavailable at the store boundary (STYLE 4)."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise StoreUnavailable(f"SQLite store {path!r}: {exc}") from exc
+
+
+def _row_to_record(row: tuple[object, ...] | None) -> Record | None:
+    if row is None:
+        return None
+    (id, fp, state, token, lease_until, expires_at, retain_until, created_at) = row[:8]
+    status, headers, body, replayable, trace_id, span_id = row[8:14]
+    phases = json.loads(str(row[14])) if len(row) > 14 and row[14] is not None else []
+    response = None
+    if status is not None:
+        response = StoredResponse(
+            int(status),  # type: ignore[call-overload]
+            tuple((str(k), str(v)) for k, v in json.loads(str(headers))),
+            bytes(body) if body is not None else b"",  # type: ignore[call-overload]
+            bool(replayable),
+            str(trace_id) if trace_id is not None else None,
+            str(span_id) if span_id is not None else None,
+        )
+    return Record(
+        str(id),
+        str(fp),
+        State(state),
+        int(token),  # type: ignore[call-overload]
+        float(lease_until),  # type: ignore[arg-type]
+        float(expires_at),  # type: ignore[arg-type]
+        float(retain_until),  # type: ignore[arg-type]
+        response,
+        float(created_at),  # type: ignore[arg-type]
+        str(phases[-1]) if phases else None,
+    )
+
+
+def _record_to_row(record: Record) -> tuple[object, ...]:
+    r = record.response
+    # An in-flight row's retain_until is when an abandoned claim may be purged.
+    retain = (
+        record.retain_until
+        if record.state is not State.IN_FLIGHT
+        else (record.lease_until + ABANDONED_GRACE)
+    )
+    return (
+        record.id,
+        record.fingerprint,
+        record.state.value,
+        record.token,
+        record.lease_until,
+        record.expires_at,
+        retain,
+        record.created_at,
+        None if r is None else r.status,
+        None if r is None else json.dumps([list(h) for h in r.headers]),
+        None if r is None else r.body,
+        None if r is None else int(r.replayable),
+        None if r is None else r.trace_id,
+        None if r is None else r.span_id,
+    )
+
+
+def _read(conn: sqlite3.Connection, id: str) -> Record | None:
+    return _row_to_record(conn.execute(_SELECT, (id,)).fetchone())
+
+
+def complete_in(
+    conn: sqlite3.Connection,
+    id: str,
+    token: int,
+    response: StoredResponse,
+    ttl: float,
+    retention: float,
+    now: float,
+) -> bool:
+    """Complete the record with statements on ``conn``, inside the caller's transaction.
+
+    Does not commit: the caller's commit makes the completion and its own writes durable
+    together (SPEC 13a). Returns False (and writes nothing) if ``token`` is fenced out.
+    """
+    record = complete_on(_read(conn, id), token, response, ttl, retention, now)
+    if record is None:
+        return False
+    conn.execute(_UPSERT, _record_to_row(record))
+    # The result supersedes the recovery points: a completed record replays, never resumes.
+    conn.execute(f"DELETE FROM {PHASES} WHERE id = ?", (id,))
+    return True
+
+
+class SQLiteStore:
+    """A store in one SQLite file; ``clock`` is injectable for tests."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        clock: Clock = time.time,
+        busy_timeout: float = 5.0,
+        purge_every: float | None = 60.0,
+        url: str | None = None,
+    ) -> None:
+        self.path = os.fspath(path)
+        self.url = url or f"sqlite:///{self.path}"
+        self._clock = clock
+        self._busy_timeout = busy_timeout
+        # Housekeeping rides on completions: at most once per ``purge_every`` seconds a
+        # completion also drops lapsed bodies and dead rows (bounded, index-driven).
+        self._purge_every = purge_every
+        self._next_purge = time.monotonic() + (purge_every or 0.0)
+        self._local = threading.local()
+        self._pid = os.getpid()
+        self._inline_commits = 0  # since the last checkpoint
+        self._notifier = Notifier()
+        self._all: list[sqlite3.Connection] = []
+        self._spare: list[sqlite3.Connection] = []
+        # Connections an operation or an atomic unit is using right now, and those of them
+        # that close() has given up on: closing a connection while another thread runs a
+        # statement on it crashes the interpreter, so the user closes it when done.
+        self._busy: set[sqlite3.Connection] = set()
+        self._doomed: set[sqlite3.Connection] = set()
+        self._all_lock = threading.Lock()
+        if self.path in ("", ":memory:"):
+            raise ConfigurationError(
+                "SQLiteStore needs a file path: each thread and process opens its own "
+                "connection, so a private :memory: database would not be shared"
+            )
+        parent = Path(self.path).expanduser().resolve().parent
+        if not parent.is_dir():
+            raise ConfigurationError(
+                f"SQLite store {self.path!r}: directory {str(parent)!r} does not exist"
+            )
+        with self._using() as conn:
+            conn.executescript(SCHEMA)
+
+    # -- connections ---------------------------------------------------------------------
+
+    def _conn(self, inline: bool = False) -> sqlite3.Connection:
+        """This thread's connection; ``inline``: the event loop's own, which never waits for
+        the write lock and never checkpoints (see :meth:`aclaim`)."""
+        if os.getpid() != self._pid:  # forked: never share a connection with the parent
+            self._local = threading.local()
+            self._pid = os.getpid()
+            self._all = []
+            self._spare = []
+            self._busy = set()
+            self._doomed = set()
+        name = "inline" if inline else "conn"
+        conn: sqlite3.Connection | None = getattr(self._local, name, None)
+        if conn is None:
+            conn = self._connect(inline)
+            setattr(self._local, name, conn)
+        return conn
+
+    def _connect(self, inline: bool = False) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                self.path,
+                timeout=0.0 if inline else self._busy_timeout,
+                isolation_level=None,  # we issue BEGIN IMMEDIATE / COMMIT ourselves
+                check_same_thread=False,
+            )
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                # WAL + NORMAL: a commit appends to the WAL without fsync; the WAL is synced
+                # at checkpoints. A power loss may drop the last commits, never corrupt the
+                # file - the SQLite-recommended setting for WAL.
+                conn.execute("PRAGMA synchronous=NORMAL")
+                if inline:  # checkpoints fsync: they run on a worker thread instead
+                    conn.execute("PRAGMA wal_autocheckpoint=0")
+            except sqlite3.Error:
+                conn.close()  # e.g. "file is not a database": do not leak the handle
+                raise
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(
+                f"cannot open SQLite store {self.path!r}: {exc}; check that the path is a "
+                "writable file (or can be created) and is not another kind of file"
+            ) from exc
+        with self._all_lock:
+            self._all.append(conn)
+        return conn
+
+    def checkout(self) -> sqlite3.Connection:
+        """A connection of its own for one atomic unit (SPEC 13a), from a small pool.
+
+        Not the thread's connection: the unit's transaction may stay open across the handler,
+        and the store's own operations on this thread (a nested ``@idempotent`` call) must not
+        land inside it.
+        """
+        if os.getpid() != self._pid:
+            self._conn()  # resets the per-process state after a fork
+        with self._all_lock:
+            conn = self._spare.pop() if self._spare else None
+        if conn is None:
+            conn = self._connect()
+        with self._all_lock:
+            self._busy.add(conn)
+        return conn
+
+    def checkin(self, conn: sqlite3.Connection) -> None:
+        """Give back a connection from :meth:`checkout`; it must not be in a transaction."""
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        with self._all_lock:
+            self._busy.discard(conn)
+            if conn in self._doomed:
+                self._doomed.discard(conn)
+            elif conn in self._all and len(self._spare) < _SPARE_MAX:
+                self._spare.append(conn)
+                return
+        with contextlib.suppress(sqlite3.Error):
+            conn.close()
+
+    @contextlib.contextmanager
+    def _using(self, inline: bool = False) -> Iterator[sqlite3.Connection]:
+        """This thread's connection for one operation, sqlite3 errors translated; marked busy
+        so that :meth:`close` from another thread leaves it to be closed here."""
+        with _translated(self.path):
+            conn = self._conn(inline)
+            with self._all_lock:
+                self._busy.add(conn)
+            try:
+                yield conn
+            finally:
+                with self._all_lock:
+                    self._busy.discard(conn)
+                    doomed = conn in self._doomed
+                    self._doomed.discard(conn)
+                if doomed:
+                    conn.close()
+
+    def unit(self, id: str, token: int, fingerprint: str, lease: float, keep: float) -> SQLiteUnit:
+        """The atomic unit of the claim ``(id, token)`` (:mod:`retrysafe.stores.sqlite_atomic`)."""
+        from retrysafe.stores.sqlite_atomic import SQLiteUnit
+
+        return SQLiteUnit(self, id, token, fingerprint, lease, keep)
+
+    @contextlib.contextmanager
+    def _write(self, inline: bool = False) -> Iterator[sqlite3.Connection]:
+        """One BEGIN IMMEDIATE transaction: the write lock is taken before anything is read.
+
+        ``inline`` (on the event loop): raise :class:`_Busy` at once instead of waiting when
+        another connection or process holds the write lock.
+        """
+        with self._using(inline) as conn:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                if inline and exc.sqlite_errorcode in _BUSY_CODES:
+                    raise _Busy from exc
+                raise
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    # -- sync ----------------------------------------------------------------------------
+
+    def claim(self, id: str, fingerprint: str, lease: float) -> ClaimResult:
+        return self._settled(id) or self._claim(id, fingerprint, lease)
+
+    def _settled(self, id: str) -> Existing | None:
+        """Fast path for replays, without the write lock: a live completed record cannot
+        change until its TTL, and a WAL reader never waits for the writer."""
+        with self._using() as conn:
+            current = _read(conn, id)
+        if current is None or current.state not in (State.COMPLETED, State.UNREPLAYABLE):
+            return None
+        now = self._clock()
+        return Existing(current, now) if resolve(current, now) is current.state else None
+
+    def _claim(self, id: str, fingerprint: str, lease: float, inline: bool = False) -> ClaimResult:
+        with self._write(inline) as conn:
+            now = self._clock()
+            existing = _read(conn, id)
+            row = conn.execute(_LAST_TOKEN).fetchone()
+            floor = int(row[0]) if row is not None else None
+            result, record = claim_on(existing, id, fingerprint, lease, now, floor)
+            if record is not existing:
+                conn.execute(_UPSERT, _record_to_row(record))
+            if isinstance(result, Claimed):
+                conn.execute(_SET_LAST_TOKEN, (result.token,))
+            return result
+
+    def renew(self, id: str, token: int, lease: float) -> bool:
+        with self._write() as conn:
+            record = renew_on(_read(conn, id), token, lease, self._clock())
+            if record is None:
+                return False
+            conn.execute(_UPSERT, _record_to_row(record))
+            return True
+
+    def complete(
+        self, id: str, token: int, response: StoredResponse, ttl: float, retention: float
+    ) -> bool:
+        done = self._complete(id, token, response, ttl, retention)
+        if self._housekeeping_due():
+            self._housekeeping()
+        return done
+
+    def _complete(
+        self,
+        id: str,
+        token: int,
+        response: StoredResponse,
+        ttl: float,
+        retention: float,
+        inline: bool = False,
+    ) -> bool:
+        with self._write(inline) as conn:
+            done = complete_in(conn, id, token, response, ttl, retention, self._clock())
+        if inline:
+            self._inline_commits += 1
+        if done:
+            self._notifier.notify(id)
+        return done
+
+    def _housekeeping_due(self) -> bool:
+        purge = self._purge_every is not None and time.monotonic() >= self._next_purge
+        return purge or self._inline_commits >= _CHECKPOINT_EVERY
+
+    def _housekeeping(self) -> None:
+        """Rides on completions: a bounded purge at most once per ``purge_every`` seconds, and
+        a checkpoint of what the event loop's connection (which never checkpoints) wrote."""
+        # housekeeping must not fail a request
+        if self._purge_every is not None and time.monotonic() >= self._next_purge:
+            self._next_purge = time.monotonic() + self._purge_every
+            with contextlib.suppress(StoreUnavailable):
+                self.purge(limit=500)
+        if self._inline_commits >= _CHECKPOINT_EVERY:
+            self._inline_commits = 0
+            with contextlib.suppress(StoreUnavailable), self._using() as conn:
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def release(self, id: str, token: int) -> bool:
+        with self._write() as conn:
+            if not release_allowed(_read(conn, id), token, self._clock()):
+                return False
+            conn.execute(f"DELETE FROM {TABLE} WHERE id = ?", (id,))
+        self._notifier.notify(id)
+        return True
+
+    def get(self, id: str) -> Record | None:
+        with self._using() as conn:
+            record = _read(conn, id)
+        return visible(record, self._clock())
+
+    def watch(self, id: str, timeout: float) -> None:
+        # In-process completions wake us at once; other processes are seen by polling with a
+        # growing interval (SQLite has no notification channel between processes).
+        deadline = time.monotonic() + timeout
+        interval = _POLL_START
+        event, unsubscribe = self._notifier.thread_waiter(id)
+        try:
+            while self._in_flight(id):
+                left = deadline - time.monotonic()
+                if left <= 0 or event.wait(min(interval, left)):
+                    return
+                interval = min(interval * 2, _POLL_MAX)
+        finally:
+            unsubscribe()
+
+    def delete(self, id: str) -> bool:
+        with self._write() as conn:
+            # Found means "get would have returned it" (a row past retention is not purged yet).
+            record = _read(conn, id)
+            conn.execute(f"DELETE FROM {TABLE} WHERE id = ?", (id,))
+            conn.execute(f"DELETE FROM {PHASES} WHERE id = ?", (id,))
+            found = resolve(record, self._clock()) is not State.ABSENT
+        self._notifier.notify(id)
+        return found
+
+    def purge(self, limit: int = 1000) -> int:
+        """Housekeeping, index-driven and bounded by ``limit`` rows per step: completed records
+        past their TTL become body-less tombstones (SPEC 14), rows past their retention (and
+        long-abandoned claims) are deleted. Returns how many rows were deleted."""
+        with self._write() as conn:
+            now = self._clock()
+            conn.execute(
+                f"UPDATE {TABLE} SET state = 'tombstone', status = NULL, headers = NULL, "
+                "body = NULL, replayable = NULL, trace_id = NULL, span_id = NULL "
+                f"WHERE id IN (SELECT id FROM {TABLE} WHERE expires_at <= ? "
+                "AND state IN ('completed', 'unreplayable') LIMIT ?)",
+                (now, limit),
+            )
+            cur = conn.execute(
+                f"DELETE FROM {TABLE} WHERE id IN "
+                f"(SELECT id FROM {TABLE} WHERE retain_until <= ? LIMIT ?)",
+                (now, limit),
+            )
+            conn.execute(
+                f"DELETE FROM {PHASES} WHERE id IN "
+                f"(SELECT id FROM {PHASES} WHERE retain_until <= ? LIMIT ?)",
+                (now, limit),
+            )
+            return cur.rowcount
+
+    def stats(self) -> KeyStats:
+        """Records per state now, lapsed TTLs applied (admin: ``retrysafe keys stats``).
+
+        One GROUP BY over the table: a scan, which is fine for an admin command and keeps
+        the request path free of an extra index to maintain.
+        """
+        with self._using() as conn:
+            rows = conn.execute(
+                "SELECT CASE WHEN state IN ('completed', 'unreplayable') AND expires_at <= ?1 "
+                f"THEN 'tombstone' ELSE state END AS s, count(*) FROM {TABLE} "
+                "WHERE retain_until > ?1 GROUP BY s",
+                (self._clock(),),
+            ).fetchall()
+        return from_rows(rows)
+
+    def close(self) -> None:
+        """Close every connection not in use; one in use (an operation on another thread, an
+        atomic unit's transaction) is closed by its user when done. The store stays usable:
+        a later operation opens a new connection."""
+        with self._all_lock:
+            conns, self._all, self._spare = self._all, [], []
+            idle = [conn for conn in conns if conn not in self._busy]
+            self._doomed.update(conn for conn in conns if conn in self._busy)
+            self._local = threading.local()
+        for conn in idle:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+
+    # -- async: the same operations on a worker thread ----------------------------------
+
+    async def aclaim(self, id: str, fingerprint: str, lease: float) -> ClaimResult:
+        # The replay read runs inline (a WAL read of one row by primary key never waits for
+        # a writer); only the write transaction, which may wait for the lock, goes to a thread.
+        settled = self._settled(id)
+        if settled is not None:
+            return settled
+        # A write transaction, too, runs inline when the write lock is free: it takes tens of
+        # microseconds (WAL, no fsync), a hop to a worker thread and back cost several times
+        # that. When another connection holds the lock, wait for it on a worker thread.
+        try:
+            return self._claim(id, fingerprint, lease, inline=True)
+        except _Busy:
+            return await asyncio.to_thread(self._claim, id, fingerprint, lease)
+
+    async def arenew(self, id: str, token: int, lease: float) -> bool:
+        return await asyncio.to_thread(self.renew, id, token, lease)
+
+    async def acomplete(
+        self, id: str, token: int, response: StoredResponse, ttl: float, retention: float
+    ) -> bool:
+        try:  # inline when the write lock is free, as in aclaim
+            done = self._complete(id, token, response, ttl, retention, inline=True)
+        except _Busy:
+            return await asyncio.to_thread(self.complete, id, token, response, ttl, retention)
+        if self._housekeeping_due():
+            await asyncio.to_thread(self._housekeeping)
+        return done
+
+    async def arelease(self, id: str, token: int) -> bool:
+        return await asyncio.to_thread(self.release, id, token)
+
+    async def aget(self, id: str) -> Record | None:
+        return await asyncio.to_thread(self.get, id)
+
+    async def awatch(self, id: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        interval = _POLL_START
+        event, unsubscribe = self._notifier.task_waiter(id)
+        try:
+            while await asyncio.to_thread(self._in_flight, id):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(interval, left)):
+                        await event.wait()
+                        return
+                interval = min(interval * 2, _POLL_MAX)
+        finally:
+            unsubscribe()
+
+    async def adelete(self, id: str) -> bool:
+        return await asyncio.to_thread(self.delete, id)
+
+    async def aclose(self) -> None:
+        self.close()
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _in_flight(self, id: str) -> bool:
+        # A lapsed lease counts as over: the waiter goes back and takes the claim over.
+        with self._using() as conn:
+            record = _read(conn, id)
+        return lease_left(record, self._clock()) > 0

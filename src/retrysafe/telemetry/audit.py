@@ -1,0 +1,68 @@
+"""The audit log: one JSON line per idempotency decision through stdlib logging (SPEC 34).
+
+Enough to reconstruct what happened to an operation despite retries: key (or its hash),
+scope hash, outcome, fingerprint hash, trace and span ids, attempt number, timings, cost.
+Lines go to the ``retrysafe.audit`` logger at INFO, so applications route them with ordinary
+logging configuration (a ``FileHandler`` with the default ``%(message)s`` format gives a file
+``retrysafe report --log`` reads). Nothing is built when that logger is disabled, which is
+Python's default (the root logger is at WARNING).
+
+No credential is ever written: the scope is already a hash of the principal
+(:func:`retrysafe.policy.authorization_scope`), and in hashed key mode the key is too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, fields
+
+AUDIT_LOGGER = "retrysafe.audit"
+log = logging.getLogger(AUDIT_LOGGER)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """One decision. ``key`` is the raw key, or ``sha256:<hex>`` in hashed mode."""
+
+    ts: float  # wall-clock time the decision finished (seconds since the epoch)
+    surface: str  # "http", "function" or "tool"
+    operation: str  # "POST /payments", or the function/tool name
+    key: str
+    scope: str  # hash of the scope (principal), never the credential itself
+    fingerprint: str
+    outcome: str  # SPEC 32 vocabulary
+    billable: bool
+    status: int | None = None  # HTTP status sent (500 when the handler raised before one)
+    attempt: int | None = None  # the client's attempt number, 1-based, when it sent one
+    duration_s: float | None = None  # whole decision, arrival to finish
+    store_s: float | None = None  # summed latency of claim/complete/release round trips
+    wait_s: float | None = None  # time spent waiting for an in-flight first attempt
+    trace_id: str | None = None
+    span_id: str | None = None
+    linked_trace_id: str | None = None  # the first execution, for replays
+    linked_span_id: str | None = None
+    cost: dict[str, float] | None = None  # per unit: spent (billable) or avoided (replay)
+
+    def to_json(self) -> str:
+        """One compact JSON object, fields in declaration order, None fields left out."""
+        doc = {name: v for name in _FIELDS if (v := getattr(self, name)) is not None}
+        return _encode(doc)
+
+
+# dataclasses.asdict deep-copies every value: three times the cost of encoding the line.
+_FIELDS = tuple(f.name for f in fields(AuditRecord))
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def enabled() -> bool:
+    return log.isEnabledFor(logging.INFO)
+
+
+def write(record: AuditRecord) -> None:
+    # makeRecord + handle is what log.info does, minus findCaller's walk up the stack: every
+    # line comes from here anyway, so the caller's file and line carry no information.
+    if log.disabled:
+        return
+    line = log.makeRecord(log.name, logging.INFO, __file__, 0, record.to_json(), (), None)
+    log.handle(line)

@@ -1,0 +1,130 @@
+"""OpenTelemetry metrics (SPEC 33): never the key as an attribute; durations in seconds.
+
+One :class:`Instruments` per meter. The default meter comes from the global meter provider,
+which is a proxy until an SDK is configured, so instruments made at import time start
+recording as soon as the application sets one up; with no SDK every call is a no-op.
+
+Attributes are low-cardinality on purpose: surface (http, function, tool), the operation
+(``METHOD path`` by default; use a route-template ``operation`` hook on :class:`Telemetry`
+for paths carrying ids) and the outcome. The key, the scope and the fingerprint never appear.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from opentelemetry import metrics
+from opentelemetry.metrics import MeterProvider
+
+from retrysafe.outcomes import Outcome
+
+ATTR_SURFACE = "retrysafe.surface"
+ATTR_OPERATION = "retrysafe.operation"
+ATTR_OUTCOME = "retrysafe.idempotency.outcome"
+ATTR_STORE_OP = "retrysafe.store.operation"
+ATTR_COST_UNIT = "retrysafe.cost.unit"
+
+# Store round trips are sub-millisecond to tens of milliseconds; requests reach seconds.
+STORE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0)
+REQUEST_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+_CACHE_MAX = 4096
+_STORE_ATTRS = {op: {ATTR_STORE_OP: op} for op in ("claim", "complete", "release")}
+
+
+class Instruments:
+    """The server-side instruments of one meter (client instruments live with the client)."""
+
+    __slots__ = (
+        "_cache",
+        "cost",
+        "cost_avoided",
+        "duration",
+        "replays",
+        "requests",
+        "store_duration",
+    )
+
+    def __init__(self, provider: MeterProvider | None = None) -> None:
+        self._cache: dict[tuple[str, str, Outcome], tuple[dict[str, str], dict[str, str]]] = {}
+        meter = metrics.get_meter("retrysafe", meter_provider=provider)
+        self.requests = meter.create_counter(
+            "retrysafe.requests",
+            unit="{request}",
+            description="Keyed requests and calls by outcome",
+        )
+        self.replays = meter.create_counter(
+            "retrysafe.replays",
+            unit="{request}",
+            description="Replays answered from the store: work not executed and not billed",
+        )
+        # The unit of a cost is whatever the reporter said (USD, tokens...): it is an attribute
+        # because one counter per unit cannot be declared up front.
+        self.cost = meter.create_counter(
+            "retrysafe.cost", unit="{cost}", description="Reported cost of executions (billable)"
+        )
+        self.cost_avoided = meter.create_counter(
+            "retrysafe.cost.avoided",
+            unit="{cost}",
+            description="Reported cost of the first execution, saved by each replay",
+        )
+        self.duration = meter.create_histogram(
+            "retrysafe.request.duration",
+            unit="s",
+            description="Time spent on a keyed request or call, by outcome",
+            explicit_bucket_boundaries_advisory=REQUEST_BUCKETS,
+        )
+        self.store_duration = meter.create_histogram(
+            "retrysafe.store.duration",
+            unit="s",
+            description="Latency of one store operation (claim, complete, release)",
+            explicit_bucket_boundaries_advisory=STORE_BUCKETS,
+        )
+
+    def decision(
+        self,
+        surface: str,
+        operation: str,
+        outcome: Outcome,
+        seconds: float,
+        cost: Mapping[str, float] | None,
+    ) -> None:
+        where, attrs = self._attributes(surface, operation, outcome)
+        self.requests.add(1, attrs)
+        self.duration.record(seconds, attrs)
+        replayed = outcome is Outcome.REPLAYED
+        if replayed:
+            self.replays.add(1, where)
+        if cost:
+            counter = self.cost_avoided if replayed else self.cost
+            for unit, amount in cost.items():
+                counter.add(amount, {**where, ATTR_COST_UNIT: unit})
+
+    def _attributes(
+        self, surface: str, operation: str, outcome: Outcome
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        """Attribute dicts, cached: building them per request is most of the no-SDK cost."""
+        key = (surface, operation, outcome)
+        found = self._cache.get(key)
+        if found is None:
+            where = {ATTR_SURFACE: surface, ATTR_OPERATION: operation}
+            found = (where, {**where, ATTR_OUTCOME: outcome.value})
+            if len(self._cache) < _CACHE_MAX:  # bounded: operations may be many
+                self._cache[key] = found
+        return found
+
+    def store_latency(self, operation: str, seconds: float) -> None:
+        attrs = _STORE_ATTRS.get(operation) or {ATTR_STORE_OP: operation}
+        self.store_duration.record(seconds, attrs)
+
+
+_default: Instruments | None = None
+
+
+def default_instruments() -> Instruments:
+    """Instruments on the global meter provider, made once."""
+    global _default
+    if _default is None:
+        _default = Instruments()
+    return _default

@@ -1,0 +1,29 @@
+"""Functions and agent tools that run once per key (SPEC section 4).
+
+    from retrysafe.tools import idempotent, idempotent_tool, agent_run, agent_step, current_key
+
+See docs/tools.md for keys, nesting rules, serialization and the SDK adapters.
+"""
+
+from __future__ import annotations
+
+from retrysafe.context import current_key
+from retrysafe.errors import AgentRunRequired, SerializationError
+from retrysafe.tools.decorators import idempotent, idempotent_tool, tool_key
+from retrysafe.tools.runs import RunContext, agent_run, agent_step, current_run
+from retrysafe.tools.serializer import Serializer, TaggedJSON
+
+__all__ = [
+    "AgentRunRequired",
+    "RunContext",
+    "SerializationError",
+    "Serializer",
+    "TaggedJSON",
+    "agent_run",
+    "agent_step",
+    "current_key",
+    "current_run",
+    "idempotent",
+    "idempotent_tool",
+    "tool_key",
+]
