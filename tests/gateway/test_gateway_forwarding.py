@@ -232,7 +232,7 @@ def test_unreachable_upstream_is_a_502_problem_and_not_stored(gateway: GatewayFa
         assert answer.status_code == 502
         assert answer.headers["content-type"] == PROBLEM
         doc = answer.json()
-        assert doc["type"].endswith("/upstream-unreachable")
+        assert doc["type"].endswith(":upstream-unreachable")
         assert doc["status"] == 502
         assert "idempotent-replayed" not in answer.headers  # 5xx released, never replayed
 
@@ -249,7 +249,7 @@ async def test_timeout_is_a_504_problem_and_the_retry_runs(
     ):
         first = await client.post(f"/gate/{name}", content=b"x", headers=key)
         assert first.status_code == 504
-        assert first.json()["type"].endswith("/upstream-timeout")
+        assert first.json()["type"].endswith(":upstream-timeout")
         await control.post(f"/_open/{name}")
         retry = await client.post(f"/gate/{name}", content=b"x", headers=key)
     assert retry.status_code == 201
@@ -288,7 +288,7 @@ def test_per_route_policy(gateway: GatewayFactory, upstream: Upstream) -> None:
         d1 = client.delete(path, headers={"Idempotency-Key": "del", "X-Api-Key": "alice"})
         d2 = client.delete(path, headers={"Idempotency-Key": "del", "X-Api-Key": "alice"})
     assert missing.status_code == 400
-    assert missing.json()["type"].endswith("/missing-key")
+    assert missing.json()["type"].endswith(":missing-key")
     assert upstream.count("/strict/x") == 0
     assert free.status_code == 200
     # Scoped by API key: alice and bob each ran once; alice's repeat replayed.
@@ -355,6 +355,6 @@ def test_health_reports_a_broken_store(gateway: GatewayFactory, tmp_path: Any) -
         health = client.get("/_retrysafe/health")
         post = client.post("/anything", headers={"Idempotency-Key": "k"})
     assert health.status_code == 503
-    assert health.json()["type"].endswith("/store-unavailable")
+    assert health.json()["type"].endswith(":store-unavailable")
     assert post.status_code == 503  # SPEC 17: fail closed, the upstream is not called
-    assert json.loads(post.content)["type"].endswith("/store-unavailable")
+    assert json.loads(post.content)["type"].endswith(":store-unavailable")

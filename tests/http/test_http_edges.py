@@ -238,7 +238,7 @@ async def test_asgi_unusable_sqlite_file_is_503(tmp_path):
     assert reply.status_code == 503
     assert reply.headers["retry-after"] == "5"
     assert reply.headers["content-type"] == "application/problem+json"
-    assert reply.json()["type"].endswith("/store-unavailable")
+    assert reply.json()["type"].endswith(":store-unavailable")
     assert not ran
 
 
