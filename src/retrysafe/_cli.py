@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import click
 
 from retrysafe import __version__
+from retrysafe.check_cli import check
 from retrysafe.client.dlq_cli import dlq
 from retrysafe.gateway_cli import proxy
 from retrysafe.report_cli import report
@@ -416,3 +417,4 @@ def _describe(record: Record) -> dict[str, object]:
 cli.add_command(proxy)  # `retrysafe proxy`: the gateway (docs/gateway.md)
 cli.add_command(report)  # `retrysafe report`: audit log, SLOs (docs/observability.md)
 cli.add_command(dlq)  # `retrysafe dlq`: the client's dead-letter queue (docs/client.md)
+cli.add_command(check)  # `retrysafe check URL`: an endpoint's key conformance (docs/check.md)
