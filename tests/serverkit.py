@@ -48,9 +48,7 @@ def serve_asgi(app: Any, **config: Any) -> Iterator[str]:
     options: dict[str, Any] = {"lifespan": "off", "log_level": "warning", "http": "h11"}
     options.update(config)
     server = _Uvicorn(uvicorn.Config(app, access_log=False, **options))
-    thread = threading.Thread(
-        target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True
-    )
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True)
     thread.start()
     try:
         if not server.ready.wait(START_TIMEOUT):  # pragma: no cover - a broken environment

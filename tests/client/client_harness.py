@@ -25,6 +25,7 @@ from retrysafe.client import (
 )
 
 LIVE_CREDENTIALS = "Bearer live-token"
+LIVE_COOKIE = "sid=live-session"
 Handler = Callable[[httpx.Request], httpx.Response]
 
 
@@ -112,7 +113,7 @@ class Harness:
 
     def replay(self, dlq: DeadLetterQueue, **kw: Any) -> list[ReplayResult]:
         """Replay ``dlq`` through a client of this flavor carrying live credentials."""
-        creds = {"Authorization": LIVE_CREDENTIALS}
+        creds = {"Authorization": LIVE_CREDENTIALS, "Cookie": LIVE_COOKIE}
         if isinstance(self.transport, IdempotentTransport):
             with httpx.Client(transport=self.transport, headers=creds) as client:
                 return dlq.replay(client, **kw)

@@ -22,7 +22,7 @@ from retrysafe.client import (
     RetryPolicy,
 )
 
-from .client_harness import LIVE_CREDENTIALS, FakeTime, Harness, Script, problem, reply
+from .client_harness import LIVE_COOKIE, LIVE_CREDENTIALS, FakeTime, Harness, Script, problem, reply
 from .dlq_kit import DLQUrl
 
 SECRET = "Bearer parked-secret-token"
@@ -153,7 +153,7 @@ def test_replay_resends_the_same_key_with_live_credentials(
     assert resent.content == first.content
     assert resent.url == "http://api.test/charges?x=1"
     assert resent.headers["authorization"] == LIVE_CREDENTIALS
-    assert "cookie" not in resent.headers
+    assert resent.headers["cookie"] == LIVE_COOKIE  # the live one: the parked one never is
     assert dlq.depth() == 0
     assert h.replay(dlq, force=True) == []  # done entries are never sent again
     assert dlq.purge() == 1

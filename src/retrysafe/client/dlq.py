@@ -8,7 +8,10 @@ until when a replay is safe (``replay_by``: the server's retention window, defau
 it the server may have forgotten the key and would run the request a second time).
 
 Replay re-sends the same key through a live client, which re-attaches its own credentials
-(``client.headers``, ``client.auth``) and — when its transport is an idempotent transport —
+(``client.headers``, ``client.auth``) — and must: an entry remembers the names of the
+credential headers it lost, and a replay lacking one is refused before it is sent (it would
+reach another scope on the server, where the key is new, and run again; see
+``dlq_credentials.py``) — and — when its transport is an idempotent transport —
 its breaker, budget and retry rules: a 409 waits, a 422 is terminal. Replays are rate-limited.
 Entries whose window has passed are flagged ``reconcile`` and never re-sent blindly.
 
@@ -46,19 +49,27 @@ from retrysafe.client.dlq_backend import (
     Settlement,
     open_backend,
 )
-from retrysafe.client.errors import CallFailed, CircuitOpen, RetryDeferred
+from retrysafe.client.dlq_credentials import RequireCredentials
+from retrysafe.client.errors import CallFailed, CircuitOpen, CredentialsMissing, RetryDeferred
 from retrysafe.client.retry import RETRY_STATUSES, Attempt, retry_after
 from retrysafe.client.testing import testing
 from retrysafe.errors import ConfigurationError, KeyMismatch
 
-__all__ = ["REDACTED_HEADERS", "DeadLetter", "DeadLetterQueue", "EntryState", "ReplayResult"]
+__all__ = [
+    "CREDENTIAL_HEADERS",
+    "REDACTED_HEADERS",
+    "DeadLetter",
+    "DeadLetterQueue",
+    "EntryState",
+    "ReplayResult",
+]
 
-# Credentials are never written to disk; replay takes them from the live client instead.
-REDACTED_HEADERS = frozenset(
+# Credentials are never written to disk; replay takes them from the live client instead, and
+# is refused when the live client lacks one (see dlq_credentials.py). These three are removed
+# whatever ``redact=`` says: the server may scope keys by any of them.
+CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+REDACTED_HEADERS = CREDENTIAL_HEADERS | frozenset(
     {
-        "authorization",
-        "proxy-authorization",
-        "cookie",
         "x-api-key",
         "api-key",
         "x-auth-token",
@@ -81,6 +92,8 @@ class ReplayResult:
     status: int | None
     detail: str
     replayed: bool = False  # the server answered from its store: the original had run
+    # Not sent: the live client lacks these credential headers (lower-case names); parked still.
+    missing: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +121,15 @@ class _Settle:
     claim: str
 
 
-_ReplayCommand = _Pace | _Claim | _Resend | _Settle
+@dataclass(frozen=True, slots=True)
+class _Release:
+    """Hand the claimed entry back untouched (nothing was sent)."""
+
+    entry: DeadLetter
+    claim: str
+
+
+_ReplayCommand = _Pace | _Claim | _Resend | _Settle | _Release
 _ReplayReply = httpx.Response | Exception | str | None
 _ReplayFlow = Generator[_ReplayCommand, _ReplayReply, list[ReplayResult]]
 
@@ -136,7 +157,7 @@ class DeadLetterQueue:
         self.claim_lease = lease.total_seconds() if isinstance(lease, timedelta) else lease
         if self.replay_window <= 0 or rate <= 0 or self.claim_lease <= 0:
             raise ConfigurationError("replay_window, rate and claim_lease must be positive")
-        self.redact = frozenset(h.lower() for h in redact)
+        self.redact = CREDENTIAL_HEADERS | frozenset(h.lower() for h in redact)
         self.rate = rate  # replays per second, at most
         self.clock, self.sleep, self.asleep = clock, sleep, asleep
         self.url = url
@@ -308,13 +329,18 @@ class DeadLetterQueue:
                         held = (entry, reply) if reply is not None else None
                     case _Resend(entry):
                         try:
-                            response = client.send(self._request(client, entry))
+                            response = client.send(
+                                self._request(client, entry), auth=_guard(client, entry)
+                            )
                             response.read()
                             reply = response
-                        except (httpx.HTTPError, KeyMismatch) as exc:
+                        except (httpx.HTTPError, KeyMismatch, CredentialsMissing) as exc:
                             reply = exc
                     case _Settle():
                         self._settle(command)
+                        held = None
+                    case _Release(entry, claim):
+                        self._release(entry, claim)
                         held = None
         except StopIteration as done:
             return list(done.value)
@@ -342,13 +368,18 @@ class DeadLetterQueue:
                         held = (entry, reply) if reply is not None else None
                     case _Resend(entry):
                         try:
-                            response = await client.send(self._request(client, entry))
+                            response = await client.send(
+                                self._request(client, entry), auth=_guard(client, entry)
+                            )
                             await response.aread()
                             reply = response
-                        except (httpx.HTTPError, KeyMismatch) as exc:
+                        except (httpx.HTTPError, KeyMismatch, CredentialsMissing) as exc:
                             reply = exc
                     case _Settle():
                         await asyncio.to_thread(self._settle, command)
+                        held = None
+                    case _Release(entry, claim):
+                        await asyncio.to_thread(self._release, entry, claim)
                         held = None
         except StopIteration as done:
             return list(done.value)
@@ -400,6 +431,13 @@ class DeadLetterQueue:
             sent += 1
             reply = yield _Resend(entry)
             assert not isinstance(reply, str)
+            if isinstance(reply, CredentialsMissing):  # nothing sent: the entry stays as it was
+                yield _Release(entry, claim)
+                refused = ReplayResult(
+                    entry.id, entry.key, EntryState.PARKED, None, str(reply), missing=reply.missing
+                )
+                results.append(refused)
+                continue
             result, not_before = self._judge(entry, reply)
             yield _Settle(result, not_before, claim)
             results.append(result)
@@ -436,3 +474,8 @@ class DeadLetterQueue:
             status = reply.last_response.status_code
             return result(EntryState.PARKED, status, str(reply)), backoff
         return result(EntryState.PARKED, None, f"{type(reply).__name__}: {reply}"), backoff
+
+
+def _guard(client: httpx.Client | httpx.AsyncClient, entry: DeadLetter) -> httpx.Auth:
+    """The client's own auth, refusing to send without the credentials ``entry`` lost."""
+    return RequireCredentials(client.auth, entry.redacted)

@@ -2,7 +2,9 @@
 
 Registered on the ``retrysafe`` click group. ``--store`` names the DLQ: a SQLite file, Redis or
 PostgreSQL URL (default ``$RETRYSAFE_DLQ_URL``, then ``sqlite:///retrysafe-dlq.db``). Replays go
-through an idempotent transport; credentials are never in the queue, so pass them with ``-H``.
+through an idempotent transport; credentials are never in the queue, so pass them with ``-H``:
+an entry whose credential headers are not given is not sent (it stays parked, and the command
+says which header to pass), since without them the server would run it a second time.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from datetime import UTC, datetime
 import click
 
 from retrysafe.client.dlq import DeadLetter, DeadLetterQueue, EntryState
+from retrysafe.client.dlq_credentials import header_label
 from retrysafe.errors import RetrySafeError
 
 ENV_VAR = "RETRYSAFE_DLQ_URL"
@@ -168,8 +171,9 @@ def dlq_replay(
 ) -> None:
     """Re-send ENTRIES (ids or prefixes), or --all due ones, with their original keys.
 
-    Exits 1 when an entry failed (a terminal answer such as a 422 key mismatch) or is past its
-    replay window and needs reconciling.
+    Exits 1 when an entry failed (a terminal answer such as a 422 key mismatch), is past its
+    replay window and needs reconciling, or was not sent because a credential header it was
+    made with (Authorization, Cookie...) was not given with -H.
     """
     import httpx
     from rich.console import Console
@@ -198,7 +202,16 @@ def dlq_replay(
         status = "" if r.status is None else str(r.status) + (" (replay)" if r.replayed else "")
         table.add_row(r.id[:8], r.key[:8], r.state.value, status, r.detail[:80])
     Console().print(table)
-    if any(r.state in (EntryState.FAILED, EntryState.RECONCILE) for r in results):
+    for r in results:
+        if r.missing:
+            given = " ".join(f"-H '{header_label(n)}: ...'" for n in r.missing)
+            click.echo(
+                f"{r.id[:8]} not sent, still parked: it was made with "
+                f"{', '.join(header_label(n) for n in r.missing)}, which the queue does not "
+                f"store; sent without it the server would run it again. Pass {given}",
+                err=True,
+            )
+    if any(r.state in (EntryState.FAILED, EntryState.RECONCILE) or r.missing for r in results):
         raise SystemExit(1)
 
 

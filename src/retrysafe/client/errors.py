@@ -6,6 +6,7 @@
     │   ├── CircuitOpen             the host's circuit is open; nothing was sent
     │   ├── BudgetExhausted         the host's retry budget refused another attempt
     │   └── RetryDeferred           the server asked to wait longer than the Retry-After cap
+    ├── CredentialsMissing      a DLQ replay lacks a credential header the parked call had
     └── IdempotencyConflict
         └── KeyMismatch
             └── KeyMismatchResponse (also httpx.HTTPStatusError) the server answered 422
@@ -101,6 +102,20 @@ class RetryDeferred(CallFailed):
     def __init__(self, message: str, *, not_before: float, **kw: Unpack[Details]) -> None:
         super().__init__(message, **kw)
         self.not_before = not_before
+
+
+class CredentialsMissing(RetrySafeError):
+    """A dead-letter replay was not sent: the live client lacks credential headers the parked
+    call carried (the queue keeps their names, never their values).
+
+    Sent without them, the request would reach the server in another scope (another
+    principal, or none), where its key is new: the operation would run a second time.
+    ``missing`` holds the lower-case header names to supply.
+    """
+
+    def __init__(self, message: str, *, missing: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.missing = missing
 
 
 class KeyMismatchResponse(KeyMismatch, httpx.HTTPStatusError):
