@@ -3,7 +3,8 @@
     RetrySafeError
     ├── ConfigurationError      a Policy, store URL or argument that cannot work (also ValueError)
     │   ├── AtomicUnsupported   atomic completion asked of a store that cannot (memory, Redis)
-    │   └── ForeignConnection   a connection given to atomic completion is not the store's
+    │   ├── ForeignConnection   a connection given to atomic completion is not the store's
+    │   └── InstanceIdentityRequired  a decorated method whose instances cannot be told apart
     ├── InvalidKey              a malformed Idempotency-Key value (also ValueError)
     ├── IllegalTransition       a record state change the state table does not allow (a bug)
     ├── SerializationError      a function result or argument the serializer cannot keep
@@ -82,6 +83,13 @@ class AtomicUnsupported(ConfigurationError):
 class ForeignConnection(ConfigurationError):
     """A connection (or engine, or session) handed to atomic completion does not reach the
     store's database, so its writes could not commit in the record's transaction (SPEC 13a)."""
+
+
+class InstanceIdentityRequired(ConfigurationError):
+    """An ``@idempotent``/``@idempotent_tool`` method was called on an instance that does not
+    say who it is (no ``idempotency_id``): two instances' calls with equal arguments would be
+    one operation, and the second would silently get the first one's result. Raised before
+    anything is claimed or run; the message shows the two ways to fix it."""
 
 
 class NoAtomicContext(RetrySafeError, RuntimeError):

@@ -323,9 +323,12 @@ def test_bad_configuration_and_arguments_are_refused(kit: StoreKit) -> None:
         idempotent(kit.store, ignore_args=("conn",))(f)(1)  # missing argument: as Python says
 
 
-def test_methods_skip_self(kit: StoreKit) -> None:
+def test_methods_key_on_the_instance(kit: StoreKit) -> None:
+    """More in tests/adversarial/test_methods.py: the instance's identity is an argument."""
+
     class Service:
-        def __init__(self) -> None:
+        def __init__(self, name: str) -> None:
+            self.idempotency_id = name
             self.calls = 0
 
         @idempotent(kit.store)
@@ -333,9 +336,9 @@ def test_methods_skip_self(kit: StoreKit) -> None:
             self.calls += 1
             return order
 
-    a, b = Service(), Service()
-    assert a.refund("o") == b.refund("o") == "o"
-    assert a.calls + b.calls == 1
+    a, b = Service("a"), Service("b")
+    assert a.refund("o") == b.refund("o") == a.refund("o") == "o"
+    assert (a.calls, b.calls) == (1, 1)
 
 
 @both

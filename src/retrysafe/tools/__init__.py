@@ -8,13 +8,14 @@ See docs/tools.md for keys, nesting rules, serialization and the SDK adapters.
 from __future__ import annotations
 
 from retrysafe.context import current_key
-from retrysafe.errors import AgentRunRequired, SerializationError
+from retrysafe.errors import AgentRunRequired, InstanceIdentityRequired, SerializationError
 from retrysafe.tools.decorators import idempotent, idempotent_tool, tool_key
 from retrysafe.tools.runs import RunContext, agent_run, agent_step, current_run
 from retrysafe.tools.serializer import Serializer, TaggedJSON
 
 __all__ = [
     "AgentRunRequired",
+    "InstanceIdentityRequired",
     "RunContext",
     "SerializationError",
     "Serializer",

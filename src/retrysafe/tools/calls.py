@@ -50,12 +50,12 @@ from retrysafe.policy import Policy, Problem
 from retrysafe.records import StoredResponse
 from retrysafe.stores.base import AsyncStore, AtomicUnit, Store
 from retrysafe.telemetry.observe import DEFAULT_TELEMETRY, Observation, Telemetry, observe_call
+from retrysafe.tools.receivers import identity, receiver_of
 from retrysafe.tools.serializer import DEFAULT_SERIALIZER, Serializer, _class_path, _resolve
 
 log = logging.getLogger("retrysafe")
 
 EXCEPTION_MEDIA_TYPE = "application/vnd.retrysafe.exception+json"
-_SKIPPED_FIRST = ("self", "cls")
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,14 +85,22 @@ class CallSpec:
     tool: str | None = None
     atomic: bool = False  # SPEC 13a: run in the store's transaction, commit with the record
     signature: inspect.Signature = field(init=False)
+    # A method's ``self``/``cls`` parameter: its identity is part of the call (receivers.py),
+    # unless ``ignore_args`` names it. None for plain functions and staticmethods.
+    receiver: str | None = field(init=False, default=None)
     _return_checked: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         self.signature = inspect.signature(self.fn)
-        params = list(self.signature.parameters)
-        if params and params[0] in _SKIPPED_FIRST:
-            self.ignore_args = self.ignore_args | {params[0]}
-        unknown = self.ignore_args - set(params)
+        params = set(self.signature.parameters)
+        receiver = receiver_of(self.fn)
+        if receiver is not None:
+            params.add(receiver)  # a bound method's signature no longer shows it
+            if receiver not in self.ignore_args:
+                self.receiver = receiver
+                if inspect.ismethod(self.fn):  # the instance is known now: fail at decoration
+                    identity(self.fn.__self__, self.name)
+        unknown = self.ignore_args - params
         if unknown:
             raise ConfigurationError(
                 f"ignore_args names {sorted(unknown)}, which {self.name} does not take"
@@ -112,10 +120,16 @@ class CallSpec:
         return f"{self.fn.__module__}.{self.fn.__qualname__}"
 
     def arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
-        """The bound arguments with defaults applied, minus ``ignore_args`` (TypeError if bad)."""
+        """The bound arguments with defaults applied, minus ``ignore_args`` (TypeError if bad);
+        a method's receiver is replaced by its identity (InstanceIdentityRequired if none)."""
         bound = self.signature.bind(*args, **kwargs)
         bound.apply_defaults()
-        return {k: v for k, v in bound.arguments.items() if k not in self.ignore_args}
+        found = {k: v for k, v in bound.arguments.items() if k not in self.ignore_args}
+        if self.receiver is not None:
+            fn = self.fn
+            obj = fn.__self__ if inspect.ismethod(fn) else found[self.receiver]
+            found[self.receiver] = identity(obj, self.name)
+        return found
 
     def check_return(self) -> None:
         """``validate_return``: refuse before running when the annotation cannot be stored."""

@@ -11,6 +11,10 @@ only in where the key comes from:
   (if the caller named one), the tool name and version, and the SHA-256 of the canonical
   arguments. Never from call order (re-planning would shift it) and never from the
   provider's per-turn tool-call id (it changes on every model turn).
+
+On a method, the instance's identity (its ``idempotency_id``) or the class's name is one of
+the canonical arguments (see :mod:`retrysafe.tools.receivers`): two instances never share a
+result. Both decorators may sit above or below ``@classmethod``/``@staticmethod``.
 """
 
 from __future__ import annotations
@@ -34,6 +38,21 @@ P = ParamSpec("P")
 R = TypeVar("R")
 KeySource = str | Callable[..., str] | None
 TOOL_KEY_VERSION = "retrysafe.tool.v1"  # bump only with a migration note: it changes every key
+
+
+def _methods_too(
+    decorate: Callable[[Callable[P, R]], Callable[P, R]],
+) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """``decorate``, also accepting a ``classmethod``/``staticmethod`` object (a decorator
+    written above it): the function inside is wrapped and put back in the same descriptor."""
+
+    def apply(fn: Callable[P, R]) -> Callable[P, R]:
+        if isinstance(fn, classmethod | staticmethod):
+            inner: Any = fn.__func__
+            return type(fn)(decorate(inner))
+        return decorate(fn)
+
+    return apply
 
 
 def _policy(policy: Policy | None, **changes: Duration | None) -> Policy:
@@ -124,7 +143,7 @@ def idempotent(
 
         return wrap(spec, keyer)
 
-    return decorate
+    return _methods_too(decorate)
 
 
 def tool_key(run_id: str, steps: tuple[str, ...], name: str, version: str, tree: Json) -> str:
@@ -181,4 +200,4 @@ def idempotent_tool(
 
         return wrap(spec, keyer)
 
-    return decorate
+    return _methods_too(decorate)

@@ -8,7 +8,8 @@ provider's per-turn id, which must never be part of a key), other ``InjectedTool
 ``RunnableConfig``, ``callbacks``/``run_manager`` - are left out of the key.
 
 A ``BaseTool`` subclass with its own ``_run`` is protected by decorating that method with
-``@idempotent_tool(store, name=..., ignore_args=("run_manager",))`` (``self`` is skipped).
+``@idempotent_tool(store, name=..., ignore_args=("self", "run_manager"))`` (``"self"``: every
+instance of the tool is the same tool; or give the class an ``idempotency_id``).
 
 ``agent_run`` around the graph or agent invocation supplies the run id (LangChain runs sync
 tools in an executor with the caller's context copied). ``langchain_core`` is imported only
