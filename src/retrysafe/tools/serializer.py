@@ -45,7 +45,9 @@ from zoneinfo import ZoneInfo
 from retrysafe.errors import SerializationError
 
 MEDIA_TYPE = "application/vnd.retrysafe.tagged+json"
-_JCS_MAX_INT = 2**53  # RFC 8785 numbers are IEEE doubles: larger ints are tagged strings
+# RFC 8785 numbers are IEEE doubles: ints beyond the safe range (|n| <= 2**53 - 1, where every
+# int is exact and no two share a double) are tagged strings; rfc8785 refuses 2**53 itself.
+_JCS_MAX_INT = 2**53 - 1
 Json = Any  # a JSON tree: None, bool, int, float, str, list, dict[str, Json]
 
 
@@ -339,8 +341,8 @@ def canonical_tree(arguments: object) -> Json:
     """``arguments`` as a JSON tree that RFC 8785 can canonicalize (SPEC 29).
 
     Equal arguments give equal trees once canonicalized: sets and non-string-keyed maps are
-    sorted, integers beyond 2**53 are tagged strings. Raises :class:`SerializationError` when
-    an argument has no such form.
+    sorted, integers beyond ±(2**53 - 1) are tagged strings. Raises :class:`SerializationError`
+    when an argument has no such form.
     """
     return _Encoder(canonical=True).encode(arguments)
 
