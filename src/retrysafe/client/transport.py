@@ -25,7 +25,8 @@ from retrysafe.client import _telemetry
 from retrysafe.client._flow import Buffer, Call, Flow, Park, Read, Reply, Send, Sleep, call_flow
 from retrysafe.client.breaker import CircuitBreaker
 from retrysafe.client.budget import RetryBudget
-from retrysafe.client.dlq import REPLAY_EXTENSION, DeadLetterQueue
+from retrysafe.client.dlq import REDACTED_HEADERS, REPLAY_EXTENSION, DeadLetterQueue
+from retrysafe.client.redirects import strip_cross_origin
 from retrysafe.client.retry import RetryPolicy
 from retrysafe.context import next_derived_key
 from retrysafe.errors import InvalidKey
@@ -59,9 +60,15 @@ class _Base:
             raise ValueError(f"unknown park_on reasons {sorted(unknown)}; known: {PARK_REASONS}")
         self.clock, self.wall = clock, wall
         self.rng = rng or random.Random()
+        # Never carried by a redirect to another origin (redirects.py); Cookie is httpx's own.
+        redacted = REDACTED_HEADERS | (dlq.redact if dlq is not None else frozenset())
+        self.cross_origin_strip = redacted - {"cookie"}
 
     def _call(self, request: httpx.Request) -> Call:
         policy = self.retry
+        hop_key = strip_cross_origin(request, policy.key_header, self.cross_origin_strip)
+        if hop_key is not None and policy.wants_key(request.method):
+            request.headers[policy.key_header] = hop_key
         key = _existing_key(request, policy.key_header)
         if key is None and policy.wants_key(request.method):
             key = next_derived_key() or new_key()
