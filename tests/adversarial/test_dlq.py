@@ -32,6 +32,7 @@ from retrysafe.http.asgi import IdempotencyMiddleware
 from retrysafe.policy import Policy, authorization_scope, header_scope
 from retrysafe.stores.memory import MemoryStore
 from serverkit import serve_asgi
+from storekit import POSTGRES_URL, require_service, server_down
 
 TOKEN = "Bearer alice-token"
 
@@ -237,3 +238,30 @@ def test_cli_replay_names_the_header_and_replays_with_it(tmp_path: Path) -> None
         assert done is not None
         assert done.state is EntryState.DONE
         queue.close()
+
+
+def test_cli_never_prints_the_store_password() -> None:
+    """``dlq list`` titled its table with ``--store`` verbatim: a PostgreSQL password went to
+    the terminal (and to CI logs). Trust auth ignores the password, so any will do."""
+    if why := server_down(POSTGRES_URL):
+        require_service("PostgreSQL", why)
+    import uuid
+    from urllib.parse import urlsplit, urlunsplit
+
+    import psycopg
+
+    prefix = f"t{uuid.uuid4().hex[:12]}_"
+    parts = urlsplit(POSTGRES_URL)
+    user, _, host = parts.netloc.rpartition("@")
+    netloc = f"{user.partition(':')[0] or 'postgres'}:hunter2-secret@{host}"
+    sep = "&" if parts.query else ""
+    query = f"{parts.query}{sep}table_prefix={prefix}"
+    store = urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+    try:
+        listed = run_cli("dlq", "list", "--store", store)
+        assert listed.returncode == 0, listed.stdout + listed.stderr
+        assert "hunter2-secret" not in listed.stdout + listed.stderr
+        assert "0 entries in postgresql://" in listed.stdout
+    finally:
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(f'DROP TABLE IF EXISTS "{prefix}dlq"')
