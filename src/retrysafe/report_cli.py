@@ -10,8 +10,9 @@ from pathlib import Path
 import click
 
 OBJECTIVE_HELP = (
-    "an SLO as PATTERN=SUCCESS%[,THRESHOLD@LATENCY%][,WINDOW], e.g. 'POST /pay*=99.9,300ms@95,30d'"
-    " (repeatable; the first matching pattern applies; default '*=99.9,1s@99,30d')"
+    "an SLO as PATTERN=SUCCESS%[,THRESHOLD@LATENCY%][,keys:CORRECT%][,WINDOW], e.g."
+    " 'POST /pay*=99.9,300ms@95,keys:99.5,30d'"
+    " (repeatable; the first matching pattern applies; default '*=99.9,1s@99,keys:99.9,30d')"
 )
 
 

@@ -48,7 +48,7 @@ def test_with_an_sdk_each_attempt_is_a_client_span() -> None:
         attrs = span["attributes"]
         assert span["name"] == "POST"
         assert span["kind"] == "CLIENT"
-        assert attrs["retrysafe.idempotency.key"] == key
+        assert attrs["idempotency.key"] == key
         assert attrs["server.address"] == "api.test"
         assert "pw@" not in attrs["url.full"]
         if number % 2 == 0:

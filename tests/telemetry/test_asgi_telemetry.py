@@ -23,9 +23,9 @@ from retrysafe.stores.cached import CachedStore
 from retrysafe.telemetry import Telemetry, report_cost
 from retrysafe.telemetry.observe import DEFAULT_TELEMETRY, NULL_OBSERVATION, observe
 
-OUTCOME = "retrysafe.idempotency.outcome"
+OUTCOME = "idempotency.outcome"
 BILLABLE = "retrysafe.idempotency.billable"
-KEY = "retrysafe.idempotency.key"
+KEY = "idempotency.key"
 
 
 class App:
@@ -321,7 +321,7 @@ async def test_no_key_in_any_metric_attribute(otel: Otel) -> None:
             assert key not in blob, name
             assert hashed not in blob, name
     by_outcome = {
-        p.attributes["retrysafe.idempotency.outcome"]: p.value for p in points["retrysafe.requests"]
+        p.attributes["idempotency.outcome"]: p.value for p in points["retrysafe.requests"]
     }
     assert by_outcome == {"executed": 1, "replayed": 1, "mismatch": 1}
     store_ops = {
@@ -477,6 +477,6 @@ async def test_a_replay_from_the_local_cache_is_no_store_operation(otel: Otel) -
     ]
     assert sorted(store_ops) == [("claim", 1), ("complete", 1)]
     by_outcome = {
-        p.attributes["retrysafe.idempotency.outcome"]: p.value for p in points["retrysafe.requests"]
+        p.attributes["idempotency.outcome"]: p.value for p in points["retrysafe.requests"]
     }
     assert by_outcome == {"executed": 1, "replayed": 3}

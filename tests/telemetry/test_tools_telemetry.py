@@ -32,7 +32,7 @@ def test_function_replay_links_and_records_cost_avoided(otel: Otel, audit_log: A
     executed, replayed, mismatch = otel.spans()
     assert executed.name.startswith("retrysafe ")
     assert executed.name.endswith("charge")
-    assert [attrs(s)["retrysafe.idempotency.outcome"] for s in (executed, replayed, mismatch)] == [
+    assert [attrs(s)["idempotency.outcome"] for s in (executed, replayed, mismatch)] == [
         "executed",
         "replayed",
         "mismatch",
@@ -72,7 +72,7 @@ def test_tool_span_follows_the_genai_conventions(otel: Otel, audit_log: AuditLin
     assert attrs(first)["gen_ai.tool.name"] == "search"
     assert attrs(first)["gen_ai.conversation.id"] == "run-42"
     assert "gen_ai.tool.call.id" not in attrs(first)  # the provider gave none
-    assert attrs(again)["retrysafe.idempotency.outcome"] == "replayed"
+    assert attrs(again)["idempotency.outcome"] == "replayed"
     assert again.links[0].context.span_id == first.context.span_id
     docs = audit_log.docs()
     assert [(d["surface"], d["operation"]) for d in docs] == [("tool", "search")] * 2

@@ -75,8 +75,8 @@ def test_execute_replay_link_cost_attempt(otel: Otel, audit_log: AuditLines) -> 
     executed, replayed = otel.ours()
     assert executed.attributes is not None
     assert replayed.attributes is not None
-    assert executed.attributes["retrysafe.idempotency.outcome"] == "executed"
-    assert replayed.attributes["retrysafe.idempotency.outcome"] == "replayed"
+    assert executed.attributes["idempotency.outcome"] == "executed"
+    assert replayed.attributes["idempotency.outcome"] == "replayed"
     (link,) = replayed.links
     assert link.context.span_id == executed.context.span_id
     first, again = audit_log.docs()

@@ -98,7 +98,7 @@ def _recording_span(request: httpx.Request, number: int, key: str | None) -> Ite
             if number > 1:
                 span.set_attribute("http.request.resend_count", number - 1)
             if key is not None:
-                span.set_attribute("retrysafe.idempotency.key", key)
+                span.set_attribute("idempotency.key", key)
         yield span
 
 

@@ -43,6 +43,7 @@ class AuditRecord:
     linked_trace_id: str | None = None  # the first execution, for replays
     linked_span_id: str | None = None
     cost: dict[str, float] | None = None  # per unit: spent (billable) or avoided (replay)
+    run_id: str | None = None  # a tool call's durable agent run: who used the key
 
     def to_json(self) -> str:
         """One compact JSON object, fields in declaration order, None fields left out."""

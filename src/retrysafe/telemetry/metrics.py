@@ -7,6 +7,11 @@ recording as soon as the application sets one up; with no SDK every call is a no
 Attributes are low-cardinality on purpose: surface (http, function, tool), the operation
 (``METHOD path`` by default; use a route-template ``operation`` hook on :class:`Telemetry`
 for paths carrying ids) and the outcome. The key, the scope and the fingerprint never appear.
+
+``retrysafe.key.uses`` feeds the key correctness SLI (docs/observability.md has the PromQL of
+its burn-rate alert): every keyed decision, with ``retrysafe.key.misuse`` saying whether the
+client misused its key. Client identities stay out of metrics (unbounded cardinality): the
+per-client breakdown is the report's, from the audit log.
 """
 
 from __future__ import annotations
@@ -18,9 +23,16 @@ from opentelemetry.metrics import MeterProvider
 
 from retrysafe.outcomes import Outcome
 
+# What each outcome says about the client's use of its key; None: not a key use (no usable key).
+_MISUSE: dict[Outcome, str | None] = {outcome: "none" for outcome in Outcome}
+_MISUSE.update(
+    {Outcome.MISMATCH: "mismatch", Outcome.CONFLICT_IN_FLIGHT: "in_flight", Outcome.REJECTED: None}
+)
+
 ATTR_SURFACE = "retrysafe.surface"
 ATTR_OPERATION = "retrysafe.operation"
-ATTR_OUTCOME = "retrysafe.idempotency.outcome"
+ATTR_OUTCOME = "idempotency.outcome"
+ATTR_MISUSE = "retrysafe.key.misuse"  # "none", "mismatch" or "in_flight"
 ATTR_STORE_OP = "retrysafe.store.operation"
 ATTR_COST_UNIT = "retrysafe.cost.unit"
 
@@ -41,18 +53,26 @@ class Instruments:
         "cost",
         "cost_avoided",
         "duration",
+        "key_uses",
         "replays",
         "requests",
         "store_duration",
     )
 
     def __init__(self, provider: MeterProvider | None = None) -> None:
-        self._cache: dict[tuple[str, str, Outcome], tuple[dict[str, str], dict[str, str]]] = {}
+        self._cache: dict[
+            tuple[str, str, Outcome], tuple[dict[str, str], dict[str, str], dict[str, str] | None]
+        ] = {}
         meter = metrics.get_meter("retrysafe", meter_provider=provider)
         self.requests = meter.create_counter(
             "retrysafe.requests",
             unit="{request}",
             description="Keyed requests and calls by outcome",
+        )
+        self.key_uses = meter.create_counter(
+            "retrysafe.key.uses",
+            unit="{request}",
+            description="Keyed requests and calls, by whether the client misused its key",
         )
         self.replays = meter.create_counter(
             "retrysafe.replays",
@@ -90,8 +110,10 @@ class Instruments:
         seconds: float,
         cost: Mapping[str, float] | None,
     ) -> None:
-        where, attrs = self._attributes(surface, operation, outcome)
+        where, attrs, key_use = self._attributes(surface, operation, outcome)
         self.requests.add(1, attrs)
+        if key_use is not None:
+            self.key_uses.add(1, key_use)
         self.duration.record(seconds, attrs)
         replayed = outcome is Outcome.REPLAYED
         if replayed:
@@ -103,13 +125,15 @@ class Instruments:
 
     def _attributes(
         self, surface: str, operation: str, outcome: Outcome
-    ) -> tuple[dict[str, str], dict[str, str]]:
+    ) -> tuple[dict[str, str], dict[str, str], dict[str, str] | None]:
         """Attribute dicts, cached: building them per request is most of the no-SDK cost."""
         key = (surface, operation, outcome)
         found = self._cache.get(key)
         if found is None:
             where = {ATTR_SURFACE: surface, ATTR_OPERATION: operation}
-            found = (where, {**where, ATTR_OUTCOME: outcome.value})
+            misuse = _MISUSE[outcome]
+            key_use = None if misuse is None else {**where, ATTR_MISUSE: misuse}
+            found = (where, {**where, ATTR_OUTCOME: outcome.value}, key_use)
             if len(self._cache) < _CACHE_MAX:  # bounded: operations may be many
                 self._cache[key] = found
         return found

@@ -52,8 +52,10 @@ from retrysafe.telemetry.metrics import Instruments, default_instruments
 KeyMode = Literal["raw", "hashed"]
 OperationNamer = Callable[[str, str], str]
 
-ATTR_KEY = "retrysafe.idempotency.key"
-ATTR_OUTCOME = "retrysafe.idempotency.outcome"
+# The key and the outcome use the plain names operators query across libraries; they are
+# stable (docs/observability.md). What is specific to retrysafe keeps its own namespace.
+ATTR_KEY = "idempotency.key"
+ATTR_OUTCOME = "idempotency.outcome"
 ATTR_BILLABLE = "retrysafe.idempotency.billable"
 ATTR_FINGERPRINT = "retrysafe.idempotency.fingerprint"
 ATTR_ATTEMPT = "retrysafe.idempotency.attempt"
@@ -231,7 +233,9 @@ def observe_call(
         attrs["gen_ai.conversation.id"] = run_id
     if call_id:
         attrs["gen_ai.tool.call.id"] = call_id
-    return telemetry.observe("tool", tool, span_name=f"execute_tool {tool}", attributes=attrs)
+    obs = telemetry.observe("tool", tool, span_name=f"execute_tool {tool}", attributes=attrs)
+    obs.run_id = run_id or None
+    return obs
 
 
 def _is_proxy(provider: MeterProvider) -> bool:
@@ -318,6 +322,7 @@ class Observation:
         "key",
         "linked",
         "operation",
+        "run_id",
         "scope",
         "settings",
         "surface",
@@ -339,6 +344,7 @@ class Observation:
         self._started = time.perf_counter()
         self._store_s = self._wait_s = 0.0
         self.key = self.scope = self.fingerprint = ""
+        self.run_id: str | None = None  # a tool call's agent run, for the per-client report
         self.linked: tuple[str, str] | None = None
         self._avoided: dict[str, float] = {}
         self._meter: cost.CostMeter | None = None  # made when the handler runs
@@ -522,6 +528,7 @@ class Observation:
                     linked_trace_id=self.linked[0] if self.linked else None,
                     linked_span_id=self.linked[1] if self.linked else None,
                     cost=spent or None,
+                    run_id=self.run_id,
                 )
             )
         if self._owned:

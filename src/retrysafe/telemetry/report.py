@@ -21,11 +21,13 @@ from typing import Any
 
 from retrysafe.telemetry.metrics import REQUEST_BUCKETS
 from retrysafe.telemetry.slo import (
+    ClientMisuse,
     Event,
     Objective,
     Status,
     budget_series,
     evaluate,
+    misuse_by_client,
     objective_for,
 )
 
@@ -116,6 +118,7 @@ class Summary:
     cost_spent: dict[str, float]
     cost_avoided: dict[str, float]
     slo: list[Status]
+    misuse: list[ClientMisuse] = field(default_factory=list)  # worst clients first
 
     @property
     def total(self) -> int:
@@ -161,6 +164,7 @@ def summarize(log: Log, objectives: Sequence[Objective] = (), now: float | None 
             for unit, amount in cost.items():
                 spent[unit] += _number(amount)
     events = [Event.from_audit(d) for d in records]
+    window = max(o.window_s for o in objectives)
     return Summary(
         records=records,
         skipped=log.skipped,
@@ -174,6 +178,7 @@ def summarize(log: Log, objectives: Sequence[Objective] = (), now: float | None 
         cost_spent=dict(spent),
         cost_avoided=dict(avoided),
         slo=evaluate(events, objectives, now),
+        misuse=misuse_by_client(events, now, window),
     )
 
 
@@ -203,6 +208,13 @@ def _window(seconds: float) -> str:
     if seconds >= 3_600:
         return f"{seconds / 3_600:g}h"
     return f"{seconds / 60:g}m"
+
+
+def _client(identity: str) -> str:
+    """A client identity short enough for a table: hashes are cut, run ids kept."""
+    if len(identity) == 64 and all(c in "0123456789abcdef" for c in identity):
+        return identity[:12] + "…"
+    return identity or "(none)"
 
 
 def render(summary: Summary, console: Any) -> None:
@@ -268,9 +280,7 @@ def render(summary: Summary, console: Any) -> None:
     for name in burn_windows:
         slo.add_column(f"burn {name}", justify="right")
     for status in summary.slo:
-        for ind in (status.availability, status.latency):
-            if ind is None:
-                continue
+        for ind in status.indicators:
             style = "green" if ind.met else "red"
             label = ind.name
             if ind.name == "latency" and status.objective.latency_s is not None:
@@ -285,6 +295,16 @@ def render(summary: Summary, console: Any) -> None:
                 *(f"{burns.get(w, 0.0):.2f}" for w in burn_windows),
             )
     console.print(slo)
+
+    if summary.misuse:
+        misuse = Table(title="Key misuse by client (mismatches and in-flight conflicts)")
+        for name in ("client", "operation", "misused", "keyed", "share"):
+            misuse.add_column(name, justify="left" if name in ("client", "operation") else "right")
+        for m in summary.misuse:
+            misuse.add_row(
+                _client(m.client), m.operation, str(m.misuse), str(m.keyed), f"{m.ratio:.2%}"
+            )
+        console.print(misuse)
 
     alerts = [(s.operation, sli, a) for s in summary.slo for sli, a in s.alerts]
     if not alerts:
@@ -502,9 +522,7 @@ def html_page(summary: Summary) -> str:
     ]
     slo_rows = []
     for status in summary.slo:
-        for ind in (status.availability, status.latency):
-            if ind is None:
-                continue
+        for ind in status.indicators:
             cls = "good" if ind.met else "bad"
             slo_rows.append(
                 [
@@ -526,6 +544,10 @@ def html_page(summary: Summary) -> str:
         ]
         for s in summary.slo
         for sli, a in s.alerts
+    ]
+    misuse_rows = [
+        [_esc(_client(m.client)), _esc(m.operation), str(m.misuse), str(m.keyed), f"{m.ratio:.2%}"]
+        for m in summary.misuse
     ]
     durations = [d for s in summary.operations.values() for d in s.durations]
     money = [
@@ -564,6 +586,10 @@ def html_page(summary: Summary) -> str:
         "<figure><figcaption>Error budget remaining</figcaption>",
         budget_chart(summary),
         "</figure>",
+        "<h2>Key misuse by client</h2>",
+        _table(["client", "operation", "misused", "keyed", "share"], misuse_rows)
+        if misuse_rows
+        else '<p class="good">No key misuse.</p>',
         "<h2>Burn-rate alerts</h2>",
         _table(["severity", "operation", "SLI", "windows", "burn (long/short)"], alert_rows)
         if alert_rows

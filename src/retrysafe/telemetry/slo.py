@@ -32,6 +32,16 @@ What consumes the budget (:func:`classify`):
 
 Latency counts over the same valid events (good and bad): an event is slow when its
 ``duration_s`` exceeds the objective's threshold.
+
+**Key correctness** is a second, separate SLI over every keyed decision (all but ``rejected``):
+the share that were not key misuse. Misuse is ``mismatch`` (a key reused for another request)
+and ``conflict_in_flight`` (a duplicate that did not wait for the first attempt): both say the
+*client* — usually an agent's retry logic — is wrong. It has its own objective
+(``Objective.correctness``), budget and burn-rate alerts, so misuse pages whoever owns the
+clients without burning the service's availability budget for mismatches. (A 409 counts in
+both: it is the client's misuse, and also a first attempt slower than the wait bound.)
+:func:`misuse_by_client` breaks it down per client identity (the scope's opaque hash, or the
+agent run id of tool calls).
 """
 
 from __future__ import annotations
@@ -57,6 +67,13 @@ class Kind(enum.Enum):
 
 _BAD_OUTCOMES = frozenset({"store_error", "conflict_in_flight"})
 _CLIENT_OUTCOMES = frozenset({"mismatch", "rejected"})
+MISUSE_OUTCOMES = frozenset({"mismatch", "conflict_in_flight"})
+UNKEYED_OUTCOMES = frozenset({"rejected"})  # no usable key: not a key use at all
+
+
+def is_misuse(outcome: str) -> bool:
+    """A keyed decision that says the client used its key wrongly (the correctness SLI)."""
+    return outcome in MISUSE_OUTCOMES
 
 
 def classify(outcome: str, status: int | None) -> Kind:
@@ -98,9 +115,11 @@ class Objective:
     latency_s: float | None = 1.0
     latency_target: float = 0.99
     window_s: float = 30 * DAY
+    correctness: float | None = 0.999  # key correctness target; None: not tracked
 
     def __post_init__(self) -> None:
-        for name in ("success", "latency_target"):
+        names = ["success", "latency_target"] + (["correctness"] if self.correctness else [])
+        for name in names:
             value = getattr(self, name)
             if not (isinstance(value, int | float) and 0 < value < 1):
                 raise ValueError(f"{name} must be a fraction strictly between 0 and 1: {value!r}")
@@ -124,6 +143,7 @@ class Event:
     outcome: str
     status: int | None = None
     duration_s: float | None = None
+    client: str = ""  # who used the key: the scope's opaque hash, or a tool call's run id
 
     @property
     def kind(self) -> Kind:
@@ -139,6 +159,7 @@ class Event:
             str(doc["outcome"]),
             int(status) if isinstance(status, int | float) else None,
             float(duration) if isinstance(duration, int | float) else None,
+            str(doc.get("run_id") or doc.get("scope") or ""),
         )
 
 
@@ -185,13 +206,15 @@ class Status:
     latency: Indicator | None
     client_errors: int
     by_outcome: Mapping[str, int] = field(default_factory=dict)
+    correctness: Indicator | None = None
+
+    @property
+    def indicators(self) -> tuple[Indicator, ...]:
+        return tuple(i for i in (self.availability, self.latency, self.correctness) if i)
 
     @property
     def alerts(self) -> tuple[tuple[str, Alert], ...]:
-        found = [("availability", a) for a in self.availability.alerts]
-        if self.latency is not None:
-            found += [("latency", a) for a in self.latency.alerts]
-        return tuple(found)
+        return tuple((ind.name, a) for ind in self.indicators for a in ind.alerts)
 
 
 def burn_rate(bad: int, valid: int, target: float) -> float:
@@ -273,9 +296,55 @@ def evaluate(events: Iterable[Event], objectives: Sequence[Objective], now: floa
             latency = _indicator(
                 "latency", objective.latency_target, _Series(times, slow), objective.window_s, now
             )
+        correctness = None
+        if objective.correctness is not None:
+            keyed = [e for e in evs if e.outcome not in UNKEYED_OUTCOMES]
+            correctness = _indicator(
+                "key correctness",
+                objective.correctness,
+                _Series([e.ts for e in keyed], [is_misuse(e.outcome) for e in keyed]),
+                objective.window_s,
+                now,
+            )
         client = sum(1 for e in in_window if e.kind is Kind.CLIENT_ERROR)
-        out.append(Status(operation, objective, availability, latency, client, outcomes))
+        out.append(
+            Status(operation, objective, availability, latency, client, outcomes, correctness)
+        )
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class ClientMisuse:
+    """Key misuse of one client on one operation, over a window."""
+
+    client: str
+    operation: str
+    misuse: int
+    keyed: int
+
+    @property
+    def ratio(self) -> float:
+        return self.misuse / self.keyed if self.keyed else 0.0
+
+
+def misuse_by_client(
+    events: Iterable[Event], now: float, window_s: float, limit: int = 10
+) -> list[ClientMisuse]:
+    """The clients whose keys were misused most in ``(now - window_s, now]``, worst first.
+
+    Only clients with at least one misuse are listed. A client is an opaque identity (a hash,
+    a run id): this is for finding the agent or integration whose retry logic is wrong.
+    """
+    counts: dict[tuple[str, str], list[int]] = {}
+    for e in events:
+        if not (now - window_s < e.ts <= now) or e.outcome in UNKEYED_OUTCOMES:
+            continue
+        cell = counts.setdefault((e.client, e.operation), [0, 0])
+        cell[0] += is_misuse(e.outcome)
+        cell[1] += 1
+    found = [ClientMisuse(c, op, bad, n) for (c, op), (bad, n) in counts.items() if bad]
+    found.sort(key=lambda m: (-m.ratio, -m.misuse, m.client, m.operation))
+    return found[:limit]
 
 
 def budget_series(
@@ -303,10 +372,13 @@ def budget_series(
 
 
 def parse_objective(text: str) -> Objective:
-    """``PATTERN=SUCCESS%[,THRESHOLD@LATENCY%][,WINDOW]``, e.g. ``POST /pay*=99.9,0.3s@95,30d``.
+    """``PATTERN=SUCCESS%[,THRESHOLD@LATENCY%][,keys:CORRECT%][,WINDOW]``, e.g.
+    ``POST /pay*=99.9,300ms@95,keys:99.5,30d``.
 
-    SUCCESS and LATENCY are percentages; THRESHOLD is seconds (``s`` or ``ms`` suffix allowed);
-    WINDOW is days (``d``) or hours (``h``). The pattern is everything before the last ``=``.
+    SUCCESS, LATENCY and CORRECT (the key correctness target) are percentages; THRESHOLD
+    carries its unit (``300ms``, ``1.5s``): a bare number is refused, since it would silently
+    mean seconds; WINDOW is days (``d``) or hours (``h``). The pattern is everything before the
+    last ``=``.
     """
     pattern, sep, spec = text.rpartition("=")
     if not sep or not pattern.strip():
@@ -318,7 +390,9 @@ def parse_objective(text: str) -> Objective:
         options: dict[str, Any] = {"success": _percent(parts[0])}
         options["latency_s"] = None
         for part in parts[1:]:
-            if "@" in part:
+            if part.startswith("keys:"):
+                options["correctness"] = _percent(part.removeprefix("keys:"))
+            elif "@" in part:
                 threshold, _, pct = part.partition("@")
                 options["latency_s"] = _seconds(threshold)
                 options["latency_target"] = _percent(pct)
@@ -342,13 +416,16 @@ def _seconds(text: str) -> float:
     text = text.strip()
     if text.endswith("ms"):
         return float(text[:-2]) / 1000
-    return float(text.rstrip("s"))
+    if not text.endswith("s"):
+        raise ValueError(f"latency threshold {text!r} needs a unit: '{text}ms' or '{text}s'")
+    return float(text[:-1])
 
 
 __all__ = [
     "BURN_WINDOWS",
     "Alert",
     "BurnWindow",
+    "ClientMisuse",
     "Event",
     "Indicator",
     "Kind",
@@ -359,6 +436,8 @@ __all__ = [
     "burn_rate",
     "classify",
     "evaluate",
+    "is_misuse",
+    "misuse_by_client",
     "objective_for",
     "parse_objective",
 ]
