@@ -22,7 +22,7 @@ from retrysafe.client.dlq_cli import dlq
 from retrysafe.gateway_cli import proxy
 from retrysafe.report_cli import report
 from retrysafe.stores.cached import CachedStore
-from retrysafe.stores.url import ENV_VAR
+from retrysafe.stores.url import ENV_VAR, redacted_url
 
 if TYPE_CHECKING:
     from retrysafe.records import Record
@@ -33,7 +33,10 @@ store_option = click.option(
     "store_url",
     envvar=ENV_VAR,
     metavar="URL",
-    help=f"store URL: memory://, sqlite:///relative.db, sqlite:////abs.db (env: {ENV_VAR})",
+    help=(
+        "store URL: memory://, sqlite:///relative.db, sqlite:////abs.db, redis://host:6379/0, "
+        f"postgresql://user@host/db (env: {ENV_VAR})"
+    ),
 )
 
 
@@ -283,7 +286,7 @@ def keys_show(
     with using_store(store_url) as store:
         record = store.get(_record_id(key, scope, authorization, raw_id))
     if record is None:
-        click.echo(f"no live record for this key in {store.url}", err=True)
+        click.echo(f"no live record for this key in {redacted_url(store.url)}", err=True)
         raise SystemExit(1)
     click.echo(json.dumps(_describe(record), indent=2))
 
@@ -297,7 +300,7 @@ def keys_delete(
     with using_store(store_url) as store:
         found = store.delete(_record_id(key, scope, authorization, raw_id))
     if not found:
-        click.echo(f"no record for this key in {store.url}", err=True)
+        click.echo(f"no record for this key in {redacted_url(store.url)}", err=True)
         raise SystemExit(1)
     click.echo("deleted")
 

@@ -22,10 +22,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from retrysafe.client.retry import Attempt
 from retrysafe.errors import ConfigurationError
+from retrysafe.stores.url import redacted_url
 
 
 class EntryState(enum.Enum):
@@ -138,6 +139,12 @@ def open_backend(url: str | Path) -> DLQBackend:
     if scheme in ("", "sqlite"):
         from retrysafe.client.dlq_sqlite import SQLiteDLQ, sqlite_path
 
+        if scheme and "?" in url:  # the path would swallow the query: a typo, not a file name
+            for name, _ in parse_qsl(url.partition("?")[2], keep_blank_values=True):
+                raise ConfigurationError(
+                    f"unknown option {name!r} in SQLite DLQ URL {url!r}: a SQLite "
+                    "dead-letter queue takes no options"
+                )
         return SQLiteDLQ(sqlite_path(url))
     if scheme in ("redis", "rediss", "redis+cluster", "rediss+cluster"):
         try:
@@ -157,7 +164,7 @@ def open_backend(url: str | Path) -> DLQBackend:
         return PostgresDLQ(url)
     raise ConfigurationError(
         f"the dead-letter queue supports sqlite://, redis://, rediss://, postgresql:// and "
-        f"postgres:// URLs, not {url!r}"
+        f"postgres:// URLs, not {redacted_url(url)!r}"
     )
 
 

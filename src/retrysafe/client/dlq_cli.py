@@ -14,13 +14,13 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from urllib.parse import urlsplit
 
 import click
 
 from retrysafe.client.dlq import DeadLetter, DeadLetterQueue, EntryState
 from retrysafe.client.dlq_credentials import header_label
 from retrysafe.errors import RetrySafeError
+from retrysafe.stores.url import redacted_url
 
 ENV_VAR = "RETRYSAFE_DLQ_URL"
 DEFAULT_URL = "sqlite:///retrysafe-dlq.db"
@@ -63,15 +63,6 @@ def _find(queue: DeadLetterQueue, prefix: str) -> DeadLetter:
     return matches[0]
 
 
-def _shown(url: str) -> str:
-    """``url`` fit for a terminal or a CI log: no user-info (a password) and no query (which
-    may carry one, e.g. ``?password=``)."""
-    if "://" not in url:
-        return url
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
-
-
 def _due(e: DeadLetter, now: float) -> str:
     if e.state is EntryState.REPLAYING:  # not_before is the end of the replayer's claim
         return f"claimed for {e.not_before - now:.0f} s" if e.not_before > now else "now"
@@ -107,7 +98,7 @@ def dlq_list(store_url: str, state: str | None) -> None:
         entries = queue.entries(EntryState(state) if state else None)
     now = time.time()
     noun = "entry" if len(entries) == 1 else "entries"
-    table = Table(title=f"{len(entries)} {noun} in {_shown(store_url)}")
+    table = Table(title=f"{len(entries)} {noun} in {redacted_url(store_url)}")
     for column in ("id", "state", "reason", "key", "tries"):
         table.add_column(column, no_wrap=True)
     for column in ("request", "last error", "due"):

@@ -40,6 +40,7 @@ from retrysafe.errors import ConfigurationError
 from retrysafe.stores._errors import translated
 from retrysafe.stores._urlopts import split_options
 from retrysafe.stores.postgres import _options, _redacted
+from retrysafe.stores.url import redacted_url
 
 URL_OPTIONS: dict[str, Callable[[str], Any]] = {
     "schema": str,  # schema of the table, default: the connection's search_path
@@ -96,7 +97,7 @@ class PostgresDLQ:
     ) -> None:
         clean, o = split_options(url, URL_OPTIONS)
         if clean.partition("://")[0].lower() not in ("postgresql", "postgres"):
-            raise ConfigurationError(f"not a PostgreSQL DLQ URL: {url!r}")
+            raise ConfigurationError(f"not a PostgreSQL DLQ URL: {redacted_url(url)!r}")
         schema = o.get("schema", schema)
         self.table_name = f"{o.get('table_prefix', table_prefix)}dlq"
         pool_size = o.get("pool_size", pool_size)

@@ -41,6 +41,7 @@ from retrysafe.client.dlq_backend import (
 from retrysafe.errors import ConfigurationError
 from retrysafe.stores._errors import translated
 from retrysafe.stores._urlopts import split_options
+from retrysafe.stores.url import redacted_url
 
 URL_OPTIONS: dict[str, Callable[[str], Any]] = {
     "prefix": str,  # key prefix, default "retrysafe:dlq:"
@@ -140,7 +141,8 @@ class RedisDLQ:
         scheme = clean.partition("://")[0].lower()
         if scheme not in ("redis", "rediss"):
             raise ConfigurationError(
-                f"a Redis DLQ takes redis:// or rediss:// URLs (not Cluster), not {url!r}"
+                "a Redis DLQ takes redis:// or rediss:// URLs (not Cluster), "
+                f"not {redacted_url(url)!r}"
             )
         self.prefix = o.get("prefix", prefix)
         pool_size = o.get("pool_size", pool_size)

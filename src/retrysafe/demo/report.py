@@ -7,6 +7,7 @@ from rich.table import Table
 from rich.text import Text
 
 from retrysafe.demo.run import DemoReport
+from retrysafe.stores.url import redacted_url
 
 INTRO = (
     "A payments API (Starlette + retrysafe's ASGI middleware, {store}) is served on {url}.\n"
@@ -17,7 +18,9 @@ INTRO = (
 
 def render(report: DemoReport, console: Console, *, verbose: bool = False) -> None:
     """Print the summary; every check is listed with ``verbose``, failed ones always."""
-    console.print(INTRO.format(store=report.store_url, url=report.url or "a loopback port"))
+    console.print(
+        INTRO.format(store=redacted_url(report.store_url), url=report.url or "a loopback port")
+    )
     table = Table(title="retrysafe demo", show_lines=True, expand=False)
     table.add_column("Scenario: what the client did", min_width=22)
     table.add_column("Ran", justify="right", no_wrap=True)

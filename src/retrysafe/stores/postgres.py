@@ -46,7 +46,7 @@ from retrysafe.stores._perloop import PerLoop
 from retrysafe.stores._pg_apool import AsyncPool
 from retrysafe.stores._postgres_sql import Statements
 from retrysafe.stores._stats import KeyStats, from_rows
-from retrysafe.stores._urlopts import as_bool, split_options
+from retrysafe.stores._urlopts import as_bool, redacted_url, split_options
 from retrysafe.stores._wake import Listener, awatch_loop, watch_loop
 
 if TYPE_CHECKING:
@@ -113,7 +113,7 @@ class PostgresStore:
             )
         scheme = clean.partition("://")[0].lower()
         if scheme not in ("postgresql", "postgres"):
-            raise ConfigurationError(f"not a PostgreSQL store URL: {url!r}")
+            raise ConfigurationError(f"not a PostgreSQL store URL: {redacted_url(url)!r}")
         self.url = url
         self.sql = Statements(schema, table_prefix)
         # LISTEN channels are identifiers (<= 63 bytes): derive a short stable one.

@@ -59,7 +59,7 @@ from retrysafe.stores._notify import Notifier
 from retrysafe.stores._perloop import PerLoop
 from retrysafe.stores._redis_wire import Endpoint, ReplyError, Script, Wire
 from retrysafe.stores._stats import KeyStats, tally
-from retrysafe.stores._urlopts import as_bool, split_options
+from retrysafe.stores._urlopts import as_bool, redacted_url, split_options
 from retrysafe.stores._wake import Listener, awatch_loop, watch_loop
 
 # An abandoned claim (holder died, nobody retried) expires this long after its lease lapsed;
@@ -181,7 +181,7 @@ class RedisStore:
         scheme, _, rest = clean.partition("://")
         self.cluster = scheme.lower().endswith("+cluster")
         if scheme.lower() not in ("redis", "rediss", "redis+cluster", "rediss+cluster"):
-            raise ConfigurationError(f"not a Redis store URL: {url!r}")
+            raise ConfigurationError(f"not a Redis store URL: {redacted_url(url)!r}")
         self.url = url
         self.prefix = prefix
         self.channel = f"{prefix}done"

@@ -10,6 +10,10 @@ postgresql://user@host/db       PostgreSQL (postgres:// too); options in the que
 Any of them with ``?local_cache=N`` (and optionally ``&local_cache_bytes=B``) is wrapped in a
 :class:`~retrysafe.stores.cached.CachedStore`: replays of completed records answered from this
 process's memory, at most N records and B bytes (docs/stores.md, "Local replay cache").
+
+Any other query option must be one the store or its driver takes: a misspelt one is a
+:class:`~retrysafe.errors.ConfigurationError` naming it and the valid ones. Messages show a
+URL through :func:`redacted_url`, so a password is never echoed.
 """
 
 from __future__ import annotations
@@ -21,11 +25,13 @@ from urllib.parse import urlsplit
 
 from retrysafe.errors import ConfigurationError
 from retrysafe.stores._replay_cache import DEFAULT_MAX_BYTES
-from retrysafe.stores._urlopts import split_options
+from retrysafe.stores._urlopts import UnknownURLOption, redacted_url, split_options
 from retrysafe.stores.base import DualStore
 
 # Options of the local replay cache, taken out of the URL before the backend sees it.
 CACHE_OPTIONS: dict[str, Callable[[str], Any]] = {"local_cache": int, "local_cache_bytes": int}
+
+__all__ = ["DEFAULT_URL", "ENV_VAR", "open_store", "redacted_url", "register_scheme"]
 
 ENV_VAR = "RETRYSAFE_STORE_URL"
 DEFAULT_URL = "sqlite:///retrysafe.db"
@@ -49,6 +55,7 @@ def register_scheme(*schemes: str) -> Callable[[Opener], Opener]:
 def _open_memory(url: str) -> DualStore:
     from retrysafe.stores.memory import MemoryStore
 
+    split_options(url, {})  # the memory store takes no options: any left is a typo
     return MemoryStore(url=url)
 
 
@@ -56,10 +63,11 @@ def _open_memory(url: str) -> DualStore:
 def _open_sqlite(url: str) -> DualStore:
     from retrysafe.stores.sqlite import SQLiteStore
 
-    rest = url[len("sqlite://") :]
+    clean, _ = split_options(url, {})  # SQLite takes no options: any left is a typo
+    rest = clean[len("sqlite://") :]
     if not rest.startswith("/") or rest == "/":
         raise ConfigurationError(
-            f"bad SQLite store URL {url!r}: use sqlite:///relative/path.db or "
+            f"bad SQLite store URL {redacted_url(url)!r}: use sqlite:///relative/path.db or "
             "sqlite:////absolute/path.db"
         )
     return SQLiteStore(rest[1:], url=url)
@@ -70,7 +78,9 @@ def _open_redis(url: str) -> DualStore:
     try:
         from retrysafe.stores.redis import RedisStore
     except ImportError as exc:
-        raise ConfigurationError(f"{url!r} needs redis-py: pip install 'retrysafe[redis]'") from exc
+        raise ConfigurationError(
+            f"{redacted_url(url)!r} needs redis-py: pip install 'retrysafe[redis]'"
+        ) from exc
     return RedisStore(url)
 
 
@@ -80,7 +90,7 @@ def _open_postgres(url: str) -> DualStore:
         from retrysafe.stores.postgres import PostgresStore
     except ImportError as exc:
         raise ConfigurationError(
-            f"{url!r} needs psycopg 3: pip install 'retrysafe[postgres]'"
+            f"{redacted_url(url)!r} needs psycopg 3: pip install 'retrysafe[postgres]'"
         ) from exc
     return PostgresStore(url)
 
@@ -92,22 +102,35 @@ def open_store(url: str | None = None) -> DualStore:
     opener = _OPENERS.get(scheme)
     if opener is None:
         known = ", ".join(f"{s}://" for s in sorted(_OPENERS))
-        raise ConfigurationError(f"unknown store URL scheme in {url!r}; known schemes: {known}")
-    if "local_cache" not in url:
-        return opener(url)
-    inner_url, options = split_options(url, CACHE_OPTIONS)
+        raise ConfigurationError(
+            f"unknown store URL scheme in {redacted_url(url)!r}; known schemes: {known}"
+        )
+    inner_url, options = split_cache_options(url)
+    try:
+        inner = opener(inner_url)
+    except UnknownURLOption as exc:  # list the cache options too: they are valid on any URL
+        raise exc.with_options(CACHE_OPTIONS, url) from None
     if "local_cache" not in options:
-        if "local_cache_bytes" in options:
-            raise ConfigurationError(
-                f"store URL {url!r} sets local_cache_bytes without local_cache: "
-                "add local_cache=N (the most records to keep) to turn the cache on"
-            )
-        return opener(inner_url)
+        return inner
     from retrysafe.stores.cached import CachedStore
 
     return CachedStore(
-        opener(inner_url),
+        inner,
         options["local_cache"],
         options.get("local_cache_bytes", DEFAULT_MAX_BYTES),
         url=url,
     )
+
+
+def split_cache_options(url: str) -> tuple[str, dict[str, Any]]:
+    """The URL without the local replay cache's options (the store checks the rest), and
+    those options."""
+    if "local_cache" not in url:
+        return url, {}
+    inner_url, options = split_options(url, CACHE_OPTIONS, check_rest=False)
+    if "local_cache_bytes" in options and "local_cache" not in options:
+        raise ConfigurationError(
+            f"store URL {redacted_url(url)!r} sets local_cache_bytes without local_cache: "
+            "add local_cache=N (the most records to keep) to turn the cache on"
+        )
+    return inner_url, options
