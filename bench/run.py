@@ -8,7 +8,7 @@ key every request) and a replay (one key, already completed), and the replays ag
 local replay cache (``CachedStore``) in front of each store.
 
 Round trips are counted separately, through a counting store wrapper, so the timed loops pay
-nothing for the counting: DESIGN.md says a replay costs one store call, a first execution two.
+nothing for the counting: SPEC 36 says a replay costs one store call, a first execution two.
 
     python bench/run.py                # full run (see bench/README.md for results)
     python bench/run.py --quick        # a few hundred requests per variant, as a smoke test

@@ -1,8 +1,8 @@
 """The sans-I/O core: given what the store said, decide what to do.
 
-No I/O, no clock, no framework, no telemetry (STYLE 1). Every function takes the facts and the
-time as arguments and returns one value from a small closed set (STYLE 3), which adapters
-``match`` exhaustively:
+No I/O, no clock, no framework, no telemetry (tests/unit/test_architecture.py checks it).
+Every function takes the facts and the time as arguments and returns one value from a small
+closed set, which adapters ``match`` exhaustively:
 
 - :class:`Pass`    — not ours: hand the request to the application untouched.
 - :class:`Execute` — we hold the key: run the handler, then complete or release.

@@ -1,7 +1,7 @@
 """The claim loop, written once as a generator and driven by a sync and an async driver.
 
 The generator yields store operations and receives their results (the httpx auth-flow
-pattern, STYLE 5), so the loop "claim, decide, maybe wait, claim again" exists once. The
+pattern), so the loop "claim, decide, maybe wait, claim again" exists once. The
 drivers are the only place that touch a store. Heartbeats are the one sync/async twin.
 """
 

@@ -1,6 +1,6 @@
 """Policy: every knob of the server and function layers in one immutable value.
 
-Defaults are the ones SPEC.md names. Durations accept seconds (float) or ``timedelta``.
+Defaults are the ones docs/spec.md names. Durations accept seconds (float) or ``timedelta``.
 """
 
 from __future__ import annotations

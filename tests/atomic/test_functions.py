@@ -1,6 +1,6 @@
 """``@idempotent(..., atomic=True)`` for sync and async functions (SPEC 13a, 28).
 
-Each scenario runs twice, through a sync and an async function (STYLE 9: mirrored tests).
+Each scenario runs twice, through a sync and an async function (mirrored sync/async tests).
 """
 
 from __future__ import annotations

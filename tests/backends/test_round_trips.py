@@ -1,4 +1,4 @@
-"""Round trips are part of the contract (DESIGN.md): a replay costs one, a first execution two.
+"""Round trips are part of the contract (SPEC 36): a replay costs one, a first execution two.
 
 Counted on the wire: the store talks to its server through a loopback proxy that counts
 request bursts that follow a reply, whatever the protocol. Connections are warmed up first

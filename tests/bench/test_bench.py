@@ -1,4 +1,4 @@
-"""bench/run.py still runs, and the round-trip contract it reports holds (DESIGN.md)."""
+"""bench/run.py still runs, and the round-trip contract it reports holds (SPEC 36)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Every behaviour test takes the ``flavor`` fixture and runs twice, once through
 :class:`IdempotentTransport` + ``httpx.Client`` and once through
-:class:`AsyncIdempotentTransport` + ``httpx.AsyncClient`` (STYLE 9: mirrored sync/async). Time
+:class:`AsyncIdempotentTransport` + ``httpx.AsyncClient`` (mirrored sync/async). Time
 is a :class:`FakeTime`: sleeping moves it instead of waiting, and every sleep is recorded.
 """
 

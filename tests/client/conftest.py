@@ -18,6 +18,6 @@ def flavor(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(autouse=True)
 def _no_testing_mode() -> Iterator[None]:
-    """Reset the process-wide testing switch around every test (STYLE 9)."""
+    """Reset the process-wide testing switch around every test."""
     with set_testing(False):
         yield

@@ -1,4 +1,4 @@
-"""The client's decision modules do no I/O (STYLE 1, 5): drivers and the DLQ do it for them."""
+"""The client's decision modules do no I/O: drivers and the DLQ do it for them."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The store protocol of DESIGN.md / ``stores/base.py``, rule by rule, against every store kind.
+"""The store protocol (SPEC 36, ``stores/base.py``), rule by rule, against every store kind.
 
 Each test runs once per entry of ``STORE_KINDS`` (the ``kit`` fixture). Time moves only through
 ``kit.advance`` and durations are ``kit.tick`` multiples (see ``_common``), so Redis and

@@ -1,4 +1,4 @@
-"""Drive an ASGI app with raw messages and record what it sends (STYLE 9)."""
+"""Drive an ASGI app with raw messages and record what it sends."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""DESIGN.md's arrows, checked on the source: the core does no I/O and imports no framework.
+"""The layout's arrows (CONTRIBUTING.md) on the source: the core does no I/O, imports no framework.
 
-STYLE 1 (h11): a test scans the imports of the sans-I/O modules so they stay that way. The
+As h11 does, a test scans the imports of the sans-I/O modules so they stay that way. The
 scan reads every ``import`` statement anywhere in a module (functions included, so a lazy
 import cannot sneak past), resolves relative imports, and compares module prefixes.
 """

@@ -1,4 +1,4 @@
-"""The retry decision logic, written once as a generator and driven twice (STYLE 5).
+"""The retry decision logic, written once as a generator and driven twice (sync, async).
 
 Like httpx's auth flow, :func:`call_flow` does no I/O: it *yields* commands — send this
 request, buffer or read this response, sleep this long, park this call — and the sync and async

@@ -1,6 +1,6 @@
 """Circuit breakers per host or named dependency (SPEC 24). No I/O; thread-safe.
 
-Each circuit is a small state machine (STYLE 2)::
+Each circuit is a small state machine; these are all its transitions::
 
     CLOSED --(failure rate >= threshold over >= minimum_calls in the window)--> OPEN
     OPEN   --(open period elapsed; next call)-----------------------------------> HALF_OPEN

@@ -26,7 +26,8 @@ Storage sits behind the small protocol of ``dlq_backend.py``, chosen by the URL:
 (``dlq_sqlite.py``, the default), Redis (``dlq_redis.py``) or PostgreSQL (``dlq_postgres.py``).
 This module keeps all the logic — redaction, claims, replay, pacing, reconciliation — so every
 backend behaves the same; async methods run the backend on a worker thread. The replay decision
-logic is one generator driven by :meth:`replay` and :meth:`areplay` (STYLE 5).
+logic is one generator driven by :meth:`replay` and :meth:`areplay`
+(CONTRIBUTING.md, "Logic once, driven twice").
 """
 
 from __future__ import annotations

@@ -86,7 +86,7 @@ class SQLiteDLQ:
 
     @contextlib.contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
-        """This thread's connection; sqlite3 errors become StoreUnavailable (STYLE 4)."""
+        """This thread's connection; sqlite3 errors become StoreUnavailable (chained)."""
         try:
             conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
             if conn is None:

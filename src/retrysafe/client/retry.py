@@ -1,6 +1,6 @@
 """What is retried, how long to wait, and when to stop (SPEC 21, 22). No I/O here.
 
-:class:`RetryPolicy` is an immutable value, like urllib3's ``Retry`` (STYLE 6), and never
+:class:`RetryPolicy` is an immutable value, like urllib3's ``Retry``, and never
 sleeps itself: it answers questions — is this failure retryable, how long is the backoff, what
 did the server ask for — and the retry flow (``_flow.py``) acts on the answers.
 

@@ -1,7 +1,7 @@
 """A store wrapper that counts every call and tallies what each claim answered.
 
 The demo uses it to tell an ``expired`` re-execution from a first one (the claim says so),
-and the benchmark uses it to count store round trips per request (DESIGN.md: a replay costs
+and the benchmark uses it to count store round trips per request (SPEC 36: a replay costs
 one, a first execution two). It adds no behaviour: every call goes to the wrapped store.
 """
 

@@ -1,6 +1,6 @@
 """One context manager that turns a backend's exceptions into :class:`StoreUnavailable`.
 
-Backend exceptions never escape a store (errors.py, STYLE 4): every round trip of the Redis
+Backend exceptions never escape a store (errors.py, one root): every round trip of the Redis
 and PostgreSQL stores runs inside :func:`translated`, which chains the original exception so
 the cause stays visible in tracebacks and logs. A store that cannot answer fails closed
 (SPEC 17): the adapters turn StoreUnavailable into a 503 problem.

@@ -3,7 +3,7 @@
 A completed record with a stored response cannot change until its TTL lapses (records.py: the
 only way out of COMPLETED is TTL_LAPSED; a delete is the admin's exception), so a process may
 answer later claims of it from memory until then. This module holds that memory and its rules;
-it does no I/O (the wrapper in ``cached.py`` talks to the store, STYLE 1 and 5).
+it does no I/O (the wrapper in ``cached.py`` talks to the store).
 
 **Deadlines without comparing clocks.** Records carry store-clock times (SPEC 14) and the
 store's clock may differ from this process's. An entry therefore never compares the two: it

@@ -1,4 +1,4 @@
-"""The store protocols: the only contract between the engine and a database (DESIGN.md).
+"""The store protocols: the only contract between the engine and a database (SPEC 36).
 
 Every method is one atomic operation on the store's side, timed by the store's clock:
 
@@ -15,7 +15,7 @@ Every method is one atomic operation on the store's side, timed by the store's c
 (fenced out). Round trips are part of the contract: a replay costs one (``claim``), a first
 execution two (``claim``, ``complete``).
 
-Sync and async twins sit side by side in every store, same order, ``a``-prefixed (STYLE 5).
+Sync and async twins sit side by side in every store, same order, ``a``-prefixed.
 Failures surface as :class:`retrysafe.errors.StoreError` subclasses only.
 """
 
@@ -74,7 +74,7 @@ class AtomicUnit(Protocol):
     ``complete`` writes the record's completion in the same transaction and commits once,
     returning False (all rolled back) when the fencing token was taken over. ``holding`` is
     True while a transaction is open; ``lost`` once a re-check found the claim taken over.
-    Sync and async twins, as everywhere (STYLE 5).
+    Sync and async twins, as everywhere.
     """
 
     id: str

@@ -364,7 +364,7 @@ class PostgresStore:
 
     @contextlib.contextmanager
     def _guard(self) -> Iterator[None]:
-        """Backend errors become StoreUnavailable (STYLE 4); a missing table says what to do."""
+        """Backend errors become StoreUnavailable (chained); a missing table says what to do."""
         with translated(self._what, _ERRORS):
             try:
                 yield

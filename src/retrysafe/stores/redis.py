@@ -1,7 +1,7 @@
 """The Redis store: one record, many machines, one round trip per operation.
 
 Each operation is one ``EVALSHA`` of a Lua script (``_redis_lua.py``) that runs the rules of
-``records.py`` on the server, atomically and on the server's clock (DESIGN "store contract").
+``records.py`` on the server, atomically and on the server's clock (SPEC 36).
 A script missing on the server (``NOSCRIPT``, after a restart or ``SCRIPT FLUSH``) is sent
 once in full (``EVAL``), which loads it again, so a replay costs one round trip and a first
 execution two (claim, complete).

@@ -119,7 +119,7 @@ _SPARE_MAX = 8  # idle connections kept for atomic units
 
 @contextlib.contextmanager
 def _translated(path: str) -> Iterator[None]:
-    """Turn sqlite3 failures into StoreUnavailable at the store boundary (STYLE 4)."""
+    """Turn sqlite3 failures into StoreUnavailable at the store boundary (chained)."""
     try:
         yield
     except sqlite3.Error as exc:

@@ -1,6 +1,6 @@
 """Telemetry: OpenTelemetry spans and metrics, the audit log, cost attribution, SLOs (SPEC 31-35).
 
-Adapters call :class:`Observation` only; the core never imports telemetry (DESIGN.md arrows).
+Adapters call :class:`Observation` only; the core never imports telemetry (CONTRIBUTING.md).
 ``opentelemetry-api`` is the only dependency: without an SDK configured every call is a no-op.
 Handlers, functions and tools report what their work cost with :func:`report_cost`.
 """

@@ -295,7 +295,7 @@ def _taken_over(spec: CallSpec, call: Call, ending: Ending | None) -> None:
 # -- one call as a generator of I/O steps, driven by a sync and an async driver ---------------
 # The flow decides everything (what a decision means, what to settle, which error to raise,
 # what telemetry sees); the drivers only perform the step they are handed and send back its
-# result, or throw its exception in (STYLE 5: the httpx auth-flow pattern, as engine.py).
+# result, or throw its exception in (the httpx auth-flow pattern, as engine.py).
 
 
 @dataclass(frozen=True, slots=True)
