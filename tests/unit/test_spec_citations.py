@@ -25,7 +25,7 @@ CITATION = re.compile(
     rf"(?P<list>{NUMBER}(?:\s*(?:[-–,]|and|or)\s*{NUMBER}\b)*)"
 )
 RANGE = re.compile(rf"({NUMBER})\s*[-–]\s*({NUMBER})")
-# Documents of the original brief that are not part of the repository.
+# Documents that are not part of the repository (an early design brief): no pointers to them.
 ELSEWHERE = re.compile(r"\bSPEC\.md\b|\bDESIGN(?:\.md)?\b|\bSTYLE\s+\d+")
 
 
@@ -96,3 +96,15 @@ def test_no_reference_to_documents_outside_the_repository() -> None:
             if match := ELSEWHERE.search(line):
                 stale.append(f"{path.relative_to(ROOT)}:{number}: {match[0]!r}")
     assert not stale, "point these at docs/spec.md or CONTRIBUTING.md:\n" + "\n".join(stale)
+
+
+def test_every_rule_names_tests_that_exist() -> None:
+    text = SPEC.read_text()
+    rules = re.split(r'<a id="rule-', text)[1:]
+    assert len(rules) >= 41
+    for rule in rules:
+        number = rule.partition('"')[0]
+        named = re.findall(r"`(tests/[\w/]+\.py)`", rule.partition("Checked by:")[2])
+        assert named, f"rule {number} names no test module"
+        missing = [name for name in named if not (ROOT / name).is_file()]
+        assert not missing, f"rule {number} names test modules that do not exist: {missing}"
