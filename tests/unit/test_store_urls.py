@@ -146,3 +146,9 @@ def test_redacted_url(url: str, shown: str) -> None:
 def test_an_unknown_scheme_does_not_echo_the_password() -> None:
     message = refused(f"mysql://app:{SECRET}@db/app")
     assert "mysql://app:***@db/app" in message
+
+
+def test_a_bad_driver_value_does_not_echo_a_password_with_an_at_sign() -> None:
+    message = refused(f"redis://u:x@{SECRET}@127.0.0.1:6379/0?socket_timeout=soon")
+    assert "socket_timeout" in message
+    assert "redis://u:***@127.0.0.1:6379/0" in message

@@ -39,6 +39,7 @@ import hiredis
 from redis.connection import parse_url
 
 from retrysafe.errors import ConfigurationError
+from retrysafe.stores._urlopts import redacted_url
 
 # hiredis' stub types the argument as a 1-tuple; it takes any tuple of str/bytes/int/float.
 _pack = cast(Callable[[tuple[Any, ...]], bytes], hiredis.pack_command)
@@ -77,7 +78,7 @@ class Endpoint:
         try:
             opts = parse_url(url)  # type: ignore[no-untyped-call]
         except ValueError as exc:
-            raise ConfigurationError(f"Redis URL {url.partition('@')[2] or url!r}: {exc}") from exc
+            raise ConfigurationError(f"Redis URL {redacted_url(url)!r}: {exc}") from exc
         return cls(
             host=opts.get("host", "localhost"),
             port=int(opts.get("port", 6379)),
