@@ -98,7 +98,8 @@ def dlq_list(store_url: str, state: str | None) -> None:
         entries = queue.entries(EntryState(state) if state else None)
     now = time.time()
     noun = "entry" if len(entries) == 1 else "entries"
-    table = Table(title=f"{len(entries)} {noun} in {redacted_url(store_url)}")
+    where = redacted_url(store_url).partition("?")[0]  # no password; options are noise here
+    table = Table(title=f"{len(entries)} {noun} in {where}")
     for column in ("id", "state", "reason", "key", "tries"):
         table.add_column(column, no_wrap=True)
     for column in ("request", "last error", "due"):
