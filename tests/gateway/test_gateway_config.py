@@ -159,6 +159,19 @@ def test_missing_config_file(tmp_path: Path) -> None:
     fails("config file .*nope.toml' does not exist", tmp_path / "nope.toml", env=UP)
 
 
+@pytest.mark.parametrize(
+    "route", ["/a/../pay", "/pay/.", "/pay;v=1", "//pay", "/a%2F..%2Fb", "/a\\\\b"]
+)
+def test_route_paths_must_mean_one_path(tmp_path: Path, route: str) -> None:
+    path = write(tmp_path, f'[[routes]]\npath = "{route}"\n')
+    fails(r"routes\[0\].path: .* can be read as different paths", path, env=UP)
+
+
+def test_routes_differing_in_case_are_one_route(tmp_path: Path) -> None:
+    path = write(tmp_path, '[[routes]]\npath = "/pay"\n[[routes]]\npath = "/PAY/"\n')
+    fails(r"routes\[1\].path: '/PAY' is configured twice", path, env=UP)
+
+
 def test_bad_method_names_the_route(tmp_path: Path) -> None:
     path = write(tmp_path, '[[routes]]\npath = "/pay"\nmethods = ["post", "BAD METHOD"]\n')
     fails(r"routes\[0\].methods: 'BAD METHOD' is not an HTTP method", path, env=UP)
@@ -181,6 +194,7 @@ def test_routes_inherit_the_default_policy_and_match_longest_prefix(tmp_path: Pa
     assert refunds.require_key is False  # inherits [policy], not its sibling route
     assert config.route_for("/payments") is config.policy  # whole segments only
     assert config.route_for("/pay") == pay
+    assert config.route_for("/PAY/Refunds/1") == refunds  # letter case never escapes a route
     policy = refunds.policy()
     assert policy.methods == frozenset({"POST", "DELETE"})
     assert {"content-type", "content-encoding"} <= policy.replay_headers

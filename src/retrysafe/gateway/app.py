@@ -5,9 +5,11 @@
 
 One store and one pooled httpx client per process, shared by every route. Each route gets
 its own :class:`IdempotencyMiddleware` (a policy is fixed per middleware instance), chosen by
-the longest matching path prefix. The lifespan protocol closes the client and the store after
-uvicorn has let in-flight requests finish (graceful shutdown); the middleware settles the
-records of requests that are cancelled anyway.
+the longest matching path prefix (``target.choose``). Requests whose path could be read two
+ways are refused with a 400 problem first, before anything is claimed or forwarded.
+The lifespan protocol closes the client and the store after uvicorn has let in-flight requests
+finish (graceful shutdown); the middleware settles the records of requests that are cancelled
+anyway.
 """
 
 from __future__ import annotations
@@ -23,8 +25,18 @@ import httpx
 
 from retrysafe.errors import ConfigurationError, StoreError
 from retrysafe.gateway.config import RESOLVED_ENV, GatewayConfig
-from retrysafe.gateway.forward import Forwarder, Message, Receive, Scope, Send, new_client
+from retrysafe.gateway.forward import (
+    Forwarder,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    new_client,
+    send_problem,
+)
 from retrysafe.gateway.metrics import GatewayMetrics
+from retrysafe.gateway.problems import RequestProblem, request_problem
+from retrysafe.gateway.target import PathRefused, Prefix, choose, wire_path
 from retrysafe.http._exchange import unavailable
 from retrysafe.http.asgi import IdempotencyMiddleware
 from retrysafe.policy import Policy
@@ -60,8 +72,9 @@ class Gateway:
             max_connections=config.max_connections,
         )
         forwarder = Forwarder(config.upstream, self.client, self.metrics)
+        self._prefixes = [Prefix.of(route.path) for route in config.routes]
         self._routes = [
-            (route, IdempotencyMiddleware(forwarder, store=self.store, policy=route.policy()))
+            IdempotencyMiddleware(forwarder, store=self.store, policy=route.policy())
             for route in config.routes
         ]
         self._default = IdempotencyMiddleware(
@@ -86,8 +99,6 @@ class Gateway:
             await send({"type": "websocket.close", "code": 1003})
 
     async def _proxy(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope["path"]
-        app = next((mw for route, mw in self._routes if route.matches(path)), self._default)
         metrics = self.metrics
 
         async def counting_send(message: Message) -> None:
@@ -103,6 +114,13 @@ class Gateway:
                     message = {**message, "headers": headers}
             await send(message)
 
+        try:
+            index = choose(wire_path(scope), scope.get("query_string", b""), self._prefixes)
+        except PathRefused as exc:
+            log.info("refused path: %s", exc)
+            await send_problem(counting_send, request_problem(RequestProblem.PATH, str(exc)))
+            return
+        app = self._default if index is None else self._routes[index]
         metrics.in_flight += 1
         self._idle.clear()
         try:

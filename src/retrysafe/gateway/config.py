@@ -54,6 +54,7 @@ from urllib.parse import urlsplit
 
 from retrysafe.errors import ConfigurationError
 from retrysafe.gateway.durations import parse_duration
+from retrysafe.gateway.target import DOT_SEGMENTS, Prefix, choose, readings
 from retrysafe.policy import REPLAYED_HEADERS, Policy, authorization_scope, header_scope
 from retrysafe.stores.url import DEFAULT_URL as DEFAULT_STORE_URL
 
@@ -126,11 +127,6 @@ class RoutePolicy:
     body_mode: Literal["bytes", "json"] = "bytes"
     replay_headers: tuple[str, ...] = ()  # more response headers to replay (SPEC 8)
 
-    def matches(self, path: str) -> bool:
-        """``path`` is this route's prefix or below it (whole segments: /pay is not /payments)."""
-        prefix = self.path.rstrip("/")
-        return not prefix or path == prefix or path.startswith(prefix + "/")
-
     def policy(self) -> Policy:
         """The middleware :class:`Policy` this route stands for."""
         scope = (
@@ -167,11 +163,12 @@ class GatewayConfig:
     routes: tuple[RoutePolicy, ...] = ()
 
     def route_for(self, path: str) -> RoutePolicy:
-        """The route with the longest matching prefix, else the default policy."""
-        for route in self.routes:  # sorted longest prefix first by the loader
-            if route.matches(path):
-                return route
-        return self.policy
+        """The route with the longest matching prefix (``target.choose``: whole segments, any
+        letter case), else the default policy; :class:`PathRefused` for a path the gateway
+        refuses to forward."""
+        # Routes are sorted longest prefix first by the loader.
+        index = choose(path.encode(), b"", [Prefix.of(r.path) for r in self.routes])
+        return self.policy if index is None else self.routes[index]
 
     def to_json(self) -> str:
         """The checked configuration as JSON, to hand to worker processes."""
@@ -322,10 +319,10 @@ def _routes(setting: Setting | None, default: RoutePolicy, admin: str) -> tuple[
         _no_unknown(table, ("path", *_POLICY_KEYS), origin)
         if "path" not in table:
             raise ConfigurationError(f"{origin}: a route needs a path prefix, e.g. path = '/pay'")
-        path = _path(Setting(table["path"], f"{origin}.path"), "path").rstrip("/") or "/"
+        path = _route_path(Setting(table["path"], f"{origin}.path"))
         if path == admin or path.startswith(admin + "/"):
             raise ConfigurationError(f"{origin}.path: {path!r} is under admin_prefix {admin!r}")
-        if any(r.path == path for r in routes):
+        if any(Prefix.of(r.path) == Prefix.of(path) for r in routes):  # /Pay is /pay
             raise ConfigurationError(f"{origin}.path: {path!r} is configured twice")
         subs = {k: Setting(v, f"{origin}.{k}") for k, v in table.items() if k != "path"}
         routes.append(_route(subs, default, path))
@@ -392,6 +389,19 @@ def _path(s: Setting, name: str) -> str:
     if not value.startswith("/"):
         raise ConfigurationError(f"{s.origin}: {name} must start with '/', got {value!r}")
     return value
+
+
+def _route_path(s: Setting) -> str:
+    """A route prefix in plain form: one reading (see ``target``), so it means one thing."""
+    path = _path(s, "path").rstrip("/") or "/"
+    prefix = Prefix.of(path)
+    plain = all(r == (prefix.decoded if d else prefix.wire) for r, d in readings(prefix.wire))
+    if not plain or any(segment in DOT_SEGMENTS for segment in prefix.decoded.split(b"/")):
+        raise ConfigurationError(
+            f"{s.origin}: {path!r} can be read as different paths; write it without '.' or "
+            "'..' segments, '//', ';', '\\' or percent-encoded '/', '\\', ';'"
+        )
+    return path
 
 
 def _integer(s: Setting, low: int, high: int) -> int:

@@ -5,6 +5,10 @@ already buffered by the middleware to fingerprint it, SPEC 16, and is re-fed unc
 Response bodies stream back chunk by chunk as the upstream produces them, raw (compressed
 bodies stay compressed), with the upstream's status and end-to-end headers unchanged.
 
+The request target goes out byte for byte as the client sent it (after the upstream's path
+prefix): it is handed to httpcore as the ``target`` extension, because httpx's URL parser
+resolves dot segments and re-encodes some characters, so the upstream would see another path
+than the one the route was chosen on (``target.py`` decides which targets are forwarded).
 Failures before the upstream answered become RFC 9457 problems: 502 when it cannot be
 reached or broke the connection, 504 on a timeout. Being 5xx, they release the claim, so a
 retry with the same key runs (SPEC 12). A failure after the response started cannot be
@@ -20,13 +24,14 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
-from urllib.parse import quote
 
 import httpx
 
 from retrysafe.gateway.headers import forwarded_headers, strip_hop_by_hop
 from retrysafe.gateway.metrics import GatewayMetrics
-from retrysafe.gateway.problems import UpstreamProblem, upstream_problem
+from retrysafe.gateway.problems import UpstreamProblem, gateway_problem
+from retrysafe.gateway.target import wire_path
+from retrysafe.problems import ProblemResponse
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -34,10 +39,6 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 log = logging.getLogger("retrysafe.gateway")
-
-# Everything printable but '%'-escapes untouched: a raw path is already percent-encoded, and
-# re-encoding it would change what the upstream sees (/a%2Fb must not become /a/b or /a%252Fb).
-_SAFE = "".join(chr(c) for c in range(0x21, 0x7F))
 
 
 class UpstreamAborted(Exception):
@@ -68,7 +69,11 @@ class Forwarder:
         # httpx.Request, not client.build_request: the latter merges the client's cookie jar
         # into the request, and a shared proxy must never send one user's cookies for another.
         request = httpx.Request(
-            scope["method"], self._url(scope), headers=self._headers(scope), content=content
+            scope["method"],
+            self.base,
+            headers=self._headers(scope),
+            content=content,
+            extensions={"target": self._target(scope)},
         )
         started = time.perf_counter()
         try:
@@ -110,12 +115,10 @@ class Forwarder:
         finally:
             await response.aclose()
 
-    def _url(self, scope: Scope) -> httpx.URL:
-        raw = scope.get("raw_path") or scope["path"].encode("utf-8")
-        path = quote(raw, safe=_SAFE).encode("ascii")  # only escapes non-ASCII bytes
+    def _target(self, scope: Scope) -> bytes:
+        """The request target for the upstream: its path prefix, then the client's bytes."""
         query = scope.get("query_string", b"")
-        target = self.prefix + path + (b"?" + quote(query, safe=_SAFE).encode() if query else b"")
-        return self.base.copy_with(raw_path=target)
+        return self.prefix + wire_path(scope) + (b"?" + query if query else b"")
 
     def _headers(self, scope: Scope) -> list[tuple[bytes, bytes]]:
         client = scope.get("client")
@@ -128,15 +131,14 @@ class Forwarder:
     async def _problem(self, send: Send, problem: UpstreamProblem, detail: str, kind: str) -> None:
         self.metrics.upstream_error(kind)
         log.warning("upstream %s: %s", kind, detail)
-        answer = upstream_problem(problem, detail)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": answer.status,
-                "headers": [(k.encode(), v.encode()) for k, v in answer.headers],
-            }
-        )
-        await send({"type": "http.response.body", "body": answer.body})
+        await send_problem(send, gateway_problem(problem, detail))
+
+
+async def send_problem(send: Send, answer: ProblemResponse) -> None:
+    """Answer with a problem the gateway made (the request was not, or not fully, forwarded)."""
+    headers = [(k.encode(), v.encode()) for k, v in answer.headers]
+    await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+    await send({"type": "http.response.body", "body": answer.body})
 
 
 async def _stream(first: bytes, receive: Receive) -> AsyncIterator[bytes]:

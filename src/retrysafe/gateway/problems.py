@@ -1,8 +1,10 @@
-"""RFC 9457 problems the gateway answers when the upstream fails (502, 504).
+"""RFC 9457 problems the gateway answers itself: requests it refuses (400), upstream failures
+(502, 504).
 
 Same shape as the middleware's problems (``retrysafe.problems``), with their own ``type`` URIs
-under the same base. They are 5xx, so the middleware never stores them (SPEC 12): the claim
-is released and a retry with the same key reaches the upstream again.
+under the same base. The 502s and 504s are 5xx, so the middleware never stores them (SPEC 12):
+the claim is released and a retry with the same key reaches the upstream again. The 400s come
+before the middleware: nothing is claimed.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ class UpstreamProblem(enum.Enum):
         self.slug, self.status, self.title = slug, status, title
 
 
-def upstream_problem(problem: UpstreamProblem, detail: str) -> ProblemResponse:
+def gateway_problem(problem: UpstreamProblem | RequestProblem, detail: str) -> ProblemResponse:
     doc = {
         "type": PROBLEM_BASE_URI + problem.slug,
         "title": problem.title,
@@ -33,3 +35,19 @@ def upstream_problem(problem: UpstreamProblem, detail: str) -> ProblemResponse:
     body = json.dumps(doc).encode()
     headers = [("content-type", CONTENT_TYPE), ("content-length", str(len(body)))]
     return ProblemResponse(problem.status, headers, body)
+
+
+class RequestProblem(enum.Enum):
+    """Requests the gateway refuses before anything is claimed or forwarded."""
+
+    PATH = ("path-refused", 400, "Request path refused")
+
+    def __init__(self, slug: str, status: int, title: str) -> None:
+        self.slug, self.status, self.title = slug, status, title
+
+
+def request_problem(problem: RequestProblem, detail: str) -> ProblemResponse:
+    """The refusal, with ``Connection: close``: whatever the client sent after this request's
+    head (a body, or bytes meant to be read as a second request) is never read."""
+    answer = gateway_problem(problem, detail)
+    return ProblemResponse(answer.status, [*answer.headers, ("connection", "close")], answer.body)

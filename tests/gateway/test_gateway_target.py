@@ -1,0 +1,57 @@
+"""The pure rules behind the gateway's refusals: which route a path is under. Over the wire,
+the same rules are driven in tests/adversarial/test_gateway.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from retrysafe.gateway.target import PathRefused, Prefix, choose
+
+ROUTES = [Prefix.of(p) for p in ("/pay/refunds", "/pay", "/files")]  # longest first
+
+
+@pytest.mark.parametrize(
+    ("path", "route"),
+    [
+        (b"/pay", 1),
+        (b"/pay/", 1),
+        (b"/PAY/Refunds/7", 0),
+        (b"/payments", None),
+        (b"/", None),
+        (b"/files/a%2Fb", 2),  # every reading is under /files: forwarded as sent
+        (b"/files/a;v=1", 2),
+        (b"/other/x%2Fy", None),
+        (b"/pay/caf%C3%A9", 1),
+    ],
+)
+def test_the_route_is_the_same_under_every_reading(path: bytes, route: int | None) -> None:
+    assert choose(path, b"", ROUTES) == route
+
+
+@pytest.mark.parametrize(
+    ("path", "reason"),
+    [
+        (b"/x/../pay", "dot segment"),
+        (b"/x/%2E%2e/pay", "dot segment"),
+        (b"/x/..;/pay", "dot segment"),
+        (b"/x%5C..%5Cpay", "dot segment"),
+        (b"/pay%2Frefunds", "different routes"),  # /pay or /pay/refunds
+        (b"/pay;x/refunds", "different routes"),
+        (b"//pay", "different routes"),
+        (b"/%70ay", "different routes"),
+        (b"http://evil/pay", "origin-form"),
+        (b"*", "origin-form"),
+        (b"/pay#x", "fragment"),
+        (b"/pay/\xc3\xa9", "printable ASCII"),
+    ],
+)
+def test_refused_paths_say_why(path: bytes, reason: str) -> None:
+    with pytest.raises(PathRefused, match=reason):
+        choose(path, b"", ROUTES)
+
+
+def test_a_fragment_or_raw_bytes_in_the_query_are_refused_too() -> None:
+    with pytest.raises(PathRefused, match="fragment"):
+        choose(b"/pay", b"a=1#x", ROUTES)
+    with pytest.raises(PathRefused, match="printable"):
+        choose(b"/pay", b"a=\xff", ROUTES)
