@@ -27,6 +27,7 @@ import pytest
 
 from gateway.gwsupport import serve_in_thread
 from retrysafe.gateway import GatewayConfig, RoutePolicy, create_app
+from retrysafe.gateway.config import Timeouts
 from serverkit import RawClient, RawResponse
 
 WAIT = 20.0  # bounds a hang only
@@ -311,3 +312,232 @@ def test_fragments_in_the_target_are_refused(gateway: str, upstream: WireUpstrea
     response = exchange(gateway, post(b"/pay#frag", key=b"k-frag"))
     problem(response, 400)
     nothing_forwarded(upstream)
+
+
+# ---- B. framing: one framing, the fingerprinted body, nothing smuggled -------------------
+
+
+def chunked_post(target: bytes, framing: bytes, chunks: list[bytes], key: bytes) -> bytes:
+    body = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks) + b"0\r\n\r\n"
+    return (
+        b"POST "
+        + target
+        + b" HTTP/1.1\r\nHost: gw\r\nIdempotency-Key: "
+        + key
+        + b"\r\n"
+        + framing
+        + b"\r\n"
+        + body
+    )
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [
+        b"Content-Length: 0\r\nTransfer-Encoding: chunked\r\n",
+        b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
+        b"Transfer-Encoding: chunked\r\nContent-Length: 23\r\n",
+        b"Content-Length: 5\r\nTransfer-Encoding: CHUNKED\r\n",
+        b"Content-Length: 5\r\nTransfer-Encoding:\r\n chunked\r\n",  # obs-folded
+    ],
+    ids=["cl0", "cl5", "te-first", "te-upper", "te-folded"],
+)
+def test_content_length_with_transfer_encoding_is_refused_before_anything_runs(
+    gateway: str, upstream: WireUpstream, framing: bytes
+) -> None:
+    # On main: forwarded with the client's Content-Length and the chunked body re-framed, so
+    # the upstream ran an empty or truncated POST, the client got a bare 500 and the key was
+    # released, so every retry ran the upstream again.
+    request = chunked_post(b"/pay", framing, [b"hello", b" world"], b"k-smuggle")
+    smuggled = b"POST /pay HTTP/1.1\r\nHost: gw\r\nContent-Length: 0\r\n\r\n"
+    response = exchange(gateway, request + smuggled, expect_close=True)
+    doc = problem(response, 400)
+    assert str(doc["type"]).endswith("framing-refused")
+    assert "Content-Length" in str(doc["detail"])
+    assert "Transfer-Encoding" in str(doc["detail"])
+    assert response is not None
+    assert response.header("connection") == "close"
+    # Nothing was claimed: the same key with a well-framed body runs once, normally.
+    retry = exchange(
+        gateway,
+        chunked_post(
+            b"/pay", b"Transfer-Encoding: chunked\r\n", [b"hello", b" world"], b"k-smuggle"
+        ),
+    )
+    assert retry is not None
+    assert retry.status == 200
+    seen = forwarded_once(upstream)
+    assert seen.body == b"hello world"
+
+
+def test_transfer_encoding_on_http_1_0_is_refused(gateway: str, upstream: WireUpstream) -> None:
+    # RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing.
+    request = (
+        b"POST /pay HTTP/1.0\r\nHost: gw\r\nIdempotency-Key: k-10\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    )
+    response = exchange(gateway, request, expect_close=True)
+    doc = problem(response, 400)
+    assert "HTTP/1.0" in str(doc["detail"])
+    nothing_forwarded(upstream)
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [
+        b"Transfer-Encoding: chunked, identity\r\n",
+        b"Transfer-Encoding: identity, chunked\r\n",
+        b"Transfer-Encoding: xchunked\r\n",
+        b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+        b"Transfer-Encoding: gzip, chunked\r\n",
+        b"Transfer-Encoding : chunked\r\n",
+        b"Content-Length: 5\r\nContent-Length: 6\r\n",
+        b"Content-Length: 5, 6\r\n",
+        b"Content-Length: +5\r\n",
+        b"Content-Length: -1\r\n",
+        b"Content-Length: 0x5\r\n",
+        b"Content-Length: 5 5\r\n",
+        b"Content-Length: 1_000\r\n",
+        b"Content-Length: \r\n",
+    ],
+    ids=lambda f: f.decode().strip().replace("\r\n", " | "),
+)
+def test_unusable_framing_is_refused(gateway: str, upstream: WireUpstream, framing: bytes) -> None:
+    request = chunked_post(b"/pay", framing, [b"hello"], b"k-bad")
+    response = exchange(gateway, request, expect_close=True)
+    assert response is not None
+    assert 400 <= response.status < 600
+    assert response.status != 500
+    nothing_forwarded(upstream)
+
+
+def test_repeated_equal_content_lengths_are_forwarded_once(
+    gateway: str, upstream: WireUpstream
+) -> None:
+    request = (
+        b"POST /pay HTTP/1.1\r\nHost: gw\r\nIdempotency-Key: k-cl\r\n"
+        b"Content-Length: 5\r\nContent-Length: 5, 5\r\n\r\nhello"
+    )
+    response = exchange(gateway, request)
+    assert response is not None
+    assert response.status == 200
+    seen = forwarded_once(upstream)
+    assert seen.values(b"content-length") == [b"5"]
+    assert seen.body == b"hello"
+
+
+@pytest.mark.parametrize("key", [b"k-chunked", None], ids=["keyed", "unkeyed"])
+def test_chunked_bodies_reach_the_upstream_unchanged(
+    gateway: str, upstream: WireUpstream, key: bytes | None
+) -> None:
+    target = b"/pay" if key else b"/other"
+    request = chunked_post(
+        target, b"Transfer-Encoding: Chunked\r\n", [b"a" * 7, b"\x00\xff", b"end"], key or b"-"
+    )
+    if key is None:
+        request = request.replace(b"Idempotency-Key: -\r\n", b"")
+    response = exchange(gateway, request)
+    assert response is not None
+    assert response.status == 200
+    assert forwarded_once(upstream).body == b"a" * 7 + b"\x00\xff" + b"end"
+
+
+def test_obs_folded_fields_are_unfolded_before_forwarding(
+    gateway: str, upstream: WireUpstream
+) -> None:
+    # RFC 9112 §5.2: a proxy replaces obs-fold with SP (or refuses); it never forwards it.
+    response = exchange(gateway, post(b"/pay", key=b"k-fold", extra=b"X-Note: a\r\n  b\r\n"))
+    assert response is not None
+    assert response.status == 200
+    assert forwarded_once(upstream).values(b"x-note") == [b"a b"]
+
+
+def test_hop_by_hop_fields_and_those_connection_names_stop_at_the_gateway(
+    gateway: str, upstream: WireUpstream
+) -> None:
+    extra = (
+        b"Connection: keep-alive, Upgrade, X-Secret, Content-Length\r\nUpgrade: h2c\r\n"
+        b"HTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\nX-Secret: for-this-hop\r\n"
+        b"TE: trailers\r\nTrailer: X-Late\r\nKeep-Alive: timeout=5\r\nProxy-Connection: x\r\n"
+        b"Proxy-Authorization: Basic Zm9vOmJhcg==\r\nX-Kept: yes\r\n"
+    )
+    response = exchange(gateway, post(b"/pay", key=b"k-hop", extra=extra, body=b'{"a":1}'))
+    assert response is not None
+    assert response.status == 200
+    seen = forwarded_once(upstream)
+    names = {n.lower() for n, _ in seen.headers}
+    dropped = {b"connection", b"upgrade", b"x-secret", b"te", b"trailer", b"keep-alive"}
+    assert not names & (dropped | {b"proxy-connection", b"proxy-authorization"})
+    assert seen.values(b"x-kept") == [b"yes"]
+    # Connection named Content-Length: the gateway frames the body itself, correctly.
+    assert seen.body == b'{"a":1}'
+
+
+# ---- transport failures are problems that say what failed ------------------------------
+
+
+def test_an_upstream_timeout_says_what_timed_out_and_after_how_long(tmp_path: Path) -> None:
+    hanging = WireUpstream(hang=True)
+    try:
+        with running(hanging.url, tmp_path, timeouts=Timeouts(read=0.25)) as url:
+            response = exchange(url, post(b"/pay", key=b"k-slow"))
+    finally:
+        hanging.close()
+    doc = problem(response, 504)
+    detail = str(doc["detail"])
+    assert "no response" in detail, detail
+    assert "0.25 s" in detail, detail
+    assert "timeouts.read" in detail, detail
+
+
+def test_a_malformed_upstream_response_is_a_502_problem(tmp_path: Path) -> None:
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def answer() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: nope\r\n\r\n")
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    try:
+        upstream_url = f"http://127.0.0.1:{server.getsockname()[1]}"
+        with running(upstream_url, tmp_path) as url:
+            response = exchange(url, post(b"/pay", key=b"k-malformed"))
+    finally:
+        thread.join(WAIT)
+        server.close()
+    doc = problem(response, 502)
+    assert "upstream" in str(doc["detail"])
+
+
+def test_an_upstream_response_with_both_framings_is_not_relayed_with_its_length(
+    tmp_path: Path,
+) -> None:
+    # The upstream's chunked body, de-chunked by the forwarder, under its Content-Length: 3:
+    # on main the client read "hel" as a complete response (the rest never arrived).
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def answer() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n"
+                b"Connection: close\r\n\r\n3\r\nhel\r\n8\r\nlo world\r\n0\r\n\r\n"
+            )
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    try:
+        upstream_url = f"http://127.0.0.1:{server.getsockname()[1]}"
+        with running(upstream_url, tmp_path) as url:
+            response = exchange(url, post(b"/pay", key=b"k-both"))
+    finally:
+        thread.join(WAIT)
+        server.close()
+    assert response is not None
+    assert response.status == 200
+    assert response.header("content-length") is None
+    assert response.body == b"hello world"

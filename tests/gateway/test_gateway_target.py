@@ -1,10 +1,11 @@
-"""The pure rules behind the gateway's refusals: which route a path is under. Over the wire,
-the same rules are driven in tests/adversarial/test_gateway.py."""
+"""The pure rules behind the gateway's refusals: which route a path is under, which framing is
+ambiguous. Over the wire, the same rules are driven in tests/adversarial/test_gateway.py."""
 
 from __future__ import annotations
 
 import pytest
 
+from retrysafe.gateway.framing import FramingRefused, declared_length
 from retrysafe.gateway.target import PathRefused, Prefix, choose
 
 ROUTES = [Prefix.of(p) for p in ("/pay/refunds", "/pay", "/files")]  # longest first
@@ -55,3 +56,40 @@ def test_a_fragment_or_raw_bytes_in_the_query_are_refused_too() -> None:
         choose(b"/pay", b"a=1#x", ROUTES)
     with pytest.raises(PathRefused, match="printable"):
         choose(b"/pay", b"a=\xff", ROUTES)
+
+
+@pytest.mark.parametrize(
+    ("version", "headers", "length"),
+    [
+        ("1.1", [], None),
+        ("1.1", [(b"Content-Length", b"12")], 12),
+        ("1.1", [(b"content-length", b"5"), (b"content-length", b"5, 5")], 5),
+        ("1.1", [(b"Transfer-Encoding", b"Chunked")], None),
+        ("1.0", [(b"Content-Length", b"0")], 0),
+    ],
+)
+def test_declared_length(version: str, headers: list[tuple[bytes, bytes]], length: int) -> None:
+    assert declared_length(version, headers) == length
+
+
+@pytest.mark.parametrize(
+    ("version", "headers", "reason"),
+    [
+        ("1.1", [(b"content-length", b"5"), (b"transfer-encoding", b"chunked")], "both"),
+        ("1.0", [(b"transfer-encoding", b"chunked")], "HTTP/1.0"),
+        ("1.1", [(b"transfer-encoding", b"chunked, identity")], "only 'chunked'"),
+        ("1.1", [(b"transfer-encoding", b"gzip, chunked")], "only 'chunked'"),
+        ("1.1", [(b"transfer-encoding", b"xchunked")], "only 'chunked'"),
+        ("1.1", [(b"transfer-encoding", b"chunked")] * 2, "only 'chunked'"),
+        ("1.1", [(b"content-length", b"5"), (b"content-length", b"6")], "single length"),
+        ("1.1", [(b"content-length", b"+5")], "single length"),
+        ("1.1", [(b"content-length", b"")], "single length"),
+        ("1.1", [(b"content-length", "５".encode())], "single length"),
+    ],
+)
+def test_ambiguous_framing_is_refused(
+    version: str, headers: list[tuple[bytes, bytes]], reason: str
+) -> None:
+    # uvicorn's h11 refuses most of these itself; other servers (httptools) may not.
+    with pytest.raises(FramingRefused, match=reason):
+        declared_length(version, headers)

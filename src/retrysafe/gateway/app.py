@@ -5,8 +5,8 @@
 
 One store and one pooled httpx client per process, shared by every route. Each route gets
 its own :class:`IdempotencyMiddleware` (a policy is fixed per middleware instance), chosen by
-the longest matching path prefix (``target.choose``). Requests whose path could be read two
-ways are refused with a 400 problem first, before anything is claimed or forwarded.
+the longest matching path prefix (``target.choose``). Requests whose framing or path could be
+read two ways are refused with a 400 problem first, before anything is claimed or forwarded.
 The lifespan protocol closes the client and the store after uvicorn has let in-flight requests
 finish (graceful shutdown); the middleware settles the records of requests that are cancelled
 anyway.
@@ -34,6 +34,7 @@ from retrysafe.gateway.forward import (
     new_client,
     send_problem,
 )
+from retrysafe.gateway.framing import FramingRefused, declared_length
 from retrysafe.gateway.metrics import GatewayMetrics
 from retrysafe.gateway.problems import RequestProblem, request_problem
 from retrysafe.gateway.target import PathRefused, Prefix, choose, wire_path
@@ -115,10 +116,14 @@ class Gateway:
             await send(message)
 
         try:
+            declared_length(scope.get("http_version", "1.1"), scope["headers"])
             index = choose(wire_path(scope), scope.get("query_string", b""), self._prefixes)
-        except PathRefused as exc:
-            log.info("refused path: %s", exc)
-            await send_problem(counting_send, request_problem(RequestProblem.PATH, str(exc)))
+        except (FramingRefused, PathRefused) as exc:
+            kind = (
+                RequestProblem.FRAMING if isinstance(exc, FramingRefused) else RequestProblem.PATH
+            )
+            log.info("refused %s request: %s", kind.slug.split("-")[0], exc)
+            await send_problem(counting_send, request_problem(kind, str(exc)))
             return
         app = self._default if index is None else self._routes[index]
         metrics.in_flight += 1

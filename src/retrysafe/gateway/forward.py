@@ -9,8 +9,14 @@ The request target goes out byte for byte as the client sent it (after the upstr
 prefix): it is handed to httpcore as the ``target`` extension, because httpx's URL parser
 resolves dot segments and re-encodes some characters, so the upstream would see another path
 than the one the route was chosen on (``target.py`` decides which targets are forwarded).
+The body's framing is the forwarder's own, never the client's headers: a body that arrived
+whole goes out with its real length, a streamed one with the length the server enforced while
+reading it (``framing.py`` has refused everything ambiguous), else chunked. So the upstream
+reads exactly the body the middleware fingerprinted.
+
 Failures before the upstream answered become RFC 9457 problems: 502 when it cannot be
-reached or broke the connection, 504 on a timeout. Being 5xx, they release the claim, so a
+reached, broke the connection, or anything else failed on the way (never a bare 500), 504 on a
+timeout, naming which timeout and its value. Being 5xx, they release the claim, so a
 retry with the same key runs (SPEC 12). A failure after the response started cannot be
 answered any more: :class:`UpstreamAborted` is raised, the middleware releases the claim, and
 the server drops the client connection, so the client sees a broken response, never a
@@ -27,6 +33,7 @@ from typing import Any
 
 import httpx
 
+from retrysafe.gateway.framing import declared_length
 from retrysafe.gateway.headers import forwarded_headers, strip_hop_by_hop
 from retrysafe.gateway.metrics import GatewayMetrics
 from retrysafe.gateway.problems import UpstreamProblem, gateway_problem
@@ -39,6 +46,14 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 log = logging.getLogger("retrysafe.gateway")
+
+# What each httpx timeout bounds, and the setting that holds it, for the 504's detail.
+_TIMEOUTS: dict[type[httpx.TimeoutException], tuple[str, str]] = {
+    httpx.ConnectTimeout: ("connect", "connecting to the upstream did not finish within {}"),
+    httpx.ReadTimeout: ("read", "the upstream sent no response data for {}"),
+    httpx.WriteTimeout: ("write", "the upstream accepted no request data for {}"),
+    httpx.PoolTimeout: ("pool", "every upstream connection (max_connections) stayed busy for {}"),
+}
 
 
 class UpstreamAborted(Exception):
@@ -63,15 +78,20 @@ class Forwarder:
         if first["type"] != "http.request":  # gone before sending anything: nobody to answer
             return
         body = first.get("body", b"")
-        content: bytes | AsyncIterator[bytes] = (
-            _stream(body, receive) if first.get("more_body", False) else body
-        )
+        headers = self._headers(scope)
+        content: bytes | AsyncIterator[bytes] = body
+        if first.get("more_body", False):
+            content = _stream(body, receive)
+            # uvicorn read exactly this many bytes (or the client is gone); without it, chunked.
+            length = declared_length(scope.get("http_version", "1.1"), scope["headers"])
+            if length is not None:
+                headers.append((b"content-length", str(length).encode()))
         # httpx.Request, not client.build_request: the latter merges the client's cookie jar
         # into the request, and a shared proxy must never send one user's cookies for another.
         request = httpx.Request(
             scope["method"],
             self.base,
-            headers=self._headers(scope),
+            headers=headers,
             content=content,
             extensions={"target": self._target(scope)},
         )
@@ -81,14 +101,16 @@ class Forwarder:
         except ClientGone:
             return
         except httpx.TimeoutException as exc:
-            await self._problem(send, UpstreamProblem.TIMEOUT, f"{_describe(exc)}", "timeout")
+            await self._problem(send, UpstreamProblem.TIMEOUT, self._timed_out(exc), "timeout")
             return
         except httpx.ConnectError as exc:
             detail = f"cannot connect to the upstream: {_describe(exc)}"
             await self._problem(send, UpstreamProblem.UNREACHABLE, detail, "unreachable")
             return
-        except httpx.TransportError as exc:
+        except Exception as exc:  # httpcore lets some h11 errors through unmapped: never a 500
             detail = f"the upstream failed before answering: {_describe(exc)}"
+            if not isinstance(exc, httpx.TransportError):
+                log.exception("forwarding failed unexpectedly")
             await self._problem(send, UpstreamProblem.FAILED, detail, "failed")
             return
         self.metrics.upstream_latency(time.perf_counter() - started)
@@ -97,10 +119,7 @@ class Forwarder:
                 {
                     "type": "http.response.start",
                     "status": response.status_code,
-                    "headers": [
-                        (name.lower(), value)
-                        for name, value in strip_hop_by_hop(response.headers.raw)
-                    ],
+                    "headers": _response_headers(response),
                 }
             )
             async for chunk in response.aiter_raw():
@@ -120,10 +139,23 @@ class Forwarder:
         query = scope.get("query_string", b"")
         return self.prefix + wire_path(scope) + (b"?" + query if query else b"")
 
+    def _timed_out(self, exc: httpx.TimeoutException) -> str:
+        name, what = next(
+            (v for kind, v in _TIMEOUTS.items() if isinstance(exc, kind)),
+            ("read", "the upstream timed out after {}"),
+        )
+        seconds = getattr(self.client.timeout, name)
+        return what.format(f"{seconds:g} s (timeouts.{name})")
+
     def _headers(self, scope: Scope) -> list[tuple[bytes, bytes]]:
+        """End-to-end headers plus the forwarding ones; never the client's framing."""
         client = scope.get("client")
         return forwarded_headers(
-            strip_hop_by_hop(scope["headers"]),
+            [
+                (n, v)
+                for n, v in strip_hop_by_hop(scope["headers"])
+                if n.lower() != b"content-length"
+            ],
             (client[0], client[1]) if client else None,
             scope.get("scheme", "http"),
         )
@@ -139,6 +171,18 @@ async def send_problem(send: Send, answer: ProblemResponse) -> None:
     headers = [(k.encode(), v.encode()) for k, v in answer.headers]
     await send({"type": "http.response.start", "status": answer.status, "headers": headers})
     await send({"type": "http.response.body", "body": answer.body})
+
+
+def _response_headers(response: httpx.Response) -> list[tuple[bytes, bytes]]:
+    """The upstream's end-to-end headers. A chunked response's Content-Length is dropped
+    (RFC 9112 §6.3: an intermediary forwarding such a message must remove it): the client
+    gets the de-chunked body, whose length that field does not describe."""
+    chunked = "transfer-encoding" in response.headers
+    return [
+        (name.lower(), value)
+        for name, value in strip_hop_by_hop(response.headers.raw)
+        if not (chunked and name.lower() == b"content-length")
+    ]
 
 
 async def _stream(first: bytes, receive: Receive) -> AsyncIterator[bytes]:

@@ -41,6 +41,7 @@ class RequestProblem(enum.Enum):
     """Requests the gateway refuses before anything is claimed or forwarded."""
 
     PATH = ("path-refused", 400, "Request path refused")
+    FRAMING = ("framing-refused", 400, "Request framing refused")
 
     def __init__(self, slug: str, status: int, title: str) -> None:
         self.slug, self.status, self.title = slug, status, title
