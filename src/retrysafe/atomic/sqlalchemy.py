@@ -29,6 +29,11 @@ tables may live in that database next to the application's. Requires SQLAlchemy 
 
 from __future__ import annotations
 
+from retrysafe._extras import require
+
+require("sqlalchemy", "retrysafe.atomic.sqlalchemy", "sqlalchemy")
+
+
 import sqlite3
 from typing import TYPE_CHECKING, Any
 

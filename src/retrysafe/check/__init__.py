@@ -12,6 +12,11 @@ test deployment or a sandbox. ``retrysafe check`` refuses non-loopback hosts wit
 
 from __future__ import annotations
 
+from retrysafe._extras import require
+
+require("client", "retrysafe.check", "httpx")
+
+
 import json as jsonlib
 from collections.abc import Awaitable, Iterable, Mapping
 from typing import Any, overload

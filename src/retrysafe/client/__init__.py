@@ -5,6 +5,11 @@ Needs the ``[client]`` extra (httpx). See docs/client.md.
 
 from __future__ import annotations
 
+from retrysafe._extras import require
+
+require("client", "retrysafe.client", "httpx")
+
+
 from retrysafe.client._flow import CallReport
 from retrysafe.client.breaker import CircuitBreaker, Permit, Refusal, State, Transition
 from retrysafe.client.budget import RetryBudget

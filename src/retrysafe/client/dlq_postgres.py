@@ -18,6 +18,11 @@ time. URL options as for the PostgreSQL store (``stores/postgres.py``)::
 
 from __future__ import annotations
 
+from retrysafe._extras import require
+
+require("postgres", "the PostgreSQL dead-letter queue", "psycopg", "psycopg_pool")
+
+
 import contextlib
 import hashlib
 import threading

@@ -23,6 +23,11 @@ slot with the entries' hashes. Connections and URL options follow the Redis stor
 
 from __future__ import annotations
 
+from retrysafe._extras import require
+
+require("redis", "the Redis dead-letter queue", "redis")
+
+
 from collections.abc import Callable, Sequence
 from typing import Any
 

@@ -8,6 +8,11 @@ forwarded headers), ``forward`` (the httpx forwarder), ``problems`` (502/504), `
 
 from __future__ import annotations
 
+from retrysafe._extras import require
+
+require("gateway", "retrysafe.gateway", "httpx", "uvicorn")
+
+
 from retrysafe.gateway.app import Gateway, app_from_env, create_app
 from retrysafe.gateway.config import GatewayConfig, RoutePolicy, Timeouts, load_config
 

@@ -26,6 +26,11 @@ URL form (options in the query string, see :data:`URL_OPTIONS`; others go to lib
 
 from __future__ import annotations
 
+from retrysafe._extras import require
+
+require("postgres", "the PostgreSQL store", "psycopg", "psycopg_pool")
+
+
 import asyncio
 import contextlib
 import hashlib

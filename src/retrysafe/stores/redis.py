@@ -38,6 +38,11 @@ URL forms (options in the query string, see :data:`URL_OPTIONS`)::
 
 from __future__ import annotations
 
+from retrysafe._extras import require
+
+require("redis", "the Redis store", "redis")
+
+
 import asyncio
 import json
 import threading

@@ -37,6 +37,11 @@ middleware commits inside the application's send of its last body message, befor
 
 from __future__ import annotations
 
+from retrysafe._extras import require
+
+require("django", "retrysafe.atomic.django", "django")
+
+
 import asyncio
 import sqlite3
 from typing import TYPE_CHECKING, Any
