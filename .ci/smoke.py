@@ -50,15 +50,16 @@ def main(wheel: str, extra: str) -> None:
             else:
                 raise AssertionError(f"{part} imported without the [{needs}] extra")
 
+    command = str(Path(sys.executable).parent / "retrysafe")  # the venv's console script
     if extra == "cli":
-        out = subprocess.run(["retrysafe", "--help"], capture_output=True, text=True, check=True)
+        out = subprocess.run([command, "--help"], capture_output=True, text=True, check=True)
         assert "check" in out.stdout and "demo" in out.stdout, out.stdout
         scenarios = subprocess.run(
-            ["retrysafe", "demo", "--scenarios"], capture_output=True, text=True, timeout=600
+            [command, "demo", "--scenarios"], capture_output=True, text=True, timeout=600
         )
         assert scenarios.returncode == 0, scenarios.stdout + scenarios.stderr
     elif extra == "":
-        done = subprocess.run(["retrysafe", "--help"], capture_output=True, text=True)
+        done = subprocess.run([command, "--help"], capture_output=True, text=True)
         assert done.returncode == 2, done.stdout + done.stderr
         assert "retrysafe[cli]" in done.stdout + done.stderr
 
