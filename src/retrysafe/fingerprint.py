@@ -1,16 +1,27 @@
 """Request and call fingerprints (SPEC rule 6).
 
 A fingerprint is the SHA-256 of what makes two requests "the same request": method, path,
-query (parameters sorted, so their order does not matter) and body. A key reused with a
-different fingerprint is a client bug answered with 422 (SPEC rule 9).
+query and body, each as the application can tell them apart. A key reused with a different
+fingerprint is a client bug answered with 422 (SPEC rule 9). Two requests the application
+could answer differently must never share a fingerprint (one would be answered with the
+other's stored response), while a retry of a request, sent again as it was, must keep it:
+
+- the path as the client sent it, percent-escapes intact (``/a%2Fb`` is not ``/a/b``: the
+  application or an upstream behind the gateway may route them apart);
+- the query as the application reads it: its ``name=value`` pairs, escapes decoded to the
+  exact bytes they stand for (an invalid escape stays as written), sorted by name only, so
+  repeated names keep their order (``a=1&a=2`` is not ``a=2&a=1``) while the order of
+  different names does not count.
 
 Two body modes:
 
 - ``bytes`` (default): the body exactly as sent.
 - ``json``: a JSON body is canonicalized with RFC 8785 (JCS) first, so key order and
   whitespace do not matter. A body that is not JSON, or that RFC 8785 cannot represent
-  (NaN, integers beyond 2**53), falls back to its bytes under a different domain tag, so the
-  application still sees it and answers with its own validation error.
+  (NaN, integers beyond 2**53), or that repeats a member name (parsers disagree on which
+  one wins), or nests deeper than :data:`MAX_JSON_DEPTH`, falls back to its bytes under a
+  different domain tag, so the application still sees it and answers with its own
+  validation error.
 
 Anything else can be plugged in as a :data:`Fingerprinter`.
 """
@@ -22,8 +33,9 @@ import functools
 import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Literal, NamedTuple, overload
-from urllib.parse import parse_qsl
+from operator import itemgetter
+from typing import Literal, NamedTuple, cast, overload
+from urllib.parse import quote, unquote_to_bytes
 
 import rfc8785
 
@@ -127,7 +139,10 @@ class RawHeaders(HeaderView):
 class RequestFacts(NamedTuple):  # built on every keyed request: a tuple costs half a dataclass
     """What the server layer knows about a request once its body has been read.
 
-    ``headers`` are ``(name, value)`` pairs; the server adapters give lowercase names.
+    ``path`` is the path as the client sent it, percent-escapes intact (ASGI ``raw_path``,
+    WSGI ``REQUEST_URI``; :func:`quoted_path` where the server gives only the decoded path).
+    ``query`` is the query string as sent (latin-1 decoded). ``headers`` are ``(name, value)``
+    pairs; the server adapters give lowercase names.
     """
 
     method: str
@@ -153,6 +168,33 @@ Fingerprinter = Callable[[RequestFacts], str]
 BodyMode = Literal["bytes", "json"]
 
 
+# Fingerprints of bodies larger than these take more than about a millisecond to compute, so
+# the ASGI adapter computes them on a worker thread rather than stall its event loop
+# (Policy.inline_fingerprint_limit picks one). SHA-256 hashes hundreds of MB/s; RFC 8785
+# canonicalization is pure Python and manages a few MB/s, and a custom fingerprinter's cost is
+# unknown, so it is treated as the costly kind.
+INLINE_BYTES_LIMIT = 256 * 1024
+INLINE_JSON_LIMIT = 4 * 1024
+
+# JSON nested deeper than this is fingerprinted by its bytes. json.loads recurses, so without
+# a bound whether a deep document parses would depend on how deep the caller's stack already
+# is (the event loop's thread or a worker's): one request could fingerprint two ways.
+MAX_JSON_DEPTH = 128
+
+# Characters quote() leaves alone in a path: RFC 3986 pchar and "/", never "%" (an escape of
+# its own must stay distinct from an escape the client sent).
+_PATH_SAFE = "/:@!$&'()*+,;=~"
+
+
+def quoted_path(path: str) -> str:
+    """``path`` (decoded, as a server that keeps no raw path gives it) percent-encoded again.
+
+    Distinct decoded paths stay distinct. A server that decoded ``%2F`` already made
+    ``/a%2Fb`` and ``/a/b`` one path, for the application too, so nothing is lost here.
+    """
+    return quote(path, safe=_PATH_SAFE, errors="surrogatepass")
+
+
 def _framed(parts: Iterable[bytes]) -> bytes:
     # Each part length-prefixed, so no two different part lists frame to the same bytes.
     return b"".join([b for part in parts for b in (len(part).to_bytes(8, "big"), part)])
@@ -164,19 +206,36 @@ def _digest(parts: Iterable[bytes]) -> str:
 
 @functools.lru_cache(maxsize=256)
 def _request_prefix(method: str, path: str, query: str, tag: bytes) -> bytes:
-    """The framed method, path, sorted query and body tag of a request fingerprint.
+    """The framed method, path, query pairs and body tag of a request fingerprint.
 
     Requests repeat a few of these (one per endpoint), so each is framed once: what is left
     per request is the body's frame and the hash. The same bytes as framing all five parts.
     """
-    return _framed((method.upper().encode(), path.encode(), _sorted_query(query), tag))
+    return _framed((method.upper().encode(), path.encode(), _query_pairs(query), tag))
 
 
-def _sorted_query(query: str) -> bytes:
-    if not query:  # the common case, and json.dumps([]) is b"[]"
-        return b"[]"
-    pairs = sorted(parse_qsl(query, keep_blank_values=True))
-    return json.dumps(pairs, ensure_ascii=False).encode("utf-8")
+def _query_pairs(query: str) -> bytes:
+    """The query's ``(name, value)`` pairs as an application reads them, framed.
+
+    Each name and value is unescaped to bytes (``+`` is a space, ``%2B`` a plus sign; an
+    invalid escape stays as written, where a decode to text would make every one U+FFFD) and
+    the pairs are sorted by name alone: a stable sort keeps the values of a repeated name in
+    the order sent, which applications see (``getlist``, ``multi_items``).
+    """
+    if not query:  # the common case
+        return b""
+    pairs = []
+    for field in query.split("&"):
+        if field:
+            name, _, value = field.partition("=")
+            pairs.append((_unescaped(name), _unescaped(value)))
+    pairs.sort(key=itemgetter(0))
+    return _framed([part for pair in pairs for part in pair])
+
+
+def _unescaped(text: str) -> bytes:
+    # unquote_to_bytes encodes text as UTF-8 first: one-to-one, so distinct stays distinct.
+    return unquote_to_bytes(text.replace("+", " ")) if "%" in text or "+" in text else text.encode()
 
 
 def canonical_json(value: object) -> bytes:
@@ -189,15 +248,44 @@ def canonical_json(value: object) -> bytes:
         raise ValueError(f"value cannot be canonicalized as RFC 8785 JSON: {exc}") from exc
 
 
+def _unique_members(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """A JSON object's members; a name given twice raises (json.loads keeps the last one, other
+    parsers the first, so the application may read another value than the one canonicalized)."""
+    members = dict(pairs)
+    if len(members) != len(pairs):
+        raise ValueError("a JSON object repeats a member name")
+    return members
+
+
+def _within_depth(doc: object, limit: int) -> bool:
+    """Whether ``doc`` nests arrays and objects at most ``limit`` levels deep (``[]`` is one
+    level, a scalar none); walked level by level, without recursion."""
+    level = [doc] if type(doc) in (dict, list) else []
+    depth = 0
+    while level:
+        depth += 1
+        if depth > limit:
+            return False
+        inner: list[object] = []
+        for value in level:
+            children = value.values() if isinstance(value, dict) else cast(list[object], value)
+            inner.extend(v for v in children if type(v) in (dict, list))
+        level = inner
+    return True
+
+
 def _json_body(body: bytes) -> tuple[bytes, bytes]:
     if not body:
         return b"empty", b""
     try:
-        return b"jcs", canonical_json(json.loads(body))
+        doc = json.loads(body, object_pairs_hook=_unique_members)
+        if _within_depth(doc, MAX_JSON_DEPTH):
+            return b"jcs", canonical_json(doc)
     # ValueError includes json.JSONDecodeError and UnicodeDecodeError; RecursionError is
     # json.loads on nesting deeper than the stack. Neither may escape: SPEC 6 falls back to bytes.
     except (ValueError, RecursionError):
-        return b"raw", body
+        pass
+    return b"raw", body
 
 
 def request_fingerprint(facts: RequestFacts, mode: BodyMode = "bytes") -> str:

@@ -11,11 +11,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from retrysafe.fingerprint import (
+    MAX_JSON_DEPTH,
     RequestFacts,
     bytes_fingerprint,
     call_fingerprint,
     canonical_json,
     json_fingerprint,
+    quoted_path,
     request_fingerprint,
 )
 from retrysafe.policy import Policy
@@ -59,9 +61,40 @@ def test_path_matters() -> None:
     assert both(facts(path="/A")) != both(facts(path="/a"))
 
 
-def test_query_parameter_order_does_not_matter() -> None:
+def test_the_order_of_different_query_names_does_not_matter() -> None:
     assert both(facts(query="a=1&b=2")) == both(facts(query="b=2&a=1"))
-    assert both(facts(query="a=1&a=2&b=3")) == both(facts(query="b=3&a=2&a=1"))
+    assert both(facts(query="a=1&a=2&b=3")) == both(facts(query="b=3&a=1&a=2"))
+
+
+def test_the_order_of_a_repeated_query_name_matters() -> None:
+    # Applications read repeated names as a list (getlist, multi_items): its order is data.
+    assert both(facts(query="a=1&a=2")) != both(facts(query="a=2&a=1"))
+    assert both(facts(query="a=1&a=2&b=3")) != both(facts(query="b=3&a=2&a=1"))
+
+
+def test_query_escapes_count_as_the_bytes_they_stand_for() -> None:
+    # Invalid UTF-8 escapes are distinct bytes (a text decode made each one U+FFFD).
+    assert both(facts(query="x=%ff")) != both(facts(query="x=%fe"))
+    assert both(facts(query="x=%ff")) != both(facts(query="x=%EF%BF%BD"))
+    # An escape is the byte it encodes; "+" is a space and "%2B" a plus sign.
+    assert both(facts(query="x=%41")) == both(facts(query="x=A"))
+    assert both(facts(query="x=a+b")) == both(facts(query="x=a%20b"))
+    assert both(facts(query="x=a+b")) != both(facts(query="x=a%2Bb"))
+    # An invalid escape stays as written, and differs from what it would decode to.
+    assert both(facts(query="x=%zz")) != both(facts(query="x=zz"))
+    assert both(facts(query="x=%")) != both(facts(query="x="))
+    # "a=" and "a=b" differ; "&" separates, "=" splits once.
+    assert both(facts(query="a=")) != both(facts(query="a=b"))
+    assert both(facts(query="a=b=c")) != both(facts(query="a=b&c"))
+    assert both(facts(query="a%3Db=c")) != both(facts(query="a=b%3Dc"))
+
+
+def test_the_path_counts_as_sent() -> None:
+    # RequestFacts.path holds the raw path: an escaped slash is not a slash (an upstream may
+    # route them apart), whatever a server decodes for its application.
+    assert both(facts(path="/items/a%2Fb")) != both(facts(path="/items/a/b"))
+    assert quoted_path("/items/a/b") != quoted_path("/items/a%2Fb")
+    assert quoted_path("/caf\u00e9 x") == "/caf%C3%A9%20x"
 
 
 def test_query_values_and_names_matter() -> None:
@@ -156,6 +189,30 @@ def test_json_mode_never_raises_and_falls_back_to_bytes(body: bytes) -> None:
     assert fp == json_fingerprint(facts(body))
     # The fallback still tells different bodies apart, byte for byte.
     assert json_fingerprint(facts(body + b" ")) != fp
+
+
+def test_json_mode_does_not_canonicalize_a_repeated_member_name() -> None:
+    # json.loads keeps the last value, other parsers the first: the application may read a=1.
+    assert json_fingerprint(facts(b'{"a":1,"a":2}')) != json_fingerprint(facts(b'{"a":2}'))
+    assert json_fingerprint(facts(b'{"a":1,"a":2}')) != json_fingerprint(facts(b'{"a": 1,"a":2}'))
+    nested = b'{"x":{"a":1,"a":2}}'
+    assert json_fingerprint(facts(nested)) != json_fingerprint(facts(b'{"x":{"a":2}}'))
+
+
+def test_json_mode_depth_bound_is_exact() -> None:
+    def nested(depth: int, pad: str = "") -> bytes:
+        return ("[" * depth + pad + "]" * depth).encode()
+
+    # At the bound the document is canonicalized (whitespace ignored) ...
+    assert json_fingerprint(facts(nested(MAX_JSON_DEPTH))) == json_fingerprint(
+        facts(nested(MAX_JSON_DEPTH, " "))
+    )
+    # ... one level deeper it is fingerprinted by its bytes, whatever the stack depth.
+    assert json_fingerprint(facts(nested(MAX_JSON_DEPTH + 1))) != json_fingerprint(
+        facts(nested(MAX_JSON_DEPTH + 1, " "))
+    )
+    deep_objects = b'{"a":' * (MAX_JSON_DEPTH + 1) + b"1" + b"}" * (MAX_JSON_DEPTH + 1)
+    assert json_fingerprint(facts(deep_objects)) != json_fingerprint(facts(deep_objects + b" "))
 
 
 def test_json_mode_fallback_differs_from_the_canonical_form() -> None:
