@@ -14,6 +14,8 @@ from datetime import timedelta
 
 from retrysafe.errors import ConfigurationError
 from retrysafe.fingerprint import (
+    INLINE_BYTES_LIMIT,
+    INLINE_JSON_LIMIT,
     BodyMode,
     Fingerprinter,
     RequestFacts,
@@ -37,6 +39,7 @@ class Problem(enum.Enum):
     UNREPLAYABLE = "unreplayable"
     STORE_UNAVAILABLE = "store-unavailable"
     BODY_TOO_LARGE = "body-too-large"
+    MALFORMED_BODY = "malformed-body"
 
 
 DEFAULT_STATUS: Mapping[Problem, int] = {
@@ -47,6 +50,7 @@ DEFAULT_STATUS: Mapping[Problem, int] = {
     Problem.UNREPLAYABLE: 409,
     Problem.STORE_UNAVAILABLE: 503,
     Problem.BODY_TOO_LARGE: 413,
+    Problem.MALFORMED_BODY: 400,
 }
 
 # A URN, not an https URL: the default must not claim a domain the project does not own (RFC 9457
@@ -153,6 +157,9 @@ class Policy:
     unavailable_retry_after: Duration = timedelta(seconds=5)
     # Sizes (SPEC 15, 16).
     max_body: int = 10 * 1024 * 1024
+    # body_mode="json": RFC 8785 canonicalization runs at a few MB/s, so a keyed body costs
+    # about a second of CPU per MiB; larger bodies are refused with 413.
+    max_json_body: int = 1024 * 1024
     max_cached_body: int = 1024 * 1024
     # What is stored (SPEC 12) and what happens when the store is down (SPEC 17).
     store_server_errors: bool = False
@@ -219,8 +226,9 @@ class Policy:
             raise ConfigurationError("retention must not be negative")
         if self.heartbeat is not None and not 0 < seconds(self.heartbeat) < seconds(self.lease):
             raise ConfigurationError("heartbeat must be positive and shorter than the lease")
-        if self.max_cached_body < 0 or self.max_body < 0:
-            raise ConfigurationError("max_body and max_cached_body must not be negative")
+        for name in ("max_body", "max_json_body", "max_cached_body"):
+            if getattr(self, name) < 0:
+                raise ConfigurationError(f"{name} must not be negative: {getattr(self, name)}")
         if not (isinstance(self.required, bool) or callable(self.required)):
             raise ConfigurationError(
                 f"required must be True, False or a callable (method, path) -> bool, "
@@ -284,6 +292,25 @@ class Policy:
     @property
     def unavailable_retry_after_s(self) -> float:
         return self._seconds[6]
+
+    @property
+    def canonicalizes_json(self) -> bool:
+        """Whether request bodies are fingerprinted by their RFC 8785 form (``body_mode="json"``
+        and no custom fingerprinter)."""
+        return self.fingerprint is None and self.body_mode == "json"
+
+    @property
+    def body_limit(self) -> int:
+        """The largest keyed request body buffered (SPEC 16): ``max_body``, and no more than
+        ``max_json_body`` when bodies are canonicalized as JSON."""
+        return min(self.max_body, self.max_json_body) if self.canonicalizes_json else self.max_body
+
+    @property
+    def inline_fingerprint_limit(self) -> int:
+        """The largest body whose fingerprint an event loop computes itself; a larger one is
+        computed on a worker thread (RFC 8785 and custom fingerprinters cost more per byte)."""
+        plain = self.fingerprint is None and self.body_mode == "bytes"
+        return INLINE_BYTES_LIMIT if plain else INLINE_JSON_LIMIT
 
     def fingerprint_of(self, facts: RequestFacts) -> str:
         if self.fingerprint is not None:

@@ -16,6 +16,7 @@ TITLES = {
     Problem.UNREPLAYABLE: "Original response cannot be replayed",
     Problem.STORE_UNAVAILABLE: "Idempotency store unavailable",
     Problem.BODY_TOO_LARGE: "Request body too large",
+    Problem.MALFORMED_BODY: "Request body cut short or mis-framed",
 }
 
 CONTENT_TYPE = "application/problem+json"

@@ -26,7 +26,7 @@ from retrysafe.engine import (
     claim_decision,
 )
 from retrysafe.fingerprint import RawHeaders, RequestFacts, bytes_fingerprint
-from retrysafe.http._exchange import KeyHeaders, declared_length
+from retrysafe.http._exchange import InvalidLength, KeyHeaders, declared_length
 from retrysafe.http.wsgi import EnvironHeaders
 from retrysafe.policy import Policy, authorization_scope
 from retrysafe.records import Claimed, ClaimResult, Record, StoredResponse
@@ -65,7 +65,9 @@ def test_key_headers_and_content_length_agree_on_raw_and_decoded_headers() -> No
     decoded = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
     assert keys.values(RawHeaders(raw)) == keys.values(decoded) == [["k-é", "again"], ["other"]]
     assert declared_length(RawHeaders(raw)) == declared_length(decoded) == 12
-    assert declared_length(RawHeaders([(b"content-length", b"-1")])) is None
+    for invalid in (b"-1", b"12abc", b"\xb2", b"1, 1", b""):  # "\xb2" is "²": isdigit() says yes
+        with pytest.raises(InvalidLength, match="Content-Length"):
+            declared_length(RawHeaders([(b"content-length", invalid)]))
 
 
 def test_environ_headers_read_like_the_listed_environ() -> None:

@@ -148,8 +148,9 @@ def test_seconds_helper() -> None:
         ({"key_min_length": 10, "key_max_length": 9}, "got 10 and 9"),
         ({"key_max_length": 256}, "<= 255"),
         ({"body_mode": "xml"}, "body_mode must be 'bytes' or 'json', not 'xml'"),
-        ({"max_body": -1}, "max_body and max_cached_body must not be negative"),
-        ({"max_cached_body": -1}, "max_body and max_cached_body must not be negative"),
+        ({"max_body": -1}, "max_body must not be negative: -1"),
+        ({"max_json_body": -1}, "max_json_body must not be negative: -1"),
+        ({"max_cached_body": -1}, "max_cached_body must not be negative: -1"),
         ({"problem_status": {Problem.MISMATCH: 200}}, "key-mismatch must be 4xx or 5xx: 200"),
         ({"problem_status": {Problem.IN_FLIGHT: 600}}, "request-in-flight must be 4xx or 5xx"),
         ({"problem_status": {"key-mismatch": 409}}, "problem_status keys must be Problem"),
@@ -240,6 +241,7 @@ def test_default_problem_statuses() -> None:
         Problem.UNREPLAYABLE: 409,
         Problem.STORE_UNAVAILABLE: 503,
         Problem.BODY_TOO_LARGE: 413,
+        Problem.MALFORMED_BODY: 400,
     }
 
 

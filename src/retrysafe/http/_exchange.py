@@ -65,24 +65,63 @@ def look(
     """Admission of a request; the body is needed only to find a key in a body field."""
     values = (keys or KeyHeaders(policy)).values(headers)
     body_key = None
-    if policy.body_field and policy.covers(method) and not any(values):
+    field = policy.body_field
+    if field and policy.covers(method) and not any(values):
         if body is None:
             return ReadBody()
-        body_key = _body_field(body, policy.body_field)
+        found = _body_field(body, field)
+        if found:
+            if len(found) > 1 or not isinstance(found[0], str):
+                return Refuse(
+                    Problem.MALFORMED_KEY,
+                    f"the {field!r} body field must be one JSON string holding the "
+                    f"idempotency key, not {_json_kind(found)}",
+                    Outcome.REJECTED,
+                )
+            body_key = found[0]
     return admit(method, path, values, policy, body_key)
 
 
-def _body_field(body: bytes, name: str) -> str | None:
+class _Members(list[tuple[str, object]]):
+    """A JSON object's members in order, a repeated name kept (json.loads' object_pairs_hook)."""
+
+
+def _body_field(body: bytes, name: str) -> list[object]:
+    """Every value of the top-level member ``name`` of a JSON object body (none if the body
+    is no JSON object; several if the object repeats the name)."""
     try:
-        doc = json.loads(body)
-    except ValueError:
-        return None
-    value = doc.get(name) if isinstance(doc, dict) else None
-    return value if isinstance(value, str) else None
+        doc = json.loads(body, object_pairs_hook=_Members)
+    # RecursionError: nesting deeper than the stack, which is not a key either.
+    except (ValueError, RecursionError):
+        return []
+    return [v for k, v in doc if k == name] if isinstance(doc, _Members) else []
+
+
+def _json_kind(found: list[object]) -> str:
+    if len(found) > 1:
+        return f"{len(found)} members of that name"
+    value = found[0]
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, int | float):
+        return "a number"
+    return (
+        "an array" if isinstance(value, list) and not isinstance(value, _Members) else "an object"
+    )
+
+
+class InvalidLength(ValueError):
+    """A Content-Length that is not a non-negative decimal integer (``str()`` says so)."""
 
 
 def declared_length(headers: HeaderList) -> int | None:
-    """The Content-Length the client declared, if it is a plain non-negative integer."""
+    """The Content-Length the client declared, None if it declared none.
+
+    Raises :class:`InvalidLength` for any other value: the body's end is then unknown, so
+    nothing read from it could be trusted to be the whole body.
+    """
     view = view_of(headers)
     if view is not None:
         value = view.first("content-length")
@@ -90,17 +129,40 @@ def declared_length(headers: HeaderList) -> int | None:
         value = next((v for k, v in headers if k.lower() == "content-length"), None)
     if value is None:
         return None
-    value = value.strip()
-    return int(value) if value.isdigit() else None
+    digits = value.strip(" \t")
+    if digits.isascii() and digits.isdigit():  # isdigit() alone admits "²"
+        return int(digits)
+    raise InvalidLength(
+        f"Content-Length {value[:40]!r} is not a non-negative decimal integer, so the end of "
+        "the request body is unknown; nothing was processed"
+    )
+
+
+def malformed_body(policy: Policy, detail: str) -> ProblemResponse:
+    return render(Problem.MALFORMED_BODY, detail, policy)
+
+
+def cut_short(policy: Policy, received: int, declared: int | None) -> ProblemResponse:
+    """The body ended before its framing said it would (the client went away mid-upload)."""
+    expected = f"of the {declared} bytes its Content-Length declares" if declared else ""
+    return malformed_body(
+        policy,
+        f"the request body ended after {received} bytes {expected}".rstrip()
+        + "; nothing was processed and nothing stored - send the whole request again with "
+        "the same key",
+    )
 
 
 def too_large(policy: Policy) -> ProblemResponse:
-    return render(
-        Problem.BODY_TOO_LARGE,
-        f"the request body exceeds {policy.max_body} bytes, the most this endpoint buffers "
-        "to check idempotency keys",
-        policy,
-    )
+    limit = policy.body_limit
+    if limit < policy.max_body:
+        why = (
+            "the most this endpoint canonicalizes as JSON to check idempotency keys "
+            "(Policy.max_json_body)"
+        )
+    else:
+        why = "the most this endpoint buffers to check idempotency keys (Policy.max_body)"
+    return render(Problem.BODY_TOO_LARGE, f"the request body exceeds {limit} bytes, {why}", policy)
 
 
 def unavailable(policy: Policy) -> ProblemResponse:
@@ -218,15 +280,18 @@ class Capture:
 __all__ = [
     "Capture",
     "Identity",
+    "InvalidLength",
     "KeyHeaders",
     "Keyed",
     "Outcome",
     "Pass",
     "ReadBody",
     "Refuse",
+    "cut_short",
     "declared_length",
     "identify",
     "look",
+    "malformed_body",
     "refusal",
     "taken_over",
     "too_large",
