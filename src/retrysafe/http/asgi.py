@@ -22,15 +22,17 @@ from retrysafe.context import _current_key
 from retrysafe.decide import Execute, Keyed, Pass, Refuse, Release, Replay, replay_headers
 from retrysafe.engine import AsyncHeartbeat, aclaim_decision, asettle_record
 from retrysafe.errors import ClaimTakenOver, StoreError
-from retrysafe.fingerprint import RawHeaders, RequestFacts
+from retrysafe.fingerprint import INLINE_JSON_LIMIT, RawHeaders, RequestFacts, quoted_path
 from retrysafe.http._exchange import (
     Capture,
     Identity,
+    InvalidLength,
     KeyHeaders,
     ReadBody,
     declared_length,
     identify,
     look,
+    malformed_body,
     refusal,
     taken_over,
     too_large,
@@ -124,9 +126,15 @@ class _Responder:
         if isinstance(admission, _NEEDS_BODY) and not await self._read_body():
             return
         if isinstance(admission, ReadBody):
-            admission = look(
-                self.policy, method, path, self.headers, self.body, keys=self.key_headers
-            )
+            body = self.body or b""
+            if len(body) > INLINE_JSON_LIMIT:  # parsing it would stall the loop
+                admission = await asyncio.to_thread(
+                    look, self.policy, method, path, self.headers, body, keys=self.key_headers
+                )
+            else:
+                admission = look(
+                    self.policy, method, path, self.headers, body, keys=self.key_headers
+                )
         # isinstance, the hot case first: a class pattern (``case Keyed(key)``) costs several
         # times an isinstance and an attribute read (MATCH_CLASS looks up ``__match_args__``).
         if isinstance(admission, Keyed):
@@ -139,14 +147,19 @@ class _Responder:
             raise AssertionError(f"unexpected admission {admission!r}")
 
     async def _keyed(self, key: str) -> None:
+        scope, body = self.scope, self.body or b""
+        raw_path = scope.get("raw_path")  # the path as sent: "%2F" is not "/" (SPEC 6)
         facts = RequestFacts(
-            self.scope["method"],
-            self.scope["path"],
-            self.scope.get("query_string", b"").decode("latin-1"),
+            scope["method"],
+            raw_path.decode("latin-1") if raw_path else quoted_path(scope["path"]),
+            scope.get("query_string", b"").decode("latin-1"),
             self.headers,
-            self.body or b"",
+            body,
         )
-        ident = identify(key, facts, self.policy)
+        if len(body) > self.policy.inline_fingerprint_limit:  # hashing it would stall the loop
+            ident = await asyncio.to_thread(identify, key, facts, self.policy)
+        else:
+            ident = identify(key, facts, self.policy)
         obs = self.obs
         obs.keyed(key, ident.scope, ident.fingerprint)
         # No store timer when telemetry is off: nothing would read the times.
@@ -382,8 +395,12 @@ class _Responder:
 
     async def _read_body(self) -> bool:
         """Buffer the request body (SPEC 16); False if the request was answered or abandoned."""
-        limit = self.policy.max_body
-        declared = declared_length(self.headers)
+        limit = self.policy.body_limit
+        try:
+            declared = declared_length(self.headers)
+        except InvalidLength as exc:  # servers refuse these first; a lenient one may not
+            await self._problem(malformed_body(self.policy, str(exc)))
+            return False
         if declared is not None and declared > limit:
             await self._problem(too_large(self.policy))
             return False

@@ -22,15 +22,18 @@ from retrysafe.context import _current_key
 from retrysafe.decide import Execute, Keyed, Pass, Refuse, Release, Replay, replay_headers
 from retrysafe.engine import Heartbeat, claim_decision, settle_record
 from retrysafe.errors import ClaimTakenOver, StoreError
-from retrysafe.fingerprint import HeaderView, RequestFacts
+from retrysafe.fingerprint import HeaderView, RequestFacts, quoted_path
 from retrysafe.http._exchange import (
     Capture,
     Identity,
+    InvalidLength,
     KeyHeaders,
     ReadBody,
+    cut_short,
     declared_length,
     identify,
     look,
+    malformed_body,
     refusal,
     taken_over,
     too_large,
@@ -170,7 +173,7 @@ class _Responder:
     def _keyed(self, key: str, method: str, path: str) -> Iterable[bytes]:
         facts = RequestFacts(
             method,
-            path,
+            _sent_path(self.environ),
             self.environ.get("QUERY_STRING", ""),
             self.headers,
             self.body or b"",
@@ -350,27 +353,40 @@ class _Responder:
             _current_key.reset(reset)
 
     def _read_body(self) -> ProblemResponse | None:
-        """Buffer the body (SPEC 16) and put it back as ``wsgi.input``; a problem if too big."""
-        limit = self.policy.max_body
-        declared = declared_length(self.headers)
+        """Buffer the body (SPEC 16) and put it back as ``wsgi.input``; a problem if it is too
+        big, cut short (the client went away mid-upload) or framed by an invalid length.
+
+        A short body is never handed on: the handler would run on part of a request, its
+        answer would be stored, and the client's complete retry would be refused as a
+        different request.
+        """
+        limit = self.policy.body_limit
+        try:
+            declared = declared_length(self.headers)
+        except InvalidLength as exc:
+            return malformed_body(self.policy, str(exc))
         stream = self.environ.get("wsgi.input")
         if declared is not None and declared > limit:
             return too_large(self.policy)
-        if stream is None:
-            self.body = b""
-        elif declared is not None:
-            self.body = stream.read(declared) if declared else b""
-        elif self.environ.get("wsgi.input_terminated"):
-            chunks: list[bytes] = []
-            size = 0
-            while chunk := stream.read(_READ_CHUNK):
-                size += len(chunk)
-                if size > limit:
-                    return too_large(self.policy)
-                chunks.append(chunk)
-            self.body = b"".join(chunks)
-        else:
-            self.body = b""  # no length and no terminated stream: WSGI says there is no body
+        chunks: list[bytes] = []
+        size = 0
+        if stream is not None and (declared or self.environ.get("wsgi.input_terminated")):
+            # To the declared length, or else to the end of a stream the server terminates
+            # (a chunked request); read() may return less than asked before the end.
+            want = declared if declared is not None else limit + 1
+            try:
+                while size < want and (chunk := stream.read(min(want - size, _READ_CHUNK))):
+                    size += len(chunk)
+                    chunks.append(chunk)
+            except OSError as exc:  # the connection failed, or the chunked framing was broken
+                log.info("request body unreadable after %d bytes: %s", size, exc)
+                return cut_short(self.policy, size, declared)
+            if size > limit:
+                return too_large(self.policy)
+            if declared is not None and size < declared:
+                return cut_short(self.policy, size, declared)
+        # else no length and no terminated stream: WSGI says there is no body
+        self.body = b"".join(chunks)
         self.environ["wsgi.input"] = io.BytesIO(self.body)
         self.environ["CONTENT_LENGTH"] = str(len(self.body))
         return None
@@ -381,6 +397,24 @@ class _Responder:
         self.obs.finish(outcome, problem.status)
         self.start_response(_status_line(problem.status), problem.headers)
         return [problem.body]
+
+
+def _sent_path(environ: Environ) -> str:
+    """The request's path as the client sent it, for the fingerprint (SPEC 6).
+
+    ``PATH_INFO`` is decoded (``/a%2Fb`` and ``/a/b`` are one path there), so the raw target
+    is preferred: ``REQUEST_URI`` (gunicorn, uWSGI, mod_wsgi, Werkzeug) or ``RAW_URI``, its
+    query cut off and, for an absolute-form target, its scheme and host. Without either the
+    decoded path is quoted again, as the application cannot tell those paths apart either.
+    """
+    uri: str | None = environ.get("REQUEST_URI") or environ.get("RAW_URI")
+    if uri:
+        if not uri.startswith("/"):  # "http://host/path": the path is what follows the host
+            _, scheme_sep, rest = uri.partition("://")
+            uri = "/" + rest.partition("/")[2] if scheme_sep else None
+        if uri:
+            return uri.partition("?")[0]
+    return quoted_path(environ.get("SCRIPT_NAME", "") + (environ.get("PATH_INFO", "") or "/"))
 
 
 class _Body:
