@@ -3,8 +3,9 @@
 ``serve_asgi`` runs an ASGI app (the middleware, the gateway) under uvicorn in a thread;
 ``serve_wsgi`` runs a WSGI app under the standard library's threaded ``wsgiref`` server, which
 hands the application the socket as ``wsgi.input`` exactly as it arrives (a short body stays
-short). Both bind their socket before the server thread starts, so there is no start-up race,
-and both yield the base URL.
+short); ``serve_werkzeug`` under Werkzeug's, for raw request targets and chunked bodies. All
+bind their socket before the server thread starts, so there is no start-up race, and all yield
+the base URL.
 
 ``RawClient`` speaks bytes: it sends exactly what a test wrote (conflicting framing, a body
 cut short, obs-folded headers) and reads what comes back, so tests can say what a hostile or
@@ -82,6 +83,25 @@ def serve_wsgi(app: Any) -> Iterator[str]:
     thread.start()
     try:
         yield f"http://127.0.0.1:{port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(START_TIMEOUT)
+
+
+@contextlib.contextmanager
+def serve_werkzeug(app: Any) -> Iterator[str]:
+    """Serve ``app`` with Werkzeug's threaded development server on 127.0.0.1: unlike
+    ``wsgiref`` it gives the raw request target (``REQUEST_URI``, ``RAW_URI``) and decodes
+    chunked request bodies (``wsgi.input_terminated``), as production WSGI servers do."""
+    from werkzeug.serving import make_server as make_werkzeug_server
+
+    server = make_werkzeug_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.daemon = True
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.port}"
     finally:
         server.shutdown()
         server.server_close()
