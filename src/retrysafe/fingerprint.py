@@ -186,6 +186,17 @@ MAX_JSON_DEPTH = 128
 _PATH_SAFE = "/:@!$&'()*+,;=~"
 
 
+def target_path(target: str) -> str:
+    """The path of a request target as sent, percent-escapes intact: the query is cut off, and
+    an absolute-form target (``http://host/p``, RFC 9112 section 3.2.2) loses its scheme and
+    authority, so it is the same path as the origin form ``/p``."""
+    if not target.startswith("/"):
+        _, scheme_sep, rest = target.partition("://")
+        if scheme_sep:
+            target = "/" + rest.partition("/")[2]
+    return target.partition("?")[0]
+
+
 def quoted_path(path: str) -> str:
     """``path`` (decoded, as a server that keeps no raw path gives it) percent-encoded again.
 

@@ -154,6 +154,22 @@ def test_a_retry_of_the_same_request_replays(
     assert len(runs) == 1
 
 
+@pytest.mark.parametrize("door", ["asgi", "werkzeug"], indirect=True)
+def test_an_absolute_form_target_is_its_path(door: tuple[str, list[dict[str, str]]]) -> None:
+    # RFC 9112 3.2.2: a server accepts "POST http://host/p" as "/p" (uvicorn's raw_path and
+    # Werkzeug's REQUEST_URI keep the scheme and host): the same request either way.
+    base, runs = door
+    key = str(uuid.uuid4())
+    first = post(base, "http://test/items/a%2Fb?a=1&a=2", key)
+    again = post(base, "/items/a%2Fb?a=1&a=2", key)
+    other = post(base, "http://test/items/a/b?a=1&a=2", key)
+    assert first.status == 201
+    assert again.header("idempotent-replayed") == "true"
+    assert again.body == first.body
+    assert other.status == 422
+    assert len(runs) == 1
+
+
 @pytest.fixture
 def upstream(tmp_path: Path) -> Iterator[Upstream]:
     up = Upstream(tmp_path / "executions.log").start()

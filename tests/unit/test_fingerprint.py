@@ -19,6 +19,7 @@ from retrysafe.fingerprint import (
     json_fingerprint,
     quoted_path,
     request_fingerprint,
+    target_path,
 )
 from retrysafe.policy import Policy
 
@@ -95,6 +96,20 @@ def test_the_path_counts_as_sent() -> None:
     assert both(facts(path="/items/a%2Fb")) != both(facts(path="/items/a/b"))
     assert quoted_path("/items/a/b") != quoted_path("/items/a%2Fb")
     assert quoted_path("/caf\u00e9 x") == "/caf%C3%A9%20x"
+
+
+@pytest.mark.parametrize(
+    ("target", "path"),
+    [
+        ("/a%2Fb?x=1", "/a%2Fb"),
+        ("/a/b", "/a/b"),
+        ("http://host:8080/a%2Fb?x=1", "/a%2Fb"),
+        ("https://host", "/"),
+        ("*", "*"),
+    ],
+)
+def test_target_path_is_the_path_as_sent(target: str, path: str) -> None:
+    assert target_path(target) == path
 
 
 def test_query_values_and_names_matter() -> None:

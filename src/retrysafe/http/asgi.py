@@ -22,7 +22,13 @@ from retrysafe.context import _current_key
 from retrysafe.decide import Execute, Keyed, Pass, Refuse, Release, Replay, replay_headers
 from retrysafe.engine import AsyncHeartbeat, aclaim_decision, asettle_record
 from retrysafe.errors import ClaimTakenOver, StoreError
-from retrysafe.fingerprint import INLINE_JSON_LIMIT, RawHeaders, RequestFacts, quoted_path
+from retrysafe.fingerprint import (
+    INLINE_JSON_LIMIT,
+    RawHeaders,
+    RequestFacts,
+    quoted_path,
+    target_path,
+)
 from retrysafe.http._exchange import (
     Capture,
     Identity,
@@ -151,7 +157,7 @@ class _Responder:
         raw_path = scope.get("raw_path")  # the path as sent: "%2F" is not "/" (SPEC 6)
         facts = RequestFacts(
             scope["method"],
-            raw_path.decode("latin-1") if raw_path else quoted_path(scope["path"]),
+            target_path(raw_path.decode("latin-1")) if raw_path else quoted_path(scope["path"]),
             scope.get("query_string", b"").decode("latin-1"),
             self.headers,
             body,

@@ -22,7 +22,7 @@ from retrysafe.context import _current_key
 from retrysafe.decide import Execute, Keyed, Pass, Refuse, Release, Replay, replay_headers
 from retrysafe.engine import Heartbeat, claim_decision, settle_record
 from retrysafe.errors import ClaimTakenOver, StoreError
-from retrysafe.fingerprint import HeaderView, RequestFacts, quoted_path
+from retrysafe.fingerprint import HeaderView, RequestFacts, quoted_path, target_path
 from retrysafe.http._exchange import (
     Capture,
     Identity,
@@ -403,17 +403,13 @@ def _sent_path(environ: Environ) -> str:
     """The request's path as the client sent it, for the fingerprint (SPEC 6).
 
     ``PATH_INFO`` is decoded (``/a%2Fb`` and ``/a/b`` are one path there), so the raw target
-    is preferred: ``REQUEST_URI`` (gunicorn, uWSGI, mod_wsgi, Werkzeug) or ``RAW_URI``, its
-    query cut off and, for an absolute-form target, its scheme and host. Without either the
-    decoded path is quoted again, as the application cannot tell those paths apart either.
+    is preferred: ``REQUEST_URI`` (gunicorn, uWSGI, mod_wsgi, Werkzeug) or ``RAW_URI``.
+    Without either the decoded path is quoted again: the application cannot tell those paths
+    apart then either.
     """
     uri: str | None = environ.get("REQUEST_URI") or environ.get("RAW_URI")
     if uri:
-        if not uri.startswith("/"):  # "http://host/path": the path is what follows the host
-            _, scheme_sep, rest = uri.partition("://")
-            uri = "/" + rest.partition("/")[2] if scheme_sep else None
-        if uri:
-            return uri.partition("?")[0]
+        return target_path(uri)
     return quoted_path(environ.get("SCRIPT_NAME", "") + (environ.get("PATH_INFO", "") or "/"))
 
 
