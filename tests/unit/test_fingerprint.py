@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from urllib.parse import urlencode
 
 import pytest
 from hypothesis import given, settings
@@ -88,6 +89,37 @@ def test_query_escapes_count_as_the_bytes_they_stand_for() -> None:
     assert both(facts(query="a=")) != both(facts(query="a=b"))
     assert both(facts(query="a=b=c")) != both(facts(query="a=b&c"))
     assert both(facts(query="a%3Db=c")) != both(facts(query="a=b%3Dc"))
+
+
+query_pairs = st.lists(st.tuples(st.text(max_size=3), st.text(max_size=3)), max_size=6)
+
+
+def by_name(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """What an application reads: each name's values in the order sent (a stable sort)."""
+    return sorted(pairs, key=lambda pair: pair[0].encode())
+
+
+@settings(max_examples=200, deadline=None)
+@given(query_pairs, query_pairs, st.randoms(use_true_random=False))
+def test_queries_fingerprint_alike_exactly_when_an_application_reads_them_alike(
+    one: list[tuple[str, str]], other: list[tuple[str, str]], rng: random.Random
+) -> None:
+    # The same pairs with different names interleaved otherwise: the same request.
+    names = {name: [p for p in one if p[0] == name] for name, _ in one}
+    reordered: list[tuple[str, str]] = []
+    while any(names.values()):
+        name = rng.choice([n for n, left in names.items() if left])
+        reordered.append(names[name].pop(0))
+    assert both(facts(query=urlencode(one))) == both(facts(query=urlencode(reordered)))
+    # Escaped another way (%20 for a space, every byte escaped): still the same.
+    assert both(facts(query=urlencode(one))) == both(
+        facts(
+            query=urlencode(one, quote_via=lambda s, *_: "".join(f"%{b:02X}" for b in s.encode()))
+        )
+    )
+    # Two queries an application reads differently never fingerprint alike.
+    same = by_name(one) == by_name(other)
+    assert (both(facts(query=urlencode(one))) == both(facts(query=urlencode(other)))) is same
 
 
 def test_the_path_counts_as_sent() -> None:
