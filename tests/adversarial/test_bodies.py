@@ -350,6 +350,25 @@ def test_json_mode_refuses_bodies_over_max_json_body_with_413() -> None:
     assert app.bodies == [body, b'{"a": 1}']
 
 
+def test_json_mode_limit_applies_to_keyed_bodies_not_to_those_searched_for_a_key() -> None:
+    # With body_field, every covered body is read (up to max_body) to look for a key; only a
+    # body that has one is canonicalized, so only that one is held to max_json_body.
+    app, store = RecordingAsgi(), MemoryStore()
+    policy = Policy(body_mode="json", max_json_body=100, body_field="idempotency_key")
+    pad = "x" * 200
+    keyless = json.dumps({"pad": pad}).encode()
+    keyed = json.dumps({"idempotency_key": "b-1", "pad": pad}).encode()
+    with serve_asgi(AsgiMiddleware(app, store=store, policy=policy, telemetry=None)) as base:
+        passed = post(base, None, keyless)
+        refused = post(base, None, keyed)
+        small = post(base, None, b'{"idempotency_key": "b-2"}')
+    assert passed.status == 201
+    assert refused.status == 413
+    assert "max_json_body" in problem(refused)["detail"]
+    assert small.status == 201
+    assert app.bodies == [keyless, b'{"idempotency_key": "b-2"}']
+
+
 # -- a key in a body field -----------------------------------------------------------------------
 
 

@@ -79,7 +79,15 @@ def look(
                     Outcome.REJECTED,
                 )
             body_key = found[0]
+            if len(body) > policy.body_limit:  # read up to max_body to find the key
+                return Refuse(Problem.BODY_TOO_LARGE, _too_large(policy), Outcome.REJECTED)
     return admit(method, path, values, policy, body_key)
+
+
+def read_limit(admission: Keyed | ReadBody, policy: Policy) -> int:
+    """How much request body to buffer: up to ``max_body`` to look for a key in it (SPEC 16),
+    up to ``policy.body_limit`` for a keyed request, whose body is fingerprinted."""
+    return policy.max_body if isinstance(admission, ReadBody) else policy.body_limit
 
 
 class _Members(list[tuple[str, object]]):
@@ -153,8 +161,13 @@ def cut_short(policy: Policy, received: int, declared: int | None) -> ProblemRes
     )
 
 
-def too_large(policy: Policy) -> ProblemResponse:
-    limit = policy.body_limit
+def too_large(policy: Policy, limit: int | None = None) -> ProblemResponse:
+    """413: the body is over ``limit`` bytes (default: what a keyed request may send)."""
+    return render(Problem.BODY_TOO_LARGE, _too_large(policy, limit), policy)
+
+
+def _too_large(policy: Policy, limit: int | None = None) -> str:
+    limit = policy.body_limit if limit is None else limit
     if limit < policy.max_body:
         why = (
             "the most this endpoint canonicalizes as JSON to check idempotency keys "
@@ -162,7 +175,7 @@ def too_large(policy: Policy) -> ProblemResponse:
         )
     else:
         why = "the most this endpoint buffers to check idempotency keys (Policy.max_body)"
-    return render(Problem.BODY_TOO_LARGE, f"the request body exceeds {limit} bytes, {why}", policy)
+    return f"the request body exceeds {limit} bytes, {why}"
 
 
 def unavailable(policy: Policy) -> ProblemResponse:
@@ -292,6 +305,7 @@ __all__ = [
     "identify",
     "look",
     "malformed_body",
+    "read_limit",
     "refusal",
     "taken_over",
     "too_large",

@@ -39,6 +39,7 @@ from retrysafe.http._exchange import (
     identify,
     look,
     malformed_body,
+    read_limit,
     refusal,
     taken_over,
     too_large,
@@ -129,7 +130,9 @@ class _Responder:
             await self.app(self.scope, self.receive, self.send)
             return
         self.obs = observe(self.telemetry, method, path, self.headers)
-        if isinstance(admission, _NEEDS_BODY) and not await self._read_body():
+        if isinstance(admission, _NEEDS_BODY) and not await self._read_body(
+            read_limit(admission, self.policy)
+        ):
             return
         if isinstance(admission, ReadBody):
             body = self.body or b""
@@ -399,16 +402,15 @@ class _Responder:
             return self.messages.pop(0)
         return await self.receive()
 
-    async def _read_body(self) -> bool:
+    async def _read_body(self, limit: int) -> bool:
         """Buffer the request body (SPEC 16); False if the request was answered or abandoned."""
-        limit = self.policy.body_limit
         try:
             declared = declared_length(self.headers)
         except InvalidLength as exc:  # servers refuse these first; a lenient one may not
             await self._problem(malformed_body(self.policy, str(exc)))
             return False
         if declared is not None and declared > limit:
-            await self._problem(too_large(self.policy))
+            await self._problem(too_large(self.policy, limit))
             return False
         chunks: list[bytes] = []
         size = 0
@@ -420,7 +422,7 @@ class _Responder:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                await self._problem(too_large(self.policy))
+                await self._problem(too_large(self.policy, limit))
                 return False
             chunks.append(chunk)
             if not message.get("more_body", False):

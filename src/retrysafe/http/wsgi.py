@@ -34,6 +34,7 @@ from retrysafe.http._exchange import (
     identify,
     look,
     malformed_body,
+    read_limit,
     refusal,
     taken_over,
     too_large,
@@ -153,7 +154,7 @@ class _Responder:
         if not isinstance(admission, Pass):
             self.obs = observe(self.telemetry, method, path, self.headers)
         if isinstance(admission, _NEEDS_BODY):
-            problem = self._read_body()
+            problem = self._read_body(read_limit(admission, self.policy))
             if problem is not None:
                 return self._problem(problem)
         if isinstance(admission, ReadBody):
@@ -352,7 +353,7 @@ class _Responder:
         finally:
             _current_key.reset(reset)
 
-    def _read_body(self) -> ProblemResponse | None:
+    def _read_body(self, limit: int) -> ProblemResponse | None:
         """Buffer the body (SPEC 16) and put it back as ``wsgi.input``; a problem if it is too
         big, cut short (the client went away mid-upload) or framed by an invalid length.
 
@@ -360,14 +361,13 @@ class _Responder:
         answer would be stored, and the client's complete retry would be refused as a
         different request.
         """
-        limit = self.policy.body_limit
         try:
             declared = declared_length(self.headers)
         except InvalidLength as exc:
             return malformed_body(self.policy, str(exc))
         stream = self.environ.get("wsgi.input")
         if declared is not None and declared > limit:
-            return too_large(self.policy)
+            return too_large(self.policy, limit)
         chunks: list[bytes] = []
         size = 0
         if stream is not None and (declared or self.environ.get("wsgi.input_terminated")):
@@ -382,7 +382,7 @@ class _Responder:
                 log.info("request body unreadable after %d bytes: %s", size, exc)
                 return cut_short(self.policy, size, declared)
             if size > limit:
-                return too_large(self.policy)
+                return too_large(self.policy, limit)
             if declared is not None and size < declared:
                 return cut_short(self.policy, size, declared)
         # else no length and no terminated stream: WSGI says there is no body
