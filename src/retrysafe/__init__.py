@@ -18,6 +18,7 @@ from retrysafe.errors import (
     RetrySafeError,
     StillInFlight,
     StoreError,
+    StoreFull,
     StoreUnavailable,
     Unreplayable,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "StillInFlight",
     "Store",
     "StoreError",
+    "StoreFull",
     "StoreUnavailable",
     "Unreplayable",
     "__version__",

@@ -12,6 +12,7 @@
     ├── NoAtomicContext         ``retrysafe.atomic`` used outside an atomic handler or function
     ├── StoreError              anything that went wrong talking to a store
     │   └── StoreUnavailable    the store cannot be reached or used right now (fail closed: 503)
+    │       └── StoreFull       a bounded store is full of records in flight (nothing to evict)
     └── IdempotencyConflict     a duplicate that cannot be answered with a replay
         ├── KeyMismatch         same key, different request or arguments (422)
         ├── StillInFlight       the first attempt is still running after the wait bound (409)
@@ -103,6 +104,16 @@ class StoreError(RetrySafeError):
 
 class StoreUnavailable(StoreError):
     """The store cannot be reached or used; callers fail closed (SPEC 17)."""
+
+
+class StoreFull(StoreUnavailable):
+    """A bounded store (``what``, e.g. "memory store") holds as many records as its bound
+    allows and cannot evict any of them because they are in flight: a new claim is refused
+    rather than evicting a claim that is still running (a 503 that says so)."""
+
+    def __init__(self, what: str, message: str) -> None:
+        super().__init__(message)
+        self.what = what
 
 
 class IdempotencyConflict(RetrySafeError):

@@ -183,7 +183,7 @@ class _Responder:
                 await self._fail_open(key)
                 return
             log.error("idempotency store unavailable, failing closed: %s", exc)
-            await self._problem(unavailable(self.policy), Outcome.STORE_ERROR)
+            await self._problem(unavailable(self.policy, exc), Outcome.STORE_ERROR)
             return
         if isinstance(decision, Execute):  # not a class pattern: see run()
             token, outcome = decision.token, decision.outcome
@@ -298,7 +298,7 @@ class _Responder:
             log.error("idempotency store unavailable, failing closed: %s", exc)
             with contextlib.suppress(StoreError):  # the lease lapses if this fails too
                 await shielded(self.store.arelease(ident.id, token))
-            await self._problem(unavailable(self.policy), Outcome.STORE_ERROR)
+            await self._problem(unavailable(self.policy, exc), Outcome.STORE_ERROR)
             return
         held: list[Message] = []
         settled = False
@@ -354,7 +354,7 @@ class _Responder:
             ending = await afinish(unit, self.store, settlement, self.policy)
         except StoreError as exc:
             log.error("could not commit idempotency record %s: %s", ident.id[:12], exc)
-            await self._problem(unavailable(self.policy), Outcome.STORE_ERROR)
+            await self._problem(unavailable(self.policy, exc), Outcome.STORE_ERROR)
             return
         obs.store_time("complete", time.perf_counter() - started)
         if ending is Ending.TAKEN_OVER:

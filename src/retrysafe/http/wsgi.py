@@ -190,7 +190,7 @@ class _Responder:
                 log.warning("idempotency store unavailable, failing open: %s", exc)
                 return self._fail_open(key)
             log.error("idempotency store unavailable, failing closed: %s", exc)
-            return self._problem(unavailable(self.policy), Outcome.STORE_ERROR)
+            return self._problem(unavailable(self.policy, exc), Outcome.STORE_ERROR)
         if isinstance(decision, Execute):  # not a class pattern: see run()
             self.obs.decided(decision.outcome)
             if self.atomic:
@@ -254,7 +254,7 @@ class _Responder:
         except StoreError as exc:
             log.error("idempotency store unavailable, failing closed: %s", exc)
             self._settle(ident, token, None)
-            return self._problem(unavailable(self.policy), Outcome.STORE_ERROR)
+            return self._problem(unavailable(self.policy, exc), Outcome.STORE_ERROR)
         capture = Capture(self.policy.max_cached_body)
         started: list[tuple[str, list[tuple[str, str]]]] = []
         chunks: list[bytes] = []
@@ -315,7 +315,7 @@ class _Responder:
             ending = finish(unit, self.store, settlement, self.policy)
         except StoreError as exc:
             log.error("could not commit idempotency record %s: %s", ident.id[:12], exc)
-            return self._problem(unavailable(self.policy), Outcome.STORE_ERROR)
+            return self._problem(unavailable(self.policy, exc), Outcome.STORE_ERROR)
         obs.settled(settlement, time.perf_counter() - begun)
         if ending is Ending.TAKEN_OVER:
             log.warning("idempotency record %s was taken over; writes rolled back", ident.id[:12])

@@ -3,6 +3,16 @@
 Every operation is O(1) amortized: records live in a dict; a heap of (deadline, id) entries
 drops records past their retention (or abandoned claims) lazily, a few at a time, so no
 operation ever scans all records.
+
+**Bounded.** The store holds at most ``max_records`` records and ``max_bytes`` bytes (bodies,
+headers, ids and fingerprints, plus a fixed charge per record for Python's own objects). When a
+new claim or a completion needs room, finished records go first - tombstones, then completed
+records, oldest first - and a record in flight never does: evicting it would let a duplicate
+run alongside the first attempt. A claim that finds only records in flight is refused with
+:class:`~retrysafe.errors.StoreFull` (a 503 ``store-unavailable``: fail closed, SPEC 17). A
+completion whose body cannot fit even after every finished record is gone is kept as
+unreplayable (its status, not its body, as for a body over the cache cap, SPEC 15): the result
+of work already done is never lost, and a retry is answered 409, never run twice.
 """
 
 from __future__ import annotations
@@ -11,8 +21,10 @@ import asyncio
 import heapq
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 
+from retrysafe.errors import ConfigurationError, StoreFull
 from retrysafe.records import (
     Claimed,
     ClaimResult,
@@ -39,22 +51,59 @@ ABANDONED_GRACE = 3600.0
 # Python 3.11 reads an Enum member through EnumType.__getattr__: the per-request paths below use
 # these names instead.
 _IN_FLIGHT, _TOMBSTONE = State.IN_FLIGHT, State.TOMBSTONE
+# The default bound: room for a day of traffic at about one new key a second, in a few hundred
+# MiB of the process at most. Size it to (new keys per second) x (TTL + retention).
+DEFAULT_MAX_RECORDS = 100_000
+DEFAULT_MAX_BYTES = 128 * 1024 * 1024
+# What a record costs beyond its strings and body: the Record and StoredResponse tuples, the
+# dict and order entries, a heap entry (tracemalloc: about 500 bytes on CPython 3.11).
+RECORD_OVERHEAD = 512
 
 
 class MemoryStore:
     """A process-local store. ``clock`` is the store clock (seconds), injectable for tests."""
 
-    def __init__(self, *, clock: Clock = time.time, url: str = "memory://") -> None:
+    def __init__(
+        self,
+        *,
+        clock: Clock = time.time,
+        url: str = "memory://",
+        max_records: int = DEFAULT_MAX_RECORDS,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> None:
+        if max_records < 1:
+            raise ConfigurationError(
+                f"MemoryStore max_records must be at least 1, not {max_records}"
+            )
+        if max_bytes < RECORD_OVERHEAD:
+            raise ConfigurationError(
+                f"MemoryStore max_bytes must be at least {RECORD_OVERHEAD} (one record), "
+                f"not {max_bytes}"
+            )
         self.url = url
+        self.max_records = max_records
+        self.max_bytes = max_bytes
         self._clock = clock
         self._lock = threading.Lock()
         self._records: dict[str, Record] = {}
         self._deadlines: list[tuple[float, str]] = []
+        # Finished records in the order they finished: the eviction candidates (tombstones
+        # first). A record in flight is in neither, so it can never be evicted.
+        # id -> the bytes it is charged, in the order the records finished.
+        self._tombstones: OrderedDict[str, int] = OrderedDict()
+        self._finished: OrderedDict[str, int] = OrderedDict()
+        self._bytes = 0  # charged for the records held (see _size)
+        self._evictable = 0  # of which finished records
         self._last_token = 0  # every token minted so far is <= this (fencing across releases)
         self._notifier = Notifier()
 
     def __len__(self) -> int:
         return len(self._records)
+
+    @property
+    def bytes_used(self) -> int:
+        """Bytes charged for the records held now (at most ``max_bytes``)."""
+        return self._bytes
 
     # -- sync ---------------------------------------------------------------------------
 
@@ -62,10 +111,13 @@ class MemoryStore:
         with self._lock:
             now = self._clock()
             if self._deadlines and self._deadlines[0][0] <= now:
-                self._sweep(now)
+                # At the bound, every dead record goes before anything live is evicted.
+                new = RECORD_OVERHEAD + len(id) + len(fingerprint)
+                self._sweep(now, everything=self._short_of(1, new))
             current = self._records.get(id)
             result, record = claim_on(current, id, fingerprint, lease, now, self._last_token)
             if record is not current:
+                self._make_room(record, current)
                 self._put(record, current)
             if type(result) is Claimed:
                 self._last_token = result.token
@@ -84,10 +136,22 @@ class MemoryStore:
         self, id: str, token: int, response: StoredResponse, ttl: float, retention: float
     ) -> bool:
         with self._lock:
+            now = self._clock()
             current = self._records.get(id)
-            record = complete_on(current, token, response, ttl, retention, self._clock())
+            record = complete_on(current, token, response, ttl, retention, now)
             if record is None:
                 return False
+            grow = _size(record) - _size(current) if current is not None else 0
+            if self._short_of(0, grow) and self._deadlines and self._deadlines[0][0] <= now:
+                self._sweep(now, everything=True)  # safe: our own claim is live, it stays
+            if not self._make_room(record, current, refuse=False):
+                # Not even evicting every finished record makes room for this body: keep the
+                # outcome without it (SPEC 15), so a retry is refused rather than run again.
+                kept = StoredResponse(
+                    response.status, (), b"", False, response.trace_id, response.span_id
+                )
+                record = complete_on(current, token, kept, ttl, retention, now)
+                assert record is not None  # the same holder as a moment ago, under the lock
             self._put(record, current)
         self._notifier.notify(id)
         return True
@@ -96,7 +160,7 @@ class MemoryStore:
         with self._lock:
             if not release_allowed(self._records.get(id), token, self._clock()):
                 return False
-            del self._records[id]
+            self._drop(id)
         self._notifier.notify(id)
         return True
 
@@ -117,7 +181,7 @@ class MemoryStore:
         with self._lock:
             # Found means "get would have returned it": a record past its retention that the
             # lazy sweep has not dropped yet is already gone as far as callers can tell.
-            found = resolve(self._records.pop(id, None), self._clock()) is not State.ABSENT
+            found = resolve(self._drop(id), self._clock()) is not State.ABSENT
         self._notifier.notify(id)
         return found
 
@@ -184,16 +248,48 @@ class MemoryStore:
         """
         id = record.id
         self._records[id] = record
+        size = _size(record)
+        if previous is None:
+            self._bytes += size
+        else:
+            self._bytes += size - _size(previous)
+            self._unfile(previous)
+        if record.state is not _IN_FLIGHT:  # finished: a candidate for eviction, in order
+            (self._tombstones if record.state is _TOMBSTONE else self._finished)[id] = size
+            self._evictable += size
         if schedule and (
             previous is None
             or (previous.state is not record.state and _deadline(record) < _deadline(previous))
         ):
             heapq.heappush(self._deadlines, (_deadline(record), id))
 
-    def _sweep(self, now: float) -> None:  # callers check that the earliest deadline is due
-        # Lazy expiry: drop at most a few due records per operation. A heap entry may be stale
-        # (the record changed since it was pushed); the record is only dropped if it is dead now.
-        for _ in range(_SWEEP_BATCH):
+    def _unfile(self, record: Record) -> None:
+        """Take ``record`` out of the eviction orders (if it is in one)."""
+        size = self._tombstones.pop(record.id, None)
+        if size is None:
+            size = self._finished.pop(record.id, None)
+        if size is not None:
+            self._evictable -= size
+
+    def _drop(self, id: str) -> Record | None:
+        record = self._records.pop(id, None)
+        if record is not None:
+            self._bytes -= _size(record)
+            self._unfile(record)
+        return record
+
+    def _short_of(self, records: int, size: int) -> bool:
+        """Would ``records`` more records and ``size`` more bytes break the bound?"""
+        return (
+            len(self._records) + records > self.max_records or self._bytes + size > self.max_bytes
+        )
+
+    def _sweep(self, now: float, *, everything: bool = False) -> None:
+        # Lazy expiry: drop at most a few due records per operation (every due one when the
+        # store is at its bound). A heap entry may be stale (the record changed since it was
+        # pushed); the record is only dropped if it is dead now. Callers check that the
+        # earliest deadline is due.
+        for _ in range(len(self._deadlines) if everything else _SWEEP_BATCH):
             if not self._deadlines or self._deadlines[0][0] > now:
                 return
             _, id = heapq.heappop(self._deadlines)
@@ -203,12 +299,67 @@ class MemoryStore:
             state = resolve(record, now)
             abandoned = state is State.IN_FLIGHT and now >= record.lease_until + ABANDONED_GRACE
             if state is State.ABSENT or abandoned:
-                del self._records[id]
+                self._drop(id)
                 continue
             if state is State.TOMBSTONE and record.state is not State.TOMBSTONE:
-                record = self._records[id] = as_tombstone(record)  # the body goes at the TTL
+                tomb = as_tombstone(record)  # the body goes at the TTL
+                self._put(tomb, record, schedule=False)
+                record = tomb
             # still alive (renewed, re-claimed, now a tombstone): look again at its deadline
             heapq.heappush(self._deadlines, (_deadline(record), id))
+
+    def _make_room(self, record: Record, previous: Record | None, *, refuse: bool = True) -> bool:
+        """Evict finished records until ``record`` fits in place of ``previous``.
+
+        Tombstones go first, then completed records, each oldest first; never a record in
+        flight, never ``previous`` (the key being written). When even evicting every finished
+        record would not make room, evict nothing and raise :class:`StoreFull` (``refuse``: a
+        claim) or return False (a completion).
+        """
+        records = len(self._records) + (previous is None)
+        used = self._bytes + _size(record) - (0 if previous is None else _size(previous))
+        if records <= self.max_records and used <= self.max_bytes:
+            return True
+        # What eviction can free: every finished record except the one being replaced.
+        mine = 0
+        if previous is not None:
+            mine = self._tombstones.get(previous.id) or self._finished.get(previous.id) or 0
+        evictable = len(self._tombstones) + len(self._finished) - (mine > 0)
+        if records - evictable > self.max_records or used - (self._evictable - mine) > (
+            self.max_bytes
+        ):
+            if not refuse:
+                return False
+            raise StoreFull(
+                "memory store",
+                f"the memory store is full: {len(self._records)} records, "
+                f"{self._bytes} bytes (max_records={self.max_records}, "
+                f"max_bytes={self.max_bytes}), and not enough of them are finished to evict "
+                "- the rest are in flight. Raise the bound (MemoryStore(max_records=..., "
+                "max_bytes=...) or memory://?max_records=N&max_bytes=B), or use a SQLite, "
+                "Redis or PostgreSQL store",
+            )
+        for order in (self._tombstones, self._finished):
+            while order and (records > self.max_records or used > self.max_bytes):
+                victim = next(iter(order))
+                if previous is not None and victim == previous.id:
+                    order.move_to_end(victim)  # the key being written: never its own victim
+                    if next(iter(order)) == victim:
+                        break
+                    continue
+                records -= 1
+                used -= order[victim]
+                self._drop(victim)
+        return True
+
+
+def _size(record: Record) -> int:
+    """Bytes a record is charged: its strings, its response, and a fixed overhead."""
+    size = RECORD_OVERHEAD + len(record.id) + len(record.fingerprint)
+    response = record.response
+    if response is not None:
+        size += len(response.body) + sum(len(k) + len(v) for k, v in response.headers)
+    return size
 
 
 def _deadline(record: Record) -> float:

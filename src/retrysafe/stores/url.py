@@ -1,6 +1,6 @@
 """``open_store(url)``: one URL names a store; ``RETRYSAFE_STORE_URL`` supplies the default.
 
-memory://                       a process-local MemoryStore
+memory://                       a process-local MemoryStore (?max_records=N&max_bytes=B)
 sqlite:///relative/path.db      a file relative to the working directory
 sqlite:////absolute/path.db     an absolute path (four slashes)
 redis://host:6379/0             Redis (rediss:// for TLS); options in the query string
@@ -51,12 +51,16 @@ def register_scheme(*schemes: str) -> Callable[[Opener], Opener]:
     return add
 
 
+# The memory store's bound (docs/stores.md, "Memory store").
+MEMORY_OPTIONS: dict[str, Callable[[str], Any]] = {"max_records": int, "max_bytes": int}
+
+
 @register_scheme("memory")
 def _open_memory(url: str) -> DualStore:
     from retrysafe.stores.memory import MemoryStore
 
-    split_options(url, {})  # the memory store takes no options: any left is a typo
-    return MemoryStore(url=url)
+    _, options = split_options(url, MEMORY_OPTIONS)  # any other option is a typo: refused
+    return MemoryStore(url=url, **options)
 
 
 @register_scheme("sqlite")
