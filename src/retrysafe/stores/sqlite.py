@@ -10,6 +10,11 @@ transaction, no fsync) and on a worker thread (``asyncio.to_thread``) when it mu
 
 Completion is also expressible as statements on a caller's connection (:func:`complete_in`),
 so a later layer can commit a record together with the application's own writes (SPEC 13a).
+
+Housekeeping rides on completions, so it keeps pace with the write rate whatever it is: every
+``_HOUSEKEEP_EVERY`` completions a store object purges a small batch (``_PURGE_PER_WRITE``
+rows per completion, more than the one row a claim adds) and looks at the ``-wal`` file; past
+``WAL_CHECKPOINT_AT`` it checkpoints it back to empty (see :meth:`SQLiteStore.bound_wal`).
 """
 
 from __future__ import annotations
@@ -105,6 +110,22 @@ _POLL_START, _POLL_MAX = 0.005, 0.1
 # The event loop's connection never checkpoints (a checkpoint fsyncs); a worker thread does,
 # after this many inline commits (SQLite's own auto-checkpoint is at 1000 pages).
 _CHECKPOINT_EVERY = 200
+# Housekeeping runs every this many completions of one store object (one process's share of
+# the writes), and purges up to _PURGE_PER_WRITE rows of each kind per completion: a claim
+# adds at most one row, so the purge keeps up with any write rate, in batches small enough
+# (64 rows, about a millisecond) that the write lock is never held for long.
+_HOUSEKEEP_EVERY = 16
+_PURGE_PER_WRITE = 4
+# The WAL bound. SQLite's own checkpoints are PASSIVE: under concurrent writers (and readers
+# on older snapshots) they never reach the end of the WAL, so it is never restarted and grows
+# without end. Past WAL_CHECKPOINT_AT a store checkpoints it to the end and truncates it;
+# journal_size_limit also shrinks it back whenever SQLite restarts it by itself.
+WAL_CHECKPOINT_AT = 4 * 1024 * 1024
+WAL_BOUND = 32 * 1024 * 1024  # what the docs promise under sustained load
+_AUTOCHECKPOINT_PAGES = 2 * WAL_CHECKPOINT_AT // 4096  # SQLite's own, at twice ours
+# The longest a TRUNCATE checkpoint waits for the write lock, then for readers to move to the
+# newest snapshot (it holds the write lock meanwhile: writers wait at most this long).
+_CHECKPOINT_WAIT = 0.1
 _BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 
 
@@ -225,13 +246,17 @@ class SQLiteStore:
         self.url = url or f"sqlite:///{self.path}"
         self._clock = clock
         self._busy_timeout = busy_timeout
-        # Housekeeping rides on completions: at most once per ``purge_every`` seconds a
-        # completion also drops lapsed bodies and dead rows (bounded, index-driven).
+        # Housekeeping rides on completions: every _HOUSEKEEP_EVERY completions a small purge
+        # (sized to the completions since the last one), and at least once per
+        # ``purge_every`` seconds a larger one; None: no automatic purge (``keys purge`` only).
         self._purge_every = purge_every
         self._next_purge = time.monotonic() + (purge_every or 0.0)
         self._local = threading.local()
         self._pid = os.getpid()
         self._inline_commits = 0  # since the last checkpoint
+        self._completions = 0  # since the last housekeeping
+        self._wal_path = os.path.abspath(self.path) + "-wal"
+        self._checkpointing = threading.Lock()  # one checkpoint at a time from this process
         self._notifier = Notifier()
         self._all: list[sqlite3.Connection] = []
         self._spare: list[sqlite3.Connection] = []
@@ -287,8 +312,13 @@ class SQLiteStore:
                 # at checkpoints. A power loss may drop the last commits, never corrupt the
                 # file - the SQLite-recommended setting for WAL.
                 conn.execute("PRAGMA synchronous=NORMAL")
-                if inline:  # checkpoints fsync: they run on a worker thread instead
-                    conn.execute("PRAGMA wal_autocheckpoint=0")
+                # Without it a WAL that once grew keeps its size for good, even once restarted.
+                conn.execute(f"PRAGMA journal_size_limit={WAL_CHECKPOINT_AT}")
+                # SQLite's own checkpoint after a commit (PASSIVE) is only a fallback: run
+                # at every commit past the threshold, from every connection, it would hold the
+                # checkpoint lock most of the time and the store's own (bound_wal) could not
+                # get it. The event loop's connection never checkpoints (it fsyncs).
+                conn.execute(f"PRAGMA wal_autocheckpoint={0 if inline else _AUTOCHECKPOINT_PAGES}")
             except sqlite3.Error:
                 conn.close()  # e.g. "file is not a database": do not leak the handle
                 raise
@@ -435,26 +465,72 @@ class SQLiteStore:
             done = complete_in(conn, id, token, response, ttl, retention, self._clock())
         if inline:
             self._inline_commits += 1
+        self._completions += 1
         if done:
             self._notifier.notify(id)
         return done
 
     def _housekeeping_due(self) -> bool:
-        purge = self._purge_every is not None and time.monotonic() >= self._next_purge
-        return purge or self._inline_commits >= _CHECKPOINT_EVERY
+        return (
+            self._completions >= _HOUSEKEEP_EVERY
+            or self._inline_commits >= _CHECKPOINT_EVERY
+            or (self._purge_every is not None and time.monotonic() >= self._next_purge)
+        )
 
     def _housekeeping(self) -> None:
-        """Rides on completions: a bounded purge at most once per ``purge_every`` seconds, and
-        a checkpoint of what the event loop's connection (which never checkpoints) wrote."""
-        # housekeeping must not fail a request
+        """Rides on completions (see the module's docstring): a purge sized to the writes
+        since the last one, a larger one at least once per ``purge_every`` seconds, the WAL
+        kept under its bound, and a checkpoint of what the event loop's connection (which
+        never checkpoints) wrote. It never fails the request it rides on."""
+        writes, self._completions = self._completions, 0
+        limit = writes * _PURGE_PER_WRITE
         if self._purge_every is not None and time.monotonic() >= self._next_purge:
             self._next_purge = time.monotonic() + self._purge_every
+            limit = max(limit, 500)
+        if self._purge_every is not None and limit:
             with contextlib.suppress(StoreUnavailable):
-                self.purge(limit=500)
+                self.purge(limit=limit)
+        with contextlib.suppress(StoreUnavailable):
+            if not self.bound_wal() and self._inline_commits >= _CHECKPOINT_EVERY:
+                with self._using() as conn:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
         if self._inline_commits >= _CHECKPOINT_EVERY:
             self._inline_commits = 0
-            with contextlib.suppress(StoreUnavailable), self._using() as conn:
-                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def wal_size(self) -> int:
+        """Bytes in the ``-wal`` file now (0 when there is none)."""
+        try:
+            return os.stat(self._wal_path).st_size
+        except FileNotFoundError:
+            return 0
+
+    def bound_wal(self, threshold: int = WAL_CHECKPOINT_AT) -> bool:
+        """Checkpoint the whole WAL into the database file and empty it, when it is larger
+        than ``threshold`` bytes; True if this call ran the checkpoint.
+
+        One ``wal_checkpoint(TRUNCATE)``: it waits (at most ``_CHECKPOINT_WAIT``) for the write
+        lock, copies the WAL into the database, waits (as long again) for readers still on
+        older snapshots, and truncates the file. Writers wait for it meanwhile: about 10-30 ms
+        per 4 MiB on the benchmark machine (bench/README.md, "SQLite housekeeping"). Splitting
+        it (a PASSIVE copy first, without the write lock) was measured worse: under many
+        writers the second step waits longer for the lock, and other processes' checkpoints
+        slip in between, so the WAL grew past 40 MiB. One checkpoint at a time: one thread
+        per process, and SQLite's checkpoint lock makes another process's attempt return at
+        once (it is busy with the same work). If it cannot finish (a long transaction holds
+        the lock) it gives up and the next call tries again.
+        """
+        if self.wal_size() <= threshold or not self._checkpointing.acquire(blocking=False):
+            return False
+        try:
+            with self._using() as conn:
+                conn.execute(f"PRAGMA busy_timeout={int(_CHECKPOINT_WAIT * 1000)}")
+                try:
+                    busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                finally:
+                    conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout * 1000)}")
+            return not busy
+        finally:
+            self._checkpointing.release()
 
     def release(self, id: str, token: int) -> bool:
         with self._write() as conn:
