@@ -15,6 +15,8 @@ Housekeeping rides on completions, so it keeps pace with the write rate whatever
 ``_HOUSEKEEP_EVERY`` completions a store object purges a small batch (``_PURGE_PER_WRITE``
 rows per completion, more than the one row a claim adds) and looks at the ``-wal`` file; past
 ``WAL_CHECKPOINT_AT`` it checkpoints it back to empty (see :meth:`SQLiteStore.bound_wal`).
+After ``wal_idle`` seconds without a completion, a short-lived thread empties the WAL, so a
+quiet store does not keep a burst's WAL on disk.
 """
 
 from __future__ import annotations
@@ -120,7 +122,7 @@ _PURGE_PER_WRITE = 4
 # on older snapshots) they never reach the end of the WAL, so it is never restarted and grows
 # without end. Past WAL_CHECKPOINT_AT a store checkpoints it to the end and truncates it;
 # journal_size_limit also shrinks it back whenever SQLite restarts it by itself.
-WAL_CHECKPOINT_AT = 4 * 1024 * 1024
+WAL_CHECKPOINT_AT = 8 * 1024 * 1024
 WAL_BOUND = 32 * 1024 * 1024  # what the docs promise under sustained load
 _AUTOCHECKPOINT_PAGES = 2 * WAL_CHECKPOINT_AT // 4096  # SQLite's own, at twice ours
 # The longest a TRUNCATE checkpoint waits for the write lock, then for readers to move to the
@@ -240,6 +242,7 @@ class SQLiteStore:
         clock: Clock = time.time,
         busy_timeout: float = 5.0,
         purge_every: float | None = 60.0,
+        wal_idle: float | None = 5.0,
         url: str | None = None,
     ) -> None:
         self.path = os.fspath(path)
@@ -257,6 +260,12 @@ class SQLiteStore:
         self._completions = 0  # since the last housekeeping
         self._wal_path = os.path.abspath(self.path) + "-wal"
         self._checkpointing = threading.Lock()  # one checkpoint at a time from this process
+        # The WAL is emptied after ``wal_idle`` seconds without a completion (None: never), by
+        # a thread that lives only while writes are recent (see _idle_watch).
+        self._wal_idle = wal_idle
+        self._last_write = 0.0  # time.monotonic() of the latest completion
+        self._idle_watcher: threading.Thread | None = None
+        self._idle_stop = threading.Event()
         self._notifier = Notifier()
         self._all: list[sqlite3.Connection] = []
         self._spare: list[sqlite3.Connection] = []
@@ -291,6 +300,10 @@ class SQLiteStore:
             self._spare = []
             self._busy = set()
             self._doomed = set()
+            # the parent's threads and locks did not come along
+            self._checkpointing = threading.Lock()
+            self._idle_watcher = None
+            self._idle_stop = threading.Event()
         name = "inline" if inline else "conn"
         conn: sqlite3.Connection | None = getattr(self._local, name, None)
         if conn is None:
@@ -466,6 +479,9 @@ class SQLiteStore:
         if inline:
             self._inline_commits += 1
         self._completions += 1
+        self._last_write = time.monotonic()
+        if self._wal_idle is not None and self._idle_watcher is None:
+            self._watch_idle()
         if done:
             self._notifier.notify(id)
         return done
@@ -497,6 +513,37 @@ class SQLiteStore:
         if self._inline_commits >= _CHECKPOINT_EVERY:
             self._inline_commits = 0
 
+    def _watch_idle(self) -> None:
+        """Start the thread that empties the WAL once writes stop (one per store object and
+        process; it ends after doing so, and the next completion starts another)."""
+        with self._all_lock:
+            if self._idle_watcher is not None:
+                return
+            watcher = self._idle_watcher = threading.Thread(
+                target=self._idle_watch,
+                args=(self._idle_stop,),
+                name="retrysafe-sqlite-wal-idle",
+                daemon=True,
+            )
+        watcher.start()
+
+    def _idle_watch(self, stop: threading.Event) -> None:
+        assert self._wal_idle is not None
+        quiet = 0.0
+        while quiet < self._wal_idle:
+            if stop.wait(self._wal_idle - quiet):
+                break  # closed
+            quiet = time.monotonic() - self._last_write
+        else:
+            with contextlib.suppress(StoreUnavailable):
+                conn = self.checkout()  # pooled: this thread's own connection would leak
+                try:
+                    self._checkpoint(conn, threshold=0)
+                finally:
+                    self.checkin(conn)
+        with self._all_lock:
+            self._idle_watcher = None
+
     def wal_size(self) -> int:
         """Bytes in the ``-wal`` file now (0 when there is none)."""
         try:
@@ -511,7 +558,7 @@ class SQLiteStore:
         One ``wal_checkpoint(TRUNCATE)``: it waits (at most ``_CHECKPOINT_WAIT``) for the write
         lock, copies the WAL into the database, waits (as long again) for readers still on
         older snapshots, and truncates the file. Writers wait for it meanwhile: about 10-30 ms
-        per 4 MiB on the benchmark machine (bench/README.md, "SQLite housekeeping"). Splitting
+        per 8 MiB on the benchmark machine (bench/README.md, "SQLite housekeeping"). Splitting
         it (a PASSIVE copy first, without the write lock) was measured worse: under many
         writers the second step waits longer for the lock, and other processes' checkpoints
         slip in between, so the WAL grew past 40 MiB. One checkpoint at a time: one thread
@@ -519,10 +566,14 @@ class SQLiteStore:
         once (it is busy with the same work). If it cannot finish (a long transaction holds
         the lock) it gives up and the next call tries again.
         """
+        with self._using() as conn:
+            return self._checkpoint(conn, threshold)
+
+    def _checkpoint(self, conn: sqlite3.Connection, threshold: int) -> bool:
         if self.wal_size() <= threshold or not self._checkpointing.acquire(blocking=False):
             return False
         try:
-            with self._using() as conn:
+            with _translated(self.path):
                 conn.execute(f"PRAGMA busy_timeout={int(_CHECKPOINT_WAIT * 1000)}")
                 try:
                     busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
@@ -614,6 +665,8 @@ class SQLiteStore:
         """Close every connection not in use; one in use (an operation on another thread, an
         atomic unit's transaction) is closed by its user when done. The store stays usable:
         a later operation opens a new connection."""
+        self._idle_stop.set()  # the idle watcher, if any, ends without a checkpoint
+        self._idle_stop = threading.Event()  # for the next one, if the store is used again
         with self._all_lock:
             conns, self._all, self._spare = self._all, [], []
             idle = [conn for conn in conns if conn not in self._busy]
