@@ -110,7 +110,7 @@ _LAST_TOKEN = f"SELECT last FROM {TABLE}_tokens WHERE one = 1"
 _SET_LAST_TOKEN = f"INSERT OR REPLACE INTO {TABLE}_tokens (one, last) VALUES (1, ?)"
 _POLL_START, _POLL_MAX = 0.005, 0.1
 # The event loop's connection never checkpoints (a checkpoint fsyncs); a worker thread does,
-# after this many inline commits (SQLite's own auto-checkpoint is at 1000 pages).
+# after this many inline commits (besides the WAL bound below).
 _CHECKPOINT_EVERY = 200
 # Housekeeping runs every this many completions of one store object (one process's share of
 # the writes), and purges up to _PURGE_PER_WRITE rows of each kind per completion: a claim
@@ -121,9 +121,9 @@ _PURGE_PER_WRITE = 4
 # The WAL bound. SQLite's own checkpoints are PASSIVE: under concurrent writers (and readers
 # on older snapshots) they never reach the end of the WAL, so it is never restarted and grows
 # without end. Past WAL_CHECKPOINT_AT a store checkpoints it to the end and truncates it;
-# journal_size_limit also shrinks it back whenever SQLite restarts it by itself.
+# journal_size_limit also shrinks it back whenever SQLite restarts it by itself. Together they
+# keep it under 32 MiB under sustained load (docs/stores.md, tests/adversarial/test_storage.py).
 WAL_CHECKPOINT_AT = 8 * 1024 * 1024
-WAL_BOUND = 32 * 1024 * 1024  # what the docs promise under sustained load
 _AUTOCHECKPOINT_PAGES = 2 * WAL_CHECKPOINT_AT // 4096  # SQLite's own, at twice ours
 # The longest a TRUNCATE checkpoint waits for the write lock, then for readers to move to the
 # newest snapshot (it holds the write lock meanwhile: writers wait at most this long).
@@ -553,7 +553,7 @@ class SQLiteStore:
 
     def bound_wal(self, threshold: int = WAL_CHECKPOINT_AT) -> bool:
         """Checkpoint the whole WAL into the database file and empty it, when it is larger
-        than ``threshold`` bytes; True if this call ran the checkpoint.
+        than ``threshold`` bytes; True if this call did.
 
         One ``wal_checkpoint(TRUNCATE)``: it waits (at most ``_CHECKPOINT_WAIT``) for the write
         lock, copies the WAL into the database, waits (as long again) for readers still on
