@@ -33,12 +33,13 @@ import pytest
 
 from retrysafe.errors import ConfigurationError, StoreUnavailable
 from retrysafe.http.asgi import IdempotencyMiddleware
+from retrysafe.http.wsgi import IdempotencyMiddleware as WsgiIdempotencyMiddleware
 from retrysafe.policy import Policy
 from retrysafe.records import Claimed, Existing, State, StoredResponse
 from retrysafe.stores import open_store
 from retrysafe.stores.memory import MemoryStore
 from retrysafe.stores.sqlite import TABLE, SQLiteStore
-from serverkit import serve_asgi
+from serverkit import serve_asgi, serve_wsgi
 from storekit import FakeClock
 
 pytestmark = pytest.mark.slow
@@ -313,6 +314,33 @@ def test_a_memory_store_full_of_requests_in_flight_answers_503_and_evicts_none(
         assert post(conn, "new")[0] == 201
         assert len(store) == 4
     assert shop.runs == {"s0": 1, "s1": 1, "s2": 1, "s3": 1, "new": 1}
+
+
+def test_the_wsgi_middleware_says_the_memory_store_is_full_too() -> None:
+    store = MemoryStore(max_records=1)
+    gate, entered = threading.Event(), threading.Event()
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        if environ["PATH_INFO"] == "/slow":
+            entered.set()
+            gate.wait(30)
+        start_response("201 Created", [("Content-Type", "application/json")])
+        return [ANSWER]
+
+    wsgi = WsgiIdempotencyMiddleware(app, store=store, policy=Policy(wait=0), telemetry=None)
+    with serve_wsgi(wsgi) as base:
+        slow: list[int] = []
+        holder = threading.Thread(target=lambda: slow.append(post(connect(base), "s", "/slow")[0]))
+        holder.start()
+        assert entered.wait(30)
+        status, body = post(connect(base), "other")
+        assert status == 503
+        assert "memory store is full" in problem(body)["detail"]
+        gate.set()
+        holder.join(30)
+        assert slow == [201]
+        assert post(connect(base), "other")[0] == 201
 
 
 def test_under_pressure_only_finished_records_are_evicted(tmp_path: Path) -> None:

@@ -87,9 +87,8 @@ class MemoryStore:
         self._lock = threading.Lock()
         self._records: dict[str, Record] = {}
         self._deadlines: list[tuple[float, str]] = []
-        # Finished records in the order they finished: the eviction candidates (tombstones
-        # first). A record in flight is in neither, so it can never be evicted.
-        # id -> the bytes it is charged, in the order the records finished.
+        # The eviction candidates, id -> the bytes it is charged, in the order the records
+        # finished (tombstones go first). A record in flight is in neither: never evicted.
         self._tombstones: OrderedDict[str, int] = OrderedDict()
         self._finished: OrderedDict[str, int] = OrderedDict()
         self._bytes = 0  # charged for the records held (see _size)

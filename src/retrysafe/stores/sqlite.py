@@ -123,8 +123,8 @@ _PURGE_PER_WRITE = 4
 # without end. Past WAL_CHECKPOINT_AT a store checkpoints it to the end and truncates it;
 # journal_size_limit also shrinks it back whenever SQLite restarts it by itself. Together they
 # keep it under 32 MiB under sustained load (docs/stores.md, tests/adversarial/test_storage.py).
-WAL_CHECKPOINT_AT = 8 * 1024 * 1024
-_AUTOCHECKPOINT_PAGES = 2 * WAL_CHECKPOINT_AT // 4096  # SQLite's own, at twice ours
+WAL_CHECKPOINT_AT = 16 * 1024 * 1024
+_AUTOCHECKPOINT_PAGES = 3 * WAL_CHECKPOINT_AT // 2 // 4096  # SQLite's own, a fallback
 # The longest a TRUNCATE checkpoint waits for the write lock, then for readers to move to the
 # newest snapshot (it holds the write lock meanwhile: writers wait at most this long).
 _CHECKPOINT_WAIT = 0.1
@@ -558,7 +558,7 @@ class SQLiteStore:
         One ``wal_checkpoint(TRUNCATE)``: it waits (at most ``_CHECKPOINT_WAIT``) for the write
         lock, copies the WAL into the database, waits (as long again) for readers still on
         older snapshots, and truncates the file. Writers wait for it meanwhile: about 10-30 ms
-        per 8 MiB on the benchmark machine (bench/README.md, "SQLite housekeeping"). Splitting
+        per 16 MiB on the benchmark machine (bench/README.md, "SQLite housekeeping"). Splitting
         it (a PASSIVE copy first, without the write lock) was measured worse: under many
         writers the second step waits longer for the lock, and other processes' checkpoints
         slip in between, so the WAL grew past 40 MiB. One checkpoint at a time: one thread
