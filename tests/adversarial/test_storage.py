@@ -465,7 +465,7 @@ def test_the_memory_url_sets_the_bound_and_rejects_what_it_does_not_know() -> No
         ("memory://?max_records=ten", "max_records"),
         ("memory://?max_records=0", "max_records"),
         ("memory://?max_bytes=-1", "max_bytes"),
-        ("memory://?max_record=10", "max_record=10"),
+        ("memory://?max_record=10", "max_record"),
     ):
         with pytest.raises(ConfigurationError, match=says):
             open_store(url)
