@@ -3,9 +3,10 @@
 The convention (CONTRIBUTING.md, "Code blocks in the docs"):
 
 - Every fence names its language. ``python`` blocks are executed; ``sh`` is a listing of
-  commands (every line is one, ``\\`` continues it, ``#`` starts a comment); ``console`` is a
-  transcript (``$ `` starts a command, the other lines are its output); ``text``, ``json``,
-  ``toml``, ``sql`` and ``promql`` are data or output and are not executed.
+  commands (every line is one, ``\\`` or an indented line continues it, ``#`` starts a
+  comment); ``console`` is a transcript (``$ `` starts a command, the other lines are its
+  output); ``text``, ``json``, ``toml``, ``sql`` and ``promql`` are data or output and are not
+  executed.
 - A block that cannot run as printed carries ``<!-- not-run: why -->`` on the line before its
   fence. The reason is required.
 """
@@ -111,6 +112,9 @@ def commands_of(block: Block) -> list[Command]:
             continue
         stripped = raw.removeprefix("$ ").strip()
         if not stripped or stripped.startswith("#"):
+            continue
+        if pending and raw[:1].isspace():  # a synopsis wraps its options on indented lines
+            pending += " " + stripped
             continue
         flush()
         pending = stripped.removesuffix("\\").strip()
