@@ -15,6 +15,7 @@ import ast
 import asyncio
 import contextlib
 import inspect
+import itertools
 import json
 import logging
 import re
@@ -95,7 +96,7 @@ def test_every_not_run_marker_gives_a_reason_and_sits_on_a_runnable_fence() -> N
 
 
 def test_the_tests_a_reason_names_exist() -> None:
-    """ "... runs in tests/x.py" must stay true: the reason is the block's only coverage."""
+    """A reason saying a block runs in tests/x.py must stay true: that is its only coverage."""
     missing = [
         f"{b.where}: {path}"
         for b in BLOCKS
@@ -166,12 +167,10 @@ def _options(command: click.Command) -> set[str]:
 )
 def test_retrysafe_commands_name_real_subcommands_and_options(block: Block) -> None:
     for command in commands_of(block):
-        words = command.line.split()
-        while words and re.fullmatch(r"[A-Z_]+=\S*", words[0]):  # VAR=value retrysafe ...
-            words = words[1:]
-        if not words or words[0] != "retrysafe":
+        argv = command.argv
+        if "retrysafe" not in argv:  # also after `VAR=value` or a crontab schedule
             continue
-        targets, rest = _resolve(command.argv[command.argv.index("retrysafe") :])
+        targets, rest = _resolve(argv[argv.index("retrysafe") :])
         # Options are read from the raw line: a synopsis writes `[-n/--operations 300]`.
         named = {opt for word in _OPTION.findall(" ".join(rest)) for opt in word.split("/")}
         for target in targets:
@@ -304,7 +303,7 @@ def _checks_for(block: Block) -> list[Check]:
     ]
 
 
-def _services(block: Block) -> Iterator[None]:
+def _require_services(block: Block) -> None:
     """Skip (or fail in CI) when a block talks to a Redis or PostgreSQL that is not there."""
     for scheme, url, name in (
         ("redis://", REDIS_URL, "Redis"),
@@ -312,7 +311,6 @@ def _services(block: Block) -> Iterator[None]:
     ):
         if scheme in block.text and (why := server_down(url)):
             require_service(name, f"{block.where} needs it: {why}")
-    yield
 
 
 def _exec(block: Block, ns: dict[str, Any], tmp: Path) -> None:
@@ -338,7 +336,7 @@ def test_python_blocks_run(page: Path, tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.chdir(tmp_path)  # the examples open sqlite:///retrysafe.db, relative to the cwd
     blocks = [b for b in blocks_of(page) if b.lang == "python" and b.not_run is None]
     for block in blocks:
-        list(_services(block))
+        _require_services(block)
     # The page runs as an importable module: the default serializer stores a dataclass as
     # `module:qualname` and finds it there again on replay, as it would in the reader's module.
     module = types.ModuleType(f"docs_{page.stem.replace('-', '_')}")
@@ -360,19 +358,29 @@ def test_python_blocks_run(page: Path, tmp_path: Path, monkeypatch: pytest.Monke
             handler.close()
         audit.setLevel(level)
         audit.propagate = propagate
-        for value in ns.values():  # the stores the page opened
-            if type(value).__module__.startswith("retrysafe.stores") and hasattr(value, "close"):
+        for value in ns.values():  # the stores, queues and clients the page opened
+            if _closable(value):
                 with contextlib.suppress(Exception):
                     value.close()
+
+
+def _closable(value: object) -> bool:
+    if isinstance(value, type | types.ModuleType | types.FunctionType):
+        return False
+    package = type(value).__module__.split(".")[0]
+    return package in ("retrysafe", "httpx") and callable(getattr(value, "close", None))
 
 
 # --- shell blocks -----------------------------------------------------------------------------
 
 
+_CHARGE_IDS = itertools.count(1)
+
+
 async def _charges(request: Request) -> JSONResponse:
     body = await request.json()
     # Each execution answers something new, so `retrysafe check` can tell replays apart.
-    return JSONResponse({"id": f"ch_{id(request):x}{len(body)}", **body}, status_code=201)
+    return JSONResponse({"id": f"ch_{next(_CHARGE_IDS)}", **body}, status_code=201)
 
 
 @contextlib.contextmanager
@@ -442,7 +450,7 @@ SHELL_BLOCKS = [b for b in BLOCKS if b.lang in ("sh", "console") and b.not_run i
 
 @pytest.mark.parametrize("block", SHELL_BLOCKS, ids=_ids)
 def test_shell_blocks_run(block: Block, tmp_path: Path) -> None:
-    list(_services(block))
+    _require_services(block)
     _audit_log(tmp_path / "audit.log")
     with _docs_apis(block, tmp_path) as served:
         for command in commands_of(block):
