@@ -448,6 +448,7 @@ def _run(argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
 SHELL_BLOCKS = [b for b in BLOCKS if b.lang in ("sh", "console") and b.not_run is None]
 
 
+@pytest.mark.slow  # a process per command
 @pytest.mark.parametrize("block", SHELL_BLOCKS, ids=_ids)
 def test_shell_blocks_run(block: Block, tmp_path: Path) -> None:
     _require_services(block)
