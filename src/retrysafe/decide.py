@@ -182,7 +182,8 @@ class Complete:
 
 @dataclass(frozen=True, slots=True)
 class Release:
-    """Drop the claim so a retry runs again (5xx, exception, disconnect before the end)."""
+    """Drop the claim so a retry runs again (5xx, "try again" statuses such as 429, exception,
+    disconnect before the end)."""
 
 
 Settlement = Complete | Release
@@ -200,6 +201,7 @@ def settle(
     *,
     trace: tuple[str, str] | None = None,
     internal: Sequence[tuple[str, str]] = (),
+    retry_after: bool = False,
 ) -> Settlement:
     """What to store once the handler is done (SPEC 8, 12, 15).
 
@@ -207,9 +209,10 @@ def settle(
     the body was streamed or exceeded the cache cap and was not kept. ``trace`` is the first
     execution's (trace id, span id) for replays to link to (SPEC 32); ``internal`` are
     ``retrysafe-*`` headers kept with the record for telemetry (the reported cost) and never
-    replayed to a client.
+    replayed to a client. ``retry_after`` says the response carried ``Retry-After``: a 5xx
+    that asks the client to come back is released even under ``store_server_errors``.
     """
-    if status is None or not policy.should_store(status):
+    if status is None or not policy.should_store(status, retry_after):
         return Release()
     trace_id, span_id = trace if trace is not None else (None, None)
     if body is None:

@@ -98,6 +98,12 @@ NEVER_REPLAYED = frozenset(
 )
 
 
+# Answers that tell the client to come back later (RFC 9110 15.5.9, RFC 8470, RFC 6585): they
+# are not the operation's outcome, so they release the key like a 5xx instead of replaying for
+# the whole TTL (a stored 429 would replay without its Retry-After, and pin a day).
+RETRY_LATER_STATUSES = frozenset({408, 425, 429})
+
+
 def seconds(value: Duration) -> float:
     """``value`` in seconds."""
     return value.total_seconds() if isinstance(value, timedelta) else float(value)
@@ -163,6 +169,10 @@ class Policy:
     max_cached_body: int = 1024 * 1024
     # What is stored (SPEC 12) and what happens when the store is down (SPEC 17).
     store_server_errors: bool = False
+    release_statuses: frozenset[int] = RETRY_LATER_STATUSES  # released, never stored
+    # How long a failed completion is retried before the answer is withheld (never past the
+    # lease, which a duplicate may then take over).
+    settle_retry: Duration = timedelta(seconds=5)
     fail_open: bool = False
     # Replay and problems (SPEC 8, 18).
     replay_headers: frozenset[str] = REPLAYED_HEADERS
@@ -205,7 +215,7 @@ class Policy:
             )
         if self.body_mode not in ("bytes", "json"):
             raise ConfigurationError(f"body_mode must be 'bytes' or 'json', not {self.body_mode!r}")
-        durations = ("ttl", "retention", "lease", "heartbeat", "wait")
+        durations = ("ttl", "retention", "lease", "heartbeat", "wait", "settle_retry")
         for name in (*durations, "in_flight_retry_after", "unavailable_retry_after"):
             value = getattr(self, name)
             if value is None and name == "heartbeat":
@@ -217,7 +227,8 @@ class Policy:
                 )
             if not math.isfinite(seconds(value)):
                 raise ConfigurationError(f"{name} must be finite, not {value!r}")
-        for name in ("ttl", "lease", "wait", "in_flight_retry_after", "unavailable_retry_after"):
+        retry_durations = ("in_flight_retry_after", "unavailable_retry_after", "settle_retry")
+        for name in ("ttl", "lease", "wait", *retry_durations):
             if seconds(getattr(self, name)) <= 0 and name in ("ttl", "lease"):
                 raise ConfigurationError(f"{name} must be positive")
             if seconds(getattr(self, name)) < 0:
@@ -226,6 +237,7 @@ class Policy:
             raise ConfigurationError("retention must not be negative")
         if self.heartbeat is not None and not 0 < seconds(self.heartbeat) < seconds(self.lease):
             raise ConfigurationError("heartbeat must be positive and shorter than the lease")
+        self._check_release_statuses()
         for name in ("max_body", "max_json_body", "max_cached_body"):
             if getattr(self, name) < 0:
                 raise ConfigurationError(f"{name} must not be negative: {getattr(self, name)}")
@@ -257,8 +269,21 @@ class Policy:
                 seconds(self.wait),
                 seconds(self.in_flight_retry_after),
                 seconds(self.unavailable_retry_after),
+                seconds(self.settle_retry),
             ),
         )
+
+    def _check_release_statuses(self) -> None:
+        statuses = self.release_statuses
+        if isinstance(statuses, str | int) or not all(
+            type(code) is int and 400 <= code <= 599 for code in statuses
+        ):
+            # Releasing a success would let a retry run a completed operation again.
+            raise ConfigurationError(
+                f"release_statuses must be a collection of 4xx/5xx status codes, such as "
+                f"{{408, 425, 429}}, not {statuses!r}"
+            )
+        object.__setattr__(self, "release_statuses", frozenset(statuses))
 
     def replace(self, **changes: object) -> Policy:
         """A copy with ``changes`` applied (validated again)."""
@@ -294,6 +319,10 @@ class Policy:
         return self._seconds[6]
 
     @property
+    def settle_retry_s(self) -> float:
+        return self._seconds[7]
+
+    @property
     def canonicalizes_json(self) -> bool:
         """Whether request bodies are fingerprinted by their RFC 8785 form (``body_mode="json"``
         and no custom fingerprinter)."""
@@ -324,6 +353,14 @@ class Policy:
     def covers(self, method: str) -> bool:
         return method.upper() in self.methods
 
-    def should_store(self, status: int) -> bool:
-        """SPEC 12: keep 2xx-4xx; 5xx only with ``store_server_errors``."""
-        return status < 500 or self.store_server_errors
+    def should_store(self, status: int, retry_after: bool = False) -> bool:
+        """SPEC 12: keep 2xx-4xx; 5xx only with ``store_server_errors``.
+
+        Never a status in ``release_statuses`` (408, 425, 429: "try again"), nor a 5xx that
+        carries ``Retry-After`` (``retry_after``): a 503 asking to come back is no outcome.
+        """
+        if status in self.release_statuses:
+            return False
+        if status >= 500:
+            return self.store_server_errors and not retry_after
+        return True

@@ -250,6 +250,9 @@ def test_default_problem_statuses() -> None:
     [
         (200, True, True),
         (404, True, True),
+        (408, False, False),  # "try again" statuses are released (release_statuses)
+        (425, False, False),
+        (429, False, False),
         (499, True, True),
         (500, False, True),
         (503, False, True),
@@ -258,6 +261,12 @@ def test_default_problem_statuses() -> None:
 def test_should_store(status: int, stored: bool, stored_with_5xx: bool) -> None:
     assert Policy().should_store(status) is stored
     assert Policy(store_server_errors=True).should_store(status) is stored_with_5xx
+
+
+def test_a_5xx_asking_to_come_back_is_never_stored() -> None:
+    assert Policy(store_server_errors=True).should_store(503, retry_after=True) is False
+    assert Policy(store_server_errors=True).should_store(503) is True
+    assert Policy().should_store(404, retry_after=True) is True  # only 5xx and release_statuses
 
 
 # -- scopes and storage ids (SPEC 5) ----------------------------------------------------------

@@ -197,7 +197,10 @@ def call_flow(call: Call) -> Flow:
                 kind == policy.in_flight_problem
                 or (kind is None and call.key is not None and "retry-after" in response.headers)
             )
-            if not (in_flight or (status in policy.statuses and safe)):
+            # A replay is the answer the server keeps for this key: asking again only gets it
+            # again (a stored 5xx or 429 under the server's opt-in), so it is final.
+            replayed = response.headers.get(policy.replayed_header, "").lower() == "true"
+            if replayed or not (in_flight or (status in policy.statuses and safe)):
                 call.history += (this,)
                 return _answer(call, response, number, _outcome(response, policy))
             wait_floor = parse_retry_after(response.headers, call.wall())

@@ -195,6 +195,22 @@ def unavailable(policy: Policy, exc: StoreError | None = None) -> ProblemRespons
     )
 
 
+def unstored(policy: Policy, lease_left: float) -> ProblemResponse:
+    """The handler ran, but its result could not be stored even after retries: its answer is
+    withheld, so the client does not take for final what a retry would not see again.
+
+    ``Retry-After`` covers what is left of the claim's lease (``lease_left`` seconds): until it
+    lapses a retry would only get 409 in flight; after it, the retry takes the key over."""
+    return render(
+        Problem.STORE_UNAVAILABLE,
+        "the request was processed, but the idempotency store could not record its result, "
+        "so the answer is withheld; retry with the same key after the Retry-After delay (the "
+        "operation then runs again: make it safe to repeat, or use atomic completion)",
+        policy,
+        retry_after=max(policy.unavailable_retry_after_s, lease_left),
+    )
+
+
 def taken_over(policy: Policy) -> ProblemResponse:
     """An atomic attempt fenced out at commit (SPEC 13a): 409 in flight with Retry-After."""
     return render(
@@ -236,7 +252,17 @@ class Capture:
     only when the response is settled, and then only the allow-listed ones (SPEC 8).
     """
 
-    __slots__ = ("chunks", "finished", "headers", "max_body", "overflow", "raw", "size", "status")
+    __slots__ = (
+        "chunks",
+        "finished",
+        "headers",
+        "max_body",
+        "overflow",
+        "raw",
+        "retry_after",
+        "size",
+        "status",
+    )
 
     def __init__(self, max_body: int) -> None:
         self.max_body = max_body
@@ -247,21 +273,28 @@ class Capture:
         self.size = 0
         self.overflow = False
         self.finished = False
+        self.retry_after = False  # the answer asks the client to come back (never stored)
 
     def start(self, status: int, headers: HeaderList) -> None:
         self.status = status
         self.headers = list(headers)
         for k, v in headers:
-            if k.lower() == "content-type" and v.lower().startswith("text/event-stream"):
+            name = k.lower()
+            if name == "content-type" and v.lower().startswith("text/event-stream"):
                 self.overflow = True  # an event stream's meaning is its timing: never replayed
+            elif name == "retry-after":
+                self.retry_after = True
 
     def start_raw(self, status: int, headers: RawHeaderList) -> None:
         """:meth:`start` for ASGI's (bytes, bytes) headers, without decoding them yet."""
         self.status = status
         self.raw = headers
         for k, v in headers:
-            if k.lower() == b"content-type" and v.lower().startswith(b"text/event-stream"):
+            name = k.lower()
+            if name == b"content-type" and v.lower().startswith(b"text/event-stream"):
                 self.overflow = True
+            elif name == b"retry-after":
+                self.retry_after = True
 
     def chunk(self, data: bytes) -> None:
         self.size += len(data)
@@ -283,8 +316,11 @@ class Capture:
         trace: tuple[str, str] | None = None,
         internal: HeaderList = (),
     ) -> Settlement:
+        asks = self.retry_after
         if not self.finished or self.overflow:
-            return settle(self.status, (), None, policy, trace=trace, internal=internal)
+            return settle(
+                self.status, (), None, policy, trace=trace, internal=internal, retry_after=asks
+            )
         headers = self.headers
         if self.raw is not None:  # decode only what settle() may keep
             wanted = _raw_names(policy.replay_headers)
@@ -294,7 +330,9 @@ class Capture:
                 if k.lower() in wanted
             ]
         body = b"".join(self.chunks)
-        return settle(self.status, headers, body, policy, trace=trace, internal=internal)
+        return settle(
+            self.status, headers, body, policy, trace=trace, internal=internal, retry_after=asks
+        )
 
 
 __all__ = [
@@ -317,4 +355,5 @@ __all__ = [
     "taken_over",
     "too_large",
     "unavailable",
+    "unstored",
 ]
