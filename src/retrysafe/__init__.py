@@ -23,6 +23,7 @@ from retrysafe.errors import (
     Unreplayable,
 )
 from retrysafe.keys import derive_key, new_key
+from retrysafe.lease import lease_lost
 from retrysafe.outcomes import Outcome
 from retrysafe.policy import Policy, Problem, authorization_scope, header_scope
 from retrysafe.stores import AsyncStore, MemoryStore, SQLiteStore, Store, open_store
@@ -56,6 +57,7 @@ __all__ = [
     "current_key",
     "derive_key",
     "header_scope",
+    "lease_lost",
     "new_key",
     "open_store",
 ]

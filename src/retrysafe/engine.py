@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from retrysafe._shield import shield_awaited
 from retrysafe.decide import Complete, Decision, Release, Settlement, Wait, decide
 from retrysafe.errors import StoreError
+from retrysafe.lease import EXPIRED, TAKEN_OVER, Lease
 from retrysafe.policy import Policy
 from retrysafe.records import ClaimResult, Existing
 from retrysafe.stores.base import AsyncStore, Store
@@ -158,14 +159,6 @@ async def aclaim_decision(
     return decision
 
 
-def _lost(id: str) -> None:
-    log.warning(
-        "idempotency claim %s was taken over while its handler ran (lease lapsed); "
-        "its result will not be stored",
-        id[:12],
-    )
-
-
 class _BeatScheduler:
     """One daemon thread keeps the due times of every sync heartbeat and hands each due
     renewal to a small pool of worker threads (SPEC 13).
@@ -251,16 +244,37 @@ def _idle(idle: Idle) -> bool:
     return idle is not None and idle()
 
 
+def _renewal_failed(lease: Lease, id: str, exc: StoreError) -> bool:
+    """A renewal could not reach the store; True (stop renewing) once the lease ran out."""
+    log.warning("heartbeat for claim %s failed: %s", id[:12], exc)
+    if time.monotonic() < lease.expires:
+        return False  # keep trying: the lease may still outlive the outage
+    lease.lose(EXPIRED)  # a duplicate may have taken the key over meanwhile
+    return True
+
+
 class Heartbeat:
     """Renews a sync claim's lease every ``policy.heartbeat_s`` while its handler runs (SPEC 13)."""
 
     def __init__(
-        self, store: Store, id: str, token: int, policy: Policy, *, idle: Idle = None
+        self,
+        store: Store,
+        id: str,
+        token: int,
+        policy: Policy,
+        *,
+        idle: Idle = None,
+        lease: Lease | None = None,
     ) -> None:
         self._store, self._id, self._token, self._policy = store, id, token, policy
         self._idle = idle
         self._active = False
-        self.lost = False
+        self.lease = lease if lease is not None else Lease(id, time.monotonic(), policy.lease_s)
+
+    @property
+    def lost(self) -> bool:
+        """Whether the claim was lost (taken over, or not renewed before the lease ran out)."""
+        return self.lease.lost
 
     def __enter__(self) -> Heartbeat:
         self._active = True
@@ -274,15 +288,18 @@ class Heartbeat:
     def beat(self) -> None:
         if not self._active:
             return
+        lease, sent = self.lease, time.monotonic()
         try:
-            if _idle(self._idle):
-                pass
-            elif not self._store.renew(self._id, self._token, self._policy.lease_s):
-                self.lost = True
-                _lost(self._id)
+            # An open atomic transaction holds the record: as good as a renewal.
+            if not _idle(self._idle) and not self._store.renew(
+                self._id, self._token, self._policy.lease_s
+            ):
+                lease.lose(TAKEN_OVER)
                 return
-        except StoreError as exc:  # keep trying: the lease may still outlive the outage
-            log.warning("heartbeat for claim %s failed: %s", self._id[:12], exc)
+            lease.renewed(sent, self._policy.lease_s)
+        except StoreError as exc:
+            if _renewal_failed(lease, self._id, exc):
+                return
         if self._active:
             _scheduler.schedule(self, time.monotonic() + self._policy.heartbeat_s)
 
@@ -381,19 +398,31 @@ class AsyncHeartbeat:
         "_store",
         "_task",
         "_token",
-        "lost",
+        "lease",
         "period",
     )
 
     def __init__(
-        self, store: AsyncStore, id: str, token: int, policy: Policy, *, idle: Idle = None
+        self,
+        store: AsyncStore,
+        id: str,
+        token: int,
+        policy: Policy,
+        *,
+        idle: Idle = None,
+        lease: Lease | None = None,
     ) -> None:
         self._store, self._id, self._token, self._policy = store, id, token, policy
         self._idle = idle
         self.period = policy.heartbeat_s
         self._beats: _LoopBeats | None = None
         self._task: asyncio.Task[None] | None = None
-        self.lost = False
+        self.lease = lease if lease is not None else Lease(id, time.monotonic(), policy.lease_s)
+
+    @property
+    def lost(self) -> bool:
+        """Whether the claim was lost (taken over, or not renewed before the lease ran out)."""
+        return self.lease.lost
 
     async def __aenter__(self) -> AsyncHeartbeat:
         return self.begin()
@@ -423,56 +452,156 @@ class AsyncHeartbeat:
         self._task = asyncio.create_task(self._beat(), name="retrysafe-heartbeat")
 
     async def _beat(self) -> None:
+        lease, sent = self.lease, time.monotonic()
         try:
-            if _idle(self._idle):
-                pass
-            elif not await self._store.arenew(self._id, self._token, self._policy.lease_s):
-                self.lost = True
-                _lost(self._id)
+            if not _idle(self._idle) and not await self._store.arenew(
+                self._id, self._token, self._policy.lease_s
+            ):
+                lease.lose(TAKEN_OVER)
                 return
+            lease.renewed(sent, self._policy.lease_s)
         except StoreError as exc:
-            log.warning("heartbeat for claim %s failed: %s", self._id[:12], exc)
+            if _renewal_failed(lease, self._id, exc):
+                return
         self._task = None
         if self._beats is not None:  # still running: due again one period from now
             self._beats.add(self, self.period)
 
 
-def settle_record(store: Store, id: str, token: int, settlement: Settlement, policy: Policy) -> str:
-    """Apply ``settlement`` to a held claim: one store round trip (SPEC 12).
+class SettleRetry:
+    """When to try a failed completion (or release) again, if at all (no I/O, no clock).
 
-    Returns the store operation's name ("complete" or "release") for telemetry. A fenced-out
-    token is logged, not raised: the handler's result still goes to its caller. Store errors
-    propagate; the claim then stays in flight until its lease lapses (outcome "recovered").
+    Backoff from 50 ms, doubling to 1 s, for at most ``policy.settle_retry`` after the first
+    failure, and never an attempt at or past the lease's end: from then on a duplicate may
+    take the key over, and the answer must not wait on a record that is no longer ours.
     """
+
+    FIRST_S = 0.05
+    MAX_S = 1.0
+
+    __slots__ = ("_delay", "give_up_at")
+
+    def __init__(self, policy: Policy, lease: Lease | None, failed_at: float) -> None:
+        end = lease.expires if lease is not None else failed_at + policy.lease_s
+        self.give_up_at = min(failed_at + policy.settle_retry_s, end)
+        self._delay = self.FIRST_S
+
+    def next_delay(self, now: float, lease: Lease | None = None) -> float | None:
+        """Seconds to wait before the next attempt, or None: give up (the error stands)."""
+        delay = self._delay
+        if now + delay >= self.give_up_at or (lease is not None and lease.lost):
+            return None
+        self._delay = min(delay * 2, self.MAX_S)
+        return delay
+
+
+def _settle_once(
+    store: Store, id: str, token: int, settlement: Settlement, policy: Policy
+) -> tuple[bool, str]:
     match settlement:
         case Complete(response):
-            ok, name = (
-                store.complete(id, token, response, policy.ttl_s, policy.retention_s),
-                "complete",
-            )
+            ok = store.complete(id, token, response, policy.ttl_s, policy.retention_s)
+            return ok, "complete"
         case Release():
-            ok, name = store.release(id, token), "release"
+            return store.release(id, token), "release"
+
+
+async def _asettle_once(
+    store: AsyncStore, id: str, token: int, settlement: Settlement, policy: Policy
+) -> tuple[bool, str]:
+    match settlement:
+        case Complete(response):
+            ok = await store.acomplete(id, token, response, policy.ttl_s, policy.retention_s)
+            return ok, "complete"
+        case Release():
+            return await store.arelease(id, token), "release"
+
+
+def settle_record(
+    store: Store,
+    id: str,
+    token: int,
+    settlement: Settlement,
+    policy: Policy,
+    lease: Lease | None = None,
+) -> str:
+    """Apply ``settlement`` to a held claim: one store round trip (SPEC 12), retried while the
+    store fails, as :class:`SettleRetry` allows (within the lease).
+
+    Returns the store operation's name ("complete" or "release") for telemetry. A fenced-out
+    token is logged and marks ``lease`` lost, not raised: the handler's result still goes to its
+    caller. A store error that outlasts the retries propagates; the claim then stays in flight
+    until its lease lapses (outcome "recovered"), and the caller must not present the answer
+    as final.
+    """
+    retry: SettleRetry | None = None
+    while True:
+        try:
+            ok, name = _settle_once(store, id, token, settlement, policy)
+            break
+        except StoreError as exc:
+            now = time.monotonic()
+            retry = retry or SettleRetry(policy, lease, now)
+            delay = retry.next_delay(now, lease)
+            if delay is None:
+                raise
+            _retrying(id, exc, delay)
+            time.sleep(delay)
     if not ok:
-        _fenced(id)
+        _fenced(id, lease)
     return name
 
 
 async def asettle_record(
-    store: AsyncStore, id: str, token: int, settlement: Settlement, policy: Policy
+    store: AsyncStore,
+    id: str,
+    token: int,
+    settlement: Settlement,
+    policy: Policy,
+    lease: Lease | None = None,
 ) -> str:
     """:func:`settle_record` for async stores, shielded: a cancelled request (client gone,
-    server shutting down, a timeout around a tool) must still settle its record, or its
-    duplicates would wait for the lease to lapse."""
-    match settlement:
-        case Complete(response):
-            op = store.acomplete(id, token, response, policy.ttl_s, policy.retention_s)
-            name = "complete"
-        case Release():
-            op, name = store.arelease(id, token), "release"
-    if not await shield_awaited(op):
-        _fenced(id)
+    server shutting down, a timeout around a tool) must still settle its record, retries
+    included, or its duplicates would wait for the lease to lapse."""
+    return await shield_awaited(_asettle(store, id, token, settlement, policy, lease))
+
+
+async def _asettle(
+    store: AsyncStore,
+    id: str,
+    token: int,
+    settlement: Settlement,
+    policy: Policy,
+    lease: Lease | None,
+) -> str:
+    retry: SettleRetry | None = None
+    while True:
+        try:
+            ok, name = await _asettle_once(store, id, token, settlement, policy)
+            break
+        except StoreError as exc:
+            now = time.monotonic()
+            retry = retry or SettleRetry(policy, lease, now)
+            delay = retry.next_delay(now, lease)
+            if delay is None:
+                raise
+            _retrying(id, exc, delay)
+            await asyncio.sleep(delay)
+    if not ok:
+        _fenced(id, lease)
     return name
 
 
-def _fenced(id: str) -> None:
+def _retrying(id: str, exc: StoreError, delay: float) -> None:
+    log.warning(
+        "could not settle idempotency record %s (%s); retrying in %.0f ms",
+        id[:12],
+        exc,
+        delay * 1e3,
+    )
+
+
+def _fenced(id: str, lease: Lease | None) -> None:
     log.warning("idempotency record %s was fenced out before it settled", id[:12])
+    if lease is not None:
+        lease.lose(TAKEN_OVER)

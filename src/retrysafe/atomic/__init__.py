@@ -22,13 +22,18 @@ Multi-step handlers record recovery points (brandur's atomic phases)::
 A takeover after a crash resumes after the last committed phase (``current_phase()`` names it),
 and ``derived_key`` gives the foreign call the same key again, so the foreign service
 deduplicates it. See docs/atomic.md for the guarantee and its limits.
+
+Once the claim's lease is lost (a takeover fenced its heartbeat out, or the store could not be
+reached to renew it before it ran out; see :func:`retrysafe.lease_lost`), ``transaction()``
+and ``phase()`` raise :class:`~retrysafe.errors.ClaimTakenOver`: a duplicate may be running the
+same work, so this attempt stops before writing more, and its uncommitted writes roll back.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from retrysafe.atomic._context import current_unit
+from retrysafe.atomic._context import current_unit, held_unit
 from retrysafe.keys import derive_key
 
 # Part of every derived key: changing it changes every key sent downstream.
@@ -46,13 +51,13 @@ def transaction() -> Any:
     over meanwhile. Do not commit or roll back on it yourself: the middleware or decorator
     commits once, with the record. Blocking; async code uses :func:`atransaction`.
     """
-    return current_unit().connection()
+    return held_unit().connection()
 
 
 async def atransaction() -> Any:
     """:func:`transaction` for async handlers: a ``psycopg.AsyncConnection`` (PostgreSQL), or
     the ``sqlite3.Connection`` once SQLite's write lock was taken off the event loop."""
-    return await current_unit().aconnection()
+    return await held_unit().aconnection()
 
 
 def phase(name: str) -> None:
@@ -61,12 +66,12 @@ def phase(name: str) -> None:
     A later takeover of this key (after a crash) sees ``name`` in :func:`current_phase` and
     :func:`reached`; the next :func:`transaction` begins a new transaction.
     """
-    current_unit().mark(name)
+    held_unit().mark(name)
 
 
 async def aphase(name: str) -> None:
     """:func:`phase` for async handlers."""
-    await current_unit().amark(name)
+    await held_unit().amark(name)
 
 
 def current_phase() -> str | None:

@@ -7,7 +7,8 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
-from retrysafe.errors import NoAtomicContext
+from retrysafe.errors import ClaimTakenOver, NoAtomicContext
+from retrysafe.lease import lease_lost
 from retrysafe.stores.base import AtomicUnit
 
 if TYPE_CHECKING:
@@ -24,6 +25,20 @@ def current_unit() -> AtomicUnit:
             "no atomic idempotent execution is running here: retrysafe.atomic works inside a "
             "handler behind IdempotencyMiddleware(..., atomic=True) or an "
             "@idempotent(..., atomic=True) function, once its key was claimed"
+        )
+    return unit
+
+
+def held_unit() -> AtomicUnit:
+    """:func:`current_unit` for work that writes: :class:`ClaimTakenOver` once the claim's
+    lease is lost (a duplicate may be running the same work, so this attempt stops)."""
+    unit = current_unit()
+    if lease_lost():
+        raise ClaimTakenOver(
+            "this attempt's claim on the idempotency key was lost (taken over, or not renewed "
+            "before its lease ran out): a retry may be running the same work, so nothing more "
+            "is written and this attempt's uncommitted writes roll back",
+            retry_after=1.0,
         )
     return unit
 

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session
 
-from retrysafe.atomic._context import current_unit, postgres_unit
+from retrysafe.atomic._context import held_unit, postgres_unit
 from retrysafe.atomic._sqlalchemy_session import SessionLink
 from retrysafe.errors import AtomicUnsupported, ForeignConnection
 from retrysafe.stores.sqlite import PHASES, SQLiteStore
@@ -98,7 +98,7 @@ class SQLAlchemyLink(SessionLink):
 
 
 def _link(engine: Engine) -> SQLAlchemyLink | PostgresLink:
-    unit = current_unit()
+    unit = held_unit()
     link: SQLAlchemyLink | PostgresLink
     if isinstance(unit, SQLiteUnit):
         link = unit.attach(SQLAlchemyLink, lambda store: SQLAlchemyLink(engine, store))
@@ -147,7 +147,7 @@ def _postgres(unit: AtomicUnit) -> PostgresUnit:
 
 
 async def _alink(engine: AsyncEngine) -> AsyncSQLiteLink | AsyncPostgresLink:
-    unit = current_unit()
+    unit = held_unit()
     link: AsyncSQLiteLink | AsyncPostgresLink
     if isinstance(unit, SQLiteUnit):
         from retrysafe.atomic._sqlalchemy_aiosqlite import AsyncSQLiteLink

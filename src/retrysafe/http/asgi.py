@@ -19,9 +19,18 @@ from retrysafe._shield import shielded
 from retrysafe.atomic._context import bound
 from retrysafe.atomic._run import Ending, afinish, aopen_unit, require_atomic
 from retrysafe.context import _current_key
-from retrysafe.decide import Execute, Keyed, Pass, Refuse, Release, Replay, replay_headers
+from retrysafe.decide import (
+    Complete,
+    Execute,
+    Keyed,
+    Pass,
+    Refuse,
+    Release,
+    Replay,
+    replay_headers,
+)
 from retrysafe.engine import AsyncHeartbeat, aclaim_decision, asettle_record
-from retrysafe.errors import ClaimTakenOver, StoreError
+from retrysafe.errors import ClaimTakenOver, StoreError, StoreUnavailable
 from retrysafe.fingerprint import (
     INLINE_JSON_LIMIT,
     RawHeaders,
@@ -44,7 +53,9 @@ from retrysafe.http._exchange import (
     taken_over,
     too_large,
     unavailable,
+    unstored,
 )
+from retrysafe.lease import Lease, holding
 from retrysafe.outcomes import Outcome
 from retrysafe.policy import Policy
 from retrysafe.problems import ProblemResponse
@@ -112,6 +123,7 @@ class _Responder:
         "send",
         "store",
         "telemetry",
+        "withheld",
     )
 
     def __init__(self, mw: IdempotencyMiddleware, scope: Scope, receive: Receive, send: Send):
@@ -122,6 +134,7 @@ class _Responder:
         self.messages: list[Message] = []  # the buffered request, re-fed to the app in order
         self.body: bytes | None = None
         self.telemetry, self.obs = mw.telemetry, NULL_OBSERVATION
+        self.withheld = False  # the answer was replaced by a 503: its result was not stored
 
     async def run(self) -> None:
         method, path = self.scope["method"], self.scope["path"]
@@ -173,6 +186,7 @@ class _Responder:
         obs.keyed(key, ident.scope, ident.fingerprint)
         # No store timer when telemetry is off: nothing would read the times.
         timer = None if obs is NULL_OBSERVATION else obs.store_time
+        claimed_at = time.monotonic()  # the lease began no earlier
         try:
             decision = await aclaim_decision(
                 self.store, ident.id, ident.fingerprint, self.policy, timer
@@ -189,13 +203,14 @@ class _Responder:
             token, outcome = decision.token, decision.outcome
             obs.decided(outcome)
             capture = Capture(self.policy.max_cached_body)
+            lease = Lease(ident.id, claimed_at, self.policy.lease_s, obs.lease_lost)
             try:
                 if self.atomic:
-                    await self._execute_atomic(ident, token, capture)
+                    await self._execute_atomic(ident, token, capture, lease)
                 else:
-                    await self._execute(ident, token, capture)
+                    await self._execute(ident, token, capture, lease)
             finally:  # a handler that raised before responding is a 500 to the client
-                obs.finish(outcome, capture.status or 500)
+                obs.finish(outcome, 503 if self.withheld else capture.status or 500)
         elif isinstance(decision, Replay):
             response = decision.response
             obs.replayed(response)
@@ -230,44 +245,65 @@ class _Responder:
         finally:
             self.obs.finish(Outcome.STORE_ERROR, status)
 
-    async def _execute(self, ident: Identity, token: int, capture: Capture) -> None:
+    async def _execute(self, ident: Identity, token: int, capture: Capture, lease: Lease) -> None:
         """Run the handler, streaming its answer through, and settle the record.
 
         The answer's last body message goes out only once the record is settled: a client
         that has the whole answer can always get it again by replay, and no retry of a request
         it saw answered can run the handler again (were the process killed between the answer
         and the completion, the record would stay in flight until its lease lapsed).
+
+        The response start is held until the first body message, so an answer sent in one
+        body message (most are) can still be replaced when its result cannot be stored (the
+        store stayed down through the retries): the client gets a 503 instead, not a success
+        it would not retry. A streamed answer whose end cannot be stored loses its last body
+        message instead, and the connection is aborted (docs/http-conformance.md).
         """
         client_gone = False
         settled = False
         downstream = self.send
-        heartbeat = AsyncHeartbeat(self.store, ident.id, token, self.policy).begin()
+        held_start: Message | None = None
+        heartbeat = AsyncHeartbeat(self.store, ident.id, token, self.policy, lease=lease).begin()
 
-        async def settle(kept: Capture | None) -> None:
+        async def settle(kept: Capture | None) -> bool:
             nonlocal settled
-            if not settled:
-                settled = True
-                await heartbeat.end()
-                await self._settle(ident, token, kept)
+            if settled:
+                return True
+            settled = True
+            await heartbeat.end()
+            return await self._settle(ident, token, kept, lease)
 
-        async def send(message: Message) -> None:
+        async def forward(message: Message) -> None:
             nonlocal client_gone
-            kind = message["type"]
-            if kind == "http.response.body":
-                capture.chunk(message.get("body", b""))
-                if not message.get("more_body", False):
-                    capture.end()
-                    await settle(capture)
-            elif kind == "http.response.start":
-                capture.start_raw(message["status"], message.get("headers", ()))
             try:
                 await downstream(message)
             except OSError:  # ASGI 2.4: send raises an OSError once the client has gone away
                 client_gone = True
                 raise
 
+        async def send(message: Message) -> None:
+            nonlocal held_start
+            kind = message["type"]
+            if kind == "http.response.start":
+                capture.start_raw(message["status"], message.get("headers", ()))
+                held_start = message  # sent with the first body message
+                return
+            if kind == "http.response.body":
+                capture.chunk(message.get("body", b""))
+                if not message.get("more_body", False):
+                    capture.end()
+                    if not await settle(capture):
+                        await self._withhold(held_start is not None, ident, lease)
+                        held_start = None
+                        return
+            if held_start is not None:
+                start, held_start = held_start, None
+                await forward(start)
+            await forward(message)
+
         try:
-            await self._call_app(ident.key, send)
+            with holding(lease):
+                await self._call_app(ident.key, send)
         except BaseException as exc:
             # SPEC 12: an exception releases the claim so a retry runs again - unless the
             # client already received the whole response, which a retry must then see again,
@@ -278,9 +314,38 @@ class _Responder:
             keep = capture.finished or client_gone or cancelled
             await settle(capture if keep else None)
             raise
+        if held_start is not None:  # an app that sent a start and returned: pass it on
+            await forward(held_start)
         await settle(capture)  # an app that returned without finishing its answer
 
-    async def _execute_atomic(self, ident: Identity, token: int, capture: Capture) -> None:
+    async def _withhold(self, unstarted: bool, ident: Identity, lease: Lease) -> None:
+        """The answer's result could not be stored: never present the answer as final.
+
+        Before the response started, the client gets a 503 problem (``unstored``) in its
+        place; after, the last body message is not sent and the request fails, so the server
+        aborts the connection and the client sees a broken response, which it retries.
+        """
+        if unstarted:
+            self.withheld = True
+            left = lease.expires - time.monotonic()
+            problem = unstored(self.policy, left)
+            await self.send(
+                {
+                    "type": "http.response.start",
+                    "status": problem.status,
+                    "headers": [(k.encode(), v.encode()) for k, v in problem.headers],
+                }
+            )
+            await self.send({"type": "http.response.body", "body": problem.body})
+            return
+        raise StoreUnavailable(
+            f"the result of idempotency record {ident.id[:12]} could not be stored; the end of "
+            "its streamed answer was withheld so the client does not take it for final"
+        )
+
+    async def _execute_atomic(
+        self, ident: Identity, token: int, capture: Capture, lease: Lease
+    ) -> None:
         """SPEC 13a: run the handler with its unit bound, commit, and only then answer.
 
         The response is held whole (not streamed) until the record commits with the
@@ -322,10 +387,13 @@ class _Responder:
                 await self._commit_atomic(ident, unit, capture, held)
 
         try:
-            with bound(unit):
+            with bound(unit), holding(lease):
                 # The open transaction holds the record; once settled, nothing is left to renew.
                 idle = lambda: unit.holding or settled  # noqa: E731
-                async with AsyncHeartbeat(self.store, ident.id, token, self.policy, idle=idle):
+                beat = AsyncHeartbeat(
+                    self.store, ident.id, token, self.policy, idle=idle, lease=lease
+                )
+                async with beat:
                     await self._call_app(ident.key, send)
         except ClaimTakenOver:
             if not settled:  # else the refusal was the app's 500, already answered with a 409
@@ -364,7 +432,11 @@ class _Responder:
         for message in held:
             await self.send(message)
 
-    async def _settle(self, ident: Identity, token: int, capture: Capture | None) -> None:
+    async def _settle(
+        self, ident: Identity, token: int, capture: Capture | None, lease: Lease
+    ) -> bool:
+        """Settle the record (retried within the lease); False if a result to keep could not
+        be stored, so the answer must not go out as final."""
         obs = self.obs
         settlement = (
             capture.settlement(self.policy, obs.trace_ids, obs.stored_headers())
@@ -373,12 +445,14 @@ class _Responder:
         )
         started = time.perf_counter()
         try:
-            name = await asettle_record(self.store, ident.id, token, settlement, self.policy)
+            name = await asettle_record(self.store, ident.id, token, settlement, self.policy, lease)
         except StoreError as exc:
             log.error("could not settle idempotency record %s: %s", ident.id[:12], exc)
-            return
+            # An unreleased failure stays a failure: only a result to keep is withheld.
+            return not isinstance(settlement, Complete)
         if obs is not NULL_OBSERVATION:
             obs.store_time(name, time.perf_counter() - started)
+        return True
 
     async def _call_app(self, key: str, send: Send) -> None:
         # request.state.idempotency_key (SPEC 19): a copy of the request's state with the key,

@@ -19,9 +19,18 @@ from typing import Any
 from retrysafe.atomic._context import bound
 from retrysafe.atomic._run import Ending, finish, open_unit, require_atomic
 from retrysafe.context import _current_key
-from retrysafe.decide import Execute, Keyed, Pass, Refuse, Release, Replay, replay_headers
+from retrysafe.decide import (
+    Complete,
+    Execute,
+    Keyed,
+    Pass,
+    Refuse,
+    Release,
+    Replay,
+    replay_headers,
+)
 from retrysafe.engine import Heartbeat, claim_decision, settle_record
-from retrysafe.errors import ClaimTakenOver, StoreError
+from retrysafe.errors import ClaimTakenOver, StoreError, StoreUnavailable
 from retrysafe.fingerprint import HeaderView, RequestFacts, quoted_path, target_path
 from retrysafe.http._exchange import (
     Capture,
@@ -39,7 +48,9 @@ from retrysafe.http._exchange import (
     taken_over,
     too_large,
     unavailable,
+    unstored,
 )
+from retrysafe.lease import Lease, holding
 from retrysafe.outcomes import Outcome
 from retrysafe.policy import Policy
 from retrysafe.problems import ProblemResponse
@@ -181,6 +192,7 @@ class _Responder:
         )
         ident = identify(key, facts, self.policy)
         self.obs.keyed(key, ident.scope, ident.fingerprint)
+        claimed_at = time.monotonic()  # the lease began no earlier
         try:
             obs = self.obs  # no store timer when telemetry is off: nothing would read it
             timer = None if obs is NULL_OBSERVATION else obs.store_time
@@ -193,9 +205,10 @@ class _Responder:
             return self._problem(unavailable(self.policy, exc), Outcome.STORE_ERROR)
         if isinstance(decision, Execute):  # not a class pattern: see run()
             self.obs.decided(decision.outcome)
+            lease = Lease(ident.id, claimed_at, self.policy.lease_s, self.obs.lease_lost)
             if self.atomic:
-                return self._execute_atomic(ident, decision.token)
-            return self._execute(ident, decision.token)
+                return self._execute_atomic(ident, decision.token, lease)
+            return self._execute(ident, decision.token, lease)
         if isinstance(decision, Replay):
             response = decision.response
             self.obs.replayed(response)
@@ -221,7 +234,7 @@ class _Responder:
         finally:  # the body may stream later: the decision (serve unprotected) is made now
             self.obs.finish(Outcome.STORE_ERROR, status)
 
-    def _execute(self, ident: Identity, token: int) -> Iterable[bytes]:
+    def _execute(self, ident: Identity, token: int, lease: Lease) -> Iterable[bytes]:
         capture = Capture(self.policy.max_cached_body)
 
         def start_response(
@@ -236,24 +249,25 @@ class _Responder:
 
             return write_through
 
-        heartbeat = Heartbeat(self.store, ident.id, token, self.policy).__enter__()
+        heartbeat = Heartbeat(self.store, ident.id, token, self.policy, lease=lease).__enter__()
         try:
-            result = self._call_app(ident.key, start_response)
+            with holding(lease):
+                result = self._call_app(ident.key, start_response)
         except BaseException:
             heartbeat.__exit__()
-            self._settle(ident, token, None)
+            self._settle(ident, token, None, lease)
             self.obs.executed(capture.status or 500)
             raise
         return _Body(self, result, capture, ident, token, heartbeat)
 
-    def _execute_atomic(self, ident: Identity, token: int) -> Iterable[bytes]:
+    def _execute_atomic(self, ident: Identity, token: int, lease: Lease) -> Iterable[bytes]:
         """SPEC 13a: run the handler (its body included) with its unit bound, commit, and only
         then start the response: a client must never see a result a crash could still undo."""
         try:
             unit = open_unit(self.store, ident.id, token, ident.fingerprint, self.policy)
         except StoreError as exc:
             log.error("idempotency store unavailable, failing closed: %s", exc)
-            self._settle(ident, token, None)
+            self._settle(ident, token, None, lease)
             return self._problem(unavailable(self.policy, exc), Outcome.STORE_ERROR)
         capture = Capture(self.policy.max_cached_body)
         started: list[tuple[str, list[tuple[str, str]]]] = []
@@ -272,12 +286,14 @@ class _Responder:
 
             return write
 
-        heartbeat = Heartbeat(self.store, ident.id, token, self.policy, idle=lambda: unit.holding)
+        heartbeat = Heartbeat(
+            self.store, ident.id, token, self.policy, idle=lambda: unit.holding, lease=lease
+        )
         self.environ[ENVIRON_KEY] = ident.key
         reset = _current_key.set(ident.key)
         result: Iterable[bytes] = ()
         try:
-            with heartbeat, bound(unit), self.obs.active():
+            with heartbeat, bound(unit), holding(lease), self.obs.active():
                 result = self.app(self.environ, start_response)
                 for chunk in result:  # a generator app runs its handler here
                     capture.chunk(chunk)
@@ -328,7 +344,9 @@ class _Responder:
         self.start_response(status, headers)
         return chunks
 
-    def _settle(self, ident: Identity, token: int, capture: Capture | None) -> None:
+    def _settle(self, ident: Identity, token: int, capture: Capture | None, lease: Lease) -> bool:
+        """Settle the record (retried within the lease); False if a result to keep could not
+        be stored, so the answer must not go out as final."""
         obs = self.obs
         settlement = (
             capture.settlement(self.policy, obs.trace_ids, obs.stored_headers())
@@ -337,12 +355,14 @@ class _Responder:
         )
         started = time.perf_counter()
         try:
-            name = settle_record(self.store, ident.id, token, settlement, self.policy)
+            name = settle_record(self.store, ident.id, token, settlement, self.policy, lease)
         except StoreError as exc:
             log.error("could not settle idempotency record %s: %s", ident.id[:12], exc)
-            return
+            # An unreleased failure stays a failure: only a result to keep is withheld.
+            return not isinstance(settlement, Complete)
         if obs is not NULL_OBSERVATION:
             obs.store_time(name, time.perf_counter() - started)
+        return True
 
     def _call_app(self, key: str, start_response: StartResponse) -> Iterable[bytes]:
         self.environ[ENVIRON_KEY] = key
@@ -422,11 +442,17 @@ class _Body:
     may call ``close()`` without ever iterating; a generator would then skip its ``finally`` and
     leave the claim in flight with its heartbeat renewing it forever, so this is a class.
 
-    A response that declares its ``Content-Length`` is stored before the chunk that completes
-    it is handed to the server: a client that has the whole answer can always have it
-    replayed, even if the process dies right after answering. (Without a declared length the
-    last chunk is known only once the app says so, after it was sent; holding every chunk
-    back until the next would delay a stream.)
+    A response whose last chunk is known before it is sent - one that declares its
+    ``Content-Length``, or a list or tuple of chunks - is stored before that chunk is handed
+    to the server: a client that has the whole answer can always have it replayed, even if
+    the process dies right after answering. (Otherwise the last chunk is known only once the
+    app says so, after it was sent; holding every chunk back until the next would delay a
+    stream.)
+
+    If the result cannot be stored (the store stayed down through the retries), the answer
+    is not presented as final: when no byte was sent yet, the response is replaced by a 503
+    problem (``start_response`` with ``exc_info``, PEP 3333); otherwise the last chunk is
+    withheld and the iteration fails, so the server aborts the connection.
     """
 
     def __init__(
@@ -442,6 +468,8 @@ class _Body:
         self._ident, self._token, self._heartbeat = ident, token, heartbeat
         self._chunks: Iterator[bytes] | None = None
         self._length: int | None = -1  # the declared Content-Length; -1: not looked up yet
+        # A list or tuple says which chunk is its last.
+        self._left = len(result) if isinstance(result, list | tuple) else -1
         self._settled = False
         self._closed = False
 
@@ -454,13 +482,14 @@ class _Body:
         # A generator app runs its handler lazily, here: keep the current key visible (SPEC 19).
         reset: Token[str | None] = _current_key.set(self._ident.key)
         try:
-            with self._responder.obs.active():  # a lazy handler reports cost here too
+            with self._responder.obs.active(), holding(self._heartbeat.lease):
                 if self._chunks is None:
                     self._chunks = iter(self._result)
                 chunk = next(self._chunks)
         except StopIteration:
             self._capture.end()
-            self._finish(self._capture)
+            if not self._finish(self._capture):
+                return self._withheld(b"")
             raise
         except BaseException:
             self._finish(None)  # SPEC 12: the handler failed, a retry runs again
@@ -469,12 +498,16 @@ class _Body:
             _current_key.reset(reset)
         capture = self._capture
         capture.chunk(chunk)
-        if not self._settled:
-            length = self._length if self._length != -1 else self._declared_length()
-            if length is not None and capture.size >= length:
-                capture.end()
-                self._settle(capture)  # before the server sends the answer's last bytes
+        self._left -= 1
+        if not self._settled and (self._left == 0 or self._completes(capture)):
+            capture.end()
+            if not self._settle(capture):  # before the server sends the answer's last bytes
+                return self._withheld(chunk)
         return chunk
+
+    def _completes(self, capture: Capture) -> bool:
+        length = self._length if self._length != -1 else self._declared_length()
+        return length is not None and capture.size >= length
 
     def _declared_length(self) -> int | None:
         length: int | None = None
@@ -485,30 +518,51 @@ class _Body:
         self._length = length
         return length
 
+    def _withheld(self, last: bytes) -> bytes:
+        """The result was not stored: answer 503 if nothing was sent yet, else fail."""
+        self._closed = True
+        responder = self._responder
+        error = StoreUnavailable(
+            f"the result of idempotency record {self._ident.id[:12]} could not be stored; "
+            "its answer was withheld so the client does not take it for final"
+        )
+        if self._capture.size > len(last):  # bytes went out already: abort the connection
+            raise error
+        lease = self._heartbeat.lease
+        problem = unstored(responder.policy, lease.expires - time.monotonic())
+        # With exc_info the server replaces the unsent headers (or re-raises if it sent them).
+        responder.start_response(
+            _status_line(problem.status), problem.headers, (StoreUnavailable, error, None)
+        )
+        return problem.body
+
     def close(self) -> None:
         # Closed before the end: the client is gone. If the handler started answering it ran,
         # so keep the record (unreplayable) rather than let a retry run it again; if it never
         # answered, the capture has no status and the claim is released.
         self._finish(self._capture)
 
-    def _finish(self, outcome: Capture | None) -> None:
+    def _finish(self, outcome: Capture | None) -> bool:
         if self._closed:
-            return
+            return True
         self._closed = True
         close = getattr(self._result, "close", None)
         try:
             if close is not None:
                 close()
         finally:
-            self._settle(outcome)
+            stored = self._settle(outcome)
+        return stored
 
-    def _settle(self, outcome: Capture | None) -> None:
+    def _settle(self, outcome: Capture | None) -> bool:
         if self._settled:
-            return
+            return True
         self._settled = True
         self._heartbeat.__exit__()
-        self._responder._settle(self._ident, self._token, outcome)
-        self._responder.obs.executed(self._capture.status or 500)
+        responder = self._responder
+        stored = responder._settle(self._ident, self._token, outcome, self._heartbeat.lease)
+        responder.obs.executed(503 if not stored else self._capture.status or 500)
+        return stored
 
 
 def _status_line(status: int) -> str:

@@ -44,6 +44,7 @@ class AuditRecord:
     linked_span_id: str | None = None
     cost: dict[str, float] | None = None  # per unit: spent (billable) or avoided (replay)
     run_id: str | None = None  # a tool call's durable agent run: who used the key
+    lease_lost: str | None = None  # "taken_over" or "expired": the claim was lost mid-run
 
     def to_json(self) -> str:
         """One compact JSON object, fields in declaration order, None fields left out."""

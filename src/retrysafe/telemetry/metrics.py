@@ -35,6 +35,7 @@ ATTR_OUTCOME = "idempotency.outcome"
 ATTR_MISUSE = "retrysafe.key.misuse"  # "none", "mismatch" or "in_flight"
 ATTR_STORE_OP = "retrysafe.store.operation"
 ATTR_COST_UNIT = "retrysafe.cost.unit"
+ATTR_LEASE_LOST = "retrysafe.lease.lost_reason"
 
 # Store round trips are sub-millisecond to tens of milliseconds; requests reach seconds.
 STORE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0)
@@ -54,6 +55,7 @@ class Instruments:
         "cost_avoided",
         "duration",
         "key_uses",
+        "leases_lost",
         "replays",
         "requests",
         "store_duration",
@@ -94,6 +96,12 @@ class Instruments:
             unit="s",
             description="Time spent on a keyed request or call, by outcome",
             explicit_bucket_boundaries_advisory=REQUEST_BUCKETS,
+        )
+        self.leases_lost = meter.create_counter(
+            "retrysafe.lease.lost",
+            unit="{claim}",
+            description="Claims lost while their handler ran (taken over, or not renewed in "
+            "time): a duplicate may have run the operation alongside",
         )
         self.store_duration = meter.create_histogram(
             "retrysafe.store.duration",
@@ -137,6 +145,11 @@ class Instruments:
             if len(self._cache) < _CACHE_MAX:  # bounded: operations may be many
                 self._cache[key] = found
         return found
+
+    def lease_lost(self, surface: str, operation: str, reason: str) -> None:
+        self.leases_lost.add(
+            1, {ATTR_SURFACE: surface, ATTR_OPERATION: operation, ATTR_LEASE_LOST: reason}
+        )
 
     def store_latency(self, operation: str, seconds: float) -> None:
         attrs = _STORE_ATTRS.get(operation) or {ATTR_STORE_OP: operation}

@@ -62,6 +62,7 @@ ATTR_ATTEMPT = "retrysafe.idempotency.attempt"
 ATTR_COST = cost.COST_ATTRIBUTE
 ATTR_COST_AVOIDED = "retrysafe.cost.avoided"
 LINK_ROLE = "retrysafe.link"  # attribute on the replay's link: "first_execution"
+EVENT_LEASE_LOST = "retrysafe.lease_lost"  # span event; its "reason" attribute says how
 
 _IDLE_RECHECK_S = 1.0
 _MAX_ATTEMPT = 1_000_000  # a header is not trusted: anything larger is not an attempt number
@@ -310,6 +311,7 @@ class Observation:
         "_done",
         "_enrich",
         "_kind",
+        "_lease_lost",
         "_meter",
         "_name",
         "_owned",
@@ -354,6 +356,7 @@ class Observation:
         self._enrich = enrich
         self._span: Span | None = None
         self._owned = False
+        self._lease_lost: str | None = None
 
     def _span_now(self) -> Span:
         """The span this observation writes to, started on first use (lazily)."""
@@ -480,6 +483,20 @@ class Observation:
             )
         )
 
+    def lease_lost(self, reason: str) -> None:
+        """The claim was lost while the handler ran (``lease.TAKEN_OVER`` or ``EXPIRED``):
+        a span event now, a metric, and the audit line's ``lease_lost`` field.
+
+        Called from a heartbeat (a renewal thread for sync adapters): OpenTelemetry's span
+        and instruments are safe to use from any thread."""
+        if self._lease_lost is not None:
+            return
+        self._lease_lost = reason
+        span = self._span_now()
+        if span.is_recording():
+            span.add_event(EVENT_LEASE_LOST, {"reason": reason})
+        self.settings.instruments.lease_lost(self.surface, self.operation, reason)
+
     def settled(self, settlement: Settlement, seconds: float) -> None:
         """The store took ``seconds`` to complete or release the record."""
         self.store_time("complete" if isinstance(settlement, Complete) else "release", seconds)
@@ -529,6 +546,7 @@ class Observation:
                     linked_span_id=self.linked[1] if self.linked else None,
                     cost=spent or None,
                     run_id=self.run_id,
+                    lease_lost=self._lease_lost,
                 )
             )
         if self._owned:
@@ -575,6 +593,9 @@ class _NullObservation(Observation):
     def settled(self, settlement: Settlement, seconds: float) -> None:
         pass
 
+    def lease_lost(self, reason: str) -> None:
+        pass
+
     def active(self) -> AbstractContextManager[None]:
         return _NO_CONTEXT  # one shared instance: this runs on every keyed request
 
@@ -594,6 +615,7 @@ __all__ = [
     "ATTR_KEY",
     "ATTR_OUTCOME",
     "DEFAULT_TELEMETRY",
+    "EVENT_LEASE_LOST",
     "NULL_OBSERVATION",
     "Observation",
     "Telemetry",

@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 from django.db import connections
 from django.db import transaction as dj_transaction
 
-from retrysafe.atomic._context import current_unit, postgres_unit
+from retrysafe.atomic._context import held_unit, postgres_unit
 from retrysafe.atomic.django._thread import OwnThread, on_request_thread
 from retrysafe.errors import AtomicUnsupported, ConfigurationError, ForeignConnection
 from retrysafe.stores.base import AtomicUnit
@@ -146,7 +146,7 @@ def transaction(using: str = "default") -> Any:
             "retrysafe.atomic.django.transaction() blocks and Django's connections are not for "
             "the event loop's thread: in async code, use `await atransaction()`"
         )
-    unit, kind = _unit_and_link(current_unit())
+    unit, kind = _unit_and_link(held_unit())
     link = unit.attach(kind, lambda store: kind(store, using))
     return _same_database(link, using).handle
 
@@ -156,7 +156,7 @@ async def atransaction(using: str = "default") -> Any:
     transaction is begun on the thread Django's async ORM uses for this request, so
     ``await Model.objects.acreate(...)`` writes in it. Returns the connection wrapper, which
     belongs to that thread: reach it through the async ORM or ``sync_to_async``."""
-    unit, kind = _unit_and_link(current_unit())
+    unit, kind = _unit_and_link(held_unit())
     link = await unit.aattach(kind, lambda store: on_request_thread(kind, store, using))
     return _same_database(link, using).handle
 
