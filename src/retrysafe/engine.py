@@ -15,9 +15,10 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 from retrysafe._shield import shield_awaited
 from retrysafe.decide import Complete, Decision, Release, Settlement, Wait, decide
@@ -495,26 +496,26 @@ class SettleRetry:
         return delay
 
 
-def _settle_once(
-    store: Store, id: str, token: int, settlement: Settlement, policy: Policy
-) -> tuple[bool, str]:
+def _apply(store: Store, id: str, token: int, settlement: Settlement, policy: Policy) -> bool:
     match settlement:
         case Complete(response):
-            ok = store.complete(id, token, response, policy.ttl_s, policy.retention_s)
-            return ok, "complete"
+            return store.complete(id, token, response, policy.ttl_s, policy.retention_s)
         case Release():
-            return store.release(id, token), "release"
+            return store.release(id, token)
 
 
-async def _asettle_once(
+def _aapply(
     store: AsyncStore, id: str, token: int, settlement: Settlement, policy: Policy
-) -> tuple[bool, str]:
+) -> Coroutine[Any, Any, bool]:
     match settlement:
         case Complete(response):
-            ok = await store.acomplete(id, token, response, policy.ttl_s, policy.retention_s)
-            return ok, "complete"
+            return store.acomplete(id, token, response, policy.ttl_s, policy.retention_s)
         case Release():
-            return await store.arelease(id, token), "release"
+            return store.arelease(id, token)
+
+
+def _name(settlement: Settlement) -> str:
+    return "complete" if type(settlement) is Complete else "release"
 
 
 def settle_record(
@@ -534,22 +535,24 @@ def settle_record(
     until its lease lapses (outcome "recovered"), and the caller must not present the answer
     as final.
     """
-    retry: SettleRetry | None = None
-    while True:
-        try:
-            ok, name = _settle_once(store, id, token, settlement, policy)
-            break
-        except StoreError as exc:
-            now = time.monotonic()
-            retry = retry or SettleRetry(policy, lease, now)
-            delay = retry.next_delay(now, lease)
+    try:
+        ok = _apply(store, id, token, settlement, policy)
+    except StoreError as exc:
+        retry = SettleRetry(policy, lease, time.monotonic())
+        while True:  # the first attempt inline, as ever: only a failure pays for the loop
+            delay = retry.next_delay(time.monotonic(), lease)
             if delay is None:
-                raise
+                raise exc
             _retrying(id, exc, delay)
             time.sleep(delay)
+            try:
+                ok = _apply(store, id, token, settlement, policy)
+                break
+            except StoreError as again:
+                exc = again
     if not ok:
         _fenced(id, lease)
-    return name
+    return _name(settlement)
 
 
 async def asettle_record(
@@ -561,35 +564,38 @@ async def asettle_record(
     lease: Lease | None = None,
 ) -> str:
     """:func:`settle_record` for async stores, shielded: a cancelled request (client gone,
-    server shutting down, a timeout around a tool) must still settle its record, retries
-    included, or its duplicates would wait for the lease to lapse."""
-    return await shield_awaited(_asettle(store, id, token, settlement, policy, lease))
+    server shutting down, a timeout around a tool) must still settle its record, or its
+    duplicates would wait for the lease to lapse. The retries after a failure are shielded as
+    a whole (a request cancelled during its first attempt gets none)."""
+    try:
+        ok = await shield_awaited(_aapply(store, id, token, settlement, policy))
+    except StoreError as exc:
+        ok = await shield_awaited(_aretried(store, id, token, settlement, policy, lease, exc))
+    if not ok:
+        _fenced(id, lease)
+    return _name(settlement)
 
 
-async def _asettle(
+async def _aretried(
     store: AsyncStore,
     id: str,
     token: int,
     settlement: Settlement,
     policy: Policy,
     lease: Lease | None,
-) -> str:
-    retry: SettleRetry | None = None
+    exc: StoreError,
+) -> bool:
+    retry = SettleRetry(policy, lease, time.monotonic())
     while True:
+        delay = retry.next_delay(time.monotonic(), lease)
+        if delay is None:
+            raise exc
+        _retrying(id, exc, delay)
+        await asyncio.sleep(delay)
         try:
-            ok, name = await _asettle_once(store, id, token, settlement, policy)
-            break
-        except StoreError as exc:
-            now = time.monotonic()
-            retry = retry or SettleRetry(policy, lease, now)
-            delay = retry.next_delay(now, lease)
-            if delay is None:
-                raise
-            _retrying(id, exc, delay)
-            await asyncio.sleep(delay)
-    if not ok:
-        _fenced(id, lease)
-    return name
+            return await _aapply(store, id, token, settlement, policy)
+        except StoreError as again:
+            exc = again
 
 
 def _retrying(id: str, exc: StoreError, delay: float) -> None:

@@ -65,11 +65,19 @@ class Lease:
 _current_lease: ContextVar[Lease | None] = ContextVar("retrysafe_lease", default=None)
 
 
-class holding:  # lowercase: used like a function, ``with holding(lease):``
-    """Make ``lease`` the one :func:`lease_lost` reads while the handler runs.
+def bind(lease: Lease | None) -> Token[Lease | None]:
+    """Make ``lease`` the one :func:`lease_lost` reads (the adapters, while the handler runs);
+    undo with :func:`unbind`. Plain functions, not a context manager: this runs on every keyed
+    request (and every WSGI body chunk), next to the key's own ContextVar."""
+    return _current_lease.set(lease)
 
-    A class, not ``@contextmanager``: this runs on every keyed request (and every WSGI body
-    chunk), where a generator-based manager costs several times as much."""
+
+def unbind(token: Token[Lease | None]) -> None:
+    _current_lease.reset(token)
+
+
+class holding:  # lowercase: used like a function, ``with holding(lease):``
+    """:func:`bind` for a ``with`` statement (the atomic paths, which are not hot)."""
 
     __slots__ = ("_lease", "_reset")
     _reset: Token[Lease | None]
@@ -78,10 +86,10 @@ class holding:  # lowercase: used like a function, ``with holding(lease):``
         self._lease = lease
 
     def __enter__(self) -> None:
-        self._reset = _current_lease.set(self._lease)
+        self._reset = bind(self._lease)
 
     def __exit__(self, *exc: object) -> None:
-        _current_lease.reset(self._reset)
+        unbind(self._reset)
 
 
 def lease_lost() -> bool:

@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from retrysafe import lease as leases
 from retrysafe._shield import shielded
 from retrysafe.atomic._context import bound
 from retrysafe.atomic._run import Ending, afinish, aopen_unit, require_atomic
@@ -55,7 +56,7 @@ from retrysafe.http._exchange import (
     unavailable,
     unstored,
 )
-from retrysafe.lease import Lease, holding
+from retrysafe.lease import Lease
 from retrysafe.outcomes import Outcome
 from retrysafe.policy import Policy
 from retrysafe.problems import ProblemResponse
@@ -273,16 +274,8 @@ class _Responder:
             await heartbeat.end()
             return await self._settle(ident, token, kept, lease)
 
-        async def forward(message: Message) -> None:
-            nonlocal client_gone
-            try:
-                await downstream(message)
-            except OSError:  # ASGI 2.4: send raises an OSError once the client has gone away
-                client_gone = True
-                raise
-
         async def send(message: Message) -> None:
-            nonlocal held_start
+            nonlocal held_start, client_gone
             kind = message["type"]
             if kind == "http.response.start":
                 capture.start_raw(message["status"], message.get("headers", ()))
@@ -296,14 +289,17 @@ class _Responder:
                         await self._withhold(held_start is not None, ident, lease)
                         held_start = None
                         return
-            if held_start is not None:
-                start, held_start = held_start, None
-                await forward(start)
-            await forward(message)
+            try:
+                if held_start is not None:
+                    start, held_start = held_start, None
+                    await downstream(start)
+                await downstream(message)
+            except OSError:  # ASGI 2.4: send raises an OSError once the client has gone away
+                client_gone = True
+                raise
 
         try:
-            with holding(lease):
-                await self._call_app(ident.key, send)
+            await self._call_app(ident.key, send, lease)
         except BaseException as exc:
             # SPEC 12: an exception releases the claim so a retry runs again - unless the
             # client already received the whole response, which a retry must then see again,
@@ -314,9 +310,11 @@ class _Responder:
             keep = capture.finished or client_gone or cancelled
             await settle(capture if keep else None)
             raise
-        if held_start is not None:  # an app that sent a start and returned: pass it on
-            await forward(held_start)
-        await settle(capture)  # an app that returned without finishing its answer
+        try:
+            if held_start is not None:  # an app that sent a start and returned: pass it on
+                await downstream(held_start)
+        finally:
+            await settle(capture)  # an app that returned without finishing its answer
 
     async def _withhold(self, unstarted: bool, ident: Identity, lease: Lease) -> None:
         """The answer's result could not be stored: never present the answer as final.
@@ -387,14 +385,14 @@ class _Responder:
                 await self._commit_atomic(ident, unit, capture, held)
 
         try:
-            with bound(unit), holding(lease):
+            with bound(unit):
                 # The open transaction holds the record; once settled, nothing is left to renew.
                 idle = lambda: unit.holding or settled  # noqa: E731
                 beat = AsyncHeartbeat(
                     self.store, ident.id, token, self.policy, idle=idle, lease=lease
                 )
                 async with beat:
-                    await self._call_app(ident.key, send)
+                    await self._call_app(ident.key, send, lease)
         except ClaimTakenOver:
             if not settled:  # else the refusal was the app's 500, already answered with a 409
                 settled = True
@@ -454,7 +452,7 @@ class _Responder:
             obs.store_time(name, time.perf_counter() - started)
         return True
 
-    async def _call_app(self, key: str, send: Send) -> None:
+    async def _call_app(self, key: str, send: Send, lease: Lease | None = None) -> None:
         # request.state.idempotency_key (SPEC 19): a copy of the request's state with the key,
         # set in this request's scope (copying the whole scope cost more than the lookup).
         scope = self.scope
@@ -462,6 +460,7 @@ class _Responder:
         scope["state"] = {**state, STATE_KEY: key} if state else {STATE_KEY: key}
         obs = self.obs
         reset = _current_key.set(key)
+        held = leases.bind(lease) if lease is not None else None  # retrysafe.lease_lost()
         try:
             if obs is NULL_OBSERVATION:  # nothing to activate: skip a no-op context manager
                 await self.app(scope, self._receive, send)
@@ -469,6 +468,8 @@ class _Responder:
                 with obs.active():  # handler spans nest under ours; report_cost() works
                     await self.app(scope, self._receive, send)
         finally:
+            if held is not None:
+                leases.unbind(held)
             _current_key.reset(reset)
 
     async def _receive(self) -> Message:

@@ -16,6 +16,7 @@ from http import HTTPStatus
 from types import TracebackType
 from typing import Any
 
+from retrysafe import lease as leases
 from retrysafe.atomic._context import bound
 from retrysafe.atomic._run import Ending, finish, open_unit, require_atomic
 from retrysafe.context import _current_key
@@ -251,8 +252,7 @@ class _Responder:
 
         heartbeat = Heartbeat(self.store, ident.id, token, self.policy, lease=lease).__enter__()
         try:
-            with holding(lease):
-                result = self._call_app(ident.key, start_response)
+            result = self._call_app(ident.key, start_response, lease)
         except BaseException:
             heartbeat.__exit__()
             self._settle(ident, token, None, lease)
@@ -364,13 +364,18 @@ class _Responder:
             obs.store_time(name, time.perf_counter() - started)
         return True
 
-    def _call_app(self, key: str, start_response: StartResponse) -> Iterable[bytes]:
+    def _call_app(
+        self, key: str, start_response: StartResponse, lease: Lease | None = None
+    ) -> Iterable[bytes]:
         self.environ[ENVIRON_KEY] = key
         reset = _current_key.set(key)
+        held = leases.bind(lease) if lease is not None else None  # retrysafe.lease_lost()
         try:
             with self.obs.active():  # handler spans nest under ours; report_cost() works
                 return self.app(self.environ, start_response)
         finally:
+            if held is not None:
+                leases.unbind(held)
             _current_key.reset(reset)
 
     def _read_body(self, limit: int) -> ProblemResponse | None:
@@ -481,8 +486,9 @@ class _Body:
             raise StopIteration
         # A generator app runs its handler lazily, here: keep the current key visible (SPEC 19).
         reset: Token[str | None] = _current_key.set(self._ident.key)
+        held = leases.bind(self._heartbeat.lease)
         try:
-            with self._responder.obs.active(), holding(self._heartbeat.lease):
+            with self._responder.obs.active():
                 if self._chunks is None:
                     self._chunks = iter(self._result)
                 chunk = next(self._chunks)
@@ -495,6 +501,7 @@ class _Body:
             self._finish(None)  # SPEC 12: the handler failed, a retry runs again
             raise
         finally:
+            leases.unbind(held)
             _current_key.reset(reset)
         capture = self._capture
         capture.chunk(chunk)
