@@ -25,6 +25,7 @@ from retrysafe.stores.memory import MemoryStore
 from serverkit import serve_asgi, serve_wsgi
 
 Answer = tuple[int, list[tuple[str, str]], bytes]
+WAIT = 30.0  # bounds a hang only (a loaded CI machine)
 CREATED: Answer = (201, [("content-type", "application/json")], b'{"ok": true}')
 
 
@@ -64,7 +65,9 @@ def served(door: str, script: Script, policy: Policy) -> Any:
 
 
 def post(url: str, key: str) -> httpx.Response:
-    return httpx.post(url + "/orders", content=b"{}", headers={"Idempotency-Key": key})
+    return httpx.post(
+        url + "/orders", content=b"{}", headers={"Idempotency-Key": key}, timeout=WAIT
+    )
 
 
 @pytest.mark.parametrize("door", ["asgi", "wsgi"])
@@ -117,7 +120,7 @@ def test_client_transport_gets_through_after_a_429() -> None:
     retry = RetryPolicy(attempts=3, base=0.0, deadline=None)
     with serve_asgi(IdempotencyMiddleware(script.asgi, store=MemoryStore())) as url:
         transport = IdempotentTransport(retry=retry, budget=False)
-        with httpx.Client(transport=transport) as client:
+        with httpx.Client(transport=transport, timeout=WAIT) as client:
             answer = client.post(url + "/orders", content=b"{}")
     assert answer.status_code == 201
     assert script.runs == 2
@@ -139,7 +142,7 @@ def test_client_does_not_spend_attempts_on_a_replayed_answer() -> None:
     retry = RetryPolicy(attempts=5, base=0.0, deadline=None)
     with serve_asgi(counting) as url:
         transport = IdempotentTransport(retry=retry, budget=False)
-        with httpx.Client(transport=transport) as client:
+        with httpx.Client(transport=transport, timeout=WAIT) as client:
             answer = client.post(url + "/orders", content=b"{}")
     assert answer.status_code == 429
     assert answer.headers["idempotent-replayed"] == "true"
