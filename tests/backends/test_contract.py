@@ -13,6 +13,7 @@ import time
 import pytest
 
 from retrysafe.records import Claimed, Existing, State, StoredResponse
+from wakekit import HANG, NEVER, WakeProbe
 
 RESPONSE = StoredResponse(201, (("content-type", "application/json"),), b'{"id": 7}\x00\xff')
 
@@ -144,48 +145,50 @@ def test_delete_removes_whatever_state(bkit):
     assert not _claimed(store.claim("k", "fp", t)).expired_before
 
 
-def test_watch_is_woken_by_a_completion_in_another_process(bkit):
+def _listening(store: object) -> bool:
+    """Until the store's pub/sub (LISTEN) subscription is up: a message sent before it would
+    be lost, and with polling off (``wakes``) the waiter would then wait for ever."""
+    listener = store._listener  # type: ignore[attr-defined]
+    listener.ensure_started()
+    return bool(listener.ready.wait(HANG))
+
+
+def test_watch_is_woken_by_a_completion_in_another_process(bkit, wakes: WakeProbe):
     store, t = bkit.store, bkit.tick
-    first = _claimed(store.claim("k", "fp", 100 * t))
-    other = bkit.reopen()
-    store.watch("k", 0.05)  # start the listener; the record is in flight, so this times out
-    woken = threading.Event()
-    finished_at: list[float] = []
-
-    def waiter() -> None:
-        store.watch("k", 10.0)
-        finished_at.append(time.monotonic())
-        woken.set()
-
-    thread = threading.Thread(target=waiter)
+    first = _claimed(store.claim("k", "fp", 100_000 * t))  # no lapse can end the wait
+    other = bkit.reopen()  # another process's handle: its completion is only published
+    assert _listening(store)
+    thread = threading.Thread(target=store.watch, args=("k", NEVER), daemon=True)
     thread.start()
-    time.sleep(0.6)  # long enough that the poll interval has grown to its maximum
-    assert not woken.is_set()
-    completed_at = time.monotonic()
+    assert wakes.wait_parked(), "the waiter never waited on the in-flight record"
     assert other.complete("k", first.token, RESPONSE, 100 * t, 100 * t)
-    assert woken.wait(5.0)
-    thread.join()
-    # Polling alone would see it up to 0.25 s later; the notification is much quicker.
-    assert finished_at[0] - completed_at < 0.15
+    thread.join(HANG)
+    assert not thread.is_alive(), "the published completion did not wake the waiter"
+    assert wakes.woken == 1  # the notification woke it: polling is off
 
 
-def test_watch_returns_at_once_when_not_in_flight_and_at_timeout_otherwise(bkit):
+def test_watch_returns_at_once_when_not_in_flight_and_at_timeout_otherwise(bkit, wakes):
     store, t = bkit.store, bkit.tick
-    started = time.monotonic()
-    store.watch("absent", 5.0)
-    assert time.monotonic() - started < 1.0
-    _claimed(store.claim("k", "fp", 100 * t))
+    absent = threading.Thread(target=store.watch, args=("absent", NEVER), daemon=True)
+    absent.start()
+    absent.join(HANG)
+    assert not absent.is_alive()
+    assert wakes.parked == 0  # at once: it never waited
+    _claimed(store.claim("k", "fp", 100_000 * t))
     started = time.monotonic()
     store.watch("k", 0.3)
-    assert 0.25 <= time.monotonic() - started < 2.0
+    assert time.monotonic() - started >= 0.29  # a lower bound only: load makes waits longer
+    assert (wakes.parked, wakes.woken) == (1, 0)  # it waited, nothing woke it: the timeout
 
 
-def test_watch_returns_when_the_lease_lapses(bkit):
+def test_watch_returns_when_the_lease_lapses(bkit, wakes):
     store, t = bkit.store, bkit.tick
     _claimed(store.claim("k", "fp", 3 * t))
-    started = time.monotonic()
-    store.watch("k", 10.0)  # a takeover is possible once the lease lapses: stop waiting then
-    assert time.monotonic() - started < 3 * t + 1.0
+    thread = threading.Thread(target=store.watch, args=("k", NEVER), daemon=True)
+    thread.start()  # a takeover is possible once the lease lapses: stop waiting then
+    thread.join(HANG)
+    assert not thread.is_alive(), "the waiter outlived the lease"
+    assert wakes.woken == 0  # nothing was published: the lease's end ended the wait
     assert _claimed(store.claim("k", "fp", 3 * t)).recovered
 
 
@@ -228,19 +231,19 @@ async def test_async_face_follows_the_same_rules(bkit):
     assert await store.aget("k") is None
 
 
-async def test_async_watch_is_woken_by_a_sync_completion(bkit):
+async def test_async_watch_is_woken_by_a_sync_completion(bkit, wakes: WakeProbe):
     import asyncio
 
     store, t = bkit.store, bkit.tick
-    first = _claimed(await store.aclaim("k", "fp", 100 * t))
-    waiting = asyncio.create_task(store.awatch("k", 10.0))
-    await asyncio.sleep(0.3)
-    assert not waiting.done()
-    started = time.monotonic()
+    first = _claimed(await store.aclaim("k", "fp", 100_000 * t))
     other = bkit.reopen()
+    assert await asyncio.to_thread(_listening, store)
+    waiting = asyncio.create_task(store.awatch("k", NEVER))
+    assert await asyncio.to_thread(wakes.wait_parked)
+    assert not waiting.done()
     await asyncio.to_thread(other.complete, "k", first.token, RESPONSE, 10 * t, 10 * t)
-    await asyncio.wait_for(waiting, 5.0)
-    assert time.monotonic() - started < 1.0
+    await asyncio.wait_for(waiting, HANG)
+    assert wakes.woken == 1  # the published completion woke the task: polling is off
 
 
 @pytest.mark.parametrize("replayable", [True, False])
