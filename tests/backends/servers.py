@@ -11,6 +11,7 @@ import contextlib
 import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -25,15 +26,6 @@ from storekit import server_down as shared_down
 __all__ = ["POSTGRES_URL", "REDIS_URL", "require", "shared_down"]
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
-
-# A script that keeps the Redis server busy for ARGV[1] microseconds (a stalled server).
-BUSY_LUA = """
-local t = redis.call('TIME')
-local stop = tonumber(t[1]) * 1000000 + tonumber(t[2]) + tonumber(ARGV[1])
-repeat t = redis.call('TIME') until tonumber(t[1]) * 1000000 + tonumber(t[2]) >= stop
-return 1
-"""
-
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -87,9 +79,22 @@ class RedisServer:
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)  # a frozen server dies too
             self.proc.kill()
             self.proc.wait()
         self.proc = None
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """A stalled server (SIGSTOP) until the block ends: connections stay open, nothing is
+        answered. Unlike a busy script it stalls for as long as the test needs, so a call that
+        fails inside the block can only have been failed by the client's own timeout."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            self.proc.send_signal(signal.SIGCONT)
 
 
 def redis_available() -> str | None:

@@ -4,20 +4,23 @@ string, a response that names its token, older layouts ignored)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.crc import key_slot
-from servers import BUSY_LUA, REDIS_URL, require, shared_down
+from servers import REDIS_URL, RedisServer, redis_available, require, shared_down
 
 from retrysafe.errors import ConfigurationError, StoreError, StoreUnavailable
 from retrysafe.records import Claimed, Existing, StoredResponse
 from retrysafe.stores.redis import RedisStore
+from wakekit import HANG
 
 OK = StoredResponse(200, (("content-type", "text/plain"),), b"ok")
 
@@ -220,26 +223,27 @@ def test_a_prefix_with_braces_is_refused(prefix):
         RedisStore(REDIS_URL, prefix=prefix)
 
 
-async def test_an_async_operation_past_its_deadline_answers_and_leaves_no_stale_reply(raw):
+async def test_an_async_operation_past_its_deadline_answers_and_leaves_no_stale_reply(
+    tmp_path: Path,
+):
     """SPEC 17 on the async face, whose channel bounds each command with its connection's
     one timer (not redis-py's socket_timeout): a server that stalls past the deadline gets
-    StoreUnavailable in bounded time, and the interrupted connection's late reply never
+    StoreUnavailable from the timeout, and the interrupted connection's late reply never
     answers a later call (test_redis_wire.py checks the channel itself)."""
-    store = RedisStore(REDIS_URL, prefix=f"t{uuid.uuid4().hex[:8]}:", timeout=0.2, pool_size=1)
-    assert isinstance(await store.aclaim("known", "fp", 60), Claimed)  # connection made
-    # The server stalls 0.8 s in a script sent (not awaited) before our call goes out.
-    busy = raw.connection_pool.get_connection()
-    busy.send_command("EVAL", BUSY_LUA, 0, 800_000)
-    started = time.monotonic()
-    with pytest.raises(StoreUnavailable):
-        await store.aget("known")
-    assert time.monotonic() - started < 0.6  # the 0.2 s timeout, not the 0.8 s stall
-    assert busy.read_response() == 1
-    raw.connection_pool.release(busy)
-    # The loop's one connection was dropped mid-read; a later call must read its own reply.
-    assert await store.aget("absent") is None
-    found = await store.aget("known")
-    assert found is not None
-    assert found.fingerprint == "fp"
-    await store.adelete("known")
-    await store.aclose()
+    require("redis-server", redis_available())
+    server = RedisServer(tmp_path / "redis").start()
+    store = RedisStore(server.url, prefix="d:", timeout=0.2, pool_size=1)
+    try:
+        assert isinstance(await store.aclaim("known", "fp", 60), Claimed)  # connection made
+        # Stalled until the block ends: only the store's timeout can answer.
+        with server.frozen(), pytest.raises(StoreUnavailable):
+            await asyncio.wait_for(store.aget("known"), HANG)
+        # The server now answers the GET on the dropped connection; a later call on this
+        # loop must read its own reply, not that late one.
+        assert await store.aget("absent") is None
+        known = await store.aget("known")
+        assert known is not None
+        assert known.fingerprint == "fp"
+    finally:
+        await store.aclose()
+        server.kill()
