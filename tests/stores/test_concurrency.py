@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import threading
-import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,6 +31,7 @@ from retrysafe.records import ClaimResult, Existing, State
 from retrysafe.stores.memory import MemoryStore
 from retrysafe.stores.sqlite import SQLiteStore
 from storekit import StoreKit
+from wakekit import HANG, NEVER
 
 from ._common import new_id
 from ._workers import CheckThenSet, Outcome, claimer, describe, hold_then_settle
@@ -225,20 +225,17 @@ def test_watch_sees_a_settlement_made_by_another_process(tmp_path: Path, how: st
         held = watcher_store.get("watched")
         assert held is not None
         assert (held.state, held.token) == (State.IN_FLIGHT, token)
-        woke: list[float] = []
-        thread = threading.Thread(
-            target=lambda: (watcher_store.watch("watched", 10.0), woke.append(time.monotonic()))
-        )
+        # No timeout (NEVER) and a 60 s lease in the holder: only a poll seeing the
+        # settlement can end this watch before HANG.
+        thread = threading.Thread(target=watcher_store.watch, args=("watched", NEVER), daemon=True)
         thread.start()
         thread.join(0.2)
         assert thread.is_alive(), "watch returned while the other process still held the key"
         ours.send(how)
         assert ours.poll(30)
         assert ours.recv() is True
-        settled = time.monotonic()
-        thread.join(15)
-        assert not thread.is_alive()
-        assert woke[0] - settled < 1.0  # polling, not the 10 s timeout
+        thread.join(HANG)
+        assert not thread.is_alive(), "polling never saw the other process's settlement"
         record = watcher_store.get("watched")
         assert (record is None) == (how == "release")
     finally:
