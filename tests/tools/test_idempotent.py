@@ -6,7 +6,6 @@ import asyncio
 import datetime as dt
 import json
 import threading
-import time
 from decimal import Decimal
 from typing import Any
 
@@ -27,6 +26,7 @@ from retrysafe.tools import current_key, idempotent
 from storekit import StoreKit
 from tools.tools_flavour import Flavour, both
 from tools.tools_models import Invoice, Opaque, PaymentDeclined, Receipt
+from wakekit import HANG, NEVER, WakeProbe
 
 
 class Ledger:
@@ -342,18 +342,24 @@ def test_methods_key_on_the_instance(kit: StoreKit) -> None:
 
 
 @both
-def test_a_waiter_stops_waiting_when_the_lease_lapses(kit: StoreKit, flavour: Flavour) -> None:
+def test_a_waiter_stops_waiting_when_the_lease_lapses(
+    kit: StoreKit, flavour: Flavour, wakes: WakeProbe
+) -> None:
     """``watch`` returns at the lease's end, so a duplicate takes over a dead holder's claim
     after the lease rather than after the whole wait bound (the stores' ``lease_left``)."""
     claimed = kit.store.claim("dead-holder", "fp", 2 * kit.tick)
     assert claimed is not None
     kit.advance(3 * kit.tick)
-    started = time.monotonic()
     if flavour.is_async:
-        asyncio.run(kit.store.awatch("dead-holder", 5.0))
+        thread = threading.Thread(
+            target=asyncio.run, args=(kit.store.awatch("dead-holder", NEVER),), daemon=True
+        )
     else:
-        kit.store.watch("dead-holder", 5.0)
-    assert time.monotonic() - started < 2.5
+        thread = threading.Thread(target=kit.store.watch, args=("dead-holder", NEVER), daemon=True)
+    thread.start()  # no timeout: only the lapsed lease can end this watch
+    thread.join(HANG)
+    assert not thread.is_alive(), "the waiter outlived the lease"
+    assert wakes.parked == 0  # at once: the lease had lapsed, there was nothing to wait for
 
 
 class Reversed:
