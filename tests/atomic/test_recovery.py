@@ -81,9 +81,9 @@ def test_an_old_holder_waking_after_a_takeover_is_refused_and_rolled_back(
             cur = atomic.transaction().execute("INSERT INTO ledger VALUES (?, 200)", (key,))
             return {"key": key, "row": cur.lastrowid}
 
-        started = time.monotonic()
-        mine = charge("k")  # waits for the lease to lapse, then takes over
-        assert time.monotonic() - started >= LEASE * 0.5
+        # Waits for the lease to lapse (or finds it lapsed already: how long that takes is the
+        # machine's business), then takes over; the holder's "taken_over" below proves it.
+        mine = charge("k")
     finally:
         os.kill(proc.pid, signal.SIGCONT)
     conn.send("go")
