@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import random
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,9 +74,12 @@ class Chaos:
         return f"{self.db}-{'+'.join(dict.fromkeys(self.doors))}"
 
 
+# Sizes that prove the point and no more: each client hits every named point once (so each
+# point is killed twice per door, once per worker) and a few random moments, among enough
+# unkilled keys that the two workers overlap. Every kill costs a fresh worker process.
 CHAOS = [
     *(
-        Chaos("sqlite", (door, door), 30, NAMED_POINTS * 2, 6, 0.006, seed)
+        Chaos("sqlite", (door, door), 16, NAMED_POINTS, 3, 0.006, seed)
         for door, seed in (("function", 13), ("wsgi", 8), ("asgi", 21))
     ),
     Chaos("postgres", ("function", "afunction"), 12, ("after_write", "after_commit"), 2, 0.01, 8),
@@ -157,7 +159,6 @@ def run_chaos(
 def test_every_charge_is_in_the_ledger_exactly_once_despite_sigkills(
     dbkit: DbKit, workers: list[Worker], case: Chaos
 ) -> None:
-    started = time.monotonic()
     mine, answers = run_chaos(dbkit, workers, case)
     # Per worker: one kill per named point and per random moment (a retry is never killed).
     assert [worker.kills for worker in mine] == [len(case.named) + case.randoms] * 2
@@ -179,7 +180,6 @@ def test_every_charge_is_in_the_ledger_exactly_once_despite_sigkills(
         assert record.phase is None
     dbkit.check_intact()
     assert dbkit.states() == ["completed"]
-    assert time.monotonic() - started < 60
 
 
 PLAIN = [("sqlite", "function"), ("sqlite", "wsgi"), ("sqlite", "asgi"), ("postgres", "function")]
