@@ -19,6 +19,7 @@ from retrysafe.records import Claimed, ClaimResult, Existing, State, StoredRespo
 from retrysafe.stores.base import AtomicStore, AtomicUnit
 from retrysafe.stores.postgres import PostgresStore
 from retrysafe.stores.postgres_atomic import PostgresUnit
+from wakekit import HANG
 
 from ._pg import PgDb, pg
 
@@ -138,7 +139,7 @@ def test_a_takeover_waits_for_the_open_transaction_then_replays_it(
     got: list[ClaimResult] = []
     retry = threading.Thread(target=lambda: got.append(other.claim("k", FP, LEASE)))
     retry.start()
-    deadline = time.monotonic() + 1.5
+    deadline = time.monotonic() + HANG  # bounds a hang: the wait appears when it appears
     while _lock_waiters(pg) == 0:  # the retry's upsert is queued behind our row lock
         assert time.monotonic() < deadline, "the takeover did not wait for the transaction"
     assert not got
