@@ -15,23 +15,43 @@ from retrysafe.policy import Policy
 from retrysafe.records import Claimed
 from retrysafe.stores.memory import MemoryStore
 from retrysafe.stores.sqlite import SQLiteStore
+from wakekit import HANG, NEVER
 
 
 class _CountingMemoryStore(MemoryStore):
-    """A real memory store that signals once it has renewed ``wanted`` times."""
+    """A real memory store that counts its renewals."""
 
-    def __init__(self, wanted: int) -> None:
+    def __init__(self) -> None:
         super().__init__()
         self.renewed = 0
-        self.reached = threading.Event()
-        self._wanted = wanted
+        self._counted = threading.Condition()
 
     def renew(self, id: str, token: int, lease: float) -> bool:
         ok = super().renew(id, token, lease)
-        self.renewed += 1
-        if self.renewed >= self._wanted:
-            self.reached.set()
+        with self._counted:
+            self.renewed += 1
+            self._counted.notify_all()
         return ok
+
+    def wait_renewed(self, count: int) -> bool:
+        with self._counted:
+            return self._counted.wait_for(lambda: self.renewed >= count, HANG)
+
+
+class _StuckSQLiteStore(SQLiteStore):
+    """A real SQLite store that tells when a renewal begins and how many have returned."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, busy_timeout=NEVER)  # a renewal waits as long as the lock is held
+        self.entered = threading.Event()
+        self.returned = 0
+
+    def renew(self, id: str, token: int, lease: float) -> bool:
+        self.entered.set()
+        try:
+            return super().renew(id, token, lease)
+        finally:
+            self.returned += 1
 
 
 def _claim(store: MemoryStore | SQLiteStore, id: str) -> int:
@@ -43,19 +63,22 @@ def _claim(store: MemoryStore | SQLiteStore, id: str) -> int:
 def test_a_renewal_blocked_on_one_store_does_not_stall_another(tmp_path: Path) -> None:
     policy = Policy(lease=3.0, heartbeat=0.05)
     path = tmp_path / "locked.db"
-    stuck_store = SQLiteStore(path, busy_timeout=5.0)
+    stuck_store = _StuckSQLiteStore(path)
     stuck_token = _claim(stuck_store, "stuck")
-    fine_store = _CountingMemoryStore(wanted=5)
+    fine_store = _CountingMemoryStore()
     fine_token = _claim(fine_store, "fine")
 
     holder = sqlite3.connect(path, isolation_level=None)
-    holder.execute("BEGIN IMMEDIATE")  # every other writer now waits up to its busy timeout
+    holder.execute("BEGIN IMMEDIATE")  # every other writer now waits until it is rolled back
     try:
         with Heartbeat(stuck_store, "stuck", stuck_token, policy):
             with Heartbeat(fine_store, "fine", fine_token, policy):
-                # five renewals take ~0.25 s; with renewals run one after another they would
-                # all wait behind the stuck one for its 5 s busy timeout
-                assert fine_store.reached.wait(timeout=3.0), fine_store.renewed
+                assert stuck_store.entered.wait(HANG)  # a renewal is stuck on the lock
+                now = fine_store.renewed
+                assert fine_store.wait_renewed(now + 5), fine_store.renewed
+                # all five renewed while the stuck renewal was still blocked: run one after
+                # another, they would all have waited behind it
+                assert stuck_store.returned == 0
             assert holder.in_transaction  # the lock was held the whole time
     finally:
         holder.execute("ROLLBACK")
