@@ -32,6 +32,7 @@ from retrysafe.policy import Policy, authorization_scope
 from retrysafe.records import Claimed, ClaimResult, Record, StoredResponse
 from retrysafe.stores.memory import MemoryStore
 from storekit import FakeClock
+from wakekit import HANG
 
 RAW = [
     (b"host", b"example"),
@@ -137,12 +138,16 @@ async def test_async_claim_fast_path_waits_too() -> None:
 
 
 class _CountingStore(MemoryStore):
-    def __init__(self) -> None:
+    def __init__(self, wanted: tuple[str, int] = ("", 0)) -> None:
         super().__init__()
         self.renewals: dict[str, int] = {}
+        self.wanted = wanted
+        self.reached = asyncio.Event()  # set once wanted[0] has been renewed wanted[1] times
 
     async def arenew(self, id: str, token: int, lease: float) -> bool:
         self.renewals[id] = self.renewals.get(id, 0) + 1
+        if (id, self.renewals[id]) == self.wanted:
+            self.reached.set()
         return await super().arenew(id, token, lease)
 
 
@@ -156,20 +161,26 @@ def _claim_each(store: MemoryStore, **policies: Policy) -> dict[str, int]:
     return tokens
 
 
+# Periods far apart, so that counting beats says which timer fired without timing anything:
+# by the time the fast claim has beaten BEATS times the slow one, due only after SLOW_PERIOD,
+# must not have beaten at all (a shared timer that beat everything at once would have).
+BEATS = 5
+FAST = Policy(lease=0.3, heartbeat=0.02)
+SLOW = Policy(lease=60.0, heartbeat=20.0)  # its first beat is due long after BEATS fast ones
+
+
 async def test_heartbeats_of_one_loop_share_a_timer_yet_keep_their_own_periods() -> None:
-    store = _CountingStore()
-    fast, slow = Policy(lease=0.3, heartbeat=0.04), Policy(lease=3.0, heartbeat=0.25)
-    tokens = _claim_each(store, fast=fast, slow=slow, done=fast)
-    finished = AsyncHeartbeat(store, "done", tokens["done"], fast).begin()
+    store = _CountingStore(wanted=("fast", BEATS))
+    tokens = _claim_each(store, fast=FAST, slow=SLOW, done=FAST)
+    finished = AsyncHeartbeat(store, "done", tokens["done"], FAST).begin()
     await finished.end()  # a handler that finished at once never beats
     async with (
-        AsyncHeartbeat(store, "fast", tokens["fast"], fast),
-        AsyncHeartbeat(store, "slow", tokens["slow"], slow),
+        AsyncHeartbeat(store, "fast", tokens["fast"], FAST),
+        AsyncHeartbeat(store, "slow", tokens["slow"], SLOW),
     ):
-        await asyncio.sleep(0.4)
+        await asyncio.wait_for(store.reached.wait(), HANG)
+        assert store.renewals.get("slow", 0) == 0  # its own period, not the fast one's
     assert store.renewals.get("done", 0) == 0
-    assert 4 <= store.renewals["fast"] <= 12  # every ~0.04 s (up to a tenth early)
-    assert 1 <= store.renewals["slow"] <= 2  # every ~0.25 s
     record = store.get("fast")
     assert isinstance(record, Record)
     assert record.lease_until > store._clock()  # still held: the beats kept it alive
@@ -179,34 +190,36 @@ class _CountingSyncStore(MemoryStore):
     def __init__(self) -> None:
         super().__init__()
         self.renewals: dict[str, int] = {}
-        self._count_lock = threading.Lock()
+        self._counted = threading.Condition()
 
     def renew(self, id: str, token: int, lease: float) -> bool:
-        with self._count_lock:
+        with self._counted:
             self.renewals[id] = self.renewals.get(id, 0) + 1
+            self._counted.notify_all()
         return super().renew(id, token, lease)
+
+    def wait_renewed(self, id: str, count: int) -> bool:
+        with self._counted:
+            return self._counted.wait_for(lambda: self.renewals.get(id, 0) >= count, HANG)
 
 
 def test_sync_heartbeats_share_a_thread_keep_their_periods_and_leave_nothing_behind() -> None:
     store = _CountingSyncStore()
-    fast, slow = Policy(lease=0.3, heartbeat=0.04), Policy(lease=3.0, heartbeat=0.25)
-    tokens = _claim_each(store, fast=fast, slow=slow, done=fast)
-    with Heartbeat(store, "done", tokens["done"], fast):
+    tokens = _claim_each(store, fast=FAST, slow=SLOW, done=FAST)
+    with Heartbeat(store, "done", tokens["done"], FAST):
         pass  # a handler that finished at once never beats
-    stop = threading.Event()
     with (
-        Heartbeat(store, "fast", tokens["fast"], fast),
-        Heartbeat(store, "slow", tokens["slow"], slow),
+        Heartbeat(store, "fast", tokens["fast"], FAST),
+        Heartbeat(store, "slow", tokens["slow"], SLOW),
     ):
-        stop.wait(0.4)  # the handlers "run" for 0.4 s
+        assert store.wait_renewed("fast", BEATS), store.renewals
+        assert store.renewals.get("slow", 0) == 0  # its own period, not the fast one's
     assert store.renewals.get("done", 0) == 0
-    assert 4 <= store.renewals["fast"] <= 11  # every ~0.04 s
-    assert 1 <= store.renewals["slow"] <= 2  # every ~0.25 s
     record = store.get("fast")
     assert isinstance(record, Record)
     assert record.lease_until > store._clock()  # still held: the beats kept it alive
     after = dict(store.renewals)
-    stop.wait(0.1)  # finished handlers are beaten no more, and nothing of theirs is kept
+    threading.Event().wait(0.1)  # finished handlers are beaten no more, and nothing is kept
     assert store.renewals == after
     assert not any(beat._store is store for beat in _scheduler._due)
 
@@ -217,7 +230,7 @@ def _beats_in_child(parent_thread_ran: bool, results: Any) -> None:
     claimed = store.claim("child", "fp", policy.lease_s)
     assert isinstance(claimed, Claimed)
     with Heartbeat(store, "child", claimed.token, policy):
-        threading.Event().wait(0.3)
+        store.wait_renewed("child", 3)  # beats come, or HANG passes and the count says so
     results.put((parent_thread_ran, store.renewals.get("child", 0)))
 
 
@@ -234,14 +247,14 @@ def test_a_forked_child_renews_with_a_heartbeat_thread_of_its_own() -> None:
         child = ctx.Process(target=_beats_in_child, args=(ran, results))
         child.start()
         try:
-            parent_ran, renewals = results.get(timeout=10)
+            parent_ran, renewals = results.get(timeout=2 * HANG)
             child.join(timeout=10)
         finally:
             if child.is_alive():
                 child.kill()
     assert child.exitcode == 0
     assert parent_ran
-    assert renewals >= 3  # the child's own thread beat every ~0.04 s
+    assert renewals >= 3  # the child's own thread beat
 
 
 def test_memory_store_keeps_one_deadline_entry_per_record_and_still_expires_it() -> None:
