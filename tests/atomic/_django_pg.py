@@ -21,6 +21,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from retrysafe.stores.postgres import PostgresStore
+from wakekit import HANG
 
 from ._django_worker import configure, serve, serve_asgi
 
@@ -105,7 +106,8 @@ class Ctx:
     def wait_for_lock_waiter(self) -> bool:
         """Until another backend waits on a lock of our records table; False if none came."""
         with psycopg.connect(self.url, autocommit=True) as conn:
-            for _ in range(500):
+            deadline = time.monotonic() + HANG  # bounds a hang only
+            while time.monotonic() < deadline:
                 row = conn.execute(
                     "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
                     "AND datname = current_database() AND position(%s in query) > 0",

@@ -122,8 +122,13 @@ def test_a_claim_taken_over_before_begin_is_refused_and_nothing_commits(
 
 
 def _lock_waiters(pg: PgDb) -> int:
+    """Backends waiting on a lock in a statement on our records (the database is shared)."""
     with psycopg.connect(pg.url, autocommit=True) as conn:
-        row = conn.execute("SELECT count(*) FROM pg_locks WHERE NOT granted").fetchone()
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND datname = current_database() AND position(%s in query) > 0",
+            (f"{pg.prefix}records",),
+        ).fetchone()
     assert row is not None
     return int(row[0])
 

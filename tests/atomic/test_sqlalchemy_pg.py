@@ -24,6 +24,7 @@ from retrysafe.policy import storage_id
 from retrysafe.records import Claimed, ClaimResult, Existing, Record, State
 from retrysafe.stores.postgres import PostgresStore
 from retrysafe.tools import idempotent
+from wakekit import HANG
 
 from ._pg import PgDb, pg
 
@@ -225,7 +226,8 @@ def test_a_takeover_waits_for_the_lent_connection_and_replays(pg: PgDb, engine: 
 def _wait_for_a_lock_waiter(pg: PgDb) -> None:
     """Until another backend waits on a lock (the retry's upsert of our locked row)."""
     with psycopg.connect(pg.url, autocommit=True) as conn:
-        for _ in range(500):
+        deadline = time.monotonic() + HANG  # bounds a hang only
+        while time.monotonic() < deadline:
             row = conn.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
                 "AND datname = current_database() AND position(%s in query) > 0",
