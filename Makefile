@@ -16,8 +16,13 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/retrysafe demo
 
+# Two pytest-xdist workers, tests handed out one by one (worksteal: the multi-process chaos
+# and real-clock tests are long). Tests are independent: each uses its own Redis key prefix,
+# PostgreSQL tables and private-server ports. TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

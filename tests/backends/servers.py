@@ -27,6 +27,7 @@ __all__ = ["POSTGRES_URL", "REDIS_URL", "require", "shared_down"]
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -34,9 +35,15 @@ def free_port() -> int:
 
 
 def free_cluster_port() -> int:
-    """A free port whose cluster-bus twin (port + 10000) is free and valid too."""
+    """A free port whose cluster-bus twin (port + 10000) is free and valid too.
+
+    Each pytest-xdist worker (gw0, gw1, ...) draws from a range of its own, so two workers
+    starting their clusters at once cannot both pick a port that was free when checked."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    span = 1000
+    low = 20000 + (int(worker) % 10 if worker.isdigit() else 0) * span
     for _ in range(200):
-        port = random.randint(20000, 30000)
+        port = random.randint(low, low + span - 1)
         try:
             for p in (port, port + 10000):
                 with socket.socket() as s:
