@@ -21,7 +21,15 @@ from retrysafe.errors import InvalidKey
 from retrysafe.keys import parse_key
 from retrysafe.outcomes import Outcome
 from retrysafe.policy import Policy, Problem
-from retrysafe.records import Claimed, ClaimResult, Existing, Record, State, StoredResponse
+from retrysafe.records import (
+    Claimed,
+    ClaimResult,
+    Existing,
+    Previous,
+    Record,
+    State,
+    StoredResponse,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +48,7 @@ class Keyed:
 class Execute:
     token: int
     outcome: Outcome  # EXECUTED, EXPIRED or RECOVERED
+    previous: Previous | None = None  # the record replaced (EXPIRED, RECOVERED), for telemetry
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,9 +141,9 @@ def decide(result: ClaimResult, fingerprint: str, waited: float, policy: Policy)
     # comparison per case tried, and this runs on every claim.
     if isinstance(result, Claimed):
         if result.recovered:
-            return Execute(result.token, _RECOVERED)
+            return Execute(result.token, _RECOVERED, result.previous)
         if result.expired_before:
-            return Execute(result.token, _EXPIRED)
+            return Execute(result.token, _EXPIRED, result.previous)
         return Execute(result.token, _EXECUTED)
     if isinstance(result, Existing):
         return _on_existing(result.record, fingerprint, waited, policy)

@@ -134,18 +134,36 @@ class Record(NamedTuple):
     phase: str | None = None
 
 
+class Previous(NamedTuple):
+    """The record a claim replaced, for telemetry (times on the store's clock, in seconds).
+
+    For an expired key (its tombstone): ``ended_at`` is when its TTL lapsed. For a takeover
+    (an in-flight claim whose holder went silent): ``ended_at`` is when its lease lapsed, and
+    ``silent_for`` how long the holder had not renewed it, counting one lease of this claim's
+    length before the lapse (the store keeps no renewal times). ``now`` is the claim's time.
+    """
+
+    token: int
+    created_at: float
+    ended_at: float
+    now: float
+    silent_for: float | None = None
+
+
 class Claimed(NamedTuple):
     """The caller now holds the key: it must run the operation, then complete or release.
 
     ``token`` is the fencing token every later write must present. ``expired_before`` says the
     key had a completed record whose TTL had lapsed (outcome ``expired``); ``recovered`` says
-    an earlier holder's lease lapsed and this claim took over (outcome ``recovered``).
+    an earlier holder's lease lapsed and this claim took over (outcome ``recovered``);
+    ``previous`` describes the record replaced in either case.
     """
 
     token: int
     expired_before: bool = False
     recovered: bool = False
     previous_fingerprint: str | None = None
+    previous: Previous | None = None
 
 
 class Existing(NamedTuple):
@@ -259,7 +277,8 @@ def claim_on(
         token = next_token(previous, now)
         transition(state, Event.TAKEOVER)
         new = Record(id, fingerprint, _IN_FLIGHT, token, now + lease, 0.0, 0.0, None, now)
-        return Claimed(token, False, True, record.fingerprint), new
+        lapsed = taken_over(record.token, record.created_at, record.lease_until, now, lease)
+        return Claimed(token, False, True, record.fingerprint, lapsed), new
     if state in _ENDED:
         return Existing(record, now), record
     expired = state is _TOMBSTONE
@@ -267,7 +286,15 @@ def claim_on(
     token = next_token(previous, now)
     new = Record(id, fingerprint, claimed, token, now + lease, 0.0, 0.0, None, now)
     prev_fp = record.fingerprint if expired else None
-    return Claimed(token, expired, False, prev_fp), new
+    gone = Previous(record.token, record.created_at, record.expires_at, now) if expired else None
+    return Claimed(token, expired, False, prev_fp, gone), new
+
+
+def taken_over(
+    token: int, created_at: float, lease_until: float, now: float, lease: float
+) -> Previous:
+    """The :class:`Previous` of a lapsed claim taken over at ``now`` by a claim of ``lease``."""
+    return Previous(token, created_at, lease_until, now, now - lease_until + lease)
 
 
 def renew_on(record: Record | None, token: int, lease: float, now: float) -> Record | None:

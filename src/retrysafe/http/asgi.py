@@ -202,7 +202,7 @@ class _Responder:
             return
         if isinstance(decision, Execute):  # not a class pattern: see run()
             token, outcome = decision.token, decision.outcome
-            obs.decided(outcome)
+            obs.decided(outcome, decision.previous)
             capture = Capture(self.policy.max_cached_body)
             lease = Lease(ident.id, claimed_at, self.policy.lease_s, obs.lease_lost)
             try:

@@ -205,7 +205,7 @@ class _Responder:
             log.error("idempotency store unavailable, failing closed: %s", exc)
             return self._problem(unavailable(self.policy, exc), Outcome.STORE_ERROR)
         if isinstance(decision, Execute):  # not a class pattern: see run()
-            self.obs.decided(decision.outcome)
+            self.obs.decided(decision.outcome, decision.previous)
             lease = Lease(ident.id, claimed_at, self.policy.lease_s, self.obs.lease_lost)
             if self.atomic:
                 return self._execute_atomic(ident, decision.token, lease)

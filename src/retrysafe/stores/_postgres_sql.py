@@ -117,9 +117,11 @@ class Statements:
         self.lock_id = int.from_bytes(digest[:8], "big", signed=True)
         self.drop = q("DROP TABLE IF EXISTS {t}, {p}")
 
-        # -> one row: claimed token | NULL, origin, prev_fingerprint, now, the live record
-        # (when not claimed). A claimed token and no record is impossible; neither means a
-        # concurrent writer changed the row after this statement's snapshot: run it again.
+        # -> one row: claimed token | NULL, origin, prev_fingerprint, now, the replaced record's
+        # token, created_at and end (lease_until or expires_at: telemetry, as this statement's
+        # snapshot read it), the live record (when not claimed). A claimed token and no record
+        # is impossible; neither means a concurrent writer changed the row after this
+        # statement's snapshot: run it again.
         #
         # ``cur`` reads the row without a lock. When it is live (a replay, a duplicate in
         # flight, a mismatch) the INSERT has no source row, so the statement stays read-only:
@@ -159,10 +161,14 @@ class Statements:
                          ELSE r.expires_at <= excluded.created_at END
               RETURNING r.token, r.origin, r.prev_fingerprint
             )
-            SELECT up.token, up.origin, up.prev_fingerprint, now.t, {cols}
+            SELECT up.token, up.origin, up.prev_fingerprint, now.t,
+                   w.token, w.created_at,
+                   CASE WHEN w.state = 'in_flight' THEN w.lease_until ELSE w.expires_at END,
+                   {cols}
             FROM now
             LEFT JOIN up ON true
             LEFT JOIN cur r ON up.token IS NULL
+            LEFT JOIN cur w ON up.origin IN ('expired', 'recovered')
             """
         )
         self.renew = hot(

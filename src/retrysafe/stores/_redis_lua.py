@@ -57,7 +57,8 @@ end
 """
 
 # ARGV: fingerprint, lease_us, abandoned_grace_us
-# -> {1, token, expired_before, recovered, previous_fingerprint|false}
+# -> {1, token, expired_before, recovered, previous_fingerprint|false,
+#     previous token, previous created_at, previous end (expires_at or lease_until), now}
 # |  {0, now, record, response|false}  (the live record, as it stands)
 CLAIM = (
     _PRELUDE
@@ -65,16 +66,17 @@ CLAIM = (
 local now = now_us()
 local v = redis.call('GET', KEYS[1])
 local expired, recovered, prevfp, token = 0, 0, false, now
+local prevtok, prevca, prevend = 0, 0, 0
 if v then
   local st, ex, ru, tok, lu, ca, fp = parse(v)
   if st == 'i' or st == 'w' then
     -- only a retry of the same request takes over a lapsed lease (SPEC 9, records.claim_on)
     if now < lu or fp ~= ARGV[1] then return {0, now, v, false} end
-    recovered, prevfp = 1, fp
+    recovered, prevfp, prevtok, prevca, prevend = 1, fp, tok, ca, lu
   elseif now < ex then
     return {0, now, v, redis.call('GET', KEYS[2])}
   elseif now < ru then
-    expired, prevfp = 1, fp
+    expired, prevfp, prevtok, prevca, prevend = 1, fp, tok, ca, ex
   end
   -- records.next_token: the clock in microseconds, bumped past the previous token
   if tok + 1 > token then token = tok + 1 end
@@ -82,7 +84,7 @@ end
 local lease = tonumber(ARGV[2])
 redis.call('SET', KEYS[1], record('i', 0, 0, token, now + lease, now, ARGV[1]),
            'PX', ms(lease + tonumber(ARGV[3])))
-return {1, token, expired, recovered, prevfp}
+return {1, token, expired, recovered, prevfp, prevtok, prevca, prevend, now}
 """
 )
 

@@ -44,7 +44,16 @@ import psycopg_pool
 from psycopg import sql
 
 from retrysafe.errors import ConfigurationError, StoreUnavailable
-from retrysafe.records import Claimed, ClaimResult, Existing, Record, State, StoredResponse
+from retrysafe.records import (
+    Claimed,
+    ClaimResult,
+    Existing,
+    Previous,
+    Record,
+    State,
+    StoredResponse,
+    taken_over,
+)
 from retrysafe.stores._errors import translated
 from retrysafe.stores._notify import Notifier
 from retrysafe.stores._perloop import PerLoop
@@ -217,7 +226,7 @@ class PostgresStore:
         params = _claim_params(id, fingerprint, lease)
         for _ in range(_CLAIM_ATTEMPTS):
             row = self._one(self.sql.claim, params)
-            result = _claim_result(id, fingerprint, row)
+            result = _claim_result(id, fingerprint, row, lease)
             if result is not None:
                 return result
         raise ClaimRaced(id)
@@ -270,7 +279,7 @@ class PostgresStore:
         params = _claim_params(id, fingerprint, lease)
         for _ in range(_CLAIM_ATTEMPTS):
             row = await self._aone(self.sql.claim, params)
-            result = _claim_result(id, fingerprint, row)
+            result = _claim_result(id, fingerprint, row, lease)
             if result is not None:
                 return result
         raise ClaimRaced(id)
@@ -486,18 +495,27 @@ def _complete_params(
     }
 
 
-def _claim_result(id: str, fingerprint: str, row: Row | None) -> ClaimResult | None:
+def _claim_result(id: str, fingerprint: str, row: Row | None, lease: float) -> ClaimResult | None:
     """The claim's answer, or None when the statement raced a concurrent writer."""
     assert row is not None
-    token, origin, previous, now = row[:4]
+    token, origin, previous, now, ptok, pca, pend = row[:7]
     if token is not None:
+        was = None
+        if origin in ("expired", "recovered") and ptok is not None:
+            at, created, ended = now / 1_000_000, pca / 1_000_000, pend / 1_000_000
+            was = (
+                taken_over(int(ptok), created, ended, at, lease)
+                if origin == "recovered"
+                else Previous(int(ptok), created, ended, at)
+            )
         return Claimed(
             int(token),
             expired_before=origin == "expired",
             recovered=origin == "recovered",
             previous_fingerprint=previous,
+            previous=was,
         )
-    record = _record(now, row[4:])
+    record = _record(now, row[7:])
     if record is None:
         return None  # inserted by another session after our snapshot: look again
     lapsed = record.state is State.IN_FLIGHT and record.lease_until * 1_000_000 <= now

@@ -57,7 +57,16 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from retrysafe.errors import ConfigurationError, StoreError, StoreUnavailable
-from retrysafe.records import Claimed, ClaimResult, Existing, Record, State, StoredResponse
+from retrysafe.records import (
+    Claimed,
+    ClaimResult,
+    Existing,
+    Previous,
+    Record,
+    State,
+    StoredResponse,
+    taken_over,
+)
 from retrysafe.stores import _redis_lua as lua
 from retrysafe.stores._errors import caught, translated, unavailable
 from retrysafe.stores._notify import Notifier
@@ -298,7 +307,7 @@ class RedisStore:
             reply = self._s().claim(
                 keys=self._keys(id), args=[fingerprint, _us(lease), _us(ABANDONED_GRACE)]
             )
-        return _claim_result(id, reply)
+        return _claim_result(id, reply, lease)
 
     def renew(self, id: str, token: int, lease: float) -> bool:
         with translated(self._what, _ERRORS):
@@ -415,7 +424,7 @@ class RedisStore:
 
     async def aclaim(self, id: str, fingerprint: str, lease: float) -> ClaimResult:
         args = [fingerprint, _us(lease), _us(ABANDONED_GRACE)]
-        return _claim_result(id, await self._aeval("claim", self._keys(id), args))
+        return _claim_result(id, await self._aeval("claim", self._keys(id), args), lease)
 
     async def arenew(self, id: str, token: int, lease: float) -> bool:
         return bool(await self._aeval("renew", self._keys(id)[:1], _renew_args(token, lease)))
@@ -581,14 +590,24 @@ _STATES = {
 }
 
 
-def _claim_result(id: str, reply: list[Any]) -> ClaimResult:
+def _claim_result(id: str, reply: list[Any], lease: float) -> ClaimResult:
     if int(reply[0]) == 1:
-        _, token, expired, recovered, previous = reply
+        _, token, expired, recovered, previous, ptok, pca, pend, now_us = reply
+        was = None
+        if expired or recovered:
+            now, ended = int(now_us) / 1_000_000, int(pend) / 1_000_000
+            created = int(pca) / 1_000_000
+            was = (
+                taken_over(int(ptok), created, ended, now, lease)
+                if recovered
+                else Previous(int(ptok), created, ended, now)
+            )
         return Claimed(
             int(token),
             expired_before=bool(expired),
             recovered=bool(recovered),
             previous_fingerprint=None if previous is None else bytes(previous).decode(),
+            previous=was,
         )
     now = int(reply[1])
     record = _record(id, now, reply[2], reply[3])

@@ -45,7 +45,7 @@ from opentelemetry.util.types import AttributeValue
 from retrysafe.decide import Complete, Settlement
 from retrysafe.engine import CACHE_HIT
 from retrysafe.outcomes import Outcome
-from retrysafe.records import StoredResponse
+from retrysafe.records import Previous, StoredResponse
 from retrysafe.telemetry import audit, cost
 from retrysafe.telemetry.metrics import Instruments, default_instruments
 
@@ -63,6 +63,9 @@ ATTR_COST = cost.COST_ATTRIBUTE
 ATTR_COST_AVOIDED = "retrysafe.cost.avoided"
 LINK_ROLE = "retrysafe.link"  # attribute on the replay's link: "first_execution"
 EVENT_LEASE_LOST = "retrysafe.lease_lost"  # span event; its "reason" attribute says how
+# Span events of an execution that is not a first one (docs/observability.md lists attributes):
+EVENT_KEY_EXPIRED = "retrysafe.key_expired"  # the key was used before, but past its TTL
+EVENT_LEASE_TAKEOVER = "retrysafe.lease_takeover"  # the previous holder went silent
 
 _IDLE_RECHECK_S = 1.0
 _MAX_ATTEMPT = 1_000_000  # a header is not trusted: anything larger is not an attempt number
@@ -237,6 +240,28 @@ def observe_call(
     obs = telemetry.observe("tool", tool, span_name=f"execute_tool {tool}", attributes=attrs)
     obs.run_id = run_id or None
     return obs
+
+
+def _previous_event(span: Span, outcome: Outcome, previous: Previous) -> None:
+    """The span event of an expired key run again, or of a takeover from a silent holder."""
+    if outcome is Outcome.EXPIRED:
+        span.add_event(
+            EVENT_KEY_EXPIRED,
+            {
+                "retrysafe.key.first_used_at": previous.created_at,
+                "retrysafe.key.expired_at": previous.ended_at,
+                "retrysafe.key.expired_for_s": max(0.0, previous.now - previous.ended_at),
+            },
+        )
+    elif outcome is Outcome.RECOVERED:
+        attributes: dict[str, AttributeValue] = {
+            "retrysafe.lease.previous_token": previous.token,
+            "retrysafe.lease.previous_claimed_at": previous.created_at,
+            "retrysafe.lease.lapsed_at": previous.ended_at,
+        }
+        if previous.silent_for is not None:
+            attributes["retrysafe.lease.silent_for_s"] = max(0.0, previous.silent_for)
+        span.add_event(EVENT_LEASE_TAKEOVER, attributes)
 
 
 def _is_proxy(provider: MeterProvider) -> bool:
@@ -447,18 +472,21 @@ class Observation:
         amounts = self._meter.amounts if self._meter else None
         return ((cost.COST_HEADER, cost.encode(amounts)),) if amounts else ()
 
-    def decided(self, outcome: Outcome) -> None:
+    def decided(self, outcome: Outcome, previous: Previous | None = None) -> None:
         """Put the outcome on the span now, before the handler runs.
 
         ``opentelemetry-instrumentation-asgi`` ends its server span as soon as the last body
         message is sent, which is before :meth:`finish` runs for an execution; attributes set
-        after that would be lost.
+        after that would be lost. ``previous`` (an expired key's tombstone, a lapsed claim)
+        becomes a span event, so back-ends can list and alert on re-executions.
         """
         self._decided = outcome
         span = self._span_now()
         if span.is_recording():
             span.set_attribute(ATTR_OUTCOME, outcome.value)
             span.set_attribute(ATTR_BILLABLE, outcome.billable)
+            if previous is not None:
+                _previous_event(span, outcome, previous)
 
     def executed(self, status: int | None) -> None:
         """Finish an execution with the outcome given to :meth:`decided`."""
@@ -581,7 +609,7 @@ class _NullObservation(Observation):
     def replayed(self, response: StoredResponse) -> None:
         pass
 
-    def decided(self, outcome: Outcome) -> None:
+    def decided(self, outcome: Outcome, previous: Previous | None = None) -> None:
         pass
 
     def executed(self, status: int | None) -> None:
@@ -615,7 +643,9 @@ __all__ = [
     "ATTR_KEY",
     "ATTR_OUTCOME",
     "DEFAULT_TELEMETRY",
+    "EVENT_KEY_EXPIRED",
     "EVENT_LEASE_LOST",
+    "EVENT_LEASE_TAKEOVER",
     "NULL_OBSERVATION",
     "Observation",
     "Telemetry",

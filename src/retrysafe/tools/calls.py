@@ -361,7 +361,7 @@ def call_flow(spec: CallSpec, call: Call, obs: Observation) -> _CallFlow:
             obs.finish(decision.outcome)
             raise spec.refused(decision, call)
         case Execute(token, outcome):
-            obs.decided(outcome)
+            obs.decided(outcome, decision.previous)
             unit = (yield _OpenUnit(token)) if spec.atomic else None
             try:
                 value = yield _Run(token, unit)
