@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -17,6 +19,8 @@ from typing import TYPE_CHECKING
 import click
 
 from retrysafe import __version__
+from retrysafe._cli_errors import BadInput, Group, cli_error
+from retrysafe._cli_files import IDEMPOTENCY_STORE, check_sqlite
 from retrysafe.check_cli import check
 from retrysafe.client.dlq_cli import dlq
 from retrysafe.gateway_cli import proxy
@@ -40,32 +44,38 @@ store_option = click.option(
 )
 
 
-def open_store_or_exit(url: str | None) -> DualStore:
-    """``open_store(url)``; a bad URL or an unusable store is a one-line error, not a traceback."""
-    from retrysafe.errors import RetrySafeError
-    from retrysafe.stores.url import open_store
+def open_store_or_exit(url: str | None, *, must_exist: bool = True) -> DualStore:
+    """``open_store(url)``; a bad URL or an unusable store is a one-line error, not a traceback.
 
+    A SQLite file is checked first (``_cli_files``): a missing one is reported, not created
+    (unless ``must_exist`` is false: ``store init``), and a file of another kind is refused.
+    """
+    from retrysafe.errors import RetrySafeError
+    from retrysafe.stores.url import DEFAULT_URL, open_store
+
+    url = url or os.environ.get(ENV_VAR) or DEFAULT_URL
+    check_sqlite(url, IDEMPOTENCY_STORE, must_exist=must_exist)
     try:
         return open_store(url)
     except RetrySafeError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise cli_error(exc) from exc
 
 
 @contextlib.contextmanager
-def using_store(url: str | None) -> Iterator[DualStore]:
+def using_store(url: str | None, *, must_exist: bool = True) -> Iterator[DualStore]:
     """An open store for one command, closed after; store failures become one-line errors."""
     from retrysafe.errors import RetrySafeError
 
-    store = open_store_or_exit(url)
+    store = open_store_or_exit(url, must_exist=must_exist)
     try:
         yield store
     except RetrySafeError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise cli_error(exc) from exc
     finally:
         store.close()
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="retrysafe")
 def cli() -> None:
     """retrysafe: idempotency keys done right, so retries are safe."""
@@ -242,12 +252,20 @@ def _demo_scenarios(store_url: str | None, verbose: bool) -> None:
 # -- keys ------------------------------------------------------------------------------------
 
 
+_STORE_ID = re.compile(r"^[0-9a-f]{64}$")
+
+
 def _record_id(key: str, scope: str | None, authorization: str | None, raw_id: bool) -> str:
     """The store id of ``key``: SHA-256 of (scope, key), the scope as the middleware derives it."""
     from retrysafe.fingerprint import RequestFacts
     from retrysafe.policy import authorization_scope, storage_id
 
     if raw_id:
+        if not _STORE_ID.match(key):
+            raise BadInput(
+                f"--id: {key[:80]!r} is not a store id; a store id is 64 lowercase hex digits, "
+                "as `retrysafe keys show` prints it (or drop --id to give the client's key)"
+            )
         return key
     if scope is None:
         headers = (("authorization", authorization),) if authorization else ()
@@ -379,7 +397,7 @@ def store_init(url: str) -> None:
     PostgreSQL: creates the schema, table and indexes (safe to run concurrently and again).
     SQLite creates its table when the file is opened; Redis and memory have no schema.
     """
-    with using_store(url) as opened:
+    with using_store(url, must_exist=False) as opened:
         init = getattr(opened, "init_schema", None)
         if init is None:
             click.echo(f"{_kind(opened)} store: there is no schema to create, nothing to do")

@@ -94,6 +94,6 @@ def test_redis_with_a_password() -> None:
 )
 def test_a_bad_url_is_one_line_without_the_password(args: list[str]) -> None:
     result = run(*args)
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # a bad URL (README, exit codes)
     assert result.output.startswith("Error: ")
     assert "u:***@127.0.0.1" in result.output

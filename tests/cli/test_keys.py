@@ -95,7 +95,7 @@ def test_delete_removes_the_record_once(db: Path) -> None:
 def test_a_bad_store_url_is_a_clear_error() -> None:
     result = CliRunner().invoke(cli, ["keys", "show", "k", "--store", "nosuch://x"])
 
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "Error: unknown store URL scheme" in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
 
@@ -106,7 +106,7 @@ def test_a_store_file_that_is_not_a_database_is_a_clear_error(tmp_path: Path) ->
 
     result = CliRunner().invoke(cli, ["keys", "delete", "k", "--store", f"sqlite:///{garbage}"])
 
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "Error:" in result.output
     assert "not a database" in result.output
     assert garbage.read_bytes() == b"this is not SQLite" * 100  # untouched

@@ -252,7 +252,7 @@ def test_store_init_elsewhere_has_nothing_to_create(kind: str, tmp_path: Path) -
 def test_store_init_with_a_bad_url_is_a_clear_error() -> None:
     result = invoke("store", "init", "nosuch://x")
 
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "Error: unknown store URL scheme" in result.output
 
 
@@ -260,6 +260,7 @@ def test_admin_commands_see_through_the_local_replay_cache(tmp_path: Path) -> No
     # A URL with ?local_cache wraps the store (stores/cached.py): the commands still reach
     # the wrapped store's purge/stats, and messages name the wrapped store's kind.
     on_file = f"sqlite:///{tmp_path / 'cached.db'}?local_cache=10"
+    assert invoke("store", "init", on_file).exit_code == 0  # the commands create no file
     purged = invoke("keys", "purge", "--store", on_file)
     assert purged.exit_code == 0, purged.output
     assert purged.output.strip() == "purged: 0 expired record(s) deleted"

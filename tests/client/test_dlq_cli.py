@@ -95,13 +95,13 @@ def test_list_show_replay_purge(dlq_url: DLQUrl) -> None:
 
 def test_bad_store_url_is_a_one_line_error() -> None:
     result = CliRunner().invoke(cli, ["dlq", "list", "--store", "mysql://x"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "supports sqlite://, redis://" in result.output
 
 
 def test_an_unreachable_store_is_a_one_line_error() -> None:
     down = "redis://127.0.0.1:1/0?connect_timeout=0.5"  # port 1: nothing listens on loopback
     result = CliRunner().invoke(cli, ["dlq", "list", "--store", down])
-    assert result.exit_code == 1
+    assert result.exit_code == 3
     assert "dead-letter queue redis://127.0.0.1:1/0" in result.output
     assert "Traceback" not in result.output

@@ -10,6 +10,7 @@ says which header to pass), since without them the server would run it a second 
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,6 +18,8 @@ from datetime import UTC, datetime
 
 import click
 
+from retrysafe._cli_errors import BadInput, cli_error
+from retrysafe._cli_files import DEAD_LETTER_QUEUE, check_sqlite
 from retrysafe.client.dlq import DeadLetter, DeadLetterQueue, EntryState
 from retrysafe.client.dlq_credentials import header_label
 from retrysafe.errors import RetrySafeError
@@ -39,22 +42,39 @@ store_option = click.option(
 )
 
 
+# An entry id is a UUID; a prefix of one is what `dlq list` shows (8 characters).
+_ID_PREFIX = re.compile(r"^[0-9a-f][0-9a-f-]{0,35}$")
+
+
+def _plural(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
 @contextmanager
 def _queue(url: str) -> Iterator[DeadLetterQueue]:
+    """The queue at ``url``; a missing SQLite file is reported, not created, and a file of
+    another kind (the idempotency store, a text file) is refused (``_cli_files``)."""
+    check_sqlite(url if "://" in url else f"sqlite:///{url}", DEAD_LETTER_QUEUE)
     try:
         queue = DeadLetterQueue(url)
     except RetrySafeError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise cli_error(exc) from exc
     try:
         yield queue
     except RetrySafeError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise cli_error(exc) from exc
     finally:
         queue.close()
 
 
 def _find(queue: DeadLetterQueue, prefix: str) -> DeadLetter:
     """The entry whose id is or starts with ``prefix`` (ids are long; 8 characters do)."""
+    if not _ID_PREFIX.match(prefix.lower()):
+        raise BadInput(
+            f"{prefix!r} is not an entry id: give the id or its first characters as "
+            "`retrysafe dlq list` shows them (hex digits, e.g. 3f2a9c1e)"
+        )
+    prefix = prefix.lower()
     matches = [e for e in queue.entries(limit=100_000) if e.id.startswith(prefix)]
     if not matches:
         raise click.ClickException(f"no dead-letter entry {prefix!r}")
@@ -74,7 +94,8 @@ def _due(e: DeadLetter, now: float) -> str:
 
 
 def _when(t: float) -> str:
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    """A time with its zone, always UTC: ``2026-12-06T03:40:26+00:00``."""
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
 
 
 @click.group()
@@ -97,9 +118,8 @@ def dlq_list(store_url: str, state: str | None) -> None:
     with _queue(store_url) as queue:
         entries = queue.entries(EntryState(state) if state else None)
     now = time.time()
-    noun = "entry" if len(entries) == 1 else "entries"
     where = redacted_url(store_url).partition("?")[0]  # no password; options are noise here
-    table = Table(title=f"{len(entries)} {noun} in {where}")
+    table = Table(title=f"{_plural(len(entries), 'entry', 'entries')} in {where}")
     for column in ("id", "state", "reason", "key", "tries"):
         table.add_column(column, no_wrap=True)
     for column in ("request", "last error", "due"):
@@ -196,8 +216,14 @@ def dlq_replay(
         ids = [_find(queue, prefix).id for prefix in entries] if entries else None
         with httpx.Client(transport=IdempotentTransport(), headers=live) as client:
             results = queue.replay(client, ids, force=force or bool(entries))
-    table = Table(title=f"replayed {len(results)} entries")
-    for column in ("id", "key", "now", "status"):
+    if not results:
+        with _queue(store_url) as queue:
+            listed = queue.entries(limit=100_000)
+        named = [e for e in listed if ids is None or e.id in ids]
+        click.echo(_why_nothing(named, time.time(), named=ids is not None), err=True)
+        return
+    table = Table(title=f"replayed {_plural(len(results), 'entry', 'entries')}")
+    for column in ("id", "key", "state", "status"):
         table.add_column(column, no_wrap=True)
     table.add_column("detail", overflow="fold")
     for r in results:
@@ -230,4 +256,34 @@ def dlq_purge(store_url: str, states: tuple[str, ...]) -> None:
     """Delete finished entries (or those in --state)."""
     with _queue(store_url) as queue:
         removed = queue.purge(*(EntryState(s) for s in states))
-    click.echo(f"purged {removed} entries")
+    click.echo(f"purged {_plural(removed, 'entry', 'entries')}")
+
+
+_NOT_REPLAYED = {
+    EntryState.REPLAYING: "is being replayed by another replayer (its claim lapses if it died)",
+    EntryState.DONE: "is done (a replay got its answer)",
+    EntryState.FAILED: "failed (a terminal answer; `retrysafe dlq show` has it)",
+    EntryState.RECONCILE: "is past its replay window: check the far side by hand",
+}
+
+
+def _why_nothing(entries: list[DeadLetter], now: float, *, named: bool) -> str:
+    """Why a replay sent nothing: the named entries are finished, no entry is parked, or none
+    is due yet (and when the next is)."""
+    if named:
+        states = ", ".join(f"{e.id[:8]} {_NOT_REPLAYED.get(e.state, 'is parked')}" for e in entries)
+        return f"nothing replayed: {states or 'the entries are gone'}"
+    parked = [e for e in entries if e.state is EntryState.PARKED]
+    claimed = [e for e in entries if e.state is EntryState.REPLAYING]
+    if parked:
+        soonest = min(e.not_before for e in parked) - now
+        return (
+            f"nothing replayed: {_plural(len(parked), 'parked entry is', 'parked entries are')} "
+            f"not due yet (the next in {soonest:.0f} s); --force replays them now"
+        )
+    if claimed:
+        return (
+            f"nothing replayed: {_plural(len(claimed), 'entry is', 'entries are')} being "
+            "replayed by another replayer (its claim lapses on its own if it died)"
+        )
+    return "nothing replayed: no entry is parked (`retrysafe dlq list` shows every state)"

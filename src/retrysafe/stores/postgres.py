@@ -58,6 +58,14 @@ from retrysafe.stores._errors import translated
 from retrysafe.stores._notify import Notifier
 from retrysafe.stores._perloop import PerLoop
 from retrysafe.stores._pg_apool import AsyncPool
+from retrysafe.stores._pg_connect import (
+    POOL_NAME_PREFIX,
+    ConnectFailures,
+    is_connect_failure,
+    quiet_pool_warnings,
+    reason,
+    recording_connection,
+)
 from retrysafe.stores._postgres_sql import Statements
 from retrysafe.stores._stats import KeyStats, from_rows
 from retrysafe.stores._urlopts import as_bool, redacted_url, split_options
@@ -149,14 +157,19 @@ class PostgresStore:
         self._lazy_init = o.get("init_schema", init_schema)
         self._schema_ready = False
         self._schema_lock = threading.Lock()
+        # The pool connects in the background and only logs why it could not: the connection
+        # class remembers the last failure, so a PoolTimeout can name its cause (_guard).
+        self._connect_failures = ConnectFailures()
+        quiet_pool_warnings()
         self._pool = psycopg_pool.ConnectionPool(
             self._conninfo,
+            connection_class=recording_connection(self._connect_failures),
             min_size=pool_min,
             max_size=pool_size,
             timeout=self._pool_timeout,
             kwargs=self._connect_kwargs,
             open=False,
-            name=f"retrysafe-{self.sql.table_name}",
+            name=f"{POOL_NAME_PREFIX}{self.sql.table_name}",
         )
         self._pool.open(wait=False)  # connects in the background: a down server is no error
         self._async: PerLoop[AsyncPool] = PerLoop(self._make_async)
@@ -378,10 +391,20 @@ class PostgresStore:
 
     @contextlib.contextmanager
     def _guard(self) -> Iterator[None]:
-        """Backend errors become StoreUnavailable (chained); a missing table says what to do."""
+        """Backend errors become StoreUnavailable (chained); a missing table says what to do,
+        a connection that cannot be made says why (database missing, refused, auth failed)."""
         with translated(self._what, _ERRORS):
             try:
                 yield
+            except psycopg_pool.PoolTimeout as exc:
+                failed = self._connect_failures.last
+                if failed is None:  # connected, but every connection is busy
+                    raise
+                raise StoreUnavailable(f"{self._what}: cannot connect: {reason(failed)}") from exc
+            except psycopg.OperationalError as exc:
+                if not is_connect_failure(exc):
+                    raise
+                raise StoreUnavailable(f"{self._what}: cannot connect: {reason(exc)}") from exc
             except psycopg.errors.UndefinedTable as exc:
                 raise StoreUnavailable(
                     f"{self._what}: table {self.sql.table_name!r} does not exist; create it "

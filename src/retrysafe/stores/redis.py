@@ -93,7 +93,12 @@ URL_OPTIONS: dict[str, Callable[[str], Any]] = {
     "listen": as_bool,  # pub/sub wake-ups for waiting duplicates, default true
 }
 
-_ERRORS: tuple[type[BaseException], ...] = (redis.exceptions.RedisError, ReplyError)
+# RedisClusterException is no RedisError: a cluster client that found no cluster raises it.
+_ERRORS: tuple[type[BaseException], ...] = (
+    redis.exceptions.RedisError,
+    redis.exceptions.RedisClusterException,
+    ReplyError,
+)
 _CAUGHT = caught(_ERRORS)
 Client = redis.Redis | redis.cluster.RedisCluster
 
@@ -253,6 +258,18 @@ class RedisStore:
         )
         return redis.Redis(connection_pool=pool)
 
+    def _not_a_cluster_said(self, make: Callable[[], Client]) -> Client:
+        """``make()``; a ``redis+cluster://`` URL naming a plain Redis says so, and what to use."""
+        try:
+            return make()
+        except redis.exceptions.RedisClusterException as exc:
+            if "cluster mode is not enabled" not in str(exc).lower():
+                raise
+            raise StoreUnavailable(
+                f"{self._what}: the server is not a Redis Cluster node (cluster mode is not "
+                "enabled); for a single Redis server use redis:// instead of redis+cluster://"
+            ) from exc
+
     @property
     def client(self) -> Client:
         """The synchronous redis-py client (admin and tests)."""
@@ -264,7 +281,7 @@ class RedisStore:
         if side is None:
             with self._sync_lock, translated(self._what, _ERRORS):
                 if self._sync is None:
-                    self._sync = _Side(self._make_client())
+                    self._sync = _Side(self._not_a_cluster_said(self._make_client))
                 side = self._sync
         return side
 
