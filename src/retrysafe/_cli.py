@@ -242,8 +242,8 @@ def _demo_scenarios(store_url: str | None, verbose: bool) -> None:
 
     try:
         report = asyncio.run(run_demo(store_url))
-    except RetrySafeError as exc:  # a bad --store URL, an unusable store file
-        raise click.ClickException(str(exc)) from exc
+    except RetrySafeError as exc:  # a bad --store URL, an unusable or unreachable store
+        raise cli_error(exc) from exc
     render(report, Console(), verbose=verbose)
     if not report.ok:
         raise SystemExit(1)

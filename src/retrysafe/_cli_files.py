@@ -23,9 +23,14 @@ class FileKind:
     table: str
     name: str
     command: str
+    article: str = "a"
+
+    @property
+    def a_name(self) -> str:
+        return f"{self.article} {self.name}"
 
 
-IDEMPOTENCY_STORE = FileKind("retrysafe_records", "idempotency store", "retrysafe keys")
+IDEMPOTENCY_STORE = FileKind("retrysafe_records", "idempotency store", "retrysafe keys", "an")
 DEAD_LETTER_QUEUE = FileKind("retrysafe_dlq", "dead-letter queue", "retrysafe dlq")
 _KINDS = (IDEMPOTENCY_STORE, DEAD_LETTER_QUEUE)
 
@@ -51,20 +56,20 @@ def check_sqlite(url: str, want: FileKind, *, must_exist: bool = True) -> None:
             )
         return
     if path.is_dir():
-        raise BadInput(f"{str(path)!r} is a directory, not a {want.name} file")
+        raise BadInput(f"{str(path)!r} is a directory, not {want.a_name} file")
     tables = _tables(path, want)
     if want.table in tables:
         return
     for other in _KINDS:
         if other.table in tables:
             raise BadInput(
-                f"{str(path)!r} is a {other.name}, not a {want.name}: "
+                f"{str(path)!r} is {other.a_name}, not {want.a_name}: "
                 f"use {other.command} for it (nothing was changed)"
             )
     if tables:
         shown = ", ".join(sorted(tables)[:5])
         raise BadInput(
-            f"{str(path)!r} is a SQLite database without a {want.name} in it (its tables: "
+            f"{str(path)!r} is a SQLite database without {want.a_name} in it (its tables: "
             f"{shown}); point --store at the {want.name} (nothing was changed)"
         )
     if must_exist:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+from retrysafe._cli_errors import BadInput
+
 OBJECTIVE_HELP = (
     "an SLO as PATTERN=SUCCESS%[,THRESHOLD@LATENCY%][,keys:CORRECT%][,WINDOW], e.g."
     " 'POST /pay*=99.9,300ms@95,keys:99.5,30d'"
@@ -46,6 +48,11 @@ def report(
     from retrysafe.telemetry import report as logic
     from retrysafe.telemetry.slo import parse_objective
 
+    if html_out is not None and not html_out.parent.is_dir():  # say so before the work
+        raise BadInput(
+            f"--html: directory {str(html_out.parent)!r} does not exist; create it or write "
+            "the page elsewhere"
+        )
     try:
         parsed = [parse_objective(text) for text in objectives]
     except ValueError as exc:
@@ -59,5 +66,8 @@ def report(
     summary = logic.summarize(log, parsed, now)
     logic.render(summary, Console())
     if html_out is not None:
-        html_out.write_text(logic.html_page(summary), encoding="utf-8")
+        try:
+            html_out.write_text(logic.html_page(summary), encoding="utf-8")
+        except OSError as exc:  # read-only directory, disk full...
+            raise BadInput(f"--html: cannot write {str(html_out)!r}: {exc.strerror}") from exc
         click.echo(f"wrote {html_out}")

@@ -14,10 +14,12 @@ from retrysafe.demo.app import Ledger, build_app
 from retrysafe.demo.recording import RecordingStore
 from retrysafe.demo.scenarios import SCENARIOS, Context, ScenarioResult, run_scenario
 from retrysafe.demo.server import serving
+from retrysafe.errors import StoreUnavailable
 from retrysafe.stores.base import DualStore
 from retrysafe.stores.url import open_store
 
 HOLD_TTL = 0.5  # seconds; the /holds policy's TTL, short so the demo shows expiry quickly
+_PROBE_ID = "0" * 64  # a store id no request derives: reading it only checks the store answers
 DEADLINE = 60.0  # the whole demo; it normally takes a couple of seconds
 
 
@@ -50,6 +52,11 @@ async def run_demo(store_url: str | None = None, *, store: DualStore | None = No
         ledger = Ledger()
         report = DemoReport(store.url)
         try:
+            # An unreachable store would fail every scenario: say so up front instead.
+            try:
+                await store.aget(_PROBE_ID)
+            except StoreUnavailable as exc:
+                raise StoreUnavailable(f"the demo's store is unreachable: {exc}") from exc
             async with asyncio.timeout(DEADLINE):
                 app = build_app(recording, ledger, hold_ttl=HOLD_TTL)
                 async with (

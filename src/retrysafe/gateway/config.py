@@ -363,7 +363,9 @@ def _upstream(s: Setting) -> str:
     url = _string(s).rstrip("/")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
-        raise ConfigurationError(f"{s.origin}: {s.value!r} is not an http:// or https:// URL")
+        # "127.0.0.1:8000" parses with no scheme, "localhost:8000" with scheme "localhost".
+        hint = "" if "://" in url else f"; did you mean 'http://{url}'?"
+        raise ConfigurationError(f"{s.origin}: {s.value!r} is not an http:// or https:// URL{hint}")
     try:
         port = parts.port
     except ValueError:

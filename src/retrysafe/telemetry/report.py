@@ -273,12 +273,17 @@ def render(summary: Summary, console: Any) -> None:
         )
     console.print(conflicts)
 
+    # Two tables, not one ten columns wide: at 80 columns (a pipe, CI) one would squeeze every
+    # cell to "avai…" and "99.9…".
     slo = Table(title="SLO status")
     for name in ("operation", "SLI", "actual", "target", "budget left"):
         slo.add_column(name, justify="left" if name in ("operation", "SLI") else "right")
     burn_windows = ("5m", "30m", "1h", "6h", "3d")
+    burn = Table(title="Burn rates (1.00 spends the budget exactly over the window)")
+    burn.add_column("operation")
+    burn.add_column("SLI")
     for name in burn_windows:
-        slo.add_column(f"burn {name}", justify="right")
+        burn.add_column(name, justify="right")
     for status in summary.slo:
         for ind in status.indicators:
             style = "green" if ind.met else "red"
@@ -292,9 +297,12 @@ def render(summary: Summary, console: Any) -> None:
                 "-" if ind.ratio is None else f"{ind.ratio:.3%}",
                 f"{ind.target:.3%}",
                 f"[{style}]{ind.budget_remaining:.1%}[/{style}]",
-                *(f"{burns.get(w, 0.0):.2f}" for w in burn_windows),
+            )
+            burn.add_row(
+                status.operation, label, *(f"{burns.get(w, 0.0):.1f}" for w in burn_windows)
             )
     console.print(slo)
+    console.print(burn)
 
     if summary.misuse:
         misuse = Table(title="Key misuse by client (mismatches and in-flight conflicts)")
