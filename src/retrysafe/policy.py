@@ -1,6 +1,8 @@
 """Policy: every knob of the server and function layers in one immutable value.
 
-Defaults are the ones docs/spec.md names. Durations accept seconds (float) or ``timedelta``.
+Defaults are the ones docs/spec.md names. Durations accept seconds (float), ``timedelta``, or
+a string with a unit as in the gateway's TOML (``"250ms"``, ``"30s"``, ``"5m"``, ``"24h"``,
+``"7d"``); a string is converted to seconds (float) when the policy is made.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
+from retrysafe.durations import parse_duration
 from retrysafe.errors import ConfigurationError
 from retrysafe.fingerprint import (
     INLINE_BYTES_LIMIT,
@@ -24,7 +27,7 @@ from retrysafe.fingerprint import (
 )
 from retrysafe.keys import MAX_KEY_LENGTH
 
-Duration = timedelta | float
+Duration = timedelta | float | str
 Scope = Callable[[RequestFacts], str]
 RequiredRule = bool | Callable[[str, str], bool]
 
@@ -106,6 +109,8 @@ RETRY_LATER_STATUSES = frozenset({408, 425, 429})
 
 def seconds(value: Duration) -> float:
     """``value`` in seconds."""
+    if isinstance(value, str):
+        return parse_duration(value, "duration", allow_zero=True)
     return value.total_seconds() if isinstance(value, timedelta) else float(value)
 
 
@@ -220,10 +225,14 @@ class Policy:
             value = getattr(self, name)
             if value is None and name == "heartbeat":
                 continue
+            if isinstance(value, str):  # "24h", as the gateway's TOML writes it
+                value = parse_duration(value, name, allow_zero=True)
+                object.__setattr__(self, name, value)
             # bool is an int, and NaN or infinity would make every expiry comparison false.
             if not isinstance(value, timedelta | int | float) or isinstance(value, bool):
                 raise ConfigurationError(
-                    f"{name} must be a number of seconds or a timedelta, not {value!r}"
+                    f"{name} must be a number of seconds, a timedelta or a string such as "
+                    f"'30s' or '24h', not {value!r}"
                 )
             if not math.isfinite(seconds(value)):
                 raise ConfigurationError(f"{name} must be finite, not {value!r}")

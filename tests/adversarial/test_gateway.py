@@ -156,7 +156,7 @@ def running(upstream: str, tmp_path: Path, **fields: Any) -> Iterator[str]:
     config = GatewayConfig(
         upstream=upstream,
         store=f"sqlite:///{tmp_path / 'gateway.db'}",
-        routes=(RoutePolicy(path="/pay", require_key=True),),
+        routes=(RoutePolicy(path="/pay", required=True),),
         **fields,
     )
     with serve_in_thread(create_app(config)) as url:

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from retrysafe.durations import parse_duration
 from retrysafe.errors import ConfigurationError
 from retrysafe.gateway.config import GatewayConfig, RoutePolicy, Timeouts, load_config
-from retrysafe.gateway.durations import parse_duration
 from retrysafe.gateway.serve import check_store
 from retrysafe.gateway_cli import proxy
 
@@ -115,8 +115,8 @@ def test_config_file_from_environment(tmp_path: Path) -> None:
         ('[policy]\nttl = "forever"', r"gw.toml: \[policy\] ttl: 'forever' is not a duration"),
         ('[policy]\nmethods = "POST"', r"gw.toml: \[policy\] methods: expected a list"),
         (
-            '[policy]\nrequire_key = "yes"',
-            r"gw.toml: \[policy\] require_key: expected true or false",
+            '[policy]\nrequired = "yes"',
+            r"gw.toml: \[policy\] required: expected true or false",
         ),
         ('[policy]\nbody_mode = "xml"', r"body_mode: must be 'bytes' or 'json'"),
         ('[policy]\nscope_header = "X Api"', r"scope_header: 'X Api' is not a valid header name"),
@@ -124,7 +124,7 @@ def test_config_file_from_environment(tmp_path: Path) -> None:
             '[[routes]]\npath = "/a"\n[[routes]]\npath = "/b"\ntll = "1s"',
             r"gw.toml: routes\[1\]: unknown key 'tll' \(did you mean 'ttl'\?\)",
         ),
-        ("[[routes]]\nrequire_key = true", r"routes\[0\]: a route needs a path"),
+        ("[[routes]]\nrequired = true", r"routes\[0\]: a route needs a path"),
         ('[[routes]]\npath = "a"', r"routes\[0\].path: path must start with '/'"),
         ('[[routes]]\npath = "/_retrysafe/x"', r"is under admin_prefix"),
         (
@@ -181,17 +181,17 @@ def test_routes_inherit_the_default_policy_and_match_longest_prefix(tmp_path: Pa
     path = write(
         tmp_path,
         '[policy]\nttl = "1h"\nscope_header = "X-Api-Key"\n'
-        '[[routes]]\npath = "/pay"\nrequire_key = true\n'
+        '[[routes]]\npath = "/pay"\nrequired = true\n'
         '[[routes]]\npath = "/pay/refunds/"\nmethods = ["post", "delete"]\nttl = "5m"\n',
     )
     config = load_config(path, env=UP)
     assert config.policy == RoutePolicy(ttl=3600.0, scope_header="X-Api-Key")
     pay = config.route_for("/pay/charges")
     refunds = config.route_for("/pay/refunds/1")
-    assert pay == RoutePolicy(path="/pay", ttl=3600.0, scope_header="X-Api-Key", require_key=True)
+    assert pay == RoutePolicy(path="/pay", ttl=3600.0, scope_header="X-Api-Key", required=True)
     assert refunds.methods == ("POST", "DELETE")
     assert refunds.ttl == 300.0
-    assert refunds.require_key is False  # inherits [policy], not its sibling route
+    assert refunds.required is False  # inherits [policy], not its sibling route
     assert config.route_for("/payments") is config.policy  # whole segments only
     assert config.route_for("/pay") == pay
     assert config.route_for("/PAY/Refunds/1") == refunds  # letter case never escapes a route
@@ -205,7 +205,7 @@ def test_resolved_config_round_trips_for_workers(tmp_path: Path) -> None:
     path = write(
         tmp_path,
         'upstream = "http://127.0.0.1:1/base"\nworkers = 4\n[timeouts]\nread = "250ms"\n'
-        '[[routes]]\npath = "/a"\nrequire_key = true\nbody_mode = "json"\n',
+        '[[routes]]\npath = "/a"\nrequired = true\nbody_mode = "json"\n',
     )
     config = load_config(path, env={})
     assert GatewayConfig.from_json(config.to_json()) == config

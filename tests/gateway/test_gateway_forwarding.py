@@ -273,7 +273,7 @@ def test_upstream_5xx_passes_through_and_is_not_stored(
 def test_per_route_policy(gateway: GatewayFactory, upstream: Upstream) -> None:
     gw = gateway(
         routes=(
-            RoutePolicy(path="/strict", require_key=True),
+            RoutePolicy(path="/strict", required=True),
             RoutePolicy(path="/tenant", scope_header="X-Api-Key", methods=("POST", "DELETE")),
         )
     )

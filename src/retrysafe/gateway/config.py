@@ -23,7 +23,7 @@ The file (all keys optional; ``upstream`` must come from somewhere)::
 
     [policy]                                # the idempotency policy of every route ...
     methods = ["POST", "PATCH"]
-    require_key = false
+    required = false
     ttl = "24h"
     scope_header = "Authorization"          # records are per value of this header
     wait = "5s"
@@ -33,7 +33,7 @@ The file (all keys optional; ``upstream`` must come from somewhere)::
 
     [[routes]]                              # ... unless a route (longest path prefix) says else
     path = "/payments"
-    require_key = true
+    required = true
     scope_header = "X-Api-Key"
 
 No I/O beyond reading the file; the store URL is checked when the store is opened.
@@ -52,8 +52,8 @@ from pathlib import Path
 from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
+from retrysafe.durations import parse_duration
 from retrysafe.errors import ConfigurationError
-from retrysafe.gateway.durations import parse_duration
 from retrysafe.gateway.target import DOT_SEGMENTS, Prefix, choose, readings
 from retrysafe.policy import REPLAYED_HEADERS, Policy, authorization_scope, header_scope
 from retrysafe.stores.url import DEFAULT_URL as DEFAULT_STORE_URL
@@ -87,7 +87,7 @@ _TOP_KEYS = (
 _TIMEOUT_KEYS = ("connect", "read", "write", "pool")
 _POLICY_KEYS = (
     "methods",
-    "require_key",
+    "required",
     "ttl",
     "scope_header",
     "wait",
@@ -119,7 +119,7 @@ class RoutePolicy:
 
     path: str = ""
     methods: tuple[str, ...] = ("POST", "PATCH")
-    require_key: bool = False
+    required: bool = False
     ttl: float = 86400.0
     scope_header: str = "Authorization"
     wait: float = 5.0
@@ -136,7 +136,7 @@ class RoutePolicy:
         )
         return Policy(
             methods=frozenset(self.methods),
-            required=self.require_key,
+            required=self.required,
             ttl=self.ttl,
             scope=scope,
             wait=self.wait,
@@ -334,7 +334,7 @@ def _route(settings: Mapping[str, Setting], base: RoutePolicy, path: str = "") -
     for key, s in settings.items():
         if key == "methods":
             values[key] = _methods(s)
-        elif key == "require_key":
+        elif key == "required":
             if not isinstance(s.value, bool):
                 raise ConfigurationError(f"{s.origin}: expected true or false, got {s.value!r}")
             values[key] = s.value

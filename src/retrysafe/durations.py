@@ -1,6 +1,7 @@
 """Durations as people write them in configuration: ``250ms``, ``30s``, ``5m``, ``24h``, ``7d``.
 
-A bare number (or numeric string) means seconds. No I/O; used by the gateway's config loader.
+A bare number (or numeric string) means seconds. No I/O; the gateway's config loader and
+:class:`~retrysafe.policy.Policy` (``Policy(ttl="24h")``) read durations with it.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h|d)?\s*$")
 
 
-def parse_duration(value: object, setting: str) -> float:
-    """``value`` in seconds; a :class:`ConfigurationError` naming ``setting`` when it is not one.
+def parse_duration(value: object, setting: str, *, allow_zero: bool = False) -> float:
+    """``value`` in seconds; a :class:`ConfigurationError` naming ``setting`` when it is not one
+    (zero only with ``allow_zero``: a ``wait`` or ``retention`` may be 0, a ``ttl`` not).
 
     Booleans are refused even though Python counts them as integers: ``ttl = true`` is a typo,
     not one second.
@@ -31,6 +33,7 @@ def parse_duration(value: object, setting: str) -> float:
             f"{setting}: {value!r} is not a duration; write a number of seconds or a number "
             "with a unit: ms, s, m, h, d (for example '250ms', '30s', '24h')"
         )
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise ConfigurationError(f"{setting}: a duration must be positive, got {value!r}")
+    if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not allow_zero):
+        must = "must not be negative" if allow_zero else "must be positive"
+        raise ConfigurationError(f"{setting}: a duration {must}, got {value!r}")
     return seconds
