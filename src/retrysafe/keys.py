@@ -80,11 +80,13 @@ def check_key(
         raise InvalidKey("the Idempotency-Key header is empty; send a unique key per operation")
     # Fast path first (str methods run in C): ASCII, no control characters, no space.
     visible = key.isascii() and key.isprintable() and " " not in key
-    bad = None if visible else next((ch for ch in key if ord(ch) not in _VISIBLE), None)
+    bad = (
+        None if visible else next((i for i, ch in enumerate(key) if ord(ch) not in _VISIBLE), None)
+    )
     if bad is not None:
         raise InvalidKey(
-            f"the Idempotency-Key holds the character {bad!r} (U+{ord(bad):04X}); "
-            "keys are visible ASCII only (0x21-0x7E), no spaces or control characters"
+            f"the Idempotency-Key holds {_as_sent(key, bad)}; keys are visible ASCII only "
+            "(0x21-0x7E), no spaces or control characters"
         )
     if len(key) > max_length:
         raise InvalidKey(
@@ -99,6 +101,33 @@ def check_key(
             "this endpoint accepts only UUID idempotency keys (RFC 9562), "
             "e.g. 8e03978e-40d5-43e8-bc93-6894a57f9324"
         )
+
+
+def _as_sent(key: str, index: int) -> str:
+    """The character at ``index`` as the client sent it, escaped when it is not printable.
+
+    Servers decode header bytes as Latin-1 (ASGI, PEP 3333), so "é" sent in UTF-8 arrives as
+    "Ã©": when the bytes from ``index`` on decode as one UTF-8 character, that is the one named.
+    """
+    ch = key[index]
+    if 0x80 <= ord(ch) <= 0xFF:
+        raw = key[index : index + 4].encode("latin-1", "replace")
+        for n in (2, 3, 4):
+            try:
+                sent = raw[:n].decode("utf-8")
+            except UnicodeDecodeError:
+                continue
+            return (
+                f"the character {_shown(sent)} (U+{ord(sent):04X}, UTF-8 bytes {raw[:n].hex(' ')})"
+            )
+        return f"the byte 0x{ord(ch):02X} (not UTF-8 text)"
+    return f"the character {_shown(ch)} (U+{ord(ch):04X})"
+
+
+def _shown(ch: str) -> str:
+    # repr() leaves printable characters as they are ('é') and escapes the rest ('\x00'),
+    # ascii() also escapes printable ones that are not ASCII; invisible ones must not print.
+    return repr(ch) if ch.isprintable() and not ch.isspace() else ascii(ch)
 
 
 def _unquote(raw: str) -> str:
