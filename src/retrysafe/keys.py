@@ -120,7 +120,6 @@ def _as_sent(key: str, index: int) -> str:
             return (
                 f"the character {_shown(sent)} (U+{ord(sent):04X}, UTF-8 bytes {raw[:n].hex(' ')})"
             )
-        return f"the byte 0x{ord(ch):02X} (not UTF-8 text)"
     return f"the character {_shown(ch)} (U+{ord(ch):04X})"
 
 

@@ -59,7 +59,7 @@ def _detail(base: str, key: bytes) -> str:
         ("pay-€".encode(), "'€' (U+20AC, UTF-8 bytes e2 82 ac)"),
         ("k-\U0001f600".encode(), "(U+1F600, UTF-8 bytes f0 9f 98 80)"),
         ("k\u202eevil".encode(), "'\\u202e' (U+202E, UTF-8 bytes e2 80 ae)"),
-        (b"k\xe9y", "the byte 0xE9 (not UTF-8 text)"),
+        (b"k\xe9y", "the character 'é' (U+00E9);"),  # Latin-1, not UTF-8: that byte as is
     ],
     ids=["e-acute", "euro", "emoji", "bidi-override", "latin1-byte"],
 )
