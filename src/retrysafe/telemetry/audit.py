@@ -2,10 +2,12 @@
 
 Enough to reconstruct what happened to an operation despite retries: key (or its hash),
 scope hash, outcome, fingerprint hash, trace and span ids, attempt number, timings, cost.
-Lines go to the ``retrysafe.audit`` logger at INFO, so applications route them with ordinary
-logging configuration (a ``FileHandler`` with the default ``%(message)s`` format gives a file
-``retrysafe report --log`` reads). Nothing is built when that logger is disabled, which is
-Python's default (the root logger is at WARNING).
+Lines go to the ``retrysafe.audit`` logger at INFO. It is opt-in: the logger does not
+propagate, so the lines never land in the application's own logs (``logging.basicConfig(level=
+logging.INFO)`` no longer prints a JSON line per request), and no line is even built until the
+logger has a handler of its own (or is set to propagate again). A ``FileHandler`` added to it,
+with the default ``%(message)s`` format, gives a file ``retrysafe report --log`` reads
+(docs/observability.md).
 
 No credential is ever written: the scope is already a hash of the principal
 (:func:`retrysafe.policy.authorization_scope`), and in hashed key mode the key is too.
@@ -19,6 +21,12 @@ from dataclasses import dataclass, fields
 
 AUDIT_LOGGER = "retrysafe.audit"
 log = logging.getLogger(AUDIT_LOGGER)
+# Opt-in: never into the application's own handlers by default (a handler added before this
+# import stays, and still gets the lines). Set ``propagate = True`` after importing retrysafe
+# (or in a dictConfig run later) to send them through the root logger's handlers instead.
+log.propagate = False
+if log.level == logging.NOTSET:
+    log.setLevel(logging.INFO)  # adding a handler is then all it takes
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +66,9 @@ _encode = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def enabled() -> bool:
-    return log.isEnabledFor(logging.INFO)
+    """Whether a line would go anywhere: a handler on the audit logger itself (or propagation
+    turned back on) and INFO enabled. Otherwise no record is built at all."""
+    return bool(log.handlers or log.propagate) and log.isEnabledFor(logging.INFO)
 
 
 def write(record: AuditRecord) -> None:
