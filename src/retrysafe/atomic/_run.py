@@ -39,6 +39,17 @@ def require_atomic(store: object) -> AtomicStore:
     return store
 
 
+def atomic_policy(policy: Policy) -> Policy:
+    """The policy of an atomic middleware: a key is required on every covered request.
+
+    An atomic handler's writes commit only together with a record, and a keyless request has
+    none: ``atomic.transaction()`` would raise NoAtomicContext and the client get a 500. The
+    request is refused with 400 missing-key instead, before the handler runs. A callable
+    ``required`` is the application's own choice of which requests need a key: it is kept.
+    """
+    return policy.replace(required=True) if policy.required is False else policy
+
+
 def open_unit(store: object, id: str, token: int, fingerprint: str, policy: Policy) -> AtomicUnit:
     unit = require_atomic(store).unit(
         id, token, fingerprint, policy.lease_s, policy.ttl_s + policy.retention_s

@@ -18,7 +18,7 @@ from typing import Any
 from retrysafe import lease as leases
 from retrysafe._shield import shielded
 from retrysafe.atomic._context import bound
-from retrysafe.atomic._run import Ending, afinish, aopen_unit, require_atomic
+from retrysafe.atomic._run import Ending, afinish, aopen_unit, atomic_policy, require_atomic
 from retrysafe.context import _current_key
 from retrysafe.decide import (
     Complete,
@@ -98,6 +98,7 @@ class IdempotencyMiddleware:
         self.atomic = atomic
         if atomic:
             require_atomic(store)
+            self.policy = atomic_policy(self.policy)  # no key, no transaction: a 400, not a 500
         self.key_headers = KeyHeaders(self.policy)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

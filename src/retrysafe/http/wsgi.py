@@ -18,7 +18,7 @@ from typing import Any
 
 from retrysafe import lease as leases
 from retrysafe.atomic._context import bound
-from retrysafe.atomic._run import Ending, finish, open_unit, require_atomic
+from retrysafe.atomic._run import Ending, atomic_policy, finish, open_unit, require_atomic
 from retrysafe.context import _current_key
 from retrysafe.decide import (
     Complete,
@@ -141,6 +141,7 @@ class IdempotencyMiddleware:
         self.atomic = atomic
         if atomic:
             require_atomic(store)
+            self.policy = atomic_policy(self.policy)  # no key, no transaction: a 400, not a 500
         self.key_headers = KeyHeaders(self.policy)
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
