@@ -155,7 +155,8 @@ def _audit_log(path: Path) -> Path:
     now = 1_790_000_000.0
     lines = []
     for i in range(50):
-        doc = {"ts": now - i, "operation": "POST /payments", "outcome": "executed"}
+        outcome = "store_error" if i % 9 == 0 else "executed"
+        doc = {"ts": now - i, "operation": "POST /payments", "outcome": outcome}
         doc |= {"status": 201 if i % 10 else 500, "surface": "http", "billable": True}
         doc |= {"key": f"k{i}", "duration_s": 0.01 * (i % 7), "attempt": 1}
         lines.append(json.dumps(doc))
@@ -175,6 +176,7 @@ def test_report_is_readable_at_80_columns(tmp_path: Path) -> None:
     result = run("report", "--log", str(log), env={"COLUMNS": "80"})
     assert result.exit_code == 0, result.output
     assert max(len(line) for line in result.output.splitlines()) <= 80
+    assert "…" not in result.output  # no header or cell cut short ("store_err…", "avai…")
     slo = result.output[result.output.index("SLO status") :]
     for whole in ("availability", "budget left", "key correctness", "99.900%"):
         assert whole in slo, slo

@@ -229,7 +229,8 @@ def render(summary: Summary, console: Any) -> None:
     table = Table(title="Outcomes by operation")
     table.add_column("operation")
     for outcome in outcomes:
-        table.add_column(outcome, justify="right")
+        # "store error" wraps at the space in a narrow terminal; "store_error" became "store_err…"
+        table.add_column(outcome.replace("_", " "), justify="right")
     table.add_column("p50", justify="right")
     table.add_column("p99", justify="right")
     for op, stats in summary.operations.items():
