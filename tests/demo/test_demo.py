@@ -85,6 +85,6 @@ def test_cli_demo_with_an_unusable_store_is_a_one_line_error() -> None:
         cli, ["demo", "--scenarios", "--store", "sqlite:////no/such/dir/demo.db"]
     )
 
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # a path that cannot work (README, exit codes)
     assert "Error: SQLite store" in result.output
     assert "does not exist" in result.output
