@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from retrysafe._cli_files import IDEMPOTENCY_STORE, check_sqlite
 from retrysafe.errors import ConfigurationError
 
 
@@ -70,6 +71,13 @@ def proxy(
     }
     try:
         config = load_config(config_file, flags=flags)
+    except ConfigurationError as exc:
+        raise ConfigError(str(exc)) from exc
+    try:  # a file of another kind (the DLQ's database, a text file) gains no table
+        check_sqlite(config.store, IDEMPOTENCY_STORE, must_exist=False)
+    except click.ClickException as exc:
+        raise ConfigError(f"store: {exc.message}") from exc
+    try:
         check_store(config)
     except ConfigurationError as exc:
         raise ConfigError(str(exc)) from exc

@@ -107,6 +107,16 @@ def test_the_dlq_database_is_not_an_idempotency_store_and_back(tmp_path: Path) -
     assert _tables(store_file) == store_tables
 
 
+def test_proxy_refuses_the_dlq_database_as_its_store(tmp_path: Path) -> None:
+    dlq_file = tmp_path / "dlq.db"
+    DeadLetterQueue(f"sqlite:///{dlq_file}").close()
+    before = _tables(dlq_file)
+    result = run("proxy", "--upstream", "http://127.0.0.1:9", "--store", f"sqlite:///{dlq_file}")
+    assert result.exit_code == 2
+    assert "is a dead-letter queue, not an idempotency store" in one_error_line(result)
+    assert _tables(dlq_file) == before
+
+
 # -- unreachable, misdirected ------------------------------------------------------------------
 
 
