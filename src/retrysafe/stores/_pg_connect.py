@@ -47,7 +47,11 @@ def recording_connection(failures: ConnectFailures) -> type[psycopg.Connection[A
 
 def is_connect_failure(exc: BaseException) -> bool:
     """Whether ``exc`` is psycopg's error for a connection that could not be made."""
-    return isinstance(exc, psycopg.OperationalError) and str(exc).startswith("connection ")
+    # psycopg 3 words them "connection failed: connection to server at ... failed: <cause>"
+    # (and "connection timeout expired"); a connection lost mid-statement is worded otherwise.
+    return isinstance(exc, psycopg.OperationalError) and str(exc).startswith(
+        ("connection failed", "connection timeout", "connection to server")
+    )
 
 
 def reason(exc: BaseException) -> str:
