@@ -25,7 +25,15 @@ from retrysafe.errors import (
 from retrysafe.keys import derive_key, new_key
 from retrysafe.lease import lease_lost
 from retrysafe.outcomes import Outcome
-from retrysafe.policy import Policy, Problem, authorization_scope, header_scope
+from retrysafe.policy import Policy, Problem
+from retrysafe.scopes import (
+    authorization_scope,
+    cookie_scope,
+    first_scope,
+    header_scope,
+    shared_scope,
+    user_scope,
+)
 from retrysafe.stores import AsyncStore, MemoryStore, SQLiteStore, Store, open_store
 
 __version__ = "0.1.0"
@@ -54,10 +62,14 @@ __all__ = [
     "Unreplayable",
     "__version__",
     "authorization_scope",
+    "cookie_scope",
     "current_key",
     "derive_key",
+    "first_scope",
     "header_scope",
     "lease_lost",
     "new_key",
     "open_store",
+    "shared_scope",
+    "user_scope",
 ]

@@ -13,8 +13,9 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -255,22 +256,89 @@ def _demo_scenarios(store_url: str | None, verbose: bool) -> None:
 _STORE_ID = re.compile(r"^[0-9a-f]{64}$")
 
 
-def _record_id(key: str, scope: str | None, authorization: str | None, raw_id: bool) -> str:
-    """The store id of ``key``: SHA-256 of (scope, key), the scope as the middleware derives it."""
-    from retrysafe.fingerprint import RequestFacts
-    from retrysafe.policy import authorization_scope, storage_id
+@dataclass(frozen=True)
+class _Owner:
+    """Whose key ``retrysafe keys`` looks up: the request facts a scope reads, and that scope."""
+
+    authorization: str | None = None
+    header: str | None = None
+    cookie: str | None = None
+    user: str | None = None
+    shared: bool = False
+    principal: str | None = None
+
+    def principal_of(self) -> str:
+        """The principal string the middleware's scope derives from the same request."""
+        from retrysafe.fingerprint import RequestFacts
+        from retrysafe.scopes import (
+            authorization_scope,
+            cookie_scope,
+            header_scope,
+            shared_scope,
+            user_scope,
+        )
+
+        chosen = [
+            name for name, value in vars(self).items() if value is not None and value is not False
+        ]
+        if len(chosen) != 1:
+            raise click.UsageError(
+                "say whose key it is with exactly one of --authorization, --header, --cookie, "
+                "--user, --shared or --scope (or give a store id with --id)"
+            )
+        headers: list[tuple[str, str]] = []
+        if self.principal is not None:
+            return self.principal
+        if self.authorization is not None:
+            headers.append(("authorization", self.authorization))
+            scope = authorization_scope
+        elif self.header is not None:
+            name, sep, value = self.header.partition(":")
+            if not sep or not name.strip():
+                raise click.UsageError("--header takes 'Name: value', e.g. 'X-Api-Key: k_123'")
+            headers.append((name.strip().lower(), value.strip()))
+            scope = header_scope(name.strip())
+        elif self.cookie is not None:
+            name, sep, _ = self.cookie.partition("=")
+            if not sep or not name.strip():
+                raise click.UsageError("--cookie takes 'name=value', e.g. 'sessionid=abc123'")
+            headers.append(("cookie", self.cookie))
+            scope = cookie_scope(name.strip())
+        elif self.user is not None:
+            scope = user_scope
+        else:
+            scope = shared_scope
+        principal = scope(RequestFacts("POST", "/", "", headers, b"", self.user))
+        if principal is None:
+            raise click.UsageError("that value is empty: no request with it has a key")
+        return principal
+
+
+def _record_id(store: DualStore, key: str, owner: _Owner, raw_id: bool) -> str:
+    """The store id of ``key``: SHA-256 of (principal id, key), as the middleware derives it.
+
+    The principal id is keyed by the deployment's secret: ``$RETRYSAFE_SECRET`` when set (as
+    it must then be for the middleware), else the one the middleware kept in the store.
+    """
+    from retrysafe.keyring import SECRET_ENV, SECRET_ID, configured_secret, stored_secret
+    from retrysafe.policy import storage_id
+    from retrysafe.scopes import PrincipalKey
 
     if raw_id:
-        if not _STORE_ID.match(key):
+        if not _STORE_ID.match(key) and key != SECRET_ID:
             raise BadInput(
                 f"--id: {key[:80]!r} is not a store id; a store id is 64 lowercase hex digits, "
                 "as `retrysafe keys show` prints it (or drop --id to give the client's key)"
             )
         return key
-    if scope is None:
-        headers = (("authorization", authorization),) if authorization else ()
-        scope = authorization_scope(RequestFacts("POST", "/", "", headers, b""))
-    return storage_id(scope, key)
+    principal = owner.principal_of()
+    secret = configured_secret(None) or stored_secret(store)
+    if secret is None:
+        raise click.ClickException(
+            f"{SECRET_ENV} is not set and the store holds no principal secret, so no keyed "
+            "request was ever stored there; set it as the middleware has it"
+        )
+    return storage_id(PrincipalKey(secret).id_of(principal), key)
 
 
 def _key_options(command: Callable[..., None]) -> Callable[..., None]:
@@ -278,11 +346,29 @@ def _key_options(command: Callable[..., None]) -> Callable[..., None]:
     command = click.option(
         "--authorization",
         metavar="VALUE",
-        help="the Authorization header the client sent (the default scope hashes it); "
-        "omit for keys sent without credentials",
+        help="the Authorization header the client sent (the default scope)",
     )(command)
     command = click.option(
-        "--scope", metavar="SCOPE", help="a scope string, for a custom Policy.scope"
+        "--header",
+        metavar="'NAME: VALUE'",
+        help="the header a header_scope(NAME) reads, e.g. 'X-Api-Key: k_123'",
+    )(command)
+    command = click.option(
+        "--cookie",
+        metavar="NAME=VALUE",
+        help="the cookie a cookie_scope(NAME) reads, e.g. sessionid=abc123",
+    )(command)
+    command = click.option("--user", metavar="ID", help="the authenticated user user_scope read")(
+        command
+    )
+    command = click.option(
+        "--shared", is_flag=True, default=None, help="the key was sent under shared_scope"
+    )(command)
+    command = click.option(
+        "--scope",
+        "principal",
+        metavar="PRINCIPAL",
+        help="the string a custom Policy.scope returned for the request",
     )(command)
     command = click.option(
         "--id", "raw_id", is_flag=True, help="KEY is already a store id (64 hex digits)"
@@ -297,12 +383,10 @@ def keys() -> None:
 
 @keys.command("show")
 @_key_options
-def keys_show(
-    store_url: str | None, key: str, scope: str | None, authorization: str | None, raw_id: bool
-) -> None:
+def keys_show(store_url: str | None, key: str, raw_id: bool, **owner: Any) -> None:
     """Show the record of KEY (exit 1 if there is none)."""
     with using_store(store_url) as store:
-        record = store.get(_record_id(key, scope, authorization, raw_id))
+        record = store.get(_record_id(store, key, _Owner(**owner), raw_id))
     if record is None:
         click.echo(f"no live record for this key in {redacted_url(store.url)}", err=True)
         raise SystemExit(1)
@@ -311,12 +395,10 @@ def keys_show(
 
 @keys.command("delete")
 @_key_options
-def keys_delete(
-    store_url: str | None, key: str, scope: str | None, authorization: str | None, raw_id: bool
-) -> None:
+def keys_delete(store_url: str | None, key: str, raw_id: bool, **owner: Any) -> None:
     """Delete the record of KEY whatever its state, so the key acts as new (exit 1 if none)."""
     with using_store(store_url) as store:
-        found = store.delete(_record_id(key, scope, authorization, raw_id))
+        found = store.delete(_record_id(store, key, _Owner(**owner), raw_id))
     if not found:
         click.echo(f"no record for this key in {redacted_url(store.url)}", err=True)
         raise SystemExit(1)

@@ -143,6 +143,8 @@ class RequestFacts(NamedTuple):  # built on every keyed request: a tuple costs h
     WSGI ``REQUEST_URI``; :func:`quoted_path` where the server gives only the decoded path).
     ``query`` is the query string as sent (latin-1 decoded). ``headers`` are ``(name, value)``
     pairs; the server adapters give lowercase names.
+    ``user`` is the authenticated user a middleware running before the idempotency layer
+    set (ASGI ``scope["user"]``, WSGI ``REMOTE_USER``), read by ``user_scope``.
     """
 
     method: str
@@ -150,6 +152,7 @@ class RequestFacts(NamedTuple):  # built on every keyed request: a tuple costs h
     query: str
     headers: Sequence[tuple[str, str]]
     body: bytes
+    user: str | None = None
 
     def header(self, name: str) -> str | None:
         """The first value of header ``name`` (case-insensitive), or None."""

@@ -26,9 +26,9 @@ from retrysafe.fingerprint import (
     json_fingerprint,
 )
 from retrysafe.keys import MAX_KEY_LENGTH
+from retrysafe.scopes import Scope, authorization_scope, check_secret
 
 Duration = timedelta | float | str
-Scope = Callable[[RequestFacts], str]
 RequiredRule = bool | Callable[[str, str], bool]
 
 
@@ -43,6 +43,7 @@ class Problem(enum.Enum):
     STORE_UNAVAILABLE = "store-unavailable"
     BODY_TOO_LARGE = "body-too-large"
     MALFORMED_BODY = "malformed-body"
+    UNSCOPED = "unscoped-key"  # a key whose principal the policy's scope cannot identify
 
 
 DEFAULT_STATUS: Mapping[Problem, int] = {
@@ -54,6 +55,7 @@ DEFAULT_STATUS: Mapping[Problem, int] = {
     Problem.STORE_UNAVAILABLE: 503,
     Problem.BODY_TOO_LARGE: 413,
     Problem.MALFORMED_BODY: 400,
+    Problem.UNSCOPED: 400,
 }
 
 # A URN, not an https URL: the default must not claim a domain the project does not own (RFC 9457
@@ -114,31 +116,13 @@ def seconds(value: Duration) -> float:
     return value.total_seconds() if isinstance(value, timedelta) else float(value)
 
 
-def authorization_scope(facts: RequestFacts) -> str:
-    """Default scope: a hash of the ``Authorization`` header (SPEC rule 5).
+def storage_id(principal_id: str, key: str) -> str:
+    """The store's id for (principal id, key): the raw key is never the storage key (SPEC 5).
 
-    Two principals using the same key never see each other's records; requests without
-    credentials share the anonymous scope.
+    ``principal_id`` is the keyed hash :class:`retrysafe.scopes.PrincipalKey` made of the
+    scope's principal, never a credential.
     """
-    auth = facts.header("authorization")
-    if not auth:
-        return "anonymous"
-    return hashlib.sha256(auth.encode("utf-8", "surrogateescape")).hexdigest()
-
-
-def header_scope(name: str) -> Scope:
-    """A scope taken from header ``name`` (for example an API-key header), hashed."""
-
-    def scope(facts: RequestFacts) -> str:
-        value = facts.header(name) or ""
-        return hashlib.sha256(f"{name.lower()}\0{value}".encode()).hexdigest()
-
-    return scope
-
-
-def storage_id(scope: str, key: str) -> str:
-    """The store's id for (scope, key): the raw key is never the storage key (SPEC rule 5)."""
-    return hashlib.sha256(f"{scope}\0{key}".encode()).hexdigest()
+    return hashlib.sha256(f"{principal_id}\0{key}".encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +139,10 @@ class Policy:
     key_max_length: int = MAX_KEY_LENGTH
     uuid_only: bool = False
     # Identity and fingerprint (SPEC 5, 6).
+    # Who owns a key: a principal string or None (refused). See retrysafe.scopes.
     scope: Scope = authorization_scope
+    # Keys principal ids (HMAC). None: $RETRYSAFE_SECRET, else one kept in the store.
+    secret: str | None = field(default=None, repr=False, compare=False)
     body_mode: BodyMode = "bytes"
     fingerprint: Fingerprinter | None = None  # overrides body_mode when set
     # Time (SPEC 10, 13, 14).
@@ -250,6 +237,13 @@ class Policy:
         for name in ("max_body", "max_json_body", "max_cached_body"):
             if getattr(self, name) < 0:
                 raise ConfigurationError(f"{name} must not be negative: {getattr(self, name)}")
+        if not callable(self.scope):
+            raise ConfigurationError(
+                f"scope must be a callable (RequestFacts) -> str | None such as "
+                f"authorization_scope or cookie_scope('sessionid'), not {self.scope!r}"
+            )
+        if self.secret is not None:
+            check_secret(self.secret, "Policy.secret")
         if not (isinstance(self.required, bool) or callable(self.required)):
             raise ConfigurationError(
                 f"required must be True, False or a callable (method, path) -> bool, "

@@ -17,6 +17,7 @@ TITLES = {
     Problem.STORE_UNAVAILABLE: "Idempotency store unavailable",
     Problem.BODY_TOO_LARGE: "Request body too large",
     Problem.MALFORMED_BODY: "Request body cut short or mis-framed",
+    Problem.UNSCOPED: "Idempotency-Key sent without identifiable credentials",
 }
 
 CONTENT_TYPE = "application/problem+json"

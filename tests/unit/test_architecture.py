@@ -16,7 +16,16 @@ import retrysafe
 
 PACKAGE = Path(retrysafe.__file__).parent
 
-CORE = ["decide", "records", "keys", "fingerprint", "policy", "problems", "outcomes"]
+CORE = [
+    "decide",
+    "records",
+    "keys",
+    "fingerprint",
+    "policy",
+    "problems",
+    "outcomes",
+    "scopes",
+]
 FORBIDDEN_IN_CORE = [
     "asyncio",
     "socket",

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from retrysafe.errors import ConfigurationError
 from retrysafe.fingerprint import RequestFacts
+from retrysafe.scopes import authorization_scope
 from retrysafe.policy import (
     DEFAULT_STATUS,
     NEVER_REPLAYED,
@@ -20,8 +21,6 @@ from retrysafe.policy import (
     REPLAYED_HEADERS,
     Policy,
     Problem,
-    authorization_scope,
-    header_scope,
     seconds,
     storage_id,
 )
@@ -242,6 +241,7 @@ def test_default_problem_statuses() -> None:
         Problem.STORE_UNAVAILABLE: 503,
         Problem.BODY_TOO_LARGE: 413,
         Problem.MALFORMED_BODY: 400,
+        Problem.UNSCOPED: 400,
     }
 
 
@@ -272,35 +272,20 @@ def test_a_5xx_asking_to_come_back_is_never_stored() -> None:
 # -- scopes and storage ids (SPEC 5) ----------------------------------------------------------
 
 
-def test_authorization_scope() -> None:
-    alice = authorization_scope(facts(("Authorization", "Bearer alice")))
-    bob = authorization_scope(facts(("authorization", "Bearer bob")))
-    assert alice != bob
-    assert alice == authorization_scope(facts(("AUTHORIZATION", "Bearer alice")))
-    assert "alice" not in alice  # the credential itself is never kept
-    assert re.fullmatch("[0-9a-f]{64}", alice)
-    assert authorization_scope(facts()) == "anonymous"
-    assert authorization_scope(facts(("authorization", ""))) == "anonymous"
-
-
-def test_authorization_scope_survives_undecodable_header_bytes() -> None:
-    # Servers may hand headers decoded as latin-1 or with surrogateescape.
-    assert len(authorization_scope(facts(("authorization", "Bearer \udcff")))) == 64
-
-
-def test_header_scope() -> None:
-    scope = header_scope("X-Api-Key")
-    one = scope(facts(("x-api-key", "k1")))
-    assert one != scope(facts(("x-api-key", "k2")))
-    assert one == scope(facts(("X-API-KEY", "k1")))
-    assert "k1" not in one
-    assert scope(facts()) == scope(facts(("x-api-key", "")))
-    # The header name is part of the scope: the same value under another header differs.
-    assert one != header_scope("X-Tenant")(facts(("x-tenant", "k1")))
-
-
 def test_default_scope_is_authorization() -> None:
     assert Policy().scope is authorization_scope
+
+
+def test_scope_must_be_callable() -> None:
+    with pytest.raises(ConfigurationError, match="scope must be a callable"):
+        Policy(scope="Authorization")  # type: ignore[arg-type]
+
+
+def test_a_short_secret_is_refused_and_never_shown() -> None:
+    with pytest.raises(ConfigurationError, match="at least 32 characters"):
+        Policy(secret="hunter2")
+    policy = Policy(secret="s" * 32)
+    assert "s" * 32 not in repr(policy)
 
 
 @settings(max_examples=200, deadline=None)

@@ -60,6 +60,9 @@ from retrysafe.tools import agent_run, idempotent_tool
 Tool = Callable[..., Awaitable[dict[str, Any]]]
 MAX_ROUNDS = 30  # deferred-turn rounds at the end; each waits for the faults to ease
 ROUND_PAUSE = 0.2
+# The agent's API key: the payments API files its keys under it (the default Policy's scope).
+# The dead-letter queue never writes it down; a replay takes it from the live client.
+AGENT_CREDENTIALS = {"Authorization": "Bearer demo-agent-key"}
 CIRCUIT_WAITS = 20  # a turn waits out an open circuit this often, then is deferred
 
 
@@ -220,7 +223,9 @@ async def run(settings: AgentSettings) -> None:
     )
     timeout = httpx.Timeout(5.0, read=settings.read_timeout)
     async with (
-        httpx.AsyncClient(transport=transport, base_url=settings.url, timeout=timeout) as client,
+        httpx.AsyncClient(
+            transport=transport, base_url=settings.url, headers=AGENT_CREDENTIALS, timeout=timeout
+        ) as client,
         agent_run(settings.run_id),
     ):
         agent = Agent(settings, client)

@@ -21,6 +21,8 @@ from retrysafe.stores.url import open_store
 HOLD_TTL = 0.5  # seconds; the /holds policy's TTL, short so the demo shows expiry quickly
 _PROBE_ID = "0" * 64  # a store id no request derives: reading it only checks the store answers
 DEADLINE = 60.0  # the whole demo; it normally takes a couple of seconds
+# The merchant's API key: the default Policy files each key under the caller's Authorization.
+DEMO_CREDENTIALS = {"Authorization": "Bearer demo-merchant-key"}
 
 
 @dataclass
@@ -61,7 +63,9 @@ async def run_demo(store_url: str | None = None, *, store: DualStore | None = No
                 app = build_app(recording, ledger, hold_ttl=HOLD_TTL)
                 async with (
                     serving(app) as url,
-                    httpx.AsyncClient(base_url=url, trust_env=False) as client,
+                    httpx.AsyncClient(
+                        base_url=url, headers=DEMO_CREDENTIALS, trust_env=False
+                    ) as client,
                 ):
                     report.url = url
                     ctx = Context(client, ledger, recording, HOLD_TTL)

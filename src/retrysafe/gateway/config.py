@@ -25,7 +25,9 @@ The file (all keys optional; ``upstream`` must come from somewhere)::
     methods = ["POST", "PATCH"]
     required = false
     ttl = "24h"
-    scope_header = "Authorization"          # records are per value of this header
+    scope_header = "Authorization"          # records are per value of this header ...
+    scope_cookie = "sessionid"              # ... else of this cookie (default: none)
+    anonymous = "refuse"                    # a key with neither: "refuse" (400) or "shared"
     wait = "5s"
     lease = "60s"
     body_mode = "bytes"                     # or "json" (RFC 8785 canonical bodies)
@@ -55,7 +57,8 @@ from urllib.parse import urlsplit
 from retrysafe.durations import parse_duration
 from retrysafe.errors import ConfigurationError
 from retrysafe.gateway.target import DOT_SEGMENTS, Prefix, choose, readings
-from retrysafe.policy import REPLAYED_HEADERS, Policy, authorization_scope, header_scope
+from retrysafe.policy import REPLAYED_HEADERS, Policy
+from retrysafe.scopes import Scope, cookie_scope, first_scope, header_scope, shared_scope
 from retrysafe.stores.url import DEFAULT_URL as DEFAULT_STORE_URL
 
 CONFIG_ENV = "RETRYSAFE_CONFIG"
@@ -90,6 +93,8 @@ _POLICY_KEYS = (
     "required",
     "ttl",
     "scope_header",
+    "scope_cookie",
+    "anonymous",
     "wait",
     "lease",
     "body_mode",
@@ -122,6 +127,8 @@ class RoutePolicy:
     required: bool = False
     ttl: float = 86400.0
     scope_header: str = "Authorization"
+    scope_cookie: str | None = None  # a session cookie naming the principal when no header does
+    anonymous: Literal["refuse", "shared"] = "refuse"  # keys sent with neither
     wait: float = 5.0
     lease: float = 60.0
     body_mode: Literal["bytes", "json"] = "bytes"
@@ -129,11 +136,12 @@ class RoutePolicy:
 
     def policy(self) -> Policy:
         """The middleware :class:`Policy` this route stands for."""
-        scope = (
-            authorization_scope
-            if self.scope_header.lower() == "authorization"
-            else header_scope(self.scope_header)
-        )
+        scopes: list[Scope] = [header_scope(self.scope_header)]
+        if self.scope_cookie:
+            scopes.append(cookie_scope(self.scope_cookie))
+        if self.anonymous == "shared":
+            scopes.append(shared_scope)
+        scope = scopes[0] if len(scopes) == 1 else first_scope(*scopes)
         return Policy(
             methods=frozenset(self.methods),
             required=self.required,
@@ -342,6 +350,16 @@ def _route(settings: Mapping[str, Setting], base: RoutePolicy, path: str = "") -
             values[key] = _duration(s)
         elif key == "scope_header":
             values[key] = _token(s)
+        elif key == "scope_cookie":  # None only from the resolved JSON handed to workers
+            values[key] = None if s.value is None else _cookie_name(s)
+        elif key == "anonymous":
+            if s.value not in ("refuse", "shared"):
+                raise ConfigurationError(
+                    f"{s.origin}: must be 'refuse' (keys without credentials are answered 400) "
+                    f"or 'shared' (every caller without credentials shares one key space), "
+                    f"not {s.value!r}"
+                )
+            values[key] = s.value
         elif key == "replay_headers":
             if not isinstance(s.value, list):
                 raise ConfigurationError(f"{s.origin}: expected a list of header names")
@@ -425,6 +443,13 @@ def _token(s: Setting) -> str:
     value = _string(s)
     if not _TOKEN.match(value):
         raise ConfigurationError(f"{s.origin}: {value!r} is not a valid header name")
+    return value
+
+
+def _cookie_name(s: Setting) -> str:
+    value = _string(s)  # RFC 6265 cookie-name is an RFC 9110 token
+    if not _TOKEN.match(value):
+        raise ConfigurationError(f"{s.origin}: {value!r} is not a valid cookie name")
     return value
 
 

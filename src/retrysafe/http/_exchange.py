@@ -18,6 +18,7 @@ from retrysafe.fingerprint import RequestFacts, view_of
 from retrysafe.outcomes import Outcome
 from retrysafe.policy import Policy, Problem, storage_id
 from retrysafe.problems import ProblemResponse, render
+from retrysafe.scopes import PrincipalKey, wants
 
 HeaderList = Sequence[tuple[str, str]]
 RawHeaderList = Sequence[tuple[bytes, bytes]]
@@ -232,11 +233,24 @@ class Identity(NamedTuple):  # built on every keyed request: a tuple costs a thi
     key: str
     id: str
     fingerprint: str
-    scope: str = ""  # the scope hash, for telemetry (never the credential)
+    scope: str = ""  # the principal id (a keyed hash), for telemetry; never the credential
 
 
-def identify(key: str, facts: RequestFacts, policy: Policy) -> Identity:
-    scope = policy.scope(facts)
+def identify(
+    key: str, facts: RequestFacts, policy: Policy, principals: PrincipalKey
+) -> Identity | Refuse:
+    """The request's identity, or a refusal when the scope cannot tell who sent it."""
+    principal = policy.scope(facts)
+    if principal is None:
+        return Refuse(
+            Problem.UNSCOPED,
+            f"this request carries an idempotency key but not what this endpoint uses to tell "
+            f"whose key it is ({wants(policy.scope)}); send it with credentials, or without "
+            "the key. Operators: choose who owns keys with Policy(scope=...), see "
+            "retrysafe.scopes",
+            Outcome.REJECTED,
+        )
+    scope = principals.id_of(principal)
     return Identity(key, storage_id(scope, key), policy.fingerprint_of(facts), scope)
 
 

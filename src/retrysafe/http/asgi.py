@@ -56,6 +56,7 @@ from retrysafe.http._exchange import (
     unavailable,
     unstored,
 )
+from retrysafe.keyring import Keyring
 from retrysafe.lease import Lease
 from retrysafe.outcomes import Outcome
 from retrysafe.policy import Policy
@@ -100,12 +101,33 @@ class IdempotencyMiddleware:
             require_atomic(store)
             self.policy = atomic_policy(self.policy)  # no key, no transaction: a 400, not a 500
         self.key_headers = KeyHeaders(self.policy)
+        self.keyring = Keyring(self.policy.secret)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self.policy.covers(scope["method"]):
             await self.app(scope, receive, send)
             return
         await _Responder(self, scope, receive, send).run()
+
+
+def _user(user: object) -> str | None:
+    """The authenticated user in ASGI ``scope["user"]`` (Starlette's AuthenticationMiddleware
+    sets a ``BaseUser``), as a string ``user_scope`` can use, or None when not authenticated.
+
+    ``identity`` names the user; Starlette's ``SimpleUser`` has only ``display_name``.
+    """
+    if user is None or isinstance(user, str):
+        return user or None
+    if getattr(user, "is_authenticated", False) is not True:
+        return None
+    for name in ("identity", "display_name"):
+        try:
+            value = getattr(user, name, None)
+        except NotImplementedError:  # BaseUser's abstract properties
+            continue
+        if isinstance(value, str | int) and not isinstance(value, bool) and str(value):
+            return str(value)
+    return None
 
 
 class _Responder:
@@ -117,6 +139,7 @@ class _Responder:
         "body",
         "headers",
         "key_headers",
+        "keyring",
         "messages",
         "obs",
         "policy",
@@ -132,7 +155,7 @@ class _Responder:
         self.app, self.store, self.policy, self.atomic = mw.app, mw.store, mw.policy, mw.atomic
         self.scope, self.receive, self.send = scope, receive, send
         self.headers = RawHeaders(scope["headers"])  # decoded only where read
-        self.key_headers = mw.key_headers
+        self.key_headers, self.keyring = mw.key_headers, mw.keyring
         self.messages: list[Message] = []  # the buffered request, re-fed to the app in order
         self.body: bytes | None = None
         self.telemetry, self.obs = mw.telemetry, NULL_OBSERVATION
@@ -179,17 +202,22 @@ class _Responder:
             scope.get("query_string", b"").decode("latin-1"),
             self.headers,
             body,
+            _user(scope.get("user")),
         )
-        if len(body) > self.policy.inline_fingerprint_limit:  # hashing it would stall the loop
-            ident = await asyncio.to_thread(identify, key, facts, self.policy)
-        else:
-            ident = identify(key, facts, self.policy)
         obs = self.obs
-        obs.keyed(key, ident.scope, ident.fingerprint)
         # No store timer when telemetry is off: nothing would read the times.
         timer = None if obs is NULL_OBSERVATION else obs.store_time
         claimed_at = time.monotonic()  # the lease began no earlier
         try:
+            principals = self.keyring.current or await self.keyring.aload(self.store)
+            if len(body) > self.policy.inline_fingerprint_limit:  # hashing it would stall the loop
+                ident = await asyncio.to_thread(identify, key, facts, self.policy, principals)
+            else:
+                ident = identify(key, facts, self.policy, principals)
+            if isinstance(ident, Refuse):
+                await self._problem(refusal(ident, self.policy), ident.outcome)
+                return
+            obs.keyed(key, ident.scope, ident.fingerprint)
             decision = await aclaim_decision(
                 self.store, ident.id, ident.fingerprint, self.policy, timer
             )

@@ -51,6 +51,7 @@ from retrysafe.http._exchange import (
     unavailable,
     unstored,
 )
+from retrysafe.keyring import Keyring
 from retrysafe.lease import Lease, holding
 from retrysafe.outcomes import Outcome
 from retrysafe.policy import Policy
@@ -143,6 +144,7 @@ class IdempotencyMiddleware:
             require_atomic(store)
             self.policy = atomic_policy(self.policy)  # no key, no transaction: a 400, not a 500
         self.key_headers = KeyHeaders(self.policy)
+        self.keyring = Keyring(self.policy.secret)
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
@@ -154,7 +156,7 @@ class IdempotencyMiddleware:
 class _Responder:
     def __init__(self, mw: IdempotencyMiddleware, environ: Environ, start_response: StartResponse):
         self.app, self.store, self.policy, self.atomic = mw.app, mw.store, mw.policy, mw.atomic
-        self.key_headers = mw.key_headers
+        self.key_headers, self.keyring = mw.key_headers, mw.keyring
         self.environ, self.start_response = environ, start_response
         self.headers = EnvironHeaders(environ)
         self.body: bytes | None = None
@@ -191,13 +193,18 @@ class _Responder:
             self.environ.get("QUERY_STRING", ""),
             self.headers,
             self.body or b"",
+            # An authentication middleware wrapping this one (or the server) sets it (PEP 3333).
+            self.environ.get("REMOTE_USER") or None,
         )
-        ident = identify(key, facts, self.policy)
-        self.obs.keyed(key, ident.scope, ident.fingerprint)
         claimed_at = time.monotonic()  # the lease began no earlier
         try:
             obs = self.obs  # no store timer when telemetry is off: nothing would read it
             timer = None if obs is NULL_OBSERVATION else obs.store_time
+            principals = self.keyring.current or self.keyring.load(self.store)
+            ident = identify(key, facts, self.policy, principals)
+            if isinstance(ident, Refuse):
+                return self._problem(refusal(ident, self.policy), ident.outcome)
+            obs.keyed(key, ident.scope, ident.fingerprint)
             decision = claim_decision(self.store, ident.id, ident.fingerprint, self.policy, timer)
         except StoreError as exc:
             if self.policy.fail_open:

@@ -9,8 +9,9 @@ logger has a handler of its own (or is set to propagate again). A ``FileHandler`
 with the default ``%(message)s`` format, gives a file ``retrysafe report --log`` reads
 (docs/observability.md).
 
-No credential is ever written: the scope is already a hash of the principal
-(:func:`retrysafe.policy.authorization_scope`), and in hashed key mode the key is too.
+No credential is ever written, nor anything a guess can be checked against: the scope is the
+principal id, an HMAC of the principal under the deployment's secret (:mod:`retrysafe.scopes`,
+:mod:`retrysafe.keyring`), and in hashed key mode the key is hashed too.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ class AuditRecord:
     surface: str  # "http", "function" or "tool"
     operation: str  # "POST /payments", or the function/tool name
     key: str
-    scope: str  # hash of the scope (principal), never the credential itself
+    scope: str  # the principal id (HMAC under the deployment secret), never the credential
     fingerprint: str
     outcome: str  # SPEC 32 vocabulary
     billable: bool

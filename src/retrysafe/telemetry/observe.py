@@ -270,16 +270,6 @@ def _is_proxy(provider: MeterProvider) -> bool:
     return type(provider).__name__ == "_ProxyMeterProvider"
 
 
-def _scope_hash(scope: str) -> str:
-    """The built-in scopes are SHA-256 hex already; a custom one (a user id?) is hashed here."""
-    if scope in ("", "anonymous") or (len(scope) == 64 and _HEX.issuperset(scope)):
-        return scope
-    return hashlib.sha256(scope.encode("utf-8", "surrogateescape")).hexdigest()
-
-
-_HEX = frozenset("0123456789abcdef")
-
-
 def _hex_ids(span: Span) -> tuple[str, str] | None:
     ctx = span.get_span_context()
     if not ctx.is_valid:
@@ -418,8 +408,10 @@ class Observation:
         return _hex_ids(self._span_now())
 
     def keyed(self, key: str, scope: str, fingerprint: str) -> None:
-        """The identity is known. ``scope`` as the policy derived it; logged only as a hash."""
-        self.key, self.scope, self.fingerprint = key, _scope_hash(scope), fingerprint
+        """The identity is known. ``scope`` is the principal id, a keyed hash of the principal
+        (:mod:`retrysafe.scopes`): a reader without the deployment's secret cannot test a
+        guessed credential against it."""
+        self.key, self.scope, self.fingerprint = key, scope, fingerprint
         span = self._span_now()
         if span.is_recording():
             span.set_attribute(ATTR_KEY, self.settings.shown_key(key))
