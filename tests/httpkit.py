@@ -45,6 +45,7 @@ from retrysafe.http.wsgi import IdempotencyMiddleware as WSGIIdempotencyMiddlewa
 from retrysafe.policy import PROBLEM_BASE_URI, Policy, Problem
 from retrysafe.problems import TITLES
 from retrysafe.records import ClaimResult, Record, StoredResponse
+from retrysafe.scopes import shared_scope
 
 HeaderValue = str | bytes
 HeaderPairs = Sequence[tuple[str, HeaderValue]]
@@ -202,7 +203,7 @@ class Reply:
 
 def assert_problem(reply: Reply, problem: Problem, status: int | None = None) -> dict[str, Any]:
     """``reply`` is the RFC 9457 problem the policy names for ``problem`` (SPEC 18)."""
-    expected = status if status is not None else Policy().problem_status[problem]
+    expected = status if status is not None else Policy(scope=shared_scope).problem_status[problem]
     assert reply.status == expected, (reply.status, reply.body)
     assert reply.header("content-type") == "application/problem+json"
     doc = reply.json()

@@ -28,6 +28,7 @@ import pytest
 from retrysafe.fingerprint import RequestFacts
 from retrysafe.policy import Policy, storage_id
 from retrysafe.records import Record, State
+from retrysafe.scopes import shared_scope
 from retrysafe.stores.sqlite import SQLiteStore
 
 from . import _pg_workers, _workers
@@ -77,7 +78,7 @@ class DbKit:
 def record_id(door: str, key: str, namespace: str = "charge") -> str:
     """The storage id under which ``door`` keeps the charge ``key``."""
     if door in ("wsgi", "asgi", "asgi-async"):  # the middleware's default scope: no Authorization
-        scope = Policy().scope(RequestFacts("POST", "/charges", "", (), b""))
+        scope = Policy(scope=shared_scope).scope(RequestFacts("POST", "/charges", "", (), b""))
         return storage_id(scope, key)
     return storage_id(f"function\0{namespace}", key)
 

@@ -40,6 +40,7 @@ from starlette.routing import Route
 from retrysafe import atomic
 from retrysafe.http.asgi import IdempotencyMiddleware
 from retrysafe.policy import Policy
+from retrysafe.scopes import shared_scope
 from retrysafe.stores.base import AsyncStore
 
 Write = Callable[[str, int], Awaitable[int]]
@@ -101,7 +102,7 @@ def build_app(config: dict[str, Any], store: AsyncStore, write: Write) -> Any:
         return JSONResponse({"charge": doc["charge"], "row": row}, status_code=201)
 
     app = Starlette(routes=[Route("/charges", charge, methods=["POST"])])
-    policy = Policy(lease=config["lease"], wait=config["wait"])
+    policy = Policy(scope=shared_scope, lease=config["lease"], wait=config["wait"])
     return IdempotencyMiddleware(app, store=store, policy=policy, atomic=config["atomic"])
 
 

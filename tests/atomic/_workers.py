@@ -22,6 +22,7 @@ from typing import Any
 
 from retrysafe import atomic
 from retrysafe.policy import Policy
+from retrysafe.scopes import shared_scope
 from retrysafe.stores.sqlite import SQLiteStore
 
 LEASE = 0.3  # seconds of real time: a retry takes a dead holder's claim over after this
@@ -34,7 +35,7 @@ PHASES = ("reserve", "charge", "receipt")
 
 
 def policy() -> Policy:
-    return Policy(lease=LEASE, wait=10.0)
+    return Policy(scope=shared_scope, lease=LEASE, wait=10.0)
 
 
 def _pause(conn: Connection, key: str, point: str, wanted: str | None) -> None:

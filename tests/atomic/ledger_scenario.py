@@ -54,6 +54,7 @@ from client.client_servers import FaultProxy
 from retrysafe.client import CallFailed, DeadLetterQueue, IdempotentTransport, RetryPolicy
 from retrysafe.fingerprint import RequestFacts
 from retrysafe.policy import Policy, storage_id
+from retrysafe.scopes import shared_scope
 from retrysafe.stores.sqlite import SQLiteStore
 
 WORKER = Path(__file__).with_name("_ledger_worker.py")
@@ -429,7 +430,9 @@ def _read_ledger(run: LedgerRun, db: Database, charges: Charges) -> None:
     ]
     records = db.records()
     run.records = dict(Counter(records.values()))
-    scope = Policy().scope(RequestFacts("POST", "/charges", "", (), b""))  # no Authorization
+    scope = Policy(scope=shared_scope).scope(
+        RequestFacts("POST", "/charges", "", (), b"")
+    )  # no Authorization
     states = {name: records.get(storage_id(scope, key), "none") for name, key in run.keys.items()}
     run.unfinished = {name: state for name, state in states.items() if state != "completed"}
 

@@ -34,13 +34,14 @@ from retrysafe.errors import AtomicUnsupported, ClaimTakenOver
 from retrysafe.http.asgi import IdempotencyMiddleware
 from retrysafe.http.wsgi import IdempotencyMiddleware as WSGIIdempotencyMiddleware
 from retrysafe.records import Claimed, State
+from retrysafe.scopes import shared_scope
 from retrysafe.stores.sqlite import SQLiteStore
 from retrysafe.tools import idempotent
 from storekit import FakeClock
 
 from ._pg import PgDb, make_db
 
-POLICY = Policy(lease=10.0)
+POLICY = Policy(scope=shared_scope, lease=10.0)
 PROBLEM_TYPE = "urn:retrysafe:problem:request-in-flight"
 PATHS = [
     "/charge",
@@ -393,9 +394,13 @@ def test_atomic_needs_a_store_that_can_give_it() -> None:
     async def app(scope: Any, receive: Any, send: Any) -> None: ...
 
     with pytest.raises(AtomicUnsupported, match="MemoryStore"):
-        IdempotencyMiddleware(app, store=MemoryStore(), atomic=True)
+        IdempotencyMiddleware(
+            app, store=MemoryStore(), atomic=True, policy=Policy(scope=shared_scope)
+        )
     with pytest.raises(AtomicUnsupported, match="MemoryStore"):
-        WSGIIdempotencyMiddleware(lambda e, s: [], store=MemoryStore(), atomic=True)
+        WSGIIdempotencyMiddleware(
+            lambda e, s: [], store=MemoryStore(), atomic=True, policy=Policy(scope=shared_scope)
+        )
 
 
 def raw_asgi(world: World, raise_after: str) -> Callable[[], httpx.AsyncClient]:

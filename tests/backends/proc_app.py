@@ -13,6 +13,8 @@ from typing import Any
 
 from retrysafe import open_store
 from retrysafe.http.asgi import IdempotencyMiddleware
+from retrysafe.policy import Policy
+from retrysafe.scopes import shared_scope
 
 RUN_LOG = os.environ["RUN_LOG"]
 WORK_S = float(os.environ.get("WORK_S", "0.3"))
@@ -32,4 +34,4 @@ async def handler(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-app = IdempotencyMiddleware(handler, store=open_store())
+app = IdempotencyMiddleware(handler, store=open_store(), policy=Policy(scope=shared_scope))

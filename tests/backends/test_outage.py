@@ -31,6 +31,7 @@ from servers import (
 
 from retrysafe import Policy
 from retrysafe.http.asgi import IdempotencyMiddleware
+from retrysafe.scopes import shared_scope
 from wakekit import HANG
 
 
@@ -82,7 +83,7 @@ async def test_kill_and_restart_the_store_server_mid_run(server_and_store):
         await send({"type": "http.response.start", "status": 201, "headers": []})
         await send({"type": "http.response.body", "body": f"done {key}".encode()})
 
-    policy = Policy(wait=timedelta(seconds=0.5))
+    policy = Policy(scope=shared_scope, wait=timedelta(seconds=0.5))
     transport = httpx.ASGITransport(app=IdempotencyMiddleware(app, store=store, policy=policy))
     answers: collections.Counter[int] = collections.Counter()
 

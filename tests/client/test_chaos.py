@@ -33,6 +33,8 @@ from retrysafe.client import (
     RetryPolicy,
 )
 from retrysafe.http.asgi import IdempotencyMiddleware
+from retrysafe.policy import Policy
+from retrysafe.scopes import shared_scope
 
 from .client_servers import FaultProxy, serve_app
 
@@ -57,7 +59,9 @@ class Ledger:
 def world(tmp_path: Path) -> Iterator[tuple[Ledger, FaultProxy, DeadLetterQueue]]:
     ledger = Ledger()
     app = Starlette(routes=[Route("/charges", ledger.charge, methods=["POST"])])
-    with serve_app(IdempotencyMiddleware(app, store=MemoryStore())) as url:
+    with serve_app(
+        IdempotencyMiddleware(app, store=MemoryStore(), policy=Policy(scope=shared_scope))
+    ) as url:
         proxy = FaultProxy(int(url.rsplit(":", 1)[1]), RATES, seed=4)
         dlq = DeadLetterQueue(tmp_path / "dlq.db", rate=10_000.0)
         try:

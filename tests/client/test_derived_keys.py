@@ -20,6 +20,8 @@ from retrysafe import MemoryStore, current_key, derive_key
 from retrysafe.client import AsyncIdempotentTransport, IdempotentTransport
 from retrysafe.context import _current_key, key_scope
 from retrysafe.http.asgi import IdempotencyMiddleware
+from retrysafe.policy import Policy
+from retrysafe.scopes import shared_scope
 from retrysafe.tools import idempotent
 
 
@@ -98,7 +100,9 @@ def test_a_handler_behind_the_middleware_derives_downstream_keys() -> None:
         return JSONResponse({"ok": True}, status_code=201)
 
     app = IdempotencyMiddleware(
-        Starlette(routes=[Route("/charges", charge, methods=["POST"])]), store=MemoryStore()
+        Starlette(routes=[Route("/charges", charge, methods=["POST"])]),
+        store=MemoryStore(),
+        policy=Policy(scope=shared_scope),
     )
 
     async def go() -> list[int]:

@@ -33,6 +33,7 @@ from retrysafe.client import (
     RetryPolicy,
 )
 from retrysafe.http.asgi import IdempotencyMiddleware
+from retrysafe.scopes import shared_scope
 
 from .client_servers import serve_app
 
@@ -63,7 +64,7 @@ class Payments:
 def payments() -> Iterator[tuple[Payments, str]]:
     service = Payments()
     app = Starlette(routes=[Route("/charges", service.charge, methods=["POST"])])
-    policy = Policy(wait=timedelta(seconds=0.2))
+    policy = Policy(scope=shared_scope, wait=timedelta(seconds=0.2))
     wrapped = IdempotencyMiddleware(app, store=MemoryStore(), policy=policy)
     with serve_app(wrapped) as url:
         yield service, url

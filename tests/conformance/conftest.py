@@ -15,6 +15,7 @@ import pytest
 
 from httpkit import DOORS, Behaviour, Door, Handler, SpyStore, created
 from retrysafe.policy import Policy
+from retrysafe.scopes import shared_scope
 
 Serve = Callable[..., Door]
 
@@ -30,6 +31,8 @@ def policy_for(kit: Any) -> Callable[..., Policy]:
 
     def make(**changes: Any) -> Policy:
         base: dict[str, Any] = {
+            # Tests not about who owns a key send no credentials: one explicit shared scope.
+            "scope": shared_scope,
             "ttl": 100 * kit.tick,
             "lease": 30 * kit.tick,
             "wait": 10 * kit.tick,

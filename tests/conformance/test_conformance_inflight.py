@@ -10,8 +10,9 @@ import asyncio
 
 from httpkit import Gate, Out, Seen, assert_problem, created, until
 from retrysafe.fingerprint import RequestFacts
-from retrysafe.policy import Problem, authorization_scope, storage_id
+from retrysafe.policy import Problem
 from retrysafe.records import Claimed, StoredResponse
+from scopekit import shared_id
 
 BODY = b'{"amount": 100}'
 
@@ -116,7 +117,7 @@ async def test_rule_13_dead_holder_lease_lapses_and_a_duplicate_takes_over(serve
     door = serve(policy=policy)
     # A holder that claimed the key and died: nobody renews its lease.
     facts = RequestFacts("POST", "/things", "", (), BODY)
-    id = storage_id(authorization_scope(facts), "job-6")
+    id = shared_id(door.store.inner, "job-6")
     dead = door.store.inner.claim(id, policy.fingerprint_of(facts), policy.lease_s)
     assert isinstance(dead, Claimed)
     assert_problem(await door.post("job-6", BODY), Problem.IN_FLIGHT, 409)
@@ -139,7 +140,7 @@ async def test_rule_13_09_lapsed_claim_is_taken_over_only_by_the_same_request(
     policy = policy_for(lease=2 * kit.tick, wait=0.1 * kit.tick)
     door = serve(policy=policy)
     facts = RequestFacts("POST", "/things", "", (), BODY)
-    id = storage_id(authorization_scope(facts), "job-7")
+    id = shared_id(door.store.inner, "job-7")
     assert isinstance(
         door.store.inner.claim(id, policy.fingerprint_of(facts), policy.lease_s), Claimed
     )

@@ -12,6 +12,7 @@ from httpkit import Out, Seen, assert_problem, created
 from retrysafe import current_key
 from retrysafe.policy import Policy, Problem
 from retrysafe.problems import render
+from retrysafe.scopes import shared_scope
 
 BODY = b'{"amount": 100}'
 
@@ -168,7 +169,9 @@ async def test_rule_18_problem_status_codes_are_configurable(serve, policy_for):
 
 def test_rule_18_problem_type_uris_are_distinct():
     # Each test above pins one problem's type; here: no two problems share one.
-    types = {json.loads(render(p, "detail", Policy()).body)["type"] for p in Problem}
+    types = {
+        json.loads(render(p, "detail", Policy(scope=shared_scope)).body)["type"] for p in Problem
+    }
     assert len(types) == len(Problem)
 
 

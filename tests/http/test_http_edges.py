@@ -19,12 +19,13 @@ from typing import Any
 import pytest
 
 from httpkit import SpyStore
-from retrysafe.fingerprint import RequestFacts
 from retrysafe.http.asgi import IdempotencyMiddleware
 from retrysafe.http.wsgi import IdempotencyMiddleware as WSGIIdempotencyMiddleware
-from retrysafe.policy import Policy, authorization_scope, storage_id
+from retrysafe.policy import Policy
 from retrysafe.records import State
+from retrysafe.scopes import shared_scope
 from retrysafe.stores.sqlite import SQLiteStore
+from scopekit import shared_id
 
 BODY = b'{"amount": 100}'
 
@@ -38,10 +39,6 @@ def _environ(key: str = "k-1") -> dict[str, Any]:
         "HTTP_IDEMPOTENCY_KEY": key,
         "wsgi.input": io.BytesIO(BODY),
     }
-
-
-def _record_id(key: str) -> str:
-    return storage_id(authorization_scope(RequestFacts("POST", "/pay", "", (), b"")), key)
 
 
 def _call_wsgi(mw: Any, environ: dict[str, Any]) -> tuple[str, list[tuple[str, str]], bytes]:
@@ -69,11 +66,13 @@ def test_wsgi_response_closed_without_iteration_settles_the_claim(kit):
         start_response("201 Created", [("Content-Type", "application/json")])
         return [b'{"ok": true}']
 
-    policy = Policy(ttl=100 * kit.tick, lease=30 * kit.tick, wait=0.1 * kit.tick)
+    policy = Policy(
+        scope=shared_scope, ttl=100 * kit.tick, lease=30 * kit.tick, wait=0.1 * kit.tick
+    )
     mw = WSGIIdempotencyMiddleware(app, store=store, policy=policy)
     result = mw(_environ(), lambda status, headers, exc=None: None)
     result.close()  # type: ignore[attr-defined]  # the server gave up before writing anything
-    record = store.get(_record_id("k-1"))
+    record = store.get(shared_id(store, "k-1"))
     assert record is not None
     assert record.state is not State.IN_FLIGHT
     # The handler ran but its response never left: it must not run again, nor hang a retry.
@@ -93,11 +92,13 @@ def test_wsgi_generator_app_closed_before_it_started_releases_the_claim(kit):
         start_response("201 Created", [("Content-Type", "application/json")])
         yield b'{"ok": true}'
 
-    mw = WSGIIdempotencyMiddleware(app, store=store, policy=Policy(ttl=100 * kit.tick))
+    mw = WSGIIdempotencyMiddleware(
+        app, store=store, policy=Policy(scope=shared_scope, ttl=100 * kit.tick)
+    )
     result = mw(_environ(), lambda status, headers, exc=None: None)
     result.close()  # type: ignore[attr-defined]
     assert runs == 0
-    assert store.get(_record_id("k-1")) is None  # released: the operation never ran
+    assert store.get(shared_id(store, "k-1")) is None  # released: the operation never ran
     status, headers, _body = _call_wsgi(mw, _environ())
     assert status.startswith("201")
     assert ("idempotent-replayed", "true") not in headers
@@ -117,7 +118,9 @@ def test_wsgi_generator_app_sees_the_current_key_while_it_runs(kit):
         yield b"two"
 
     store = SpyStore(kit.store)
-    mw = WSGIIdempotencyMiddleware(app, store=store, policy=Policy(ttl=100 * kit.tick))
+    mw = WSGIIdempotencyMiddleware(
+        app, store=store, policy=Policy(scope=shared_scope, ttl=100 * kit.tick)
+    )
     status, _, body = _call_wsgi(mw, _environ("gen-key"))
     assert (status, body) == ("201 Created", b"onetwo")
     assert seen == ["gen-key", "gen-key"]
@@ -137,7 +140,9 @@ def test_wsgi_legacy_write_callable_is_captured_and_replayed(kit):
     def start_response(status: str, headers: list[tuple[str, str]], exc: Any = None) -> Any:
         return written.append
 
-    mw = WSGIIdempotencyMiddleware(app, store=kit.store, policy=Policy(ttl=100 * kit.tick))
+    mw = WSGIIdempotencyMiddleware(
+        app, store=kit.store, policy=Policy(scope=shared_scope, ttl=100 * kit.tick)
+    )
     first = b"".join(mw(_environ(), start_response))
     assert b"".join(written) + first == b"written, then returned"
     _status, headers, body = _call_wsgi(mw, _environ())
@@ -153,7 +158,7 @@ async def test_asgi_disconnect_while_buffering_the_body_answers_nothing(kit):
         nonlocal ran
         ran = True
 
-    mw = IdempotencyMiddleware(app, store=store, policy=Policy())
+    mw = IdempotencyMiddleware(app, store=store, policy=Policy(scope=shared_scope))
     messages = [
         {"type": "http.request", "body": b"part", "more_body": True},
         {"type": "http.disconnect"},
@@ -201,7 +206,7 @@ def test_wsgi_unusable_sqlite_file_is_503(tmp_path):
 
     store = _broken_sqlite(tmp_path)
     try:
-        mw = WSGIIdempotencyMiddleware(app, store=store, policy=Policy())
+        mw = WSGIIdempotencyMiddleware(app, store=store, policy=Policy(scope=shared_scope))
         status, headers, body = _call_wsgi(mw, _environ())
     finally:
         store.close()
@@ -227,7 +232,7 @@ async def test_asgi_unusable_sqlite_file_is_503(tmp_path):
 
     store = _broken_sqlite(tmp_path)
     app = Starlette(routes=[Route("/pay", endpoint, methods=["POST"])])
-    app.add_middleware(IdempotencyMiddleware, store=store, policy=Policy())
+    app.add_middleware(IdempotencyMiddleware, store=store, policy=Policy(scope=shared_scope))
     try:
         async with httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://testserver"
@@ -262,7 +267,9 @@ async def test_asgi_client_gone_mid_stream_on_a_spec_2_4_server_keeps_the_record
 
     store = SpyStore(kit.store)
     app = Starlette(routes=[Route("/pay", endpoint, methods=["POST"])])
-    app.add_middleware(IdempotencyMiddleware, store=store, policy=Policy(ttl=100 * kit.tick))
+    app.add_middleware(
+        IdempotencyMiddleware, store=store, policy=Policy(scope=shared_scope, ttl=100 * kit.tick)
+    )
 
     async def call(gone_after: int | None) -> tuple[list[Any], Exception | None]:
         scope = {
@@ -299,7 +306,7 @@ async def test_asgi_client_gone_mid_stream_on_a_spec_2_4_server_keeps_the_record
     first, error = await call(gone_after=2)  # the start and the first chunk reach the client
     assert error is not None  # the disconnect still reaches the server
     assert [m["type"] for m in first] == ["http.response.start", "http.response.body"]
-    record = store.get(_record_id("k-4"))
+    record = store.get(shared_id(store, "k-4"))
     assert record is not None
     assert record.state is State.UNREPLAYABLE
     second, error = await call(gone_after=None)
@@ -328,7 +335,9 @@ async def test_asgi_request_cancelled_mid_response_keeps_the_record(kit):
             started_answer.set()
         await asyncio.Event().wait()  # until cancelled
 
-    mw = IdempotencyMiddleware(app, store=store, policy=Policy(ttl=100 * kit.tick))
+    mw = IdempotencyMiddleware(
+        app, store=store, policy=Policy(scope=shared_scope, ttl=100 * kit.tick)
+    )
 
     def scope(path: str, key: bytes) -> dict[str, Any]:
         return {
@@ -350,7 +359,7 @@ async def test_asgi_request_cancelled_mid_response_keeps_the_record(kit):
     answering.cancel()
     with pytest.raises(asyncio.CancelledError):
         await answering
-    record = store.get(_record_id("k-5"))
+    record = store.get(shared_id(store, "k-5"))
     assert record is not None
     assert record.state is State.UNREPLAYABLE
 
@@ -360,5 +369,5 @@ async def test_asgi_request_cancelled_mid_response_keeps_the_record(kit):
     silent.cancel()
     with pytest.raises(asyncio.CancelledError):
         await silent
-    assert store.get(_record_id("k-6")) is None  # released: a retry runs again
+    assert store.get(shared_id(store, "k-6")) is None  # released: a retry runs again
     assert runs == 2

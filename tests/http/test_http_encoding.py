@@ -12,6 +12,8 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from retrysafe.http.asgi import IdempotencyMiddleware
+from retrysafe.policy import Policy
+from retrysafe.scopes import shared_scope
 from storekit import StoreKit
 
 
@@ -25,7 +27,7 @@ async def test_a_gzipped_response_replays_with_its_content_encoding(kit: StoreKi
     app = Starlette(
         routes=[Route("/reports", report, methods=["POST"])],
         middleware=[
-            Middleware(IdempotencyMiddleware, store=kit.store),
+            Middleware(IdempotencyMiddleware, store=kit.store, policy=Policy(scope=shared_scope)),
             Middleware(GZipMiddleware, minimum_size=100),
         ],
     )

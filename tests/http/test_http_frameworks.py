@@ -29,6 +29,7 @@ from retrysafe.http.asgi import IdempotencyMiddleware
 from retrysafe.http.wsgi import ENVIRON_KEY
 from retrysafe.http.wsgi import IdempotencyMiddleware as WSGIIdempotencyMiddleware
 from retrysafe.policy import Policy
+from retrysafe.scopes import shared_scope
 
 BODY = b'{"amount": 100}'
 HEADERS = {"Idempotency-Key": "order-1", "Content-Type": "application/json"}
@@ -48,7 +49,7 @@ class Counter:
 
 
 def _policy(kit: Any) -> Policy:
-    return Policy(ttl=100 * kit.tick, lease=30 * kit.tick)
+    return Policy(scope=shared_scope, ttl=100 * kit.tick, lease=30 * kit.tick)
 
 
 def _check(first: httpx.Response, second: httpx.Response, counter: Counter) -> None:

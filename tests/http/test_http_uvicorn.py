@@ -22,10 +22,11 @@ from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 from httpkit import SpyStore
-from retrysafe.fingerprint import RequestFacts
 from retrysafe.http.asgi import IdempotencyMiddleware
-from retrysafe.policy import Policy, authorization_scope, storage_id
+from retrysafe.policy import Policy
 from retrysafe.records import State
+from retrysafe.scopes import shared_scope
+from scopekit import shared_id
 
 pytestmark = pytest.mark.slow
 
@@ -106,7 +107,7 @@ def build(store: Any, policy: Policy, chunks: Chunks) -> Any:
 
 
 def _policy(kit: Any) -> Policy:
-    return Policy(ttl=100 * kit.tick, lease=30 * kit.tick, wait=0.2 * kit.tick)
+    return Policy(scope=shared_scope, ttl=100 * kit.tick, lease=30 * kit.tick, wait=0.2 * kit.tick)
 
 
 async def test_streaming_response_passes_chunk_by_chunk_under_uvicorn(kit):
@@ -140,8 +141,7 @@ async def test_client_disconnect_mid_stream_leaves_the_record_settled(kit):
                     assert piece.startswith(b"only chunk")
                     break  # leave mid-stream: closing the response drops the connection
             await store.until("complete", 1, timeout=10)  # settled, not left in flight
-            facts = RequestFacts("POST", "/hang", "", (), b"")
-            record = store.get(storage_id(authorization_scope(facts), "h-1"))
+            record = store.get(shared_id(store, "h-1"))
             assert record is not None
             assert record.state is State.UNREPLAYABLE  # the handler ran: never run it again
             duplicate = await client.post("/hang", headers={"Idempotency-Key": "h-1"})

@@ -10,8 +10,10 @@ import pytest
 
 from retrysafe.demo.recording import RecordingStore
 from retrysafe.http.asgi import IdempotencyMiddleware
-from retrysafe.policy import Policy, storage_id
+from retrysafe.policy import Policy
 from retrysafe.records import State, StoredResponse
+from retrysafe.scopes import shared_scope
+from scopekit import shared_id
 
 if TYPE_CHECKING:  # conftest is not importable as a module under every pytest invocation
     from tests.conftest import StoreKit
@@ -56,7 +58,7 @@ def request_scope() -> dict[str, Any]:
 
 async def test_cancelled_request_still_completes_its_record(kit: StoreKit) -> None:
     store = GatedStore(kit.store)
-    middleware = IdempotencyMiddleware(app, store=store, policy=Policy())
+    middleware = IdempotencyMiddleware(app, store=store, policy=Policy(scope=shared_scope))
     sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
@@ -77,7 +79,7 @@ async def test_cancelled_request_still_completes_its_record(kit: StoreKit) -> No
     async with asyncio.timeout(5):
         await store.settled.wait()
 
-    record = kit.store.get(storage_id("anonymous", KEY))
+    record = kit.store.get(shared_id(kit.store, KEY))
     assert record is not None
     assert record.state is State.COMPLETED
     assert record.response is not None
@@ -94,7 +96,7 @@ async def test_the_last_body_message_goes_out_only_once_the_record_is_stored(
     """A client that has the whole answer can always have it replayed: no retry of a request
     it saw answered runs the handler again, even if the process died right after answering."""
     store = GatedStore(kit.store)
-    middleware = IdempotencyMiddleware(app, store=store, policy=Policy())
+    middleware = IdempotencyMiddleware(app, store=store, policy=Policy(scope=shared_scope))
     sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
@@ -102,7 +104,7 @@ async def test_the_last_body_message_goes_out_only_once_the_record_is_stored(
 
     async def send(message: dict[str, Any]) -> None:
         if message["type"] == "http.response.body":
-            record = kit.store.get(storage_id("anonymous", KEY))
+            record = kit.store.get(shared_id(kit.store, KEY))
             assert record is not None
             assert record.state is State.COMPLETED  # stored before the client sees the end
         sent.append(message)

@@ -8,8 +8,10 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from retrysafe.http.wsgi import IdempotencyMiddleware
-from retrysafe.policy import Policy, storage_id
+from retrysafe.policy import Policy
 from retrysafe.records import State
+from retrysafe.scopes import shared_scope
+from scopekit import shared_id
 
 if TYPE_CHECKING:
     from tests.conftest import StoreKit
@@ -41,17 +43,19 @@ def answering(declared: bool) -> Any:
 
 def served(kit: StoreKit, key: str, declared: bool) -> list[State | None]:
     """Iterate the response as a server does; the record's state as each chunk is handed out."""
-    middleware = IdempotencyMiddleware(answering(declared), store=kit.store, policy=Policy())
+    middleware = IdempotencyMiddleware(
+        answering(declared), store=kit.store, policy=Policy(scope=shared_scope)
+    )
     body = middleware(environ(key), lambda status, headers, exc_info=None: None)
     states: list[State | None] = []
     try:
         for chunk in body:
             assert chunk in CHUNKS
-            record = kit.store.get(storage_id("anonymous", key))
+            record = kit.store.get(shared_id(kit.store, key))
             states.append(record.state if record is not None else None)
     finally:
         body.close()  # type: ignore[attr-defined]
-    record = kit.store.get(storage_id("anonymous", key))
+    record = kit.store.get(shared_id(kit.store, key))
     assert record is not None
     assert record.state is State.COMPLETED
     assert record.response is not None

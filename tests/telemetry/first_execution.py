@@ -13,12 +13,16 @@ from tests.telemetry.test_asgi_telemetry import App
 
 from retrysafe import SQLiteStore
 from retrysafe.http.asgi import IdempotencyMiddleware
+from retrysafe.policy import Policy
+from retrysafe.scopes import shared_scope
 
 
 def main(path: str) -> None:
     otel = make_otel()
     store = SQLiteStore(path)
-    mw = IdempotencyMiddleware(App(), store=store, telemetry=otel.telemetry())
+    mw = IdempotencyMiddleware(
+        App(), store=store, telemetry=otel.telemetry(), policy=Policy(scope=shared_scope)
+    )
     answer = asyncio.run(call(mw))
     store.close()
     (span,) = otel.ours()

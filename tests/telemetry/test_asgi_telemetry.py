@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, StatusCode
+from tests.scopekit import shared_id
 from tests.storekit import FakeClock
 from tests.telemetry._asgi import call
 from tests.telemetry.conftest import AuditLines, Otel
@@ -17,8 +18,9 @@ from tests.telemetry.conftest import AuditLines, Otel
 from retrysafe import MemoryStore, Policy, SQLiteStore
 from retrysafe.errors import StoreUnavailable
 from retrysafe.http.asgi import IdempotencyMiddleware
-from retrysafe.policy import storage_id
+from retrysafe.keyring import stored_secret
 from retrysafe.records import ClaimResult, Record, StoredResponse
+from retrysafe.scopes import PrincipalKey, shared_scope
 from retrysafe.stores.cached import CachedStore
 from retrysafe.telemetry import Telemetry, report_cost
 from retrysafe.telemetry.observe import DEFAULT_TELEMETRY, NULL_OBSERVATION, observe
@@ -76,7 +78,9 @@ def ids(span: Any) -> tuple[str, str]:
 
 async def test_first_execution_then_replay_links_to_it(otel: Otel, audit_log: AuditLines) -> None:
     app, store = App(), MemoryStore()
-    mw = IdempotencyMiddleware(app, store=store, telemetry=otel.telemetry())
+    mw = IdempotencyMiddleware(
+        app, store=store, telemetry=otel.telemetry(), policy=Policy(scope=shared_scope)
+    )
     first = await call(mw, headers=[("Idempotency-Attempt", "1")])
     again = await call(mw, headers=[("Idempotency-Attempt", "2")])
     assert (first.status, again.status, app.runs) == (201, 201, 1)
@@ -94,7 +98,7 @@ async def test_first_execution_then_replay_links_to_it(otel: Otel, audit_log: Au
     assert executed.name == "retrysafe POST /pay"
     assert executed.kind is SpanKind.INTERNAL
     # The record holds the first execution's ids, and the replay links to exactly that span.
-    record = store.get(storage_id("anonymous", "k-1"))
+    record = store.get(shared_id(store, "k-1"))
     assert record is not None
     assert record.response is not None
     assert (record.response.trace_id, record.response.span_id) == ids(executed)
@@ -112,7 +116,9 @@ async def test_first_execution_then_replay_links_to_it(otel: Otel, audit_log: Au
 
 async def test_handler_spans_nest_under_the_retrysafe_span(otel: Otel) -> None:
     app = App()
-    mw = IdempotencyMiddleware(app, store=MemoryStore(), telemetry=otel.telemetry())
+    mw = IdempotencyMiddleware(
+        app, store=MemoryStore(), telemetry=otel.telemetry(), policy=Policy(scope=shared_scope)
+    )
     await call(mw)
     (span,) = otel.ours()
     assert app.inner_parent == span.get_span_context().span_id
@@ -125,10 +131,14 @@ async def test_replay_links_across_store_handles_and_tracer_providers(
     from tests.telemetry.conftest import make_otel
 
     app = App()
-    first_mw = IdempotencyMiddleware(app, store=kit.store, telemetry=otel.telemetry())
+    first_mw = IdempotencyMiddleware(
+        app, store=kit.store, telemetry=otel.telemetry(), policy=Policy(scope=shared_scope)
+    )
     await call(first_mw)
     other = make_otel()  # a second process has its own SDK and its own trace
-    second_mw = IdempotencyMiddleware(app, store=kit.reopen(), telemetry=other.telemetry())
+    second_mw = IdempotencyMiddleware(
+        app, store=kit.reopen(), telemetry=other.telemetry(), policy=Policy(scope=shared_scope)
+    )
     answer = await call(second_mw)
     assert (answer.status, app.runs) == (201, 1)
     (executed,) = otel.ours()
@@ -142,7 +152,9 @@ async def test_replay_links_across_store_handles_and_tracer_providers(
 
 
 async def test_mismatch_is_a_non_billable_client_error(otel: Otel, audit_log: AuditLines) -> None:
-    mw = IdempotencyMiddleware(App(), store=MemoryStore(), telemetry=otel.telemetry())
+    mw = IdempotencyMiddleware(
+        App(), store=MemoryStore(), telemetry=otel.telemetry(), policy=Policy(scope=shared_scope)
+    )
     await call(mw)
     answer = await call(mw, body=b'{"amount": 6}')
     assert answer.status == 422
@@ -156,8 +168,11 @@ async def test_mismatch_is_a_non_billable_client_error(otel: Otel, audit_log: Au
 @pytest.mark.parametrize(
     ("headers", "policy"),
     [
-        ([("Idempotency-Key", "a,b")], Policy()),  # a list is malformed (SPEC 3)
-        ([], Policy(required=True)),  # missing on an endpoint that requires one (SPEC 11)
+        ([("Idempotency-Key", "a,b")], Policy(scope=shared_scope)),  # a list is malformed (SPEC 3)
+        (
+            [],
+            Policy(scope=shared_scope, required=True),
+        ),  # missing on an endpoint that requires one (SPEC 11)
     ],
 )
 async def test_rejected(
@@ -176,7 +191,10 @@ async def test_rejected(
 
 async def test_body_too_large_is_rejected(otel: Otel, audit_log: AuditLines) -> None:
     mw = IdempotencyMiddleware(
-        App(), store=MemoryStore(), policy=Policy(max_body=4), telemetry=otel.telemetry()
+        App(),
+        store=MemoryStore(),
+        policy=Policy(scope=shared_scope, max_body=4),
+        telemetry=otel.telemetry(),
     )
     answer = await call(mw)
     assert answer.status == 413
@@ -184,7 +202,9 @@ async def test_body_too_large_is_rejected(otel: Otel, audit_log: AuditLines) -> 
 
 
 async def test_no_key_no_observation(otel: Otel, audit_log: AuditLines) -> None:
-    mw = IdempotencyMiddleware(App(), store=MemoryStore(), telemetry=otel.telemetry())
+    mw = IdempotencyMiddleware(
+        App(), store=MemoryStore(), telemetry=otel.telemetry(), policy=Policy(scope=shared_scope)
+    )
     await call(mw, key=None)
     await call(mw, method="GET")
     assert otel.spans() == []
@@ -194,7 +214,7 @@ async def test_no_key_no_observation(otel: Otel, audit_log: AuditLines) -> None:
 async def test_conflict_in_flight(otel: Otel, audit_log: AuditLines) -> None:
     app = App()
     app.gate = asyncio.Event()
-    policy = Policy(wait=0.05)
+    policy = Policy(scope=shared_scope, wait=0.05)
     mw = IdempotencyMiddleware(app, store=MemoryStore(), policy=policy, telemetry=otel.telemetry())
     first = asyncio.create_task(call(mw))
     await app.started.wait()
@@ -213,7 +233,9 @@ async def test_server_error_and_exception_are_executed_with_500(
     app = App()
     app.status = 503
     store = MemoryStore()
-    mw = IdempotencyMiddleware(app, store=store, telemetry=otel.telemetry())
+    mw = IdempotencyMiddleware(
+        app, store=store, telemetry=otel.telemetry(), policy=Policy(scope=shared_scope)
+    )
     assert (await call(mw)).status == 503
     app.raise_exc = True
     with pytest.raises(RuntimeError):
@@ -225,7 +247,7 @@ async def test_server_error_and_exception_are_executed_with_500(
     failed = otel.ours()[-1]
     assert failed.status.status_code is StatusCode.ERROR
     assert any(e.name == "exception" for e in failed.events)
-    assert store.get(storage_id("anonymous", "k-1")) is None  # released both times (SPEC 12)
+    assert store.get(shared_id(store, "k-1")) is None  # released both times (SPEC 12)
 
 
 class BrokenStore(MemoryStore):
@@ -238,7 +260,7 @@ class BrokenStore(MemoryStore):
 @pytest.mark.parametrize(("fail_open", "status"), [(False, 503), (True, 201)])
 async def test_store_error(otel: Otel, audit_log: AuditLines, fail_open: bool, status: int) -> None:
     app = App()
-    policy = Policy(fail_open=fail_open)
+    policy = Policy(scope=shared_scope, fail_open=fail_open)
     mw = IdempotencyMiddleware(app, store=BrokenStore(), policy=policy, telemetry=otel.telemetry())
     assert (await call(mw)).status == status
     assert app.runs == (1 if fail_open else 0)
@@ -251,7 +273,7 @@ async def test_store_error(otel: Otel, audit_log: AuditLines, fail_open: bool, s
 async def test_expired_and_recovered(otel: Otel, audit_log: AuditLines) -> None:
     clock = FakeClock()
     store = MemoryStore(clock=clock)
-    policy = Policy(ttl=10, lease=5)
+    policy = Policy(scope=shared_scope, ttl=10, lease=5)
     mw = IdempotencyMiddleware(App(), store=store, policy=policy, telemetry=otel.telemetry())
     await call(mw)
     clock.advance(11)
@@ -260,7 +282,7 @@ async def test_expired_and_recovered(otel: Otel, audit_log: AuditLines) -> None:
     first = await call(mw, key="k-2")
     assert first.status == 201
     fp = audit_log.docs()[-1]["fingerprint"]
-    store.claim(storage_id("anonymous", "k-3"), fp, 5)
+    store.claim(shared_id(store, "k-3"), fp, 5)
     clock.advance(6)
     await call(mw, key="k-3")
     outcomes = [d["outcome"] for d in audit_log.docs()]
@@ -271,7 +293,7 @@ async def test_expired_and_recovered(otel: Otel, audit_log: AuditLines) -> None:
 async def test_unreplayable(otel: Otel, audit_log: AuditLines) -> None:
     app = App()
     app.body = b"x" * 100
-    policy = Policy(max_cached_body=10)
+    policy = Policy(scope=shared_scope, max_cached_body=10)
     mw = IdempotencyMiddleware(app, store=MemoryStore(), policy=policy, telemetry=otel.telemetry())
     await call(mw)
     answer = await call(mw)
@@ -284,7 +306,9 @@ async def test_cost_reported_stored_and_avoided(otel: Otel, audit_log: AuditLine
     app = App()
     app.cost = 0.25
     store = MemoryStore()
-    mw = IdempotencyMiddleware(app, store=store, telemetry=otel.telemetry())
+    mw = IdempotencyMiddleware(
+        app, store=store, telemetry=otel.telemetry(), policy=Policy(scope=shared_scope)
+    )
     await call(mw)
     replay = await call(mw)
     assert "retrysafe-cost" not in replay.headers  # internal: never replayed to the client
@@ -306,7 +330,9 @@ async def test_cost_reported_stored_and_avoided(otel: Otel, audit_log: AuditLine
 
 async def test_no_key_in_any_metric_attribute(otel: Otel) -> None:
     key = "very-secret-key-0123456789"
-    mw = IdempotencyMiddleware(App(), store=MemoryStore(), telemetry=otel.telemetry())
+    mw = IdempotencyMiddleware(
+        App(), store=MemoryStore(), telemetry=otel.telemetry(), policy=Policy(scope=shared_scope)
+    )
     await call(mw, key=key)
     await call(mw, key=key)
     await call(mw, key=key, body=b"other")
@@ -332,7 +358,10 @@ async def test_no_key_in_any_metric_attribute(otel: Otel) -> None:
 
 async def test_hashed_key_mode(otel: Otel, audit_log: AuditLines) -> None:
     mw = IdempotencyMiddleware(
-        App(), store=MemoryStore(), telemetry=otel.telemetry(key_mode="hashed")
+        App(),
+        store=MemoryStore(),
+        telemetry=otel.telemetry(key_mode="hashed"),
+        policy=Policy(scope=shared_scope),
     )
     await call(mw, key="secret-key")
     shown = "sha256:" + hashlib.sha256(b"secret-key").hexdigest()
@@ -343,12 +372,16 @@ async def test_hashed_key_mode(otel: Otel, audit_log: AuditLines) -> None:
 
 
 async def test_audit_line_fields(otel: Otel, audit_log: AuditLines) -> None:
-    mw = IdempotencyMiddleware(App(), store=MemoryStore(), telemetry=otel.telemetry())
+    store = MemoryStore()
+    mw = IdempotencyMiddleware(App(), store=store, telemetry=otel.telemetry())
     await call(mw, headers=[("Authorization", "Bearer top-secret")])
     (line,) = audit_log.lines
-    assert "top-secret" not in line  # the scope is a hash of the credential
+    assert "top-secret" not in line  # the scope is a keyed hash of the credential
     doc = json.loads(line)
-    assert doc["scope"] == hashlib.sha256(b"Bearer top-secret").hexdigest()
+    assert doc["scope"] != hashlib.sha256(b"Bearer top-secret").hexdigest()
+    secret = stored_secret(store)
+    assert secret is not None
+    assert doc["scope"] == PrincipalKey(secret).id_of("header:authorization\0Bearer top-secret")
     expected = {"ts", "surface", "operation", "key", "scope", "fingerprint", "outcome"}
     expected |= {"billable", "status", "duration_s", "store_s", "trace_id", "span_id"}
     assert expected <= set(doc)
@@ -362,7 +395,9 @@ async def test_enriches_the_asgi_instrumentation_server_span(otel: Otel) -> None
 
     app = App()
     app.cost = 0.5
-    inner = IdempotencyMiddleware(app, store=MemoryStore(), telemetry=otel.telemetry())
+    inner = IdempotencyMiddleware(
+        app, store=MemoryStore(), telemetry=otel.telemetry(), policy=Policy(scope=shared_scope)
+    )
     outer = OpenTelemetryMiddleware(
         inner, tracer_provider=otel.tracer_provider, meter_provider=otel.meter_provider
     )
@@ -381,16 +416,20 @@ async def test_enriches_the_asgi_instrumentation_server_span(otel: Otel) -> None
 async def test_telemetry_off_and_no_sdk(audit_log: AuditLines) -> None:
     """telemetry=None does nothing; the default Telemetry() without an SDK stores no ids."""
     store = MemoryStore()
-    off = IdempotencyMiddleware(App(), store=store, telemetry=None)
+    off = IdempotencyMiddleware(
+        App(), store=store, telemetry=None, policy=Policy(scope=shared_scope)
+    )
     await call(off)
     assert audit_log.docs() == []
     DEFAULT_TELEMETRY._idle_cache[0] = 0.0  # forget an "idle" answer cached by another test
-    default = IdempotencyMiddleware(App(), store=store)  # global providers: no SDK set
+    default = IdempotencyMiddleware(
+        App(), store=store, policy=Policy(scope=shared_scope)
+    )  # global providers: no SDK set
     await call(default, key="k-2")
     (doc,) = audit_log.docs()
     assert doc["outcome"] == "executed"
     assert "trace_id" not in doc
-    record = store.get(storage_id("anonymous", "k-2"))
+    record = store.get(shared_id(store, "k-2"))
     assert record is not None
     assert record.response == StoredResponse(
         201, (("content-type", "application/json"),), b'{"ok": true}'
@@ -401,10 +440,13 @@ def test_stored_ids_survive_sqlite(tmp_path: Any, otel: Otel) -> None:
     """SQLite keeps the first execution's ids (a fresh handle reads them back)."""
     path = tmp_path / "t.db"
     app = App()
-    mw = IdempotencyMiddleware(app, store=SQLiteStore(path), telemetry=otel.telemetry())
+    mw = IdempotencyMiddleware(
+        app, store=SQLiteStore(path), telemetry=otel.telemetry(), policy=Policy(scope=shared_scope)
+    )
     asyncio.run(call(mw))
     (span,) = otel.ours()
-    record: Record | None = SQLiteStore(path).get(storage_id("anonymous", "k-1"))
+    reader = SQLiteStore(path)
+    record: Record | None = reader.get(shared_id(reader, "k-1"))
     assert record is not None
     assert record.response is not None
     assert (record.response.trace_id, record.response.span_id) == ids(span)
@@ -439,7 +481,9 @@ def test_replay_links_to_a_first_execution_in_another_process(tmp_path: Any, ote
     first = json.loads(child.stdout)
     assert first["status"] == 201
     app = App()
-    mw = IdempotencyMiddleware(app, store=SQLiteStore(path), telemetry=otel.telemetry())
+    mw = IdempotencyMiddleware(
+        app, store=SQLiteStore(path), telemetry=otel.telemetry(), policy=Policy(scope=shared_scope)
+    )
     answer = asyncio.run(call(mw))
     assert answer.status == 201
     assert app.runs == 0  # the other process ran it
@@ -449,14 +493,16 @@ def test_replay_links_to_a_first_execution_in_another_process(tmp_path: Any, ote
     assert replayed.context.trace_id != first["trace"]
 
 
-async def test_a_custom_scope_is_logged_hashed(otel: Otel, audit_log: AuditLines) -> None:
+async def test_a_custom_scope_is_logged_as_a_keyed_hash(otel: Otel, audit_log: AuditLines) -> None:
     policy = Policy(scope=lambda facts: f"user:{facts.header('x-user')}")
-    mw = IdempotencyMiddleware(
-        App(), store=MemoryStore(), policy=policy, telemetry=otel.telemetry()
-    )
+    store = MemoryStore()
+    mw = IdempotencyMiddleware(App(), store=store, policy=policy, telemetry=otel.telemetry())
     await call(mw, headers=[("X-User", "alice@example.com")])
     (doc,) = audit_log.docs()
-    assert doc["scope"] == hashlib.sha256(b"user:alice@example.com").hexdigest()
+    secret = stored_secret(store)
+    assert secret is not None
+    assert doc["scope"] == PrincipalKey(secret).id_of("user:alice@example.com")
+    assert doc["scope"] != hashlib.sha256(b"user:alice@example.com").hexdigest()
     assert "alice" not in audit_log.lines[0]
 
 
@@ -465,7 +511,9 @@ async def test_a_replay_from_the_local_cache_is_no_store_operation(otel: Otel) -
     # histogram holds the first execution's claim and completion only, while the replays
     # still count as replays.
     store = CachedStore(MemoryStore(), max_records=10)
-    mw = IdempotencyMiddleware(App(), store=store, telemetry=otel.telemetry())
+    mw = IdempotencyMiddleware(
+        App(), store=store, telemetry=otel.telemetry(), policy=Policy(scope=shared_scope)
+    )
     first = await call(mw)
     replays = [await call(mw) for _ in range(3)]
     assert [r.body for r in replays] == [first.body] * 3

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from tests.telemetry.conftest import AuditLines, Otel
 
 from retrysafe.outcomes import Outcome
+from retrysafe.scopes import shared_scope
 from retrysafe.telemetry import Telemetry, report_cost
 from retrysafe.telemetry.cost import decode, encode, metering
 
@@ -100,7 +101,9 @@ def test_internal_headers_are_stored_never_replayed_never_taken_from_the_handler
     from retrysafe import Policy
     from retrysafe.decide import Complete, replay_headers, settle
 
-    policy = Policy(replay_headers=frozenset({"content-type", "retrysafe-cost"}))
+    policy = Policy(
+        scope=shared_scope, replay_headers=frozenset({"content-type", "retrysafe-cost"})
+    )
     headers = [("Content-Type", "text/plain"), ("Retrysafe-Cost", "USD=999")]  # from the handler
     done = settle(200, headers, b"ok", policy, internal=[("retrysafe-cost", "USD=0.5")])
     assert isinstance(done, Complete)

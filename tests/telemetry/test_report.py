@@ -19,7 +19,9 @@ from tests.telemetry.test_asgi_telemetry import App
 
 from retrysafe import MemoryStore
 from retrysafe.http.asgi import IdempotencyMiddleware
+from retrysafe.policy import Policy
 from retrysafe.report_cli import report
+from retrysafe.scopes import shared_scope
 from retrysafe.telemetry import AUDIT_LOGGER, Telemetry
 from retrysafe.telemetry.report import html_page, load, summarize
 from retrysafe.telemetry.slo import DAY, HOUR, MINUTE, Objective
@@ -123,7 +125,9 @@ def test_report_from_a_real_middleware_log(tmp_path: Path) -> None:
     try:
         app = App()
         app.cost = 0.25
-        mw = IdempotencyMiddleware(app, store=MemoryStore(), telemetry=Telemetry())
+        mw = IdempotencyMiddleware(
+            app, store=MemoryStore(), telemetry=Telemetry(), policy=Policy(scope=shared_scope)
+        )
 
         async def traffic() -> None:
             await call(mw, headers=[("Idempotency-Attempt", "1")])

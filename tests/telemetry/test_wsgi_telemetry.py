@@ -13,6 +13,7 @@ from retrysafe import MemoryStore, Policy
 from retrysafe.errors import StoreUnavailable
 from retrysafe.http.wsgi import IdempotencyMiddleware
 from retrysafe.records import ClaimResult
+from retrysafe.scopes import shared_scope
 from retrysafe.telemetry import report_cost
 
 
@@ -65,7 +66,9 @@ def call(
 
 def test_execute_replay_link_cost_attempt(otel: Otel, audit_log: AuditLines) -> None:
     app = App()
-    mw = IdempotencyMiddleware(app, store=MemoryStore(), telemetry=otel.telemetry())
+    mw = IdempotencyMiddleware(
+        app, store=MemoryStore(), telemetry=otel.telemetry(), policy=Policy(scope=shared_scope)
+    )
     call(mw, attempt="1")
     status, headers, _ = call(mw, attempt="3")
     assert status.startswith("201")
@@ -87,7 +90,9 @@ def test_execute_replay_link_cost_attempt(otel: Otel, audit_log: AuditLines) -> 
 
 def test_one_line_per_request_on_each_path(otel: Otel, audit_log: AuditLines) -> None:
     app = App()
-    mw = IdempotencyMiddleware(app, store=MemoryStore(), telemetry=otel.telemetry())
+    mw = IdempotencyMiddleware(
+        app, store=MemoryStore(), telemetry=otel.telemetry(), policy=Policy(scope=shared_scope)
+    )
     call(mw)  # executed
     call(mw)  # replayed
     call(mw, body=b'{"x": 1}')  # mismatch
@@ -117,7 +122,10 @@ class BrokenStore(MemoryStore):
 @pytest.mark.parametrize(("fail_open", "status"), [(False, 503), (True, 201)])
 def test_store_error(otel: Otel, audit_log: AuditLines, fail_open: bool, status: int) -> None:
     mw = IdempotencyMiddleware(
-        App(), store=BrokenStore(), policy=Policy(fail_open=fail_open), telemetry=otel.telemetry()
+        App(),
+        store=BrokenStore(),
+        policy=Policy(scope=shared_scope, fail_open=fail_open),
+        telemetry=otel.telemetry(),
     )
     got, _, _ = call(mw)
     assert got.startswith(str(status))

@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 
 from retrysafe.errors import ConfigurationError
 from retrysafe.fingerprint import RequestFacts
-from retrysafe.scopes import authorization_scope
 from retrysafe.policy import (
     DEFAULT_STATUS,
     NEVER_REPLAYED,
@@ -24,6 +23,7 @@ from retrysafe.policy import (
     seconds,
     storage_id,
 )
+from retrysafe.scopes import authorization_scope
 
 
 def facts(*headers: tuple[str, str]) -> RequestFacts:

@@ -30,7 +30,9 @@ def facts(*headers: tuple[str, str], user: str | None = None) -> RequestFacts:
 def test_authorization_scope_names_the_credential_or_nobody() -> None:
     alice = authorization_scope(facts(("Authorization", "Bearer alice")))
     bob = authorization_scope(facts(("authorization", "Bearer bob")))
-    assert alice is not None and bob is not None and alice != bob
+    assert alice is not None
+    assert bob is not None
+    assert alice != bob
     assert alice == authorization_scope(facts(("AUTHORIZATION", "Bearer alice")))
     # No credentials: nobody, never a shared "anonymous" principal.
     assert authorization_scope(facts()) is None
@@ -43,7 +45,8 @@ def test_header_scope_is_per_header_name() -> None:
     assert one is not None
     assert one != scope(facts(("x-api-key", "k2")))
     assert one == scope(facts(("X-API-KEY", "k1")))
-    assert scope(facts()) is None and scope(facts(("x-api-key", ""))) is None
+    assert scope(facts()) is None
+    assert scope(facts(("x-api-key", ""))) is None
     # The header name is part of the principal: the same value under another header differs.
     assert one != header_scope("X-Tenant")(facts(("x-tenant", "k1")))
     assert header_scope("Authorization")(facts(("authorization", "t"))) == authorization_scope(
@@ -55,7 +58,8 @@ def test_cookie_scope_reads_one_cookie_and_ignores_the_others() -> None:
     scope = cookie_scope("sessionid")
     a = scope(facts(("cookie", "csrftoken=one; sessionid=abc; _ga=GA1.2.3")))
     b = scope(facts(("cookie", "_ga=GA9.9.9; sessionid=abc; csrftoken=two")))
-    assert a is not None and a == b  # rotating cookies do not move a retry to another scope
+    assert a is not None
+    assert a == b
     assert a != scope(facts(("cookie", "sessionid=abd")))
     assert scope(facts(("cookie", "csrftoken=one"))) is None
     assert scope(facts(("cookie", "xsessionid=abc"))) is None  # whole names only
@@ -105,6 +109,7 @@ def test_principal_ids_are_keyed_by_the_secret() -> None:
     assert re.fullmatch("[0-9a-f]{64}", one)
     assert one == PrincipalKey(SECRET).id_of(principal)
     assert one != PrincipalKey(SECRET[::-1]).id_of(principal)
-    assert "YWxpY2U6aHVudGVyMg" not in one and SECRET not in repr(PrincipalKey(SECRET))
+    assert "YWxpY2U6aHVudGVyMg" not in one
+    assert SECRET not in repr(PrincipalKey(SECRET))
     # Undecodable header bytes (surrogateescape) still give an id.
     assert len(PrincipalKey(SECRET).id_of("header:authorization\0Bearer \udcff")) == 64
