@@ -29,7 +29,8 @@ from retrysafe.client import (
     RetryPolicy,
 )
 from retrysafe.http.asgi import IdempotencyMiddleware
-from retrysafe.policy import Policy, authorization_scope, header_scope
+from retrysafe.policy import Policy
+from retrysafe.scopes import authorization_scope, header_scope
 from retrysafe.stores.memory import MemoryStore
 from serverkit import serve_asgi
 from storekit import POSTGRES_URL, require_service, server_down

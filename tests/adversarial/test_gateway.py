@@ -156,7 +156,9 @@ def running(upstream: str, tmp_path: Path, **fields: Any) -> Iterator[str]:
     config = GatewayConfig(
         upstream=upstream,
         store=f"sqlite:///{tmp_path / 'gateway.db'}",
-        routes=(RoutePolicy(path="/pay", required=True),),
+        # Not about who owns a key: requests carry no credentials, one shared scope.
+        policy=RoutePolicy(anonymous="shared"),
+        routes=(RoutePolicy(path="/pay", required=True, anonymous="shared"),),
         **fields,
     )
     with serve_in_thread(create_app(config)) as url:

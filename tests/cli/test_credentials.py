@@ -43,10 +43,10 @@ def pg_url() -> str:
 def test_keys_show_and_delete_of_an_unknown_key(pg_url: str) -> None:
     url = f"{pg_url}?table_prefix=t{uuid.uuid4().hex[:12]}_"
     try:
-        shown = run("keys", "show", "no-such-key", "--store", url)
+        shown = run("keys", "show", "no-such-key", "--shared", "--store", url)
         assert shown.exit_code == 1
         assert "no live record for this key in postgresql://postgres:***@" in shown.output
-        deleted = run("keys", "delete", "no-such-key", "--store", url)
+        deleted = run("keys", "delete", "no-such-key", "--shared", "--store", url)
         assert deleted.exit_code == 1
         assert "no record for this key in postgresql://postgres:***@" in deleted.output
     finally:
@@ -73,7 +73,7 @@ def test_redis_with_a_password() -> None:
     if why := server_down(REDIS_URL):
         require_service("Redis", why)
     url = f"{with_password(REDIS_URL, 'default')}?prefix=t{uuid.uuid4().hex[:12]}:"
-    shown = run("keys", "show", "k", "--store", url)
+    shown = run("keys", "show", "k", "--shared", "--store", url)
     assert shown.exit_code == 1
     assert "no live record for this key in redis://default:***@" in shown.output
     listed = run("dlq", "list", "--store", url)
@@ -84,9 +84,16 @@ def test_redis_with_a_password() -> None:
 @pytest.mark.parametrize(
     "args",
     [
-        ["keys", "show", "k", "--store", f"postgresql://u:{SECRET}@127.0.0.1/app?shema=x"],
+        [
+            "keys",
+            "show",
+            "k",
+            "--shared",
+            "--store",
+            f"postgresql://u:{SECRET}@127.0.0.1/app?shema=x",
+        ],
         ["keys", "stats", "--store", f"redis://u:{SECRET}@127.0.0.1:6379/abc"],
-        ["keys", "delete", "k", "--store", f"mysql://u:{SECRET}@127.0.0.1/app"],
+        ["keys", "delete", "k", "--shared", "--store", f"mysql://u:{SECRET}@127.0.0.1/app"],
         ["store", "init", f"postgres://u:{SECRET}@127.0.0.1/app?table_prefx=x"],
         ["dlq", "list", "--store", f"redis://u:{SECRET}@127.0.0.1:6379/0?prefx=x"],
         ["dlq", "purge", "--store", f"postgresql://u:{SECRET}@127.0.0.1/app?shema=x"],

@@ -16,6 +16,7 @@ from gwsupport import (
 )
 
 from retrysafe.gateway import GatewayConfig, create_app
+from retrysafe.gateway.config import RoutePolicy
 from retrysafe.stores.base import DualStore
 from retrysafe.stores.sqlite import SQLiteStore
 
@@ -43,6 +44,8 @@ def gateway(tmp_path: Path, upstream: Upstream) -> Iterator[GatewayFactory]:
     def start(store: DualStore | None = None, **fields: Any) -> RunningGateway:
         fields.setdefault("upstream", upstream.url)
         fields.setdefault("store", f"sqlite:///{tmp_path / 'gateway.db'}")
+        # Tests not about who owns a key send no credentials: one explicit shared scope.
+        fields.setdefault("policy", RoutePolicy(anonymous="shared"))
         app = create_app(GatewayConfig(**fields), store=store)
         cm = serve_in_thread(app)
         url = cm.__enter__()

@@ -273,7 +273,7 @@ def test_upstream_5xx_passes_through_and_is_not_stored(
 def test_per_route_policy(gateway: GatewayFactory, upstream: Upstream) -> None:
     gw = gateway(
         routes=(
-            RoutePolicy(path="/strict", required=True),
+            RoutePolicy(path="/strict", required=True, anonymous="shared"),
             RoutePolicy(path="/tenant", scope_header="X-Api-Key", methods=("POST", "DELETE")),
         )
     )
@@ -307,7 +307,7 @@ def test_route_ttl(
     clocked_store: tuple[SQLiteStore, ManualClock],
 ) -> None:
     store, clock = clocked_store
-    gw = gateway(store=store, routes=(RoutePolicy(path="/short", ttl=10.0),))
+    gw = gateway(store=store, routes=(RoutePolicy(path="/short", ttl=10.0, anonymous="shared"),))
     short, long = "/short" + unique("s"), unique("echo")
     k1, k2 = {"Idempotency-Key": "k-short"}, {"Idempotency-Key": "k-long"}
     with httpx.Client(base_url=gw.url) as client:

@@ -18,9 +18,9 @@ from tests.telemetry.conftest import AuditLines, Otel
 from retrysafe import MemoryStore, Policy, SQLiteStore
 from retrysafe.errors import StoreUnavailable
 from retrysafe.http.asgi import IdempotencyMiddleware
-from retrysafe.keyring import stored_secret
+from retrysafe.keyring import Keyring
 from retrysafe.records import ClaimResult, Record, StoredResponse
-from retrysafe.scopes import PrincipalKey, shared_scope
+from retrysafe.scopes import shared_scope
 from retrysafe.stores.cached import CachedStore
 from retrysafe.telemetry import Telemetry, report_cost
 from retrysafe.telemetry.observe import DEFAULT_TELEMETRY, NULL_OBSERVATION, observe
@@ -379,9 +379,8 @@ async def test_audit_line_fields(otel: Otel, audit_log: AuditLines) -> None:
     assert "top-secret" not in line  # the scope is a keyed hash of the credential
     doc = json.loads(line)
     assert doc["scope"] != hashlib.sha256(b"Bearer top-secret").hexdigest()
-    secret = stored_secret(store)
-    assert secret is not None
-    assert doc["scope"] == PrincipalKey(secret).id_of("header:authorization\0Bearer top-secret")
+    principals = Keyring(None).load(store)  # the suite's RETRYSAFE_SECRET
+    assert doc["scope"] == principals.id_of("header:authorization\0Bearer top-secret")
     expected = {"ts", "surface", "operation", "key", "scope", "fingerprint", "outcome"}
     expected |= {"billable", "status", "duration_s", "store_s", "trace_id", "span_id"}
     assert expected <= set(doc)
@@ -499,9 +498,7 @@ async def test_a_custom_scope_is_logged_as_a_keyed_hash(otel: Otel, audit_log: A
     mw = IdempotencyMiddleware(App(), store=store, policy=policy, telemetry=otel.telemetry())
     await call(mw, headers=[("X-User", "alice@example.com")])
     (doc,) = audit_log.docs()
-    secret = stored_secret(store)
-    assert secret is not None
-    assert doc["scope"] == PrincipalKey(secret).id_of("user:alice@example.com")
+    assert doc["scope"] == Keyring(None).load(store).id_of("user:alice@example.com")
     assert doc["scope"] != hashlib.sha256(b"user:alice@example.com").hexdigest()
     assert "alice" not in audit_log.lines[0]
 

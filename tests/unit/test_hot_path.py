@@ -28,8 +28,9 @@ from retrysafe.engine import (
 from retrysafe.fingerprint import RawHeaders, RequestFacts, bytes_fingerprint
 from retrysafe.http._exchange import InvalidLength, KeyHeaders, declared_length
 from retrysafe.http.wsgi import EnvironHeaders
-from retrysafe.policy import Policy, authorization_scope
+from retrysafe.policy import Policy
 from retrysafe.records import Claimed, ClaimResult, Record, StoredResponse
+from retrysafe.scopes import authorization_scope
 from retrysafe.stores.memory import MemoryStore
 from storekit import FakeClock
 from wakekit import HANG
