@@ -26,9 +26,10 @@ import psycopg
 import pytest
 
 from retrysafe.fingerprint import RequestFacts
-from retrysafe.policy import Policy, storage_id
+from retrysafe.keyring import configured_secret
+from retrysafe.policy import storage_id
 from retrysafe.records import Record, State
-from retrysafe.scopes import shared_scope
+from retrysafe.scopes import PrincipalKey, shared_scope
 from retrysafe.stores.sqlite import SQLiteStore
 
 from . import _pg_workers, _workers
@@ -77,9 +78,12 @@ class DbKit:
 
 def record_id(door: str, key: str, namespace: str = "charge") -> str:
     """The storage id under which ``door`` keeps the charge ``key``."""
-    if door in ("wsgi", "asgi", "asgi-async"):  # the middleware's default scope: no Authorization
-        scope = Policy(scope=shared_scope).scope(RequestFacts("POST", "/charges", "", (), b""))
-        return storage_id(scope, key)
+    if door in ("wsgi", "asgi", "asgi-async"):  # the middleware, shared_scope (no credentials)
+        principal = shared_scope(RequestFacts("POST", "/charges", "", (), b""))
+        secret = configured_secret(None)  # the suite's RETRYSAFE_SECRET, which workers inherit
+        assert principal is not None
+        assert secret is not None
+        return storage_id(PrincipalKey(secret).id_of(principal), key)
     return storage_id(f"function\0{namespace}", key)
 
 

@@ -53,8 +53,9 @@ import psycopg
 from client.client_servers import FaultProxy
 from retrysafe.client import CallFailed, DeadLetterQueue, IdempotentTransport, RetryPolicy
 from retrysafe.fingerprint import RequestFacts
-from retrysafe.policy import Policy, storage_id
-from retrysafe.scopes import shared_scope
+from retrysafe.keyring import configured_secret
+from retrysafe.policy import storage_id
+from retrysafe.scopes import PrincipalKey, shared_scope
 from retrysafe.stores.sqlite import SQLiteStore
 
 WORKER = Path(__file__).with_name("_ledger_worker.py")
@@ -430,14 +431,19 @@ def _read_ledger(run: LedgerRun, db: Database, charges: Charges) -> None:
     ]
     records = db.records()
     run.records = dict(Counter(records.values()))
-    scope = Policy(scope=shared_scope).scope(
-        RequestFacts("POST", "/charges", "", (), b"")
-    )  # no Authorization
+    # The middleware runs under shared_scope (no credentials) and the suite's RETRYSAFE_SECRET.
+    principal = shared_scope(RequestFacts("POST", "/charges", "", (), b""))
+    secret = configured_secret(None)
+    assert principal is not None
+    assert secret is not None, "RETRYSAFE_SECRET is set by tests/conftest.py and main()"
+    scope = PrincipalKey(secret).id_of(principal)
     states = {name: records.get(storage_id(scope, key), "none") for name, key in run.keys.items()}
     run.unfinished = {name: state for name, state in states.items() if state != "completed"}
 
 
 def main(argv: list[str] | None = None) -> None:
+    # As under pytest (tests/conftest.py): the workers share an operator-set principal secret.
+    os.environ.setdefault("RETRYSAFE_SECRET", "retrysafe-ledger-scenario-secret-0123456789")
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--db", choices=["sqlite", "postgres"], action="append")
     parser.add_argument("--mode", choices=["atomic", "plain"], action="append")

@@ -22,7 +22,8 @@ async def test_a_lost_answer_was_produced_and_stored_first() -> None:
         build_payments_app(ledger, store=MemoryStore()), Faults(loss_rate=1.0, latency_ms=0.0)
     )
     async with serving(layer) as url, httpx.AsyncClient(base_url=url) as client:
-        headers = {"Idempotency-Key": KEY}
+        # The payments API's default Policy files keys under the caller's Authorization.
+        headers = {"Idempotency-Key": KEY, "Authorization": "Bearer sk_test_agent"}
         with pytest.raises(httpx.ReadTimeout):
             await client.post("/purchases", json=ORDER, headers=headers, timeout=0.3)
         # The charge was made although its answer never came ...
