@@ -23,6 +23,7 @@ from retrysafe.fingerprint import RequestFacts
 from retrysafe.http.asgi import IdempotencyMiddleware as AsgiMiddleware
 from retrysafe.http.wsgi import IdempotencyMiddleware as WsgiMiddleware
 from retrysafe.policy import Policy, authorization_scope, storage_id
+from retrysafe.scopes import shared_scope
 from retrysafe.stores.memory import MemoryStore
 from serverkit import RawClient, RawResponse, raw_request, serve_asgi, serve_werkzeug, serve_wsgi
 
@@ -119,7 +120,9 @@ BODY = b'{"amount": 100}'  # 15 bytes
 def wsgi_door(request: pytest.FixtureRequest) -> Iterator[tuple[str, RecordingWsgi, MemoryStore]]:
     app, store = RecordingWsgi(), MemoryStore()
     serve = serve_wsgi if request.param == "wsgiref" else serve_werkzeug
-    with serve(WsgiMiddleware(app, store=store, telemetry=None)) as base:
+    with serve(
+        WsgiMiddleware(app, store=store, telemetry=None, policy=Policy(scope=shared_scope))
+    ) as base:
         yield base, app, store
 
 
@@ -162,7 +165,9 @@ def test_wsgi_refuses_a_content_length_that_is_not_a_number(
 
 def test_wsgi_chunked_body_is_read_whole_and_fingerprints_like_a_sized_one() -> None:
     app, store = RecordingWsgi(), MemoryStore()
-    with serve_werkzeug(WsgiMiddleware(app, store=store, telemetry=None)) as base:
+    with serve_werkzeug(
+        WsgiMiddleware(app, store=store, telemetry=None, policy=Policy(scope=shared_scope))
+    ) as base:
         key = str(uuid.uuid4())
         first = raw_request(base, head(key, None, chunked=True) + chunked(BODY))
         assert first is not None
@@ -175,7 +180,9 @@ def test_wsgi_chunked_body_is_read_whole_and_fingerprints_like_a_sized_one() -> 
 
 def test_wsgi_chunked_body_cut_short_claims_nothing() -> None:
     app, store = RecordingWsgi(), MemoryStore()
-    with serve_werkzeug(WsgiMiddleware(app, store=store, telemetry=None)) as base:
+    with serve_werkzeug(
+        WsgiMiddleware(app, store=store, telemetry=None, policy=Policy(scope=shared_scope))
+    ) as base:
         key = str(uuid.uuid4())
         answer = cut_off(base, head(key, None, chunked=True) + b"f\r\n" + BODY[:5])
         assert answer is not None
@@ -191,7 +198,7 @@ def test_wsgi_chunked_body_cut_short_claims_nothing() -> None:
 
 def test_wsgi_chunked_body_over_the_limit_is_413() -> None:
     app, store = RecordingWsgi(), MemoryStore()
-    policy = Policy(max_body=10)
+    policy = Policy(scope=shared_scope, max_body=10)
     with serve_werkzeug(WsgiMiddleware(app, store=store, policy=policy, telemetry=None)) as base:
         key = str(uuid.uuid4())
         answer = raw_request(base, head(key, None, chunked=True) + chunked(BODY))
@@ -226,7 +233,9 @@ def test_asgi_body_cut_short_claims_nothing() -> None:
     # The ASGI adapter was right: uvicorn hands over the part of the body it has
     # (more_body=True), then http.disconnect once the client is gone; nothing is run or claimed.
     app, store = RecordingAsgi(), MemoryStore()
-    door = Watched(AsgiMiddleware(app, store=store, telemetry=None))
+    door = Watched(
+        AsgiMiddleware(app, store=store, telemetry=None, policy=Policy(scope=shared_scope))
+    )
     with serve_asgi(door) as base:
         key = str(uuid.uuid4())
         with RawClient(base) as client:
@@ -272,7 +281,7 @@ def test_json_canonicalization_of_a_big_body_does_not_hold_up_the_event_loop(
     monkeypatch.setattr(retrysafe.fingerprint, "canonical_json", gated)
     app.on_ping = gate.set
     body = json.dumps({"items": ["x" * 64] * 1024}).encode()  # 68 KiB
-    policy = Policy(body_mode="json")
+    policy = Policy(scope=shared_scope, body_mode="json")
     with serve_asgi(AsgiMiddleware(app, store=store, policy=policy, telemetry=None)) as base:
         results: list[RawResponse] = []
         poster = threading.Thread(target=lambda: results.append(post(base, "big-1", body)))
@@ -303,7 +312,7 @@ def test_json_canonicalization_of_a_big_body_does_not_hold_up_the_event_loop(
 )
 def test_hostile_json_is_answered_by_the_app_and_replayed(hostile: bytes) -> None:
     app, store = RecordingAsgi(), MemoryStore()
-    policy = Policy(body_mode="json", body_field="idempotency_key")
+    policy = Policy(scope=shared_scope, body_mode="json", body_field="idempotency_key")
     with serve_asgi(AsgiMiddleware(app, store=store, policy=policy, telemetry=None)) as base:
         key = str(uuid.uuid4())
         first = post(base, key, hostile)
@@ -319,7 +328,7 @@ def test_hostile_json_is_answered_by_the_app_and_replayed(hostile: bytes) -> Non
 def test_json_with_a_repeated_member_does_not_replay_the_last_members_request() -> None:
     # json.loads keeps the last "amount", many parsers the first: the app may charge 1.
     app, store = RecordingAsgi(), MemoryStore()
-    policy = Policy(body_mode="json")
+    policy = Policy(scope=shared_scope, body_mode="json")
     with serve_asgi(AsgiMiddleware(app, store=store, policy=policy, telemetry=None)) as base:
         key = str(uuid.uuid4())
         first = post(base, key, b'{"amount": 2}')
@@ -334,7 +343,7 @@ def test_json_with_a_repeated_member_does_not_replay_the_last_members_request() 
 
 def test_json_mode_refuses_bodies_over_max_json_body_with_413() -> None:
     app, store = RecordingAsgi(), MemoryStore()
-    policy = Policy(body_mode="json", max_json_body=100)
+    policy = Policy(scope=shared_scope, body_mode="json", max_json_body=100)
     body = json.dumps({"pad": "x" * 200}).encode()
     with serve_asgi(AsgiMiddleware(app, store=store, policy=policy, telemetry=None)) as base:
         declared = post(base, "j-1", body)
@@ -354,7 +363,9 @@ def test_json_mode_limit_applies_to_keyed_bodies_not_to_those_searched_for_a_key
     # With body_field, every covered body is read (up to max_body) to look for a key; only a
     # body that has one is canonicalized, so only that one is held to max_json_body.
     app, store = RecordingAsgi(), MemoryStore()
-    policy = Policy(body_mode="json", max_json_body=100, body_field="idempotency_key")
+    policy = Policy(
+        scope=shared_scope, body_mode="json", max_json_body=100, body_field="idempotency_key"
+    )
     pad = "x" * 200
     keyless = json.dumps({"pad": pad}).encode()
     keyed = json.dumps({"idempotency_key": "b-1", "pad": pad}).encode()
@@ -387,7 +398,7 @@ def test_json_mode_limit_applies_to_keyed_bodies_not_to_those_searched_for_a_key
 def test_a_body_field_key_of_the_wrong_type_is_a_malformed_key(
     body: bytes, shape: str, server: str
 ) -> None:
-    policy = Policy(body_field="idempotency_key")
+    policy = Policy(scope=shared_scope, body_field="idempotency_key")
     store = MemoryStore()
     if server == "asgi":
         asgi = RecordingAsgi()

@@ -18,9 +18,11 @@ from typing import Any
 import pytest
 
 from gateway.gwsupport import Upstream, serve_in_thread
-from retrysafe.gateway import GatewayConfig, create_app
+from retrysafe.gateway import GatewayConfig, RoutePolicy, create_app
 from retrysafe.http.asgi import IdempotencyMiddleware as AsgiMiddleware
 from retrysafe.http.wsgi import IdempotencyMiddleware as WsgiMiddleware
+from retrysafe.policy import Policy
+from retrysafe.scopes import shared_scope
 from retrysafe.stores.memory import MemoryStore
 from serverkit import RawResponse, raw_request, serve_asgi, serve_werkzeug, serve_wsgi
 
@@ -88,12 +90,18 @@ def door(request: pytest.FixtureRequest) -> Iterator[tuple[str, list[dict[str, s
     """A middleware-protected echo app on a real server: (base URL, the app's runs)."""
     if request.param == "asgi":
         asgi = EchoAsgi()
-        with serve_asgi(AsgiMiddleware(asgi, store=MemoryStore(), telemetry=None)) as base:
+        with serve_asgi(
+            AsgiMiddleware(
+                asgi, store=MemoryStore(), telemetry=None, policy=Policy(scope=shared_scope)
+            )
+        ) as base:
             yield base, asgi.runs
         return
     wsgi = EchoWsgi()
     serve: Serve = serve_wsgi if request.param == "wsgiref" else serve_werkzeug
-    with serve(WsgiMiddleware(wsgi, store=MemoryStore(), telemetry=None)) as base:
+    with serve(
+        WsgiMiddleware(wsgi, store=MemoryStore(), telemetry=None, policy=Policy(scope=shared_scope))
+    ) as base:
         yield base, wsgi.runs
 
 
@@ -182,7 +190,13 @@ def test_the_gateway_does_not_answer_one_path_with_anothers_response(
 ) -> None:
     # The gateway forwards the raw target: the upstream receives /orders/a/b as such, so
     # answering it with the stored answer of /orders/a%2Fb would be another request's answer.
-    app = create_app(GatewayConfig(upstream=upstream.url, store=f"sqlite:///{tmp_path / 'g.db'}"))
+    app = create_app(
+        GatewayConfig(
+            upstream=upstream.url,
+            store=f"sqlite:///{tmp_path / 'g.db'}",
+            policy=RoutePolicy(anonymous="shared"),  # not about who owns a key: no credentials
+        )
+    )
     key = str(uuid.uuid4())
     with serve_in_thread(app) as base:
         first = post(base, "/orders/a%2Fb", key)

@@ -36,6 +36,7 @@ from retrysafe.http.asgi import IdempotencyMiddleware
 from retrysafe.http.wsgi import IdempotencyMiddleware as WsgiIdempotencyMiddleware
 from retrysafe.policy import Policy
 from retrysafe.records import Claimed, Existing, State, StoredResponse
+from retrysafe.scopes import shared_scope
 from retrysafe.stores import open_store
 from retrysafe.stores.memory import MemoryStore
 from retrysafe.stores.sqlite import TABLE, SQLiteStore
@@ -152,7 +153,9 @@ def test_the_wal_stays_bounded_under_concurrent_requests_and_empties_when_idle(
     path = tmp_path / "wal.db"
     store = SQLiteStore(path, clock=FakeClock(), wal_idle=0.2)
     shop = Shop()
-    app = IdempotencyMiddleware(shop, store=store, policy=Policy(), telemetry=None)
+    app = IdempotencyMiddleware(
+        shop, store=store, policy=Policy(scope=shared_scope), telemetry=None
+    )
     peak = WalPeak(path)
     keys = [f"wal-{i}" for i in range(1500)]  # main left a 50 MiB -wal after these
     try:
@@ -182,7 +185,7 @@ def test_expired_records_are_purged_as_fast_as_requests_write_them(tmp_path: Pat
     clock = FakeClock()
     # The default store: its timed purge (once a minute of wall clock) never comes due here.
     store = SQLiteStore(path, clock=clock)
-    policy = Policy(ttl=10, retention=10)  # seconds of the store's (fake) clock
+    policy = Policy(scope=shared_scope, ttl=10, retention=10)  # seconds of the store's (fake) clock
     app = IdempotencyMiddleware(Shop(), store=store, policy=policy, telemetry=None)
     peak = WalPeak(path)
     per_round, counts = 150, []
@@ -284,7 +287,9 @@ def test_a_memory_store_full_of_requests_in_flight_answers_503_and_evicts_none(
 ) -> None:
     store = MemoryStore(max_records=4)
     shop = Shop()
-    app = IdempotencyMiddleware(shop, store=store, policy=Policy(wait=0), telemetry=None)
+    app = IdempotencyMiddleware(
+        shop, store=store, policy=Policy(scope=shared_scope, wait=0), telemetry=None
+    )
     with serve_asgi(app) as base:
         slow: list[tuple[int, bytes]] = []
         holders = [
@@ -328,7 +333,9 @@ def test_the_wsgi_middleware_says_the_memory_store_is_full_too() -> None:
         start_response("201 Created", [("Content-Type", "application/json")])
         return [ANSWER]
 
-    wsgi = WsgiIdempotencyMiddleware(app, store=store, policy=Policy(wait=0), telemetry=None)
+    wsgi = WsgiIdempotencyMiddleware(
+        app, store=store, policy=Policy(scope=shared_scope, wait=0), telemetry=None
+    )
     with serve_wsgi(wsgi) as base:
         slow: list[int] = []
         holder = threading.Thread(target=lambda: slow.append(post(connect(base), "s", "/slow")[0]))
@@ -346,7 +353,9 @@ def test_the_wsgi_middleware_says_the_memory_store_is_full_too() -> None:
 def test_under_pressure_only_finished_records_are_evicted(tmp_path: Path) -> None:
     store = MemoryStore(max_records=40)
     shop = Shop()
-    app = IdempotencyMiddleware(shop, store=store, policy=Policy(wait=0), telemetry=None)
+    app = IdempotencyMiddleware(
+        shop, store=store, policy=Policy(scope=shared_scope, wait=0), telemetry=None
+    )
     sizes: list[int] = []
     lock = threading.Lock()
 
@@ -428,7 +437,9 @@ def test_concurrent_threads_never_evict_a_claim_in_flight() -> None:
 def test_a_body_that_cannot_fit_is_kept_unreplayable_never_run_twice(tmp_path: Path) -> None:
     store = MemoryStore(max_bytes=16 * 1024)
     shop = Shop(body=b"x" * 40_000)  # under the cache cap (1 MiB), over the store's bound
-    app = IdempotencyMiddleware(shop, store=store, policy=Policy(), telemetry=None)
+    app = IdempotencyMiddleware(
+        shop, store=store, policy=Policy(scope=shared_scope), telemetry=None
+    )
     with serve_asgi(app) as base:
         conn = connect(base)
         assert post(conn, "big") == (201, shop.body)

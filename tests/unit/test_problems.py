@@ -37,7 +37,7 @@ def test_problem_document_has_the_rfc9457_members(problem: Problem) -> None:
 def test_every_problem_has_a_distinct_type_and_title() -> None:
     types = {document(p)["type"] for p in Problem}
     titles = {TITLES[p] for p in Problem}
-    assert len(types) == len(titles) == len(Problem) == 8
+    assert len(types) == len(titles) == len(Problem) == 9
     assert set(TITLES) == set(Problem)
 
 
