@@ -28,6 +28,8 @@ from retrysafe.gateway.serve import uvicorn_config
 from retrysafe.stores.base import DualStore
 
 HERE = Path(__file__).parent
+# [policy] anonymous = "shared": for gateway processes of tests that are not about who owns a key.
+SHARED_SCOPE_CONFIG = HERE / "shared_scope.toml"
 START_TIMEOUT = 20.0
 
 
@@ -108,6 +110,8 @@ class GatewayProcess:
 
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
+        if "--config" not in args:  # these tests send no credentials: one explicit shared scope
+            args = ("--config", str(SHARED_SCOPE_CONFIG), *args)
         cmd = [sys.executable, "-m", "retrysafe.cli", "proxy", "--port", str(self.port), *args]
         self.proc = subprocess.Popen(
             cmd,

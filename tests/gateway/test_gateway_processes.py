@@ -122,7 +122,10 @@ async def test_shutdown_timeout_releases_the_claims_of_cancelled_requests(
     """A request still running when the shutdown timeout ends is cancelled and its claim is
     released, so the client's retry runs at once instead of waiting for the lease to lapse."""
     config = tmp_path / "gw.toml"
-    config.write_text(f'shutdown_timeout = "1s"\nstore = "sqlite:///{tmp_path / "s.db"}"\n')
+    config.write_text(
+        f'shutdown_timeout = "1s"\nstore = "sqlite:///{tmp_path / "s.db"}"\n'
+        '[policy]\nanonymous = "shared"\n'  # no credentials: one explicit shared scope
+    )
     name = uuid.uuid4().hex
     key = {"Idempotency-Key": uuid.uuid4().hex}
     first = GatewayProcess("--upstream", upstream.url, "--config", str(config))
