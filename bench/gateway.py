@@ -83,6 +83,7 @@ def start_upstream() -> tuple[subprocess.Popen[bytes], str]:
 def start_gateway(upstream: str, store: str, workers: int) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     cmd = [sys.executable, "-m", "retrysafe.cli", "proxy", "--upstream", upstream, "--store", store]
+    cmd += ["--config", str(Path(__file__).with_name("gateway_shared_scope.toml"))]
     cmd += ["--port", str(port), "--workers", str(workers), "--log-level", "warning"]
     proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"

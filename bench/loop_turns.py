@@ -30,6 +30,8 @@ import uuid
 from typing import Any
 
 from retrysafe.http.asgi import IdempotencyMiddleware
+from retrysafe.policy import Policy
+from retrysafe.scopes import shared_scope
 
 # bench/ (the script's directory) is on sys.path
 from stores import app, call, close_kind, open_kind
@@ -60,7 +62,7 @@ async def turns_of(asgi: Any, key: str) -> int:
 
 async def measure(kind: str, n: int, only: str, tmp: str) -> dict[str, tuple[int, int, int]]:
     store = open_kind(kind, tmp)
-    asgi = IdempotencyMiddleware(app, store=store)
+    asgi = IdempotencyMiddleware(app, store=store, policy=Policy(scope=shared_scope))
     run = uuid.uuid4().hex
     for i in range(20):  # warm-up: connections, scripts, prepared statements
         await call(asgi, f"{run}-warm-{i}")

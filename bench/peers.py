@@ -84,6 +84,8 @@ async def retrysafe_redis(cached: bool = False) -> tuple[Any, Closer]:
     """retrysafe on Redis; ``cached`` puts the local replay cache in front (``CachedStore``): a
     replay of a key this process completed or replayed before then makes no round trip."""
     from retrysafe.http.asgi import IdempotencyMiddleware
+    from retrysafe.policy import Policy
+    from retrysafe.scopes import shared_scope
     from retrysafe.stores.cached import CachedStore
     from retrysafe.stores.redis import RedisStore
 
@@ -95,11 +97,16 @@ async def retrysafe_redis(cached: bool = False) -> tuple[Any, Closer]:
             client.delete(key)
         await store.aclose()
 
-    return IdempotencyMiddleware(counted_app, store=CachedStore(store) if cached else store), close
+    # One caller here, like idemkit's single_tenant below: an explicit shared scope.
+    policy = Policy(scope=shared_scope)
+    store = CachedStore(store) if cached else store
+    return IdempotencyMiddleware(counted_app, store=store, policy=policy), close
 
 
 async def retrysafe_postgres() -> tuple[Any, Closer]:
     from retrysafe.http.asgi import IdempotencyMiddleware
+    from retrysafe.policy import Policy
+    from retrysafe.scopes import shared_scope
     from retrysafe.stores.postgres import PostgresStore
 
     store = PostgresStore(POSTGRES_URL, table_prefix=f"bpeers{TAG}_")
@@ -108,7 +115,8 @@ async def retrysafe_postgres() -> tuple[Any, Closer]:
         store.drop_schema()
         await store.aclose()
 
-    return IdempotencyMiddleware(counted_app, store=store), close
+    policy = Policy(scope=shared_scope)  # one caller here: an explicit shared scope
+    return IdempotencyMiddleware(counted_app, store=store, policy=policy), close
 
 
 async def idemkit_redis() -> tuple[Any, Closer]:

@@ -47,6 +47,7 @@ from retrysafe.http.asgi import ASGIApp, IdempotencyMiddleware
 from retrysafe.http.wsgi import IdempotencyMiddleware as WSGIIdempotencyMiddleware
 from retrysafe.http.wsgi import WSGIApp
 from retrysafe.policy import Policy
+from retrysafe.scopes import shared_scope
 from retrysafe.stores.base import DualStore
 from retrysafe.stores.cached import CachedStore
 from retrysafe.stores.memory import MemoryStore
@@ -73,7 +74,7 @@ def bare_app() -> Starlette:
 
 
 def guarded_app(store: DualStore) -> IdempotencyMiddleware:
-    return IdempotencyMiddleware(bare_app(), store=store, policy=Policy())
+    return IdempotencyMiddleware(bare_app(), store=store, policy=Policy(scope=shared_scope))
 
 
 def scope_for(key: str | None) -> dict[str, Any]:
@@ -182,7 +183,9 @@ def flask_app() -> Flask:
 
 
 def guarded_wsgi(store: DualStore) -> WSGIApp:
-    return WSGIIdempotencyMiddleware(flask_app().wsgi_app, store=store, policy=Policy())
+    return WSGIIdempotencyMiddleware(
+        flask_app().wsgi_app, store=store, policy=Policy(scope=shared_scope)
+    )
 
 
 def environ_for(key: str | None) -> dict[str, Any]:

@@ -22,6 +22,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from retrysafe.http.asgi import IdempotencyMiddleware
+from retrysafe.policy import Policy
+from retrysafe.scopes import shared_scope
 from retrysafe.stores.base import DualStore
 
 REDIS_URL = os.environ.get("RETRYSAFE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -139,7 +141,8 @@ async def close_kind(kind: str, store: DualStore) -> None:
 
 async def bench(kind: str, n: int, tmp: str) -> dict[str, float]:
     store = open_kind(kind, tmp)
-    asgi = IdempotencyMiddleware(app, store=store)
+    # One caller (the load script): an explicit shared scope.
+    asgi = IdempotencyMiddleware(app, store=store, policy=Policy(scope=shared_scope))
     run = uuid.uuid4().hex
     await call(asgi, f"{run}-replayed")
     trip, close_trip = await floor_trip(kind)

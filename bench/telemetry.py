@@ -23,6 +23,8 @@ from typing import Any
 
 from retrysafe import MemoryStore
 from retrysafe.http.asgi import IdempotencyMiddleware
+from retrysafe.policy import Policy
+from retrysafe.scopes import shared_scope
 from retrysafe.telemetry import AUDIT_LOGGER, Telemetry
 
 BODY = b'{"amount": 500, "currency": "eur", "customer": "c-1"}'
@@ -38,6 +40,9 @@ async def handler(scope: Any, receive: Any, send: Any) -> None:
         }
     )
     await send({"type": "http.response.body", "body": b'{"id": "p-1"}'})
+
+
+POLICY = Policy(scope=shared_scope)  # one caller (the load loop): an explicit shared scope
 
 
 def sdk_telemetry() -> Telemetry | None:
@@ -102,7 +107,7 @@ async def main(runs: int, n: int) -> None:
         for name, telemetry in variants.items():
             audit_log.setLevel(logging.INFO if "audit" in name else logging.WARNING)
             store = MemoryStore()
-            app = IdempotencyMiddleware(handler, store=store, telemetry=telemetry)
+            app = IdempotencyMiddleware(handler, store=store, policy=POLICY, telemetry=telemetry)
             fresh = await run(app, lambda i: uuid.uuid4().hex.encode(), n)
             replay = await run(app, lambda i: b"same-key", n)
             results.setdefault((name, "first execution"), []).append(fresh)
