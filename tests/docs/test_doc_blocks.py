@@ -58,6 +58,8 @@ BLOCKS = [block for page in doc_pages() for block in blocks_of(page)]
 # The addresses the docs use for "your API": the test serves an app that honours keys there.
 DOCS_APIS = ("http://127.0.0.1:8000", "https://api.example.com")
 CLI_TIMEOUT = 120  # only bounds a hang
+# A key belongs to its caller (docs/scopes.md): the examples' default Policy reads Authorization.
+CREDENTIALS = {"Authorization": "Bearer sk_test_alice"}
 
 
 def _ids(block: Block) -> str:
@@ -186,7 +188,7 @@ Check = Callable[[dict[str, Any]], None]
 def _check_fastapi_example(ns: dict[str, Any]) -> None:
     async def drive() -> list[httpx.Response]:
         order = {"amount": 1999, "currency": "eur"}
-        headers = {"Idempotency-Key": str(uuid.uuid4())}
+        headers = {"Idempotency-Key": str(uuid.uuid4()), **CREDENTIALS}
         transport = httpx.ASGITransport(app=ns["app"])
         async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
             return [
@@ -214,7 +216,7 @@ def _check_fastapi_example(ns: dict[str, Any]) -> None:
 def _check_flask_example(ns: dict[str, Any]) -> None:
     app = ns["app"]
     order = {"amount": 1999, "currency": "eur"}
-    headers = {"Idempotency-Key": str(uuid.uuid4())}  # the page's examples share retrysafe.db
+    headers = {"Idempotency-Key": str(uuid.uuid4()), **CREDENTIALS}  # the page's examples share retrysafe.db
     try:
         # buffered=True: like a real server, read each response to its end (which is when the
         # WSGI middleware stores it) before sending the next request.
@@ -244,7 +246,7 @@ def _check_readme_examples_are_short(block: Block) -> None:
 
 def _check_atomic_asgi_example(ns: dict[str, Any]) -> None:
     async def drive() -> list[httpx.Response]:
-        headers = {"Idempotency-Key": str(uuid.uuid4())}
+        headers = {"Idempotency-Key": str(uuid.uuid4()), **CREDENTIALS}
         transport = httpx.ASGITransport(app=ns["app"])
         async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
             order = {"id": "o-asgi", "cents": 1999}
@@ -259,7 +261,7 @@ def _check_atomic_asgi_example(ns: dict[str, Any]) -> None:
 
 def _check_atomic_wsgi_example(ns: dict[str, Any]) -> None:
     client = ns["flask_app"].test_client()
-    headers = {"Idempotency-Key": str(uuid.uuid4())}
+    headers = {"Idempotency-Key": str(uuid.uuid4()), **CREDENTIALS}
     order = {"id": "o-wsgi", "cents": 1999}
     first, again = (
         client.post("/charges", json=order, headers=headers, buffered=True) for _ in "12"
