@@ -37,11 +37,13 @@ from retrysafe.errors import StoreUnavailable
 from retrysafe.http.asgi import IdempotencyMiddleware
 from retrysafe.http.wsgi import IdempotencyMiddleware as WSGIIdempotencyMiddleware
 from retrysafe.lease import Lease
-from retrysafe.policy import Policy, storage_id
+from retrysafe.policy import Policy
 from retrysafe.records import State
+from retrysafe.scopes import shared_scope
 from retrysafe.stores.memory import MemoryStore
 from retrysafe.stores.sqlite import SQLiteStore
 from retrysafe.telemetry import AUDIT_LOGGER, Telemetry
+from scopekit import shared_id
 from serverkit import serve_asgi, serve_wsgi
 from storekit import FakeClock, StoreKit
 
@@ -185,12 +187,14 @@ def post(url: str, key: str, path: str = "/charges") -> httpx.Response:
 
 
 def record_state(store: Any, key: str) -> State | None:
-    record = store.get(storage_id("anonymous", key))
+    record = store.get(shared_id(store, key))
     return None if record is None else record.state
 
 
 DOORS = ["asgi", "wsgi"]
-NO_WAIT = Policy(wait=0)  # a duplicate of an in-flight request is answered 409 at once
+# A duplicate of an in-flight request is answered 409 at once. Not about who owns a key: no
+# credentials are sent, one explicit shared scope.
+NO_WAIT = Policy(scope=shared_scope, wait=0)
 
 
 # -- a blip while the result is saved ----------------------------------------------------------
@@ -226,7 +230,7 @@ def test_a_result_that_cannot_be_stored_is_answered_503(door: str, kit: StoreKit
     assert answer.json()["type"].endswith("store-unavailable")
     assert "processed" in answer.json()["detail"]
     # Retry-After covers the lease: until it lapses a retry would only get 409.
-    assert int(answer.headers["retry-after"]) > Policy().unavailable_retry_after_s
+    assert int(answer.headers["retry-after"]) > Policy(scope=shared_scope).unavailable_retry_after_s
     assert app.runs == 1
     assert record_state(kit.store, "k-down") is State.IN_FLIGHT
 
@@ -248,7 +252,7 @@ def test_a_streamed_answer_whose_result_cannot_be_stored_is_cut(door: str) -> No
 def test_completion_retries_stay_inside_the_lease() -> None:
     """The retry schedule, on a fake clock: backoff doubles, and no attempt starts at or past
     the end of the lease (nor past ``settle_retry``)."""
-    policy = Policy(lease=10, settle_retry=5)
+    policy = Policy(scope=shared_scope, lease=10, settle_retry=5)
     lease = Lease("id", claimed_at=100.0, lease_s=10)  # lapses at 110
     retry = SettleRetry(policy, lease, failed_at=108.0)
     assert retry.give_up_at == 110.0  # the lease ends before settle_retry would
@@ -326,7 +330,7 @@ def test_a_takeover_is_told_to_the_holder(door: str, telemetered: Telemetered) -
     store = FaultyStore(MemoryStore(clock=clock))
     gate = threading.Event()
     app = Charges(gate=gate)
-    policy = Policy(lease=60, heartbeat=0.02, wait=0)
+    policy = Policy(scope=shared_scope, lease=60, heartbeat=0.02, wait=0)
     with serve(door, app, store, policy, telemetry=telemetered.telemetry()) as url:
         first: list[httpx.Response] = []
         holder = threading.Thread(target=lambda: first.append(post(url, "k-lost")))
@@ -365,7 +369,7 @@ def test_a_store_unreachable_past_the_lease_is_told(door: str, telemetered: Tele
     store.renew_down = True
     gate = threading.Event()
     app = Charges(gate=gate)
-    policy = Policy(lease=0.3, heartbeat=0.02, wait=0)
+    policy = Policy(scope=shared_scope, lease=0.3, heartbeat=0.02, wait=0)
     with serve(door, app, store, policy, telemetry=telemetered.telemetry()) as url:
         answers: list[httpx.Response] = []
         holder = threading.Thread(target=lambda: answers.append(post(url, "k-expired")))
@@ -417,7 +421,7 @@ def test_atomic_work_stops_once_the_lease_is_lost(
         start_response("201 Created", [])
         return [b"charged"]
 
-    policy = Policy(lease=0.3, heartbeat=0.02, wait=0)
+    policy = Policy(scope=shared_scope, lease=0.3, heartbeat=0.02, wait=0)
     options: dict[str, Any] = {"policy": policy, "atomic": True}
     options["telemetry"] = telemetered.telemetry()
     if door == "asgi":

@@ -216,7 +216,10 @@ def _check_fastapi_example(ns: dict[str, Any]) -> None:
 def _check_flask_example(ns: dict[str, Any]) -> None:
     app = ns["app"]
     order = {"amount": 1999, "currency": "eur"}
-    headers = {"Idempotency-Key": str(uuid.uuid4()), **CREDENTIALS}  # the page's examples share retrysafe.db
+    headers = {
+        "Idempotency-Key": str(uuid.uuid4()),
+        **CREDENTIALS,
+    }  # the page's examples share retrysafe.db
     try:
         # buffered=True: like a real server, read each response to its end (which is when the
         # WSGI middleware stores it) before sending the next request.
