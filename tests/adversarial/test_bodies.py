@@ -19,12 +19,12 @@ import httpx
 import pytest
 
 import retrysafe.fingerprint
-from retrysafe.fingerprint import RequestFacts
 from retrysafe.http.asgi import IdempotencyMiddleware as AsgiMiddleware
 from retrysafe.http.wsgi import IdempotencyMiddleware as WsgiMiddleware
-from retrysafe.policy import Policy, authorization_scope, storage_id
+from retrysafe.policy import Policy
 from retrysafe.scopes import shared_scope
 from retrysafe.stores.memory import MemoryStore
+from scopekit import shared_id
 from serverkit import RawClient, RawResponse, raw_request, serve_asgi, serve_werkzeug, serve_wsgi
 
 WAIT = 30.0  # bounds a hang only
@@ -105,9 +105,8 @@ def cut_off(base: str, data: bytes) -> RawResponse | None:
 
 
 def stored(store: MemoryStore, key: str) -> bool:
-    """Whether ``key`` (anonymous scope) has a record: claimed, completed or released."""
-    scope = authorization_scope(RequestFacts("POST", "/", "", (), b""))
-    return store.get(storage_id(scope, key)) is not None
+    """Whether ``key`` (the shared scope) has a record: claimed, completed or released."""
+    return store.get(shared_id(store, key)) is not None
 
 
 BODY = b'{"amount": 100}'  # 15 bytes

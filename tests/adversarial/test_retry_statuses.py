@@ -17,10 +17,11 @@ import pytest
 
 from retrysafe.client import IdempotentTransport, RetryPolicy
 from retrysafe.errors import ConfigurationError
-from retrysafe.gateway import GatewayConfig, create_app
+from retrysafe.gateway import GatewayConfig, RoutePolicy, create_app
 from retrysafe.http.asgi import IdempotencyMiddleware
 from retrysafe.http.wsgi import IdempotencyMiddleware as WSGIIdempotencyMiddleware
 from retrysafe.policy import Policy
+from retrysafe.scopes import shared_scope
 from retrysafe.stores.memory import MemoryStore
 from serverkit import serve_asgi, serve_wsgi
 
@@ -74,7 +75,7 @@ def post(url: str, key: str) -> httpx.Response:
 @pytest.mark.parametrize("status", [408, 425, 429])
 def test_try_again_status_releases_the_key(door: str, status: int) -> None:
     script = Script((status, [("retry-after", "7")], b"slow down"), CREATED)
-    with served(door, script, Policy()) as url:
+    with served(door, script, Policy(scope=shared_scope)) as url:
         first = post(url, "k-try-again")
         assert first.status_code == status
         assert first.headers["retry-after"] == "7"  # the live answer keeps it
@@ -87,7 +88,7 @@ def test_try_again_status_releases_the_key(door: str, status: int) -> None:
 @pytest.mark.parametrize("door", ["asgi", "wsgi"])
 def test_503_with_retry_after_is_released_even_when_5xx_are_stored(door: str) -> None:
     script = Script((503, [("retry-after", "3")], b"maintenance"), (500, [], b"broken"), CREATED)
-    with served(door, script, Policy(store_server_errors=True)) as url:
+    with served(door, script, Policy(scope=shared_scope, store_server_errors=True)) as url:
         assert post(url, "k-503").status_code == 503
         stored = post(url, "k-503")  # a 500 without Retry-After is an outcome here: stored
         replay = post(url, "k-503")
@@ -100,7 +101,7 @@ def test_503_with_retry_after_is_released_even_when_5xx_are_stored(door: str) ->
 @pytest.mark.parametrize("door", ["asgi", "wsgi"])
 def test_storing_try_again_statuses_is_opt_in(door: str) -> None:
     script = Script((429, [("retry-after", "7")], b"slow down"), CREATED)
-    with served(door, script, Policy(release_statuses=frozenset())) as url:
+    with served(door, script, Policy(scope=shared_scope, release_statuses=frozenset())) as url:
         post(url, "k-opt-in")
         replay = post(url, "k-opt-in")
     assert replay.status_code == 429
@@ -118,7 +119,9 @@ def test_client_transport_gets_through_after_a_429() -> None:
     """The client honours the live Retry-After and its retry runs the handler again."""
     script = Script((429, [("retry-after", "0")], b"slow down"), CREATED)
     retry = RetryPolicy(attempts=3, base=0.0, deadline=None)
-    with serve_asgi(IdempotencyMiddleware(script.asgi, store=MemoryStore())) as url:
+    with serve_asgi(
+        IdempotencyMiddleware(script.asgi, store=MemoryStore(), policy=Policy(scope=shared_scope))
+    ) as url:
         transport = IdempotentTransport(retry=retry, budget=False)
         with httpx.Client(transport=transport, timeout=WAIT) as client:
             answer = client.post(url + "/orders", content=b"{}")
@@ -137,7 +140,7 @@ def test_client_does_not_spend_attempts_on_a_replayed_answer() -> None:
         requests += 1
         await mw(scope, receive, send)
 
-    policy = Policy(release_statuses=frozenset())
+    policy = Policy(scope=shared_scope, release_statuses=frozenset())
     mw = IdempotencyMiddleware(script.asgi, store=MemoryStore(), policy=policy)
     retry = RetryPolicy(attempts=5, base=0.0, deadline=None)
     with serve_asgi(counting) as url:
@@ -159,7 +162,9 @@ def upstream() -> Iterator[tuple[str, Script]]:
 
 def test_gateway_does_not_pin_an_upstream_429(upstream: tuple[str, Script]) -> None:
     url, script = upstream
-    gateway = create_app(GatewayConfig(upstream=url, store="memory://"))
+    # Not about who owns a key: no credentials are sent, one explicit shared scope.
+    config = GatewayConfig(upstream=url, store="memory://", policy=RoutePolicy(anonymous="shared"))
+    gateway = create_app(config)
     with serve_asgi(gateway) as gw:
         first = post(gw, "k-gateway")
         second = post(gw, "k-gateway")
