@@ -17,6 +17,7 @@ from retrysafe import MemoryStore, Policy
 from retrysafe.http.asgi import IdempotencyMiddleware
 from retrysafe.outcomes import Outcome
 from retrysafe.records import Previous
+from retrysafe.scopes import shared_scope
 from retrysafe.telemetry.observe import EVENT_KEY_EXPIRED, EVENT_LEASE_TAKEOVER
 
 AUTH = [("authorization", "Bearer events")]
@@ -35,7 +36,7 @@ def events(span: Any, name: str) -> list[dict[str, Any]]:
 async def test_an_expired_key_run_again_is_a_span_event_with_its_times(otel: Otel) -> None:
     clock = FakeClock(start=1_000_000.0)
     store = MemoryStore(clock=clock)
-    policy = Policy(ttl=10)
+    policy = Policy(scope=shared_scope, ttl=10)
     mw = IdempotencyMiddleware(app, store=store, policy=policy, telemetry=otel.telemetry())
     assert (await call(mw, headers=AUTH)).status == 201
     clock.advance(25)  # 15 s past the TTL, inside the tombstone's retention
