@@ -118,7 +118,7 @@ def test_a_keyed_request_still_commits_once(served: tuple[str, Path]) -> None:
         response = httpx.post(
             base + "/charges",
             json={"id": "o1", "cents": 500},
-            headers={"Idempotency-Key": key},
+            headers={"Idempotency-Key": key, "Authorization": "Bearer keyless-test"},
             timeout=30,
         )
         assert response.status_code == 201, response.text

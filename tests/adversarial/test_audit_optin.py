@@ -43,7 +43,8 @@ async def app(scope, receive, send):
 mw = IdempotencyMiddleware(app, store=MemoryStore(), telemetry=Telemetry())
 with serve_asgi(mw) as base:
     for key in ("k1", "k1", "k2"):
-        r = httpx.post(base + "/pay", headers={{"Idempotency-Key": key}}, timeout=30)
+        sent = {{"Idempotency-Key": key, "Authorization": "Bearer audit"}}
+        r = httpx.post(base + "/pay", headers=sent, timeout=30)
         assert r.status_code == 201, r.status_code
 print("APP-DONE", flush=True)
 """

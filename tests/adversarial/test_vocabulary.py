@@ -97,6 +97,9 @@ def test_the_old_gateway_name_is_an_unknown_key_pointing_at_the_new(tmp_path: Pa
     assert "did you mean 'required'" in message
 
 
+KEYED = {"Idempotency-Key": "k1", "Authorization": "Bearer vocabulary"}
+
+
 def test_a_string_wait_drives_a_real_server() -> None:
     entered, release = threading.Event(), threading.Event()
 
@@ -115,14 +118,12 @@ def test_a_string_wait_drives_a_real_server() -> None:
     with serve_asgi(wrapped) as base:
         first: list[httpx.Response] = []
         worker = threading.Thread(
-            target=lambda: first.append(
-                httpx.post(base + "/pay", headers={"Idempotency-Key": "k1"}, timeout=30)
-            )
+            target=lambda: first.append(httpx.post(base + "/pay", headers=KEYED, timeout=30))
         )
         worker.start()
         try:
             assert entered.wait(30)
-            second = httpx.post(base + "/pay", headers={"Idempotency-Key": "k1"}, timeout=30)
+            second = httpx.post(base + "/pay", headers=KEYED, timeout=30)
         finally:
             release.set()
             worker.join(30)
