@@ -225,7 +225,10 @@ def _request_prefix(method: str, path: str, query: str, tag: bytes) -> bytes:
     Requests repeat a few of these (one per endpoint), so each is framed once: what is left
     per request is the body's frame and the hash. The same bytes as framing all five parts.
     """
-    return _framed((method.upper().encode(), path.encode(), _query_pairs(query), tag))
+    # The method exactly as sent: method names are case-sensitive (RFC 9110 §9.1), and an app
+    # may route ``post`` apart from ``POST`` (Starlette answers it 405), so a ``post`` retry
+    # must not be answered with the ``POST``'s stored result.
+    return _framed((method.encode(), path.encode(), _query_pairs(query), tag))
 
 
 def _query_pairs(query: str) -> bytes:

@@ -74,7 +74,12 @@ FUZZ_ID = "X-Fuzz-Id"
 AUTH_PREFIX = "/a/"  # routes scoped by Authorization (the default policy)
 MAX_CACHED = 4096  # the middlewares' max_cached_body: /big answers are kept unreplayable
 COVERED = frozenset({"POST", "PATCH"})
+METHODS = ["POST", "POST", "POST", "PATCH", "PUT", "GET", "DELETE", "post", "Patch"]
 TRANSIENT = (408, 425, 429)
+# A scenario's keys (after a per-scenario nonce): plain; with a quote and a backslash (the
+# quoted form escapes them, the bare form does not: both are one key); with a comma (only
+# the quoted form is a key, the bare one reads as a list); as long as a key may be.
+LOGICAL_KEYS = {"k0": "k0", "k1": 'q"\\x', "k2": "c,d", "k3": "L" * 240}
 
 # Input classes that hit defects being fixed in parallel (the Hardening issue's numbering).
 # CI generates none of them; ``bench/fuzz.py --known`` does.
@@ -232,7 +237,10 @@ class RecordingASGI:
             body = _answer(fuzz_id, principal, key, seen, status)
             if route == "big":
                 body = body[:-1] + b', "pad": "' + b"x" * (2 * MAX_CACHED) + b'"}'
-            headers_out = [(b"content-type", b"application/json")]
+            headers_out = [
+                (b"content-type", b"application/json"),
+                (b"set-cookie", b"fuzz=" + fuzz_id.encode()),
+            ]
             await send({"type": "http.response.start", "status": status, "headers": headers_out})
             if route == "stream":  # several body messages, a yield between each
                 for i in range(0, len(body), 64):
@@ -279,7 +287,8 @@ class RecordingWSGI:
             answer = _answer(fuzz_id, principal, key, seen, status)
             if route == "big":
                 answer = answer[:-1] + b', "pad": "' + b"x" * (2 * MAX_CACHED) + b'"}'
-            start_response(f"{status} Fuzz", [("Content-Type", "application/json")])
+            headers_out = [("Content-Type", "application/json"), ("Set-Cookie", f"fuzz={fuzz_id}")]
+            start_response(f"{status} Fuzz", headers_out)
             if route == "stream":
                 return [answer[i : i + 64] for i in range(0, len(answer), 64)]
             return [answer]
@@ -427,6 +436,7 @@ class Step:
     request: Request
     delivery: str  # "pipeline", "own", "split", "cut-body", "cut-response", "burst"
     copies: int = 1  # "burst": concurrent duplicates on their own connections
+    others: tuple[Request, ...] = ()  # "burst": variants racing the first instead of copies
 
 
 @dataclass(frozen=True)
@@ -462,6 +472,7 @@ _NOISE = st.sampled_from(
         (b"Content-Type", b"application/json"),
         (b"Cookie", b"session=s1"),
         (b"Connection", b"x-noise"),
+        (b"Expect", b"100-continue"),
     ]
 )
 _BODY = st.one_of(
@@ -513,7 +524,7 @@ def keys(draw: st.DrawFn, door: str) -> KeySpec:
         names.append(ALT_KEY_HEADER)
     kind = draw(st.sampled_from(kinds))
     name = draw(st.sampled_from(names))
-    logical = draw(st.sampled_from(["k0", "k1"]))
+    logical = draw(st.sampled_from(sorted(LOGICAL_KEYS)))
     raw = draw(_MALFORMED) if kind == "malformed" else ""
     return KeySpec(kind, logical, raw, name)
 
@@ -535,7 +546,7 @@ def requests(draw: st.DrawFn, door: str, known: frozenset[str]) -> Request:
     if framing in ("chunked", "chunked-ext", "both"):
         chunks = tuple(draw(st.lists(st.integers(1, 300), max_size=4)))
     return Request(
-        method=draw(st.sampled_from(["POST", "POST", "POST", "PATCH", "PUT", "GET", "DELETE"])),
+        method=draw(st.sampled_from(METHODS)),
         path=draw(paths(known)),
         query=draw(queries()),
         principals=draw(_PRINCIPALS),
@@ -567,7 +578,7 @@ def retried(draw: st.DrawFn, earlier: Request, door: str, known: frozenset[str])
     if change == "path":
         return _with(r, path=draw(paths(known)))
     if change == "method":
-        return _with(r, method=draw(st.sampled_from(["POST", "PATCH", "PUT"])))
+        return _with(r, method=draw(st.sampled_from(["POST", "PATCH", "PUT", "post"])))
     if change == "framing" and r.body:
         chunks = tuple(draw(st.lists(st.integers(1, 300), max_size=4)))
         return _with(r, framing=draw(framings(door, known)), chunks=chunks)
@@ -600,7 +611,10 @@ def scenarios(draw: st.DrawFn, door: str, known: frozenset[str] = frozenset()) -
         if delivery == "cut-body" and not request.body:
             delivery = "own"
         copies = draw(st.integers(2, 4)) if delivery == "burst" else 1
-        steps.append(Step(request, delivery, copies))
+        others: tuple[Request, ...] = ()
+        if delivery == "burst" and draw(st.booleans()):  # racing variants, not just copies
+            others = tuple(draw(retried(request, door, known)) for _ in range(copies - 1))
+        steps.append(Step(request, delivery, copies, others))
     return Scenario(tuple(steps))
 
 
@@ -622,6 +636,7 @@ class Sent:
     fuzz_id: str
     request: Request
     key: str | None  # the full key, if valid
+    malformed: bool  # key headers that are not one valid key
     principal: str | None  # as the app should see it
     digest: str  # of the request as the app should see it
     delivery: str
@@ -640,14 +655,16 @@ def render(r: Request, fuzz_id: str, nonce: str) -> tuple[bytes, str | None]:
     key = None
     k = r.key
     if k.kind in ("bare", "quoted", "duplicate", "both"):
-        key = f"{nonce}-{k.logical}"
-        value = f'"{key}"' if k.kind == "quoted" else key
+        key = f"{nonce}-{LOGICAL_KEYS[k.logical]}"
+        value = key
+        if k.kind == "quoted":
+            value = '"' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
         lines.append(f"{k.name}: {value}".encode())
         if k.kind == "duplicate":
             lines.append(f"{k.name}: {value}".encode())
         if k.kind == "both":
             lines.append(f"{ALT_KEY_HEADER}: {value}".encode())
-        if k.malformed:
+        if k.malformed or (k.kind != "quoted" and "," in key):
             key = None
     elif k.kind == "malformed":
         lines.append(k.name.encode() + b": " + k.raw.encode("latin-1"))
@@ -659,6 +676,11 @@ def render(r: Request, fuzz_id: str, nonce: str) -> tuple[bytes, str | None]:
     if r.framing in ("chunked", "chunked-ext", "both"):
         lines.append(b"Transfer-Encoding: chunked")
     return b"\r\n".join(lines) + b"\r\n\r\n" + payload, key
+
+
+def malformed(r: Request, key: str | None) -> bool:
+    """Whether ``r`` carries key headers that do not make one valid key."""
+    return r.key.kind != "none" and key is None
 
 
 def _payload(r: Request) -> bytes:
@@ -687,8 +709,6 @@ def seen_path(door: str, target: str) -> tuple[str, bytes]:
             target = "/" + target.lstrip("/")
         path = unquote(target, "iso-8859-1")
         return path, path.encode("latin-1")
-    if door == "gateway" and target.startswith("http://"):  # forwarded in origin-form
-        target = "/" + target.split("/", 3)[3]
     return unquote(target), target.encode()  # uvicorn: raw_path as sent
 
 
@@ -701,7 +721,7 @@ def app_view(door: str, r: Request) -> tuple[str, str]:
         body = _payload(r) if r.framing in ("length", "both") else b""
     else:
         value = lines[0][1] if lines else None
-        body = r.body
+        body = b"" if r.framing == "none" else r.body
     principal = principal_of(path, value)
     return principal, digest(r.method.encode(), raw, r.query.encode("latin-1"), body)
 
@@ -802,7 +822,8 @@ def _prepare(door: Door, step: Step, nonce: str) -> Sent:
     fuzz_id = next_id()
     wire, key = render(step.request, fuzz_id, nonce)
     principal, seen = app_view(door.kind, step.request)
-    return Sent(fuzz_id, step.request, key, principal, seen, step.delivery, wire)
+    malformed_key = malformed(step.request, key)
+    return Sent(fuzz_id, step.request, key, malformed_key, principal, seen, step.delivery, wire)
 
 
 def _exchange_own(door: Door, sent: Sent) -> None:
@@ -862,7 +883,8 @@ def drive(door: Door, scenario: Scenario, nonce: str) -> list[Sent]:
             continue
         flush()
         if step.delivery == "burst":
-            copies = [_prepare(door, step, nonce) for _ in range(step.copies)]
+            variants = [step.request, *step.others] if step.others else [step.request] * step.copies
+            copies = [_prepare(door, Step(v, "burst"), nonce) for v in variants]
             for s in copies:
                 s.delivery = "own"
             threads = [threading.Thread(target=_exchange_own, args=(door, s)) for s in copies]
@@ -944,6 +966,8 @@ class Checker:
             self.replays += 1
             if r.headers.get("idempotent-replayed") != "true":
                 yield Violation("unmarked", f"answered with {doc['id']}'s answer, unmarked", s)
+            if "set-cookie" in r.headers:
+                yield Violation("replayed-cookie", "a replay carried the original's Set-Cookie", s)
             if doc["principal"] != s.principal:
                 yield Violation(
                     "cross-principal",
@@ -967,7 +991,7 @@ class Checker:
         for e in recorder.since(len(self.executions)):
             self.executions.append(e)
             s = self.sent.get(e.fuzz_id)
-            if s is not None and s.request.key.malformed and s.request.method in COVERED:
+            if s is not None and s.malformed and s.request.method in COVERED:
                 found.append(Violation("malformed-ran", "a malformed key executed", s))
             if e.key is None:
                 continue

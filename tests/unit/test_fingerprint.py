@@ -52,9 +52,10 @@ def test_fingerprint_is_hex_sha256_and_deterministic() -> None:
 # -- method, path, query ----------------------------------------------------------------------
 
 
-def test_method_matters_but_not_its_case() -> None:
+def test_method_matters_and_so_does_its_case() -> None:
     assert both(facts(method="POST")) != both(facts(method="PATCH"))
-    assert both(facts(method="post")) == both(facts(method="POST"))
+    # RFC 9110 §9.1: methods are case-sensitive; ``post`` is another request than ``POST``.
+    assert both(facts(method="post")) != both(facts(method="POST"))
 
 
 def test_path_matters() -> None:

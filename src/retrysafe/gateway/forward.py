@@ -95,6 +95,10 @@ class Forwarder:
             content=content,
             extensions={"target": self._target(scope)},
         )
+        # httpx uppercases the method; the upstream must get it as the client sent it (method
+        # names are case-sensitive, RFC 9110 §9.1): ``post`` is not ``POST`` to every upstream,
+        # and a filter in front of the gateway may have let ``post`` through as "not a POST".
+        request.method = scope["method"]
         started = time.perf_counter()
         try:
             response = await self.client.send(request, stream=True)
