@@ -42,9 +42,11 @@ import contextlib
 import hashlib
 import itertools
 import json
+import logging
 import socket
 import sys
 import threading
+import traceback
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -137,13 +139,18 @@ class Execution:
 
 
 class Recorder:
-    """Every execution of the app, thread-safe, with a count of those still running."""
+    """Every execution of the app, thread-safe, with a count of those still running.
 
-    def __init__(self) -> None:
+    ``keep=False`` (long runs) forgets executions once :meth:`drain` has handed them over.
+    """
+
+    def __init__(self, keep: bool = True) -> None:
         self._cond = threading.Condition()
         self._tick = itertools.count()
         self.log: list[Execution] = []
         self.running = 0
+        self.keep = keep
+        self._drained = 0
 
     def enter(self) -> int:
         with self._cond:
@@ -161,6 +168,49 @@ class Recorder:
         with self._cond:
             self._cond.wait_for(lambda: self.running == 0, timeout)
             return self.log[n:]
+
+    def drain(self, wait: bool = True, timeout: float = 10.0) -> list[Execution]:
+        """Executions finished since the last drain (``wait``: once none is running)."""
+        with self._cond:
+            if wait:
+                self._cond.wait_for(lambda: self.running == 0, timeout)
+            found = self.log[self._drained :]
+            if self.keep:
+                self._drained = len(self.log)
+            else:
+                self.log = []
+            return found
+
+
+DELIBERATE = "the app failed (the fuzzer's /raise route)"
+
+
+class CrashLog(logging.Handler):
+    """Errors logged by the servers and by retrysafe, except the app's deliberate failures."""
+
+    LOGGERS = ("uvicorn.error", "retrysafe", "retrysafe.gateway")
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.crashes: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info and DELIBERATE in str(record.exc_info[1]):
+            return
+        text = record.getMessage()
+        if record.exc_info:
+            text += "\n" + "".join(traceback.format_exception(*record.exc_info))
+        self.crashes.append(text)
+
+    @contextlib.contextmanager
+    def watching(self) -> Iterator[CrashLog]:
+        for name in self.LOGGERS:
+            logging.getLogger(name).addHandler(self)
+        try:
+            yield self
+        finally:
+            for name in self.LOGGERS:
+                logging.getLogger(name).removeHandler(self)
 
 
 def _answer(fuzz_id: str, principal: str, key: str | None, seen: str, status: int) -> bytes:
@@ -232,7 +282,7 @@ class RecordingASGI:
         status = -1
         try:
             if route == "raise":
-                raise RuntimeError("the app failed (the fuzzer's /raise route)")
+                raise RuntimeError(DELIBERATE)
             status = _status_for(route, code)
             body = _answer(fuzz_id, principal, key, seen, status)
             if route == "big":
@@ -282,7 +332,7 @@ class RecordingWSGI:
         status = -1
         try:
             if route == "raise":
-                raise RuntimeError("the app failed (the fuzzer's /raise route)")
+                raise RuntimeError(DELIBERATE)
             status = _status_for(route, code)
             answer = _answer(fuzz_id, principal, key, seen, status)
             if route == "big":
@@ -303,12 +353,13 @@ class RecordingWSGI:
 
 @dataclass
 class Door:
-    """A running door: its URL, the recorder of the app behind it, how it shows requests."""
+    """A running door: its URL, the recorder of the app behind it, the errors its servers
+    logged."""
 
     kind: str  # "asgi", "wsgi" or "gateway"
     url: str
-    recorder: Recorder
-    known: frozenset[str] = frozenset()
+    recorder: Any  # Recorder, or a proxy to one in another process (bench/fuzz.py)
+    crashes: CrashLog = field(default_factory=CrashLog)
 
     @property
     def pipelines(self) -> bool:  # wsgiref answers one request per connection (HTTP/1.0)
@@ -341,22 +392,22 @@ def _routed(by_auth: Any, by_header: Any) -> Any:
 
 
 @contextlib.contextmanager
-def asgi_door() -> Iterator[Door]:
+def asgi_door(keep: bool = True) -> Iterator[Door]:
     """The ASGI middleware (memory store) under uvicorn."""
-    recorder = Recorder()
+    recorder = Recorder(keep)
     app, store = RecordingASGI(recorder), MemoryStore()
     routed = _routed(
         AsgiMiddleware(app, store=store, policy=fuzz_policy(True)),
         AsgiMiddleware(app, store=store, policy=fuzz_policy(False)),
     )
-    with serve_asgi(routed) as url:
-        yield Door("asgi", url, recorder)
+    with serve_asgi(routed) as url, CrashLog().watching() as crashes:
+        yield Door("asgi", url, recorder, crashes)
 
 
 @contextlib.contextmanager
-def wsgi_door() -> Iterator[Door]:
+def wsgi_door(keep: bool = True) -> Iterator[Door]:
     """The WSGI middleware (memory store) under the threaded wsgiref server."""
-    recorder = Recorder()
+    recorder = Recorder(keep)
     app, store = RecordingWSGI(recorder), MemoryStore()
     by_auth = WsgiMiddleware(app, store=store, policy=fuzz_policy(True))
     by_header = WsgiMiddleware(app, store=store, policy=fuzz_policy(False))
@@ -365,14 +416,14 @@ def wsgi_door() -> Iterator[Door]:
         path = environ.get("PATH_INFO", "")
         return (by_auth if path.startswith(AUTH_PREFIX) else by_header)(environ, start_response)
 
-    with serve_wsgi(routed) as url:
-        yield Door("wsgi", url, recorder)
+    with serve_wsgi(routed) as url, CrashLog().watching() as crashes:
+        yield Door("wsgi", url, recorder, crashes)
 
 
 @contextlib.contextmanager
-def gateway_door() -> Iterator[Door]:
+def gateway_door(keep: bool = True) -> Iterator[Door]:
     """``retrysafe.gateway`` (memory store) in front of the recording app as its upstream."""
-    recorder = Recorder()
+    recorder = Recorder(keep)
     with serve_asgi(RecordingASGI(recorder, key_from="header")) as upstream:
         config = GatewayConfig(
             upstream=upstream,
@@ -380,8 +431,8 @@ def gateway_door() -> Iterator[Door]:
             policy=RoutePolicy(scope_header=PRINCIPAL_HEADER),
             routes=(RoutePolicy(path=AUTH_PREFIX.rstrip("/"), scope_header="Authorization"),),
         )
-        with serve_in_thread(create_app(config)) as url:
-            yield Door("gateway", url, recorder)
+        with serve_in_thread(create_app(config)) as url, CrashLog().watching() as crashes:
+            yield Door("gateway", url, recorder, crashes)
 
 
 DOORS = {"asgi": asgi_door, "wsgi": wsgi_door, "gateway": gateway_door}
@@ -414,6 +465,7 @@ class Request:
     framing: str  # "length", "chunked", "chunked-ext", "both" (CL and TE) or "none"
     chunks: tuple[int, ...] = ()  # chunked: sizes to cut the body at
     form: str = "origin"  # the request-target: "origin", "absolute", "double-slash", "relative"
+    version: str = "HTTP/1.1"  # or "HTTP/1.0" (the server closes the connection after it)
 
     @property
     def target(self) -> str:
@@ -426,7 +478,7 @@ class Request:
     @property
     def hostile(self) -> bool:
         """Whether the server may refuse the framing and drop the connection."""
-        return any(
+        return self.version != "HTTP/1.1" or any(
             len(v) > 4000 or b"\r\n" in v or any(c >= 0x80 for c in v) for _, v in self.headers
         ) or any(any(ord(c) >= 0x80 for c in p) for p in self.principals)
 
@@ -517,7 +569,7 @@ def queries(draw: st.DrawFn) -> str:
 
 @st.composite
 def keys(draw: st.DrawFn, door: str) -> KeySpec:
-    kinds = ["none", "bare", "bare", "bare", "quoted", "malformed", "duplicate"]
+    kinds = ["none", "bare", "bare", "bare", "quoted", "padded", "malformed", "duplicate"]
     names = ["Idempotency-Key", "idempotency-key", "IDEMPOTENCY-KEY"]
     if door != "gateway":  # the gateway's routes have one key header
         kinds.append("both")
@@ -556,6 +608,7 @@ def requests(draw: st.DrawFn, door: str, known: frozenset[str]) -> Request:
         framing=framing,
         chunks=chunks,
         form=draw(st.sampled_from(["origin"] * 8 + ["absolute", "double-slash", "relative"])),
+        version=draw(st.sampled_from(["HTTP/1.1"] * 9 + ["HTTP/1.0"])),
     )
 
 
@@ -582,8 +635,8 @@ def retried(draw: st.DrawFn, earlier: Request, door: str, known: frozenset[str])
     if change == "framing" and r.body:
         chunks = tuple(draw(st.lists(st.integers(1, 300), max_size=4)))
         return _with(r, framing=draw(framings(door, known)), chunks=chunks)
-    if change == "key-form" and r.key.kind in ("bare", "quoted"):
-        kind = "quoted" if r.key.kind == "bare" else "bare"
+    if change == "key-form" and r.key.kind in ("bare", "quoted", "padded"):
+        kind = draw(st.sampled_from(["bare", "quoted", "padded"]))
         return _with(r, key=KeySpec(kind, r.key.logical, "", r.key.name))
     if change == "query-order" and "&" in r.query:
         return _with(r, query="&".join(reversed(r.query.split("&"))))
@@ -647,18 +700,20 @@ class Sent:
 
 def render(r: Request, fuzz_id: str, nonce: str) -> tuple[bytes, str | None]:
     """The request's bytes, and its key if it carries a valid one."""
-    lines = [f"{r.method} {r.target}{'?' + r.query if r.query else ''} HTTP/1.1".encode()]
+    lines = [f"{r.method} {r.target}{'?' + r.query if r.query else ''} {r.version}".encode()]
     lines.append(b"Host: fuzz.test")
     lines.append(f"{FUZZ_ID}: {fuzz_id}".encode())
     for name, value in principal_lines(r):
         lines.append(name.encode() + b": " + value.encode("latin-1"))
     key = None
     k = r.key
-    if k.kind in ("bare", "quoted", "duplicate", "both"):
+    if k.kind in ("bare", "quoted", "padded", "duplicate", "both"):
         key = f"{nonce}-{LOGICAL_KEYS[k.logical]}"
         value = key
         if k.kind == "quoted":
             value = '"' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        elif k.kind == "padded":  # optional whitespace around a field value is not part of it
+            value = f" \t{key}\t "
         lines.append(f"{k.name}: {value}".encode())
         if k.kind == "duplicate":
             lines.append(f"{k.name}: {value}".encode())
@@ -930,7 +985,7 @@ class Checker:
 
     door: str
     sent: dict[str, Sent] = field(default_factory=dict)
-    executions: list[Execution] = field(default_factory=list)
+    executed: int = 0
     by_slot: dict[tuple[str | None, str], list[Execution]] = field(
         default_factory=lambda: defaultdict(list)
     )
@@ -938,13 +993,23 @@ class Checker:
     statuses: dict[int, int] = field(default_factory=lambda: defaultdict(int))
     requests: int = 0
     replays: int = 0
+    # Long runs: forget what no check needs any more (a window of the latest requests and keys).
+    slim: bool = False
+    WINDOW = 50_000
 
     def responses(self, batch: Sequence[Sent]) -> list[Violation]:
         found: list[Violation] = []
         for s in batch:
             self.requests += 1
             self.sent[s.fuzz_id] = s
+            before = len(found)
             found.extend(self._response(s))
+            if self.slim and len(found) == before:  # nothing to show: keep what settle needs
+                s.wire, s.response = b"", None
+        if self.slim:
+            for memory in (self.sent, self.by_slot):
+                while len(memory) > self.WINDOW:
+                    del memory[next(iter(memory))]
         self.violations.extend(found)
         return found
 
@@ -985,11 +1050,11 @@ class Checker:
         if r.status != doc["status"]:
             yield Violation("status", f"answered {r.status}, the app said {doc['status']}", s)
 
-    def settle(self, recorder: Recorder) -> list[Violation]:
-        """Check executions the app finished since the last call (waits until it is idle)."""
+    def settle(self, recorder: Any, wait: bool = True) -> list[Violation]:
+        """Check executions the app finished since the last call (``wait``: until it is idle)."""
         found: list[Violation] = []
-        for e in recorder.since(len(self.executions)):
-            self.executions.append(e)
+        for e in recorder.drain(wait):
+            self.executed += 1
             s = self.sent.get(e.fuzz_id)
             if s is not None and s.malformed and s.request.method in COVERED:
                 found.append(Violation("malformed-ran", "a malformed key executed", s))

@@ -14,7 +14,10 @@ from hypothesis import HealthCheck, given, settings
 
 from adversarial.fuzzkit import DOORS, Checker, Door, Scenario, run_scenario, scenarios
 
-EXAMPLES = 60  # scenarios per door (1-8 steps each, bursts send 2-4 copies)
+EXAMPLES = 60  # scenarios per door (1-8 steps each, bursts send 2-4 requests)
+
+# Fixed on main since the known-defect list was written: generated in CI.
+FIXED = frozenset({"dot-segment", "framing-gateway"})
 
 
 @pytest.fixture(scope="module", params=sorted(DOORS))
@@ -22,13 +25,14 @@ def door(request: pytest.FixtureRequest) -> Iterator[tuple[Door, Checker]]:
     with DOORS[request.param]() as running:
         checker = Checker(running.kind)
         yield running, checker
-        # Executions that finished after their scenario was checked (a cut connection's
-        # handler) are checked here, once the app is idle.
+        # Executions that finished after their scenario was checked (the handler of a cut
+        # connection) are checked here, once the app is idle; and nothing crashed on the way.
         late = checker.settle(running.recorder)
         assert not late, "\n".join(map(str, late))
+        assert not running.crashes.crashes, "\n".join(running.crashes.crashes)
 
 
-def _fuzz(door: tuple[Door, Checker], kind: str) -> None:
+def test_fuzz_door(door: tuple[Door, Checker]) -> None:
     running, checker = door
 
     @settings(
@@ -38,15 +42,14 @@ def _fuzz(door: tuple[Door, Checker], kind: str) -> None:
         database=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )
-    @given(scenarios(kind))
+    @given(scenarios(running.kind, FIXED))
     def check(scenario: Scenario) -> None:
         found = run_scenario(running, checker, scenario)
         assert not found, "\n".join(map(str, found))
 
     check()
+    assert not running.crashes.crashes, "\n".join(running.crashes.crashes)
     assert checker.requests >= EXAMPLES  # every scenario sent something
-    assert checker.replays > 0  # and retries were answered by replay
-
-
-def test_fuzz_door(door: tuple[Door, Checker]) -> None:
-    _fuzz(door, door[0].kind)
+    assert checker.replays > 0  # retries were answered by replay ...
+    assert checker.executed > 0  # ... and the app ran
+    assert checker.statuses[422] > 0 and checker.statuses[400] > 0  # mismatches, bad keys
