@@ -67,7 +67,7 @@ from retrysafe.stores.memory import MemoryStore
 from serverkit import serve_asgi, serve_wsgi
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "gateway"))
-from gwsupport import serve_in_thread  # noqa: E402
+from gwsupport import serve_in_thread
 
 PRINCIPAL_HEADER = "X-Principal"
 ALT_KEY_HEADER = "X-Idempotency-Key"  # the ASGI/WSGI doors accept a second key header
@@ -478,15 +478,20 @@ class Request:
     @property
     def hostile(self) -> bool:
         """Whether the server may refuse the framing and drop the connection."""
-        return self.version != "HTTP/1.1" or any(
-            len(v) > 4000 or b"\r\n" in v or any(c >= 0x80 for c in v) for _, v in self.headers
-        ) or any(any(ord(c) >= 0x80 for c in p) for p in self.principals)
+        return (
+            self.version != "HTTP/1.1"
+            or any(
+                len(v) > 4000 or b"\r\n" in v or any(c >= 0x80 for c in v) for _, v in self.headers
+            )
+            or any(any(ord(c) >= 0x80 for c in p) for p in self.principals)
+        )
 
 
 @dataclass(frozen=True)
 class Step:
     request: Request
-    delivery: str  # "pipeline", "own", "split", "cut-body", "cut-response", "burst"
+    delivery: str  # "pipeline", "own", "split", "cut-body", "cut-response", "cut-mid-response",
+    # or "burst"
     copies: int = 1  # "burst": concurrent duplicates on their own connections
     others: tuple[Request, ...] = ()  # "burst": variants racing the first instead of copies
 
@@ -652,6 +657,7 @@ def _with(r: Request, **changes: Any) -> Request:
 def scenarios(draw: st.DrawFn, door: str, known: frozenset[str] = frozenset()) -> Scenario:
     """A few requests over two keys and a few principals, fresh ones and retries."""
     deliveries = ["pipeline", "pipeline", "pipeline", "own", "split", "cut-response", "burst"]
+    deliveries.append("cut-mid-response")
     if door != "wsgi" or "cut-body-wsgi" in known:
         deliveries.append("cut-body")
     steps: list[Step] = []
@@ -897,6 +903,9 @@ def _exchange_own(door: Door, sent: Sent) -> None:
             conn.sock.sendall(sent.wire)
         if sent.delivery == "cut-response":
             return  # closed below without reading: the client is gone before the answer
+        if sent.delivery == "cut-mid-response":
+            conn.sock.recv(1)  # the answer has begun: close in the middle of it
+            return
         sent.response = conn.response()
     except OSError as exc:
         sent.error = f"{type(exc).__name__}: {exc}"
@@ -972,7 +981,8 @@ class Violation:
     def __str__(self) -> str:
         text = f"[{self.invariant}] {self.detail}"
         if self.sent is not None:
-            text += f"\n    request {self.sent.fuzz_id} ({self.sent.delivery}): {self.sent.wire[:600]!r}"
+            s = self.sent
+            text += f"\n    request {s.fuzz_id} ({s.delivery}): {s.wire[:600]!r}"
             if self.sent.response is not None:
                 r = self.sent.response
                 text += f"\n    response {r.status} {r.body[:300]!r}"
@@ -1017,7 +1027,8 @@ class Checker:
         r = s.response
         route, _ = route_of(s.request.path)
         if r is None:
-            wellformed = s.delivery not in ("cut-body", "cut-response") and not s.request.hostile
+            cut = s.delivery in ("cut-body", "cut-response", "cut-mid-response")
+            wellformed = not cut and not s.request.hostile
             if wellformed and not s.error and route != "raise":
                 yield Violation("no-answer", "the connection closed without an answer", s)
             return

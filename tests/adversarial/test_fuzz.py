@@ -52,4 +52,5 @@ def test_fuzz_door(door: tuple[Door, Checker]) -> None:
     assert checker.requests >= EXAMPLES  # every scenario sent something
     assert checker.replays > 0  # retries were answered by replay ...
     assert checker.executed > 0  # ... and the app ran
-    assert checker.statuses[422] > 0 and checker.statuses[400] > 0  # mismatches, bad keys
+    assert checker.statuses[422] > 0
+    assert checker.statuses[400] > 0

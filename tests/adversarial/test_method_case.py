@@ -39,7 +39,9 @@ def send(door: Door, method: str, key: str, fuzz_id: str) -> tuple[int, bytes]:
     return response.status, response.body
 
 
-@pytest.mark.parametrize("first, then", [("POST", "post"), ("post", "POST"), ("PATCH", "Patch")])
+@pytest.mark.parametrize(
+    ("first", "then"), [("POST", "post"), ("post", "POST"), ("PATCH", "Patch")]
+)
 def test_a_method_in_another_case_is_another_request(door: Door, first: str, then: str) -> None:
     key = f"case-{door.kind}-{first}-{then}"
     status, body = send(door, first, key, f"{key}-1")
