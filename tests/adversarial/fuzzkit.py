@@ -76,7 +76,8 @@ FUZZ_ID = "X-Fuzz-Id"
 AUTH_PREFIX = "/a/"  # routes scoped by Authorization (the default policy)
 MAX_CACHED = 4096  # the middlewares' max_cached_body: /big answers are kept unreplayable
 COVERED = frozenset({"POST", "PATCH"})
-METHODS = ["POST", "POST", "POST", "PATCH", "PUT", "GET", "DELETE", "post", "Patch"]
+METHODS = [("POST", 6), ("PATCH", 2), ("post", 1), ("Patch", 1), ("PUT", 1), ("GET", 1)]
+METHODS.append(("DELETE", 1))
 TRANSIENT = (408, 425, 429)
 # A scenario's keys (after a per-scenario nonce): plain; with a quote and a backslash (the
 # quoted form escapes them, the bare form does not: both are one key); with a comma (only
@@ -371,14 +372,19 @@ class Door:
         return host, int(port)
 
 
-def fuzz_policy(scope_by_authorization: bool) -> Policy:
-    """The fuzzed middlewares' policy: scoped by X-Principal, or the default (Authorization)."""
+def fuzz_policy(scope_by_authorization: bool, **changes: Any) -> Policy:
+    """The fuzzed middlewares' policy: scoped by X-Principal, or the default (Authorization).
+
+    ``changes`` plant defects, to check that the fuzzer finds them.
+    """
     base = Policy(
         max_cached_body=MAX_CACHED,
         max_body=MAX_BODY,
         header_names=("Idempotency-Key", ALT_KEY_HEADER),
     )
-    return base if scope_by_authorization else base.replace(scope=header_scope(PRINCIPAL_HEADER))
+    if not scope_by_authorization:
+        base = base.replace(scope=header_scope(PRINCIPAL_HEADER))
+    return base.replace(**changes) if changes else base
 
 
 def _routed(by_auth: Any, by_header: Any) -> Any:
@@ -392,13 +398,13 @@ def _routed(by_auth: Any, by_header: Any) -> Any:
 
 
 @contextlib.contextmanager
-def asgi_door(keep: bool = True) -> Iterator[Door]:
-    """The ASGI middleware (memory store) under uvicorn."""
+def asgi_door(keep: bool = True, **planted: Any) -> Iterator[Door]:
+    """The ASGI middleware (memory store) under uvicorn (``planted``: policy changes)."""
     recorder = Recorder(keep)
     app, store = RecordingASGI(recorder), MemoryStore()
     routed = _routed(
-        AsgiMiddleware(app, store=store, policy=fuzz_policy(True)),
-        AsgiMiddleware(app, store=store, policy=fuzz_policy(False)),
+        AsgiMiddleware(app, store=store, policy=fuzz_policy(True, **planted)),
+        AsgiMiddleware(app, store=store, policy=fuzz_policy(False, **planted)),
     )
     with serve_asgi(routed) as url, CrashLog().watching() as crashes:
         yield Door("asgi", url, recorder, crashes)
@@ -501,6 +507,18 @@ class Scenario:
     steps: tuple[Step, ...]
 
 
+def pick(*choices: tuple[Any, int]) -> st.SearchStrategy[Any]:
+    """One of ``choices`` by weight, the likeliest first.
+
+    Hypothesis leans to the ends and to small values of whatever range it draws from, which
+    would make rare choices common; a multiplicative hash spreads its draws evenly over the
+    weights, and 0 (what it shrinks to) still picks the first choice.
+    """
+    values = [value for value, weight in choices for _ in range(weight)]
+    spread = st.integers(0, 0xFFFF).map(lambda i: (i * 40503) & 0xFFFF)
+    return spread.map(lambda j: values[j * len(values) >> 16])
+
+
 _TOKEN = st.text("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~", max_size=12)
 _QCHARS = st.text("abcxyz019-_.~+", max_size=6)
 _MALFORMED = st.sampled_from(
@@ -540,18 +558,24 @@ _BODY = st.one_of(
     st.binary(max_size=64),
     st.binary(min_size=1000, max_size=5000),
 )
-_PRINCIPALS = st.sampled_from(
-    [(), ("alice",), ("bob",), ("",), ("alice", "bob"), ("bob", "alice"), ("al\xefce",)]
+_PRINCIPALS = pick(
+    (("alice",), 4),
+    (("bob",), 3),
+    ((), 2),
+    (("",), 1),
+    (("alice", "bob"), 1),
+    (("bob", "alice"), 1),
+    (("al\xefce",), 1),
 )
 
 
 @st.composite
 def paths(draw: st.DrawFn, known: frozenset[str]) -> str:
     prefix = draw(st.sampled_from(["/h/", AUTH_PREFIX]))
-    route = draw(st.sampled_from(["ok", "ok", "status", "raise", "stream", "big"]))
+    route = draw(pick(("ok", 6), ("status", 3), ("stream", 2), ("raise", 1), ("big", 1)))
     path = prefix + route
     if route == "status":
-        codes = [200, 201, 202, 400, 404, 409, 422, 500, 503]
+        codes = [200, 201, 202, 400, 404, 409, 422, 500, 500, 503]
         if "transient" in known:
             codes += list(TRANSIENT)
         path += f"/{draw(st.sampled_from(codes))}"
@@ -574,12 +598,13 @@ def queries(draw: st.DrawFn) -> str:
 
 @st.composite
 def keys(draw: st.DrawFn, door: str) -> KeySpec:
-    kinds = ["none", "bare", "bare", "bare", "quoted", "padded", "malformed", "duplicate"]
+    kinds = [("bare", 5), ("quoted", 2), ("padded", 1), ("none", 2), ("malformed", 2)]
+    kinds.append(("duplicate", 1))
     names = ["Idempotency-Key", "idempotency-key", "IDEMPOTENCY-KEY"]
     if door != "gateway":  # the gateway's routes have one key header
-        kinds.append("both")
+        kinds.append(("both", 1))
         names.append(ALT_KEY_HEADER)
-    kind = draw(st.sampled_from(kinds))
+    kind = draw(pick(*kinds))
     name = draw(st.sampled_from(names))
     logical = draw(st.sampled_from(sorted(LOGICAL_KEYS)))
     raw = draw(_MALFORMED) if kind == "malformed" else ""
@@ -603,7 +628,7 @@ def requests(draw: st.DrawFn, door: str, known: frozenset[str]) -> Request:
     if framing in ("chunked", "chunked-ext", "both"):
         chunks = tuple(draw(st.lists(st.integers(1, 300), max_size=4)))
     return Request(
-        method=draw(st.sampled_from(METHODS)),
+        method=draw(pick(*METHODS)),
         path=draw(paths(known)),
         query=draw(queries()),
         principals=draw(_PRINCIPALS),
@@ -617,22 +642,25 @@ def requests(draw: st.DrawFn, door: str, known: frozenset[str]) -> Request:
     )
 
 
-def _mutations(known: frozenset[str]) -> list[str]:
-    found = ["same", "same", "same", "principal", "body", "path", "method", "framing", "key-form"]
+def _mutations(known: frozenset[str]) -> st.SearchStrategy[str]:
+    found = [("same", 4), ("principal", 3), ("body", 2), ("query", 1), ("path", 1), ("method", 1)]
+    found += [("framing", 1), ("key-form", 1)]
     if "query-order" in known:
-        found.append("query-order")
-    return found
+        found.append(("query-order", 1))
+    return pick(*found)
 
 
 @st.composite
 def retried(draw: st.DrawFn, earlier: Request, door: str, known: frozenset[str]) -> Request:
     """``earlier`` again, unchanged or with one thing changed."""
-    change = draw(st.sampled_from(_mutations(known)))
+    change = draw(_mutations(known))
     r = earlier
     if change == "principal":
         return _with(r, principals=draw(_PRINCIPALS))
     if change == "body":
         return _with(r, body=draw(_BODY), framing="length")
+    if change == "query":
+        return _with(r, query=draw(queries()))
     if change == "path":
         return _with(r, path=draw(paths(known)))
     if change == "method":
@@ -656,17 +684,17 @@ def _with(r: Request, **changes: Any) -> Request:
 @st.composite
 def scenarios(draw: st.DrawFn, door: str, known: frozenset[str] = frozenset()) -> Scenario:
     """A few requests over two keys and a few principals, fresh ones and retries."""
-    deliveries = ["pipeline", "pipeline", "pipeline", "own", "split", "cut-response", "burst"]
-    deliveries.append("cut-mid-response")
+    deliveries = [("pipeline", 6), ("burst", 2), ("own", 1), ("split", 1), ("cut-response", 1)]
+    deliveries.append(("cut-mid-response", 1))
     if door != "wsgi" or "cut-body-wsgi" in known:
-        deliveries.append("cut-body")
+        deliveries.append(("cut-body", 1))
     steps: list[Step] = []
     for _ in range(draw(st.integers(1, 8))):
-        if steps and draw(st.booleans()):
+        if steps and draw(st.integers(0, 3)):  # mostly retries of earlier requests
             request = draw(retried(draw(st.sampled_from(steps)).request, door, known))
         else:
             request = draw(requests(door, known))
-        delivery = draw(st.sampled_from(deliveries))
+        delivery = draw(pick(*deliveries))
         if delivery == "cut-body" and not request.body:
             delivery = "own"
         copies = draw(st.integers(2, 4)) if delivery == "burst" else 1

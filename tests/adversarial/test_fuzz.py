@@ -10,9 +10,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 
-from adversarial.fuzzkit import DOORS, Checker, Door, Scenario, run_scenario, scenarios
+from adversarial.fuzzkit import (
+    DOORS,
+    Checker,
+    Door,
+    Scenario,
+    asgi_door,
+    run_scenario,
+    scenarios,
+)
 
 EXAMPLES = 60  # scenarios per door (1-8 steps each, bursts send 2-4 requests)
 
@@ -52,5 +60,35 @@ def test_fuzz_door(door: tuple[Door, Checker]) -> None:
     assert checker.requests >= EXAMPLES  # every scenario sent something
     assert checker.replays > 0  # retries were answered by replay ...
     assert checker.executed > 0  # ... and the app ran
-    assert checker.statuses[422] > 0
-    assert checker.statuses[400] > 0
+    assert checker.statuses[400] > 0  # refused keys or framing
+
+
+@pytest.mark.parametrize(
+    ("planted", "finds"),
+    [
+        ({"scope": lambda facts: "everyone"}, "cross-principal"),
+        ({"fingerprint": lambda facts: facts.method + facts.path}, "cross-request"),
+        ({"store_server_errors": True}, "stored-transient"),
+    ],
+    ids=["shared-scope", "body-blind-fingerprint", "stored-5xx"],
+)
+def test_the_fuzzer_finds_planted_defects(planted: dict[str, object], finds: str) -> None:
+    """The fuzzer keeps its teeth: an ASGI door with a defect planted in its policy fails."""
+    with asgi_door(**planted) as running:
+        checker = Checker(running.kind)
+
+        @settings(
+            derandomize=True,
+            max_examples=300,
+            deadline=None,
+            database=None,
+            phases=[Phase.generate],  # the first example that fails is enough
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+        )
+        @given(scenarios(running.kind))
+        def check(scenario: Scenario) -> None:
+            found = run_scenario(running, checker, scenario)
+            assert not [v for v in found if v.invariant == finds]
+
+        with pytest.raises(AssertionError):
+            check()
