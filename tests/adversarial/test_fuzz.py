@@ -63,6 +63,7 @@ def test_fuzz_door(door: tuple[Door, Checker]) -> None:
     assert checker.statuses[400] > 0  # refused keys or framing
 
 
+@pytest.mark.filterwarnings("ignore:Generating overly large repr")  # the failing scenario's
 @pytest.mark.parametrize(
     ("planted", "finds"),
     [
@@ -79,7 +80,7 @@ def test_the_fuzzer_finds_planted_defects(planted: dict[str, object], finds: str
 
         @settings(
             derandomize=True,
-            max_examples=300,
+            max_examples=500,
             deadline=None,
             database=None,
             phases=[Phase.generate],  # the first example that fails is enough
