@@ -62,7 +62,8 @@ from retrysafe.gateway.config import RoutePolicy
 from retrysafe.http.asgi import IdempotencyMiddleware as AsgiMiddleware
 from retrysafe.http.wsgi import IdempotencyMiddleware as WsgiMiddleware
 from retrysafe.keys import parse_key
-from retrysafe.policy import Policy, header_scope
+from retrysafe.policy import Policy
+from retrysafe.scopes import header_scope
 from retrysafe.stores.memory import MemoryStore
 from serverkit import serve_asgi, serve_wsgi
 
