@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from retrysafe import __version__
+from retrysafe._cli_args import parse_header
 from retrysafe._cli_errors import BadInput, Group, cli_error
 from retrysafe._cli_files import IDEMPOTENCY_STORE, check_sqlite
 from retrysafe.check_cli import check
@@ -293,11 +294,9 @@ class _Owner:
             headers.append(("authorization", self.authorization))
             scope = authorization_scope
         elif self.header is not None:
-            name, sep, value = self.header.partition(":")
-            if not sep or not name.strip():
-                raise click.UsageError("--header takes 'Name: value', e.g. 'X-Api-Key: k_123'")
-            headers.append((name.strip().lower(), value.strip()))
-            scope = header_scope(name.strip())
+            name, value = parse_header(self.header, "--header")
+            headers.append((name.lower(), value))
+            scope = header_scope(name)
         elif self.cookie is not None:
             name, sep, _ = self.cookie.partition("=")
             if not sep or not name.strip():

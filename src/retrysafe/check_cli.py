@@ -15,25 +15,17 @@ from urllib.parse import urlsplit
 
 import click
 
+from retrysafe._cli_args import parse_header
+from retrysafe._cli_errors import BadInput
+
 RESULT_STYLE = {"pass": "green", "fail": "red", "skip": "yellow"}
-
-
-class _Exit(click.ClickException):
-    exit_code = 2
-
-
-def _header(text: str) -> tuple[str, str]:
-    name, sep, value = text.partition(":")
-    if not sep or not name.strip():
-        raise click.BadParameter(f"{text!r} is not 'Name: value'", param_hint="-H")
-    return name.strip(), value.strip()
 
 
 def _loopback_only(url: str) -> None:
     """Refuse a host outside 127.0.0.0/8 and ::1: the checker repeats requests that act."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise _Exit(f"{url!r} is not an http:// or https:// URL with a host")
+        raise BadInput(f"{url!r} is not an http:// or https:// URL with a host")
     host = parts.hostname
     try:
         addresses = [ipaddress.ip_address(host)]
@@ -41,10 +33,10 @@ def _loopback_only(url: str) -> None:
         try:
             infos = socket.getaddrinfo(host, parts.port or 80, proto=socket.IPPROTO_TCP)
         except OSError as exc:
-            raise _Exit(f"cannot resolve {host}: {exc}") from exc
+            raise BadInput(f"cannot resolve {host}: {exc}") from exc
         addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
     if not all(address.is_loopback for address in addresses):
-        raise _Exit(
+        raise BadInput(
             f"{host} is not a loopback address. The checker sends duplicate and concurrent "
             "requests that may execute real operations (charges, e-mails): point it at a test "
             "deployment or sandbox and pass --yes to confirm."
@@ -108,7 +100,7 @@ def check(
     if not yes:
         _loopback_only(url)
     if output is not None and not output.parent.is_dir():
-        raise _Exit(f"cannot write {output}: {output.parent} is not a directory")
+        raise BadInput(f"cannot write {output}: {output.parent} is not a directory")
     try:
         with httpx.Client(timeout=timeout) as client:
             report = check_endpoint(
@@ -117,7 +109,7 @@ def check(
                 method=method,
                 json=parsed(json_body, "--json"),
                 data=data,
-                headers=[_header(h) for h in headers],
+                headers=[parse_header(h, "-H") for h in headers],
                 key_header=key_header,
                 required=required,
                 concurrency=concurrency,
@@ -125,7 +117,7 @@ def check(
                 mismatch_json=parsed(mismatch_json, "--mismatch-json"),
             )
     except (CheckError, ValueError) as exc:
-        raise _Exit(str(exc)) from exc
+        raise BadInput(str(exc)) from exc
     if fmt == "table":
         _table(report)
     else:

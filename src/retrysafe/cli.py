@@ -6,10 +6,12 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
+    from retrysafe._extras import require
+
     try:
-        import click  # noqa: F401
-    except ImportError:  # pragma: no cover - depends on the install
-        print("the retrysafe command needs the [cli] extra: pip install 'retrysafe[cli]'")
+        require("cli", "the retrysafe command", "click", "rich")
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        print(exc)
         return 2
     from retrysafe._cli import cli
 

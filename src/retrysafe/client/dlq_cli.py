@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 
 import click
 
+from retrysafe._cli_args import parse_header
 from retrysafe._cli_errors import BadInput, cli_error
 from retrysafe._cli_files import DEAD_LETTER_QUEUE, check_sqlite
 from retrysafe.client.dlq import DeadLetter, DeadLetterQueue, EntryState
@@ -207,10 +208,8 @@ def dlq_replay(
         raise click.UsageError("give entry ids, or --all (not both)")
     live: dict[str, str] = {}
     for header in headers:
-        name, sep, value = header.partition(":")
-        if not sep or not name.strip():
-            raise click.BadParameter(f"{header!r} is not 'Name: value'", param_hint="--header")
-        live[name.strip()] = value.strip()
+        name, value = parse_header(header, "--header", "Authorization: Bearer ...")
+        live[name] = value
     with _queue(store_url) as queue:
         queue.rate = rate
         ids = [_find(queue, prefix).id for prefix in entries] if entries else None
