@@ -29,7 +29,7 @@ import tempfile
 import uuid
 from typing import Any
 
-from retrysafe.http.asgi import IdempotencyMiddleware
+from retrysafe.http import ASGIIdempotencyMiddleware
 from retrysafe.policy import Policy
 from retrysafe.scopes import shared_scope
 
@@ -62,7 +62,7 @@ async def turns_of(asgi: Any, key: str) -> int:
 
 async def measure(kind: str, n: int, only: str, tmp: str) -> dict[str, tuple[int, int, int]]:
     store = open_kind(kind, tmp)
-    asgi = IdempotencyMiddleware(app, store=store, policy=Policy(scope=shared_scope))
+    asgi = ASGIIdempotencyMiddleware(app, store=store, policy=Policy(scope=shared_scope))
     run = uuid.uuid4().hex
     for i in range(20):  # warm-up: connections, scripts, prepared statements
         await call(asgi, f"{run}-warm-{i}")

@@ -83,7 +83,7 @@ async def json_app(handler: Callable[[str, bytes], Awaitable[dict[str, Any]]]) -
 async def retrysafe_redis(cached: bool = False) -> tuple[Any, Closer]:
     """retrysafe on Redis; ``cached`` puts the local replay cache in front (``CachedStore``): a
     replay of a key this process completed or replayed before then makes no round trip."""
-    from retrysafe.http.asgi import IdempotencyMiddleware
+    from retrysafe.http import ASGIIdempotencyMiddleware
     from retrysafe.policy import Policy
     from retrysafe.scopes import shared_scope
     from retrysafe.stores.cached import CachedStore
@@ -100,11 +100,11 @@ async def retrysafe_redis(cached: bool = False) -> tuple[Any, Closer]:
     # One caller here, like idemkit's single_tenant below: an explicit shared scope.
     policy = Policy(scope=shared_scope)
     store = CachedStore(store) if cached else store
-    return IdempotencyMiddleware(counted_app, store=store, policy=policy), close
+    return ASGIIdempotencyMiddleware(counted_app, store=store, policy=policy), close
 
 
 async def retrysafe_postgres() -> tuple[Any, Closer]:
-    from retrysafe.http.asgi import IdempotencyMiddleware
+    from retrysafe.http import ASGIIdempotencyMiddleware
     from retrysafe.policy import Policy
     from retrysafe.scopes import shared_scope
     from retrysafe.stores.postgres import PostgresStore
@@ -116,7 +116,7 @@ async def retrysafe_postgres() -> tuple[Any, Closer]:
         await store.aclose()
 
     policy = Policy(scope=shared_scope)  # one caller here: an explicit shared scope
-    return IdempotencyMiddleware(counted_app, store=store, policy=policy), close
+    return ASGIIdempotencyMiddleware(counted_app, store=store, policy=policy), close
 
 
 async def idemkit_redis() -> tuple[Any, Closer]:

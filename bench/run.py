@@ -43,9 +43,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from retrysafe.demo.recording import RecordingStore
-from retrysafe.http.asgi import ASGIApp, IdempotencyMiddleware
-from retrysafe.http.wsgi import IdempotencyMiddleware as WSGIIdempotencyMiddleware
-from retrysafe.http.wsgi import WSGIApp
+from retrysafe.http import ASGIIdempotencyMiddleware, WSGIIdempotencyMiddleware
+from retrysafe.http.types import ASGIApp, WSGIApp
 from retrysafe.policy import Policy
 from retrysafe.scopes import shared_scope
 from retrysafe.stores.base import DualStore
@@ -73,8 +72,8 @@ def bare_app() -> Starlette:
     return Starlette(routes=[Route("/charges", charge, methods=["POST"])])
 
 
-def guarded_app(store: DualStore) -> IdempotencyMiddleware:
-    return IdempotencyMiddleware(bare_app(), store=store, policy=Policy(scope=shared_scope))
+def guarded_app(store: DualStore) -> ASGIIdempotencyMiddleware:
+    return ASGIIdempotencyMiddleware(bare_app(), store=store, policy=Policy(scope=shared_scope))
 
 
 def scope_for(key: str | None) -> dict[str, Any]:

@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from retrysafe.http.asgi import IdempotencyMiddleware
+from retrysafe.http import ASGIIdempotencyMiddleware
 from retrysafe.policy import Policy
 from retrysafe.scopes import shared_scope
 from retrysafe.stores.base import DualStore
@@ -142,7 +142,7 @@ async def close_kind(kind: str, store: DualStore) -> None:
 async def bench(kind: str, n: int, tmp: str) -> dict[str, float]:
     store = open_kind(kind, tmp)
     # One caller (the load script): an explicit shared scope.
-    asgi = IdempotencyMiddleware(app, store=store, policy=Policy(scope=shared_scope))
+    asgi = ASGIIdempotencyMiddleware(app, store=store, policy=Policy(scope=shared_scope))
     run = uuid.uuid4().hex
     await call(asgi, f"{run}-replayed")
     trip, close_trip = await floor_trip(kind)

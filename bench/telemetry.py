@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from retrysafe import MemoryStore
-from retrysafe.http.asgi import IdempotencyMiddleware
+from retrysafe.http import ASGIIdempotencyMiddleware
 from retrysafe.policy import Policy
 from retrysafe.scopes import shared_scope
 from retrysafe.telemetry import AUDIT_LOGGER, Telemetry
@@ -107,7 +107,9 @@ async def main(runs: int, n: int) -> None:
         for name, telemetry in variants.items():
             audit_log.setLevel(logging.INFO if "audit" in name else logging.WARNING)
             store = MemoryStore()
-            app = IdempotencyMiddleware(handler, store=store, policy=POLICY, telemetry=telemetry)
+            app = ASGIIdempotencyMiddleware(
+                handler, store=store, policy=POLICY, telemetry=telemetry
+            )
             fresh = await run(app, lambda i: uuid.uuid4().hex.encode(), n)
             replay = await run(app, lambda i: b"same-key", n)
             results.setdefault((name, "first execution"), []).append(fresh)

@@ -39,9 +39,7 @@ from starlette.routing import Route
 
 from retrysafe import current_key
 from retrysafe.errors import StoreUnavailable
-from retrysafe.http.asgi import IdempotencyMiddleware
-from retrysafe.http.wsgi import ENVIRON_KEY
-from retrysafe.http.wsgi import IdempotencyMiddleware as WSGIIdempotencyMiddleware
+from retrysafe.http import ENVIRON_KEY, ASGIIdempotencyMiddleware, WSGIIdempotencyMiddleware
 from retrysafe.policy import PROBLEM_BASE_URI, Policy, Problem
 from retrysafe.problems import TITLES
 from retrysafe.records import ClaimResult, Record, StoredResponse
@@ -333,13 +331,13 @@ def asgi_app(handler: Handler) -> Callable[..., Any]:
 
 
 class RawASGIDoor(Door):
-    """Raw ASGI calls against ``IdempotencyMiddleware(asgi_app(handler))``."""
+    """Raw ASGI calls against ``ASGIIdempotencyMiddleware(asgi_app(handler))``."""
 
     name = "asgi"
 
     def __init__(self, handler: Handler, store: Any, policy: Policy) -> None:
         super().__init__(handler, store, policy)
-        self.app = IdempotencyMiddleware(asgi_app(handler), store=store, policy=policy)
+        self.app = ASGIIdempotencyMiddleware(asgi_app(handler), store=store, policy=policy)
 
     async def _send(self, req: Sent) -> Reply:
         raw = [(k.lower().encode("latin-1"), _raw(v)) for k, v in req.headers]
@@ -433,7 +431,7 @@ def starlette_app(handler: Handler, store: Any, policy: Policy) -> Starlette:
 
     return Starlette(
         routes=[Route("/{rest:path}", endpoint, methods=ALL_METHODS)],
-        middleware=[Middleware(IdempotencyMiddleware, store=store, policy=policy)],
+        middleware=[Middleware(ASGIIdempotencyMiddleware, store=store, policy=policy)],
     )
 
 

@@ -59,8 +59,7 @@ from hypothesis import strategies as st
 from retrysafe.errors import InvalidKey
 from retrysafe.gateway import GatewayConfig, create_app
 from retrysafe.gateway.config import RoutePolicy
-from retrysafe.http.asgi import IdempotencyMiddleware as AsgiMiddleware
-from retrysafe.http.wsgi import IdempotencyMiddleware as WsgiMiddleware
+from retrysafe.http import ASGIIdempotencyMiddleware, WSGIIdempotencyMiddleware
 from retrysafe.keys import parse_key
 from retrysafe.policy import Policy
 from retrysafe.scopes import header_scope
@@ -404,8 +403,8 @@ def asgi_door(keep: bool = True, **planted: Any) -> Iterator[Door]:
     recorder = Recorder(keep)
     app, store = RecordingASGI(recorder), MemoryStore()
     routed = _routed(
-        AsgiMiddleware(app, store=store, policy=fuzz_policy(True, **planted)),
-        AsgiMiddleware(app, store=store, policy=fuzz_policy(False, **planted)),
+        ASGIIdempotencyMiddleware(app, store=store, policy=fuzz_policy(True, **planted)),
+        ASGIIdempotencyMiddleware(app, store=store, policy=fuzz_policy(False, **planted)),
     )
     with serve_asgi(routed) as url, CrashLog().watching() as crashes:
         yield Door("asgi", url, recorder, crashes)
@@ -416,8 +415,8 @@ def wsgi_door(keep: bool = True) -> Iterator[Door]:
     """The WSGI middleware (memory store) under the threaded wsgiref server."""
     recorder = Recorder(keep)
     app, store = RecordingWSGI(recorder), MemoryStore()
-    by_auth = WsgiMiddleware(app, store=store, policy=fuzz_policy(True))
-    by_header = WsgiMiddleware(app, store=store, policy=fuzz_policy(False))
+    by_auth = WSGIIdempotencyMiddleware(app, store=store, policy=fuzz_policy(True))
+    by_header = WSGIIdempotencyMiddleware(app, store=store, policy=fuzz_policy(False))
 
     def routed(environ: dict[str, Any], start_response: Any) -> Any:
         path = environ.get("PATH_INFO", "")

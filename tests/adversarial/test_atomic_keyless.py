@@ -1,6 +1,6 @@
 """The README's atomic example answers a keyless request with 400 missing-key, not a 500.
 
-Behind ``IdempotencyMiddleware(..., atomic=True)`` the handler calls ``atomic.transaction()``;
+Behind ``ASGIIdempotencyMiddleware(..., atomic=True)`` the handler calls ``atomic.transaction()``;
 a request without an Idempotency-Key has no record to commit with, so that call raised
 NoAtomicContext and the client got a 500 (and a traceback in the log). An atomic middleware
 now requires the key on every covered request unless the application chose per route with a
@@ -25,8 +25,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from retrysafe import Policy, atomic, open_store
-from retrysafe.http.asgi import IdempotencyMiddleware
-from retrysafe.http.wsgi import IdempotencyMiddleware as WSGIIdempotencyMiddleware
+from retrysafe.http import ASGIIdempotencyMiddleware, WSGIIdempotencyMiddleware
 from serverkit import serve_asgi, serve_wsgi
 
 LEDGER = "CREATE TABLE IF NOT EXISTS charges (order_id TEXT, cents INTEGER)"
@@ -48,7 +47,7 @@ def _asgi(store: Any, policy: Policy | None) -> Any:
             Route("/login", login, methods=["POST"]),
         ]
     )
-    app.add_middleware(IdempotencyMiddleware, store=store, policy=policy, atomic=True)
+    app.add_middleware(ASGIIdempotencyMiddleware, store=store, policy=policy, atomic=True)
     return app
 
 

@@ -28,7 +28,7 @@ sys.path.insert(0, {tests!r})
 {setup}
 import httpx
 from retrysafe import MemoryStore
-from retrysafe.http.asgi import IdempotencyMiddleware
+from retrysafe.http import ASGIIdempotencyMiddleware
 from retrysafe.telemetry import Telemetry
 from serverkit import serve_asgi
 
@@ -40,7 +40,7 @@ async def app(scope, receive, send):
     await send({{"type": "http.response.start", "status": 201, "headers": []}})
     await send({{"type": "http.response.body", "body": b"ok"}})
 
-mw = IdempotencyMiddleware(app, store=MemoryStore(), telemetry=Telemetry())
+mw = ASGIIdempotencyMiddleware(app, store=MemoryStore(), telemetry=Telemetry())
 with serve_asgi(mw) as base:
     for key in ("k1", "k1", "k2"):
         sent = {{"Idempotency-Key": key, "Authorization": "Bearer audit"}}

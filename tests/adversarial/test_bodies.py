@@ -19,8 +19,7 @@ import httpx
 import pytest
 
 import retrysafe.fingerprint
-from retrysafe.http.asgi import IdempotencyMiddleware as AsgiMiddleware
-from retrysafe.http.wsgi import IdempotencyMiddleware as WsgiMiddleware
+from retrysafe.http import ASGIIdempotencyMiddleware, WSGIIdempotencyMiddleware
 from retrysafe.policy import Policy
 from retrysafe.scopes import shared_scope
 from retrysafe.stores.memory import MemoryStore
@@ -120,7 +119,9 @@ def wsgi_door(request: pytest.FixtureRequest) -> Iterator[tuple[str, RecordingWs
     app, store = RecordingWsgi(), MemoryStore()
     serve = serve_wsgi if request.param == "wsgiref" else serve_werkzeug
     with serve(
-        WsgiMiddleware(app, store=store, telemetry=None, policy=Policy(scope=shared_scope))
+        WSGIIdempotencyMiddleware(
+            app, store=store, telemetry=None, policy=Policy(scope=shared_scope)
+        )
     ) as base:
         yield base, app, store
 
@@ -165,7 +166,9 @@ def test_wsgi_refuses_a_content_length_that_is_not_a_number(
 def test_wsgi_chunked_body_is_read_whole_and_fingerprints_like_a_sized_one() -> None:
     app, store = RecordingWsgi(), MemoryStore()
     with serve_werkzeug(
-        WsgiMiddleware(app, store=store, telemetry=None, policy=Policy(scope=shared_scope))
+        WSGIIdempotencyMiddleware(
+            app, store=store, telemetry=None, policy=Policy(scope=shared_scope)
+        )
     ) as base:
         key = str(uuid.uuid4())
         first = raw_request(base, head(key, None, chunked=True) + chunked(BODY))
@@ -180,7 +183,9 @@ def test_wsgi_chunked_body_is_read_whole_and_fingerprints_like_a_sized_one() -> 
 def test_wsgi_chunked_body_cut_short_claims_nothing() -> None:
     app, store = RecordingWsgi(), MemoryStore()
     with serve_werkzeug(
-        WsgiMiddleware(app, store=store, telemetry=None, policy=Policy(scope=shared_scope))
+        WSGIIdempotencyMiddleware(
+            app, store=store, telemetry=None, policy=Policy(scope=shared_scope)
+        )
     ) as base:
         key = str(uuid.uuid4())
         answer = cut_off(base, head(key, None, chunked=True) + b"f\r\n" + BODY[:5])
@@ -198,7 +203,9 @@ def test_wsgi_chunked_body_cut_short_claims_nothing() -> None:
 def test_wsgi_chunked_body_over_the_limit_is_413() -> None:
     app, store = RecordingWsgi(), MemoryStore()
     policy = Policy(scope=shared_scope, max_body=10)
-    with serve_werkzeug(WsgiMiddleware(app, store=store, policy=policy, telemetry=None)) as base:
+    with serve_werkzeug(
+        WSGIIdempotencyMiddleware(app, store=store, policy=policy, telemetry=None)
+    ) as base:
         key = str(uuid.uuid4())
         answer = raw_request(base, head(key, None, chunked=True) + chunked(BODY))
         assert answer is not None
@@ -233,7 +240,9 @@ def test_asgi_body_cut_short_claims_nothing() -> None:
     # (more_body=True), then http.disconnect once the client is gone; nothing is run or claimed.
     app, store = RecordingAsgi(), MemoryStore()
     door = Watched(
-        AsgiMiddleware(app, store=store, telemetry=None, policy=Policy(scope=shared_scope))
+        ASGIIdempotencyMiddleware(
+            app, store=store, telemetry=None, policy=Policy(scope=shared_scope)
+        )
     )
     with serve_asgi(door) as base:
         key = str(uuid.uuid4())
@@ -281,7 +290,9 @@ def test_json_canonicalization_of_a_big_body_does_not_hold_up_the_event_loop(
     app.on_ping = gate.set
     body = json.dumps({"items": ["x" * 64] * 1024}).encode()  # 68 KiB
     policy = Policy(scope=shared_scope, body_mode="json")
-    with serve_asgi(AsgiMiddleware(app, store=store, policy=policy, telemetry=None)) as base:
+    with serve_asgi(
+        ASGIIdempotencyMiddleware(app, store=store, policy=policy, telemetry=None)
+    ) as base:
         results: list[RawResponse] = []
         poster = threading.Thread(target=lambda: results.append(post(base, "big-1", body)))
         poster.start()
@@ -312,7 +323,9 @@ def test_json_canonicalization_of_a_big_body_does_not_hold_up_the_event_loop(
 def test_hostile_json_is_answered_by_the_app_and_replayed(hostile: bytes) -> None:
     app, store = RecordingAsgi(), MemoryStore()
     policy = Policy(scope=shared_scope, body_mode="json", body_field="idempotency_key")
-    with serve_asgi(AsgiMiddleware(app, store=store, policy=policy, telemetry=None)) as base:
+    with serve_asgi(
+        ASGIIdempotencyMiddleware(app, store=store, policy=policy, telemetry=None)
+    ) as base:
         key = str(uuid.uuid4())
         first = post(base, key, hostile)
         retry = post(base, key, hostile)
@@ -328,7 +341,9 @@ def test_json_with_a_repeated_member_does_not_replay_the_last_members_request() 
     # json.loads keeps the last "amount", many parsers the first: the app may charge 1.
     app, store = RecordingAsgi(), MemoryStore()
     policy = Policy(scope=shared_scope, body_mode="json")
-    with serve_asgi(AsgiMiddleware(app, store=store, policy=policy, telemetry=None)) as base:
+    with serve_asgi(
+        ASGIIdempotencyMiddleware(app, store=store, policy=policy, telemetry=None)
+    ) as base:
         key = str(uuid.uuid4())
         first = post(base, key, b'{"amount": 2}')
         second = post(base, key, b'{"amount": 1, "amount": 2}')
@@ -344,7 +359,9 @@ def test_json_mode_refuses_bodies_over_max_json_body_with_413() -> None:
     app, store = RecordingAsgi(), MemoryStore()
     policy = Policy(scope=shared_scope, body_mode="json", max_json_body=100)
     body = json.dumps({"pad": "x" * 200}).encode()
-    with serve_asgi(AsgiMiddleware(app, store=store, policy=policy, telemetry=None)) as base:
+    with serve_asgi(
+        ASGIIdempotencyMiddleware(app, store=store, policy=policy, telemetry=None)
+    ) as base:
         declared = post(base, "j-1", body)
         streamed = raw_request(base, head("j-2", None, chunked=True) + chunked(body))
         keyless = post(base, None, body)  # not buffered, not fingerprinted: passes through
@@ -368,7 +385,9 @@ def test_json_mode_limit_applies_to_keyed_bodies_not_to_those_searched_for_a_key
     pad = "x" * 200
     keyless = json.dumps({"pad": pad}).encode()
     keyed = json.dumps({"idempotency_key": "b-1", "pad": pad}).encode()
-    with serve_asgi(AsgiMiddleware(app, store=store, policy=policy, telemetry=None)) as base:
+    with serve_asgi(
+        ASGIIdempotencyMiddleware(app, store=store, policy=policy, telemetry=None)
+    ) as base:
         passed = post(base, None, keyless)
         refused = post(base, None, keyed)
         small = post(base, None, b'{"idempotency_key": "b-2"}')
@@ -402,11 +421,15 @@ def test_a_body_field_key_of_the_wrong_type_is_a_malformed_key(
     if server == "asgi":
         asgi = RecordingAsgi()
         runs = asgi.bodies
-        serving = serve_asgi(AsgiMiddleware(asgi, store=store, policy=policy, telemetry=None))
+        serving = serve_asgi(
+            ASGIIdempotencyMiddleware(asgi, store=store, policy=policy, telemetry=None)
+        )
     else:
         wsgi = RecordingWsgi()
         runs = wsgi.bodies
-        serving = serve_wsgi(WsgiMiddleware(wsgi, store=store, policy=policy, telemetry=None))
+        serving = serve_wsgi(
+            WSGIIdempotencyMiddleware(wsgi, store=store, policy=policy, telemetry=None)
+        )
     with serving as base:
         answers = [post(base, None, body), post(base, None, body)]
         good = post(base, None, b'{"idempotency_key": "k-9", "amount": 1}')

@@ -31,8 +31,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from retrysafe._cli import cli
 from retrysafe.client import DeadLetterQueue, IdempotentTransport, RetryPolicy
 from retrysafe.client.errors import RetriesExhausted
-from retrysafe.http.asgi import IdempotencyMiddleware
-from retrysafe.http.wsgi import IdempotencyMiddleware as WSGIIdempotencyMiddleware
+from retrysafe.http import ASGIIdempotencyMiddleware, WSGIIdempotencyMiddleware
 from retrysafe.keyring import SECRET_ENV, stored_secret
 from retrysafe.policy import Policy
 from retrysafe.scopes import PrincipalKey
@@ -161,7 +160,7 @@ def wsgi_charge_app(executions: list[str]) -> Callable[..., Any]:
 
 def served(kind: str, store: SQLiteStore, otel: Otel, executions: list[str]) -> Any:
     if kind == "asgi":
-        app = IdempotencyMiddleware(
+        app = ASGIIdempotencyMiddleware(
             charge_app(executions), store=store, policy=Policy(), telemetry=otel.telemetry()
         )
         return serve_asgi(app)
@@ -288,15 +287,15 @@ def test_a_secret_shorter_than_32_characters_is_refused_at_start_up(
 
     monkeypatch.setenv(SECRET_ENV, PASSWORD)
     with pytest.raises(ConfigurationError, match=f"{SECRET_ENV}: .* at least 32 characters"):
-        IdempotencyMiddleware(charge_app([]), store=MemoryStore())
+        ASGIIdempotencyMiddleware(charge_app([]), store=MemoryStore())
 
 
 def test_processes_sharing_a_store_agree_on_the_stored_secret(kit: StoreKit) -> None:
     """Two servers on one store (two processes' handles), started without a secret, both
     first-time at once: they adopt one secret, so a retry landing on the other is a replay."""
     executions: list[str] = []
-    one = IdempotencyMiddleware(charge_app(executions), store=kit.store, telemetry=None)
-    two = IdempotencyMiddleware(charge_app(executions), store=kit.reopen(), telemetry=None)
+    one = ASGIIdempotencyMiddleware(charge_app(executions), store=kit.store, telemetry=None)
+    two = ASGIIdempotencyMiddleware(charge_app(executions), store=kit.reopen(), telemetry=None)
     headers = {"Authorization": BASIC}
 
     async def first_requests(a: str, b: str) -> list[httpx.Response]:

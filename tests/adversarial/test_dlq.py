@@ -28,7 +28,7 @@ from retrysafe.client import (
     RetriesExhausted,
     RetryPolicy,
 )
-from retrysafe.http.asgi import IdempotencyMiddleware
+from retrysafe.http import ASGIIdempotencyMiddleware
 from retrysafe.policy import Policy
 from retrysafe.scopes import authorization_scope, header_scope
 from retrysafe.stores.memory import MemoryStore
@@ -85,7 +85,7 @@ def scoped(request: pytest.FixtureRequest) -> Iterator[tuple[str, str, Ledger]]:
     """(base URL, credential header the server scopes by, the app's ledger)."""
     header, scope = request.param
     ledger = Ledger()
-    app = IdempotencyMiddleware(ledger, store=MemoryStore(), policy=Policy(scope=scope))
+    app = ASGIIdempotencyMiddleware(ledger, store=MemoryStore(), policy=Policy(scope=scope))
     with serve_asgi(app) as base:
         yield base, header, ledger
 
@@ -159,7 +159,7 @@ async def test_async_replay_is_refused_too(tmp_path: Path, scoped: tuple[str, st
 def test_client_auth_supplies_the_credential(tmp_path: Path) -> None:
     """``client.auth`` adds Authorization during the send: that counts as having it."""
     ledger = Ledger()
-    app = IdempotencyMiddleware(ledger, store=MemoryStore())
+    app = ASGIIdempotencyMiddleware(ledger, store=MemoryStore())
     with serve_asgi(app) as base:
         queue = DeadLetterQueue(tmp_path / "dlq.db")
         basic = httpx.BasicAuth("alice", "secret")
@@ -210,7 +210,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_cli_replay_names_the_header_and_replays_with_it(tmp_path: Path) -> None:
     ledger = Ledger()
-    app = IdempotencyMiddleware(ledger, store=MemoryStore())
+    app = ASGIIdempotencyMiddleware(ledger, store=MemoryStore())
     with serve_asgi(app) as base:
         store = f"sqlite:///{tmp_path / 'dlq.db'}"
         queue = DeadLetterQueue(store)

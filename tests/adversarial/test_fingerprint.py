@@ -19,8 +19,7 @@ import pytest
 
 from gateway.gwsupport import Upstream, serve_in_thread
 from retrysafe.gateway import GatewayConfig, RoutePolicy, create_app
-from retrysafe.http.asgi import IdempotencyMiddleware as AsgiMiddleware
-from retrysafe.http.wsgi import IdempotencyMiddleware as WsgiMiddleware
+from retrysafe.http import ASGIIdempotencyMiddleware, WSGIIdempotencyMiddleware
 from retrysafe.policy import Policy
 from retrysafe.scopes import shared_scope
 from retrysafe.stores.memory import MemoryStore
@@ -91,7 +90,7 @@ def door(request: pytest.FixtureRequest) -> Iterator[tuple[str, list[dict[str, s
     if request.param == "asgi":
         asgi = EchoAsgi()
         with serve_asgi(
-            AsgiMiddleware(
+            ASGIIdempotencyMiddleware(
                 asgi, store=MemoryStore(), telemetry=None, policy=Policy(scope=shared_scope)
             )
         ) as base:
@@ -100,7 +99,9 @@ def door(request: pytest.FixtureRequest) -> Iterator[tuple[str, list[dict[str, s
     wsgi = EchoWsgi()
     serve: Serve = serve_wsgi if request.param == "wsgiref" else serve_werkzeug
     with serve(
-        WsgiMiddleware(wsgi, store=MemoryStore(), telemetry=None, policy=Policy(scope=shared_scope))
+        WSGIIdempotencyMiddleware(
+            wsgi, store=MemoryStore(), telemetry=None, policy=Policy(scope=shared_scope)
+        )
     ) as base:
         yield base, wsgi.runs
 

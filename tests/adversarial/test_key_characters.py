@@ -16,8 +16,7 @@ from typing import Any
 import pytest
 
 from retrysafe import MemoryStore
-from retrysafe.http.asgi import IdempotencyMiddleware
-from retrysafe.http.wsgi import IdempotencyMiddleware as WSGIIdempotencyMiddleware
+from retrysafe.http import ASGIIdempotencyMiddleware, WSGIIdempotencyMiddleware
 from serverkit import raw_request, serve_asgi, serve_wsgi
 
 
@@ -32,7 +31,7 @@ def _wsgi_app(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
 
 
 SERVERS: dict[str, Callable[[], AbstractContextManager[str]]] = {
-    "asgi": lambda: serve_asgi(IdempotencyMiddleware(_asgi_app, store=MemoryStore())),
+    "asgi": lambda: serve_asgi(ASGIIdempotencyMiddleware(_asgi_app, store=MemoryStore())),
     "wsgi": lambda: serve_wsgi(WSGIIdempotencyMiddleware(_wsgi_app, store=MemoryStore())),
 }
 

@@ -18,8 +18,7 @@ import pytest
 from retrysafe.client import IdempotentTransport, RetryPolicy
 from retrysafe.errors import ConfigurationError
 from retrysafe.gateway import GatewayConfig, RoutePolicy, create_app
-from retrysafe.http.asgi import IdempotencyMiddleware
-from retrysafe.http.wsgi import IdempotencyMiddleware as WSGIIdempotencyMiddleware
+from retrysafe.http import ASGIIdempotencyMiddleware, WSGIIdempotencyMiddleware
 from retrysafe.policy import Policy
 from retrysafe.scopes import shared_scope
 from retrysafe.stores.memory import MemoryStore
@@ -61,7 +60,7 @@ class Script:
 def served(door: str, script: Script, policy: Policy) -> Any:
     store = MemoryStore()
     if door == "asgi":
-        return serve_asgi(IdempotencyMiddleware(script.asgi, store=store, policy=policy))
+        return serve_asgi(ASGIIdempotencyMiddleware(script.asgi, store=store, policy=policy))
     return serve_wsgi(WSGIIdempotencyMiddleware(script.wsgi, store=store, policy=policy))
 
 
@@ -120,7 +119,9 @@ def test_client_transport_gets_through_after_a_429() -> None:
     script = Script((429, [("retry-after", "0")], b"slow down"), CREATED)
     retry = RetryPolicy(attempts=3, base=0.0, deadline=None)
     with serve_asgi(
-        IdempotencyMiddleware(script.asgi, store=MemoryStore(), policy=Policy(scope=shared_scope))
+        ASGIIdempotencyMiddleware(
+            script.asgi, store=MemoryStore(), policy=Policy(scope=shared_scope)
+        )
     ) as url:
         transport = IdempotentTransport(retry=retry, budget=False)
         with httpx.Client(transport=transport, timeout=WAIT) as client:
@@ -141,7 +142,7 @@ def test_client_does_not_spend_attempts_on_a_replayed_answer() -> None:
         await mw(scope, receive, send)
 
     policy = Policy(scope=shared_scope, release_statuses=frozenset())
-    mw = IdempotencyMiddleware(script.asgi, store=MemoryStore(), policy=policy)
+    mw = ASGIIdempotencyMiddleware(script.asgi, store=MemoryStore(), policy=policy)
     retry = RetryPolicy(attempts=5, base=0.0, deadline=None)
     with serve_asgi(counting) as url:
         transport = IdempotentTransport(retry=retry, budget=False)

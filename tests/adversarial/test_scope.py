@@ -36,8 +36,7 @@ from starlette.routing import Route
 
 from retrysafe.gateway import Gateway
 from retrysafe.gateway.config import load_config
-from retrysafe.http.asgi import IdempotencyMiddleware
-from retrysafe.http.wsgi import IdempotencyMiddleware as WSGIIdempotencyMiddleware
+from retrysafe.http import ASGIIdempotencyMiddleware, WSGIIdempotencyMiddleware
 from retrysafe.policy import Policy
 from retrysafe.scopes import cookie_scope, header_scope, shared_scope, user_scope
 from retrysafe.stores.memory import MemoryStore
@@ -113,7 +112,9 @@ def server(kind: str, ledger: Ledger, policy: Policy | None) -> Iterator[str]:
     """The cookie/API-key application behind the middleware, served for real."""
     store = MemoryStore()
     if kind == "asgi":
-        with serve_asgi(IdempotencyMiddleware(asgi_app(ledger), store=store, policy=policy)) as url:
+        with serve_asgi(
+            ASGIIdempotencyMiddleware(asgi_app(ledger), store=store, policy=policy)
+        ) as url:
             yield url
     else:
         with serve_wsgi(
@@ -229,7 +230,9 @@ def test_user_scope_reads_starlettes_authenticated_user() -> None:
         routes=[Route("/charges", charge, methods=["POST"])],
         middleware=[
             Middleware(AuthenticationMiddleware, backend=CookieBackend()),  # outermost: first
-            Middleware(IdempotencyMiddleware, store=MemoryStore(), policy=Policy(scope=user_scope)),
+            Middleware(
+                ASGIIdempotencyMiddleware, store=MemoryStore(), policy=Policy(scope=user_scope)
+            ),
         ],
     )
     with serve_asgi(app) as url:

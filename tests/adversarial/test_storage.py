@@ -32,8 +32,7 @@ from typing import Any
 import pytest
 
 from retrysafe.errors import ConfigurationError, StoreUnavailable
-from retrysafe.http.asgi import IdempotencyMiddleware
-from retrysafe.http.wsgi import IdempotencyMiddleware as WsgiIdempotencyMiddleware
+from retrysafe.http import ASGIIdempotencyMiddleware, WSGIIdempotencyMiddleware
 from retrysafe.policy import Policy
 from retrysafe.records import Claimed, Existing, State, StoredResponse
 from retrysafe.scopes import shared_scope
@@ -153,7 +152,7 @@ def test_the_wal_stays_bounded_under_concurrent_requests_and_empties_when_idle(
     path = tmp_path / "wal.db"
     store = SQLiteStore(path, clock=FakeClock(), wal_idle=0.2)
     shop = Shop()
-    app = IdempotencyMiddleware(
+    app = ASGIIdempotencyMiddleware(
         shop, store=store, policy=Policy(scope=shared_scope), telemetry=None
     )
     peak = WalPeak(path)
@@ -186,7 +185,7 @@ def test_expired_records_are_purged_as_fast_as_requests_write_them(tmp_path: Pat
     # The default store: its timed purge (once a minute of wall clock) never comes due here.
     store = SQLiteStore(path, clock=clock)
     policy = Policy(scope=shared_scope, ttl=10, retention=10)  # seconds of the store's (fake) clock
-    app = IdempotencyMiddleware(Shop(), store=store, policy=policy, telemetry=None)
+    app = ASGIIdempotencyMiddleware(Shop(), store=store, policy=policy, telemetry=None)
     peak = WalPeak(path)
     per_round, counts = 150, []
     try:
@@ -287,7 +286,7 @@ def test_a_memory_store_full_of_requests_in_flight_answers_503_and_evicts_none(
 ) -> None:
     store = MemoryStore(max_records=4)
     shop = Shop()
-    app = IdempotencyMiddleware(
+    app = ASGIIdempotencyMiddleware(
         shop, store=store, policy=Policy(scope=shared_scope, wait=0), telemetry=None
     )
     with serve_asgi(app) as base:
@@ -333,7 +332,7 @@ def test_the_wsgi_middleware_says_the_memory_store_is_full_too() -> None:
         start_response("201 Created", [("Content-Type", "application/json")])
         return [ANSWER]
 
-    wsgi = WsgiIdempotencyMiddleware(
+    wsgi = WSGIIdempotencyMiddleware(
         app, store=store, policy=Policy(scope=shared_scope, wait=0), telemetry=None
     )
     with serve_wsgi(wsgi) as base:
@@ -353,7 +352,7 @@ def test_the_wsgi_middleware_says_the_memory_store_is_full_too() -> None:
 def test_under_pressure_only_finished_records_are_evicted(tmp_path: Path) -> None:
     store = MemoryStore(max_records=40)
     shop = Shop()
-    app = IdempotencyMiddleware(
+    app = ASGIIdempotencyMiddleware(
         shop, store=store, policy=Policy(scope=shared_scope, wait=0), telemetry=None
     )
     sizes: list[int] = []
@@ -437,7 +436,7 @@ def test_concurrent_threads_never_evict_a_claim_in_flight() -> None:
 def test_a_body_that_cannot_fit_is_kept_unreplayable_never_run_twice(tmp_path: Path) -> None:
     store = MemoryStore(max_bytes=16 * 1024)
     shop = Shop(body=b"x" * 40_000)  # under the cache cap (1 MiB), over the store's bound
-    app = IdempotencyMiddleware(
+    app = ASGIIdempotencyMiddleware(
         shop, store=store, policy=Policy(scope=shared_scope), telemetry=None
     )
     with serve_asgi(app) as base:

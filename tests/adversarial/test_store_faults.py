@@ -34,8 +34,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from retrysafe import atomic, lease_lost
 from retrysafe.engine import SettleRetry
 from retrysafe.errors import StoreUnavailable
-from retrysafe.http.asgi import IdempotencyMiddleware
-from retrysafe.http.wsgi import IdempotencyMiddleware as WSGIIdempotencyMiddleware
+from retrysafe.http import ASGIIdempotencyMiddleware, WSGIIdempotencyMiddleware
 from retrysafe.lease import Lease
 from retrysafe.policy import Policy
 from retrysafe.records import State
@@ -177,7 +176,7 @@ class Charges:
 
 def serve(door: str, app: Charges, store: Any, policy: Policy, **options: Any) -> Any:
     if door == "asgi":
-        mw = IdempotencyMiddleware(app.asgi, store=store, policy=policy, **options)
+        mw = ASGIIdempotencyMiddleware(app.asgi, store=store, policy=policy, **options)
         return serve_asgi(mw)
     return serve_wsgi(WSGIIdempotencyMiddleware(app.wsgi, store=store, policy=policy, **options))
 
@@ -425,7 +424,7 @@ def test_atomic_work_stops_once_the_lease_is_lost(
     options: dict[str, Any] = {"policy": policy, "atomic": True}
     options["telemetry"] = telemetered.telemetry()
     if door == "asgi":
-        server = serve_asgi(IdempotencyMiddleware(asgi_app, store=store, **options))
+        server = serve_asgi(ASGIIdempotencyMiddleware(asgi_app, store=store, **options))
     else:
         server = serve_wsgi(WSGIIdempotencyMiddleware(wsgi_app, store=store, **options))
     with server as url:

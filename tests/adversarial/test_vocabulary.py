@@ -20,7 +20,7 @@ import pytest
 from retrysafe import MemoryStore, Policy
 from retrysafe.errors import ConfigurationError
 from retrysafe.gateway.config import load_config
-from retrysafe.http.asgi import IdempotencyMiddleware
+from retrysafe.http import ASGIIdempotencyMiddleware
 from serverkit import serve_asgi
 
 
@@ -114,7 +114,7 @@ def test_a_string_wait_drives_a_real_server() -> None:
         await send({"type": "http.response.body", "body": b"ok"})
 
     policy = Policy(wait="0s", in_flight_retry_after="2s")
-    wrapped = IdempotencyMiddleware(app, store=MemoryStore(), policy=policy)
+    wrapped = ASGIIdempotencyMiddleware(app, store=MemoryStore(), policy=policy)
     with serve_asgi(wrapped) as base:
         first: list[httpx.Response] = []
         worker = threading.Thread(

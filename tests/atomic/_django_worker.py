@@ -141,9 +141,9 @@ def serve(store: Any, is_atomic: bool, conn: Connection) -> None:
     _conn = conn
     from django.core.wsgi import get_wsgi_application
 
-    from retrysafe.http.wsgi import IdempotencyMiddleware
+    from retrysafe.http import WSGIIdempotencyMiddleware
 
-    app = IdempotencyMiddleware(
+    app = WSGIIdempotencyMiddleware(
         get_wsgi_application(), store=store, policy=policy(), atomic=is_atomic
     )
     conn.send(("ready", "", None))
@@ -186,9 +186,11 @@ def serve_asgi(store: Any, conn: Connection, route: str) -> None:
     import uvicorn
     from django.core.asgi import get_asgi_application
 
-    from retrysafe.http.asgi import IdempotencyMiddleware
+    from retrysafe.http import ASGIIdempotencyMiddleware
 
-    app = IdempotencyMiddleware(get_asgi_application(), store=store, policy=policy(), atomic=True)
+    app = ASGIIdempotencyMiddleware(
+        get_asgi_application(), store=store, policy=policy(), atomic=True
+    )
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     sock.listen(64)

@@ -38,7 +38,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from retrysafe import atomic
-from retrysafe.http.asgi import IdempotencyMiddleware
+from retrysafe.http import ASGIIdempotencyMiddleware
 from retrysafe.policy import Policy
 from retrysafe.scopes import shared_scope
 from retrysafe.stores.base import AsyncStore
@@ -103,7 +103,7 @@ def build_app(config: dict[str, Any], store: AsyncStore, write: Write) -> Any:
 
     app = Starlette(routes=[Route("/charges", charge, methods=["POST"])])
     policy = Policy(scope=shared_scope, lease=config["lease"], wait=config["wait"])
-    return IdempotencyMiddleware(app, store=store, policy=policy, atomic=config["atomic"])
+    return ASGIIdempotencyMiddleware(app, store=store, policy=policy, atomic=config["atomic"])
 
 
 async def serve(config: dict[str, Any]) -> None:

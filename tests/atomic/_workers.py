@@ -82,7 +82,7 @@ def _function_door(
 def _wsgi_door(
     store: SQLiteStore, is_atomic: bool, conn: Connection
 ) -> Callable[[str, int, str | None], dict[str, Any]]:
-    from retrysafe.http.wsgi import IdempotencyMiddleware
+    from retrysafe.http import WSGIIdempotencyMiddleware
 
     def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         doc = json.loads(environ["wsgi.input"].read())
@@ -93,7 +93,7 @@ def _wsgi_door(
         start_response("201 Created", [("Content-Type", "application/json")])
         return [json.dumps({"key": doc["key"], "row": row}).encode()]
 
-    door = IdempotencyMiddleware(app, store=store, policy=policy(), atomic=is_atomic)
+    door = WSGIIdempotencyMiddleware(app, store=store, policy=policy(), atomic=is_atomic)
 
     def charge(key: str, cents: int, pause: str | None) -> dict[str, Any]:
         body = json.dumps({"key": key, "cents": cents}).encode()
@@ -130,7 +130,7 @@ def _asgi_door(
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
-    from retrysafe.http.asgi import IdempotencyMiddleware
+    from retrysafe.http import ASGIIdempotencyMiddleware
 
     async def create(request: Request) -> JSONResponse:
         doc = await request.json()
@@ -148,7 +148,7 @@ def _asgi_door(
         return JSONResponse({"key": doc["key"], "row": row}, status_code=201)
 
     app = Starlette(routes=[Route("/charges", create, methods=["POST"])])
-    app.add_middleware(IdempotencyMiddleware, store=store, policy=policy(), atomic=is_atomic)
+    app.add_middleware(ASGIIdempotencyMiddleware, store=store, policy=policy(), atomic=is_atomic)
     transport = httpx.ASGITransport(app=app)
 
     async def post(key: str, cents: int, pause: str | None) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Atomic completion behind the ASGI and WSGI middlewares and ``@idempotent`` (SPEC 12, 13,
 13a), on SQLite and on PostgreSQL.
 
-The same scenarios run through ``IdempotencyMiddleware(..., atomic=True)`` (ASGI, a Starlette
+The same scenarios run through ``ASGIIdempotencyMiddleware(..., atomic=True)`` (ASGI, a Starlette
 app over httpx's ASGI transport) and the WSGI twin (a Flask app over httpx's WSGI transport),
 on each database: the handler writes on the store's connection (PostgreSQL's
 ``AsyncConnection`` under ASGI; SQLite's one connection even from an async handler), the
@@ -31,8 +31,7 @@ from starlette.routing import Route
 from retrysafe import MemoryStore, Policy, atomic
 from retrysafe.atomic._context import current_unit
 from retrysafe.errors import AtomicUnsupported, ClaimTakenOver
-from retrysafe.http.asgi import IdempotencyMiddleware
-from retrysafe.http.wsgi import IdempotencyMiddleware as WSGIIdempotencyMiddleware
+from retrysafe.http import ASGIIdempotencyMiddleware, WSGIIdempotencyMiddleware
 from retrysafe.records import Claimed, State
 from retrysafe.scopes import shared_scope
 from retrysafe.stores.sqlite import SQLiteStore
@@ -248,7 +247,7 @@ def asgi_door(world: World) -> Callable[[], httpx.AsyncClient]:
         return JSONResponse(body, status_code=status)
 
     app = Starlette(routes=[Route(p, endpoint, methods=["POST"]) for p in PATHS])
-    app.add_middleware(IdempotencyMiddleware, store=world.store, policy=POLICY, atomic=True)
+    app.add_middleware(ASGIIdempotencyMiddleware, store=world.store, policy=POLICY, atomic=True)
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     return lambda: httpx.AsyncClient(transport=transport, base_url="http://t")
 
@@ -394,7 +393,7 @@ def test_atomic_needs_a_store_that_can_give_it() -> None:
     async def app(scope: Any, receive: Any, send: Any) -> None: ...
 
     with pytest.raises(AtomicUnsupported, match="MemoryStore"):
-        IdempotencyMiddleware(
+        ASGIIdempotencyMiddleware(
             app, store=MemoryStore(), atomic=True, policy=Policy(scope=shared_scope)
         )
     with pytest.raises(AtomicUnsupported, match="MemoryStore"):
@@ -415,7 +414,7 @@ def raw_asgi(world: World, raise_after: str) -> Callable[[], httpx.AsyncClient]:
             await send({"type": "http.response.body", "body": str(row).encode()})
         raise RuntimeError(f"raised after the {raise_after} answer")
 
-    mw = IdempotencyMiddleware(app, store=world.store, policy=POLICY, atomic=True)
+    mw = ASGIIdempotencyMiddleware(app, store=world.store, policy=POLICY, atomic=True)
     transport = httpx.ASGITransport(app=mw, raise_app_exceptions=False)
     return lambda: httpx.AsyncClient(transport=transport, base_url="http://t")
 
@@ -459,7 +458,7 @@ async def test_background_tasks_run_after_the_commit(world: World) -> None:
         return JSONResponse({"row": row}, status_code=201, background=BackgroundTask(after))
 
     app = Starlette(routes=[Route("/bg", endpoint, methods=["POST"])])
-    app.add_middleware(IdempotencyMiddleware, store=world.store, policy=POLICY, atomic=True)
+    app.add_middleware(ASGIIdempotencyMiddleware, store=world.store, policy=POLICY, atomic=True)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
         reply = await client.post("/bg", headers=keyed("b1"))

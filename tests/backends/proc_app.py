@@ -12,7 +12,7 @@ import os
 from typing import Any
 
 from retrysafe import open_store
-from retrysafe.http.asgi import IdempotencyMiddleware
+from retrysafe.http import ASGIIdempotencyMiddleware
 from retrysafe.policy import Policy
 from retrysafe.scopes import shared_scope
 
@@ -34,4 +34,4 @@ async def handler(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-app = IdempotencyMiddleware(handler, store=open_store(), policy=Policy(scope=shared_scope))
+app = ASGIIdempotencyMiddleware(handler, store=open_store(), policy=Policy(scope=shared_scope))

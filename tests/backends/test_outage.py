@@ -30,7 +30,7 @@ from servers import (
 )
 
 from retrysafe import Policy
-from retrysafe.http.asgi import IdempotencyMiddleware
+from retrysafe.http import ASGIIdempotencyMiddleware
 from retrysafe.scopes import shared_scope
 from wakekit import HANG
 
@@ -84,7 +84,7 @@ async def test_kill_and_restart_the_store_server_mid_run(server_and_store):
         await send({"type": "http.response.body", "body": f"done {key}".encode()})
 
     policy = Policy(scope=shared_scope, wait=timedelta(seconds=0.5))
-    transport = httpx.ASGITransport(app=IdempotencyMiddleware(app, store=store, policy=policy))
+    transport = httpx.ASGITransport(app=ASGIIdempotencyMiddleware(app, store=store, policy=policy))
     answers: collections.Counter[int] = collections.Counter()
 
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:

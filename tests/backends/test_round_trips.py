@@ -16,7 +16,7 @@ import httpx
 import pytest
 from servers import POSTGRES_URL, REDIS_URL, CountingProxy, require, shared_down
 
-from retrysafe.http.asgi import IdempotencyMiddleware
+from retrysafe.http import ASGIIdempotencyMiddleware
 from retrysafe.policy import Policy
 from retrysafe.records import Claimed, StoredResponse
 from retrysafe.scopes import shared_scope
@@ -95,7 +95,7 @@ async def test_async_replay_is_one_round_trip_and_first_execution_two(counted):
         await send({"type": "http.response.body", "body": b"made"})
 
     transport = httpx.ASGITransport(
-        app=IdempotencyMiddleware(app, store=store, policy=Policy(scope=shared_scope))
+        app=ASGIIdempotencyMiddleware(app, store=store, policy=Policy(scope=shared_scope))
     )
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
         for warm in range(2):  # the async pool connects (and loads scripts) on first use
@@ -146,7 +146,7 @@ def test_loop_turns_per_request_are_those_of_the_round_trips(backend: str) -> No
         await send({"type": "http.response.start", "status": 201, "headers": []})
         await send({"type": "http.response.body", "body": b"made"})
 
-    middleware = IdempotencyMiddleware(app, store=store, policy=Policy(scope=shared_scope))
+    middleware = ASGIIdempotencyMiddleware(app, store=store, policy=Policy(scope=shared_scope))
 
     async def turns(key: str) -> int:
         sent: list[int] = []

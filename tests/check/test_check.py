@@ -28,8 +28,7 @@ from starlette.routing import Route
 
 from retrysafe.check import CheckError, check_endpoint, junit_xml
 from retrysafe.gateway import GatewayConfig, create_app
-from retrysafe.http.asgi import IdempotencyMiddleware
-from retrysafe.http.wsgi import IdempotencyMiddleware as WSGIIdempotencyMiddleware
+from retrysafe.http import ASGIIdempotencyMiddleware, WSGIIdempotencyMiddleware
 from retrysafe.policy import DEFAULT_STATUS, Policy, Problem
 from retrysafe.stores.memory import MemoryStore
 from serverkit import serve_asgi
@@ -69,7 +68,7 @@ def protected(store: Any, policy: Policy | None = None) -> Starlette:
     options: dict[str, Any] = {"store": store}
     if policy is not None:
         options["policy"] = policy
-    return charges_app([Middleware(IdempotencyMiddleware, **options)])
+    return charges_app([Middleware(ASGIIdempotencyMiddleware, **options)])
 
 
 class NaiveCheckThenSet:

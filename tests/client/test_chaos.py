@@ -32,7 +32,7 @@ from retrysafe.client import (
     IdempotentTransport,
     RetryPolicy,
 )
-from retrysafe.http.asgi import IdempotencyMiddleware
+from retrysafe.http import ASGIIdempotencyMiddleware
 from retrysafe.policy import Policy
 from retrysafe.scopes import shared_scope
 
@@ -60,7 +60,7 @@ def world(tmp_path: Path) -> Iterator[tuple[Ledger, FaultProxy, DeadLetterQueue]
     ledger = Ledger()
     app = Starlette(routes=[Route("/charges", ledger.charge, methods=["POST"])])
     with serve_app(
-        IdempotencyMiddleware(app, store=MemoryStore(), policy=Policy(scope=shared_scope))
+        ASGIIdempotencyMiddleware(app, store=MemoryStore(), policy=Policy(scope=shared_scope))
     ) as url:
         proxy = FaultProxy(int(url.rsplit(":", 1)[1]), RATES, seed=4)
         dlq = DeadLetterQueue(tmp_path / "dlq.db", rate=10_000.0)

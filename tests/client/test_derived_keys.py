@@ -19,7 +19,7 @@ from starlette.routing import Route
 from retrysafe import MemoryStore, current_key, derive_key
 from retrysafe.client import AsyncIdempotentTransport, IdempotentTransport
 from retrysafe.context import _current_key, key_scope
-from retrysafe.http.asgi import IdempotencyMiddleware
+from retrysafe.http import ASGIIdempotencyMiddleware
 from retrysafe.policy import Policy
 from retrysafe.scopes import shared_scope
 from retrysafe.tools import idempotent
@@ -99,7 +99,7 @@ def test_a_handler_behind_the_middleware_derives_downstream_keys() -> None:
             return JSONResponse({"error": "later"}, status_code=503)  # released: retry runs
         return JSONResponse({"ok": True}, status_code=201)
 
-    app = IdempotencyMiddleware(
+    app = ASGIIdempotencyMiddleware(
         Starlette(routes=[Route("/charges", charge, methods=["POST"])]),
         store=MemoryStore(),
         policy=Policy(scope=shared_scope),

@@ -32,7 +32,7 @@ from retrysafe.client import (
     RetriesExhausted,
     RetryPolicy,
 )
-from retrysafe.http.asgi import IdempotencyMiddleware
+from retrysafe.http import ASGIIdempotencyMiddleware
 from retrysafe.scopes import shared_scope
 
 from .client_servers import serve_app
@@ -65,7 +65,7 @@ def payments() -> Iterator[tuple[Payments, str]]:
     service = Payments()
     app = Starlette(routes=[Route("/charges", service.charge, methods=["POST"])])
     policy = Policy(scope=shared_scope, wait=timedelta(seconds=0.2))
-    wrapped = IdempotencyMiddleware(app, store=MemoryStore(), policy=policy)
+    wrapped = ASGIIdempotencyMiddleware(app, store=MemoryStore(), policy=policy)
     with serve_app(wrapped) as url:
         yield service, url
 

@@ -48,7 +48,7 @@ from starlette.routing import Route
 
 from retrysafe import open_store
 from retrysafe._cli import cli
-from retrysafe.http.asgi import IdempotencyMiddleware
+from retrysafe.http import ASGIIdempotencyMiddleware
 from retrysafe.telemetry import AUDIT_LOGGER, Telemetry
 from retrysafe.tools import idempotent
 from serverkit import serve_asgi
@@ -394,7 +394,7 @@ def _docs_store(tmp: Path) -> Iterator[Any]:
     store = open_store(f"sqlite:///{tmp / 'checked-app.db'}")
     routes = [Route("/charges", _charges, methods=["POST"])]
     try:
-        yield IdempotencyMiddleware(Starlette(routes=routes), store=store)
+        yield ASGIIdempotencyMiddleware(Starlette(routes=routes), store=store)
     finally:
         store.close()
 

@@ -13,8 +13,7 @@ import threading
 from typing import Any
 
 from httpkit import SpyStore
-from retrysafe.http.asgi import IdempotencyMiddleware
-from retrysafe.http.wsgi import IdempotencyMiddleware as WSGIIdempotencyMiddleware
+from retrysafe.http import ASGIIdempotencyMiddleware, WSGIIdempotencyMiddleware
 from retrysafe.policy import Policy
 from retrysafe.scopes import shared_scope
 
@@ -50,7 +49,7 @@ async def test_50_concurrent_duplicates_run_the_asgi_handler_once(kit):
         )
         await send({"type": "http.response.body", "body": body})
 
-    mw = IdempotencyMiddleware(app, store=store, policy=_policy(kit))
+    mw = ASGIIdempotencyMiddleware(app, store=store, policy=_policy(kit))
 
     async def one() -> tuple[int, bytes, bool]:
         scope = {

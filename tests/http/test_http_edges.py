@@ -19,8 +19,7 @@ from typing import Any
 import pytest
 
 from httpkit import SpyStore
-from retrysafe.http.asgi import IdempotencyMiddleware
-from retrysafe.http.wsgi import IdempotencyMiddleware as WSGIIdempotencyMiddleware
+from retrysafe.http import ASGIIdempotencyMiddleware, WSGIIdempotencyMiddleware
 from retrysafe.policy import Policy
 from retrysafe.records import State
 from retrysafe.scopes import shared_scope
@@ -158,7 +157,7 @@ async def test_asgi_disconnect_while_buffering_the_body_answers_nothing(kit):
         nonlocal ran
         ran = True
 
-    mw = IdempotencyMiddleware(app, store=store, policy=Policy(scope=shared_scope))
+    mw = ASGIIdempotencyMiddleware(app, store=store, policy=Policy(scope=shared_scope))
     messages = [
         {"type": "http.request", "body": b"part", "more_body": True},
         {"type": "http.disconnect"},
@@ -232,7 +231,7 @@ async def test_asgi_unusable_sqlite_file_is_503(tmp_path):
 
     store = _broken_sqlite(tmp_path)
     app = Starlette(routes=[Route("/pay", endpoint, methods=["POST"])])
-    app.add_middleware(IdempotencyMiddleware, store=store, policy=Policy(scope=shared_scope))
+    app.add_middleware(ASGIIdempotencyMiddleware, store=store, policy=Policy(scope=shared_scope))
     try:
         async with httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://testserver"
@@ -268,7 +267,9 @@ async def test_asgi_client_gone_mid_stream_on_a_spec_2_4_server_keeps_the_record
     store = SpyStore(kit.store)
     app = Starlette(routes=[Route("/pay", endpoint, methods=["POST"])])
     app.add_middleware(
-        IdempotencyMiddleware, store=store, policy=Policy(scope=shared_scope, ttl=100 * kit.tick)
+        ASGIIdempotencyMiddleware,
+        store=store,
+        policy=Policy(scope=shared_scope, ttl=100 * kit.tick),
     )
 
     async def call(gone_after: int | None) -> tuple[list[Any], Exception | None]:
@@ -335,7 +336,7 @@ async def test_asgi_request_cancelled_mid_response_keeps_the_record(kit):
             started_answer.set()
         await asyncio.Event().wait()  # until cancelled
 
-    mw = IdempotencyMiddleware(
+    mw = ASGIIdempotencyMiddleware(
         app, store=store, policy=Policy(scope=shared_scope, ttl=100 * kit.tick)
     )
 

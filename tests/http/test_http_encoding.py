@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from retrysafe.http.asgi import IdempotencyMiddleware
+from retrysafe.http import ASGIIdempotencyMiddleware
 from retrysafe.policy import Policy
 from retrysafe.scopes import shared_scope
 from storekit import StoreKit
@@ -27,7 +27,9 @@ async def test_a_gzipped_response_replays_with_its_content_encoding(kit: StoreKi
     app = Starlette(
         routes=[Route("/reports", report, methods=["POST"])],
         middleware=[
-            Middleware(IdempotencyMiddleware, store=kit.store, policy=Policy(scope=shared_scope)),
+            Middleware(
+                ASGIIdempotencyMiddleware, store=kit.store, policy=Policy(scope=shared_scope)
+            ),
             Middleware(GZipMiddleware, minimum_size=100),
         ],
     )

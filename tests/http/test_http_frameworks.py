@@ -25,9 +25,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from retrysafe import current_key
-from retrysafe.http.asgi import IdempotencyMiddleware
-from retrysafe.http.wsgi import ENVIRON_KEY
-from retrysafe.http.wsgi import IdempotencyMiddleware as WSGIIdempotencyMiddleware
+from retrysafe.http import ENVIRON_KEY, ASGIIdempotencyMiddleware, WSGIIdempotencyMiddleware
 from retrysafe.policy import Policy
 from retrysafe.scopes import shared_scope
 
@@ -83,7 +81,7 @@ def _wsgi_twice(app: Callable[..., Any]) -> tuple[httpx.Response, httpx.Response
 async def test_fastapi_keyed_post_runs_once_and_replays(kit):
     counter = Counter()
     app = FastAPI()
-    app.add_middleware(IdempotencyMiddleware, store=kit.store, policy=_policy(kit))
+    app.add_middleware(ASGIIdempotencyMiddleware, store=kit.store, policy=_policy(kit))
 
     @app.post("/orders", status_code=201)
     async def create(request: FastAPIRequest, payload: dict[str, int]) -> dict[str, int]:
@@ -102,7 +100,7 @@ async def test_starlette_keyed_post_runs_once_and_replays(kit):
         return JSONResponse({"run": run, **payload}, status_code=201)
 
     app = Starlette(routes=[Route("/orders", create, methods=["POST"])])
-    app.add_middleware(IdempotencyMiddleware, store=kit.store, policy=_policy(kit))
+    app.add_middleware(ASGIIdempotencyMiddleware, store=kit.store, policy=_policy(kit))
     _check(*await _asgi_twice(app), counter)
 
 
@@ -168,7 +166,7 @@ async def test_django_asgi_keyed_post_runs_once_and_replays(kit):
     _django()
     global _django_counter
     _django_counter = Counter()
-    app = IdempotencyMiddleware(get_asgi_application(), store=kit.store, policy=_policy(kit))
+    app = ASGIIdempotencyMiddleware(get_asgi_application(), store=kit.store, policy=_policy(kit))
     first, second = await _asgi_twice(app)
     assert first.status_code == 201
     assert second.headers["idempotent-replayed"] == "true"
@@ -190,7 +188,7 @@ async def test_litestar_keyed_post_runs_once_and_replays(kit):
         run = counter.hit(request.scope["state"].get("idempotency_key"))
         return {"run": run, **payload}
 
-    middleware = DefineMiddleware(IdempotencyMiddleware, store=kit.store, policy=_policy(kit))
+    middleware = DefineMiddleware(ASGIIdempotencyMiddleware, store=kit.store, policy=_policy(kit))
     app = Litestar(
         route_handlers=[create],
         middleware=[middleware],
@@ -213,7 +211,7 @@ async def test_quart_keyed_post_runs_once_and_replays(kit):
         run = counter.hit(quart.request.scope["state"].get("idempotency_key"))
         return {"run": run, **payload}, 201
 
-    app.asgi_app = IdempotencyMiddleware(  # type: ignore[method-assign]
+    app.asgi_app = ASGIIdempotencyMiddleware(  # type: ignore[method-assign]
         app.asgi_app, store=kit.store, policy=_policy(kit)
     )
     _check(*await _asgi_twice(app), counter)

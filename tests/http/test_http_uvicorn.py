@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 from httpkit import SpyStore
-from retrysafe.http.asgi import IdempotencyMiddleware
+from retrysafe.http import ASGIIdempotencyMiddleware
 from retrysafe.policy import Policy
 from retrysafe.records import State
 from retrysafe.scopes import shared_scope
@@ -102,7 +102,7 @@ def build(store: Any, policy: Policy, chunks: Chunks) -> Any:
             Route("/hang", hanging, methods=["POST"]),
             Route("/plain", plain, methods=["POST"]),
         ],
-        middleware=[Middleware(IdempotencyMiddleware, store=store, policy=policy)],
+        middleware=[Middleware(ASGIIdempotencyMiddleware, store=store, policy=policy)],
     )
 
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from retrysafe.demo.recording import RecordingStore
-from retrysafe.http.asgi import IdempotencyMiddleware
+from retrysafe.http import ASGIIdempotencyMiddleware
 from retrysafe.policy import Policy
 from retrysafe.records import State, StoredResponse
 from retrysafe.scopes import shared_scope
@@ -58,7 +58,7 @@ def request_scope() -> dict[str, Any]:
 
 async def test_cancelled_request_still_completes_its_record(kit: StoreKit) -> None:
     store = GatedStore(kit.store)
-    middleware = IdempotencyMiddleware(app, store=store, policy=Policy(scope=shared_scope))
+    middleware = ASGIIdempotencyMiddleware(app, store=store, policy=Policy(scope=shared_scope))
     sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
@@ -96,7 +96,7 @@ async def test_the_last_body_message_goes_out_only_once_the_record_is_stored(
     """A client that has the whole answer can always have it replayed: no retry of a request
     it saw answered runs the handler again, even if the process died right after answering."""
     store = GatedStore(kit.store)
-    middleware = IdempotencyMiddleware(app, store=store, policy=Policy(scope=shared_scope))
+    middleware = ASGIIdempotencyMiddleware(app, store=store, policy=Policy(scope=shared_scope))
     sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:

@@ -7,7 +7,7 @@ import io
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from retrysafe.http.wsgi import IdempotencyMiddleware
+from retrysafe.http import WSGIIdempotencyMiddleware
 from retrysafe.policy import Policy
 from retrysafe.records import State
 from retrysafe.scopes import shared_scope
@@ -43,7 +43,7 @@ def answering(declared: bool) -> Any:
 
 def served(kit: StoreKit, key: str, declared: bool) -> list[State | None]:
     """Iterate the response as a server does; the record's state as each chunk is handed out."""
-    middleware = IdempotencyMiddleware(
+    middleware = WSGIIdempotencyMiddleware(
         answering(declared), store=kit.store, policy=Policy(scope=shared_scope)
     )
     body = middleware(environ(key), lambda status, headers, exc_info=None: None)

@@ -12,7 +12,7 @@ from tests.telemetry.conftest import make_otel
 from tests.telemetry.test_asgi_telemetry import App
 
 from retrysafe import SQLiteStore
-from retrysafe.http.asgi import IdempotencyMiddleware
+from retrysafe.http import ASGIIdempotencyMiddleware
 from retrysafe.policy import Policy
 from retrysafe.scopes import shared_scope
 
@@ -20,7 +20,7 @@ from retrysafe.scopes import shared_scope
 def main(path: str) -> None:
     otel = make_otel()
     store = SQLiteStore(path)
-    mw = IdempotencyMiddleware(
+    mw = ASGIIdempotencyMiddleware(
         App(), store=store, telemetry=otel.telemetry(), policy=Policy(scope=shared_scope)
     )
     answer = asyncio.run(call(mw))

@@ -17,7 +17,7 @@ from tests.telemetry.conftest import AuditLines, Otel
 
 from retrysafe import MemoryStore, Policy, SQLiteStore
 from retrysafe.errors import StoreUnavailable
-from retrysafe.http.asgi import IdempotencyMiddleware
+from retrysafe.http import ASGIIdempotencyMiddleware
 from retrysafe.keyring import Keyring
 from retrysafe.records import ClaimResult, Record, StoredResponse
 from retrysafe.scopes import shared_scope
@@ -78,7 +78,7 @@ def ids(span: Any) -> tuple[str, str]:
 
 async def test_first_execution_then_replay_links_to_it(otel: Otel, audit_log: AuditLines) -> None:
     app, store = App(), MemoryStore()
-    mw = IdempotencyMiddleware(
+    mw = ASGIIdempotencyMiddleware(
         app, store=store, telemetry=otel.telemetry(), policy=Policy(scope=shared_scope)
     )
     first = await call(mw, headers=[("Idempotency-Attempt", "1")])
@@ -116,7 +116,7 @@ async def test_first_execution_then_replay_links_to_it(otel: Otel, audit_log: Au
 
 async def test_handler_spans_nest_under_the_retrysafe_span(otel: Otel) -> None:
     app = App()
-    mw = IdempotencyMiddleware(
+    mw = ASGIIdempotencyMiddleware(
         app, store=MemoryStore(), telemetry=otel.telemetry(), policy=Policy(scope=shared_scope)
     )
     await call(mw)
@@ -131,12 +131,12 @@ async def test_replay_links_across_store_handles_and_tracer_providers(
     from tests.telemetry.conftest import make_otel
 
     app = App()
-    first_mw = IdempotencyMiddleware(
+    first_mw = ASGIIdempotencyMiddleware(
         app, store=kit.store, telemetry=otel.telemetry(), policy=Policy(scope=shared_scope)
     )
     await call(first_mw)
     other = make_otel()  # a second process has its own SDK and its own trace
-    second_mw = IdempotencyMiddleware(
+    second_mw = ASGIIdempotencyMiddleware(
         app, store=kit.reopen(), telemetry=other.telemetry(), policy=Policy(scope=shared_scope)
     )
     answer = await call(second_mw)
@@ -152,7 +152,7 @@ async def test_replay_links_across_store_handles_and_tracer_providers(
 
 
 async def test_mismatch_is_a_non_billable_client_error(otel: Otel, audit_log: AuditLines) -> None:
-    mw = IdempotencyMiddleware(
+    mw = ASGIIdempotencyMiddleware(
         App(), store=MemoryStore(), telemetry=otel.telemetry(), policy=Policy(scope=shared_scope)
     )
     await call(mw)
@@ -179,7 +179,9 @@ async def test_rejected(
     otel: Otel, audit_log: AuditLines, headers: list[tuple[str, str]], policy: Policy
 ) -> None:
     app = App()
-    mw = IdempotencyMiddleware(app, store=MemoryStore(), policy=policy, telemetry=otel.telemetry())
+    mw = ASGIIdempotencyMiddleware(
+        app, store=MemoryStore(), policy=policy, telemetry=otel.telemetry()
+    )
     answer = await call(mw, key=None, headers=headers)
     assert answer.status == 400
     assert app.runs == 0
@@ -190,7 +192,7 @@ async def test_rejected(
 
 
 async def test_body_too_large_is_rejected(otel: Otel, audit_log: AuditLines) -> None:
-    mw = IdempotencyMiddleware(
+    mw = ASGIIdempotencyMiddleware(
         App(),
         store=MemoryStore(),
         policy=Policy(scope=shared_scope, max_body=4),
@@ -202,7 +204,7 @@ async def test_body_too_large_is_rejected(otel: Otel, audit_log: AuditLines) -> 
 
 
 async def test_no_key_no_observation(otel: Otel, audit_log: AuditLines) -> None:
-    mw = IdempotencyMiddleware(
+    mw = ASGIIdempotencyMiddleware(
         App(), store=MemoryStore(), telemetry=otel.telemetry(), policy=Policy(scope=shared_scope)
     )
     await call(mw, key=None)
@@ -215,7 +217,9 @@ async def test_conflict_in_flight(otel: Otel, audit_log: AuditLines) -> None:
     app = App()
     app.gate = asyncio.Event()
     policy = Policy(scope=shared_scope, wait=0.05)
-    mw = IdempotencyMiddleware(app, store=MemoryStore(), policy=policy, telemetry=otel.telemetry())
+    mw = ASGIIdempotencyMiddleware(
+        app, store=MemoryStore(), policy=policy, telemetry=otel.telemetry()
+    )
     first = asyncio.create_task(call(mw))
     await app.started.wait()
     second = await call(mw)
@@ -233,7 +237,7 @@ async def test_server_error_and_exception_are_executed_with_500(
     app = App()
     app.status = 503
     store = MemoryStore()
-    mw = IdempotencyMiddleware(
+    mw = ASGIIdempotencyMiddleware(
         app, store=store, telemetry=otel.telemetry(), policy=Policy(scope=shared_scope)
     )
     assert (await call(mw)).status == 503
@@ -261,7 +265,9 @@ class BrokenStore(MemoryStore):
 async def test_store_error(otel: Otel, audit_log: AuditLines, fail_open: bool, status: int) -> None:
     app = App()
     policy = Policy(scope=shared_scope, fail_open=fail_open)
-    mw = IdempotencyMiddleware(app, store=BrokenStore(), policy=policy, telemetry=otel.telemetry())
+    mw = ASGIIdempotencyMiddleware(
+        app, store=BrokenStore(), policy=policy, telemetry=otel.telemetry()
+    )
     assert (await call(mw)).status == status
     assert app.runs == (1 if fail_open else 0)
     (doc,) = audit_log.docs()
@@ -274,7 +280,7 @@ async def test_expired_and_recovered(otel: Otel, audit_log: AuditLines) -> None:
     clock = FakeClock()
     store = MemoryStore(clock=clock)
     policy = Policy(scope=shared_scope, ttl=10, lease=5)
-    mw = IdempotencyMiddleware(App(), store=store, policy=policy, telemetry=otel.telemetry())
+    mw = ASGIIdempotencyMiddleware(App(), store=store, policy=policy, telemetry=otel.telemetry())
     await call(mw)
     clock.advance(11)
     await call(mw)  # past the TTL, inside the tombstone window: expired
@@ -294,7 +300,9 @@ async def test_unreplayable(otel: Otel, audit_log: AuditLines) -> None:
     app = App()
     app.body = b"x" * 100
     policy = Policy(scope=shared_scope, max_cached_body=10)
-    mw = IdempotencyMiddleware(app, store=MemoryStore(), policy=policy, telemetry=otel.telemetry())
+    mw = ASGIIdempotencyMiddleware(
+        app, store=MemoryStore(), policy=policy, telemetry=otel.telemetry()
+    )
     await call(mw)
     answer = await call(mw)
     assert answer.status == 409
@@ -306,7 +314,7 @@ async def test_cost_reported_stored_and_avoided(otel: Otel, audit_log: AuditLine
     app = App()
     app.cost = 0.25
     store = MemoryStore()
-    mw = IdempotencyMiddleware(
+    mw = ASGIIdempotencyMiddleware(
         app, store=store, telemetry=otel.telemetry(), policy=Policy(scope=shared_scope)
     )
     await call(mw)
@@ -330,7 +338,7 @@ async def test_cost_reported_stored_and_avoided(otel: Otel, audit_log: AuditLine
 
 async def test_no_key_in_any_metric_attribute(otel: Otel) -> None:
     key = "very-secret-key-0123456789"
-    mw = IdempotencyMiddleware(
+    mw = ASGIIdempotencyMiddleware(
         App(), store=MemoryStore(), telemetry=otel.telemetry(), policy=Policy(scope=shared_scope)
     )
     await call(mw, key=key)
@@ -357,7 +365,7 @@ async def test_no_key_in_any_metric_attribute(otel: Otel) -> None:
 
 
 async def test_hashed_key_mode(otel: Otel, audit_log: AuditLines) -> None:
-    mw = IdempotencyMiddleware(
+    mw = ASGIIdempotencyMiddleware(
         App(),
         store=MemoryStore(),
         telemetry=otel.telemetry(key_mode="hashed"),
@@ -373,7 +381,7 @@ async def test_hashed_key_mode(otel: Otel, audit_log: AuditLines) -> None:
 
 async def test_audit_line_fields(otel: Otel, audit_log: AuditLines) -> None:
     store = MemoryStore()
-    mw = IdempotencyMiddleware(App(), store=store, telemetry=otel.telemetry())
+    mw = ASGIIdempotencyMiddleware(App(), store=store, telemetry=otel.telemetry())
     await call(mw, headers=[("Authorization", "Bearer top-secret")])
     (line,) = audit_log.lines
     assert "top-secret" not in line  # the scope is a keyed hash of the credential
@@ -394,7 +402,7 @@ async def test_enriches_the_asgi_instrumentation_server_span(otel: Otel) -> None
 
     app = App()
     app.cost = 0.5
-    inner = IdempotencyMiddleware(
+    inner = ASGIIdempotencyMiddleware(
         app, store=MemoryStore(), telemetry=otel.telemetry(), policy=Policy(scope=shared_scope)
     )
     outer = OpenTelemetryMiddleware(
@@ -415,13 +423,13 @@ async def test_enriches_the_asgi_instrumentation_server_span(otel: Otel) -> None
 async def test_telemetry_off_and_no_sdk(audit_log: AuditLines) -> None:
     """telemetry=None does nothing; the default Telemetry() without an SDK stores no ids."""
     store = MemoryStore()
-    off = IdempotencyMiddleware(
+    off = ASGIIdempotencyMiddleware(
         App(), store=store, telemetry=None, policy=Policy(scope=shared_scope)
     )
     await call(off)
     assert audit_log.docs() == []
     DEFAULT_TELEMETRY._idle_cache[0] = 0.0  # forget an "idle" answer cached by another test
-    default = IdempotencyMiddleware(
+    default = ASGIIdempotencyMiddleware(
         App(), store=store, policy=Policy(scope=shared_scope)
     )  # global providers: no SDK set
     await call(default, key="k-2")
@@ -439,7 +447,7 @@ def test_stored_ids_survive_sqlite(tmp_path: Any, otel: Otel) -> None:
     """SQLite keeps the first execution's ids (a fresh handle reads them back)."""
     path = tmp_path / "t.db"
     app = App()
-    mw = IdempotencyMiddleware(
+    mw = ASGIIdempotencyMiddleware(
         app, store=SQLiteStore(path), telemetry=otel.telemetry(), policy=Policy(scope=shared_scope)
     )
     asyncio.run(call(mw))
@@ -480,7 +488,7 @@ def test_replay_links_to_a_first_execution_in_another_process(tmp_path: Any, ote
     first = json.loads(child.stdout)
     assert first["status"] == 201
     app = App()
-    mw = IdempotencyMiddleware(
+    mw = ASGIIdempotencyMiddleware(
         app, store=SQLiteStore(path), telemetry=otel.telemetry(), policy=Policy(scope=shared_scope)
     )
     answer = asyncio.run(call(mw))
@@ -495,7 +503,7 @@ def test_replay_links_to_a_first_execution_in_another_process(tmp_path: Any, ote
 async def test_a_custom_scope_is_logged_as_a_keyed_hash(otel: Otel, audit_log: AuditLines) -> None:
     policy = Policy(scope=lambda facts: f"user:{facts.header('x-user')}")
     store = MemoryStore()
-    mw = IdempotencyMiddleware(App(), store=store, policy=policy, telemetry=otel.telemetry())
+    mw = ASGIIdempotencyMiddleware(App(), store=store, policy=policy, telemetry=otel.telemetry())
     await call(mw, headers=[("X-User", "alice@example.com")])
     (doc,) = audit_log.docs()
     assert doc["scope"] == Keyring(None).load(store).id_of("user:alice@example.com")
@@ -508,7 +516,7 @@ async def test_a_replay_from_the_local_cache_is_no_store_operation(otel: Otel) -
     # histogram holds the first execution's claim and completion only, while the replays
     # still count as replays.
     store = CachedStore(MemoryStore(), max_records=10)
-    mw = IdempotencyMiddleware(
+    mw = ASGIIdempotencyMiddleware(
         App(), store=store, telemetry=otel.telemetry(), policy=Policy(scope=shared_scope)
     )
     first = await call(mw)

@@ -17,7 +17,7 @@ from rich.console import Console
 from tests.telemetry._asgi import call
 from tests.telemetry.conftest import Otel
 
-from retrysafe.http.asgi import IdempotencyMiddleware
+from retrysafe.http import ASGIIdempotencyMiddleware
 from retrysafe.outcomes import Outcome
 from retrysafe.stores.memory import MemoryStore
 from retrysafe.telemetry.report import Log, html_page, render, summarize
@@ -149,7 +149,7 @@ async def test_key_uses_metric_and_plain_attribute_names(otel: Otel) -> None:
         await send({"type": "http.response.start", "status": 201, "headers": []})
         await send({"type": "http.response.body", "body": b"{}"})
 
-    guarded = IdempotencyMiddleware(app, store=MemoryStore(), telemetry=otel.telemetry())
+    guarded = ASGIIdempotencyMiddleware(app, store=MemoryStore(), telemetry=otel.telemetry())
     auth = [("authorization", "Bearer a")]
     assert (await call(guarded, key="k-1", headers=auth)).status == 201
     assert (await call(guarded, key="k-1", headers=auth)).status == 201  # replay

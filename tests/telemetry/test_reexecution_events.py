@@ -14,7 +14,7 @@ from tests.telemetry._asgi import call
 from tests.telemetry.conftest import Otel
 
 from retrysafe import MemoryStore, Policy
-from retrysafe.http.asgi import IdempotencyMiddleware
+from retrysafe.http import ASGIIdempotencyMiddleware
 from retrysafe.outcomes import Outcome
 from retrysafe.records import Previous
 from retrysafe.scopes import shared_scope
@@ -37,7 +37,7 @@ async def test_an_expired_key_run_again_is_a_span_event_with_its_times(otel: Ote
     clock = FakeClock(start=1_000_000.0)
     store = MemoryStore(clock=clock)
     policy = Policy(scope=shared_scope, ttl=10)
-    mw = IdempotencyMiddleware(app, store=store, policy=policy, telemetry=otel.telemetry())
+    mw = ASGIIdempotencyMiddleware(app, store=store, policy=policy, telemetry=otel.telemetry())
     assert (await call(mw, headers=AUTH)).status == 201
     clock.advance(25)  # 15 s past the TTL, inside the tombstone's retention
     assert (await call(mw, headers=AUTH)).status == 201

@@ -18,7 +18,7 @@ from tests.telemetry._asgi import call
 from tests.telemetry.test_asgi_telemetry import App
 
 from retrysafe import MemoryStore
-from retrysafe.http.asgi import IdempotencyMiddleware
+from retrysafe.http import ASGIIdempotencyMiddleware
 from retrysafe.policy import Policy
 from retrysafe.report_cli import report
 from retrysafe.scopes import shared_scope
@@ -125,7 +125,7 @@ def test_report_from_a_real_middleware_log(tmp_path: Path) -> None:
     try:
         app = App()
         app.cost = 0.25
-        mw = IdempotencyMiddleware(
+        mw = ASGIIdempotencyMiddleware(
             app, store=MemoryStore(), telemetry=Telemetry(), policy=Policy(scope=shared_scope)
         )
 

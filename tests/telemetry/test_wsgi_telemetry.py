@@ -11,7 +11,7 @@ from tests.telemetry.conftest import AuditLines, Otel
 
 from retrysafe import MemoryStore, Policy
 from retrysafe.errors import StoreUnavailable
-from retrysafe.http.wsgi import IdempotencyMiddleware
+from retrysafe.http import WSGIIdempotencyMiddleware
 from retrysafe.records import ClaimResult
 from retrysafe.scopes import shared_scope
 from retrysafe.telemetry import report_cost
@@ -66,7 +66,7 @@ def call(
 
 def test_execute_replay_link_cost_attempt(otel: Otel, audit_log: AuditLines) -> None:
     app = App()
-    mw = IdempotencyMiddleware(
+    mw = WSGIIdempotencyMiddleware(
         app, store=MemoryStore(), telemetry=otel.telemetry(), policy=Policy(scope=shared_scope)
     )
     call(mw, attempt="1")
@@ -90,7 +90,7 @@ def test_execute_replay_link_cost_attempt(otel: Otel, audit_log: AuditLines) -> 
 
 def test_one_line_per_request_on_each_path(otel: Otel, audit_log: AuditLines) -> None:
     app = App()
-    mw = IdempotencyMiddleware(
+    mw = WSGIIdempotencyMiddleware(
         app, store=MemoryStore(), telemetry=otel.telemetry(), policy=Policy(scope=shared_scope)
     )
     call(mw)  # executed
@@ -121,7 +121,7 @@ class BrokenStore(MemoryStore):
 
 @pytest.mark.parametrize(("fail_open", "status"), [(False, 503), (True, 201)])
 def test_store_error(otel: Otel, audit_log: AuditLines, fail_open: bool, status: int) -> None:
-    mw = IdempotencyMiddleware(
+    mw = WSGIIdempotencyMiddleware(
         App(),
         store=BrokenStore(),
         policy=Policy(scope=shared_scope, fail_open=fail_open),

@@ -27,7 +27,7 @@ from retrysafe.engine import (
 )
 from retrysafe.fingerprint import RawHeaders, RequestFacts, bytes_fingerprint
 from retrysafe.http._exchange import InvalidLength, KeyHeaders, declared_length
-from retrysafe.http.wsgi import EnvironHeaders
+from retrysafe.http._wsgi import EnvironHeaders
 from retrysafe.policy import Policy
 from retrysafe.records import Claimed, ClaimResult, Record, StoredResponse
 from retrysafe.scopes import authorization_scope

@@ -1,7 +1,7 @@
 """Exactly once, even under SIGKILL: the handler's writes commit with the record (SPEC 13a).
 
-Inside a handler behind ``IdempotencyMiddleware(..., atomic=True)`` (ASGI or WSGI) or an
-``@idempotent(..., atomic=True)`` function::
+Inside a handler behind ``ASGIIdempotencyMiddleware`` or ``WSGIIdempotencyMiddleware`` with
+``atomic=True``, or in an ``@idempotent(..., atomic=True)`` function::
 
     from retrysafe import atomic
 

@@ -23,7 +23,7 @@ def current_unit() -> AtomicUnit:
     if unit is None:
         raise NoAtomicContext(
             "no atomic idempotent execution is running here: retrysafe.atomic works inside a "
-            "handler behind IdempotencyMiddleware(..., atomic=True) or an "
+            "handler behind the ASGI or WSGI idempotency middleware with atomic=True, or in an "
             "@idempotent(..., atomic=True) function, once its key was claimed"
         )
     return unit

@@ -1,6 +1,6 @@
 """The demo's example payments API: a Starlette app with retrysafe in front of it.
 
-Two endpoints, each behind its own :class:`~retrysafe.http.asgi.IdempotencyMiddleware`:
+Two endpoints, each behind its own :class:`~retrysafe.http.ASGIIdempotencyMiddleware`:
 
 - ``POST /charges`` — charges a card. A key is required (SPEC 11) and records replay for 24 h.
 - ``POST /holds``   — places a short card hold. Its policy keeps records for ``hold_ttl``
@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, request_response
 
-from retrysafe.http.asgi import STATE_KEY, IdempotencyMiddleware
+from retrysafe.http import STATE_KEY, ASGIIdempotencyMiddleware
 from retrysafe.policy import Policy
 from retrysafe.stores.base import AsyncStore
 
@@ -126,12 +126,12 @@ def build_app(
         # endpoint gets its own middleware and its own policy.
         Route(
             "/charges",
-            IdempotencyMiddleware(request_response(charge), store=store, policy=charges_policy),
+            ASGIIdempotencyMiddleware(request_response(charge), store=store, policy=charges_policy),
             methods=["POST"],
         ),
         Route(
             "/holds",
-            IdempotencyMiddleware(request_response(hold), store=store, policy=holds_policy),
+            ASGIIdempotencyMiddleware(request_response(hold), store=store, policy=holds_policy),
             methods=["POST"],
         ),
     ]

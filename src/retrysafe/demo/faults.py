@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from retrysafe.demo.payments import DELAY_SCOPE_KEY
 from retrysafe.demo.plan import Faults
-from retrysafe.http.asgi import ASGIApp, Message, Receive, Scope, Send
+from retrysafe.http.types import ASGIApp, Message, Receive, Scope, Send
 
 BUSY_BODY = (
     b'{"type":"about:blank","title":"Service Unavailable","status":503,'

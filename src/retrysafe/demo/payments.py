@@ -3,7 +3,7 @@
 ``POST /purchases`` ``{"order", "customer", "sku", "cents"}`` charges a card (201 with the
 charge id); ``POST /refunds`` ``{"order", "charge", "cents"}`` refunds a charge (404 problem
 for an unknown charge). With ``idempotent=True`` the whole app sits behind one
-:class:`~retrysafe.http.asgi.IdempotencyMiddleware` (keys required, SPEC 11); without, it is the
+:class:`~retrysafe.http.ASGIIdempotencyMiddleware` (keys required, SPEC 11); without, it is the
 same app unprotected — the demo's "idempotency switched off" column.
 
 The :class:`PaymentsLedger` is kept by the app, not by retrysafe: it is how the demo proves
@@ -27,7 +27,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from retrysafe.http.asgi import ASGIApp, IdempotencyMiddleware
+from retrysafe.http import ASGIIdempotencyMiddleware
+from retrysafe.http.types import ASGIApp
 from retrysafe.policy import Policy
 from retrysafe.stores.base import AsyncStore
 
@@ -136,7 +137,7 @@ def build_payments_app(
     if store is None:
         return app
     policy = Policy(required=True, wait=timedelta(seconds=wait))
-    return IdempotencyMiddleware(app, store=store, policy=policy)
+    return ASGIIdempotencyMiddleware(app, store=store, policy=policy)
 
 
 __all__ = ["DELAY_SCOPE_KEY", "PaymentsLedger", "build_payments_app"]

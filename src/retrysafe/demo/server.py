@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import uvicorn
 
-from retrysafe.http.asgi import ASGIApp
+from retrysafe.http.types import ASGIApp
 
 LOOPBACK = "127.0.0.1"  # never anything but loopback: the demo is not a network service
 _START_TIMEOUT = 10.0

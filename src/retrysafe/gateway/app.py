@@ -1,10 +1,10 @@
 """The gateway ASGI app: admin endpoints, per-route idempotency middleware, the forwarder.
 
     request ──> Gateway ──> {admin_prefix}/health, /metrics        (never forwarded)
-                   └──────> IdempotencyMiddleware(route policy) ──> Forwarder ──> upstream
+                   └──────> ASGIIdempotencyMiddleware(route policy) ──> Forwarder ──> upstream
 
 One store and one pooled httpx client per process, shared by every route. Each route gets
-its own :class:`IdempotencyMiddleware` (a policy is fixed per middleware instance), chosen by
+its own :class:`ASGIIdempotencyMiddleware` (a policy is fixed per middleware instance), chosen by
 the longest matching path prefix (``target.choose``). Requests whose framing or path could be
 read two ways are refused with a 400 problem first, before anything is claimed or forwarded.
 The lifespan protocol closes the client and the store after uvicorn has let in-flight requests
@@ -38,8 +38,8 @@ from retrysafe.gateway.framing import FramingRefused, declared_length
 from retrysafe.gateway.metrics import GatewayMetrics
 from retrysafe.gateway.problems import RequestProblem, request_problem
 from retrysafe.gateway.target import PathRefused, Prefix, choose, wire_path
+from retrysafe.http import ASGIIdempotencyMiddleware
 from retrysafe.http._exchange import unavailable
-from retrysafe.http.asgi import IdempotencyMiddleware
 from retrysafe.policy import Policy
 from retrysafe.stores import open_store
 from retrysafe.stores.base import DualStore
@@ -75,10 +75,10 @@ class Gateway:
         forwarder = Forwarder(config.upstream, self.client, self.metrics)
         self._prefixes = [Prefix.of(route.path) for route in config.routes]
         self._routes = [
-            IdempotencyMiddleware(forwarder, store=self.store, policy=route.policy())
+            ASGIIdempotencyMiddleware(forwarder, store=self.store, policy=route.policy())
             for route in config.routes
         ]
-        self._default = IdempotencyMiddleware(
+        self._default = ASGIIdempotencyMiddleware(
             forwarder, store=self.store, policy=config.policy.policy()
         )
         self._admin = config.admin_prefix

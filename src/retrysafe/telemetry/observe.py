@@ -78,7 +78,7 @@ def http_operation(method: str, path: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Telemetry:
-    """How an adapter reports: ``IdempotencyMiddleware(app, store=..., telemetry=Telemetry())``.
+    """How an adapter reports: ``ASGIIdempotencyMiddleware(app, store=..., telemetry=Telemetry())``.
 
     - ``key_mode="hashed"`` puts ``sha256:<hex>`` of the key on spans and audit lines instead
       of the key itself (SPEC 32: a key is as sensitive as a request id).

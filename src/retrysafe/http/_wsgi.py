@@ -13,8 +13,6 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextvars import Token
 from http import HTTPStatus
-from types import TracebackType
-from typing import Any
 
 from retrysafe import lease as leases
 from retrysafe.atomic._context import bound
@@ -51,6 +49,7 @@ from retrysafe.http._exchange import (
     unavailable,
     unstored,
 )
+from retrysafe.http.types import Environ, ExcInfo, StartResponse, WSGIApp
 from retrysafe.keyring import Keyring
 from retrysafe.lease import Lease, holding
 from retrysafe.outcomes import Outcome
@@ -58,11 +57,6 @@ from retrysafe.policy import Policy
 from retrysafe.problems import ProblemResponse
 from retrysafe.stores.base import AtomicUnit, Store
 from retrysafe.telemetry.observe import DEFAULT_TELEMETRY, NULL_OBSERVATION, Telemetry, observe
-
-Environ = dict[str, Any]
-ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
-StartResponse = Callable[..., Callable[[bytes], object]]
-WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 
 log = logging.getLogger("retrysafe")
 _NEEDS_BODY = (ReadBody, Keyed)  # built once: ``ReadBody | Keyed`` makes a union per use
@@ -118,10 +112,10 @@ def _environ_keys(name: str) -> tuple[str, ...]:
     return (f"HTTP_{key}",)
 
 
-class IdempotencyMiddleware:
+class WSGIIdempotencyMiddleware:
     """Gives a WSGI app ``Idempotency-Key`` semantics (SPEC section 2).
 
-    ``app.wsgi_app = IdempotencyMiddleware(app.wsgi_app, store=open_store(url))``
+    ``app.wsgi_app = WSGIIdempotencyMiddleware(app.wsgi_app, store=open_store(url))``
     """
 
     def __init__(
@@ -154,7 +148,9 @@ class IdempotencyMiddleware:
 
 
 class _Responder:
-    def __init__(self, mw: IdempotencyMiddleware, environ: Environ, start_response: StartResponse):
+    def __init__(
+        self, mw: WSGIIdempotencyMiddleware, environ: Environ, start_response: StartResponse
+    ):
         self.app, self.store, self.policy, self.atomic = mw.app, mw.store, mw.policy, mw.atomic
         self.key_headers, self.keyring = mw.key_headers, mw.keyring
         self.environ, self.start_response = environ, start_response

@@ -12,8 +12,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
 
 from retrysafe import lease as leases
 from retrysafe._shield import shielded
@@ -56,6 +54,7 @@ from retrysafe.http._exchange import (
     unavailable,
     unstored,
 )
+from retrysafe.http.types import ASGIApp, Message, Receive, Scope, Send
 from retrysafe.keyring import Keyring
 from retrysafe.lease import Lease
 from retrysafe.outcomes import Outcome
@@ -64,21 +63,15 @@ from retrysafe.problems import ProblemResponse
 from retrysafe.stores.base import AsyncStore, AtomicUnit
 from retrysafe.telemetry.observe import DEFAULT_TELEMETRY, NULL_OBSERVATION, Telemetry, observe
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
 log = logging.getLogger("retrysafe")
 STATE_KEY = "idempotency_key"
 _NEEDS_BODY = (ReadBody, Keyed)  # built once: ``ReadBody | Keyed`` makes a union per use
 
 
-class IdempotencyMiddleware:
+class ASGIIdempotencyMiddleware:
     """Gives an ASGI app ``Idempotency-Key`` semantics (SPEC section 2).
 
-    ``app.add_middleware(IdempotencyMiddleware, store=open_store(url), policy=Policy())``
+    ``app.add_middleware(ASGIIdempotencyMiddleware, store=open_store(url), policy=Policy())``
     """
 
     def __init__(
@@ -151,7 +144,7 @@ class _Responder:
         "withheld",
     )
 
-    def __init__(self, mw: IdempotencyMiddleware, scope: Scope, receive: Receive, send: Send):
+    def __init__(self, mw: ASGIIdempotencyMiddleware, scope: Scope, receive: Receive, send: Send):
         self.app, self.store, self.policy, self.atomic = mw.app, mw.store, mw.policy, mw.atomic
         self.scope, self.receive, self.send = scope, receive, send
         self.headers = RawHeaders(scope["headers"])  # decoded only where read
