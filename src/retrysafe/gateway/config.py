@@ -32,6 +32,12 @@ The file (all keys optional; ``upstream`` must come from somewhere)::
     lease = "60s"
     body_mode = "bytes"                     # or "json" (RFC 8785 canonical bodies)
     replay_headers = ["X-Resource-Id"]      # replayed besides SPEC 8's list + Content-Encoding
+    max_body = "10MiB"                      # larger keyed bodies: 413 (bytes, or KiB/MiB/GiB)
+    max_json_body = "256KiB"                # the cap in body_mode = "json" (parsing costs CPU)
+    max_cached_body = "1MiB"                # larger responses are not stored for replay
+    release_statuses = [408, 425, 429]      # answers that release the key instead of replaying
+    store_server_errors = false             # keep 5xx answers for replay (default: release)
+    settle_retry = "5s"                     # how long to retry storing the outcome
 
     [[routes]]                              # ... unless a route (longest path prefix) says else
     path = "/payments"
@@ -99,7 +105,16 @@ _POLICY_KEYS = (
     "lease",
     "body_mode",
     "replay_headers",
+    "max_body",
+    "max_json_body",
+    "max_cached_body",
+    "release_statuses",
+    "store_server_errors",
+    "settle_retry",
 )
+_DEFAULTS = Policy()  # the gateway's defaults are the middleware's: one source of truth
+_SIZE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB)?\s*$")
+_SIZE_UNITS = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
 # Representation metadata a replay needs to mean the same as the original: without
 # Content-Encoding a replayed gzip body is garbage. Added to SPEC 8's allow-list for every
 # route (the core list predates the gateway; see docs/gateway.md).
@@ -133,6 +148,12 @@ class RoutePolicy:
     lease: float = 60.0
     body_mode: Literal["bytes", "json"] = "bytes"
     replay_headers: tuple[str, ...] = ()  # more response headers to replay (SPEC 8)
+    max_body: int = _DEFAULTS.max_body
+    max_json_body: int = _DEFAULTS.max_json_body
+    max_cached_body: int = _DEFAULTS.max_cached_body
+    release_statuses: tuple[int, ...] = tuple(sorted(_DEFAULTS.release_statuses))
+    store_server_errors: bool = _DEFAULTS.store_server_errors
+    settle_retry: float = _DEFAULTS.settle_retry_s
 
     def policy(self) -> Policy:
         """The middleware :class:`Policy` this route stands for."""
@@ -151,6 +172,12 @@ class RoutePolicy:
             lease=self.lease,
             body_mode=self.body_mode,
             replay_headers=REPLAYED_HEADERS | GATEWAY_REPLAYED | {*self.replay_headers},
+            max_body=self.max_body,
+            max_json_body=self.max_json_body,
+            max_cached_body=self.max_cached_body,
+            release_statuses=frozenset(self.release_statuses),
+            store_server_errors=self.store_server_errors,
+            settle_retry=self.settle_retry,
         )
 
 
@@ -342,12 +369,18 @@ def _route(settings: Mapping[str, Setting], base: RoutePolicy, path: str = "") -
     for key, s in settings.items():
         if key == "methods":
             values[key] = _methods(s)
-        elif key == "required":
+        elif key in ("required", "store_server_errors"):
             if not isinstance(s.value, bool):
                 raise ConfigurationError(f"{s.origin}: expected true or false, got {s.value!r}")
             values[key] = s.value
         elif key in ("ttl", "wait", "lease"):
             values[key] = _duration(s)
+        elif key == "settle_retry":  # 0: one attempt to store the outcome, no retries
+            values[key] = parse_duration(s.value, s.origin, allow_zero=True)
+        elif key in ("max_body", "max_json_body", "max_cached_body"):
+            values[key] = _size(s)
+        elif key == "release_statuses":
+            values[key] = _statuses(s)
         elif key == "scope_header":
             values[key] = _token(s)
         elif key == "scope_cookie":  # None only from the resolved JSON handed to workers
@@ -433,6 +466,32 @@ def _integer(s: Setting, low: int, high: int) -> int:
             f"{s.origin}: expected a whole number from {low} to {high}, got {s.value!r}"
         )
     return value
+
+
+def _size(s: Setting) -> int:
+    """A byte count: a whole number, or a string with a binary unit ("64KiB", "10 MiB")."""
+    value = s.value
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str) and (match := _SIZE.match(value)):
+        return int(match.group(1)) * _SIZE_UNITS[match.group(2) or "B"]
+    raise ConfigurationError(
+        f"{s.origin}: {value!r} is not a size; write a number of bytes or a number with a "
+        "unit: B, KiB, MiB, GiB (for example 65536 or '10MiB')"
+    )
+
+
+def _statuses(s: Setting) -> tuple[int, ...]:
+    value = s.value
+    if not isinstance(value, list) or not all(
+        type(code) is int and 400 <= code <= 599 for code in value
+    ):
+        # Releasing a success would let a retry run a completed operation again.
+        raise ConfigurationError(
+            f"{s.origin}: expected a list of 4xx/5xx status codes such as [408, 425, 429] "
+            f"(an empty list releases none), got {value!r}"
+        )
+    return tuple(sorted(set(value)))
 
 
 def _duration(s: Setting) -> float:
