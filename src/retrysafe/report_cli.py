@@ -1,4 +1,4 @@
-"""``retrysafe report --log FILE``: the click command (logic: :mod:`retrysafe.telemetry.report`).
+"""``retrysafe report --log FILE``: the click command (logic: :mod:`retrysafe.report`).
 
 Registered on the ``retrysafe`` group in ``_cli.py`` (``cli.add_command(report)``).
 """
@@ -45,8 +45,7 @@ def report(
     """Outcomes, retries, replays and cost avoided, conflicts, SLO status and burn-rate alerts."""
     from rich.console import Console
 
-    from retrysafe.telemetry import report as logic
-    from retrysafe.telemetry.slo import parse_objective
+    from retrysafe import report as logic
 
     if html_out is not None and not html_out.parent.is_dir():  # say so before the work
         raise BadInput(
@@ -54,7 +53,7 @@ def report(
             "the page elsewhere"
         )
     try:
-        parsed = [parse_objective(text) for text in objectives]
+        parsed = [logic.parse_objective(text) for text in objectives]
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--objective") from exc
     log = logic.load(log_path)

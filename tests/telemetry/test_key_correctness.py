@@ -19,9 +19,7 @@ from tests.telemetry.conftest import Otel
 
 from retrysafe.http import ASGIIdempotencyMiddleware
 from retrysafe.outcomes import Outcome
-from retrysafe.stores.memory import MemoryStore
-from retrysafe.telemetry.report import Log, html_page, render, summarize
-from retrysafe.telemetry.slo import (
+from retrysafe.report.slo import (
     HOUR,
     Event,
     Objective,
@@ -29,6 +27,8 @@ from retrysafe.telemetry.slo import (
     misuse_by_client,
     parse_objective,
 )
+from retrysafe.report.summary import Log, html_page, render, summarize
+from retrysafe.stores.memory import MemoryStore
 
 NOW = 1_900_000_000.0
 OP = "POST /pay"

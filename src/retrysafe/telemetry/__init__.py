@@ -1,6 +1,7 @@
-"""Telemetry: OpenTelemetry spans and metrics, the audit log, cost attribution, SLOs (SPEC 31-35).
+"""Per-request instrumentation: OpenTelemetry spans and metrics, the audit log, cost (SPEC 31-34).
 
 Adapters call :class:`Observation` only; the core never imports telemetry (CONTRIBUTING.md).
+The offline report and the SLOs computed from the audit log are :mod:`retrysafe.report`.
 ``opentelemetry-api`` is the only dependency: without an SDK configured every call is a no-op.
 Handlers, functions and tools report what their work cost with :func:`report_cost`.
 """

@@ -19,8 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from retrysafe.telemetry.metrics import REQUEST_BUCKETS
-from retrysafe.telemetry.slo import (
+from retrysafe.report.slo import (
     ClientMisuse,
     Event,
     Objective,
@@ -30,6 +29,7 @@ from retrysafe.telemetry.slo import (
     misuse_by_client,
     objective_for,
 )
+from retrysafe.telemetry.metrics import REQUEST_BUCKETS
 
 OUTCOME_ORDER = (
     "executed",

@@ -20,11 +20,11 @@ from tests.telemetry.test_asgi_telemetry import App
 from retrysafe import MemoryStore
 from retrysafe.http import ASGIIdempotencyMiddleware
 from retrysafe.policy import Policy
+from retrysafe.report.slo import DAY, HOUR, MINUTE, Objective
+from retrysafe.report.summary import html_page, load, summarize
 from retrysafe.report_cli import report
 from retrysafe.scopes import shared_scope
 from retrysafe.telemetry import AUDIT_LOGGER, Telemetry
-from retrysafe.telemetry.report import html_page, load, summarize
-from retrysafe.telemetry.slo import DAY, HOUR, MINUTE, Objective
 
 NOW = 1_790_000_000.0
 SVG = "{http://www.w3.org/2000/svg}"
