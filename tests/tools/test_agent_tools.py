@@ -162,3 +162,50 @@ async def test_async_forms_follow_tasks(kit: StoreKit) -> None:
     assert len(ran) == 1
     with pytest.raises(AgentRunRequired):
         await lookup("x")
+
+
+def _search_in(module: str, calls: Calls) -> Any:
+    """A ``search`` tool function as if defined in ``module`` (two modules, one tool name)."""
+
+    def search(query: str) -> str:
+        calls.hit(f"{module} {query}")
+        return f"{module} results for {query}"
+
+    search.__module__ = module
+    search.__qualname__ = "search"
+    return search
+
+
+@both
+def test_two_functions_under_one_tool_name_in_a_run_are_refused_before_running(
+    kit: StoreKit, flavour: Flavour
+) -> None:
+    calls = Calls()
+    deco = idempotent_tool(kit.store)
+    web = deco(flavour.make(_search_in("app.web", calls)))
+    files = deco(flavour.make(_search_in("app.files", calls)))
+    with agent_run("run-names"):
+        assert flavour.call(web, "q") == "app.web results for q"
+        # Same run, same step, same tool name, same arguments: without the check this call
+        # would be answered with the web search's stored result.
+        with pytest.raises(ConfigurationError, match=r"'search' names two functions") as err:
+            flavour.call(files, "q")
+        assert "app.web.search and app.files.search" in str(err.value)
+        assert "name='files_search'" in str(err.value)
+        assert flavour.call(web, "q") == "app.web results for q"  # the first keeps working
+    assert calls.seen[0][0] == "app.web q"
+    assert [what for what, _ in calls.seen] == ["app.web q"]  # files never ran
+    with agent_run("run-other"):  # another run: the other function may own the name there
+        assert flavour.call(files, "q") == "app.files results for q"
+
+
+@both
+def test_one_function_decorated_twice_owns_its_name_once(kit: StoreKit, flavour: Flavour) -> None:
+    calls = Calls()
+    refund, _ = tools(kit, flavour, calls)
+    again, _ = tools(kit, flavour, calls)  # decorated twice: still one function, no conflict
+    with agent_run("run-threads") as run:
+        flavour.call(refund, "cus_1", 100)
+        flavour.call(again, "cus_1", 100)
+        assert run.tools == {"send_refund": f"{__name__}.tools.<locals>.send_refund"}
+    assert len(calls.seen) == 1

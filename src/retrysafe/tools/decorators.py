@@ -193,6 +193,7 @@ def idempotent_tool(
 
         def keyer(spec: CallSpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
             run = require_run(f"tool {tool_name!r}")
+            run.bind_tool(tool_name, spec.name)
             tree = _canonical(spec, spec.arguments(args, kwargs))
             key = tool_key(run.run_id, run.steps, tool_name, version, tree)
             fingerprint = call_fingerprint(f"{tool_name}@{version}", tree)

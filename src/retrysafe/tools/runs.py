@@ -22,7 +22,7 @@ Nesting rules:
 from __future__ import annotations
 
 from contextvars import ContextVar, Token
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 
 from retrysafe.errors import AgentRunRequired, ConfigurationError
@@ -30,10 +30,33 @@ from retrysafe.errors import AgentRunRequired, ConfigurationError
 
 @dataclass(frozen=True, slots=True)
 class RunContext:
-    """The run a tool call belongs to, and the step path inside it."""
+    """The run a tool call belongs to, and the step path inside it.
+
+    ``tools`` maps each tool name called in this run to the function behind it; the run's step
+    contexts share the one mapping (``replace`` copies the reference).
+    """
 
     run_id: str
     steps: tuple[str, ...] = ()
+    tools: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def bind_tool(self, tool: str, function: str) -> None:
+        """Record that ``tool`` names ``function`` in this run; refuse a second function.
+
+        A tool's key is made of the run, the step, the tool's *name* and its arguments, not of
+        the function (the name is what stays the same when the agent resumes in another
+        process). Two functions called by one name in one run would therefore share keys, and
+        one would be answered with the other's stored result: refused before either runs.
+        """
+        owner = self.tools.setdefault(tool, function)  # atomic: threads of one run agree
+        if owner != function:
+            suggestion = "_".join(function.split(".")[-2:])  # "app.files.search": files_search
+            raise ConfigurationError(
+                f"tool name {tool!r} names two functions in agent run {self.run_id!r}: "
+                f"{owner} and {function}. Calls of both with equal arguments would share one "
+                f"idempotency key, so one would get the other's result; give one of them its "
+                f"own name, e.g. @idempotent_tool(name={suggestion!r})"
+            )
 
 
 _run: ContextVar[RunContext | None] = ContextVar("retrysafe_agent_run", default=None)
