@@ -38,6 +38,8 @@ def main(wheel: str, extra: str) -> None:
     where = Path(retrysafe.__file__).resolve()
     assert "site-packages" in where.parts, f"retrysafe imported from {where}, not the wheel"
 
+    importlib.import_module("retrysafe.testing")  # set_testing, RecordingStore: no extra needed
+
     installed = {extra} | COVERS.get(extra, set())
     for part, needs in PARTS.items():
         if needs in installed:

@@ -42,7 +42,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from retrysafe.demo.recording import RecordingStore
 from retrysafe.http import ASGIIdempotencyMiddleware, WSGIIdempotencyMiddleware
 from retrysafe.http.types import ASGIApp, WSGIApp
 from retrysafe.policy import Policy
@@ -51,6 +50,7 @@ from retrysafe.stores.base import DualStore
 from retrysafe.stores.cached import CachedStore
 from retrysafe.stores.memory import MemoryStore
 from retrysafe.stores.sqlite import SQLiteStore
+from retrysafe.testing import RecordingStore
 
 Message = MutableMapping[str, Any]
 

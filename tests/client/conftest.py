@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from retrysafe.client.testing import set_testing
+from retrysafe.testing import set_testing
 
 from .dlq_kit import dlq_url  # noqa: F401 (the DLQ-on-every-backend fixture)
 

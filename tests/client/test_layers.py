@@ -6,7 +6,7 @@ import pytest
 
 from unit.test_architecture import PACKAGE, imports_of, offending
 
-PURE = ["_flow", "retry", "budget", "breaker", "testing"]
+PURE = ["_flow", "retry", "budget", "breaker"]
 FORBIDDEN = ["asyncio", "socket", "sqlite3", "retrysafe.client.dlq", "retrysafe.client.transport"]
 
 

@@ -17,9 +17,9 @@ from retrysafe.client import (
     RetriesExhausted,
     RetryDeferred,
     RetryPolicy,
-    set_testing,
 )
 from retrysafe.context import key_scope
+from retrysafe.testing import set_testing
 
 from .client_harness import Harness, Script, problem, reply
 

@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from retrysafe.demo.recording import RecordingStore
 from retrysafe.http import ASGIIdempotencyMiddleware
 from retrysafe.policy import Policy
 from retrysafe.records import State, StoredResponse
 from retrysafe.scopes import shared_scope
+from retrysafe.testing import RecordingStore
 from scopekit import shared_id
 
 if TYPE_CHECKING:  # conftest is not importable as a module under every pytest invocation

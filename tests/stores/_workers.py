@@ -149,9 +149,9 @@ def replay_through_cache(url: str, id: str, times: int, conn: Connection) -> Non
     """Process B: claim ``id`` ``times`` times through ``open_store(url)``; report, per claim,
     (state seen, whether the cache answered, body matches), and how many claims reached the
     store (the cached store wraps a counting one)."""
-    from retrysafe.demo.recording import RecordingStore
     from retrysafe.stores import open_store
     from retrysafe.stores.cached import CachedStore
+    from retrysafe.testing import RecordingStore
 
     opened = open_store(url)
     assert isinstance(opened, CachedStore)

@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 
 from retrysafe.decide import Refuse, Replay, decide
-from retrysafe.demo.recording import RecordingStore
 from retrysafe.engine import CACHE_HIT, claim_decision
 from retrysafe.errors import ConfigurationError
 from retrysafe.outcomes import Outcome
@@ -28,6 +27,7 @@ from retrysafe.records import Claimed, ClaimResult, Existing, State, StoredRespo
 from retrysafe.stores import MemoryStore, SQLiteStore, open_store
 from retrysafe.stores._replay_cache import MARGIN_S, entry_size
 from retrysafe.stores.cached import CachedStore
+from retrysafe.testing import RecordingStore
 from storekit import (
     CACHED_KINDS,
     REDIS_URL,

@@ -23,7 +23,6 @@ from retrysafe.client.errors import (
     RetryDeferred,
 )
 from retrysafe.client.retry import Attempt, Failure, RetryPolicy, classify_error, retry_after
-from retrysafe.client.testing import set_testing
 from retrysafe.client.transport import AsyncIdempotentTransport, IdempotentTransport
 
 __all__ = [
@@ -51,5 +50,4 @@ __all__ = [
     "Transition",
     "classify_error",
     "retry_after",
-    "set_testing",
 ]

@@ -34,7 +34,7 @@ from retrysafe.client.errors import (
 )
 from retrysafe.client.retry import Attempt, Failure, RetryPolicy, classify_error, problem_type
 from retrysafe.client.retry import retry_after as parse_retry_after
-from retrysafe.client.testing import testing
+from retrysafe.testing import testing_mode
 
 Reason = Literal["exhausted", "circuit_open", "budget", "retry_after"]
 Outcome = Literal["succeeded", "replayed", "rejected", "failed"]
@@ -119,7 +119,7 @@ class Call:
 def call_flow(call: Call) -> Flow:
     """Attempts of one call until an answer, a terminal error or a reason to stop."""
     request, policy = call.request, call.policy
-    mode = testing()
+    mode = testing_mode()
     attempts = min(policy.attempts, mode.attempts) if mode else policy.attempts
     safe = policy.retry_safe(request.method, call.key is not None)
     host = request.url.host

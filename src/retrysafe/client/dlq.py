@@ -53,8 +53,8 @@ from retrysafe.client.dlq_backend import (
 from retrysafe.client.dlq_credentials import RequireCredentials
 from retrysafe.client.errors import CallFailed, CircuitOpen, CredentialsMissing, RetryDeferred
 from retrysafe.client.retry import RETRY_STATUSES, Attempt, retry_after
-from retrysafe.client.testing import testing
 from retrysafe.errors import ConfigurationError, KeyMismatch
+from retrysafe.testing import testing_mode
 
 __all__ = [
     "CREDENTIAL_HEADERS",
@@ -407,7 +407,7 @@ class DeadLetterQueue:
         Each entry is claimed first; one another replayer holds (or has settled since the list
         was read) is skipped.
         """
-        mode = testing()
+        mode = testing_mode()
         interval = 0.0 if mode is not None else 1.0 / self.rate
         results: list[ReplayResult] = []
         sent = 0

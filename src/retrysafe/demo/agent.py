@@ -52,9 +52,9 @@ from retrysafe.client import (
     Transition,
 )
 from retrysafe.demo.plan import AgentSettings, Order, make_plan
-from retrysafe.demo.recording import RecordingStore
 from retrysafe.errors import IdempotencyConflict
 from retrysafe.stores.url import open_store
+from retrysafe.testing import RecordingStore
 from retrysafe.tools import agent_run, idempotent_tool
 
 Tool = Callable[..., Awaitable[dict[str, Any]]]

@@ -11,12 +11,12 @@ from pathlib import Path
 import httpx
 
 from retrysafe.demo.app import Ledger, build_app
-from retrysafe.demo.recording import RecordingStore
 from retrysafe.demo.scenarios import SCENARIOS, Context, ScenarioResult, run_scenario
 from retrysafe.demo.server import serving
 from retrysafe.errors import StoreUnavailable
 from retrysafe.stores.base import DualStore
 from retrysafe.stores.url import open_store
+from retrysafe.testing import RecordingStore
 
 HOLD_TTL = 0.5  # seconds; the /holds policy's TTL, short so the demo shows expiry quickly
 _PROBE_ID = "0" * 64  # a store id no request derives: reading it only checks the store answers

@@ -15,9 +15,9 @@ from typing import Any
 import httpx
 
 from retrysafe.demo.app import Ledger
-from retrysafe.demo.recording import RecordingStore
 from retrysafe.keys import new_key
 from retrysafe.problems import problem_slug
+from retrysafe.testing import RecordingStore
 
 REPLAYED = "idempotent-replayed"
 PROBLEM_TYPE = "application/problem+json"

@@ -1,8 +1,18 @@
-"""A store wrapper that counts every call and tallies what each claim answered.
+"""What a test suite of code that uses retrysafe needs: the client's testing mode, a counting store.
 
-The demo uses it to tell an ``expired`` re-execution from a first one (the claim says so),
-and the benchmark uses it to count store round trips per request (SPEC 36: a replay costs
-one, a first execution two). It adds no behaviour: every call goes to the wrapped store.
+- :class:`set_testing` (SPEC 27, after stamina's ``set_testing``): the client's retries with
+  no sleeps and few attempts. ``set_testing(True)`` turns it on for the process; used as a
+  context manager it restores the previous setting on exit::
+
+      with set_testing(True, attempts=2):
+          ...  # retries happen at once, at most 2 attempts per call
+
+- :class:`RecordingStore`: a store wrapper that counts every call and tallies what each claim
+  answered. The demo uses it to tell an ``expired`` re-execution from a first one (the claim
+  says so), and the benchmark to count store round trips per request (SPEC 36: a replay costs
+  one, a first execution two). It adds no behaviour: every call goes to the wrapped store.
+
+Both are light: importing this module needs no extra (the client reads the testing mode here).
 """
 
 from __future__ import annotations
@@ -10,9 +20,55 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
+from types import TracebackType
 
+from retrysafe.errors import ConfigurationError
 from retrysafe.records import Claimed, ClaimResult, Existing, Record, State, StoredResponse
 from retrysafe.stores.base import DualStore
+
+# -- testing mode (SPEC 27) ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Testing:
+    attempts: int
+
+
+_mode_lock = threading.Lock()
+_state: Testing | None = None
+
+
+def testing_mode() -> Testing | None:
+    """The testing setting in force, or None in normal operation."""
+    return _state
+
+
+class set_testing:  # lowercase: used like a function, and as a context manager
+    """Turn the client's testing mode on (``attempts`` caps attempts per call) or off."""
+
+    def __init__(self, on: bool, *, attempts: int = 1) -> None:
+        global _state
+        if attempts < 1:
+            raise ConfigurationError("testing mode needs at least 1 attempt")
+        with _mode_lock:
+            self._previous = _state
+            _state = Testing(attempts) if on else None
+
+    def __enter__(self) -> set_testing:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        global _state
+        with _mode_lock:
+            _state = self._previous
+
+
+# -- a store that counts its calls ---------------------------------------------------------
 
 
 def claim_kind(result: ClaimResult) -> str:
@@ -135,3 +191,6 @@ class RecordingStore:
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+__all__ = ["RecordingStore", "Tally", "claim_kind", "set_testing"]
