@@ -23,7 +23,7 @@ import httpx
 import pytest
 from click.testing import CliRunner, Result
 
-from retrysafe._cli import cli
+from retrysafe.cli.commands import cli
 from retrysafe.client import DeadLetterQueue, IdempotentTransport, RetriesExhausted, RetryPolicy
 from retrysafe.stores.sqlite import SQLiteStore
 from serverkit import serve_asgi

@@ -28,7 +28,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from retrysafe._cli import cli
+from retrysafe.cli.commands import cli
 from retrysafe.client import DeadLetterQueue, IdempotentTransport, RetryPolicy
 from retrysafe.client.errors import RetriesExhausted
 from retrysafe.http import ASGIIdempotencyMiddleware, WSGIIdempotencyMiddleware

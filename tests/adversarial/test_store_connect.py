@@ -16,7 +16,7 @@ import uuid
 import pytest
 from click.testing import CliRunner
 
-from retrysafe._cli import cli
+from retrysafe.cli.commands import cli
 from retrysafe.errors import StoreUnavailable
 from retrysafe.stores.postgres import PostgresStore
 from storekit import POSTGRES_URL, require_service, server_down

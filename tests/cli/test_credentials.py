@@ -14,7 +14,7 @@ import uuid
 import pytest
 from click.testing import CliRunner, Result
 
-from retrysafe._cli import cli
+from retrysafe.cli.commands import cli
 from retrysafe.stores.postgres import PostgresStore
 from storekit import POSTGRES_URL, REDIS_URL, require_service, server_down
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from retrysafe._cli import cli
+from retrysafe.cli.commands import cli
 from retrysafe.fingerprint import RequestFacts
 from retrysafe.keyring import Keyring
 from retrysafe.policy import storage_id

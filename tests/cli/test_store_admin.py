@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from retrysafe._cli import cli
+from retrysafe.cli.commands import cli
 from retrysafe.records import Claimed, StoredResponse
 from retrysafe.stores.base import DualStore
 from retrysafe.stores.memory import MemoryStore

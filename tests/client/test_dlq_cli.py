@@ -9,7 +9,7 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from retrysafe._cli import cli
+from retrysafe.cli.commands import cli
 from retrysafe.client import (
     DeadLetterQueue,
     EntryState,

@@ -11,7 +11,7 @@ import signal
 import pytest
 from click.testing import CliRunner
 
-from retrysafe._cli import cli
+from retrysafe.cli.commands import cli
 from retrysafe.demo.agentdemo import DemoOptions, ModeResult, run_agent_demo
 from retrysafe.demo.plan import Faults, make_plan
 

@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 import retrysafe.demo.run as demo_run
-from retrysafe._cli import cli
+from retrysafe.cli.commands import cli
 from retrysafe.demo import run_demo
 from retrysafe.records import ClaimResult
 from retrysafe.stores.memory import MemoryStore

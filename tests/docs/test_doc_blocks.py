@@ -47,7 +47,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from retrysafe import open_store
-from retrysafe._cli import cli
+from retrysafe.cli.commands import cli
 from retrysafe.http import ASGIIdempotencyMiddleware
 from retrysafe.telemetry import AUDIT_LOGGER, Telemetry
 from retrysafe.tools import idempotent

@@ -18,11 +18,11 @@ from tests.telemetry._asgi import call
 from tests.telemetry.test_asgi_telemetry import App
 
 from retrysafe import MemoryStore
+from retrysafe.cli.report import report
 from retrysafe.http import ASGIIdempotencyMiddleware
 from retrysafe.policy import Policy
 from retrysafe.report.slo import DAY, HOUR, MINUTE, Objective
 from retrysafe.report.summary import html_page, load, summarize
-from retrysafe.report_cli import report
 from retrysafe.scopes import shared_scope
 from retrysafe.telemetry import AUDIT_LOGGER, Telemetry
 
@@ -185,7 +185,7 @@ def test_page_renders_in_headless_chromium(tmp_path: Path) -> None:
 
 
 def test_report_is_a_subcommand_of_retrysafe() -> None:
-    from retrysafe._cli import cli
+    from retrysafe.cli.commands import cli
 
     result = CliRunner().invoke(cli, ["report", "--help"])
     assert result.exit_code == 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from retrysafe._cli_files import IDEMPOTENCY_STORE, check_sqlite
+from retrysafe.cli._files import IDEMPOTENCY_STORE, check_sqlite
 from retrysafe.errors import ConfigurationError
 
 
@@ -89,5 +89,5 @@ def proxy(
     serve(config, log_level=log_level)
 
 
-if __name__ == "__main__":  # pragma: no cover - `python -m retrysafe.gateway_cli` for tests/bench
+if __name__ == "__main__":  # pragma: no cover - `python -m retrysafe.cli.proxy`: the command alone
     proxy()

@@ -15,8 +15,8 @@ from urllib.parse import urlsplit
 
 import click
 
-from retrysafe._cli_args import parse_header
-from retrysafe._cli_errors import BadInput
+from retrysafe.cli._args import parse_header
+from retrysafe.cli._errors import BadInput
 
 RESULT_STYLE = {"pass": "green", "fail": "red", "skip": "yellow"}
 

@@ -1,6 +1,6 @@
 """``retrysafe report --log FILE``: the click command (logic: :mod:`retrysafe.report`).
 
-Registered on the ``retrysafe`` group in ``_cli.py`` (``cli.add_command(report)``).
+Registered on the ``retrysafe`` group in :mod:`retrysafe.cli.commands`.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from retrysafe._cli_errors import BadInput
+from retrysafe.cli._errors import BadInput
 
 OBJECTIVE_HELP = (
     "an SLO as PATTERN=SUCCESS%[,THRESHOLD@LATENCY%][,keys:CORRECT%][,WINDOW], e.g."

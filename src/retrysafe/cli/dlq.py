@@ -18,10 +18,10 @@ from datetime import UTC, datetime
 
 import click
 
-from retrysafe._cli_args import parse_header
-from retrysafe._cli_errors import BadInput, cli_error
-from retrysafe._cli_files import DEAD_LETTER_QUEUE, check_sqlite
-from retrysafe.client.dlq import DeadLetter, DeadLetterQueue, EntryState
+from retrysafe.cli._args import parse_header
+from retrysafe.cli._errors import BadInput, cli_error
+from retrysafe.cli._files import DEAD_LETTER_QUEUE, check_sqlite
+from retrysafe.client import DeadLetter, DeadLetterQueue, EntryState
 from retrysafe.client.dlq_credentials import header_label
 from retrysafe.errors import RetrySafeError
 from retrysafe.stores.url import redacted_url
@@ -54,7 +54,7 @@ def _plural(n: int, one: str, many: str) -> str:
 @contextmanager
 def _queue(url: str) -> Iterator[DeadLetterQueue]:
     """The queue at ``url``; a missing SQLite file is reported, not created, and a file of
-    another kind (the idempotency store, a text file) is refused (``_cli_files``)."""
+    another kind (the idempotency store, a text file) is refused (``_files``)."""
     check_sqlite(url if "://" in url else f"sqlite:///{url}", DEAD_LETTER_QUEUE)
     try:
         queue = DeadLetterQueue(url)
@@ -202,7 +202,7 @@ def dlq_replay(
     from rich.console import Console
     from rich.table import Table
 
-    from retrysafe.client.transport import IdempotentTransport
+    from retrysafe.client import IdempotentTransport
 
     if bool(entries) == replay_all:
         raise click.UsageError("give entry ids, or --all (not both)")

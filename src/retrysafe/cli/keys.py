@@ -1,257 +1,30 @@
-"""The ``retrysafe`` click group. Each subcommand imports what it needs when it runs.
+"""``retrysafe keys show|delete|purge|stats``: one key's record, and the store's upkeep.
 
-Subcommands that talk to a store take ``--store URL`` (default: ``$RETRYSAFE_STORE_URL``, then
-the SQLite default); :data:`store_option` gives them that option the same way.
+A key is looked up as the middleware stores it: under its principal (whose key: the
+``--authorization``, ``--header``, ``--cookie``, ``--user``, ``--shared`` or ``--scope`` the
+request had) and the deployment's secret, or directly by its store id (``--id``).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import os
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from retrysafe import __version__
-from retrysafe._cli_args import parse_header
-from retrysafe._cli_errors import BadInput, Group, cli_error
-from retrysafe._cli_files import IDEMPOTENCY_STORE, check_sqlite
-from retrysafe.check_cli import check
-from retrysafe.client.dlq_cli import dlq
-from retrysafe.gateway_cli import proxy
-from retrysafe.report_cli import report
-from retrysafe.stores.cached import CachedStore
-from retrysafe.stores.url import ENV_VAR, redacted_url
+from retrysafe.cli._args import parse_header
+from retrysafe.cli._errors import BadInput
+from retrysafe.cli._open_store import store_kind, store_option, using_store
+from retrysafe.stores.url import redacted_url
 
 if TYPE_CHECKING:
     from retrysafe.records import Record
     from retrysafe.stores.base import DualStore
-
-store_option = click.option(
-    "--store",
-    "store_url",
-    envvar=ENV_VAR,
-    metavar="URL",
-    help=(
-        "store URL: memory://, sqlite:///relative.db, sqlite:////abs.db, redis://host:6379/0, "
-        f"postgresql://user@host/db (env: {ENV_VAR})"
-    ),
-)
-
-
-def open_store_or_exit(url: str | None, *, must_exist: bool = True) -> DualStore:
-    """``open_store(url)``; a bad URL or an unusable store is a one-line error, not a traceback.
-
-    A SQLite file is checked first (``_cli_files``): a missing one is reported, not created
-    (unless ``must_exist`` is false: ``store init``), and a file of another kind is refused.
-    """
-    from retrysafe.errors import RetrySafeError
-    from retrysafe.stores.url import DEFAULT_URL, open_store
-
-    url = url or os.environ.get(ENV_VAR) or DEFAULT_URL
-    check_sqlite(url, IDEMPOTENCY_STORE, must_exist=must_exist)
-    try:
-        return open_store(url)
-    except RetrySafeError as exc:
-        raise cli_error(exc) from exc
-
-
-@contextlib.contextmanager
-def using_store(url: str | None, *, must_exist: bool = True) -> Iterator[DualStore]:
-    """An open store for one command, closed after; store failures become one-line errors."""
-    from retrysafe.errors import RetrySafeError
-
-    store = open_store_or_exit(url, must_exist=must_exist)
-    try:
-        yield store
-    except RetrySafeError as exc:
-        raise cli_error(exc) from exc
-    finally:
-        store.close()
-
-
-@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="retrysafe")
-def cli() -> None:
-    """retrysafe: idempotency keys done right, so retries are safe."""
-
-
-@cli.command()
-@click.option(
-    "--operations",
-    "-n",
-    default=300,
-    show_default=True,
-    type=click.IntRange(1),
-    help="purchases + refunds the agent performs",
-)
-@click.option(
-    "--seed",
-    default=7,
-    show_default=True,
-    type=int,
-    help="seeds the plan, the faults and the retry jitter",
-)
-@click.option(
-    "--loss-rate",
-    default=0.05,
-    show_default=True,
-    type=click.FloatRange(0, 1),
-    help="share of answers lost after the handler ran",
-)
-@click.option(
-    "--burst-rate",
-    default=0.01,
-    show_default=True,
-    type=click.FloatRange(0, 1),
-    help="share of requests that start a burst of 503s",
-)
-@click.option(
-    "--burst-seconds",
-    default=0.3,
-    show_default=True,
-    type=click.FloatRange(0),
-    help="how long a 503 burst lasts",
-)
-@click.option(
-    "--latency-ms",
-    default=15.0,
-    show_default=True,
-    type=click.FloatRange(0),
-    help="extra latency per request, uniform in [0, this]",
-)
-@click.option(
-    "--slow-rate",
-    default=0.02,
-    show_default=True,
-    type=click.FloatRange(0, 1),
-    help="share of calls slower than the agent's read timeout (in flight on retry)",
-)
-@click.option(
-    "--lanes",
-    default=8,
-    show_default=True,
-    type=click.IntRange(1),
-    help="orders the agent works on concurrently",
-)
-@click.option(
-    "--crash/--no-crash",
-    default=True,
-    show_default=True,
-    help="kill the agent process mid-run and resume in a new one",
-)
-@click.option(
-    "--compare/--no-compare",
-    default=True,
-    show_default=True,
-    help="also run without idempotency, side by side",
-)
-@click.option(
-    "--scenarios",
-    is_flag=True,
-    help="instead: the six HTTP scenarios (lost response, duplicates, mismatch, ...)",
-)
-@click.option(
-    "--store",
-    "store_url",
-    metavar="URL",
-    help="with --scenarios: run against this store instead of a fresh SQLite file in a temp "
-    f"dir (${ENV_VAR} is deliberately not read: the demo writes records)",
-)
-@click.option("-v", "--verbose", is_flag=True, help="with --scenarios: list every check")
-def demo(
-    operations: int,
-    seed: int,
-    loss_rate: float,
-    burst_rate: float,
-    burst_seconds: float,
-    latency_ms: float,
-    slow_rate: float,
-    lanes: int,
-    crash: bool,
-    compare: bool,
-    scenarios: bool,
-    store_url: str | None,
-    verbose: bool,
-) -> None:
-    """An agent makes purchases and refunds through a faulty network, crashes and resumes.
-
-    A payments API (retrysafe middleware, SQLite store in a temp dir) is served on a loopback
-    port behind a fault injector; the agent runs in its own process, is killed with SIGKILL
-    halfway and resumed; then the same run without idempotency, side by side. Exits non-zero
-    if any expectation fails (no duplicates with retrysafe; duplicates without).
-    """
-    if scenarios:
-        _demo_scenarios(store_url, verbose)
-        return
-    if store_url is not None:
-        raise click.UsageError("--store applies to --scenarios (the agent demo uses SQLite)")
-    from rich.console import Console
-
-    from retrysafe.demo.agent_report import (
-        INTRO,
-        RichProgress,
-        describe_faults,
-        render_agent_report,
-    )
-    from retrysafe.demo.agentdemo import DemoFailed, DemoOptions, run_agent_demo
-    from retrysafe.demo.plan import Faults
-
-    try:
-        faults = Faults(
-            loss_rate=loss_rate,
-            burst_rate=burst_rate,
-            burst_seconds=burst_seconds,
-            latency_ms=latency_ms,
-            slow_rate=slow_rate,
-        )
-        options = DemoOptions(
-            operations=operations,
-            seed=seed,
-            faults=faults,
-            lanes=lanes,
-            crash=crash,
-            compare=compare,
-        )
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from exc
-    console = Console()
-    console.print(INTRO.format(faults=describe_faults(options)))
-    try:
-        with RichProgress(console) as progress:
-            report = asyncio.run(run_agent_demo(options, progress))
-    except DemoFailed as exc:
-        raise click.ClickException(str(exc)) from exc
-    render_agent_report(report, console)
-    if not report.ok:
-        raise SystemExit(1)
-
-
-def _demo_scenarios(store_url: str | None, verbose: bool) -> None:
-    """``retrysafe demo --scenarios``: the six HTTP scenarios against the payments API."""
-    from rich.console import Console
-
-    from retrysafe.demo.report import render
-    from retrysafe.demo.run import run_demo
-    from retrysafe.errors import RetrySafeError
-
-    try:
-        report = asyncio.run(run_demo(store_url))
-    except RetrySafeError as exc:  # a bad --store URL, an unusable or unreachable store
-        raise cli_error(exc) from exc
-    render(report, Console(), verbose=verbose)
-    if not report.ok:
-        raise SystemExit(1)
-
-
-# -- keys ------------------------------------------------------------------------------------
 
 
 _STORE_ID = re.compile(r"^[0-9a-f]{64}$")
@@ -375,7 +148,7 @@ def _key_options(command: Callable[..., None]) -> Callable[..., None]:
     return store_option(command)
 
 
-@cli.group()
+@click.group()
 def keys() -> None:
     """Inspect or remove one key's record; purge expired records; count records per state."""
 
@@ -423,7 +196,7 @@ def keys_purge(store_url: str | None, limit: int) -> None:
     with using_store(store_url) as store:
         purge = getattr(store, "purge", None)
         if purge is None:
-            click.echo(f"{_kind(store)} store expires records by itself: nothing to purge")
+            click.echo(f"{store_kind(store)} store expires records by itself: nothing to purge")
             return
         deleted = 0
         while True:
@@ -444,7 +217,7 @@ def keys_stats(store_url: str | None, as_json: bool) -> None:
     with using_store(store_url) as store:
         stats_of = getattr(store, "stats", None)
         if stats_of is None:
-            raise click.ClickException(f"{_kind(store)} store cannot count its records")
+            raise click.ClickException(f"{store_kind(store)} store cannot count its records")
         stats = stats_of()
     assert isinstance(stats, KeyStats)
     if as_json:
@@ -455,36 +228,6 @@ def keys_stats(store_url: str | None, as_json: bool) -> None:
     click.echo(f"{'total':<13} {stats.total}")
     if not stats.complete:
         click.echo("(stopped at the scan bound: the counts are a lower bound)", err=True)
-
-
-def _kind(store: object) -> str:
-    """A store's kind for messages: "Redis", "SQLite", ... (behind a ``?local_cache`` wrapper,
-    the wrapped store's)."""
-    if isinstance(store, CachedStore):
-        store = store.inner
-    return type(store).__name__.removesuffix("Store")
-
-
-@cli.group()
-def store() -> None:
-    """Set up a store."""
-
-
-@store.command("init")
-@click.argument("url", envvar=ENV_VAR)
-def store_init(url: str) -> None:
-    """Create the store's schema if missing (idempotent; PostgreSQL only needs it).
-
-    PostgreSQL: creates the schema, table and indexes (safe to run concurrently and again).
-    SQLite creates its table when the file is opened; Redis and memory have no schema.
-    """
-    with using_store(url, must_exist=False) as opened:
-        init = getattr(opened, "init_schema", None)
-        if init is None:
-            click.echo(f"{_kind(opened)} store: there is no schema to create, nothing to do")
-            return
-        init()
-    click.echo(f"{_kind(opened)} store: schema ready")
 
 
 def _describe(record: Record) -> dict[str, object]:
@@ -514,9 +257,3 @@ def _describe(record: Record) -> dict[str, object]:
             "replayable": response.replayable,
         },
     }
-
-
-cli.add_command(proxy)  # `retrysafe proxy`: the gateway (docs/gateway.md)
-cli.add_command(report)  # `retrysafe report`: audit log, SLOs (docs/observability.md)
-cli.add_command(dlq)  # `retrysafe dlq`: the client's dead-letter queue (docs/client.md)
-cli.add_command(check)  # `retrysafe check URL`: an endpoint's key conformance (docs/check.md)

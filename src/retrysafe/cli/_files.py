@@ -13,7 +13,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from retrysafe._cli_errors import BadInput, NotFound
+from retrysafe.cli._errors import BadInput, NotFound
 
 
 @dataclass(frozen=True, slots=True)
