@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from retrysafe.cli.commands import cli
-from retrysafe.demo.agentdemo import DemoOptions, ModeResult, run_agent_demo
-from retrysafe.demo.plan import Faults, make_plan
+from retrysafe.cli.demo.agentdemo import DemoOptions, ModeResult, run_agent_demo
+from retrysafe.cli.demo.plan import Faults, make_plan
 
 pytestmark = pytest.mark.slow
 

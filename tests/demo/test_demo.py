@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-import retrysafe.demo.run as demo_run
+import retrysafe.cli.demo.run as demo_run
 from retrysafe.cli.commands import cli
-from retrysafe.demo import run_demo
+from retrysafe.cli.demo.run import run_demo
 from retrysafe.records import ClaimResult
 from retrysafe.stores.memory import MemoryStore
 

@@ -101,6 +101,25 @@ def test_there_are_stores_to_check() -> None:
     assert {"memory.py", "sqlite.py", "base.py"} <= {p.name for p in STORE_FILES}
 
 
+# The command line (and the demo it ships) sits on top: nothing in the library imports it.
+LIBRARY_FILES = sorted(p for p in PACKAGE.rglob("*.py") if p.relative_to(PACKAGE).parts[0] != "cli")
+
+
+@pytest.mark.parametrize(
+    "path", LIBRARY_FILES, ids=[str(p.relative_to(PACKAGE)) for p in LIBRARY_FILES]
+)
+def test_the_library_never_imports_the_command_line(path: Path) -> None:
+    assert offending(imports_of(path), ["retrysafe.cli"]) == []
+
+
+def test_the_command_line_and_its_demo_are_left_out_of_the_library_files() -> None:
+    names = {str(p.relative_to(PACKAGE)) for p in LIBRARY_FILES}
+    assert "engine.py" in names
+    assert "client/transport.py" in names
+    assert not {n for n in names if n.startswith("cli/")}
+    assert (PACKAGE / "cli" / "demo" / "agentdemo.py").is_file()
+
+
 # The scanner itself must catch what it is meant to catch.
 
 

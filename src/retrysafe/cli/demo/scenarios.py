@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from retrysafe.demo.app import Ledger
+from retrysafe.cli.demo.app import Ledger
 from retrysafe.keys import new_key
 from retrysafe.problems import problem_slug
 from retrysafe.testing import RecordingStore

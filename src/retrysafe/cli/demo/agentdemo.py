@@ -2,10 +2,10 @@
 
 For each mode — with retrysafe, then the same run with idempotency switched off — this module:
 
-1. serves the payments API (:mod:`retrysafe.demo.payments`; behind retrysafe's middleware on a
-   SQLite store in a temp dir, or bare) with the fault layer (:mod:`retrysafe.demo.faults`) in
+1. serves the payments API (:mod:`retrysafe.cli.demo.payments`; behind retrysafe's middleware on a
+   SQLite store in a temp dir, or bare) with the fault layer (:mod:`retrysafe.cli.demo.faults`) in
    front, under uvicorn on a free 127.0.0.1 port;
-2. starts the agent (:mod:`retrysafe.demo.agent`) as a separate OS process and follows its
+2. starts the agent (:mod:`retrysafe.cli.demo.agent`) as a separate OS process and follows its
    progress lines;
 3. kills that process with SIGKILL from *inside* a purchase halfway through the plan — the
    charge is booked, the answer never arrives — and starts a second process with the same
@@ -30,12 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from retrysafe.cli.demo.faults import FaultCounts, FaultLayer
+from retrysafe.cli.demo.payments import PaymentsLedger, build_payments_app
+from retrysafe.cli.demo.plan import AgentSettings, Faults, make_plan
+from retrysafe.cli.demo.scenarios import Check
+from retrysafe.cli.demo.server import serving
 from retrysafe.client import DeadLetterQueue
-from retrysafe.demo.faults import FaultCounts, FaultLayer
-from retrysafe.demo.payments import PaymentsLedger, build_payments_app
-from retrysafe.demo.plan import AgentSettings, Faults, make_plan
-from retrysafe.demo.scenarios import Check
-from retrysafe.demo.server import serving
 from retrysafe.stores.url import open_store
 
 MODES = {True: "with retrysafe", False: "without"}
@@ -208,7 +208,7 @@ class _Mode:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "retrysafe.demo.agent",
+                "retrysafe.cli.demo.agent",
                 settings.to_json(),
                 stdout=asyncio.subprocess.PIPE,
                 stderr=log,

@@ -1,6 +1,10 @@
 """``retrysafe demo``: an agent through a faulty network, or the six HTTP scenarios (docs/demo.md).
 
-The demo's parts are imported when the command runs, never by the library.
+The demo ships with the command line (it needs the ``[cli]`` extra) and only this command
+imports it, when it runs; the library never does. The agent demo is ``agentdemo`` (the
+orchestrator), ``agent`` (the agent's own process), ``plan``, ``payments``, ``faults``,
+``server`` and ``agent_report``; the six HTTP scenarios are ``run``, ``scenarios``, ``app``
+and ``report``.
 """
 
 from __future__ import annotations
@@ -125,14 +129,14 @@ def demo(
         raise click.UsageError("--store applies to --scenarios (the agent demo uses SQLite)")
     from rich.console import Console
 
-    from retrysafe.demo.agent_report import (
+    from retrysafe.cli.demo.agent_report import (
         INTRO,
         RichProgress,
         describe_faults,
         render_agent_report,
     )
-    from retrysafe.demo.agentdemo import DemoFailed, DemoOptions, run_agent_demo
-    from retrysafe.demo.plan import Faults
+    from retrysafe.cli.demo.agentdemo import DemoFailed, DemoOptions, run_agent_demo
+    from retrysafe.cli.demo.plan import Faults
 
     try:
         faults = Faults(
@@ -168,8 +172,8 @@ def _demo_scenarios(store_url: str | None, verbose: bool) -> None:
     """``retrysafe demo --scenarios``: the six HTTP scenarios against the payments API."""
     from rich.console import Console
 
-    from retrysafe.demo.report import render
-    from retrysafe.demo.run import run_demo
+    from retrysafe.cli.demo.report import render
+    from retrysafe.cli.demo.run import run_demo
     from retrysafe.errors import RetrySafeError
 
     try:

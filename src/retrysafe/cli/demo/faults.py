@@ -27,8 +27,8 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from retrysafe.demo.payments import DELAY_SCOPE_KEY
-from retrysafe.demo.plan import Faults
+from retrysafe.cli.demo.payments import DELAY_SCOPE_KEY
+from retrysafe.cli.demo.plan import Faults
 from retrysafe.http.types import ASGIApp, Message, Receive, Scope, Send
 
 BUSY_BODY = (
@@ -54,7 +54,7 @@ class FaultCounts:
 
 
 class FaultLayer:
-    """Pure ASGI wrapper that injects :class:`~retrysafe.demo.plan.Faults` in front of ``app``."""
+    """Pure ASGI wrapper that injects :class:`Faults` (``plan.py``) in front of ``app``."""
 
     def __init__(
         self,

@@ -1,7 +1,7 @@
 """The demo's agent: one OS process that works through the plan with two tools.
 
-Run as ``python -m retrysafe.demo.agent SETTINGS_JSON`` by the orchestrator
-(:mod:`retrysafe.demo.agentdemo`), which may SIGKILL it at any moment and start another one
+Run as ``python -m retrysafe.cli.demo.agent SETTINGS_JSON`` by the orchestrator
+(:mod:`retrysafe.cli.demo.agentdemo`), which may SIGKILL it at any moment and start another one
 with the same settings — the same durable ``agent_run`` id — to resume.
 
 What it does, like an agent framework would:
@@ -40,6 +40,7 @@ from typing import Any
 
 import httpx
 
+from retrysafe.cli.demo.plan import AgentSettings, Order, make_plan
 from retrysafe.client import (
     AsyncIdempotentTransport,
     CallFailed,
@@ -51,7 +52,6 @@ from retrysafe.client import (
     State,
     Transition,
 )
-from retrysafe.demo.plan import AgentSettings, Order, make_plan
 from retrysafe.errors import IdempotencyConflict
 from retrysafe.stores.url import open_store
 from retrysafe.testing import RecordingStore
@@ -255,7 +255,7 @@ async def run(settings: AgentSettings) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        raise SystemExit("usage: python -m retrysafe.demo.agent SETTINGS_JSON")
+        raise SystemExit("usage: python -m retrysafe.cli.demo.agent SETTINGS_JSON")
     asyncio.run(run(AgentSettings.from_json(args[0])))
 
 

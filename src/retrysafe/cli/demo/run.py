@@ -10,9 +10,9 @@ from pathlib import Path
 
 import httpx
 
-from retrysafe.demo.app import Ledger, build_app
-from retrysafe.demo.scenarios import SCENARIOS, Context, ScenarioResult, run_scenario
-from retrysafe.demo.server import serving
+from retrysafe.cli.demo.app import Ledger, build_app
+from retrysafe.cli.demo.scenarios import SCENARIOS, Context, ScenarioResult, run_scenario
+from retrysafe.cli.demo.server import serving
 from retrysafe.errors import StoreUnavailable
 from retrysafe.stores.base import DualStore
 from retrysafe.stores.url import open_store

@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from retrysafe.demo.run import DemoReport
+from retrysafe.cli.demo.run import DemoReport
 from retrysafe.stores.url import redacted_url
 
 INTRO = (

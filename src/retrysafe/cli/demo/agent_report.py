@@ -16,7 +16,7 @@ from rich.progress import (
 from rich.table import Column, Table
 from rich.text import Text
 
-from retrysafe.demo.agentdemo import AgentDemoReport, DemoOptions, ModeResult
+from retrysafe.cli.demo.agentdemo import AgentDemoReport, DemoOptions, ModeResult
 
 INTRO = (
     "An agent buys and refunds through a payments API (Starlette on 127.0.0.1) behind a "
