@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import sqlite3
 import threading
@@ -41,7 +40,6 @@ from retrysafe.records import (
     State,
     StoredResponse,
     claim_on,
-    complete_on,
     lease_left,
     release_allowed,
     renew_on,
@@ -49,65 +47,35 @@ from retrysafe.records import (
     visible,
 )
 from retrysafe.stores._notify import Notifier
+from retrysafe.stores._sqlite_sql import (
+    LAST_TOKEN,
+    PHASES,
+    SCHEMA,
+    SET_LAST_TOKEN,
+    TABLE,
+    UPSERT,
+    complete_in,
+    read_record,
+    record_to_row,
+    translated,
+)
 from retrysafe.stores._stats import KeyStats, from_rows
 
 if TYPE_CHECKING:
     from retrysafe.stores.sqlite_atomic import SQLiteUnit
 
+__all__ = [
+    "PHASES",
+    "SCHEMA",
+    "TABLE",
+    "WAL_CHECKPOINT_AT",
+    "Clock",
+    "SQLiteStore",
+    "complete_in",
+]
+
 Clock = Callable[[], float]
 
-TABLE = "retrysafe_records"
-# Recovery points of atomic handlers (SPEC 13a): committed phases outlive the claim that wrote
-# them (a release or a takeover must resume, not redo), so they are rows of their own, keyed
-# like the record and dropped when the record completes or their retention lapses.
-PHASES = f"{TABLE}_phases"
-SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS {TABLE} (
-    id           TEXT PRIMARY KEY,
-    fingerprint  TEXT NOT NULL,
-    state        TEXT NOT NULL,
-    token        INTEGER NOT NULL,
-    lease_until  REAL NOT NULL,
-    expires_at   REAL NOT NULL,
-    retain_until REAL NOT NULL,
-    created_at   REAL NOT NULL,
-    status       INTEGER,
-    headers      TEXT,
-    body         BLOB,
-    replayable   INTEGER,
-    trace_id     TEXT,
-    span_id      TEXT
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS {TABLE}_retain ON {TABLE} (retain_until);
-CREATE INDEX IF NOT EXISTS {TABLE}_expires ON {TABLE} (expires_at)
-    WHERE state IN ('completed', 'unreplayable');
-CREATE TABLE IF NOT EXISTS {TABLE}_tokens (
-    one   INTEGER PRIMARY KEY CHECK (one = 1),
-    last  INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS {PHASES} (
-    id           TEXT PRIMARY KEY,
-    fingerprint  TEXT NOT NULL,
-    phases       TEXT NOT NULL,
-    retain_until REAL NOT NULL
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS {PHASES}_retain ON {PHASES} (retain_until);
-"""
-_COLUMNS = (
-    "id, fingerprint, state, token, lease_until, expires_at, retain_until, created_at, "
-    "status, headers, body, replayable, trace_id, span_id"
-)
-_SELECT = (
-    "SELECT "
-    + ", ".join(f"r.{c.strip()}" for c in _COLUMNS.split(","))
-    + f", p.phases FROM {TABLE} r LEFT JOIN {PHASES} p "
-    "ON p.id = r.id AND p.fingerprint = r.fingerprint WHERE r.id = ?"
-)
-_UPSERT = f"INSERT OR REPLACE INTO {TABLE} ({_COLUMNS}) VALUES ({', '.join('?' * 14)})"
-# The largest token ever minted in this file, so a released or deleted key never gets an old
-# token back (see records.claim_on); read and bumped inside the claim's own transaction.
-_LAST_TOKEN = f"SELECT last FROM {TABLE}_tokens WHERE one = 1"
-_SET_LAST_TOKEN = f"INSERT OR REPLACE INTO {TABLE}_tokens (one, last) VALUES (1, ?)"
 _POLL_START, _POLL_MAX = 0.005, 0.1
 # The event loop's connection never checkpoints (a checkpoint fsyncs); a worker thread does,
 # after this many inline commits (besides the WAL bound below).
@@ -135,101 +103,7 @@ class _Busy(Exception):
     """The write lock is held elsewhere: an inline write must go to a worker thread."""
 
 
-# An abandoned claim is purged this long after its lease lapsed (see MemoryStore).
-ABANDONED_GRACE = 3600.0
 _SPARE_MAX = 8  # idle connections kept for atomic units
-
-
-@contextlib.contextmanager
-def _translated(path: str) -> Iterator[None]:
-    """Turn sqlite3 failures into StoreUnavailable at the store boundary (chained)."""
-    try:
-        yield
-    except sqlite3.Error as exc:
-        raise StoreUnavailable(f"SQLite store {path!r}: {exc}") from exc
-
-
-def _row_to_record(row: tuple[object, ...] | None) -> Record | None:
-    if row is None:
-        return None
-    (id, fp, state, token, lease_until, expires_at, retain_until, created_at) = row[:8]
-    status, headers, body, replayable, trace_id, span_id = row[8:14]
-    phases = json.loads(str(row[14])) if len(row) > 14 and row[14] is not None else []
-    response = None
-    if status is not None:
-        response = StoredResponse(
-            int(status),  # type: ignore[call-overload]
-            tuple((str(k), str(v)) for k, v in json.loads(str(headers))),
-            bytes(body) if body is not None else b"",  # type: ignore[call-overload]
-            bool(replayable),
-            str(trace_id) if trace_id is not None else None,
-            str(span_id) if span_id is not None else None,
-        )
-    return Record(
-        str(id),
-        str(fp),
-        State(state),
-        int(token),  # type: ignore[call-overload]
-        float(lease_until),  # type: ignore[arg-type]
-        float(expires_at),  # type: ignore[arg-type]
-        float(retain_until),  # type: ignore[arg-type]
-        response,
-        float(created_at),  # type: ignore[arg-type]
-        str(phases[-1]) if phases else None,
-    )
-
-
-def _record_to_row(record: Record) -> tuple[object, ...]:
-    r = record.response
-    # An in-flight row's retain_until is when an abandoned claim may be purged.
-    retain = (
-        record.retain_until
-        if record.state is not State.IN_FLIGHT
-        else (record.lease_until + ABANDONED_GRACE)
-    )
-    return (
-        record.id,
-        record.fingerprint,
-        record.state.value,
-        record.token,
-        record.lease_until,
-        record.expires_at,
-        retain,
-        record.created_at,
-        None if r is None else r.status,
-        None if r is None else json.dumps([list(h) for h in r.headers]),
-        None if r is None else r.body,
-        None if r is None else int(r.replayable),
-        None if r is None else r.trace_id,
-        None if r is None else r.span_id,
-    )
-
-
-def _read(conn: sqlite3.Connection, id: str) -> Record | None:
-    return _row_to_record(conn.execute(_SELECT, (id,)).fetchone())
-
-
-def complete_in(
-    conn: sqlite3.Connection,
-    id: str,
-    token: int,
-    response: StoredResponse,
-    ttl: float,
-    retention: float,
-    now: float,
-) -> bool:
-    """Complete the record with statements on ``conn``, inside the caller's transaction.
-
-    Does not commit: the caller's commit makes the completion and its own writes durable
-    together (SPEC 13a). Returns False (and writes nothing) if ``token`` is fenced out.
-    """
-    record = complete_on(_read(conn, id), token, response, ttl, retention, now)
-    if record is None:
-        return False
-    conn.execute(_UPSERT, _record_to_row(record))
-    # The result supersedes the recovery points: a completed record replays, never resumes.
-    conn.execute(f"DELETE FROM {PHASES} WHERE id = ?", (id,))
-    return True
 
 
 class SQLiteStore:
@@ -380,7 +254,7 @@ class SQLiteStore:
     def _using(self, inline: bool = False) -> Iterator[sqlite3.Connection]:
         """This thread's connection for one operation, sqlite3 errors translated; marked busy
         so that :meth:`close` from another thread leaves it to be closed here."""
-        with _translated(self.path):
+        with translated(self.path):
             conn = self._conn(inline)
             with self._all_lock:
                 self._busy.add(conn)
@@ -430,7 +304,7 @@ class SQLiteStore:
         """Fast path for replays, without the write lock: a live completed record cannot
         change until its TTL, and a WAL reader never waits for the writer."""
         with self._using() as conn:
-            current = _read(conn, id)
+            current = read_record(conn, id)
         if current is None or current.state not in (State.COMPLETED, State.UNREPLAYABLE):
             return None
         now = self._clock()
@@ -439,22 +313,22 @@ class SQLiteStore:
     def _claim(self, id: str, fingerprint: str, lease: float, inline: bool = False) -> ClaimResult:
         with self._write(inline) as conn:
             now = self._clock()
-            existing = _read(conn, id)
-            row = conn.execute(_LAST_TOKEN).fetchone()
+            existing = read_record(conn, id)
+            row = conn.execute(LAST_TOKEN).fetchone()
             floor = int(row[0]) if row is not None else None
             result, record = claim_on(existing, id, fingerprint, lease, now, floor)
             if record is not existing:
-                conn.execute(_UPSERT, _record_to_row(record))
+                conn.execute(UPSERT, record_to_row(record))
             if isinstance(result, Claimed):
-                conn.execute(_SET_LAST_TOKEN, (result.token,))
+                conn.execute(SET_LAST_TOKEN, (result.token,))
             return result
 
     def renew(self, id: str, token: int, lease: float) -> bool:
         with self._write() as conn:
-            record = renew_on(_read(conn, id), token, lease, self._clock())
+            record = renew_on(read_record(conn, id), token, lease, self._clock())
             if record is None:
                 return False
-            conn.execute(_UPSERT, _record_to_row(record))
+            conn.execute(UPSERT, record_to_row(record))
             return True
 
     def complete(
@@ -573,7 +447,7 @@ class SQLiteStore:
         if self.wal_size() <= threshold or not self._checkpointing.acquire(blocking=False):
             return False
         try:
-            with _translated(self.path):
+            with translated(self.path):
                 conn.execute(f"PRAGMA busy_timeout={int(_CHECKPOINT_WAIT * 1000)}")
                 try:
                     busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
@@ -585,7 +459,7 @@ class SQLiteStore:
 
     def release(self, id: str, token: int) -> bool:
         with self._write() as conn:
-            if not release_allowed(_read(conn, id), token, self._clock()):
+            if not release_allowed(read_record(conn, id), token, self._clock()):
                 return False
             conn.execute(f"DELETE FROM {TABLE} WHERE id = ?", (id,))
         self._notifier.notify(id)
@@ -593,7 +467,7 @@ class SQLiteStore:
 
     def get(self, id: str) -> Record | None:
         with self._using() as conn:
-            record = _read(conn, id)
+            record = read_record(conn, id)
         return visible(record, self._clock())
 
     def watch(self, id: str, timeout: float) -> None:
@@ -614,7 +488,7 @@ class SQLiteStore:
     def delete(self, id: str) -> bool:
         with self._write() as conn:
             # Found means "get would have returned it" (a row past retention is not purged yet).
-            record = _read(conn, id)
+            record = read_record(conn, id)
             conn.execute(f"DELETE FROM {TABLE} WHERE id = ?", (id,))
             conn.execute(f"DELETE FROM {PHASES} WHERE id = ?", (id,))
             found = resolve(record, self._clock()) is not State.ABSENT
@@ -740,5 +614,5 @@ class SQLiteStore:
     def _in_flight(self, id: str) -> bool:
         # A lapsed lease counts as over: the waiter goes back and takes the claim over.
         with self._using() as conn:
-            record = _read(conn, id)
+            record = read_record(conn, id)
         return lease_left(record, self._clock()) > 0

@@ -31,19 +31,21 @@ import os
 import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from retrysafe.errors import ClaimTakenOver, ConfigurationError, ForeignConnection
 from retrysafe.records import StoredResponse, held_by, renew_on
-from retrysafe.stores.sqlite import (
-    _UPSERT,
+from retrysafe.stores._sqlite_sql import (
     PHASES,
-    SQLiteStore,
-    _read,
-    _record_to_row,
-    _translated,
+    UPSERT,
     complete_in,
+    read_record,
+    record_to_row,
+    translated,
 )
+
+if TYPE_CHECKING:  # the store builds its units (SQLiteStore.unit): annotations only
+    from retrysafe.stores.sqlite import SQLiteStore
 
 _READ_PHASES = f"SELECT phases FROM {PHASES} WHERE id = ? AND fingerprint = ?"
 _WRITE_PHASES = (
@@ -195,7 +197,7 @@ class SQLiteUnit:
         two connections could not share the transaction.
         """
         if self._link is None:
-            with _translated(self.store.path):
+            with translated(self.store.path):
                 self._link = open_link(self.store)
         link = self._kind(kind)
         if not self._open:
@@ -205,7 +207,7 @@ class SQLiteUnit:
     async def aattach(self, kind: type[L], open_link: Callable[[SQLiteStore], Awaitable[L]]) -> L:
         """:meth:`attach` for an :class:`AsyncLink`, begun on the link's own thread."""
         if self._link is None:
-            with _translated(self.store.path):
+            with translated(self.store.path):
                 self._link = await open_link(self.store)
         link = self._kind(kind)
         if not self._open:
@@ -219,13 +221,13 @@ class SQLiteUnit:
         link = self._ready()
         link.flush()
         phases = (*self._phases, name)
-        with _translated(self.store.path):
+        with translated(self.store.path):
             try:
                 now = self.store._clock()
-                renewed = renew_on(_read(link.raw, self.id), self.token, self._lease, now)
+                renewed = renew_on(read_record(link.raw, self.id), self.token, self._lease, now)
                 if renewed is None:  # cannot happen under the write lock; checked all the same
                     raise self._taken_over()
-                link.raw.execute(_UPSERT, _record_to_row(renewed))
+                link.raw.execute(UPSERT, record_to_row(renewed))
                 link.raw.execute(
                     _WRITE_PHASES,
                     (self.id, self._fingerprint, json.dumps(phases), now + self._keep),
@@ -248,7 +250,7 @@ class SQLiteUnit:
             link = self._ready()
         except ClaimTakenOver:
             return False
-        with _translated(self.store.path):
+        with translated(self.store.path):
             try:
                 now = self.store._clock()
                 if not complete_in(link.raw, self.id, self.token, response, ttl, retention, now):
@@ -275,7 +277,7 @@ class SQLiteUnit:
         """Roll back whatever the transaction holds (the handler's writes included)."""
         if self._link is not None and self._open:
             self._open = False
-            with _translated(self.store.path):
+            with translated(self.store.path):
                 self._link.rollback()
 
     def close(self) -> None:
@@ -286,7 +288,7 @@ class SQLiteUnit:
         try:
             if self._open:
                 self._open = False
-                with _translated(self.store.path):
+                with translated(self.store.path):
                     link.rollback()
         finally:
             link.close()
@@ -358,11 +360,11 @@ class SQLiteUnit:
     def _begin(self) -> None:
         link = self._link
         assert link is not None
-        with _translated(self.store.path):
+        with translated(self.store.path):
             link.begin()
             self._open = True
             try:
-                record = _read(link.raw, self.id)
+                record = read_record(link.raw, self.id)
                 holds = held_by(record, self.token, self.store._clock())
             except BaseException:
                 self.abort()
