@@ -18,6 +18,9 @@ import hashlib
 
 from psycopg import sql
 
+# An abandoned claim is purged this long after its lease lapsed (as in MemoryStore).
+ABANDONED_GRACE = 3600.0
+
 NOW = sql.SQL("(extract(epoch FROM clock_timestamp()) * 1000000)::bigint")
 
 COLUMNS = (
@@ -36,6 +39,11 @@ COLUMNS = (
     "trace_id",
     "span_id",
 )
+
+
+def micros(seconds: float) -> int:
+    """``seconds`` as the integer microseconds the statements take and the columns hold."""
+    return round(seconds * 1_000_000)
 
 
 class Statements:

@@ -66,7 +66,7 @@ from retrysafe.stores._pg_connect import (
     reason,
     recording_connection,
 )
-from retrysafe.stores._postgres_sql import Statements
+from retrysafe.stores._postgres_sql import ABANDONED_GRACE, Statements, micros
 from retrysafe.stores._stats import KeyStats, from_rows
 from retrysafe.stores._urlopts import as_bool, redacted_url, split_options
 from retrysafe.stores._wake import Listener, awatch_loop, watch_loop
@@ -74,8 +74,6 @@ from retrysafe.stores._wake import Listener, awatch_loop, watch_loop
 if TYPE_CHECKING:
     from retrysafe.stores.postgres_atomic import PostgresUnit
 
-# An abandoned claim is purged this long after its lease lapsed (as in MemoryStore).
-ABANDONED_GRACE = 3600.0
 DEFAULT_URL = "postgresql://127.0.0.1:5432/postgres"
 # A claim statement that raced a concurrent writer is run again; this bounds how often.
 _CLAIM_ATTEMPTS = 10
@@ -98,10 +96,6 @@ URL_OPTIONS: dict[str, Callable[[str], Any]] = {
 _ERRORS: tuple[type[BaseException], ...] = (psycopg.Error, psycopg_pool.PoolTimeout)
 Row = tuple[Any, ...]
 Statement = bytes | sql.Composed  # the request path's are bytes, rendered once (see Statements)
-
-
-def _us(seconds: float) -> int:
-    return round(seconds * 1_000_000)
 
 
 class PostgresStore:
@@ -245,8 +239,7 @@ class PostgresStore:
         raise ClaimRaced(id)
 
     def renew(self, id: str, token: int, lease: float) -> bool:
-        params = {"id": id, "token": token, "lease": _us(lease), "grace": _us(ABANDONED_GRACE)}
-        return self._one(self.sql.renew, params) is not None
+        return self._one(self.sql.renew, _renew_params(id, token, lease)) is not None
 
     def complete(
         self, id: str, token: int, response: StoredResponse, ttl: float, retention: float
@@ -298,8 +291,7 @@ class PostgresStore:
         raise ClaimRaced(id)
 
     async def arenew(self, id: str, token: int, lease: float) -> bool:
-        params = {"id": id, "token": token, "lease": _us(lease), "grace": _us(ABANDONED_GRACE)}
-        return await self._aone(self.sql.renew, params) is not None
+        return await self._aone(self.sql.renew, _renew_params(id, token, lease)) is not None
 
     async def acomplete(
         self, id: str, token: int, response: StoredResponse, ttl: float, retention: float
@@ -490,7 +482,11 @@ def _redacted(conninfo: str) -> str:
 
 
 def _claim_params(id: str, fingerprint: str, lease: float) -> dict[str, Any]:
-    return {"id": id, "fp": fingerprint, "lease": _us(lease), "grace": _us(ABANDONED_GRACE)}
+    return {"id": id, "fp": fingerprint, "lease": micros(lease), "grace": micros(ABANDONED_GRACE)}
+
+
+def _renew_params(id: str, token: int, lease: float) -> dict[str, Any]:
+    return {"id": id, "token": token, "lease": micros(lease), "grace": micros(ABANDONED_GRACE)}
 
 
 def _complete_params(
@@ -506,8 +502,8 @@ def _complete_params(
         "id": id,
         "token": token,
         "state": (State.COMPLETED if replayable else State.UNREPLAYABLE).value,
-        "ttl": _us(ttl),
-        "retention": _us(retention),
+        "ttl": micros(ttl),
+        "retention": micros(retention),
         "status": response.status,
         "headers": json.dumps([list(h) for h in response.headers]) if replayable else None,
         "body": response.body if replayable else None,

@@ -33,7 +33,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 import psycopg
 from psycopg import sql
@@ -41,7 +41,10 @@ from psycopg.pq import TransactionStatus
 
 from retrysafe.errors import ClaimTakenOver, ConfigurationError
 from retrysafe.records import StoredResponse
-from retrysafe.stores.postgres import ABANDONED_GRACE, PostgresStore, _us
+from retrysafe.stores._postgres_sql import ABANDONED_GRACE, micros
+
+if TYPE_CHECKING:  # the store builds its units (PostgresStore.unit): annotations only
+    from retrysafe.stores.postgres import PostgresStore
 
 Conn = psycopg.Connection[Any]
 AConn = psycopg.AsyncConnection[Any]
@@ -440,14 +443,14 @@ class PostgresUnit:
         return {"id": self.id, "token": self.token}
 
     def _renewal(self) -> dict[str, Any]:
-        return {**self._ids(), "lease": _us(self._lease), "grace": _us(ABANDONED_GRACE)}
+        return {**self._ids(), "lease": micros(self._lease), "grace": micros(ABANDONED_GRACE)}
 
     def _phases_row(self, phases: tuple[str, ...]) -> dict[str, Any]:
         return {
             "id": self.id,
             "fp": self._fingerprint,
             "phases": json.dumps(phases),
-            "keep": _us(self._keep),
+            "keep": micros(self._keep),
         }
 
     def _taken_over(self) -> ClaimTakenOver:
