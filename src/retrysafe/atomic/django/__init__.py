@@ -50,6 +50,7 @@ from django.db import connections
 from django.db import transaction as dj_transaction
 
 from retrysafe.atomic._context import held_unit, postgres_unit
+from retrysafe.atomic.django._block import RolledBack, outermost
 from retrysafe.atomic.django._thread import OwnThread, on_request_thread
 from retrysafe.errors import AtomicUnsupported, ConfigurationError, ForeignConnection
 from retrysafe.stores.base import AtomicUnit
@@ -58,21 +59,6 @@ from retrysafe.stores.sqlite_atomic import SQLiteUnit, same_database
 
 if TYPE_CHECKING:  # psycopg is imported only for a PostgreSQL store
     from retrysafe.atomic.django._postgres import DjangoPostgresLink
-
-
-class RolledBack(Exception):
-    """Handed to ``Atomic.__exit__`` to make Django roll back (and drop on_commit callbacks)."""
-
-
-def outermost(wrapper: Any, using: str) -> None:
-    """Refuse a database already inside ``transaction.atomic()``: the record must commit the
-    outermost transaction."""
-    if wrapper.in_atomic_block:
-        raise ConfigurationError(
-            f"database {using!r} is already inside transaction.atomic() (is "
-            "ATOMIC_REQUESTS on?): the record must commit the outermost transaction, so "
-            "let retrysafe's atomic=True be it"
-        )
 
 
 class DjangoLink(OwnThread):

@@ -21,7 +21,7 @@ from django.apps import apps
 from django.db import connections
 from django.db import transaction as dj_transaction
 
-from retrysafe.atomic.django import RolledBack, outermost
+from retrysafe.atomic.django._block import RolledBack, outermost
 from retrysafe.atomic.django._tables import store_tables
 from retrysafe.atomic.django._thread import OwnThread
 from retrysafe.errors import ConfigurationError, ForeignConnection
