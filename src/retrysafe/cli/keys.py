@@ -212,7 +212,7 @@ def keys_purge(store_url: str | None, limit: int) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 def keys_stats(store_url: str | None, as_json: bool) -> None:
     """Count the records per state (admin: reads the whole store; never on a request path)."""
-    from retrysafe.stores._stats import KeyStats
+    from retrysafe.stores import KeyStats
 
     with using_store(store_url) as store:
         stats_of = getattr(store, "stats", None)

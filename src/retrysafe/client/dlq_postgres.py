@@ -42,10 +42,9 @@ from retrysafe.client.dlq_backend import (
     row_of,
 )
 from retrysafe.errors import ConfigurationError
-from retrysafe.stores._errors import translated
-from retrysafe.stores._urlopts import split_options
-from retrysafe.stores.postgres import _options, _redacted
-from retrysafe.stores.url import redacted_url
+from retrysafe.stores.driver_errors import translated
+from retrysafe.stores.postgres import libpq_options, server_name
+from retrysafe.stores.url import redacted_url, split_options
 
 URL_OPTIONS: dict[str, Callable[[str], Any]] = {
     "schema": str,  # schema of the table, default: the connection's search_path
@@ -113,7 +112,7 @@ class PostgresDLQ:
         parts = (schema, self.table_name) if schema else (self.table_name,)
         self._table = sql.Identifier(*parts)
         self._schema = sql.Identifier(schema) if schema else None
-        self._what = f"dead-letter queue {_redacted(clean)}"
+        self._what = f"dead-letter queue {server_name(clean)}"
         self._pool = psycopg_pool.ConnectionPool(
             clean,
             min_size=0,  # a queue that is only parked into now and then holds no connection
@@ -122,7 +121,7 @@ class PostgresDLQ:
             kwargs={
                 "autocommit": True,
                 "connect_timeout": max(2, round(connect_timeout)),
-                "options": _options(clean, timeout, None),
+                "options": libpq_options(clean, timeout, None),
             },
             open=False,
             name=f"retrysafe-{self.table_name}",

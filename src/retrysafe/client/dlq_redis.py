@@ -44,9 +44,8 @@ from retrysafe.client.dlq_backend import (
     row_of,
 )
 from retrysafe.errors import ConfigurationError
-from retrysafe.stores._errors import translated
-from retrysafe.stores._urlopts import split_options
-from retrysafe.stores.url import redacted_url
+from retrysafe.stores.driver_errors import translated
+from retrysafe.stores.url import redacted_url, split_options
 
 URL_OPTIONS: dict[str, Callable[[str], Any]] = {
     "prefix": str,  # key prefix, default "retrysafe:dlq:"

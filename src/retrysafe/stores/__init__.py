@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from retrysafe.stores._stats import KeyStats
 from retrysafe.stores.base import AsyncStore, DualStore, Store
 from retrysafe.stores.cached import CachedStore
 from retrysafe.stores.memory import MemoryStore
@@ -12,6 +13,7 @@ __all__ = [
     "AsyncStore",
     "CachedStore",
     "DualStore",
+    "KeyStats",
     "MemoryStore",
     "SQLiteStore",
     "Store",

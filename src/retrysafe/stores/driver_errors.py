@@ -3,7 +3,8 @@
 Backend exceptions never escape a store (errors.py, one root): every round trip of the Redis
 and PostgreSQL stores runs inside :func:`translated`, which chains the original exception so
 the cause stays visible in tracebacks and logs. A store that cannot answer fails closed
-(SPEC 17): the adapters turn StoreUnavailable into a 503 problem.
+(SPEC 17): the adapters turn StoreUnavailable into a 503 problem. Public because code keeping
+state of its own on the same servers does the same (the client's dead-letter queue backends).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import contextlib
 from collections.abc import Iterator
 
 from retrysafe.errors import StoreUnavailable
+
+__all__ = ["caught", "translated", "unavailable"]
 
 
 @contextlib.contextmanager

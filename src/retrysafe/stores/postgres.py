@@ -54,7 +54,6 @@ from retrysafe.records import (
     StoredResponse,
     taken_over,
 )
-from retrysafe.stores._errors import translated
 from retrysafe.stores._notify import Notifier
 from retrysafe.stores._perloop import PerLoop
 from retrysafe.stores._pg_apool import AsyncPool
@@ -70,9 +69,20 @@ from retrysafe.stores._postgres_sql import ABANDONED_GRACE, Statements, micros
 from retrysafe.stores._stats import KeyStats, from_rows
 from retrysafe.stores._urlopts import as_bool, redacted_url, split_options
 from retrysafe.stores._wake import Listener, awatch_loop, watch_loop
+from retrysafe.stores.driver_errors import translated
 
 if TYPE_CHECKING:
     from retrysafe.stores.postgres_atomic import PostgresUnit
+
+__all__ = [
+    "DEFAULT_URL",
+    "URL_OPTIONS",
+    "ClaimRaced",
+    "PostgresStore",
+    "Statements",
+    "libpq_options",
+    "server_name",
+]
 
 DEFAULT_URL = "postgresql://127.0.0.1:5432/postgres"
 # A claim statement that raced a concurrent writer is run again; this bounds how often.
@@ -139,7 +149,7 @@ class PostgresStore:
         self._connect_kwargs: dict[str, Any] = {
             "autocommit": True,
             "connect_timeout": max(2, round(connect_timeout)),
-            "options": _options(clean, timeout, o.get("synchronous_commit")),
+            "options": libpq_options(clean, timeout, o.get("synchronous_commit")),
             "tcp_user_timeout": round(timeout * 1000),
             # Prepare each statement on its first use on a connection: psycopg's default
             # (prepare on the 5th use) costs an extra round trip in the middle of traffic.
@@ -147,7 +157,7 @@ class PostgresStore:
         }
         self._pool_size, self._pool_min = pool_size, pool_min
         self._pool_timeout = timeout if pool_timeout is None else pool_timeout
-        self._what = f"PostgreSQL store {_redacted(clean)}"
+        self._what = f"PostgreSQL store {server_name(clean)}"
         self._lazy_init = o.get("init_schema", init_schema)
         self._schema_ready = False
         self._schema_lock = threading.Lock()
@@ -464,8 +474,9 @@ class ClaimRaced(StoreUnavailable):
         )
 
 
-def _options(conninfo: str, timeout: float, synchronous_commit: str | None) -> str:
-    """libpq ``options``: the caller's own (from the URL), then our statement timeout."""
+def libpq_options(conninfo: str, timeout: float, synchronous_commit: str | None) -> str:
+    """libpq ``options``: the caller's own (from the URL), then our statement timeout (the
+    client's PostgreSQL dead-letter queue connects with the same)."""
     given = str(psycopg.conninfo.conninfo_to_dict(conninfo).get("options") or "")
     ours = [f"-c statement_timeout={round(timeout * 1000)}"]
     if synchronous_commit:  # "off": a crash may lose the last completions, never corrupt
@@ -473,7 +484,9 @@ def _options(conninfo: str, timeout: float, synchronous_commit: str | None) -> s
     return " ".join([given, *ours]).strip()
 
 
-def _redacted(conninfo: str) -> str:
+def server_name(conninfo: str) -> str:
+    """``scheme://host:port/db`` of ``conninfo``: how a message names the server, with no user,
+    password or options."""
     scheme, _, rest = conninfo.partition("://")
     return f"{scheme}://{rest.rpartition('@')[2].partition('?')[0]}"
 

@@ -68,13 +68,13 @@ from retrysafe.records import (
     taken_over,
 )
 from retrysafe.stores import _redis_lua as lua
-from retrysafe.stores._errors import caught, translated, unavailable
 from retrysafe.stores._notify import Notifier
 from retrysafe.stores._perloop import PerLoop
 from retrysafe.stores._redis_wire import Endpoint, ReplyError, Script, Wire
 from retrysafe.stores._stats import KeyStats, tally
 from retrysafe.stores._urlopts import as_bool, redacted_url, split_options
 from retrysafe.stores._wake import Listener, awatch_loop, watch_loop
+from retrysafe.stores.driver_errors import caught, translated, unavailable
 
 # An abandoned claim (holder died, nobody retried) expires this long after its lease lapsed;
 # until then a retry is reported as "recovered" (as in MemoryStore and SQLiteStore).

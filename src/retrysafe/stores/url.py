@@ -13,7 +13,9 @@ process's memory, at most N records and B bytes (docs/stores.md, "Local replay c
 
 Any other query option must be one the store or its driver takes: a misspelt one is a
 :class:`~retrysafe.errors.ConfigurationError` naming it and the valid ones. Messages show a
-URL through :func:`redacted_url`, so a password is never echoed.
+URL through :func:`redacted_url`, so a password is never echoed. :func:`split_options` is how a
+store takes its own options out of its URL (the client's dead-letter queues read theirs the same
+way).
 """
 
 from __future__ import annotations
@@ -31,7 +33,14 @@ from retrysafe.stores.base import DualStore
 # Options of the local replay cache, taken out of the URL before the backend sees it.
 CACHE_OPTIONS: dict[str, Callable[[str], Any]] = {"local_cache": int, "local_cache_bytes": int}
 
-__all__ = ["DEFAULT_URL", "ENV_VAR", "open_store", "redacted_url", "register_scheme"]
+__all__ = [
+    "DEFAULT_URL",
+    "ENV_VAR",
+    "open_store",
+    "redacted_url",
+    "register_scheme",
+    "split_options",
+]
 
 ENV_VAR = "RETRYSAFE_STORE_URL"
 DEFAULT_URL = "sqlite:///retrysafe.db"

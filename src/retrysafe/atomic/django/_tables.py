@@ -56,7 +56,7 @@ def _postgres(connection: Any) -> Any:
             f"{connection.alias!r} is {connection.vendor}: migrate the retrysafe app only on "
             "the database the idempotency store uses"
         )
-    from retrysafe.stores._postgres_sql import Statements
+    from retrysafe.stores.postgres import Statements
 
     connection.ensure_connection()
     return Statements(*store_tables())
