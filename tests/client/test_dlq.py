@@ -260,7 +260,7 @@ def test_bad_urls_are_refused(tmp_path: Path) -> None:
 def test_listing_is_oldest_first_by_state_and_purge_counts(
     dlq: DeadLetterQueue, t: FakeTime
 ) -> None:
-    """The storage operations every backend implements (dlq_backend.DLQBackend)."""
+    """The storage operations every backend implements (retrysafe.client.dlq._backend.DLQBackend)."""
     h = Harness("sync", Script(reply(503)), time=t, dlq=dlq, retry=RetryPolicy(attempts=1))
     parked = []
     for _ in range(5):
@@ -321,7 +321,7 @@ def test_replay_reads_past_a_page_of_entries_that_are_not_due(
 ) -> None:
     """The oldest entries wait for their Retry-After; newer ones, further down the queue than
     one page, are due and must be replayed all the same."""
-    monkeypatch.setattr("retrysafe.client.dlq._PAGE", 3)
+    monkeypatch.setattr("retrysafe.client.dlq._queue._PAGE", 3)
     later = Harness("sync", Script(reply(503, {"retry-after": "3600"})), time=t, dlq=dlq)
     for _ in range(7):  # more than two pages of entries not due for an hour
         with pytest.raises(RetryDeferred):

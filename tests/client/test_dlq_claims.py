@@ -294,7 +294,7 @@ def test_a_replayer_whose_lease_lapsed_cannot_overwrite_the_result(dlq_url: DLQU
 def test_a_file_made_before_claims_is_migrated(tmp_path: Path) -> None:
     import sqlite3
 
-    from retrysafe.client.dlq_sqlite import SCHEMA
+    from retrysafe.client.dlq._sqlite import SCHEMA
 
     path = tmp_path / "old.db"
     with sqlite3.connect(path) as db:

@@ -1,4 +1,4 @@
-"""The dead-letter queue in a SQLite file (the default backend; ``dlq_backend.DLQBackend``).
+"""The dead-letter queue in a SQLite file (the default backend; ``_backend.DLQBackend``).
 
 One table, WAL, one connection per thread, so threads and processes may share the file. The
 claim is one ``UPDATE ... WHERE state = 'parked' ...``: SQLite serialises writers, so of two
@@ -13,14 +13,8 @@ import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from retrysafe.client.dlq_backend import (
-    COLUMNS,
-    DeadLetter,
-    EntryState,
-    Settlement,
-    entry_of,
-    row_of,
-)
+from retrysafe.client.dlq._entries import DeadLetter, EntryState, Settlement
+from retrysafe.client.dlq._rows import COLUMNS, entry_of, row_of
 from retrysafe.errors import ConfigurationError, StoreUnavailable
 
 TABLE = "retrysafe_dlq"

@@ -1,4 +1,4 @@
-"""The dead-letter queue in a PostgreSQL table (``dlq_backend.DLQBackend``).
+"""The dead-letter queue in a PostgreSQL table (``_backend.DLQBackend``).
 
 One table (``{table_prefix}dlq``, default ``retrysafe_dlq``), one autocommit statement per
 operation. The claim is ``UPDATE ... WHERE id = ... AND state = 'parked' AND <due> ...
@@ -6,7 +6,7 @@ RETURNING id`` (SPEC 25): under READ COMMITTED a second replayer's UPDATE waits 
 to commit and then re-checks its WHERE on the new row version, which is no longer due — so
 exactly one replayer gets the row back. Settling and releasing match ``claim = token``, which
 fences out a replayer whose lease lapsed. Times are the queue's clock, passed in (see
-``dlq_backend.py``), stored as ``double precision`` epoch seconds like the SQLite file.
+``_backend.py``), stored as ``double precision`` epoch seconds like the SQLite file.
 
 The table is created on first use (idempotently, under an advisory lock, so concurrent first
 users do not race). Connections come from a small psycopg_pool pool; ``timeout`` bounds each
@@ -33,14 +33,8 @@ import psycopg
 import psycopg_pool
 from psycopg import sql
 
-from retrysafe.client.dlq_backend import (
-    COLUMNS,
-    DeadLetter,
-    EntryState,
-    Settlement,
-    entry_of,
-    row_of,
-)
+from retrysafe.client.dlq._entries import DeadLetter, EntryState, Settlement
+from retrysafe.client.dlq._rows import COLUMNS, entry_of, row_of
 from retrysafe.errors import ConfigurationError
 from retrysafe.stores.driver_errors import translated
 from retrysafe.stores.postgres import libpq_options, server_name

@@ -1,4 +1,4 @@
-"""The dead-letter queue in Redis (``dlq_backend.DLQBackend``).
+"""The dead-letter queue in Redis (``_backend.DLQBackend``).
 
 Layout under the key prefix (default ``retrysafe:dlq:``)::
 
@@ -10,7 +10,7 @@ Layout under the key prefix (default ``retrysafe:dlq:``)::
 Every change of state is one Lua script (SPEC 25): it checks the entry's state and claim token
 and moves the id between the per-state sets in one atomic step, so of two replayers racing
 for an entry exactly one claims it, and a replayer whose lease lapsed cannot settle it. Times
-are the queue's clock, passed in (see ``dlq_backend.py``); floats travel as ``repr`` strings
+are the queue's clock, passed in (see ``_backend.py``); floats travel as ``repr`` strings
 so they come back bit for bit. Entries never expire on their own: ``purge`` removes them.
 
 Redis Cluster is not supported: the per-state sets span every entry, so they cannot share a
@@ -35,14 +35,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from retrysafe.client.dlq_backend import (
-    COLUMNS,
-    DeadLetter,
-    EntryState,
-    Settlement,
-    entry_of,
-    row_of,
-)
+from retrysafe.client.dlq._entries import DeadLetter, EntryState, Settlement
+from retrysafe.client.dlq._rows import COLUMNS, entry_of, row_of
 from retrysafe.errors import ConfigurationError
 from retrysafe.stores.driver_errors import translated
 from retrysafe.stores.url import redacted_url, split_options

@@ -11,7 +11,7 @@ Replay re-sends the same key through a live client, which re-attaches its own cr
 (``client.headers``, ``client.auth``) — and must: an entry remembers the names of the
 credential headers it lost, and a replay lacking one is refused before it is sent (it would
 reach another scope on the server, where the key is new, and run again; see
-``dlq_credentials.py``) — and — when its transport is an idempotent transport —
+``_credentials.py``) — and — when its transport is an idempotent transport —
 its breaker, budget and retry rules: a 409 waits, a 422 is terminal. Replays are rate-limited.
 Entries whose window has passed are flagged ``reconcile`` and never re-sent blindly.
 
@@ -22,8 +22,8 @@ The claim (state ``replaying``) is a lease: its end is kept in ``not_before``, s
 whose replayer died becomes due again when the lease lapses, and the settlement of a replayer
 whose lease lapsed is fenced out by its claim token.
 
-Storage sits behind the small protocol of ``dlq_backend.py``, chosen by the URL: a SQLite file
-(``dlq_sqlite.py``, the default), Redis (``dlq_redis.py``) or PostgreSQL (``dlq_postgres.py``).
+Storage sits behind the small protocol of ``_backend.py``, chosen by the URL: a SQLite file
+(``_sqlite.py``, the default), Redis (``_redis.py``) or PostgreSQL (``_postgres.py``).
 This module keeps all the logic — redaction, claims, replay, pacing, reconciliation — so every
 backend behaves the same; async methods run the backend on a worker thread. The replay decision
 logic is one generator driven by :meth:`replay` and :meth:`areplay`
@@ -43,30 +43,16 @@ from typing import Any
 
 import httpx
 
-from retrysafe.client.dlq_backend import (
-    DeadLetter,
-    DLQBackend,
-    EntryState,
-    Settlement,
-    open_backend,
-)
-from retrysafe.client.dlq_credentials import RequireCredentials
+from retrysafe.client.dlq._backend import DLQBackend, open_backend
+from retrysafe.client.dlq._credentials import RequireCredentials
+from retrysafe.client.dlq._entries import DeadLetter, EntryState, Settlement
 from retrysafe.client.errors import CallFailed, CircuitOpen, CredentialsMissing, RetryDeferred
 from retrysafe.client.retry import RETRY_STATUSES, Attempt, retry_after
 from retrysafe.errors import ConfigurationError, KeyMismatch
 from retrysafe.testing import testing_mode
 
-__all__ = [
-    "CREDENTIAL_HEADERS",
-    "REDACTED_HEADERS",
-    "DeadLetter",
-    "DeadLetterQueue",
-    "EntryState",
-    "ReplayResult",
-]
-
 # Credentials are never written to disk; replay takes them from the live client instead, and
-# is refused when the live client lacks one (see dlq_credentials.py). These three are removed
+# is refused when the live client lacks one (see _credentials.py). These three are removed
 # whatever ``redact=`` says: the server may scope keys by any of them.
 CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
 REDACTED_HEADERS = CREDENTIAL_HEADERS | frozenset(
@@ -137,7 +123,7 @@ _ReplayFlow = Generator[_ReplayCommand, _ReplayReply, list[ReplayResult]]
 
 class DeadLetterQueue:
     """Parked calls: ``DeadLetterQueue("sqlite:///dlq.db")``, or a ``redis://`` or
-    ``postgresql://`` URL (options as for the stores, see ``dlq_redis.py``/``dlq_postgres.py``).
+    ``postgresql://`` URL (options as for the stores, see ``_redis.py``/``_postgres.py``).
     """
 
     def __init__(
