@@ -25,7 +25,7 @@ from retrysafe.decide import Complete, Decision, Release, Settlement, Wait, deci
 from retrysafe.errors import StoreError
 from retrysafe.lease import EXPIRED, TAKEN_OVER, Lease
 from retrysafe.policy import Policy
-from retrysafe.records import ClaimResult, Existing
+from retrysafe.records import CACHE_HIT, ClaimResult, Existing
 from retrysafe.stores.base import AsyncStore, Store
 
 log = logging.getLogger("retrysafe")
@@ -47,10 +47,9 @@ class WatchOp:
 Op = ClaimOp | WatchOp
 Flow = Generator[Op, ClaimResult | None, Decision]
 # Told how long each store operation took ("claim" or "watch", seconds): telemetry's hook.
-# A claim a process-local cache answered (``stores/cached.py``) is reported as CACHE_HIT: it
-# made no store round trip, so it must not count as store latency.
+# A claim a process-local cache answered (``stores/cached.py``) is reported as CACHE_HIT
+# (records.py): it made no store round trip, so it must not count as store latency.
 StoreTimer = Callable[[str, float], None]
-CACHE_HIT = "cache"
 
 
 def claim_op(result: ClaimResult | None) -> str:

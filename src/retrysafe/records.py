@@ -182,6 +182,11 @@ class Existing(NamedTuple):
 
 ClaimResult = Claimed | Existing
 
+# The store operation a claim answered from a process-local cache (``Existing.cached``) is
+# timed as, instead of ``"claim"``: the engine reports it, telemetry leaves it out of store
+# latency (no round trip was made).
+CACHE_HIT = "cache"
+
 
 def next_token(previous: int | None, now: float) -> int:
     """A fencing token larger than ``previous`` and than any token minted earlier.

@@ -260,7 +260,7 @@ def test_bad_urls_are_refused(tmp_path: Path) -> None:
 def test_listing_is_oldest_first_by_state_and_purge_counts(
     dlq: DeadLetterQueue, t: FakeTime
 ) -> None:
-    """The storage operations every backend implements (retrysafe.client.dlq._backend.DLQBackend)."""
+    """The storage operations every backend implements (client/dlq/_backend.py)."""
     h = Harness("sync", Script(reply(503)), time=t, dlq=dlq, retry=RetryPolicy(attempts=1))
     parked = []
     for _ in range(5):

@@ -43,9 +43,8 @@ from opentelemetry.trace import (
 from opentelemetry.util.types import AttributeValue
 
 from retrysafe.decide import Complete, Settlement
-from retrysafe.engine import CACHE_HIT
 from retrysafe.outcomes import Outcome
-from retrysafe.records import Previous, StoredResponse
+from retrysafe.records import CACHE_HIT, Previous, StoredResponse
 from retrysafe.telemetry import audit, cost
 from retrysafe.telemetry.metrics import Instruments, default_instruments
 
@@ -419,7 +418,7 @@ class Observation:
 
     def store_time(self, operation: str, seconds: float) -> None:
         """One store round trip took ``seconds``; a ``watch`` is waiting, not latency, and a
-        claim answered by a process-local cache (``engine.CACHE_HIT``) made no round trip."""
+        claim answered by a process-local cache (``records.CACHE_HIT``) made no round trip."""
         if operation == CACHE_HIT:
             return
         if operation == "watch":
