@@ -21,10 +21,10 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from retrysafe import MemoryStore
 from retrysafe.http import ASGIIdempotencyMiddleware
 from retrysafe.policy import Policy
 from retrysafe.scopes import shared_scope
+from retrysafe.stores import MemoryStore
 from retrysafe.telemetry import AUDIT_LOGGER, Telemetry
 
 BODY = b'{"amount": 500, "currency": "eur", "customer": "c-1"}'

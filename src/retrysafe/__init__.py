@@ -34,12 +34,11 @@ from retrysafe.scopes import (
     shared_scope,
     user_scope,
 )
-from retrysafe.stores import AsyncStore, MemoryStore, SQLiteStore, Store, open_store
+from retrysafe.stores.url import open_store
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "AsyncStore",
     "AtomicUnsupported",
     "ClaimTakenOver",
     "ConfigurationError",
@@ -47,15 +46,12 @@ __all__ = [
     "IdempotencyConflict",
     "InvalidKey",
     "KeyMismatch",
-    "MemoryStore",
     "NoAtomicContext",
     "Outcome",
     "Policy",
     "Problem",
     "RetrySafeError",
-    "SQLiteStore",
     "StillInFlight",
-    "Store",
     "StoreError",
     "StoreFull",
     "StoreUnavailable",

@@ -27,7 +27,7 @@ import logging, sys
 sys.path.insert(0, {tests!r})
 {setup}
 import httpx
-from retrysafe import MemoryStore
+from retrysafe.stores import MemoryStore
 from retrysafe.http import ASGIIdempotencyMiddleware
 from retrysafe.telemetry import Telemetry
 from serverkit import serve_asgi

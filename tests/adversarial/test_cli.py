@@ -24,7 +24,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 from retrysafe.cli.commands import cli
-from retrysafe.client import DeadLetterQueue, IdempotentTransport, RetriesExhausted, RetryPolicy
+from retrysafe.client import IdempotentTransport, RetriesExhausted, RetryPolicy
+from retrysafe.client.dlq import DeadLetterQueue
 from retrysafe.stores.sqlite import SQLiteStore
 from serverkit import serve_asgi
 from storekit import REDIS_URL, require_service, server_down

@@ -29,7 +29,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from retrysafe.cli.commands import cli
-from retrysafe.client import DeadLetterQueue, IdempotentTransport, RetryPolicy
+from retrysafe.client import IdempotentTransport, RetryPolicy
+from retrysafe.client.dlq import DeadLetterQueue
 from retrysafe.client.errors import RetriesExhausted
 from retrysafe.http import ASGIIdempotencyMiddleware, WSGIIdempotencyMiddleware
 from retrysafe.keyring import SECRET_ENV, stored_secret

@@ -21,13 +21,8 @@ from typing import Any
 import httpx
 import pytest
 
-from retrysafe.client import (
-    DeadLetterQueue,
-    EntryState,
-    IdempotentTransport,
-    RetriesExhausted,
-    RetryPolicy,
-)
+from retrysafe.client import IdempotentTransport, RetriesExhausted, RetryPolicy
+from retrysafe.client.dlq import DeadLetterQueue, EntryState
 from retrysafe.http import ASGIIdempotencyMiddleware
 from retrysafe.policy import Policy
 from retrysafe.scopes import authorization_scope, header_scope

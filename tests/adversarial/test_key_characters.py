@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from retrysafe import MemoryStore
 from retrysafe.http import ASGIIdempotencyMiddleware, WSGIIdempotencyMiddleware
+from retrysafe.stores import MemoryStore
 from serverkit import raw_request, serve_asgi, serve_wsgi
 
 

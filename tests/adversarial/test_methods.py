@@ -217,8 +217,8 @@ def test_idempotent_tool_on_methods(kit: StoreKit) -> None:
         def withdraw(self, cents: int) -> dict[str, Any]:
             return bank.withdraw(self.idempotency_id, cents)
 
-    class Anonymous:
-        @idempotent_tool(kit.store, name="withdraw")
+    class Anonymous:  # its own tool name: one name names one function per run
+        @idempotent_tool(kit.store, name="anonymous_withdraw")
         def withdraw(self, cents: int) -> int:
             return cents
 

@@ -15,7 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from retrysafe.client import DeadLetterQueue, IdempotentTransport
+from retrysafe.client import IdempotentTransport
+from retrysafe.client.dlq import DeadLetterQueue
 from serverkit import serve_asgi
 
 CREDENTIALS = {

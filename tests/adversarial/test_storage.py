@@ -31,12 +31,12 @@ from typing import Any
 
 import pytest
 
+from retrysafe import open_store
 from retrysafe.errors import ConfigurationError, StoreUnavailable
 from retrysafe.http import ASGIIdempotencyMiddleware, WSGIIdempotencyMiddleware
 from retrysafe.policy import Policy
 from retrysafe.records import Claimed, Existing, State, StoredResponse
 from retrysafe.scopes import shared_scope
-from retrysafe.stores import open_store
 from retrysafe.stores.memory import MemoryStore
 from retrysafe.stores.sqlite import TABLE, SQLiteStore
 from serverkit import serve_asgi, serve_wsgi

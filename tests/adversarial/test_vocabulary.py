@@ -17,10 +17,11 @@ from typing import Any
 import httpx
 import pytest
 
-from retrysafe import MemoryStore, Policy
+from retrysafe import Policy
 from retrysafe.errors import ConfigurationError
 from retrysafe.gateway.config import load_config
 from retrysafe.http import ASGIIdempotencyMiddleware
+from retrysafe.stores import MemoryStore
 from serverkit import serve_asgi
 
 

@@ -51,7 +51,8 @@ import httpx
 import psycopg
 
 from client.client_servers import FaultProxy
-from retrysafe.client import CallFailed, DeadLetterQueue, IdempotentTransport, RetryPolicy
+from retrysafe.client import CallFailed, IdempotentTransport, RetryPolicy
+from retrysafe.client.dlq import DeadLetterQueue
 from retrysafe.fingerprint import RequestFacts
 from retrysafe.keyring import configured_secret
 from retrysafe.policy import storage_id

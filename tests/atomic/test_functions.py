@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from retrysafe import MemoryStore, Policy, atomic
+from retrysafe import Policy, atomic
 from retrysafe.atomic._context import current_unit
 from retrysafe.errors import (
     AtomicUnsupported,
@@ -22,6 +22,7 @@ from retrysafe.errors import (
     StillInFlight,
 )
 from retrysafe.records import Claimed
+from retrysafe.stores import MemoryStore
 from retrysafe.stores.sqlite import SQLiteStore
 from retrysafe.tools import idempotent
 from storekit import FakeClock

@@ -28,12 +28,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from retrysafe import MemoryStore, Policy, atomic
+from retrysafe import Policy, atomic
 from retrysafe.atomic._context import current_unit
 from retrysafe.errors import AtomicUnsupported, ClaimTakenOver
 from retrysafe.http import ASGIIdempotencyMiddleware, WSGIIdempotencyMiddleware
 from retrysafe.records import Claimed, State
 from retrysafe.scopes import shared_scope
+from retrysafe.stores import MemoryStore
 from retrysafe.stores.sqlite import SQLiteStore
 from retrysafe.tools import idempotent
 from storekit import FakeClock

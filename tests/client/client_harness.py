@@ -17,12 +17,8 @@ from typing import Any
 
 import httpx
 
-from retrysafe.client import (
-    AsyncIdempotentTransport,
-    DeadLetterQueue,
-    IdempotentTransport,
-    ReplayResult,
-)
+from retrysafe.client import AsyncIdempotentTransport, IdempotentTransport
+from retrysafe.client.dlq import DeadLetterQueue, ReplayResult
 
 LIVE_CREDENTIALS = "Bearer live-token"
 LIVE_COOKIE = "sid=live-session"

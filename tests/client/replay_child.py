@@ -12,7 +12,7 @@ import sys
 
 import httpx
 
-from retrysafe.client import DeadLetterQueue
+from retrysafe.client.dlq import DeadLetterQueue
 
 
 def main() -> None:

@@ -22,19 +22,18 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from retrysafe import MemoryStore
 from retrysafe.client import (
     AsyncIdempotentTransport,
     CallFailed,
     CircuitBreaker,
-    DeadLetterQueue,
-    EntryState,
     IdempotentTransport,
     RetryPolicy,
 )
+from retrysafe.client.dlq import DeadLetterQueue, EntryState
 from retrysafe.http import ASGIIdempotencyMiddleware
 from retrysafe.policy import Policy
 from retrysafe.scopes import shared_scope
+from retrysafe.stores import MemoryStore
 
 from .client_servers import FaultProxy, serve_app
 

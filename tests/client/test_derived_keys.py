@@ -16,12 +16,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from retrysafe import MemoryStore, current_key, derive_key
+from retrysafe import current_key, derive_key
 from retrysafe.client import AsyncIdempotentTransport, IdempotentTransport
 from retrysafe.context import _current_key, key_scope
 from retrysafe.http import ASGIIdempotencyMiddleware
 from retrysafe.policy import Policy
 from retrysafe.scopes import shared_scope
+from retrysafe.stores import MemoryStore
 from retrysafe.tools import idempotent
 
 

@@ -15,13 +15,12 @@ from retrysafe.client import (
     BudgetExhausted,
     CircuitBreaker,
     CircuitOpen,
-    DeadLetterQueue,
-    EntryState,
     RetriesExhausted,
     RetryBudget,
     RetryDeferred,
     RetryPolicy,
 )
+from retrysafe.client.dlq import DeadLetterQueue, EntryState
 from wakekit import HANG
 
 from .client_harness import LIVE_COOKIE, LIVE_CREDENTIALS, FakeTime, Harness, Script, problem, reply

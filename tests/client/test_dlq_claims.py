@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from retrysafe.client import DeadLetterQueue, EntryState
+from retrysafe.client.dlq import DeadLetterQueue, EntryState
 
 from .client_servers import FaultServer
 from .dlq_kit import DLQUrl

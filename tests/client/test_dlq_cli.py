@@ -10,13 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from retrysafe.cli.commands import cli
-from retrysafe.client import (
-    DeadLetterQueue,
-    EntryState,
-    IdempotentTransport,
-    RetriesExhausted,
-    RetryPolicy,
-)
+from retrysafe.client import IdempotentTransport, RetriesExhausted, RetryPolicy
+from retrysafe.client.dlq import DeadLetterQueue, EntryState
 
 from .client_servers import serve_app
 from .dlq_kit import DLQUrl

@@ -22,18 +22,18 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from retrysafe import MemoryStore, Policy
+from retrysafe import Policy
 from retrysafe.client import (
     AsyncIdempotentTransport,
-    DeadLetterQueue,
-    EntryState,
     IdempotentTransport,
     KeyMismatchResponse,
     RetriesExhausted,
     RetryPolicy,
 )
+from retrysafe.client.dlq import DeadLetterQueue, EntryState
 from retrysafe.http import ASGIIdempotencyMiddleware
 from retrysafe.scopes import shared_scope
+from retrysafe.stores import MemoryStore
 
 from .client_servers import serve_app
 

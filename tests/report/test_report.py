@@ -17,13 +17,13 @@ from tests.storekit import require_service
 from tests.telemetry._asgi import call
 from tests.telemetry.test_asgi_telemetry import App
 
-from retrysafe import MemoryStore
 from retrysafe.cli.report import report
 from retrysafe.http import ASGIIdempotencyMiddleware
 from retrysafe.policy import Policy
 from retrysafe.report.slo import DAY, HOUR, MINUTE, Objective
 from retrysafe.report.summary import html_page, load, summarize
 from retrysafe.scopes import shared_scope
+from retrysafe.stores import MemoryStore
 from retrysafe.telemetry import AUDIT_LOGGER, Telemetry
 
 NOW = 1_790_000_000.0

@@ -134,7 +134,7 @@ def hold_then_settle(path: str, id: str, conn: Connection) -> None:
 
 def complete_through_cache(url: str, id: str, conn: Connection) -> None:
     """Process A: claim and complete ``id`` through ``open_store(url)`` (a cached store)."""
-    from retrysafe.stores import open_store
+    from retrysafe import open_store
 
     store = open_store(url)
     try:
@@ -149,7 +149,7 @@ def replay_through_cache(url: str, id: str, times: int, conn: Connection) -> Non
     """Process B: claim ``id`` ``times`` times through ``open_store(url)``; report, per claim,
     (state seen, whether the cache answered, body matches), and how many claims reached the
     store (the cached store wraps a counting one)."""
-    from retrysafe.stores import open_store
+    from retrysafe import open_store
     from retrysafe.stores.cached import CachedStore
     from retrysafe.testing import RecordingStore
 

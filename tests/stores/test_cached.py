@@ -18,13 +18,14 @@ from typing import Any
 
 import pytest
 
+from retrysafe import open_store
 from retrysafe.decide import Refuse, Replay, decide
 from retrysafe.engine import claim_decision
 from retrysafe.errors import ConfigurationError
 from retrysafe.outcomes import Outcome
 from retrysafe.policy import Policy
 from retrysafe.records import CACHE_HIT, Claimed, ClaimResult, Existing, State, StoredResponse
-from retrysafe.stores import MemoryStore, SQLiteStore, open_store
+from retrysafe.stores import MemoryStore, SQLiteStore
 from retrysafe.stores._replay_cache import MARGIN_S, entry_size
 from retrysafe.stores.cached import CachedStore
 from retrysafe.testing import RecordingStore

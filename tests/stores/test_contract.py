@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from retrysafe import open_store
 from retrysafe.errors import ConfigurationError, StoreUnavailable
 from retrysafe.records import Claimed, Existing, State, StoredResponse
-from retrysafe.stores import MemoryStore, SQLiteStore, open_store
+from retrysafe.stores import MemoryStore, SQLiteStore
 from retrysafe.stores.base import DualStore
 from storekit import ALL_KINDS, FakeClock, StoreKit, kit_fixture
 from wakekit import HANG, NEVER, WakeProbe

@@ -11,10 +11,10 @@ from tests.telemetry._asgi import call
 from tests.telemetry.conftest import make_otel
 from tests.telemetry.test_asgi_telemetry import App
 
-from retrysafe import SQLiteStore
 from retrysafe.http import ASGIIdempotencyMiddleware
 from retrysafe.policy import Policy
 from retrysafe.scopes import shared_scope
+from retrysafe.stores import SQLiteStore
 
 
 def main(path: str) -> None:

@@ -15,12 +15,13 @@ from tests.storekit import FakeClock
 from tests.telemetry._asgi import call
 from tests.telemetry.conftest import AuditLines, Otel
 
-from retrysafe import MemoryStore, Policy, SQLiteStore
+from retrysafe import Policy
 from retrysafe.errors import StoreUnavailable
 from retrysafe.http import ASGIIdempotencyMiddleware
 from retrysafe.keyring import Keyring
 from retrysafe.records import ClaimResult, Record, StoredResponse
 from retrysafe.scopes import shared_scope
+from retrysafe.stores import MemoryStore, SQLiteStore
 from retrysafe.stores.cached import CachedStore
 from retrysafe.telemetry import Telemetry, report_cost
 from retrysafe.telemetry.observe import DEFAULT_TELEMETRY, NULL_OBSERVATION, observe

@@ -13,11 +13,12 @@ from tests.storekit import FakeClock
 from tests.telemetry._asgi import call
 from tests.telemetry.conftest import Otel
 
-from retrysafe import MemoryStore, Policy
+from retrysafe import Policy
 from retrysafe.http import ASGIIdempotencyMiddleware
 from retrysafe.outcomes import Outcome
 from retrysafe.records import Previous
 from retrysafe.scopes import shared_scope
+from retrysafe.stores import MemoryStore
 from retrysafe.telemetry.observe import EVENT_KEY_EXPIRED, EVENT_LEASE_TAKEOVER
 
 AUTH = [("authorization", "Bearer events")]

@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 from tests.telemetry.conftest import AuditLines, Otel
 
-from retrysafe import KeyMismatch, MemoryStore
+from retrysafe import KeyMismatch
+from retrysafe.stores import MemoryStore
 from retrysafe.telemetry import report_cost
 from retrysafe.tools import agent_run, idempotent, idempotent_tool
 

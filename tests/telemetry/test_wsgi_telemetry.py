@@ -9,11 +9,12 @@ from typing import Any
 import pytest
 from tests.telemetry.conftest import AuditLines, Otel
 
-from retrysafe import MemoryStore, Policy
+from retrysafe import Policy
 from retrysafe.errors import StoreUnavailable
 from retrysafe.http import WSGIIdempotencyMiddleware
 from retrysafe.records import ClaimResult
 from retrysafe.scopes import shared_scope
+from retrysafe.stores import MemoryStore
 from retrysafe.telemetry import report_cost
 
 

@@ -17,9 +17,10 @@ need("langchain_core")
 from langchain_core.messages import ToolMessage  # noqa: E402
 from langchain_core.tools import InjectedToolCallId, StructuredTool, tool  # noqa: E402
 
+from retrysafe import current_key  # noqa: E402
 from retrysafe.errors import AgentRunRequired, ConfigurationError  # noqa: E402
 from retrysafe.stores.memory import MemoryStore  # noqa: E402
-from retrysafe.tools import agent_run, agent_step, current_key  # noqa: E402
+from retrysafe.tools import agent_run, agent_step  # noqa: E402
 from retrysafe.tools.adapters import langchain as lc  # noqa: E402
 
 

@@ -18,8 +18,9 @@ from mcp import Client  # noqa: E402
 from mcp.server.mcpserver import Context, MCPServer  # noqa: E402
 from mcp_types import ToolAnnotations  # noqa: E402
 
+from retrysafe import current_key  # noqa: E402
 from retrysafe.stores.memory import MemoryStore  # noqa: E402
-from retrysafe.tools import agent_run, current_key  # noqa: E402
+from retrysafe.tools import agent_run  # noqa: E402
 from retrysafe.tools.adapters import mcp as retrysafe_mcp  # noqa: E402
 
 RUN = {retrysafe_mcp.RUN_ID_META: "run-mcp-1"}

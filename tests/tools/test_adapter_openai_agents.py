@@ -19,9 +19,10 @@ from agents import Agent, RunContextWrapper, Runner, UserError, set_tracing_disa
 from agents import function_tool as sdk_function_tool  # noqa: E402
 from agents.testing import ScriptedModel, assistant_message, function_call  # noqa: E402
 
+from retrysafe import current_key  # noqa: E402
 from retrysafe.errors import AgentRunRequired  # noqa: E402
 from retrysafe.stores.memory import MemoryStore  # noqa: E402
-from retrysafe.tools import agent_run, current_key  # noqa: E402
+from retrysafe.tools import agent_run  # noqa: E402
 from retrysafe.tools.adapters import openai_agents  # noqa: E402
 
 set_tracing_disabled(True)  # no exporter, no network

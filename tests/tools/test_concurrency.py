@@ -21,8 +21,9 @@ from typing import Any
 
 import pytest
 
+from retrysafe import current_key
 from retrysafe.stores.sqlite import SQLiteStore
-from retrysafe.tools import agent_run, current_key, idempotent, idempotent_tool
+from retrysafe.tools import agent_run, idempotent, idempotent_tool
 
 HERE = Path(__file__).parent
 WORKER = HERE / "tool_worker.py"

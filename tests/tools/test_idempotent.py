@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from retrysafe import current_key
 from retrysafe.errors import (
     ConfigurationError,
     KeyMismatch,
@@ -22,7 +23,7 @@ from retrysafe.errors import (
 from retrysafe.policy import Policy, storage_id
 from retrysafe.records import State
 from retrysafe.stores.memory import MemoryStore
-from retrysafe.tools import current_key, idempotent
+from retrysafe.tools import idempotent
 from storekit import StoreKit
 from tools.tools_flavour import Flavour, both
 from tools.tools_models import Invoice, Opaque, PaymentDeclined, Receipt

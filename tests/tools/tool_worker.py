@@ -18,9 +18,10 @@ import sys
 import time
 from pathlib import Path
 
+from retrysafe import current_key
 from retrysafe.keys import derive_key
 from retrysafe.stores.sqlite import SQLiteStore
-from retrysafe.tools import agent_run, current_key, idempotent_tool
+from retrysafe.tools import agent_run, idempotent_tool
 
 
 def record(ledger: Path) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from retrysafe import open_store
-from retrysafe.client import DeadLetterQueue
+from retrysafe.client.dlq import DeadLetterQueue
 from retrysafe.errors import ConfigurationError
 from retrysafe.stores.redis import RedisStore
 from retrysafe.stores.url import redacted_url

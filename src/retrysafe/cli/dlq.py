@@ -21,8 +21,7 @@ import click
 from retrysafe.cli._args import parse_header
 from retrysafe.cli._errors import BadInput, cli_error
 from retrysafe.cli._files import DEAD_LETTER_QUEUE, check_sqlite
-from retrysafe.client import DeadLetter, DeadLetterQueue, EntryState
-from retrysafe.client.dlq import header_label
+from retrysafe.client.dlq import DeadLetter, DeadLetterQueue, EntryState, header_label
 from retrysafe.errors import RetrySafeError
 from retrysafe.stores.url import redacted_url
 

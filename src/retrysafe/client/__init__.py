@@ -1,4 +1,6 @@
-"""The idempotent HTTP client: httpx transports with keys, retries, budget, breaker and DLQ.
+"""The idempotent HTTP client: httpx transports with keys, retries, budget and breaker.
+
+The dead-letter queue the transports park calls in is :mod:`retrysafe.client.dlq`.
 
 Needs the ``[client]`` extra (httpx). See docs/client.md.
 """
@@ -13,7 +15,6 @@ require("client", "retrysafe.client", "httpx")
 from retrysafe.client._flow import CallReport
 from retrysafe.client.breaker import CircuitBreaker, Permit, Refusal, State, Transition
 from retrysafe.client.budget import RetryBudget
-from retrysafe.client.dlq import DeadLetter, DeadLetterQueue, EntryState, ReplayResult
 from retrysafe.client.errors import (
     BudgetExhausted,
     CallFailed,
@@ -33,15 +34,11 @@ __all__ = [
     "CallReport",
     "CircuitBreaker",
     "CircuitOpen",
-    "DeadLetter",
-    "DeadLetterQueue",
-    "EntryState",
     "Failure",
     "IdempotentTransport",
     "KeyMismatchResponse",
     "Permit",
     "Refusal",
-    "ReplayResult",
     "RetriesExhausted",
     "RetryBudget",
     "RetryDeferred",

@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 
+from retrysafe import open_store
 from retrysafe.errors import ConfigurationError, StoreError
 from retrysafe.gateway.config import RESOLVED_ENV, GatewayConfig
 from retrysafe.gateway.forward import (
@@ -41,7 +42,6 @@ from retrysafe.gateway.target import PathRefused, Prefix, choose, wire_path
 from retrysafe.http import ASGIIdempotencyMiddleware
 from retrysafe.http._exchange import unavailable
 from retrysafe.policy import Policy
-from retrysafe.stores import open_store
 from retrysafe.stores.base import DualStore
 
 log = logging.getLogger("retrysafe.gateway")

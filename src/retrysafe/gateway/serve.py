@@ -14,10 +14,10 @@ from typing import Literal, TypedDict
 
 import uvicorn
 
+from retrysafe import open_store
 from retrysafe.errors import ConfigurationError, StoreError
 from retrysafe.gateway.app import Gateway, create_app
 from retrysafe.gateway.config import RESOLVED_ENV, GatewayConfig
-from retrysafe.stores import open_store
 
 
 def check_store(config: GatewayConfig) -> None:

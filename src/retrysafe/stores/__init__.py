@@ -1,4 +1,4 @@
-"""Stores: where idempotency records live. ``open_store(url)`` picks one by URL scheme."""
+"""Stores: where idempotency records live. ``retrysafe.open_store(url)`` picks one by URL scheme."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from retrysafe.stores.base import AsyncStore, DualStore, Store
 from retrysafe.stores.cached import CachedStore
 from retrysafe.stores.memory import MemoryStore
 from retrysafe.stores.sqlite import SQLiteStore
-from retrysafe.stores.url import open_store
 
 __all__ = [
     "AsyncStore",
@@ -17,5 +16,4 @@ __all__ = [
     "MemoryStore",
     "SQLiteStore",
     "Store",
-    "open_store",
 ]

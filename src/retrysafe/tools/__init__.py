@@ -1,13 +1,13 @@
 """Functions and agent tools that run once per key (SPEC section 4).
 
-    from retrysafe.tools import idempotent, idempotent_tool, agent_run, agent_step, current_key
+    from retrysafe.tools import idempotent, idempotent_tool, agent_run, agent_step
+    from retrysafe import current_key
 
 See docs/tools.md for keys, nesting rules, serialization and the SDK adapters.
 """
 
 from __future__ import annotations
 
-from retrysafe.context import current_key
 from retrysafe.errors import AgentRunRequired, InstanceIdentityRequired, SerializationError
 from retrysafe.tools.decorators import idempotent, idempotent_tool, tool_key
 from retrysafe.tools.runs import RunContext, agent_run, agent_step, current_run
@@ -22,7 +22,6 @@ __all__ = [
     "TaggedJSON",
     "agent_run",
     "agent_step",
-    "current_key",
     "current_run",
     "idempotent",
     "idempotent_tool",

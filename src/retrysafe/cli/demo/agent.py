@@ -46,12 +46,11 @@ from retrysafe.client import (
     CallFailed,
     CircuitBreaker,
     CircuitOpen,
-    DeadLetterQueue,
-    EntryState,
     RetryPolicy,
     State,
     Transition,
 )
+from retrysafe.client.dlq import DeadLetterQueue, EntryState
 from retrysafe.errors import IdempotencyConflict
 from retrysafe.stores.url import open_store
 from retrysafe.testing import RecordingStore

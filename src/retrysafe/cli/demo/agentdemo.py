@@ -35,7 +35,7 @@ from retrysafe.cli.demo.payments import PaymentsLedger, build_payments_app
 from retrysafe.cli.demo.plan import AgentSettings, Faults, make_plan
 from retrysafe.cli.demo.scenarios import Check
 from retrysafe.cli.demo.server import serving
-from retrysafe.client import DeadLetterQueue
+from retrysafe.client.dlq import DeadLetterQueue
 from retrysafe.stores.url import open_store
 
 MODES = {True: "with retrysafe", False: "without"}

@@ -4,3 +4,7 @@
 - :mod:`retrysafe.tools.adapters.langchain`      LangChain tools
 - :mod:`retrysafe.tools.adapters.mcp`            MCP server tools
 """
+
+# The adapters are the three modules above, imported by name (each needs its own SDK), so the
+# package itself exports nothing.
+__all__: list[str] = []
