@@ -24,7 +24,7 @@ from retrysafe.errors import (
 )
 from retrysafe.keys import derive_key, new_key
 from retrysafe.lease import lease_lost
-from retrysafe.outcomes import Outcome
+from retrysafe.outcomes import Completion, Outcome
 from retrysafe.policy import Policy, Problem
 from retrysafe.scopes import (
     authorization_scope,
@@ -41,6 +41,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AtomicUnsupported",
     "ClaimTakenOver",
+    "Completion",
     "ConfigurationError",
     "ForeignConnection",
     "IdempotencyConflict",

@@ -1,7 +1,10 @@
-"""The outcome vocabulary of SPEC rule 32 (outcomes.py)."""
+"""The outcome vocabulary of SPEC rule 32 and the completion verdicts of SPEC 35a (outcomes.py)."""
 
 from __future__ import annotations
 
+import pytest
+
+from retrysafe import Completion
 from retrysafe.outcomes import Outcome
 
 
@@ -35,3 +38,26 @@ def test_only_work_that_ran_is_billable() -> None:
         Outcome.RECOVERED,
     }
     assert not Outcome.REPLAYED.billable
+
+
+@pytest.mark.parametrize(
+    ("runs", "succeeded", "refused", "verdict"),
+    [
+        (1, True, False, Completion.ONCE),  # ran, answered (or its retry got the replay)
+        (0, True, False, Completion.ONCE),  # a replay of a run outside what was seen
+        (2, True, False, Completion.DUPLICATED),  # ran again: after a 5xx, a TTL, a takeover
+        (5, True, True, Completion.DUPLICATED),  # a later mismatch does not undo a success
+        (3, False, False, Completion.FAILED),  # ran and failed every time: never completed
+        (0, False, False, Completion.FAILED),  # nothing ran: the caller gave up
+        (0, False, True, Completion.REJECTED),  # key misuse, a malformed key, a 4xx
+        (2, False, True, Completion.REJECTED),
+    ],
+)
+def test_completion_verdicts(
+    runs: int, succeeded: bool, refused: bool, verdict: Completion
+) -> None:
+    assert Completion.of(runs, succeeded, refused) is verdict
+
+
+def test_completion_values_are_the_spec_vocabulary() -> None:
+    assert [str(c) for c in Completion] == ["once", "duplicated", "failed", "rejected"]

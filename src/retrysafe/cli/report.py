@@ -12,9 +12,10 @@ import click
 from retrysafe.cli._errors import BadInput
 
 OBJECTIVE_HELP = (
-    "an SLO as PATTERN=SUCCESS%[,THRESHOLD@LATENCY%][,keys:CORRECT%][,WINDOW], e.g."
-    " 'POST /pay*=99.9,300ms@95,keys:99.5,30d'"
-    " (repeatable; the first matching pattern applies; default '*=99.9,1s@99,keys:99.9,30d')"
+    "an SLO as PATTERN=SUCCESS%[,THRESHOLD@LATENCY%][,keys:CORRECT%][,once:ONCE%][,WINDOW], e.g."
+    " 'POST /pay*=99.9,300ms@95,keys:99.5,once:99.9,30d' (ONCE: the share of keys completed"
+    " exactly once; repeatable; the first matching pattern applies; default"
+    " '*=99.9,1s@99,keys:99.9,once:99.9,30d')"
 )
 
 
@@ -42,7 +43,8 @@ OBJECTIVE_HELP = (
 def report(
     log_path: Path, html_out: Path | None, objectives: tuple[str, ...], now: float | None
 ) -> None:
-    """Outcomes, retries, replays and cost avoided, conflicts, SLO status and burn-rate alerts."""
+    """Outcomes, retries, replays and cost avoided, conflicts, completion by key, SLO status and
+    burn-rate alerts."""
     from rich.console import Console
 
     from retrysafe import report as logic

@@ -42,6 +42,11 @@ clients without burning the service's availability budget for mismatches. (A 409
 both: it is the client's misuse, and also a first attempt slower than the wait bound.)
 :func:`misuse_by_client` breaks it down per client identity (the scope's opaque hash, or the
 agent run id of tool calls).
+
+**Completion** (SPEC 35a) is a third SLI, over keys rather than decisions: the share of
+logical operations that completed exactly once (:mod:`retrysafe.report.completion` has the
+rule). A first attempt that ran and a retry answered by its replay are one good key, not a bad
+and a good decision. Each key counts once, at its last decision.
 """
 
 from __future__ import annotations
@@ -53,6 +58,9 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from retrysafe.outcomes import Completion
+from retrysafe.report.completion import fates
 
 DAY = 86_400.0
 HOUR = 3_600.0
@@ -116,9 +124,11 @@ class Objective:
     latency_target: float = 0.99
     window_s: float = 30 * DAY
     correctness: float | None = 0.999  # key correctness target; None: not tracked
+    completion: float | None = 0.999  # share of keys completed exactly once; None: not tracked
 
     def __post_init__(self) -> None:
-        names = ["success", "latency_target"] + (["correctness"] if self.correctness else [])
+        optional = [n for n in ("correctness", "completion") if getattr(self, n) is not None]
+        names = ["success", "latency_target", *optional]
         for name in names:
             value = getattr(self, name)
             if not (isinstance(value, int | float) and 0 < value < 1):
@@ -144,6 +154,7 @@ class Event:
     status: int | None = None
     duration_s: float | None = None
     client: str = ""  # who used the key: the scope's opaque hash, or a tool call's run id
+    key: str = ""  # the key as logged (raw or hashed); "" when the request had none
 
     @property
     def kind(self) -> Kind:
@@ -160,6 +171,7 @@ class Event:
             int(status) if isinstance(status, int | float) else None,
             float(duration) if isinstance(duration, int | float) else None,
             str(doc.get("run_id") or doc.get("scope") or ""),
+            str(doc.get("key") or ""),
         )
 
 
@@ -174,7 +186,7 @@ class Alert:
 class Indicator:
     """One SLI of one operation over the objective's window, ending at ``now``."""
 
-    name: str  # "availability" or "latency"
+    name: str  # "availability", "latency", "key correctness" or "completion"
     target: float
     good: int
     bad: int
@@ -207,10 +219,12 @@ class Status:
     client_errors: int
     by_outcome: Mapping[str, int] = field(default_factory=dict)
     correctness: Indicator | None = None
+    completion: Indicator | None = None
 
     @property
     def indicators(self) -> tuple[Indicator, ...]:
-        return tuple(i for i in (self.availability, self.latency, self.correctness) if i)
+        found = (self.availability, self.latency, self.correctness, self.completion)
+        return tuple(i for i in found if i)
 
     @property
     def alerts(self) -> tuple[tuple[str, Alert], ...]:
@@ -306,9 +320,33 @@ def evaluate(events: Iterable[Event], objectives: Sequence[Objective], now: floa
                 objective.window_s,
                 now,
             )
+        completion = None
+        if objective.completion is not None:
+            keys = sorted(
+                fates((e.ts, e.operation, e.client, e.key, e.outcome, e.status) for e in evs),
+                key=lambda f: f.last_ts,
+            )
+            completion = _indicator(
+                "completion",
+                objective.completion,
+                _Series(
+                    [f.last_ts for f in keys], [f.completion is not Completion.ONCE for f in keys]
+                ),
+                objective.window_s,
+                now,
+            )
         client = sum(1 for e in in_window if e.kind is Kind.CLIENT_ERROR)
         out.append(
-            Status(operation, objective, availability, latency, client, outcomes, correctness)
+            Status(
+                operation,
+                objective,
+                availability,
+                latency,
+                client,
+                outcomes,
+                correctness,
+                completion,
+            )
         )
     return out
 
@@ -372,10 +410,11 @@ def budget_series(
 
 
 def parse_objective(text: str) -> Objective:
-    """``PATTERN=SUCCESS%[,THRESHOLD@LATENCY%][,keys:CORRECT%][,WINDOW]``, e.g.
-    ``POST /pay*=99.9,300ms@95,keys:99.5,30d``.
+    """``PATTERN=SUCCESS%[,THRESHOLD@LATENCY%][,keys:CORRECT%][,once:ONCE%][,WINDOW]``, e.g.
+    ``POST /pay*=99.9,300ms@95,keys:99.5,once:99.9,30d``.
 
-    SUCCESS, LATENCY and CORRECT (the key correctness target) are percentages; THRESHOLD
+    SUCCESS, LATENCY, CORRECT (the key correctness target) and ONCE (the share of keys
+    completed exactly once) are percentages; THRESHOLD
     carries its unit (``300ms``, ``1.5s``): a bare number is refused, since it would silently
     mean seconds; WINDOW is days (``d``) or hours (``h``). The pattern is everything before the
     last ``=``.
@@ -392,6 +431,8 @@ def parse_objective(text: str) -> Objective:
         for part in parts[1:]:
             if part.startswith("keys:"):
                 options["correctness"] = _percent(part.removeprefix("keys:"))
+            elif part.startswith("once:"):
+                options["completion"] = _percent(part.removeprefix("once:"))
             elif "@" in part:
                 threshold, _, pct = part.partition("@")
                 options["latency_s"] = _seconds(threshold)

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from retrysafe.outcomes import Completion
+from retrysafe.report.completion import OperationCompletion, by_operation, fates
 from retrysafe.report.slo import (
     ClientMisuse,
     Event,
@@ -119,6 +121,7 @@ class Summary:
     cost_avoided: dict[str, float]
     slo: list[Status]
     misuse: list[ClientMisuse] = field(default_factory=list)  # worst clients first
+    completion: dict[str, OperationCompletion] = field(default_factory=dict)  # keys, by verdict
 
     @property
     def total(self) -> int:
@@ -179,6 +182,9 @@ def summarize(log: Log, objectives: Sequence[Objective] = (), now: float | None 
         cost_avoided=dict(avoided),
         slo=evaluate(events, objectives, now),
         misuse=misuse_by_client(events, now, window),
+        completion=by_operation(
+            fates((e.ts, e.operation, e.client, e.key, e.outcome, e.status) for e in events)
+        ),
     )
 
 
@@ -274,6 +280,13 @@ def render(summary: Summary, console: Any) -> None:
         )
     console.print(conflicts)
 
+    completion = Table(title=COMPLETION_TITLE)
+    for name in COMPLETION_HEADERS:
+        completion.add_column(name, justify="left" if name == "operation" else "right")
+    for row in _completion_rows(summary):
+        completion.add_row(*row)
+    console.print(completion)
+
     # Two tables, not one ten columns wide: at 80 columns (a pipe, CI) one would squeeze every
     # cell to "avai…" and "99.9…".
     slo = Table(title="SLO status")
@@ -333,6 +346,29 @@ def render(summary: Summary, console: Any) -> None:
             f"{w.factor:g}",
         )
     console.print(table)
+
+
+COMPLETION_TITLE = "Completion by key (a retry answered by its replay is one success)"
+COMPLETION_HEADERS = ("operation", "keys", "once", "retried", "duplicated", "failed", "rejected")
+
+
+def _completion_rows(summary: Summary) -> list[list[str]]:
+    """Per operation: keys, completed exactly once (of which retried), and the failures."""
+    rows = []
+    for op, counts in summary.completion.items():
+        v = counts.verdicts
+        rows.append(
+            [
+                op,
+                str(counts.keys),
+                str(v[Completion.ONCE]),
+                str(counts.retried),
+                str(v[Completion.DUPLICATED]),
+                str(v[Completion.FAILED]),
+                str(v[Completion.REJECTED]),
+            ]
+        )
+    return rows
 
 
 # -- the HTML page ---------------------------------------------------------------------------
@@ -587,6 +623,11 @@ def html_page(summary: Summary) -> str:
         _table(["what", "count"], retries),
         "<h2>Replays and cost</h2>",
         _table(["what", "value"], money),
+        f"<h2>{_esc(COMPLETION_TITLE)}</h2>",
+        _table(
+            COMPLETION_HEADERS,
+            ([_esc(op), *rest] for op, *rest in _completion_rows(summary)),
+        ),
         "<h2>SLO status</h2>",
         _table(
             [*("operation", "SLI", "actual", "target", "budget left"), *_BURN_HEADERS],

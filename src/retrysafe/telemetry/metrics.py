@@ -12,6 +12,10 @@ for paths carrying ids) and the outcome. The key, the scope and the fingerprint 
 its burn-rate alert): every keyed decision, with ``retrysafe.key.misuse`` saying whether the
 client misused its key. Client identities stay out of metrics (unbounded cardinality): the
 per-client breakdown is the report's, from the audit log.
+
+``retrysafe.completions`` counts operations as they complete (SPEC 35a): once per run that
+succeeded, marked ``duplicated`` when its key had run before (``expired``, ``recovered``).
+A replay adds nothing, so a retry answered by the replay leaves one completion.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from collections.abc import Mapping
 from opentelemetry import metrics
 from opentelemetry.metrics import MeterProvider
 
-from retrysafe.outcomes import Outcome
+from retrysafe.outcomes import Completion, Outcome
 
 # What each outcome says about the client's use of its key; None: not a key use (no usable key).
 _MISUSE: dict[Outcome, str | None] = {outcome: "none" for outcome in Outcome}
@@ -36,6 +40,7 @@ ATTR_MISUSE = "retrysafe.key.misuse"  # "none", "mismatch" or "in_flight"
 ATTR_STORE_OP = "retrysafe.store.operation"
 ATTR_COST_UNIT = "retrysafe.cost.unit"
 ATTR_LEASE_LOST = "retrysafe.lease.lost_reason"
+ATTR_COMPLETION = "retrysafe.completion"  # "once" or "duplicated" (SPEC 35a)
 
 # Store round trips are sub-millisecond to tens of milliseconds; requests reach seconds.
 STORE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0)
@@ -51,6 +56,7 @@ class Instruments:
 
     __slots__ = (
         "_cache",
+        "completions",
         "cost",
         "cost_avoided",
         "duration",
@@ -75,6 +81,12 @@ class Instruments:
             "retrysafe.key.uses",
             unit="{request}",
             description="Keyed requests and calls, by whether the client misused its key",
+        )
+        self.completions = meter.create_counter(
+            "retrysafe.completions",
+            unit="{operation}",
+            description="Operations completed by a successful run: once, or duplicated when "
+            "the key had run before (expired, recovered); replays add nothing",
         )
         self.replays = meter.create_counter(
             "retrysafe.replays",
@@ -145,6 +157,13 @@ class Instruments:
             if len(self._cache) < _CACHE_MAX:  # bounded: operations may be many
                 self._cache[key] = found
         return found
+
+    def completed(self, surface: str, operation: str, completion: Completion) -> None:
+        """A run succeeded: the operation completed ``once`` or was ``duplicated``."""
+        self.completions.add(
+            1,
+            {ATTR_SURFACE: surface, ATTR_OPERATION: operation, ATTR_COMPLETION: completion.value},
+        )
 
     def lease_lost(self, surface: str, operation: str, reason: str) -> None:
         self.leases_lost.add(

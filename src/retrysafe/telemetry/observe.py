@@ -45,8 +45,8 @@ from opentelemetry.util.types import AttributeValue
 from retrysafe.decide import Complete, Settlement
 from retrysafe.outcomes import Outcome
 from retrysafe.records import CACHE_HIT, Previous, StoredResponse
-from retrysafe.telemetry import audit, cost
-from retrysafe.telemetry.metrics import Instruments, default_instruments
+from retrysafe.telemetry import audit, completion, cost
+from retrysafe.telemetry.metrics import ATTR_COMPLETION, Instruments, default_instruments
 
 KeyMode = Literal["raw", "hashed"]
 OperationNamer = Callable[[str, str], str]
@@ -528,10 +528,12 @@ class Observation:
         duration = time.perf_counter() - self._started
         replay = outcome is Outcome.REPLAYED
         spent = self._avoided if replay else self.cost
+        facts = completion.decision(outcome.value, status)
         span = self._span_now()
         if span.is_recording():
             span.set_attribute(ATTR_OUTCOME, outcome.value)
             span.set_attribute(ATTR_BILLABLE, outcome.billable)
+            span.set_attribute(ATTR_COMPLETION, facts.completion.value)
             if spent:
                 span.set_attribute(ATTR_COST_AVOIDED if replay else ATTR_COST, cost.encode(spent))
             if self._owned:
@@ -542,6 +544,8 @@ class Observation:
         self.settings.instruments.decision(
             self.surface, self.operation, outcome, duration, spent or None
         )
+        if facts.ran and facts.succeeded:
+            self.settings.instruments.completed(self.surface, self.operation, facts.completion)
         if self.settings.audit and audit.enabled():
             ids = _hex_ids(span)
             audit.write(
