@@ -34,6 +34,7 @@ from retrysafe.client.errors import (
 )
 from retrysafe.client.retry import Attempt, Failure, RetryPolicy, classify_error, problem_type
 from retrysafe.client.retry import retry_after as parse_retry_after
+from retrysafe.outcomes import Completion
 from retrysafe.testing import testing_mode
 
 Reason = Literal["exhausted", "circuit_open", "budget", "retry_after"]
@@ -88,13 +89,24 @@ Flow = Generator[Command, Reply, httpx.Response]
 
 @dataclass(frozen=True, slots=True)
 class CallReport:
-    """``response.extensions["retrysafe"]``: what happened to a call (SPEC 20-22)."""
+    """``response.extensions["retrysafe"]``: what happened to a call (SPEC 20-22, 35a).
+
+    ``outcome`` is what the last answer was; ``completion`` what became of the operation
+    over all attempts (None for a call without a key): ``ONCE`` when it ran exactly once, even
+    if the answer that reached the caller was the replay of a retry.
+    """
 
     key: str | None
     attempts: int
     replayed: bool  # the server answered from its store (``Idempotent-Replayed: true``)
     outcome: Outcome
     history: tuple[Attempt, ...] = ()
+    completion: Completion | None = None
+
+    @property
+    def completed_once(self) -> bool:
+        """The success SLI of a call: the operation completed exactly once."""
+        return self.completion is Completion.ONCE
 
 
 @dataclass(slots=True)
@@ -111,9 +123,14 @@ class Call:
     wall: Callable[[], float]
     rng: random.Random
     # Telemetry, injected so this module stays free of OpenTelemetry: observe(event, detail)
-    # with event "retry" (detail: host), "budget_refusal" (host) or "parked" (reason).
+    # with event "retry" (detail: host), "budget_refusal" (host), "parked" (reason) or
+    # "completed" (the Completion's value; once per keyed call that ends with an answer or
+    # an error of its own, before any park).
     observe: Callable[[str, str], None] = lambda event, detail: None
     history: tuple[Attempt, ...] = field(default=())
+    # Attempts that may have run the operation but gave no answer that ends the call: a
+    # timeout or a reset after the request went out, a 5xx other than 503 (SPEC 35a).
+    maybe_ran: int = 0
 
 
 def call_flow(call: Call) -> Flow:
@@ -137,6 +154,7 @@ def call_flow(call: Call) -> Flow:
             verdict = call.breaker.admit(call.breaker.circuit_for(request))
             if isinstance(verdict, Refusal):
                 wait = max(0.0, verdict.closes_at - call.breaker.clock())
+                _completion(call, None)
                 parked = yield from _park(call, "circuit_open", "circuit open", wait)
                 raise CircuitOpen(
                     f"circuit {verdict.circuit} is open for {wait:.1f} s more; "
@@ -185,6 +203,7 @@ def call_flow(call: Call) -> Flow:
             if status == 422 and kind == policy.mismatch_problem:
                 call.history += (this,)
                 if policy.raise_on_mismatch:
+                    _completion(call, "rejected")
                     raise KeyMismatchResponse(
                         f"the server refused key {call.key}: it was used before with a "
                         "different request (a client bug: use a new key per operation)",
@@ -205,6 +224,9 @@ def call_flow(call: Call) -> Flow:
                 return _answer(call, response, number, _outcome(response, policy))
             wait_floor = parse_retry_after(response.headers, call.wall())
             what = f"HTTP {status}"
+            # A 503 says the server did not handle the request (RFC 9110 15.6.4; retrysafe's
+            # own when its store is down), nor does a 408, 425, 429 or 409 in flight.
+            call.maybe_ran += status >= 500 and status != 503
         else:
             assert isinstance(reply, httpx.TransportError), reply
             error = reply
@@ -216,8 +238,10 @@ def call_flow(call: Call) -> Flow:
                     call.breaker.record(permit, failed=True, duration=duration)
             what = f"{type(error).__name__}: {error}"
             this = Attempt(number, started, duration, None, what)
+            call.maybe_ran += failure is Failure.MAYBE_PROCESSED
             if failure is Failure.FATAL or (failure is Failure.MAYBE_PROCESSED and not safe):
                 call.history += (this,)
+                _completion(call, None)
                 raise error  # as plain httpx would have: a repeat could run the request twice
 
         # -- retry, or stop? -------------------------------------------------------------
@@ -254,6 +278,7 @@ def call_flow(call: Call) -> Flow:
         call.history += (this,)
         if response is not None:
             yield Read(response)  # an error holds the last response, body included
+        _completion(call, None)
         not_before = wait_floor if reason == "retry_after" and wait_floor else delay
         parked = yield from _park(call, reason, what, not_before)
         message += f" (key {call.key}{', parked as ' + parked if parked else ''})"
@@ -267,6 +292,24 @@ def call_flow(call: Call) -> Flow:
                 stop = BudgetExhausted(message, host=host, **details)
         assert stop is not None
         raise stop
+
+
+def _completion(call: Call, outcome: Outcome | None) -> Completion | None:
+    """What became of a keyed call's operation (SPEC 35a); ``outcome`` None: it raised.
+
+    A fresh success ran now; a replay ran nothing now; every earlier attempt that may have
+    run counts as a run. So a timeout followed by the replay is ``ONCE``, and a timeout
+    followed by a fresh success is ``DUPLICATED``: against a retrysafe server, that answer
+    means the first run's record was lost (released after a 5xx, expired, taken over), or
+    that the first attempt never reached it. A client cannot tell which, so it counts the
+    worse case; ``retrysafe report`` on the server's audit log has the exact count per key.
+    """
+    if call.key is None:
+        return None
+    runs = call.maybe_ran + (outcome == "succeeded")
+    completion = Completion.of(runs, outcome in ("succeeded", "replayed"), outcome == "rejected")
+    call.observe("completed", completion.value)
+    return completion
 
 
 def _outcome(response: httpx.Response, policy: RetryPolicy) -> Outcome:
@@ -312,7 +355,10 @@ def _details(
 
 def _answer(call: Call, response: httpx.Response, number: int, outcome: Outcome) -> httpx.Response:
     replayed = outcome == "replayed"
-    response.extensions["retrysafe"] = CallReport(call.key, number, replayed, outcome, call.history)
+    completion = _completion(call, outcome)
+    response.extensions["retrysafe"] = CallReport(
+        call.key, number, replayed, outcome, call.history, completion
+    )
     return response
 
 

@@ -1,14 +1,15 @@
-"""Client telemetry (SPEC 32, 33): one span per attempt, and counters without keys.
+"""Client telemetry (SPEC 32, 33, 35a): one span per attempt, and counters without keys.
 
 Attempts are sibling CLIENT spans under whatever span is current (the caller's, or an httpx
-instrumentation's), each with ``http.request.resend_count`` after the first. Metrics never carry
-the key. Everything is a no-op until an OpenTelemetry SDK is configured.
+instrumentation's), each with ``http.request.resend_count`` after the first. A keyed call's
+completion (``once``, ``duplicated``, ``failed``, ``rejected``) goes on its last attempt's span
+as ``retrysafe.completion`` and into ``retrysafe.client.calls``. Metrics never carry the key.
+Everything is a no-op until an OpenTelemetry SDK is configured.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, nullcontext
 
 import httpx
 from opentelemetry import metrics, trace
@@ -36,17 +37,13 @@ _transitions = _meter.create_counter(
 _parked = _meter.create_counter(
     "retrysafe.client.dlq.parked", unit="{call}", description="Calls parked in the DLQ, by reason"
 )
-
-
-def observe(event: str, detail: str) -> None:
-    """The retry flow's events (see ``_flow.Call.observe``)."""
-    match event:
-        case "retry":
-            retry(detail)
-        case "budget_refusal":
-            budget_refusal(detail)
-        case "parked":
-            parked(detail)
+_calls = _meter.create_counter(
+    "retrysafe.client.calls",
+    unit="{call}",
+    description="Keyed calls by what became of their operation: once, duplicated, failed, "
+    "rejected (a retry answered by the replay is one call, once)",
+)
+ATTR_COMPLETION = "retrysafe.completion"
 
 
 def retry(host: str) -> None:
@@ -65,27 +62,37 @@ def parked(reason: str) -> None:
     _parked.add(1, {"retrysafe.dlq.reason": reason})
 
 
-def attempt_span(
-    request: httpx.Request, number: int, key: str | None
-) -> AbstractContextManager[Span]:
-    """A span for attempt ``number`` (1-based) of ``request``.
+class CallTelemetry:
+    """The telemetry of one call: its attempt spans, and its completion (SPEC 35a).
 
-    With the OpenTelemetry API alone (no SDK has set a tracer provider, SPEC 31), the API's
-    tracer would hand back the caller's own current span, unchanged and not recording, after
-    ~5 µs of context bookkeeping, a sixth of the transport's whole cost per request. So the
-    span is skipped outright; checking costs one provider lookup (≈ 0.5 µs), done per attempt
-    so that an SDK installed after this module was imported is used from its next attempt.
+    The latest attempt's span stays open after its answer came back, until the flow decides
+    what to do with it: a retry ends it; the end of the call (``observe("completed")``) puts
+    the completion on it first, since that attempt settled the call. The driver's ``close``
+    ends a span still open when the call stops any other way (cancelled, an unexpected error).
     """
-    if isinstance(trace.get_tracer_provider(), ProxyTracerProvider):
-        return nullcontext(INVALID_SPAN)
-    return _recording_span(request, number, key)
 
+    __slots__ = ("_open", "_request")
 
-@contextmanager
-def _recording_span(request: httpx.Request, number: int, key: str | None) -> Iterator[Span]:
-    with _tracer.start_as_current_span(
-        request.method, kind=SpanKind.CLIENT, record_exception=False
-    ) as span:
+    def __init__(self, request: httpx.Request) -> None:
+        self._request = request
+        self._open: Span | None = None
+
+    def attempt(
+        self, request: httpx.Request, number: int, key: str | None
+    ) -> AbstractContextManager[Span]:
+        """A span for attempt ``number`` (1-based) of ``request``, current while it is sent.
+
+        With the OpenTelemetry API alone (no SDK has set a tracer provider, SPEC 31), the API's
+        tracer would hand back the caller's own current span, unchanged and not recording,
+        after ~5 µs of context bookkeeping, a sixth of the transport's whole cost per request.
+        So the span is skipped outright; checking costs one provider lookup (≈ 0.5 µs), done
+        per attempt so that an SDK installed after this module was imported is used from its
+        next attempt.
+        """
+        self.close()
+        if isinstance(trace.get_tracer_provider(), ProxyTracerProvider):
+            return nullcontext(INVALID_SPAN)
+        span = _tracer.start_span(request.method, kind=SpanKind.CLIENT)
         if span.is_recording():  # attributes cost microseconds: only build them for an SDK
             url = request.url
             if url.userinfo:
@@ -99,7 +106,39 @@ def _recording_span(request: httpx.Request, number: int, key: str | None) -> Ite
                 span.set_attribute("http.request.resend_count", number - 1)
             if key is not None:
                 span.set_attribute("idempotency.key", key)
-        yield span
+        self._open = span
+        return trace.use_span(span, end_on_exit=False, record_exception=False)
+
+    def observe(self, event: str, detail: str) -> None:
+        """The flow's events (see ``_flow.Call.observe``)."""
+        match event:
+            case "completed":
+                span = self._open
+                if span is not None and span.is_recording():
+                    span.set_attribute(ATTR_COMPLETION, detail)
+                self.close()
+                request = self._request
+                _calls.add(
+                    1,
+                    {
+                        "server.address": request.url.host,
+                        "http.request.method": request.method,
+                        ATTR_COMPLETION: detail,
+                    },
+                )
+            case "retry":
+                self.close()
+                retry(detail)
+            case "budget_refusal":
+                budget_refusal(detail)
+            case "parked":
+                parked(detail)
+
+    def close(self) -> None:
+        """End the open attempt span, if any."""
+        if self._open is not None:
+            self._open.end()
+            self._open = None
 
 
 def attempt_result(span: Span, outcome: httpx.Response | BaseException) -> None:

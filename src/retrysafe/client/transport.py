@@ -64,7 +64,7 @@ class _Base:
         redacted = REDACTED_HEADERS | (dlq.redact if dlq is not None else frozenset())
         self.cross_origin_strip = redacted - {"cookie"}
 
-    def _call(self, request: httpx.Request) -> Call:
+    def _call(self, request: httpx.Request, telemetry: _telemetry.CallTelemetry) -> Call:
         policy = self.retry
         hop_key = strip_cross_origin(request, policy.key_header, self.cross_origin_strip)
         if hop_key is not None and policy.wants_key(request.method):
@@ -84,7 +84,7 @@ class _Base:
             monotonic=self.clock,
             wall=self.wall,
             rng=self.rng,
-            observe=_telemetry.observe,
+            observe=telemetry.observe,
         )
 
 
@@ -145,7 +145,8 @@ class IdempotentTransport(_Base, httpx.BaseTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         request.read()  # every attempt (and a later replay) must send these very bytes
-        call = self._call(request)
+        telemetry = _telemetry.CallTelemetry(request)
+        call = self._call(request, telemetry)
         flow: Flow = call_flow(call)
         reply: Reply = None
         try:
@@ -154,7 +155,7 @@ class IdempotentTransport(_Base, httpx.BaseTransport):
                 reply = None
                 match command:
                     case Send(req, number, key):
-                        with _telemetry.attempt_span(req, number, key) as span:
+                        with telemetry.attempt(req, number, key) as span:
                             try:
                                 reply = self.inner.handle_request(req)
                             except httpx.TransportError as exc:
@@ -179,6 +180,7 @@ class IdempotentTransport(_Base, httpx.BaseTransport):
             return done.value  # type: ignore[no-any-return]
         finally:
             flow.close()
+            telemetry.close()
 
     def _park(self, call: Call, park: Park) -> str:
         assert self.dlq is not None
@@ -228,7 +230,8 @@ class AsyncIdempotentTransport(_Base, httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         await request.aread()
-        call = self._call(request)
+        telemetry = _telemetry.CallTelemetry(request)
+        call = self._call(request, telemetry)
         flow: Flow = call_flow(call)
         reply: Reply = None
         try:
@@ -237,7 +240,7 @@ class AsyncIdempotentTransport(_Base, httpx.AsyncBaseTransport):
                 reply = None
                 match command:
                     case Send(req, number, key):
-                        with _telemetry.attempt_span(req, number, key) as span:
+                        with telemetry.attempt(req, number, key) as span:
                             try:
                                 reply = await self.inner.handle_async_request(req)
                             except httpx.TransportError as exc:
@@ -264,6 +267,7 @@ class AsyncIdempotentTransport(_Base, httpx.AsyncBaseTransport):
             return done.value  # type: ignore[no-any-return]
         finally:
             flow.close()
+            telemetry.close()
 
     async def _apark(self, call: Call, park: Park) -> str:
         assert self.dlq is not None
