@@ -34,7 +34,7 @@ from tests.client.client_servers import free_port
 from tests.serverkit import serve_asgi
 from tests.storekit import FakeClock
 
-from retrysafe import MemoryStore, Policy
+from retrysafe import Policy
 from retrysafe.client import (
     AsyncIdempotentTransport,
     IdempotentTransport,
@@ -43,6 +43,7 @@ from retrysafe.client import (
 )
 from retrysafe.http import ASGIIdempotencyMiddleware
 from retrysafe.scopes import shared_scope
+from retrysafe.stores import MemoryStore
 from retrysafe.telemetry import AUDIT_LOGGER, Telemetry
 
 TTL = 60.0

@@ -28,7 +28,7 @@ from tests.telemetry._asgi import call
 from tests.telemetry.completion_tool import RUN_ID, charge_tool
 from tests.telemetry.conftest import AuditLines, Otel
 
-from retrysafe import Completion, KeyMismatch, MemoryStore, Policy
+from retrysafe import Completion, KeyMismatch, Policy
 from retrysafe.http import ASGIIdempotencyMiddleware
 from retrysafe.report.completion import by_operation, fates
 from retrysafe.report.slo import HOUR, MINUTE, Event, Objective, evaluate, parse_objective
@@ -41,6 +41,7 @@ from retrysafe.report.summary import (
     summarize,
 )
 from retrysafe.scopes import shared_scope
+from retrysafe.stores import MemoryStore
 from retrysafe.stores.sqlite import SQLiteStore
 from retrysafe.telemetry import AUDIT_LOGGER
 from retrysafe.telemetry.completion import decision
