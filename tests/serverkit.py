@@ -14,7 +14,6 @@ broken client does, which an HTTP library would refuse to send.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import socket
 import socketserver
@@ -43,13 +42,21 @@ class _Uvicorn(uvicorn.Server):
 
 @contextlib.contextmanager
 def serve_asgi(app: Any, **config: Any) -> Iterator[str]:
-    """Serve ``app`` with uvicorn (h11 unless ``http=`` says otherwise) on 127.0.0.1."""
+    """Serve ``app`` with uvicorn (h11 and asyncio's loop unless ``http=``/``loop=`` say
+    otherwise, e.g. ``loop="uvloop"``) on 127.0.0.1."""
     sock = socket.create_server(("127.0.0.1", 0), backlog=512)
     port = sock.getsockname()[1]
-    options: dict[str, Any] = {"lifespan": "off", "log_level": "warning", "http": "h11"}
+    # "asyncio", not uvicorn's "auto": with uvloop installed, "auto" would pick it silently.
+    options: dict[str, Any] = {
+        "lifespan": "off",
+        "log_level": "warning",
+        "http": "h11",
+        "loop": "asyncio",
+    }
     options.update(config)
     server = _Uvicorn(uvicorn.Config(app, access_log=False, **options))
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True)
+    # Server.run makes the loop that Config.loop names (uvicorn's own loop factories).
+    thread = threading.Thread(target=lambda: server.run(sockets=[sock]), daemon=True)
     thread.start()
     try:
         if not server.ready.wait(START_TIMEOUT):  # pragma: no cover - a broken environment

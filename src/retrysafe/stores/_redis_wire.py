@@ -132,8 +132,11 @@ class _Connection(asyncio.Protocol):
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # A cast, not an isinstance check: uvloop's TCP and SSL transports implement the
+        # transport interface without deriving from (or registering with) asyncio.Transport,
+        # and an assertion failing here (inside the loop's callback, so only logged) left
+        # the connection without its transport: every command under uvloop failed.
+        self._transport = cast(asyncio.Transport, transport)
 
     def request(self, frame: bytes) -> asyncio.Future[Any]:
         """Send one packed command; the future gets its reply (or the connection's error)."""
