@@ -1,4 +1,4 @@
-"""Shared fixtures: every store kind of ``storekit.STORE_KINDS``, behind one ``kit`` fixture."""
+"""Shared fixtures: every store kind of ``kit.stores.STORE_KINDS``, behind one ``kit`` fixture."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import os
 
 import pytest
 
+from kit.stores import STORE_KINDS, StoreKit, kit_fixture, require_service
+from kit.wakes import WakeProbe, probe_wakes
 from retrysafe.stores.base import DualStore
-from storekit import STORE_KINDS, StoreKit, kit_fixture, require_service
-from wakekit import WakeProbe, probe_wakes
 
 __all__ = ["STORE_KINDS", "StoreKit", "require_service"]
 
@@ -28,5 +28,5 @@ def store(kit: StoreKit) -> DualStore:
 
 @pytest.fixture
 def wakes(monkeypatch: pytest.MonkeyPatch) -> WakeProbe:
-    """Polling off and every watch's notifier event observed (``wakekit.py``)."""
+    """Polling off and every watch's notifier event observed (``kit/wakes.py``)."""
     return probe_wakes(monkeypatch)

@@ -56,6 +56,7 @@ from urllib.parse import unquote
 
 from hypothesis import strategies as st
 
+from kit.servers import serve_asgi, serve_wsgi
 from retrysafe.errors import InvalidKey
 from retrysafe.gateway import GatewayConfig, create_app
 from retrysafe.gateway.config import RoutePolicy
@@ -64,7 +65,6 @@ from retrysafe.keys import parse_key
 from retrysafe.policy import Policy
 from retrysafe.scopes import header_scope
 from retrysafe.stores.memory import MemoryStore
-from serverkit import serve_asgi, serve_wsgi
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "gateway"))
 from gwsupport import serve_in_thread
@@ -826,7 +826,7 @@ def principal_lines(r: Request) -> list[tuple[str, str]]:
 
 
 class Conn:
-    """A raw client connection that reads responses as they come (see serverkit.RawClient)."""
+    """A raw client connection that reads responses as they come (see kit.servers.RawClient)."""
 
     def __init__(self, address: tuple[str, int], timeout: float = 30.0) -> None:
         self.sock = socket.create_connection(address, timeout=timeout)

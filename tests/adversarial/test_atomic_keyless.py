@@ -24,9 +24,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from kit.servers import serve_asgi, serve_wsgi
 from retrysafe import Policy, atomic, open_store
 from retrysafe.http import ASGIIdempotencyMiddleware, WSGIIdempotencyMiddleware
-from serverkit import serve_asgi, serve_wsgi
 
 LEDGER = "CREATE TABLE IF NOT EXISTS charges (order_id TEXT, cents INTEGER)"
 

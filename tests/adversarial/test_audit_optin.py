@@ -30,7 +30,7 @@ import httpx
 from retrysafe.stores import MemoryStore
 from retrysafe.http import ASGIIdempotencyMiddleware
 from retrysafe.telemetry import Telemetry
-from serverkit import serve_asgi
+from kit.servers import serve_asgi
 
 async def app(scope, receive, send):
     if scope["type"] != "http":

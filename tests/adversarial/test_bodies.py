@@ -19,12 +19,12 @@ import httpx
 import pytest
 
 import retrysafe.fingerprint
+from kit.scopes import shared_id
+from kit.servers import RawClient, RawResponse, raw_request, serve_asgi, serve_werkzeug, serve_wsgi
 from retrysafe.http import ASGIIdempotencyMiddleware, WSGIIdempotencyMiddleware
 from retrysafe.policy import Policy
 from retrysafe.scopes import shared_scope
 from retrysafe.stores.memory import MemoryStore
-from scopekit import shared_id
-from serverkit import RawClient, RawResponse, raw_request, serve_asgi, serve_werkzeug, serve_wsgi
 
 WAIT = 30.0  # bounds a hang only
 

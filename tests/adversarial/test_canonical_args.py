@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
+from kit.stores import StoreKit
 from retrysafe.stores.memory import MemoryStore
 from retrysafe.tools import idempotent
-from storekit import StoreKit
 
 DISTINCT = [
     (True, 1),

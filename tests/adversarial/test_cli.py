@@ -23,12 +23,12 @@ import httpx
 import pytest
 from click.testing import CliRunner, Result
 
+from kit.servers import serve_asgi
+from kit.stores import REDIS_URL, require_service, server_down
 from retrysafe.cli.commands import cli
 from retrysafe.client import IdempotentTransport, RetriesExhausted, RetryPolicy
 from retrysafe.client.dlq import DeadLetterQueue
 from retrysafe.stores.sqlite import SQLiteStore
-from serverkit import serve_asgi
-from storekit import REDIS_URL, require_service, server_down
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> Result:

@@ -28,6 +28,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from kit.servers import serve_asgi, serve_wsgi
+from kit.stores import StoreKit
 from retrysafe.cli.commands import cli
 from retrysafe.client import IdempotentTransport, RetryPolicy
 from retrysafe.client.dlq import DeadLetterQueue
@@ -38,8 +40,6 @@ from retrysafe.policy import Policy
 from retrysafe.scopes import PrincipalKey
 from retrysafe.stores.sqlite import SQLiteStore
 from retrysafe.telemetry import AUDIT_LOGGER, Telemetry
-from serverkit import serve_asgi, serve_wsgi
-from storekit import StoreKit
 
 USER, PASSWORD = "alice", "hunter2"
 BASIC = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()

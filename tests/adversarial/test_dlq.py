@@ -21,14 +21,14 @@ from typing import Any
 import httpx
 import pytest
 
+from kit.servers import serve_asgi
+from kit.stores import POSTGRES_URL, require_service, server_down
 from retrysafe.client import IdempotentTransport, RetriesExhausted, RetryPolicy
 from retrysafe.client.dlq import DeadLetterQueue, EntryState
 from retrysafe.http import ASGIIdempotencyMiddleware
 from retrysafe.policy import Policy
 from retrysafe.scopes import authorization_scope, header_scope
 from retrysafe.stores.memory import MemoryStore
-from serverkit import serve_asgi
-from storekit import POSTGRES_URL, require_service, server_down
 
 TOKEN = "Bearer alice-token"
 

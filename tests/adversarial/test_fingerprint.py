@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 
 from gateway.gwsupport import Upstream, serve_in_thread
+from kit.servers import RawResponse, raw_request, serve_asgi, serve_werkzeug, serve_wsgi
 from retrysafe.gateway import GatewayConfig, RoutePolicy, create_app
 from retrysafe.http import ASGIIdempotencyMiddleware, WSGIIdempotencyMiddleware
 from retrysafe.policy import Policy
 from retrysafe.scopes import shared_scope
 from retrysafe.stores.memory import MemoryStore
-from serverkit import RawResponse, raw_request, serve_asgi, serve_werkzeug, serve_wsgi
 
 
 class EchoAsgi:

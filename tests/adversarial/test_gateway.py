@@ -26,9 +26,9 @@ from typing import Any, BinaryIO
 import pytest
 
 from gateway.gwsupport import serve_in_thread
+from kit.servers import RawClient, RawResponse
 from retrysafe.gateway import GatewayConfig, RoutePolicy, create_app
 from retrysafe.gateway.config import Timeouts
-from serverkit import RawClient, RawResponse
 
 WAIT = 20.0  # bounds a hang only
 

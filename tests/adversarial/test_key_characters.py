@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
+from kit.servers import raw_request, serve_asgi, serve_wsgi
 from retrysafe.http import ASGIIdempotencyMiddleware, WSGIIdempotencyMiddleware
 from retrysafe.stores import MemoryStore
-from serverkit import raw_request, serve_asgi, serve_wsgi
 
 
 async def _asgi_app(scope: dict[str, Any], receive: Any, send: Any) -> None:

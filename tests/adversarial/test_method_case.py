@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import pytest
 
 from adversarial.fuzzkit import DOORS, Door
-from serverkit import raw_request
+from kit.servers import raw_request
 
 
 @pytest.fixture(scope="module", params=sorted(DOORS))

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
+from kit.stores import StoreKit
 from retrysafe.errors import InstanceIdentityRequired, KeyMismatch
 from retrysafe.tools import agent_run, idempotent, idempotent_tool
-from storekit import StoreKit
 
 
 class Bank:

@@ -15,9 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
+from kit.servers import serve_asgi
 from retrysafe.client import IdempotentTransport
 from retrysafe.client.dlq import DeadLetterQueue
-from serverkit import serve_asgi
 
 CREDENTIALS = {
     "Authorization": "Bearer alice",

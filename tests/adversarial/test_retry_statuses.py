@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from kit.servers import serve_asgi, serve_wsgi
 from retrysafe.client import IdempotentTransport, RetryPolicy
 from retrysafe.errors import ConfigurationError
 from retrysafe.gateway import GatewayConfig, RoutePolicy, create_app
@@ -22,7 +23,6 @@ from retrysafe.http import ASGIIdempotencyMiddleware, WSGIIdempotencyMiddleware
 from retrysafe.policy import Policy
 from retrysafe.scopes import shared_scope
 from retrysafe.stores.memory import MemoryStore
-from serverkit import serve_asgi, serve_wsgi
 
 Answer = tuple[int, list[tuple[str, str]], bytes]
 WAIT = 30.0  # bounds a hang only (a loaded CI machine)

@@ -34,13 +34,13 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from kit.servers import serve_asgi, serve_wsgi
 from retrysafe.gateway import Gateway
 from retrysafe.gateway.config import load_config
 from retrysafe.http import ASGIIdempotencyMiddleware, WSGIIdempotencyMiddleware
 from retrysafe.policy import Policy
 from retrysafe.scopes import cookie_scope, header_scope, shared_scope, user_scope
 from retrysafe.stores.memory import MemoryStore
-from serverkit import serve_asgi, serve_wsgi
 
 PROBLEM = "urn:retrysafe:problem:unscoped-key"
 SESSIONS = {"s-alice": "alice", "s-bob": "bob", "s-mallory": "mallory"}

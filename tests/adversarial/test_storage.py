@@ -31,6 +31,8 @@ from typing import Any
 
 import pytest
 
+from kit.servers import serve_asgi, serve_wsgi
+from kit.stores import FakeClock
 from retrysafe import open_store
 from retrysafe.errors import ConfigurationError, StoreUnavailable
 from retrysafe.http import ASGIIdempotencyMiddleware, WSGIIdempotencyMiddleware
@@ -39,8 +41,6 @@ from retrysafe.records import Claimed, Existing, State, StoredResponse
 from retrysafe.scopes import shared_scope
 from retrysafe.stores.memory import MemoryStore
 from retrysafe.stores.sqlite import TABLE, SQLiteStore
-from serverkit import serve_asgi, serve_wsgi
-from storekit import FakeClock
 
 pytestmark = pytest.mark.slow
 

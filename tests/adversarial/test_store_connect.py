@@ -16,10 +16,10 @@ import uuid
 import pytest
 from click.testing import CliRunner
 
+from kit.stores import POSTGRES_URL, require_service, server_down
 from retrysafe.cli.commands import cli
 from retrysafe.errors import StoreUnavailable
 from retrysafe.stores.postgres import PostgresStore
-from storekit import POSTGRES_URL, require_service, server_down
 
 
 @pytest.fixture(autouse=True)

@@ -31,6 +31,9 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from kit.scopes import shared_id
+from kit.servers import serve_asgi, serve_wsgi
+from kit.stores import FakeClock, StoreKit
 from retrysafe import atomic, lease_lost
 from retrysafe.engine import SettleRetry
 from retrysafe.errors import StoreUnavailable
@@ -42,9 +45,6 @@ from retrysafe.scopes import shared_scope
 from retrysafe.stores.memory import MemoryStore
 from retrysafe.stores.sqlite import SQLiteStore
 from retrysafe.telemetry import AUDIT_LOGGER, Telemetry
-from scopekit import shared_id
-from serverkit import serve_asgi, serve_wsgi
-from storekit import FakeClock, StoreKit
 
 WAIT = 30.0  # bounds a hang only
 BODY = b'{"charged": 500}'

@@ -31,12 +31,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from kit.servers import serve_asgi
+from kit.stores import POSTGRES_URL, StoreKit, kit_fixture
 from retrysafe import atomic
 from retrysafe.http import ASGIIdempotencyMiddleware
 from retrysafe.policy import Policy
 from retrysafe.scopes import shared_scope
-from serverkit import serve_asgi
-from storekit import POSTGRES_URL, StoreKit, kit_fixture
 
 pytest.importorskip("uvloop", reason="uvloop is in the dev extra; install it to run these")
 

@@ -17,12 +17,12 @@ from typing import Any
 import httpx
 import pytest
 
+from kit.servers import serve_asgi
 from retrysafe import Policy
 from retrysafe.errors import ConfigurationError
 from retrysafe.gateway.config import load_config
 from retrysafe.http import ASGIIdempotencyMiddleware
 from retrysafe.stores import MemoryStore
-from serverkit import serve_asgi
 
 
 @pytest.mark.parametrize(

@@ -20,8 +20,8 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
+from kit.wakes import HANG
 from retrysafe.stores.postgres import PostgresStore
-from wakekit import HANG
 
 from ._django_worker import configure, serve, serve_asgi
 

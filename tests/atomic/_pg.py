@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import psycopg
 import pytest
 
+from kit.stores import POSTGRES_URL, require_service, server_down
 from retrysafe.stores.postgres import PostgresStore
-from storekit import POSTGRES_URL, require_service, server_down
 
 
 @dataclass

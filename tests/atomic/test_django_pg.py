@@ -19,8 +19,8 @@ from typing import Any
 import psycopg
 import pytest
 
+from kit.stores import POSTGRES_URL, require_service, server_down
 from retrysafe.records import State
-from storekit import POSTGRES_URL, require_service, server_down
 
 from ._dbkit import Worker, record_id
 from ._django_pg import django_pg_worker, open_store, scenario, schema_of

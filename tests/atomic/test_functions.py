@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from kit.stores import FakeClock
 from retrysafe import Policy, atomic
 from retrysafe.atomic._context import current_unit
 from retrysafe.errors import (
@@ -25,7 +26,6 @@ from retrysafe.records import Claimed
 from retrysafe.stores import MemoryStore
 from retrysafe.stores.sqlite import SQLiteStore
 from retrysafe.tools import idempotent
-from storekit import FakeClock
 
 POLICY = Policy(lease=10.0)
 

@@ -28,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from kit.stores import FakeClock
 from retrysafe import Policy, atomic
 from retrysafe.atomic._context import current_unit
 from retrysafe.errors import AtomicUnsupported, ClaimTakenOver
@@ -37,7 +38,6 @@ from retrysafe.scopes import shared_scope
 from retrysafe.stores import MemoryStore
 from retrysafe.stores.sqlite import SQLiteStore
 from retrysafe.tools import idempotent
-from storekit import FakeClock
 
 from ._pg import PgDb, make_db
 

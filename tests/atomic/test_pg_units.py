@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
+from kit.wakes import HANG
 from retrysafe.atomic._run import Ending, afinish, finish
 from retrysafe.decide import Complete, Release
 from retrysafe.errors import ClaimTakenOver, ConfigurationError
@@ -19,7 +20,6 @@ from retrysafe.records import Claimed, ClaimResult, Existing, State, StoredRespo
 from retrysafe.stores.base import AtomicStore, AtomicUnit
 from retrysafe.stores.postgres import PostgresStore
 from retrysafe.stores.postgres_atomic import PostgresUnit
-from wakekit import HANG
 
 from ._pg import PgDb, pg
 

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from kit.stores import FakeClock
 from retrysafe.errors import ClaimTakenOver, ConfigurationError, StoreUnavailable
 from retrysafe.records import Claimed, Existing, State, StoredResponse
 from retrysafe.stores.base import AtomicStore, AtomicUnit
 from retrysafe.stores.sqlite import SQLiteStore
 from retrysafe.stores.sqlite_atomic import SQLiteUnit
-from storekit import FakeClock
 
 FP = "fp"
 LEASE = 10.0

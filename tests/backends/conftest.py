@@ -6,9 +6,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from servers import redis_available, redis_cluster, require
 
-from storekit import STORE_KINDS, StoreKit, redis_kit
+from kit.store_servers import redis_available, redis_cluster, require
+from kit.stores import STORE_KINDS, StoreKit, redis_kit
 
 BACKENDS = ["redis", "postgres"]
 

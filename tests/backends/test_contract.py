@@ -12,8 +12,8 @@ import time
 
 import pytest
 
+from kit.wakes import HANG, NEVER, WakeProbe
 from retrysafe.records import Claimed, Existing, State, StoredResponse
-from wakekit import HANG, NEVER, WakeProbe
 
 RESPONSE = StoredResponse(201, (("content-type", "application/json"),), b'{"id": 7}\x00\xff')
 

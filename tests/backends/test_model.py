@@ -17,9 +17,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from kit.stores import STORE_KINDS
 from retrysafe.records import Claimed, Existing, Record, StoredResponse
 from retrysafe.stores.memory import MemoryStore
-from storekit import STORE_KINDS
 
 LEASE = 0.3  # seconds; a "lapse" step sleeps past it, other steps take milliseconds
 TTL = 600.0

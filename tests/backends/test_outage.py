@@ -20,7 +20,8 @@ from typing import Any
 
 import httpx
 import pytest
-from servers import (
+
+from kit.store_servers import (
     PostgresServer,
     RedisServer,
     free_port,
@@ -28,11 +29,10 @@ from servers import (
     redis_available,
     require,
 )
-
+from kit.wakes import HANG
 from retrysafe import Policy
 from retrysafe.http import ASGIIdempotencyMiddleware
 from retrysafe.scopes import shared_scope
-from wakekit import HANG
 
 
 class Server:

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-from servers import POSTGRES_URL, require, shared_down
 
+from kit.store_servers import POSTGRES_URL, require, shared_down
 from retrysafe.errors import StoreUnavailable
 from retrysafe.records import Claimed, Existing, State, StoredResponse
 from retrysafe.stores.postgres import PostgresStore

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from servers import POSTGRES_URL, REDIS_URL, _wait_port, free_port, require, shared_down
 
-HERE = Path(__file__).parent
+from kit.store_servers import POSTGRES_URL, REDIS_URL, _wait_port, free_port, require, shared_down
+
+TESTS = Path(__file__).parent.parent  # kit.uvicorn_app is imported from there
 
 
 @pytest.fixture(params=["redis", "postgres"])
@@ -40,8 +41,8 @@ def store_url(request: pytest.FixtureRequest) -> Iterator[str]:
 
 def _start(url: str, run_log: Path, port: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, "RETRYSAFE_STORE_URL": url, "RUN_LOG": str(run_log), "WORK_S": "0.3"}
-    env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])
-    args = [sys.executable, "-m", "uvicorn", "proc_app:app", "--host", "127.0.0.1"]
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
+    args = [sys.executable, "-m", "uvicorn", "kit.uvicorn_app:app", "--host", "127.0.0.1"]
     args += ["--port", str(port), "--log-level", "warning", "--no-access-log"]
     return subprocess.Popen(args, env=env, stderr=subprocess.PIPE)
 

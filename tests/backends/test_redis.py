@@ -15,12 +15,12 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.crc import key_slot
-from servers import REDIS_URL, RedisServer, redis_available, require, shared_down
 
+from kit.store_servers import REDIS_URL, RedisServer, redis_available, require, shared_down
+from kit.wakes import HANG
 from retrysafe.errors import ConfigurationError, StoreError, StoreUnavailable
 from retrysafe.records import Claimed, Existing, StoredResponse
 from retrysafe.stores.redis import RedisStore
-from wakekit import HANG
 
 OK = StoredResponse(200, (("content-type", "text/plain"),), b"ok")
 

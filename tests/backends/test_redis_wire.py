@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 import redis
-from servers import (
+
+from kit.store_servers import (
     REDIS_URL,
     RedisServer,
     free_port,
@@ -24,12 +25,11 @@ from servers import (
     require,
     shared_down,
 )
-
+from kit.wakes import HANG
 from retrysafe.errors import ConfigurationError, StoreUnavailable
 from retrysafe.records import Claimed, Existing, StoredResponse
 from retrysafe.stores._redis_wire import Endpoint, Wire
 from retrysafe.stores.redis import RedisStore
-from wakekit import HANG
 
 OK = StoredResponse(201, (("content-type", "text/plain"),), b"ok")
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import httpx
 import pytest
-from servers import POSTGRES_URL, REDIS_URL, CountingProxy, require, shared_down
 
+from kit.store_servers import POSTGRES_URL, REDIS_URL, CountingProxy, require, shared_down
 from retrysafe.http import ASGIIdempotencyMiddleware
 from retrysafe.policy import Policy
 from retrysafe.records import Claimed, StoredResponse

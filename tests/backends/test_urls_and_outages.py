@@ -7,13 +7,13 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from servers import free_port
 
+from kit.store_servers import free_port
+from kit.wakes import HANG, NEVER
 from retrysafe import open_store
 from retrysafe.errors import ConfigurationError, StoreUnavailable
 from retrysafe.stores.postgres import PostgresStore
 from retrysafe.stores.redis import RedisStore
-from wakekit import HANG, NEVER
 
 
 @pytest.mark.parametrize(

@@ -26,13 +26,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from kit.servers import serve_asgi
+from kit.stores import StoreKit
 from retrysafe.check import CheckError, check_endpoint, junit_xml
 from retrysafe.gateway import GatewayConfig, create_app
 from retrysafe.http import ASGIIdempotencyMiddleware, WSGIIdempotencyMiddleware
 from retrysafe.policy import DEFAULT_STATUS, Policy, Problem
 from retrysafe.stores.memory import MemoryStore
-from serverkit import serve_asgi
-from storekit import StoreKit
 
 pytestmark = pytest.mark.slow
 

@@ -14,9 +14,9 @@ import uuid
 import pytest
 from click.testing import CliRunner, Result
 
+from kit.stores import POSTGRES_URL, REDIS_URL, require_service, server_down
 from retrysafe.cli.commands import cli
 from retrysafe.stores.postgres import PostgresStore
-from storekit import POSTGRES_URL, REDIS_URL, require_service, server_down
 
 SECRET = "s3cret-pw-7f3a"
 

@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
+from kit.stores import POSTGRES_URL, REDIS_URL, require_service, server_down
 from retrysafe.cli.commands import cli
 from retrysafe.records import Claimed, StoredResponse
 from retrysafe.stores.base import DualStore
 from retrysafe.stores.memory import MemoryStore
 from retrysafe.stores.url import open_store
-from storekit import POSTGRES_URL, REDIS_URL, require_service, server_down
 
 RESPONSE = StoredResponse(201, (("content-type", "application/json"),), b'{"id":1}')
 # Long enough that a loaded machine never sees these lapse mid-test.

@@ -3,7 +3,7 @@
     python -m tests.client.completion_child SCENARIO FLAVOR AUDIT_LOG
 
 The client's telemetry is on the global OpenTelemetry providers, which can be set only once per
-process, hence a child. The server is the ASGI middleware under uvicorn (tests/serverkit.py) on
+process, hence a child. The server is the ASGI middleware under uvicorn (tests/kit/servers.py) on
 a MemoryStore with a fake clock, writing its audit log to AUDIT_LOG. Its handler's first run
 blocks until the client's first attempt has timed out: the client's ``sleep`` (called between
 attempts) releases it, waits for the audit line of that run (the record is complete), and for
@@ -31,8 +31,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from tests.client.client_servers import free_port
-from tests.serverkit import serve_asgi
-from tests.storekit import FakeClock
+from tests.kit.servers import serve_asgi
+from tests.kit.stores import FakeClock
 
 from retrysafe import Policy
 from retrysafe.client import (

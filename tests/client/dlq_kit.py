@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from storekit import POSTGRES_URL, REDIS_URL, require_service, server_down
+from kit.stores import POSTGRES_URL, REDIS_URL, require_service, server_down
 
 BACKENDS = ["sqlite", "redis", "postgres"]
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from kit.wakes import HANG
 from retrysafe.client import (
     BudgetExhausted,
     CircuitBreaker,
@@ -21,7 +22,6 @@ from retrysafe.client import (
     RetryPolicy,
 )
 from retrysafe.client.dlq import DeadLetterQueue, EntryState
-from wakekit import HANG
 
 from .client_harness import LIVE_COOKIE, LIVE_CREDENTIALS, FakeTime, Harness, Script, problem, reply
 from .dlq_kit import DLQUrl

@@ -2,7 +2,7 @@
 
 ``serve(handler, policy=...)`` builds an application behind the middleware of the current
 door (raw ASGI, Starlette, raw WSGI, Flask) on the current store (the ``kit`` fixture), wrapped
-in a :class:`~httpkit.SpyStore`. Durations are in ``kit.tick`` units so that real-clock stores
+in a :class:`~kit.doors.SpyStore`. Durations are in ``kit.tick`` units so that real-clock stores
 (Redis, PostgreSQL) run the same tests.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from httpkit import DOORS, Behaviour, Door, Handler, SpyStore, created
+from kit.doors import DOORS, Behaviour, Door, Handler, SpyStore, created
 from retrysafe.policy import Policy
 from retrysafe.scopes import shared_scope
 

@@ -1,6 +1,6 @@
 """SPEC rules 10 and 13: duplicates of a request still in flight, leases and heartbeats.
 
-The first request runs a handler blocked on a :class:`~httpkit.Gate` the test opens; the spy
+The first request runs a handler blocked on a :class:`~kit.doors.Gate` the test opens; the spy
 store tells the test when a duplicate is waiting. No sleeps.
 """
 
@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import asyncio
 
-from httpkit import Gate, Out, Seen, assert_problem, created, until
+from kit.doors import Gate, Out, Seen, assert_problem, created, until
+from kit.scopes import shared_id
 from retrysafe.fingerprint import RequestFacts
 from retrysafe.policy import Problem
 from retrysafe.records import Claimed, StoredResponse
-from scopekit import shared_id
 
 BODY = b'{"amount": 100}'
 

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from httpkit import assert_problem
+from kit.doors import assert_problem
 from retrysafe.policy import Problem
 
 BODY = b'{"amount": 100}'

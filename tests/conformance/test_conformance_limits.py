@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from httpkit import Out, Seen, assert_problem, created
+from kit.doors import Out, Seen, assert_problem, created
 from retrysafe import current_key
 from retrysafe.policy import Policy, Problem
 from retrysafe.problems import render

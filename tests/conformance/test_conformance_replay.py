@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from httpkit import Out, Seen, assert_problem, created
+from kit.doors import Out, Seen, assert_problem, created
 from retrysafe.policy import REPLAYED_HEADERS, Problem
 from retrysafe.scopes import authorization_scope
 

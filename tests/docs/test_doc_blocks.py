@@ -46,13 +46,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from kit.servers import serve_asgi
+from kit.stores import POSTGRES_URL, REDIS_URL, require_service, server_down
 from retrysafe import open_store
 from retrysafe.cli.commands import cli
 from retrysafe.http import ASGIIdempotencyMiddleware
 from retrysafe.telemetry import AUDIT_LOGGER, Telemetry
 from retrysafe.tools import idempotent
-from serverkit import serve_asgi
-from storekit import POSTGRES_URL, REDIS_URL, require_service, server_down
 
 BLOCKS = [block for page in doc_pages() for block in blocks_of(page)]
 # The addresses the docs use for "your API": the test serves an app that honours keys there.

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from gwsupport import GatewayProcess, Upstream, wait_for
 
-from storekit import require_service
+from kit.stores import require_service
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ import io
 import threading
 from typing import Any
 
-from httpkit import SpyStore
+from kit.doors import SpyStore
 from retrysafe.http import ASGIIdempotencyMiddleware, WSGIIdempotencyMiddleware
 from retrysafe.policy import Policy
 from retrysafe.scopes import shared_scope

@@ -18,13 +18,13 @@ from typing import Any
 
 import pytest
 
-from httpkit import SpyStore
+from kit.doors import SpyStore
+from kit.scopes import shared_id
 from retrysafe.http import ASGIIdempotencyMiddleware, WSGIIdempotencyMiddleware
 from retrysafe.policy import Policy
 from retrysafe.records import State
 from retrysafe.scopes import shared_scope
 from retrysafe.stores.sqlite import SQLiteStore
-from scopekit import shared_id
 
 BODY = b'{"amount": 100}'
 

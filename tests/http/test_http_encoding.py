@@ -11,10 +11,10 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
+from kit.stores import StoreKit
 from retrysafe.http import ASGIIdempotencyMiddleware
 from retrysafe.policy import Policy
 from retrysafe.scopes import shared_scope
-from storekit import StoreKit
 
 
 async def test_a_gzipped_response_replays_with_its_content_encoding(kit: StoreKit) -> None:

@@ -21,12 +21,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
-from httpkit import SpyStore
+from kit.doors import SpyStore
+from kit.scopes import shared_id
 from retrysafe.http import ASGIIdempotencyMiddleware
 from retrysafe.policy import Policy
 from retrysafe.records import State
 from retrysafe.scopes import shared_scope
-from scopekit import shared_id
 
 pytestmark = pytest.mark.slow
 

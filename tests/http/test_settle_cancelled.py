@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from kit.scopes import shared_id
 from retrysafe.http import ASGIIdempotencyMiddleware
 from retrysafe.policy import Policy
 from retrysafe.records import State, StoredResponse
 from retrysafe.scopes import shared_scope
 from retrysafe.testing import RecordingStore
-from scopekit import shared_id
 
 if TYPE_CHECKING:  # conftest is not importable as a module under every pytest invocation
     from tests.conftest import StoreKit

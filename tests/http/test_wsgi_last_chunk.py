@@ -7,11 +7,11 @@ import io
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from kit.scopes import shared_id
 from retrysafe.http import WSGIIdempotencyMiddleware
 from retrysafe.policy import Policy
 from retrysafe.records import State
 from retrysafe.scopes import shared_scope
-from scopekit import shared_id
 
 if TYPE_CHECKING:
     from tests.conftest import StoreKit

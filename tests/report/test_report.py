@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from tests.storekit import require_service
+from tests.kit.stores import require_service
 from tests.telemetry._asgi import call
 from tests.telemetry.test_asgi_telemetry import App
 

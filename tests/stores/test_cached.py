@@ -18,6 +18,15 @@ from typing import Any
 
 import pytest
 
+from kit.stores import (
+    CACHED_KINDS,
+    REDIS_URL,
+    FakeClock,
+    StoreKit,
+    kit_fixture,
+    require_service,
+    server_down,
+)
 from retrysafe import open_store
 from retrysafe.decide import Refuse, Replay, decide
 from retrysafe.engine import claim_decision
@@ -29,15 +38,6 @@ from retrysafe.stores import MemoryStore, SQLiteStore
 from retrysafe.stores._replay_cache import MARGIN_S, entry_size
 from retrysafe.stores.cached import CachedStore
 from retrysafe.testing import RecordingStore
-from storekit import (
-    CACHED_KINDS,
-    REDIS_URL,
-    FakeClock,
-    StoreKit,
-    kit_fixture,
-    require_service,
-    server_down,
-)
 
 from ._common import FP, LEASE, OK, OTHER_FP, RETENTION, TTL, claimed, existing, new_id
 from ._workers import complete_through_cache, replay_through_cache, response_for

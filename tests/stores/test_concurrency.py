@@ -27,11 +27,11 @@ from typing import Any
 
 import pytest
 
+from kit.stores import StoreKit
+from kit.wakes import HANG, NEVER
 from retrysafe.records import ClaimResult, Existing, State
 from retrysafe.stores.memory import MemoryStore
 from retrysafe.stores.sqlite import SQLiteStore
-from storekit import StoreKit
-from wakekit import HANG, NEVER
 
 from ._common import new_id
 from ._workers import CheckThenSet, Outcome, claimer, describe, hold_then_settle

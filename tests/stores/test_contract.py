@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
+from kit.stores import ALL_KINDS, FakeClock, StoreKit, kit_fixture
+from kit.wakes import HANG, NEVER, WakeProbe
 from retrysafe import open_store
 from retrysafe.errors import ConfigurationError, StoreUnavailable
 from retrysafe.records import Claimed, Existing, State, StoredResponse
 from retrysafe.stores import MemoryStore, SQLiteStore
 from retrysafe.stores.base import DualStore
-from storekit import ALL_KINDS, FakeClock, StoreKit, kit_fixture
-from wakekit import HANG, NEVER, WakeProbe
 
 from ._common import FP, LEASE, OK, OTHER_FP, RETENTION, TTL, claimed, existing, first_claim, new_id
 
@@ -383,7 +383,7 @@ def test_delete_past_retention_finds_nothing_though_no_purge_ran(kit: StoreKit) 
 
 # -- watch / awatch ----------------------------------------------------------------------------
 
-# No test here times a wake-up. The ``wakes`` probe (tests/wakekit.py) turns polling off and
+# No test here times a wake-up. The ``wakes`` probe (tests/kit/wakes.py) turns polling off and
 # sees each waiter block on its notifier event and be woken by it; leases are far away, so a
 # watch can only end by the notification, by its timeout or at once. HANG bounds a hang only.
 FAR = 10_000  # ticks: a lease no test outlives (over half an hour on a real clock)

@@ -10,12 +10,12 @@ import sqlite3
 import threading
 from pathlib import Path
 
+from kit.wakes import HANG, NEVER
 from retrysafe.engine import Heartbeat
 from retrysafe.policy import Policy
 from retrysafe.records import Claimed
 from retrysafe.stores.memory import MemoryStore
 from retrysafe.stores.sqlite import SQLiteStore
-from wakekit import HANG, NEVER
 
 
 class _CountingMemoryStore(MemoryStore):

@@ -6,9 +6,9 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from kit.stores import FakeClock, StoreKit
 from retrysafe.records import Claimed, State, StoredResponse
 from retrysafe.stores.sqlite import TABLE, SQLiteStore
-from storekit import FakeClock, StoreKit
 
 BODY = StoredResponse(201, (("content-type", "application/json"),), b'{"id": 1}')
 

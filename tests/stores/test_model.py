@@ -31,9 +31,9 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from kit.stores import ALL_KINDS, STORE_KINDS, StoreKit, kit_fixture
 from retrysafe.records import Claimed, Existing, Record, State, StoredResponse
 from retrysafe.stores.cached import CachedStore
-from storekit import ALL_KINDS, STORE_KINDS, StoreKit, kit_fixture
 
 # Every store kind, and each behind the local replay cache.
 kit = kit_fixture(ALL_KINDS)

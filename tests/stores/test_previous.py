@@ -11,8 +11,8 @@ import uuid
 
 import pytest
 
+from kit.stores import StoreKit
 from retrysafe.records import Claimed, StoredResponse
-from storekit import StoreKit
 
 OK = StoredResponse(201, (), b"{}")
 TIME = 1e-5  # stores keep microseconds

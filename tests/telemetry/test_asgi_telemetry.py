@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, StatusCode
-from tests.scopekit import shared_id
-from tests.storekit import FakeClock
+from tests.kit.scopes import shared_id
+from tests.kit.stores import FakeClock
 from tests.telemetry._asgi import call
 from tests.telemetry.conftest import AuditLines, Otel
 

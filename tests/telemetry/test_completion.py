@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 from rich.console import Console
-from tests.storekit import FakeClock
+from tests.kit.stores import FakeClock
 from tests.telemetry._asgi import call
 from tests.telemetry.completion_tool import RUN_ID, charge_tool
 from tests.telemetry.conftest import AuditLines, Otel

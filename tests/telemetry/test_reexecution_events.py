@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.storekit import FakeClock
+from tests.kit.stores import FakeClock
 from tests.telemetry._asgi import call
 from tests.telemetry.conftest import Otel
 

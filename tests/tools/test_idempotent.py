@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from kit.stores import StoreKit
+from kit.wakes import HANG, NEVER, WakeProbe
 from retrysafe import current_key
 from retrysafe.errors import (
     ConfigurationError,
@@ -24,10 +26,8 @@ from retrysafe.policy import Policy, storage_id
 from retrysafe.records import State
 from retrysafe.stores.memory import MemoryStore
 from retrysafe.tools import idempotent
-from storekit import StoreKit
 from tools.tools_flavour import Flavour, both
 from tools.tools_models import Invoice, Opaque, PaymentDeclined, Receipt
-from wakekit import HANG, NEVER, WakeProbe
 
 
 class Ledger:

@@ -65,7 +65,7 @@ def need(module: str) -> Any:
     """Import an SDK the adapter tests drive; skip on a dev machine without it, fail in CI."""
     import importlib
 
-    from storekit import require_service
+    from kit.stores import require_service
 
     try:
         return importlib.import_module(module)

@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from kit.stores import FakeClock
+from kit.wakes import HANG
 from retrysafe.decide import Execute, Replay
 from retrysafe.engine import (
     AsyncHeartbeat,
@@ -32,8 +34,6 @@ from retrysafe.policy import Policy
 from retrysafe.records import Claimed, ClaimResult, Record, StoredResponse
 from retrysafe.scopes import authorization_scope
 from retrysafe.stores.memory import MemoryStore
-from storekit import FakeClock
-from wakekit import HANG
 
 RAW = [
     (b"host", b"example"),

@@ -20,8 +20,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from storekit import POSTGRES_URL, REDIS_URL, require_service
-from storekit import server_down as shared_down
+from kit.stores import POSTGRES_URL, REDIS_URL, require_service
+from kit.stores import server_down as shared_down
 
 __all__ = ["POSTGRES_URL", "REDIS_URL", "require", "shared_down"]
 
