@@ -19,6 +19,33 @@ from retrysafe.scopes import shared_scope
 
 Serve = Callable[..., Door]
 
+# Stores whose clock is the server's: time passes for real there (``kit.tick`` = 0.2 s).
+REAL_CLOCK_KINDS = ("redis", "postgres")
+CLOCK_DOOR = "asgi"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A ``store_clock`` test (a TTL or a lease lapsing) runs on a real-clock store through one
+    door only. The store alone decides expiry and takeover; the doors hand it the policy's
+    durations and never read a clock, so every door is still checked on the fake-clock stores
+    (memory, SQLite) and every store's clock through the ASGI door. The other three doors
+    would each wait out the same real seconds again for nothing new."""
+    keep: list[pytest.Item] = []
+    drop: list[pytest.Item] = []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if (
+            item.get_closest_marker("store_clock") is not None
+            and params.get("kit") in REAL_CLOCK_KINDS
+            and params.get("door_kind") != CLOCK_DOOR
+        ):
+            drop.append(item)
+        else:
+            keep.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
 
 @pytest.fixture(params=list(DOORS))
 def door_kind(request: pytest.FixtureRequest) -> str:

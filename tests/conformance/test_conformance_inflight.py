@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from kit.doors import Gate, Out, Seen, assert_problem, created, until
 from kit.scopes import shared_id
 from retrysafe.fingerprint import RequestFacts
@@ -112,6 +114,7 @@ async def test_rule_13_heartbeat_keeps_the_claim_of_a_handler_outliving_its_leas
     assert door.handler.runs == 1
 
 
+@pytest.mark.store_clock
 async def test_rule_13_dead_holder_lease_lapses_and_a_duplicate_takes_over(serve, policy_for, kit):
     policy = policy_for(lease=2 * kit.tick, wait=0.1 * kit.tick)
     door = serve(policy=policy)
@@ -134,6 +137,7 @@ async def test_rule_13_dead_holder_lease_lapses_and_a_duplicate_takes_over(serve
     assert replay.body == took_over.body
 
 
+@pytest.mark.store_clock
 async def test_rule_13_09_lapsed_claim_is_taken_over_only_by_the_same_request(
     serve, policy_for, kit
 ):

@@ -214,6 +214,7 @@ async def test_rule_12_refusals_of_this_layer_are_never_stored(serve):
     assert door.store.count("complete") == 1  # only the handler's own 201
 
 
+@pytest.mark.store_clock
 async def test_rule_14_replays_within_the_ttl_and_re_executes_after_it(serve, policy_for, kit):
     door = serve(policy=policy_for(ttl=3 * kit.tick))
     first = await door.post("pay-13", BODY)
@@ -232,6 +233,7 @@ async def test_rule_14_replays_within_the_ttl_and_re_executes_after_it(serve, po
     assert door.handler.runs == 2
 
 
+@pytest.mark.store_clock
 async def test_rule_14_an_expired_key_may_carry_a_new_request(serve, policy_for, kit):
     door = serve(policy=policy_for(ttl=kit.tick))
     await door.post("pay-14", BODY)
