@@ -28,7 +28,7 @@ from pathlib import Path
 
 import httpx
 
-APP = '''
+APP = """
 import asyncio, os, sqlite3
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse
@@ -53,7 +53,7 @@ app.add_middleware(
     ASGIIdempotencyMiddleware, store=store, atomic=True,
     policy=Policy(scope=shared_scope, wait=30.0),
 )
-'''
+"""
 
 
 def free_port() -> int:

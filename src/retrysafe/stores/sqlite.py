@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from retrysafe.errors import ConfigurationError, StoreUnavailable
 from retrysafe.records import (
@@ -60,6 +60,7 @@ from retrysafe.stores._sqlite_sql import (
     translated,
 )
 from retrysafe.stores._stats import KeyStats, from_rows
+from retrysafe.stores._writer_gate import Hold, WriterGate
 
 if TYPE_CHECKING:
     from retrysafe.stores.sqlite_atomic import SQLiteUnit
@@ -75,6 +76,7 @@ __all__ = [
 ]
 
 Clock = Callable[[], float]
+T = TypeVar("T")
 
 _POLL_START, _POLL_MAX = 0.005, 0.1
 # The event loop's connection never checkpoints (a checkpoint fsyncs); a worker thread does,
@@ -159,6 +161,8 @@ class SQLiteStore:
             raise ConfigurationError(
                 f"SQLite store {self.path!r}: directory {str(parent)!r} does not exist"
             )
+        # Every writer of this store queues here before BEGIN IMMEDIATE (_writer_gate.py).
+        self._gate = WriterGate(self.path)
         with self._using() as conn:
             conn.executescript(SCHEMA)
 
@@ -274,26 +278,68 @@ class SQLiteStore:
 
         return SQLiteUnit(self, id, token, fingerprint, lease, keep)
 
+    def enter_gate(self, timeout: float | None = None) -> Hold:
+        """The writer gate (:mod:`retrysafe.stores._writer_gate`), taken before any
+        ``BEGIN IMMEDIATE`` on this file; waits up to the busy timeout, then fails as SQLite's
+        busy handler does. Release the returned hold after ``COMMIT``/``ROLLBACK``."""
+        with translated(self.path):
+            return self._gate.enter(self._busy_timeout if timeout is None else timeout)
+
+    async def aenter_gate(self) -> Hold:
+        """:meth:`enter_gate`, waiting on the event loop (no worker thread is held)."""
+        with translated(self.path):
+            return await self._gate.aenter(self._busy_timeout)
+
     @contextlib.contextmanager
-    def _write(self, inline: bool = False) -> Iterator[sqlite3.Connection]:
+    def _write(
+        self, inline: bool = False, hold: Hold | None = None
+    ) -> Iterator[sqlite3.Connection]:
         """One BEGIN IMMEDIATE transaction: the write lock is taken before anything is read.
 
         ``inline`` (on the event loop): raise :class:`_Busy` at once instead of waiting when
-        another connection or process holds the write lock.
+        the writer gate or the write lock is taken. ``hold``: the gate, already entered by the
+        caller (who releases it); else it is entered and released here.
         """
-        with self._using(inline) as conn:
+        own = hold is None
+        if hold is None:
+            hold = self._gate.try_enter() if inline else self.enter_gate()
+            if hold is None:
+                raise _Busy
+        try:
+            with self._using(inline) as conn:
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                except sqlite3.OperationalError as exc:
+                    if inline and exc.sqlite_errorcode in _BUSY_CODES:
+                        raise _Busy from exc
+                    raise
+                try:
+                    yield conn
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+        finally:
+            if own:
+                hold.release()
+
+    async def _awrite(self, write: Callable[..., T], *args: Any) -> T:
+        """Run ``write(*args, inline=..., hold=...)`` (one of the ``_write`` operations)
+        inline when the gate and the lock are free; else wait for the gate on the event loop
+        and run it inline then, or on a worker thread if the lock itself is still taken (by
+        a writer outside the gate: the application's own connection, a checkpoint)."""
+        try:
+            return write(*args, inline=True)
+        except _Busy:
+            pass
+        hold = await self.aenter_gate()
+        try:
             try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                if inline and exc.sqlite_errorcode in _BUSY_CODES:
-                    raise _Busy from exc
-                raise
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+                return write(*args, inline=True, hold=hold)
+            except _Busy:
+                return await asyncio.to_thread(write, *args, hold=hold)
+        finally:
+            hold.release()
 
     # -- sync ----------------------------------------------------------------------------
 
@@ -310,8 +356,15 @@ class SQLiteStore:
         now = self._clock()
         return Existing(current, now) if resolve(current, now) is current.state else None
 
-    def _claim(self, id: str, fingerprint: str, lease: float, inline: bool = False) -> ClaimResult:
-        with self._write(inline) as conn:
+    def _claim(
+        self,
+        id: str,
+        fingerprint: str,
+        lease: float,
+        inline: bool = False,
+        hold: Hold | None = None,
+    ) -> ClaimResult:
+        with self._write(inline, hold) as conn:
             now = self._clock()
             existing = read_record(conn, id)
             row = conn.execute(LAST_TOKEN).fetchone()
@@ -347,8 +400,9 @@ class SQLiteStore:
         ttl: float,
         retention: float,
         inline: bool = False,
+        hold: Hold | None = None,
     ) -> bool:
-        with self._write(inline) as conn:
+        with self._write(inline, hold) as conn:
             done = complete_in(conn, id, token, response, ttl, retention, self._clock())
         if inline:
             self._inline_commits += 1
@@ -549,6 +603,7 @@ class SQLiteStore:
         for conn in idle:
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
+        self._gate.close()
 
     # -- async: the same operations on a worker thread ----------------------------------
 
@@ -560,11 +615,8 @@ class SQLiteStore:
             return settled
         # A write transaction, too, runs inline when the write lock is free: it takes tens of
         # microseconds (WAL, no fsync), a hop to a worker thread and back cost several times
-        # that. When another connection holds the lock, wait for it on a worker thread.
-        try:
-            return self._claim(id, fingerprint, lease, inline=True)
-        except _Busy:
-            return await asyncio.to_thread(self._claim, id, fingerprint, lease)
+        # that. When another writer holds it, wait for the writer gate on the event loop.
+        return await self._awrite(self._claim, id, fingerprint, lease)
 
     async def arenew(self, id: str, token: int, lease: float) -> bool:
         return await asyncio.to_thread(self.renew, id, token, lease)
@@ -572,10 +624,8 @@ class SQLiteStore:
     async def acomplete(
         self, id: str, token: int, response: StoredResponse, ttl: float, retention: float
     ) -> bool:
-        try:  # inline when the write lock is free, as in aclaim
-            done = self._complete(id, token, response, ttl, retention, inline=True)
-        except _Busy:
-            return await asyncio.to_thread(self.complete, id, token, response, ttl, retention)
+        # inline when the write lock is free, as in aclaim
+        done = await self._awrite(self._complete, id, token, response, ttl, retention)
         if self._housekeeping_due():
             await asyncio.to_thread(self._housekeeping)
         return done

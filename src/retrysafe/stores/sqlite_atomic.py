@@ -11,7 +11,10 @@ The claim itself never holds a transaction (it is the usual lease + token). Whil
 transaction is open it holds SQLite's single write lock, so no other writer - no takeover, no
 other claim - can commit in between: the token checked at ``BEGIN IMMEDIATE`` still holds at
 ``COMMIT``. The price is that every other writer to the file waits for the handler (up to the
-store's busy timeout), which is why the transaction begins lazily.
+store's busy timeout), which is why the transaction begins lazily. They wait in the
+store's writer gate (:mod:`retrysafe.stores._writer_gate`): a unit takes it before
+``BEGIN IMMEDIATE`` and gives it back at the commit or rollback, so the next writer - in any
+process - starts the moment this one ends instead of at its next busy-handler retry.
 
 Recovery points: :meth:`SQLiteUnit.mark` commits the work so far together with the name of the
 phase reached (a row in ``retrysafe_records_phases``) and renews the lease. The next transaction
@@ -43,6 +46,7 @@ from retrysafe.stores._sqlite_sql import (
     record_to_row,
     translated,
 )
+from retrysafe.stores._writer_gate import Hold
 
 if TYPE_CHECKING:  # the store builds its units (SQLiteStore.unit): annotations only
     from retrysafe.stores.sqlite import SQLiteStore
@@ -154,6 +158,7 @@ class SQLiteUnit:
         self._fingerprint, self._lease, self._keep = fingerprint, lease, keep
         self._link: Link | None = None
         self._open = False
+        self._hold: Hold | None = None  # the store's writer gate, while the transaction is open
         self._phases: tuple[str, ...] = ()
         self._lost = False
 
@@ -211,7 +216,7 @@ class SQLiteUnit:
                 self._link = await open_link(self.store)
         link = self._kind(kind)
         if not self._open:
-            await self._off_loop(self._begin)
+            await self._gated(self._begin)
         return link
 
     def mark(self, name: str) -> None:
@@ -236,7 +241,7 @@ class SQLiteUnit:
             except BaseException:
                 self.abort()
                 raise
-        self._open = False
+        self._ended()
         self._phases = phases
 
     # -- what the adapter does at the end -------------------------------------------------
@@ -261,7 +266,7 @@ class SQLiteUnit:
             except BaseException:
                 self.abort()
                 raise
-        self._open = False
+        self._ended()
         self.store._notifier.notify(self.id)
         return True
 
@@ -277,8 +282,11 @@ class SQLiteUnit:
         """Roll back whatever the transaction holds (the handler's writes included)."""
         if self._link is not None and self._open:
             self._open = False
-            with translated(self.store.path):
-                self._link.rollback()
+            try:
+                with translated(self.store.path):
+                    self._link.rollback()
+            finally:
+                self._ungate()
 
     def close(self) -> None:
         """Roll back anything uncommitted and give the connection back."""
@@ -291,6 +299,7 @@ class SQLiteUnit:
                 with translated(self.store.path):
                     link.rollback()
         finally:
+            self._ungate()
             link.close()
 
     # -- async twins: the same steps off the event loop -------------------------------------
@@ -299,14 +308,14 @@ class SQLiteUnit:
         self.load()  # one WAL read by primary key never waits for a writer: inline
 
     async def aconnection(self) -> sqlite3.Connection:
-        return await self._off_loop(self.connection)
+        return await self._gated(self.connection)
 
     async def amark(self, name: str) -> None:
         await self.aflush()
-        await self._off_loop(self.mark, name)
+        await self._gated(self.mark, name)
 
     async def acomplete(self, response: StoredResponse, ttl: float, retention: float) -> bool:
-        return await self._off_loop(self.complete, response, ttl, retention)
+        return await self._gated(self.complete, response, ttl, retention)
 
     async def aflush(self) -> None:
         if isinstance(self._link, AsyncLink):
@@ -325,6 +334,7 @@ class SQLiteUnit:
         try:
             await link.run(self.abort)
         finally:
+            self._ungate()
             self._link = None
             await link.aclose()
 
@@ -350,18 +360,46 @@ class SQLiteUnit:
     def _ready(self) -> Link:
         """The link, in a transaction that holds the write lock and the claim."""
         if self._open and self._link is not None and not self._link.raw.in_transaction:
-            self._open = False  # the application rolled back itself: begin (and check) again
+            self._ended()  # the application rolled back itself: begin (and check) again
         if not self._open:
             kind = type(self._link) if self._link is not None else RawLink
             self.attach(kind, RawLink)  # an existing link is reused; RawLink only opens one
         assert self._link is not None
         return self._link
 
+    async def _gated(self, step: Callable[..., T], *args: Any) -> T:
+        """Run a blocking step off the loop, having entered the writer gate on the event loop
+        first if the step may begin the transaction: no worker thread blocks waiting for it
+        (:meth:`_begin` finds it held). Given back if the step left no transaction open."""
+        if not self._open and self._hold is None:
+            self._hold = await self.store.aenter_gate()
+        try:
+            return await self._off_loop(step, *args)
+        finally:
+            if not self._open:
+                self._ungate()
+
+    def _ended(self) -> None:
+        """The transaction is over (committed or rolled back): let the next writer in."""
+        self._open = False
+        self._ungate()
+
+    def _ungate(self) -> None:
+        hold, self._hold = self._hold, None
+        if hold is not None:
+            hold.release()
+
     def _begin(self) -> None:
         link = self._link
         assert link is not None
+        if self._hold is None:
+            self._hold = self.store.enter_gate()
         with translated(self.store.path):
-            link.begin()
+            try:
+                link.begin()
+            except BaseException:
+                self._ungate()
+                raise
             self._open = True
             try:
                 record = read_record(link.raw, self.id)
