@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import statistics
 import time
@@ -36,6 +37,7 @@ POSTGRES_URL = os.environ.get(
 )
 OK = StoredResponse(201, (("content-type", "application/json"),), b'{"id": "ch_1"}')
 BODY = b'{"amount": 1000}'
+SERIAL = itertools.count()  # key numbers, unique across runs
 
 
 class PoolProbe:
@@ -96,9 +98,9 @@ async def run(
     counter = iter(range(ops))
 
     async def worker() -> None:
-        for n in counter:
+        for _ in counter:
             start = time.perf_counter()
-            await op(n)
+            await op(next(SERIAL))
             latencies.append(time.perf_counter() - start)
 
     start = time.perf_counter()
@@ -157,9 +159,8 @@ async def main_async(args: argparse.Namespace) -> None:
                     f"{probe.waited / max(probe.checkouts, 1) * 1e3:7.3f}"
                 )
     print(f"load average {os.getloadavg()[0]:.2f}")
-    await store.aclose()
     inner.drop_schema()
-    inner.close()
+    await store.aclose()
 
 
 def main() -> None:
