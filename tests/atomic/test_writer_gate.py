@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from kit.wakes import HANG
 from retrysafe.records import Claimed, State, StoredResponse
 from retrysafe.stores.sqlite import SQLiteStore
-from wakekit import HANG
 
 from ._gate_worker import write
 
