@@ -253,8 +253,41 @@ def _renewal_failed(lease: Lease, id: str, exc: StoreError) -> bool:
     return True
 
 
-class Heartbeat:
-    """Renews a sync claim's lease every ``policy.heartbeat_s`` while its handler runs (SPEC 13)."""
+class _Beat:
+    """What a sync and an async heartbeat share: the claim they renew and its :class:`Lease`."""
+
+    __slots__ = ("_id", "_idle", "_policy", "_store", "_token", "lease", "period")
+
+    def __init__(
+        self,
+        store: Store | AsyncStore,
+        id: str,
+        token: int,
+        policy: Policy,
+        *,
+        idle: Idle = None,
+        lease: Lease | None = None,
+    ) -> None:
+        self._store, self._id, self._token, self._policy = store, id, token, policy
+        self._idle = idle
+        self.period = policy.heartbeat_s
+        self.lease = lease if lease is not None else Lease(id, time.monotonic(), policy.lease_s)
+
+    @property
+    def lost(self) -> bool:
+        """Whether the claim was lost (taken over, or not renewed before the lease ran out)."""
+        return self.lease.lost
+
+
+class Heartbeat(_Beat):
+    """Renews a sync claim's lease every ``policy.heartbeat_s`` while its handler runs (SPEC 13).
+
+    ``begin()`` and ``end()`` bracket the handler (or ``with heartbeat:``); renewals run on
+    the shared scheduler's threads (:class:`_BeatScheduler`).
+    """
+
+    __slots__ = ("_active",)
+    _store: Store
 
     def __init__(
         self,
@@ -266,23 +299,24 @@ class Heartbeat:
         idle: Idle = None,
         lease: Lease | None = None,
     ) -> None:
-        self._store, self._id, self._token, self._policy = store, id, token, policy
-        self._idle = idle
+        super().__init__(store, id, token, policy, idle=idle, lease=lease)
         self._active = False
-        self.lease = lease if lease is not None else Lease(id, time.monotonic(), policy.lease_s)
-
-    @property
-    def lost(self) -> bool:
-        """Whether the claim was lost (taken over, or not renewed before the lease ran out)."""
-        return self.lease.lost
 
     def __enter__(self) -> Heartbeat:
-        self._active = True
-        _scheduler.schedule(self, time.monotonic() + self._policy.heartbeat_s)
-        return self
+        return self.begin()
 
     def __exit__(self, *exc: object) -> None:
-        self._active = False  # a beat running now does not schedule itself again
+        self.end()
+
+    def begin(self) -> Heartbeat:
+        """Start renewing (the first beat is due one period from now)."""
+        self._active = True
+        _scheduler.schedule(self, time.monotonic() + self.period)
+        return self
+
+    def end(self) -> None:
+        """Stop renewing (a renewal in progress finishes, but schedules no other)."""
+        self._active = False
         _scheduler.cancel(self)
 
     def beat(self) -> None:
@@ -301,7 +335,7 @@ class Heartbeat:
             if _renewal_failed(lease, self._id, exc):
                 return
         if self._active:
-            _scheduler.schedule(self, time.monotonic() + self._policy.heartbeat_s)
+            _scheduler.schedule(self, time.monotonic() + self.period)
 
 
 class _LoopBeats:
@@ -383,24 +417,15 @@ def _beats_of(loop: asyncio.AbstractEventLoop) -> _LoopBeats:
     return beats
 
 
-class AsyncHeartbeat:
+class AsyncHeartbeat(_Beat):
     """Renews an async claim's lease every ``policy.heartbeat_s`` while its handler runs.
 
     Nothing runs until the first beat is due, and all heartbeats of a loop share one timer
     (:class:`_LoopBeats`), so a fast handler pays for a dict insert and a dict pop.
     """
 
-    __slots__ = (
-        "_beats",
-        "_id",
-        "_idle",
-        "_policy",
-        "_store",
-        "_task",
-        "_token",
-        "lease",
-        "period",
-    )
+    __slots__ = ("_beats", "_task")
+    _store: AsyncStore
 
     def __init__(
         self,
@@ -412,17 +437,9 @@ class AsyncHeartbeat:
         idle: Idle = None,
         lease: Lease | None = None,
     ) -> None:
-        self._store, self._id, self._token, self._policy = store, id, token, policy
-        self._idle = idle
-        self.period = policy.heartbeat_s
+        super().__init__(store, id, token, policy, idle=idle, lease=lease)
         self._beats: _LoopBeats | None = None
         self._task: asyncio.Task[None] | None = None
-        self.lease = lease if lease is not None else Lease(id, time.monotonic(), policy.lease_s)
-
-    @property
-    def lost(self) -> bool:
-        """Whether the claim was lost (taken over, or not renewed before the lease ran out)."""
-        return self.lease.lost
 
     async def __aenter__(self) -> AsyncHeartbeat:
         return self.begin()

@@ -254,11 +254,11 @@ class _Responder:
 
             return write_through
 
-        heartbeat = Heartbeat(self.store, ident.id, token, self.policy, lease=lease).__enter__()
+        heartbeat = Heartbeat(self.store, ident.id, token, self.policy, lease=lease).begin()
         try:
             result = self._call_app(ident.key, start_response, lease)
         except BaseException:
-            heartbeat.__exit__()
+            heartbeat.end()
             self._settle(ident, token, None, lease)
             self.obs.executed(capture.status or 500)
             raise
@@ -569,7 +569,7 @@ class _Body:
         if self._settled:
             return True
         self._settled = True
-        self._heartbeat.__exit__()
+        self._heartbeat.end()
         responder = self._responder
         stored = responder._settle(self._ident, self._token, outcome, self._heartbeat.lease)
         responder.obs.executed(503 if not stored else self._capture.status or 500)
