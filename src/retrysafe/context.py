@@ -6,19 +6,17 @@ n-th keyed request made under parent key ``P`` always gets ``derive_key(P, str(n
 from 1 — so when a crashed or retried operation runs again with the same key, its downstream
 calls carry the same keys as the first run and the downstream service deduplicates them.
 
-The counter belongs to the keyed scope: every ``_current_key.set(key)`` (what the middlewares
-and tool decorators do, and what :func:`key_scope` does) starts counting from 1, so a second
-run of the same key — a retry after an exception, a recovery after a crash — derives the same
-sub-keys as the first, and a nested scope never disturbs its parent's count. Requests issued
-concurrently under one key get distinct sub-keys, numbered in the order they were issued;
-make keyed calls in a deterministic order.
+The counter belongs to the keyed scope: every :class:`key_scope` (what the middlewares and
+tool decorators enter) starts counting from 1, so a second run of the same key — a retry
+after an exception, a recovery after a crash — derives the same sub-keys as the first, and a
+nested scope never disturbs its parent's count. Requests issued concurrently under one key get
+distinct sub-keys, numbered in the order they were issued; make keyed calls in a
+deterministic order.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from contextvars import ContextVar, Token
 
 from retrysafe.keys import derive_key
@@ -73,18 +71,24 @@ def current_key() -> str | None:
     return str(key) if key is not None else None  # a plain str, not the scope object
 
 
-@contextmanager
-def key_scope(key: str) -> Iterator[str]:
+class key_scope:  # lowercase: read as a function, ``with key_scope(key):``
     """Run the block as the operation keyed ``key`` (sets the current key; restores on exit).
 
-    Works in sync and async code alike. The middlewares and tool decorators do the same
-    through ``_current_key.set``/``reset``; this is the public spelling.
+    Works in sync and async code alike; the middlewares and tool decorators set the key
+    this way too. A class, not a generator: it runs on every keyed request.
     """
-    token = _current_key.set(key)
-    try:
-        yield key
-    finally:
-        _current_key.reset(token)
+
+    __slots__ = ("_key", "_reset")
+
+    def __init__(self, key: str) -> None:
+        self._key = key
+
+    def __enter__(self) -> str:
+        self._reset = _current_key.set(self._key)
+        return self._key
+
+    def __exit__(self, *exc: object) -> None:
+        _current_key.reset(self._reset)
 
 
 def next_derived_key() -> str | None:

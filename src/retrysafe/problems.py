@@ -6,6 +6,7 @@ import json
 import math
 from dataclasses import dataclass
 
+from retrysafe.errors import StoreError, StoreFull
 from retrysafe.policy import Policy, Problem
 
 TITLES = {
@@ -57,3 +58,20 @@ def render(
     if retry_after is not None:
         headers.append(("retry-after", str(max(1, math.ceil(retry_after)))))
     return ProblemResponse(status, headers, body)
+
+
+def store_unavailable(policy: Policy, exc: StoreError | None = None) -> ProblemResponse:
+    """503: the store cannot be reached (or is full of requests in flight), so nothing ran."""
+    if isinstance(exc, StoreFull):  # reachable, but every record it may hold is in flight
+        detail = (
+            f"the idempotency {exc.what} is full of requests still in flight, so the request "
+            "was not processed; retry with the same key"
+        )
+    else:
+        detail = (
+            "the idempotency store cannot be reached, so the request was not processed; "
+            "retry with the same key"
+        )
+    return render(
+        Problem.STORE_UNAVAILABLE, detail, policy, retry_after=policy.unavailable_retry_after_s
+    )

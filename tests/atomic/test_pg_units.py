@@ -12,8 +12,8 @@ import psycopg
 import pytest
 
 from kit.wakes import HANG
-from retrysafe.atomic._run import Ending, afinish, finish
 from retrysafe.decide import Complete, Release
+from retrysafe.engine import Ending, afinish, finish
 from retrysafe.errors import ClaimTakenOver, ConfigurationError
 from retrysafe.policy import Policy
 from retrysafe.records import Claimed, ClaimResult, Existing, State, StoredResponse

@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from retrysafe import current_key, derive_key
 from retrysafe.client import AsyncIdempotentTransport, IdempotentTransport
-from retrysafe.context import _current_key, key_scope
+from retrysafe.context import key_scope
 from retrysafe.http import ASGIIdempotencyMiddleware
 from retrysafe.policy import Policy
 from retrysafe.scopes import shared_scope
@@ -51,13 +51,10 @@ def test_setting_the_same_key_again_starts_over() -> None:
     down = Downstream()
     client = httpx.Client(transport=IdempotentTransport(httpx.MockTransport(down)))
     for _ in range(2):  # what a middleware or decorator does on a retried operation
-        token = _current_key.set("P")
-        try:
+        with key_scope("P"):
             assert type(current_key()) is str
             client.post("http://d.test/a")
             client.post("http://d.test/a")
-        finally:
-            _current_key.reset(token)
     assert down.keys == [derive_key("P", "1"), derive_key("P", "2")] * 2
 
 

@@ -340,26 +340,6 @@ def is_adapter(module: str) -> bool:
     return parts[0] == "atomic" and len(parts) > 1 and parts[1].startswith(ATOMIC_ADAPTERS)
 
 
-# Private imports that the one-request-flow work (issue 16: one admit -> claim -> execute ->
-# settle flow for both middlewares, whose shared pieces the engine then owns) removes. Each
-# entry is an exact (importer, imported) pair; an entry that no longer occurs fails
-# test_pending_private_imports_still_occur, so the list only shrinks.
-PENDING = {
-    # removed by the one-request-flow work
-    ("retrysafe.http._asgi", "retrysafe.atomic._context"),
-    ("retrysafe.http._asgi", "retrysafe.atomic._run"),
-    ("retrysafe.http._wsgi", "retrysafe.atomic._context"),
-    ("retrysafe.http._wsgi", "retrysafe.atomic._run"),
-    ("retrysafe.tools.calls", "retrysafe.atomic._context"),
-    ("retrysafe.tools.calls", "retrysafe.atomic._run"),
-    ("retrysafe.gateway.app", "retrysafe.http._exchange"),
-    # removed by the one-request-flow work, which rewrites these three modules: the current
-    # key is set through context's public API (key_scope) instead of its private variable
-    ("retrysafe.http._asgi", "retrysafe.context._current_key"),
-    ("retrysafe.http._wsgi", "retrysafe.context._current_key"),
-    ("retrysafe.tools.calls", "retrysafe.context._current_key"),
-}
-
 ROOT = PACKAGE.parent
 EDGES = edges_under(ROOT)
 
@@ -374,14 +354,8 @@ def test_no_module_imports_another_packages_private_modules_or_names() -> None:
     wrong = [
         f"{importer} (line {line}) imports {imported}"
         for (importer, imported), line in sorted(crossings.items())
-        if (importer, imported) not in PENDING
     ]
     assert wrong == [], "move the shared part where both may import it:\n" + "\n".join(wrong)
-
-
-def test_pending_private_imports_still_occur() -> None:
-    gone = PENDING - set(private_crossings(EDGES, ROOT))
-    assert gone == set(), f"no longer imported: remove from PENDING: {sorted(gone)}"
 
 
 def test_nothing_below_the_adapters_imports_one() -> None:
@@ -399,7 +373,7 @@ def test_the_graph_sees_the_layers() -> None:
     assert {"retrysafe.http._asgi", "retrysafe.client.dlq", "retrysafe.cli.demo"} <= adapters
     assert {"retrysafe.atomic.django", "retrysafe.atomic._sqlalchemy_pg"} <= adapters
     assert {"retrysafe.engine", "retrysafe.stores.sqlite", "retrysafe.atomic"}.isdisjoint(adapters)
-    assert {"retrysafe.atomic._run", "retrysafe.telemetry.observe"}.isdisjoint(adapters)
+    assert {"retrysafe.atomic._context", "retrysafe.telemetry.observe"}.isdisjoint(adapters)
     targets = {(e.importer, e.target) for e in EDGES}
     assert ("retrysafe.stores.sqlite", "retrysafe.stores.sqlite_atomic") in targets  # lazy
     assert ("retrysafe.decide", "retrysafe.records") in targets

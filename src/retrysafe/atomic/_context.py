@@ -1,12 +1,13 @@
-"""The atomic unit of the execution in progress, readable anywhere below a handler (SPEC 13a)."""
+"""The atomic unit of the execution in progress, readable anywhere below a handler (SPEC 13a).
+
+The adapters bind it (``retrysafe.engine.bound_unit``); this is the handler's side.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
+from retrysafe.engine import running_unit
 from retrysafe.errors import ClaimTakenOver, NoAtomicContext
 from retrysafe.lease import lease_lost
 from retrysafe.stores.base import AtomicUnit
@@ -14,12 +15,10 @@ from retrysafe.stores.base import AtomicUnit
 if TYPE_CHECKING:
     from retrysafe.stores.postgres_atomic import PostgresUnit
 
-_current_unit: ContextVar[AtomicUnit | None] = ContextVar("retrysafe_atomic_unit", default=None)
-
 
 def current_unit() -> AtomicUnit:
     """The unit of the atomic handler or function running now; :class:`NoAtomicContext` if none."""
-    unit = _current_unit.get()
+    unit = running_unit()
     if unit is None:
         raise NoAtomicContext(
             "no atomic idempotent execution is running here: retrysafe.atomic works inside a "
@@ -41,16 +40,6 @@ def held_unit() -> AtomicUnit:
             retry_after=1.0,
         )
     return unit
-
-
-@contextmanager
-def bound(unit: AtomicUnit) -> Iterator[None]:
-    """Make ``unit`` the current unit while the handler runs."""
-    reset = _current_unit.set(unit)
-    try:
-        yield
-    finally:
-        _current_unit.reset(reset)
 
 
 def postgres_unit(unit: AtomicUnit) -> PostgresUnit | None:

@@ -40,8 +40,8 @@ from retrysafe.gateway.metrics import GatewayMetrics
 from retrysafe.gateway.problems import RequestProblem, request_problem
 from retrysafe.gateway.target import PathRefused, Prefix, choose, wire_path
 from retrysafe.http import ASGIIdempotencyMiddleware
-from retrysafe.http._exchange import unavailable
 from retrysafe.policy import Policy
+from retrysafe.problems import store_unavailable
 from retrysafe.stores.base import DualStore
 
 log = logging.getLogger("retrysafe.gateway")
@@ -154,7 +154,7 @@ class Gateway:
             await asyncio.wait_for(self.store.aget(HEALTH_PROBE_ID), HEALTH_TIMEOUT)
         except (StoreError, TimeoutError) as exc:
             log.error("health check: store unavailable: %s", exc)
-            problem = unavailable(Policy())
+            problem = store_unavailable(Policy())
             await _respond(send, problem.status, problem.body, "application/problem+json")
             return
         scheme = self.store.url.split(":", 1)[0]  # never the URL: it may hold a password

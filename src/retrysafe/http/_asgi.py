@@ -15,9 +15,7 @@ import time
 
 from retrysafe import lease as leases
 from retrysafe._shield import shielded
-from retrysafe.atomic._context import bound
-from retrysafe.atomic._run import Ending, afinish, aopen_unit, atomic_policy, require_atomic
-from retrysafe.context import _current_key
+from retrysafe.context import key_scope
 from retrysafe.decide import (
     Complete,
     Execute,
@@ -28,7 +26,17 @@ from retrysafe.decide import (
     Replay,
     replay_headers,
 )
-from retrysafe.engine import AsyncHeartbeat, aclaim_decision, asettle_record
+from retrysafe.engine import (
+    AsyncHeartbeat,
+    Ending,
+    aclaim_decision,
+    afinish,
+    aopen_unit,
+    asettle_record,
+    atomic_policy,
+    bound_unit,
+    require_atomic,
+)
 from retrysafe.errors import ClaimTakenOver, StoreError, StoreUnavailable
 from retrysafe.fingerprint import (
     INLINE_JSON_LIMIT,
@@ -51,7 +59,6 @@ from retrysafe.http._exchange import (
     refusal,
     taken_over,
     too_large,
-    unavailable,
     unstored,
 )
 from retrysafe.http.types import ASGIApp, Message, Receive, Scope, Send
@@ -59,7 +66,7 @@ from retrysafe.keyring import Keyring
 from retrysafe.lease import Lease
 from retrysafe.outcomes import Outcome
 from retrysafe.policy import Policy
-from retrysafe.problems import ProblemResponse
+from retrysafe.problems import ProblemResponse, store_unavailable
 from retrysafe.stores.base import AsyncStore, AtomicUnit
 from retrysafe.telemetry.observe import DEFAULT_TELEMETRY, NULL_OBSERVATION, Telemetry, observe
 
@@ -220,7 +227,7 @@ class _Responder:
                 await self._fail_open(key)
                 return
             log.error("idempotency store unavailable, failing closed: %s", exc)
-            await self._problem(unavailable(self.policy, exc), Outcome.STORE_ERROR)
+            await self._problem(store_unavailable(self.policy, exc), Outcome.STORE_ERROR)
             return
         if isinstance(decision, Execute):  # not a class pattern: see run()
             token, outcome = decision.token, decision.outcome
@@ -383,7 +390,7 @@ class _Responder:
             log.error("idempotency store unavailable, failing closed: %s", exc)
             with contextlib.suppress(StoreError):  # the lease lapses if this fails too
                 await shielded(self.store.arelease(ident.id, token))
-            await self._problem(unavailable(self.policy, exc), Outcome.STORE_ERROR)
+            await self._problem(store_unavailable(self.policy, exc), Outcome.STORE_ERROR)
             return
         held: list[Message] = []
         settled = False
@@ -407,7 +414,7 @@ class _Responder:
                 await self._commit_atomic(ident, unit, capture, held)
 
         try:
-            with bound(unit):
+            with bound_unit(unit):
                 # The open transaction holds the record; once settled, nothing is left to renew.
                 idle = lambda: unit.holding or settled  # noqa: E731
                 beat = AsyncHeartbeat(
@@ -442,7 +449,7 @@ class _Responder:
             ending = await afinish(unit, self.store, settlement, self.policy)
         except StoreError as exc:
             log.error("could not commit idempotency record %s: %s", ident.id[:12], exc)
-            await self._problem(unavailable(self.policy, exc), Outcome.STORE_ERROR)
+            await self._problem(store_unavailable(self.policy, exc), Outcome.STORE_ERROR)
             return
         obs.store_time("complete", time.perf_counter() - started)
         if ending is Ending.TAKEN_OVER:
@@ -481,18 +488,17 @@ class _Responder:
         state = scope.get("state")
         scope["state"] = {**state, STATE_KEY: key} if state else {STATE_KEY: key}
         obs = self.obs
-        reset = _current_key.set(key)
         held = leases.bind(lease) if lease is not None else None  # retrysafe.lease_lost()
         try:
-            if obs is NULL_OBSERVATION:  # nothing to activate: skip a no-op context manager
-                await self.app(scope, self._receive, send)
-            else:
-                with obs.active():  # handler spans nest under ours; report_cost() works
+            with key_scope(key):
+                if obs is NULL_OBSERVATION:  # nothing to activate: skip a no-op context manager
                     await self.app(scope, self._receive, send)
+                else:
+                    with obs.active():  # handler spans nest under ours; report_cost() works
+                        await self.app(scope, self._receive, send)
         finally:
             if held is not None:
                 leases.unbind(held)
-            _current_key.reset(reset)
 
     async def _receive(self) -> Message:
         if self.messages:

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from retrysafe.decide import Admission, Keyed, Pass, Refuse, Settlement, admit, settle
-from retrysafe.errors import StoreError, StoreFull
 from retrysafe.fingerprint import RequestFacts, view_of
 from retrysafe.outcomes import Outcome
 from retrysafe.policy import Policy, Problem, storage_id
@@ -178,22 +177,6 @@ def _too_large(policy: Policy, limit: int | None = None) -> str:
     else:
         why = "the most this endpoint buffers to check idempotency keys (Policy.max_body)"
     return f"the request body exceeds {limit} bytes, {why}"
-
-
-def unavailable(policy: Policy, exc: StoreError | None = None) -> ProblemResponse:
-    if isinstance(exc, StoreFull):  # reachable, but every record it may hold is in flight
-        detail = (
-            f"the idempotency {exc.what} is full of requests still in flight, so the request "
-            "was not processed; retry with the same key"
-        )
-    else:
-        detail = (
-            "the idempotency store cannot be reached, so the request was not processed; "
-            "retry with the same key"
-        )
-    return render(
-        Problem.STORE_UNAVAILABLE, detail, policy, retry_after=policy.unavailable_retry_after_s
-    )
 
 
 def unstored(policy: Policy, lease_left: float) -> ProblemResponse:
@@ -368,6 +351,5 @@ __all__ = [
     "refusal",
     "taken_over",
     "too_large",
-    "unavailable",
     "unstored",
 ]

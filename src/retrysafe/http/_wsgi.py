@@ -11,13 +11,10 @@ import io
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextvars import Token
 from http import HTTPStatus
 
 from retrysafe import lease as leases
-from retrysafe.atomic._context import bound
-from retrysafe.atomic._run import Ending, atomic_policy, finish, open_unit, require_atomic
-from retrysafe.context import _current_key
+from retrysafe.context import key_scope
 from retrysafe.decide import (
     Complete,
     Execute,
@@ -28,7 +25,17 @@ from retrysafe.decide import (
     Replay,
     replay_headers,
 )
-from retrysafe.engine import Heartbeat, claim_decision, settle_record
+from retrysafe.engine import (
+    Ending,
+    Heartbeat,
+    atomic_policy,
+    bound_unit,
+    claim_decision,
+    finish,
+    open_unit,
+    require_atomic,
+    settle_record,
+)
 from retrysafe.errors import ClaimTakenOver, StoreError, StoreUnavailable
 from retrysafe.fingerprint import HeaderView, RequestFacts, quoted_path, target_path
 from retrysafe.http._exchange import (
@@ -46,7 +53,6 @@ from retrysafe.http._exchange import (
     refusal,
     taken_over,
     too_large,
-    unavailable,
     unstored,
 )
 from retrysafe.http.types import Environ, ExcInfo, StartResponse, WSGIApp
@@ -54,7 +60,7 @@ from retrysafe.keyring import Keyring
 from retrysafe.lease import Lease, holding
 from retrysafe.outcomes import Outcome
 from retrysafe.policy import Policy
-from retrysafe.problems import ProblemResponse
+from retrysafe.problems import ProblemResponse, store_unavailable
 from retrysafe.stores.base import AtomicUnit, Store
 from retrysafe.telemetry.observe import DEFAULT_TELEMETRY, NULL_OBSERVATION, Telemetry, observe
 
@@ -207,7 +213,7 @@ class _Responder:
                 log.warning("idempotency store unavailable, failing open: %s", exc)
                 return self._fail_open(key)
             log.error("idempotency store unavailable, failing closed: %s", exc)
-            return self._problem(unavailable(self.policy, exc), Outcome.STORE_ERROR)
+            return self._problem(store_unavailable(self.policy, exc), Outcome.STORE_ERROR)
         if isinstance(decision, Execute):  # not a class pattern: see run()
             self.obs.decided(decision.outcome, decision.previous)
             lease = Lease(ident.id, claimed_at, self.policy.lease_s, self.obs.lease_lost)
@@ -272,7 +278,7 @@ class _Responder:
         except StoreError as exc:
             log.error("idempotency store unavailable, failing closed: %s", exc)
             self._settle(ident, token, None, lease)
-            return self._problem(unavailable(self.policy, exc), Outcome.STORE_ERROR)
+            return self._problem(store_unavailable(self.policy, exc), Outcome.STORE_ERROR)
         capture = Capture(self.policy.max_cached_body)
         started: list[tuple[str, list[tuple[str, str]]]] = []
         chunks: list[bytes] = []
@@ -294,10 +300,15 @@ class _Responder:
             self.store, ident.id, token, self.policy, idle=lambda: unit.holding, lease=lease
         )
         self.environ[ENVIRON_KEY] = ident.key
-        reset = _current_key.set(ident.key)
         result: Iterable[bytes] = ()
         try:
-            with heartbeat, bound(unit), holding(lease), self.obs.active():
+            with (
+                key_scope(ident.key),
+                heartbeat,
+                bound_unit(unit),
+                holding(lease),
+                self.obs.active(),
+            ):
                 result = self.app(self.environ, start_response)
                 for chunk in result:  # a generator app runs its handler here
                     capture.chunk(chunk)
@@ -315,7 +326,6 @@ class _Responder:
             self.obs.executed(capture.status or 500)
             raise
         finally:
-            _current_key.reset(reset)
             close = getattr(result, "close", None)
             if close is not None:
                 close()
@@ -335,7 +345,7 @@ class _Responder:
             ending = finish(unit, self.store, settlement, self.policy)
         except StoreError as exc:
             log.error("could not commit idempotency record %s: %s", ident.id[:12], exc)
-            return self._problem(unavailable(self.policy, exc), Outcome.STORE_ERROR)
+            return self._problem(store_unavailable(self.policy, exc), Outcome.STORE_ERROR)
         obs.settled(settlement, time.perf_counter() - begun)
         if ending is Ending.TAKEN_OVER:
             log.warning("idempotency record %s was taken over; writes rolled back", ident.id[:12])
@@ -372,15 +382,14 @@ class _Responder:
         self, key: str, start_response: StartResponse, lease: Lease | None = None
     ) -> Iterable[bytes]:
         self.environ[ENVIRON_KEY] = key
-        reset = _current_key.set(key)
         held = leases.bind(lease) if lease is not None else None  # retrysafe.lease_lost()
         try:
-            with self.obs.active():  # handler spans nest under ours; report_cost() works
+            # The obs span nests the handler's spans under ours; report_cost() works.
+            with key_scope(key), self.obs.active():
                 return self.app(self.environ, start_response)
         finally:
             if held is not None:
                 leases.unbind(held)
-            _current_key.reset(reset)
 
     def _read_body(self, limit: int) -> ProblemResponse | None:
         """Buffer the body (SPEC 16) and put it back as ``wsgi.input``; a problem if it is too
@@ -489,10 +498,9 @@ class _Body:
         if self._closed:
             raise StopIteration
         # A generator app runs its handler lazily, here: keep the current key visible (SPEC 19).
-        reset: Token[str | None] = _current_key.set(self._ident.key)
         held = leases.bind(self._heartbeat.lease)
         try:
-            with self._responder.obs.active():
+            with key_scope(self._ident.key), self._responder.obs.active():
                 if self._chunks is None:
                     self._chunks = iter(self._result)
                 chunk = next(self._chunks)
@@ -506,7 +514,6 @@ class _Body:
             raise
         finally:
             leases.unbind(held)
-            _current_key.reset(reset)
         capture = self._capture
         capture.chunk(chunk)
         self._left -= 1

@@ -17,21 +17,25 @@ import inspect
 import logging
 import time
 import typing
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from retrysafe.atomic._context import bound
-from retrysafe.atomic._run import Ending, afinish, aopen_unit, finish, open_unit, require_atomic
-from retrysafe.context import _current_key
+from retrysafe.context import key_scope
 from retrysafe.decide import Complete, Execute, Refuse, Release, Replay, Settlement
 from retrysafe.engine import (
     AsyncHeartbeat,
+    Ending,
     Heartbeat,
+    afinish,
+    aopen_unit,
     arun_flow,
     asettle_record,
+    bound_unit,
     claim_flow,
+    finish,
+    open_unit,
+    require_atomic,
     run_flow,
     settle_record,
 )
@@ -251,16 +255,6 @@ class CallSpec:
         return self.store
 
 
-@contextmanager
-def keyed(key: str) -> Iterator[None]:
-    """Make ``key`` the current key while the function runs (SPEC 19, 29)."""
-    token = _current_key.set(key)
-    try:
-        yield
-    finally:
-        _current_key.reset(token)
-
-
 def _unsettled(spec: CallSpec, call: Call, exc: StoreError) -> None:
     # The function ran; its result still goes to the caller. The claim stays in flight
     # until its lease lapses, after which a retry runs again (outcome "recovered").
@@ -405,13 +399,13 @@ def call_sync(spec: CallSpec, call: Call, args: tuple[Any, ...], kwargs: dict[st
                         claim = claim_flow(call.id, call.fingerprint, spec.policy)
                         reply: Any = run_flow(claim, store, obs.store_time)
                     case _Unprotected():
-                        with keyed(call.key):
+                        with key_scope(call.key):
                             reply = spec.fn(*args, **kwargs)
                     case _OpenUnit(token):
                         reply = open_unit(store, call.id, token, call.fingerprint, spec.policy)
                     case _Run(token, unit):
                         beat = Heartbeat(store, call.id, token, spec.policy, idle=_idle(unit))
-                        with keyed(call.key), _bound(unit), obs.active(), beat:
+                        with key_scope(call.key), bound_unit(unit), obs.active(), beat:
                             reply = spec.fn(*args, **kwargs)
                     case _Settle(token, what):
                         reply = None
@@ -445,14 +439,14 @@ async def call_async(
                         claim = claim_flow(call.id, call.fingerprint, spec.policy)
                         reply: Any = await arun_flow(claim, store, obs.store_time)
                     case _Unprotected():
-                        with keyed(call.key):
+                        with key_scope(call.key):
                             reply = await spec.fn(*args, **kwargs)
                     case _OpenUnit(token):
                         opened = aopen_unit(store, call.id, token, call.fingerprint, spec.policy)
                         reply = await opened
                     case _Run(token, unit):
                         beat = AsyncHeartbeat(store, call.id, token, spec.policy, idle=_idle(unit))
-                        with keyed(call.key), _bound(unit), obs.active():
+                        with key_scope(call.key), bound_unit(unit), obs.active():
                             async with beat:
                                 reply = await spec.fn(*args, **kwargs)
                     case _Settle(token, what):
@@ -474,10 +468,6 @@ async def call_async(
 def _idle(unit: AtomicUnit | None) -> Callable[[], bool] | None:
     # An atomic function's open transaction holds the record itself: no renewal needed then.
     return (lambda: unit.holding) if unit is not None else None
-
-
-def _bound(unit: AtomicUnit | None) -> typing.ContextManager[None]:
-    return bound(unit) if unit is not None else nullcontext()
 
 
 Keyer = Callable[[CallSpec, tuple[Any, ...], dict[str, Any]], Call]
