@@ -1,81 +1,67 @@
 """Pure ASGI idempotency middleware (no BaseHTTPMiddleware), after Starlette's GZipMiddleware.
 
-Configuration is fixed in ``__init__``; per-request state lives in a :class:`_Responder`.
-The request body is buffered only for keyed requests (to fingerprint it) and re-fed to the
-application as the very same ``http.request`` messages. Responses are forwarded message by
-message as the application sends them; a copy is kept only while it fits the cache cap.
+The request's trip is the shared flow (``_flow.py``); this module performs its steps with ASGI
+I/O. Per-request state lives in a :class:`_Responder`. The request body is buffered only for
+keyed requests (to fingerprint it) and re-fed to the application as the very same
+``http.request`` messages. Responses are forwarded message by message as the application sends
+them; a copy is kept only while it fits the cache cap.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
-import time
+from collections.abc import Awaitable
+from typing import Any
 
 from retrysafe import lease as leases
 from retrysafe._shield import shielded
 from retrysafe.context import key_scope
-from retrysafe.decide import (
-    Complete,
-    Execute,
-    Keyed,
-    Pass,
-    Refuse,
-    Release,
-    Replay,
-    replay_headers,
-)
 from retrysafe.engine import (
     AsyncHeartbeat,
-    Ending,
     aclaim_decision,
     afinish,
     aopen_unit,
     asettle_record,
-    atomic_policy,
     bound_unit,
-    require_atomic,
 )
-from retrysafe.errors import ClaimTakenOver, StoreError, StoreUnavailable
-from retrysafe.fingerprint import (
-    INLINE_JSON_LIMIT,
-    RawHeaders,
-    RequestFacts,
-    quoted_path,
-    target_path,
-)
-from retrysafe.http._exchange import (
-    Capture,
-    Identity,
-    InvalidLength,
-    KeyHeaders,
-    ReadBody,
-    declared_length,
-    identify,
-    look,
-    malformed_body,
-    read_limit,
-    refusal,
-    taken_over,
-    too_large,
-    unstored,
+from retrysafe.errors import ClaimTakenOver
+from retrysafe.fingerprint import RawHeaders, RequestFacts, quoted_path, target_path
+from retrysafe.http._exchange import Capture, taken_over, too_large
+from retrysafe.http._flow import (
+    RELEASE,
+    Buffer,
+    Claim,
+    Exchange,
+    FailOpen,
+    Finish,
+    Flow,
+    Forward,
+    LoadPrincipals,
+    Offload,
+    OpenUnit,
+    Respond,
+    Run,
+    Settle,
+    Setup,
+    Step,
+    admit_flow,
+    adrive,
+    commit_flow,
+    open_flow,
+    settle_flow,
 )
 from retrysafe.http.types import ASGIApp, Message, Receive, Scope, Send
-from retrysafe.keyring import Keyring
 from retrysafe.lease import Lease
 from retrysafe.outcomes import Outcome
 from retrysafe.policy import Policy
-from retrysafe.problems import ProblemResponse, store_unavailable
-from retrysafe.stores.base import AsyncStore, AtomicUnit
-from retrysafe.telemetry.observe import DEFAULT_TELEMETRY, NULL_OBSERVATION, Telemetry, observe
+from retrysafe.problems import ProblemResponse
+from retrysafe.stores.base import AsyncStore
+from retrysafe.telemetry.observe import DEFAULT_TELEMETRY, NULL_OBSERVATION, Telemetry
 
-log = logging.getLogger("retrysafe")
 STATE_KEY = "idempotency_key"
-_NEEDS_BODY = (ReadBody, Keyed)  # built once: ``ReadBody | Keyed`` makes a union per use
 
 
-class ASGIIdempotencyMiddleware:
+class ASGIIdempotencyMiddleware(Setup):
     """Gives an ASGI app ``Idempotency-Key`` semantics (SPEC section 2).
 
     ``app.add_middleware(ASGIIdempotencyMiddleware, store=open_store(url), policy=Policy())``
@@ -90,18 +76,9 @@ class ASGIIdempotencyMiddleware:
         telemetry: Telemetry | None = DEFAULT_TELEMETRY,
         atomic: bool = False,
     ) -> None:
+        super().__init__(store, policy, telemetry, atomic)
         self.app = app
         self.store = store
-        self.policy = policy or Policy()
-        self.telemetry = telemetry  # spans, metrics, audit log (SPEC 31-34); None: off
-        # SPEC 13a: handlers write in the store's transaction (retrysafe.atomic) and the record
-        # commits with them; responses are then held until that commit.
-        self.atomic = atomic
-        if atomic:
-            require_atomic(store)
-            self.policy = atomic_policy(self.policy)  # no key, no transaction: a 400, not a 500
-        self.key_headers = KeyHeaders(self.policy)
-        self.keyring = Keyring(self.policy.secret)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self.policy.covers(scope["method"]):
@@ -130,73 +107,37 @@ def _user(user: object) -> str | None:
     return None
 
 
-class _Responder:
-    """One request's trip through the middleware."""
+class _Responder(Exchange):
+    """One request's trip through the middleware: the flow's steps, performed with ASGI I/O."""
 
-    __slots__ = (
-        "app",
-        "atomic",
-        "body",
-        "headers",
-        "key_headers",
-        "keyring",
-        "messages",
-        "obs",
-        "policy",
-        "receive",
-        "scope",
-        "send",
-        "store",
-        "telemetry",
-        "withheld",
-    )
+    __slots__ = ("app", "atomic", "messages", "receive", "scope", "send", "store")
 
     def __init__(self, mw: ASGIIdempotencyMiddleware, scope: Scope, receive: Receive, send: Send):
-        self.app, self.store, self.policy, self.atomic = mw.app, mw.store, mw.policy, mw.atomic
+        super().__init__(mw, RawHeaders(scope["headers"]))
+        self.app, self.store, self.atomic = mw.app, mw.store, mw.atomic
         self.scope, self.receive, self.send = scope, receive, send
-        self.headers = RawHeaders(scope["headers"])  # decoded only where read
-        self.key_headers, self.keyring = mw.key_headers, mw.keyring
         self.messages: list[Message] = []  # the buffered request, re-fed to the app in order
-        self.body: bytes | None = None
-        self.telemetry, self.obs = mw.telemetry, NULL_OBSERVATION
-        self.withheld = False  # the answer was replaced by a 503: its result was not stored
 
     async def run(self) -> None:
-        method, path = self.scope["method"], self.scope["path"]
-        admission = look(self.policy, method, path, self.headers, keys=self.key_headers)
-        if isinstance(admission, Pass):  # nothing buffered: the app reads the server's receive
-            await self.app(self.scope, self.receive, self.send)
-            return
-        self.obs = observe(self.telemetry, method, path, self.headers)
-        if isinstance(admission, _NEEDS_BODY) and not await self._read_body(
-            read_limit(admission, self.policy)
-        ):
-            return
-        if isinstance(admission, ReadBody):
-            body = self.body or b""
-            if len(body) > INLINE_JSON_LIMIT:  # parsing it would stall the loop
-                admission = await asyncio.to_thread(
-                    look, self.policy, method, path, self.headers, body, keys=self.key_headers
-                )
+        scope = self.scope
+        verdict = await self._drive(admit_flow(self, scope["method"], scope["path"], self._facts))
+        if isinstance(verdict, Run):
+            if self.atomic:
+                await self._execute_atomic(verdict)
             else:
-                admission = look(
-                    self.policy, method, path, self.headers, body, keys=self.key_headers
-                )
-        # isinstance, the hot case first: a class pattern (``case Keyed(key)``) costs several
-        # times an isinstance and an attribute read (MATCH_CLASS looks up ``__match_args__``).
-        if isinstance(admission, Keyed):
-            await self._keyed(admission.key)
-        elif isinstance(admission, Pass):
-            await self.app(self.scope, self._receive, self.send)
-        elif isinstance(admission, Refuse):
-            await self._problem(refusal(admission, self.policy), admission.outcome)
-        else:  # pragma: no cover - look() never asks twice
-            raise AssertionError(f"unexpected admission {admission!r}")
+                await self._execute(verdict)
+        elif isinstance(verdict, Respond):
+            await self._respond(verdict)
+        elif isinstance(verdict, Forward):  # nothing read: the app reads the server's receive
+            await self.app(scope, self._receive if self.messages else self.receive, self.send)
+        elif isinstance(verdict, FailOpen):
+            await self._fail_open(verdict.key)
+        # else None: the client left while uploading, nobody to answer
 
-    async def _keyed(self, key: str) -> None:
-        scope, body = self.scope, self.body or b""
+    def _facts(self, body: bytes) -> RequestFacts:
+        scope = self.scope
         raw_path = scope.get("raw_path")  # the path as sent: "%2F" is not "/" (SPEC 6)
-        facts = RequestFacts(
+        return RequestFacts(
             scope["method"],
             target_path(raw_path.decode("latin-1")) if raw_path else quoted_path(scope["path"]),
             scope.get("query_string", b"").decode("latin-1"),
@@ -204,62 +145,33 @@ class _Responder:
             body,
             _user(scope.get("user")),
         )
-        obs = self.obs
-        # No store timer when telemetry is off: nothing would read the times.
-        timer = None if obs is NULL_OBSERVATION else obs.store_time
-        claimed_at = time.monotonic()  # the lease began no earlier
-        try:
-            principals = self.keyring.current or await self.keyring.aload(self.store)
-            if len(body) > self.policy.inline_fingerprint_limit:  # hashing it would stall the loop
-                ident = await asyncio.to_thread(identify, key, facts, self.policy, principals)
-            else:
-                ident = identify(key, facts, self.policy, principals)
-            if isinstance(ident, Refuse):
-                await self._problem(refusal(ident, self.policy), ident.outcome)
-                return
-            obs.keyed(key, ident.scope, ident.fingerprint)
-            decision = await aclaim_decision(
-                self.store, ident.id, ident.fingerprint, self.policy, timer
-            )
-        except StoreError as exc:
-            if self.policy.fail_open:
-                log.warning("idempotency store unavailable, failing open: %s", exc)
-                await self._fail_open(key)
-                return
-            log.error("idempotency store unavailable, failing closed: %s", exc)
-            await self._problem(store_unavailable(self.policy, exc), Outcome.STORE_ERROR)
-            return
-        if isinstance(decision, Execute):  # not a class pattern: see run()
-            token, outcome = decision.token, decision.outcome
-            obs.decided(outcome, decision.previous)
-            capture = Capture(self.policy.max_cached_body)
-            lease = Lease(ident.id, claimed_at, self.policy.lease_s, obs.lease_lost)
-            try:
-                if self.atomic:
-                    await self._execute_atomic(ident, token, capture, lease)
-                else:
-                    await self._execute(ident, token, capture, lease)
-            finally:  # a handler that raised before responding is a 500 to the client
-                obs.finish(outcome, 503 if self.withheld else capture.status or 500)
-        elif isinstance(decision, Replay):
-            response = decision.response
-            obs.replayed(response)
-            obs.finish(decision.outcome, response.status)
-            await self.send(
-                {
-                    "type": "http.response.start",
-                    "status": response.status,
-                    "headers": [
-                        (k.encode("latin-1"), v.encode("latin-1"))
-                        for k, v in replay_headers(response)
-                    ],
-                }
-            )
-            await self.send({"type": "http.response.body", "body": response.body})
-        elif isinstance(decision, Refuse):
-            await self._problem(refusal(decision, self.policy), decision.outcome)
-        else:  # pragma: no cover - aclaim_decision waits out every Wait itself
-            raise AssertionError(f"unexpected decision {decision!r}")
+
+    def _drive(self, flow: Flow) -> Any:
+        return adrive(flow, self._perform)
+
+    def _perform(self, step: Step) -> Awaitable[Any]:
+        """The awaitable that performs ``step`` (returned, not awaited: one coroutine less)."""
+        store, policy = self.store, self.policy
+        # Class patterns without sub-patterns: an isinstance each (positional ones cost more).
+        match step:
+            case Claim():
+                ident = step.ident
+                return aclaim_decision(store, ident.id, ident.fingerprint, policy, step.timer)
+            case Settle():
+                id, token, settlement, lease = step
+                return asettle_record(store, id, token, settlement, policy, lease)
+            case Buffer():
+                return self._read_body(step.limit)
+            case LoadPrincipals():
+                return self.keyring.aload(store)
+            case Offload():  # CPU work on a large body: off the event loop
+                return asyncio.to_thread(step.call)
+            case OpenUnit():
+                ident = step.ident
+                return aopen_unit(store, ident.id, step.token, ident.fingerprint, policy)
+            case Finish():
+                return afinish(step.unit, store, step.settlement, policy)
+        raise AssertionError(f"unexpected step {step!r}")  # pragma: no cover
 
     async def _fail_open(self, key: str) -> None:
         status = 500
@@ -273,9 +185,9 @@ class _Responder:
         try:
             await self._call_app(key, send)
         finally:
-            self.obs.finish(Outcome.STORE_ERROR, status)
+            self.failed_open(status)
 
-    async def _execute(self, ident: Identity, token: int, capture: Capture, lease: Lease) -> None:
+    async def _execute(self, run: Run) -> None:
         """Run the handler, streaming its answer through, and settle the record.
 
         The answer's last body message goes out only once the record is settled: a client
@@ -289,11 +201,14 @@ class _Responder:
         it would not retry. A streamed answer whose end cannot be stored loses its last body
         message instead, and the connection is aborted (docs/http-conformance.md).
         """
+        capture = Capture(self.policy.max_cached_body)
         client_gone = False
         settled = False
         downstream = self.send
         held_start: Message | None = None
-        heartbeat = AsyncHeartbeat(self.store, ident.id, token, self.policy, lease=lease).begin()
+        heartbeat = AsyncHeartbeat(
+            self.store, run.ident.id, run.token, self.policy, lease=run.lease
+        ).begin()
 
         async def settle(kept: Capture | None) -> bool:
             nonlocal settled
@@ -301,7 +216,8 @@ class _Responder:
                 return True
             settled = True
             await heartbeat.end()
-            return await self._settle(ident, token, kept, lease)
+            stored: bool = await self._drive(settle_flow(self, run, kept))
+            return stored
 
         async def send(message: Message) -> None:
             nonlocal held_start, client_gone
@@ -314,9 +230,11 @@ class _Responder:
                 capture.chunk(message.get("body", b""))
                 if not message.get("more_body", False):
                     capture.end()
-                    if not await settle(capture):
-                        await self._withhold(held_start is not None, ident, lease)
+                    if not await settle(capture):  # never present the answer as final
+                        if held_start is None:  # it started: abort the connection
+                            raise self.unfinished(run)
                         held_start = None
+                        await self._respond(self.withhold(run))
                         return
             try:
                 if held_start is not None:
@@ -328,51 +246,28 @@ class _Responder:
                 raise
 
         try:
-            await self._call_app(ident.key, send, lease)
-        except BaseException as exc:
-            # SPEC 12: an exception releases the claim so a retry runs again - unless the
-            # client already received the whole response, which a retry must then see again,
-            # or left mid-response (an ASGI 2.4 send error, or a server cancelling the request
-            # once the answer had started): the handler ran, so its record stays, unreplayable
-            # (SPEC 15), as when a 2.3 server stops the stream or a WSGI server closes it early.
-            cancelled = isinstance(exc, asyncio.CancelledError) and capture.status is not None
-            keep = capture.finished or client_gone or cancelled
-            await settle(capture if keep else None)
-            raise
-        try:
-            if held_start is not None:  # an app that sent a start and returned: pass it on
-                await downstream(held_start)
-        finally:
-            await settle(capture)  # an app that returned without finishing its answer
+            try:
+                await self._call_app(run.ident.key, send, run.lease)
+            except BaseException as exc:
+                # SPEC 12: an exception releases the claim so a retry runs again - unless the
+                # client already received the whole response, which a retry must then see
+                # again, or left mid-response (an ASGI 2.4 send error, or a server cancelling
+                # the request once the answer had started): the handler ran, so its record
+                # stays, unreplayable (SPEC 15), as when a 2.3 server stops the stream or a
+                # WSGI server closes it early.
+                cancelled = isinstance(exc, asyncio.CancelledError) and capture.status is not None
+                keep = capture.finished or client_gone or cancelled
+                await settle(capture if keep else None)
+                raise
+            try:
+                if held_start is not None:  # an app that sent a start and returned: pass it on
+                    await downstream(held_start)
+            finally:
+                await settle(capture)  # an app that returned without finishing its answer
+        finally:  # a handler that raised before responding is a 500 to the client
+            self.obs.executed(capture.status or 500)
 
-    async def _withhold(self, unstarted: bool, ident: Identity, lease: Lease) -> None:
-        """The answer's result could not be stored: never present the answer as final.
-
-        Before the response started, the client gets a 503 problem (``unstored``) in its
-        place; after, the last body message is not sent and the request fails, so the server
-        aborts the connection and the client sees a broken response, which it retries.
-        """
-        if unstarted:
-            self.withheld = True
-            left = lease.expires - time.monotonic()
-            problem = unstored(self.policy, left)
-            await self.send(
-                {
-                    "type": "http.response.start",
-                    "status": problem.status,
-                    "headers": [(k.encode(), v.encode()) for k, v in problem.headers],
-                }
-            )
-            await self.send({"type": "http.response.body", "body": problem.body})
-            return
-        raise StoreUnavailable(
-            f"the result of idempotency record {ident.id[:12]} could not be stored; the end of "
-            "its streamed answer was withheld so the client does not take it for final"
-        )
-
-    async def _execute_atomic(
-        self, ident: Identity, token: int, capture: Capture, lease: Lease
-    ) -> None:
+    async def _execute_atomic(self, run: Run) -> None:
         """SPEC 13a: run the handler with its unit bound, commit, and only then answer.
 
         The response is held whole (not streamed) until the record commits with the
@@ -384,16 +279,22 @@ class _Responder:
         after the commit. An application that raises after sending its whole answer keeps it
         committed; one that raises before rolls its writes back and releases (SPEC 12).
         """
-        try:
-            unit = await aopen_unit(self.store, ident.id, token, ident.fingerprint, self.policy)
-        except StoreError as exc:
-            log.error("idempotency store unavailable, failing closed: %s", exc)
-            with contextlib.suppress(StoreError):  # the lease lapses if this fails too
-                await shielded(self.store.arelease(ident.id, token))
-            await self._problem(store_unavailable(self.policy, exc), Outcome.STORE_ERROR)
+        opened = await self._drive(open_flow(self, run))
+        if isinstance(opened, Respond):
+            await self._respond(opened)
             return
+        unit = opened
+        capture = Capture(self.policy.max_cached_body)
         held: list[Message] = []
         settled = False
+
+        async def commit() -> None:
+            problem = await self._drive(commit_flow(self, run, unit, capture))
+            if problem is not None:
+                await self._respond(problem)
+                return
+            for message in held:
+                await self.send(message)
 
         async def send(message: Message) -> None:
             nonlocal settled
@@ -411,75 +312,37 @@ class _Responder:
             held.append(message)
             if capture.finished:
                 settled = True
-                await self._commit_atomic(ident, unit, capture, held)
+                await commit()
 
         try:
-            with bound_unit(unit):
-                # The open transaction holds the record; once settled, nothing is left to renew.
-                idle = lambda: unit.holding or settled  # noqa: E731
-                beat = AsyncHeartbeat(
-                    self.store, ident.id, token, self.policy, idle=idle, lease=lease
-                )
-                async with beat:
-                    await self._call_app(ident.key, send, lease)
-        except ClaimTakenOver:
-            if not settled:  # else the refusal was the app's 500, already answered with a 409
+            try:
+                with bound_unit(unit):
+                    # The open transaction holds the record; once settled, nothing is left
+                    # to renew.
+                    idle = lambda: unit.holding or settled  # noqa: E731
+                    beat = AsyncHeartbeat(
+                        self.store, run.ident.id, run.token, self.policy, idle=idle, lease=run.lease
+                    )
+                    async with beat:
+                        await self._call_app(run.ident.key, send, run.lease)
+            except ClaimTakenOver:
+                if not settled:  # else the refusal was the app's 500, already answered with 409
+                    settled = True
+                    await shielded(unit.aclose())
+                    await self._respond(
+                        self.refuse(taken_over(self.policy), Outcome.CONFLICT_IN_FLIGHT)
+                    )
+                return
+            except BaseException:
+                if not settled:  # SPEC 12: no whole answer yet, so the writes are undone
+                    settled = True
+                    await self._perform(Finish(unit, RELEASE))
+                raise
+            if not settled:  # an app that returned without finishing its answer
                 settled = True
-                await shielded(unit.aclose())
-                await self._problem(taken_over(self.policy), Outcome.CONFLICT_IN_FLIGHT)
-            return
-        except BaseException:
-            if not settled:  # SPEC 12: no whole answer yet, so the writes are undone
-                settled = True
-                await afinish(unit, self.store, Release(), self.policy)
-            raise
-        if not settled:  # an app that returned without finishing its answer
-            settled = True
-            await self._commit_atomic(ident, unit, capture, held)
-
-    async def _commit_atomic(
-        self, ident: Identity, unit: AtomicUnit, capture: Capture, held: list[Message]
-    ) -> None:
-        """Settle ``unit`` as the captured answer says, then send that answer (or a problem
-        saying why it cannot stand)."""
-        obs = self.obs
-        settlement = capture.settlement(self.policy, obs.trace_ids, obs.stored_headers())
-        started = time.perf_counter()
-        try:
-            ending = await afinish(unit, self.store, settlement, self.policy)
-        except StoreError as exc:
-            log.error("could not commit idempotency record %s: %s", ident.id[:12], exc)
-            await self._problem(store_unavailable(self.policy, exc), Outcome.STORE_ERROR)
-            return
-        obs.store_time("complete", time.perf_counter() - started)
-        if ending is Ending.TAKEN_OVER:
-            log.warning("idempotency record %s was taken over; writes rolled back", ident.id[:12])
-            await self._problem(taken_over(self.policy), Outcome.CONFLICT_IN_FLIGHT)
-            return
-        for message in held:
-            await self.send(message)
-
-    async def _settle(
-        self, ident: Identity, token: int, capture: Capture | None, lease: Lease
-    ) -> bool:
-        """Settle the record (retried within the lease); False if a result to keep could not
-        be stored, so the answer must not go out as final."""
-        obs = self.obs
-        settlement = (
-            capture.settlement(self.policy, obs.trace_ids, obs.stored_headers())
-            if capture is not None
-            else Release()
-        )
-        started = time.perf_counter()
-        try:
-            name = await asettle_record(self.store, ident.id, token, settlement, self.policy, lease)
-        except StoreError as exc:
-            log.error("could not settle idempotency record %s: %s", ident.id[:12], exc)
-            # An unreleased failure stays a failure: only a result to keep is withheld.
-            return not isinstance(settlement, Complete)
-        if obs is not NULL_OBSERVATION:
-            obs.store_time(name, time.perf_counter() - started)
-        return True
+                await commit()
+        finally:
+            self.obs.executed(capture.status or 500)
 
     async def _call_app(self, key: str, send: Send, lease: Lease | None = None) -> None:
         # request.state.idempotency_key (SPEC 19): a copy of the request's state with the key,
@@ -505,41 +368,29 @@ class _Responder:
             return self.messages.pop(0)
         return await self.receive()
 
-    async def _read_body(self, limit: int) -> bool:
-        """Buffer the request body (SPEC 16); False if the request was answered or abandoned."""
-        try:
-            declared = declared_length(self.headers)
-        except InvalidLength as exc:  # servers refuse these first; a lenient one may not
-            await self._problem(malformed_body(self.policy, str(exc)))
-            return False
-        if declared is not None and declared > limit:
-            await self._problem(too_large(self.policy, limit))
-            return False
+    async def _read_body(self, limit: int) -> bytes | ProblemResponse | None:
+        """Buffer the request body (SPEC 16), keeping its messages to re-feed them."""
         chunks: list[bytes] = []
         size = 0
         while True:
             message = await self.receive()
             if message["type"] != "http.request":  # http.disconnect: nobody to answer
-                return False
+                return None
             self.messages.append(message)
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                await self._problem(too_large(self.policy, limit))
-                return False
+                return too_large(self.policy, limit)
             chunks.append(chunk)
             if not message.get("more_body", False):
-                break
-        self.body = b"".join(chunks)
-        return True
+                return b"".join(chunks)
 
-    async def _problem(self, problem: ProblemResponse, outcome: Outcome = Outcome.REJECTED) -> None:
-        self.obs.finish(outcome, problem.status)
+    async def _respond(self, answer: Respond) -> None:
         await self.send(
             {
                 "type": "http.response.start",
-                "status": problem.status,
-                "headers": [(k.encode(), v.encode()) for k, v in problem.headers],
+                "status": answer.status,
+                "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers],
             }
         )
-        await self.send({"type": "http.response.body", "body": problem.body})
+        await self.send({"type": "http.response.body", "body": answer.body})

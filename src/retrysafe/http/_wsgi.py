@@ -1,7 +1,9 @@
 """WSGI idempotency middleware for Flask, Django and any WSGI app; uses the sync store path.
 
-WSGI joins repeated header lines with commas before we see them, so two ``Idempotency-Key``
-lines arrive as one comma-joined value, which the key parser rejects as a list (SPEC 3).
+The request's trip is the shared flow (``_flow.py``); this module performs its steps with WSGI
+I/O. WSGI joins repeated header lines with commas before we see them, so two
+``Idempotency-Key`` lines arrive as one comma-joined value, which the key parser rejects as a
+list (SPEC 3).
 """
 
 from __future__ import annotations
@@ -9,63 +11,55 @@ from __future__ import annotations
 import functools
 import io
 import logging
-import time
 from collections.abc import Callable, Iterable, Iterator
 from http import HTTPStatus
+from typing import Any
 
 from retrysafe import lease as leases
 from retrysafe.context import key_scope
-from retrysafe.decide import (
-    Complete,
-    Execute,
-    Keyed,
-    Pass,
-    Refuse,
-    Release,
-    Replay,
-    replay_headers,
-)
 from retrysafe.engine import (
-    Ending,
     Heartbeat,
-    atomic_policy,
     bound_unit,
     claim_decision,
     finish,
     open_unit,
-    require_atomic,
     settle_record,
 )
-from retrysafe.errors import ClaimTakenOver, StoreError, StoreUnavailable
+from retrysafe.errors import ClaimTakenOver, StoreUnavailable
 from retrysafe.fingerprint import HeaderView, RequestFacts, quoted_path, target_path
-from retrysafe.http._exchange import (
-    Capture,
-    Identity,
-    InvalidLength,
-    KeyHeaders,
-    ReadBody,
-    cut_short,
-    declared_length,
-    identify,
-    look,
-    malformed_body,
-    read_limit,
-    refusal,
-    taken_over,
-    too_large,
-    unstored,
+from retrysafe.http._exchange import Capture, cut_short, taken_over, too_large
+from retrysafe.http._flow import (
+    RELEASE,
+    Buffer,
+    Claim,
+    Exchange,
+    FailOpen,
+    Finish,
+    Flow,
+    Forward,
+    LoadPrincipals,
+    Offload,
+    OpenUnit,
+    Respond,
+    Run,
+    Settle,
+    Setup,
+    Step,
+    admit_flow,
+    commit_flow,
+    drive,
+    open_flow,
+    settle_flow,
 )
 from retrysafe.http.types import Environ, ExcInfo, StartResponse, WSGIApp
-from retrysafe.keyring import Keyring
 from retrysafe.lease import Lease, holding
 from retrysafe.outcomes import Outcome
 from retrysafe.policy import Policy
-from retrysafe.problems import ProblemResponse, store_unavailable
+from retrysafe.problems import ProblemResponse
 from retrysafe.stores.base import AtomicUnit, Store
-from retrysafe.telemetry.observe import DEFAULT_TELEMETRY, NULL_OBSERVATION, Telemetry, observe
+from retrysafe.telemetry.observe import DEFAULT_TELEMETRY, Telemetry
 
 log = logging.getLogger("retrysafe")
-_NEEDS_BODY = (ReadBody, Keyed)  # built once: ``ReadBody | Keyed`` makes a union per use
 ENVIRON_KEY = "retrysafe.idempotency_key"
 _READ_CHUNK = 64 * 1024
 
@@ -118,7 +112,7 @@ def _environ_keys(name: str) -> tuple[str, ...]:
     return (f"HTTP_{key}",)
 
 
-class WSGIIdempotencyMiddleware:
+class WSGIIdempotencyMiddleware(Setup):
     """Gives a WSGI app ``Idempotency-Key`` semantics (SPEC section 2).
 
     ``app.wsgi_app = WSGIIdempotencyMiddleware(app.wsgi_app, store=open_store(url))``
@@ -133,18 +127,9 @@ class WSGIIdempotencyMiddleware:
         telemetry: Telemetry | None = DEFAULT_TELEMETRY,
         atomic: bool = False,
     ) -> None:
+        super().__init__(store, policy, telemetry, atomic)
         self.app = app
         self.store = store
-        self.policy = policy or Policy()
-        self.telemetry = telemetry  # spans, metrics, audit log (SPEC 31-34); None: off
-        # SPEC 13a: handlers write in the store's transaction (retrysafe.atomic) and the record
-        # commits with them; responses are then held until that commit.
-        self.atomic = atomic
-        if atomic:
-            require_atomic(store)
-            self.policy = atomic_policy(self.policy)  # no key, no transaction: a 400, not a 500
-        self.key_headers = KeyHeaders(self.policy)
-        self.keyring = Keyring(self.policy.secret)
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
@@ -153,82 +138,69 @@ class WSGIIdempotencyMiddleware:
         return _Responder(self, environ, start_response).run()
 
 
-class _Responder:
+class _Responder(Exchange):
+    """One request's trip through the middleware: the flow's steps, performed with WSGI I/O."""
+
+    __slots__ = ("app", "atomic", "environ", "start_response", "store")
+
     def __init__(
         self, mw: WSGIIdempotencyMiddleware, environ: Environ, start_response: StartResponse
     ):
-        self.app, self.store, self.policy, self.atomic = mw.app, mw.store, mw.policy, mw.atomic
-        self.key_headers, self.keyring = mw.key_headers, mw.keyring
+        super().__init__(mw, EnvironHeaders(environ))
+        self.app, self.store, self.atomic = mw.app, mw.store, mw.atomic
         self.environ, self.start_response = environ, start_response
-        self.headers = EnvironHeaders(environ)
-        self.body: bytes | None = None
-        self.telemetry, self.obs = mw.telemetry, NULL_OBSERVATION
 
     def run(self) -> Iterable[bytes]:
-        method = self.environ["REQUEST_METHOD"]
-        path = self.environ.get("PATH_INFO", "") or "/"
-        admission = look(self.policy, method, path, self.headers, keys=self.key_headers)
-        if not isinstance(admission, Pass):
-            self.obs = observe(self.telemetry, method, path, self.headers)
-        if isinstance(admission, _NEEDS_BODY):
-            problem = self._read_body(read_limit(admission, self.policy))
-            if problem is not None:
-                return self._problem(problem)
-        if isinstance(admission, ReadBody):
-            admission = look(
-                self.policy, method, path, self.headers, self.body, keys=self.key_headers
-            )
-        # isinstance, the hot case first: a class pattern (``case Keyed(key)``) costs several
-        # times an isinstance and an attribute read (MATCH_CLASS looks up ``__match_args__``).
-        if isinstance(admission, Keyed):
-            return self._keyed(admission.key, method, path)
-        if isinstance(admission, Pass):
-            return self.app(self.environ, self.start_response)
-        if isinstance(admission, Refuse):
-            return self._problem(refusal(admission, self.policy), admission.outcome)
-        raise AssertionError("look() never asks for the body twice")  # pragma: no cover
+        environ = self.environ
+        method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "") or "/"
+        verdict = self._drive(admit_flow(self, method, path, self._facts))
+        if isinstance(verdict, Run):
+            return self._execute_atomic(verdict) if self.atomic else self._execute(verdict)
+        if isinstance(verdict, Respond):
+            return self._respond(verdict)
+        if isinstance(verdict, Forward):
+            return self.app(environ, self.start_response)
+        if isinstance(verdict, FailOpen):
+            return self._fail_open(verdict.key)
+        raise AssertionError(f"unexpected verdict {verdict!r}")  # pragma: no cover
 
-    def _keyed(self, key: str, method: str, path: str) -> Iterable[bytes]:
-        facts = RequestFacts(
-            method,
-            _sent_path(self.environ),
-            self.environ.get("QUERY_STRING", ""),
+    def _facts(self, body: bytes) -> RequestFacts:
+        environ = self.environ
+        return RequestFacts(
+            environ["REQUEST_METHOD"],
+            _sent_path(environ),
+            environ.get("QUERY_STRING", ""),
             self.headers,
-            self.body or b"",
+            body,
             # An authentication middleware wrapping this one (or the server) sets it (PEP 3333).
-            self.environ.get("REMOTE_USER") or None,
+            environ.get("REMOTE_USER") or None,
         )
-        claimed_at = time.monotonic()  # the lease began no earlier
-        try:
-            obs = self.obs  # no store timer when telemetry is off: nothing would read it
-            timer = None if obs is NULL_OBSERVATION else obs.store_time
-            principals = self.keyring.current or self.keyring.load(self.store)
-            ident = identify(key, facts, self.policy, principals)
-            if isinstance(ident, Refuse):
-                return self._problem(refusal(ident, self.policy), ident.outcome)
-            obs.keyed(key, ident.scope, ident.fingerprint)
-            decision = claim_decision(self.store, ident.id, ident.fingerprint, self.policy, timer)
-        except StoreError as exc:
-            if self.policy.fail_open:
-                log.warning("idempotency store unavailable, failing open: %s", exc)
-                return self._fail_open(key)
-            log.error("idempotency store unavailable, failing closed: %s", exc)
-            return self._problem(store_unavailable(self.policy, exc), Outcome.STORE_ERROR)
-        if isinstance(decision, Execute):  # not a class pattern: see run()
-            self.obs.decided(decision.outcome, decision.previous)
-            lease = Lease(ident.id, claimed_at, self.policy.lease_s, self.obs.lease_lost)
-            if self.atomic:
-                return self._execute_atomic(ident, decision.token, lease)
-            return self._execute(ident, decision.token, lease)
-        if isinstance(decision, Replay):
-            response = decision.response
-            self.obs.replayed(response)
-            self.obs.finish(decision.outcome, response.status)
-            self.start_response(_status_line(response.status), replay_headers(response))
-            return [response.body]
-        if isinstance(decision, Refuse):
-            return self._problem(refusal(decision, self.policy), decision.outcome)
-        raise AssertionError(f"unexpected decision {decision!r}")  # pragma: no cover
+
+    def _drive(self, flow: Flow) -> Any:
+        return drive(flow, self._perform)
+
+    def _perform(self, step: Step) -> Any:
+        store, policy = self.store, self.policy
+        # Class patterns without sub-patterns: an isinstance each (positional ones cost more).
+        match step:
+            case Claim():
+                ident = step.ident
+                return claim_decision(store, ident.id, ident.fingerprint, policy, step.timer)
+            case Settle():
+                id, token, settlement, lease = step
+                return settle_record(store, id, token, settlement, policy, lease)
+            case Buffer():
+                return self._read_body(step.limit, step.declared)
+            case LoadPrincipals():
+                return self.keyring.load(store)
+            case Offload():  # no event loop to keep free: run it here
+                return step.call()
+            case OpenUnit():
+                ident = step.ident
+                return open_unit(store, ident.id, step.token, ident.fingerprint, policy)
+            case Finish():
+                return finish(step.unit, store, step.settlement, policy)
+        raise AssertionError(f"unexpected step {step!r}")  # pragma: no cover
 
     def _fail_open(self, key: str) -> Iterable[bytes]:
         status = 500
@@ -243,9 +215,9 @@ class _Responder:
         try:
             return self._call_app(key, start_response)
         finally:  # the body may stream later: the decision (serve unprotected) is made now
-            self.obs.finish(Outcome.STORE_ERROR, status)
+            self.failed_open(status)
 
-    def _execute(self, ident: Identity, token: int, lease: Lease) -> Iterable[bytes]:
+    def _execute(self, run: Run) -> Iterable[bytes]:
         capture = Capture(self.policy.max_cached_body)
 
         def start_response(
@@ -260,25 +232,31 @@ class _Responder:
 
             return write_through
 
-        heartbeat = Heartbeat(self.store, ident.id, token, self.policy, lease=lease).begin()
+        heartbeat = Heartbeat(
+            self.store, run.ident.id, run.token, self.policy, lease=run.lease
+        ).begin()
         try:
-            result = self._call_app(ident.key, start_response, lease)
+            result = self._call_app(run.ident.key, start_response, run.lease)
         except BaseException:
             heartbeat.end()
-            self._settle(ident, token, None, lease)
+            self.settle(run, None)
             self.obs.executed(capture.status or 500)
             raise
-        return _Body(self, result, capture, ident, token, heartbeat)
+        return _Body(self, result, capture, run, heartbeat)
 
-    def _execute_atomic(self, ident: Identity, token: int, lease: Lease) -> Iterable[bytes]:
+    def settle(self, run: Run, capture: Capture | None) -> bool:
+        """Settle the record as ``capture`` says (None: release); False if a result to keep
+        could not be stored, so the answer must not go out as final."""
+        stored: bool = self._drive(settle_flow(self, run, capture))
+        return stored
+
+    def _execute_atomic(self, run: Run) -> Iterable[bytes]:
         """SPEC 13a: run the handler (its body included) with its unit bound, commit, and only
         then start the response: a client must never see a result a crash could still undo."""
-        try:
-            unit = open_unit(self.store, ident.id, token, ident.fingerprint, self.policy)
-        except StoreError as exc:
-            log.error("idempotency store unavailable, failing closed: %s", exc)
-            self._settle(ident, token, None, lease)
-            return self._problem(store_unavailable(self.policy, exc), Outcome.STORE_ERROR)
+        opened = self._drive(open_flow(self, run))
+        if isinstance(opened, Respond):
+            return self._respond(opened)
+        unit: AtomicUnit = opened
         capture = Capture(self.policy.max_cached_body)
         started: list[tuple[str, list[tuple[str, str]]]] = []
         chunks: list[bytes] = []
@@ -297,16 +275,21 @@ class _Responder:
             return write
 
         heartbeat = Heartbeat(
-            self.store, ident.id, token, self.policy, idle=lambda: unit.holding, lease=lease
+            self.store,
+            run.ident.id,
+            run.token,
+            self.policy,
+            idle=lambda: unit.holding,
+            lease=run.lease,
         )
-        self.environ[ENVIRON_KEY] = ident.key
+        self.environ[ENVIRON_KEY] = run.ident.key
         result: Iterable[bytes] = ()
         try:
             with (
-                key_scope(ident.key),
+                key_scope(run.ident.key),
                 heartbeat,
                 bound_unit(unit),
-                holding(lease),
+                holding(run.lease),
                 self.obs.active(),
             ):
                 result = self.app(self.environ, start_response)
@@ -317,12 +300,12 @@ class _Responder:
             # The app's close() comes after the commit: frameworks release their database
             # connection there (Django's request_finished), which would undo an open
             # transaction.
-            return self._commit_then_answer(ident, unit, capture, started, chunks)
+            return self._commit_then_answer(run, unit, capture, started, chunks)
         except ClaimTakenOver:
             unit.close()
-            return self._problem(taken_over(self.policy), Outcome.CONFLICT_IN_FLIGHT)
+            return self._respond(self.refuse(taken_over(self.policy), Outcome.CONFLICT_IN_FLIGHT))
         except BaseException:
-            finish(unit, self.store, Release(), self.policy)  # SPEC 12, writes undone
+            self._perform(Finish(unit, RELEASE))  # SPEC 12, writes undone
             self.obs.executed(capture.status or 500)
             raise
         finally:
@@ -332,51 +315,22 @@ class _Responder:
 
     def _commit_then_answer(
         self,
-        ident: Identity,
+        run: Run,
         unit: AtomicUnit,
         capture: Capture,
         started: list[tuple[str, list[tuple[str, str]]]],
         chunks: list[bytes],
     ) -> Iterable[bytes]:
-        obs = self.obs
-        settlement = capture.settlement(self.policy, obs.trace_ids, obs.stored_headers())
-        begun = time.perf_counter()
-        try:
-            ending = finish(unit, self.store, settlement, self.policy)
-        except StoreError as exc:
-            log.error("could not commit idempotency record %s: %s", ident.id[:12], exc)
-            return self._problem(store_unavailable(self.policy, exc), Outcome.STORE_ERROR)
-        obs.settled(settlement, time.perf_counter() - begun)
-        if ending is Ending.TAKEN_OVER:
-            log.warning("idempotency record %s was taken over; writes rolled back", ident.id[:12])
-            return self._problem(taken_over(self.policy), Outcome.CONFLICT_IN_FLIGHT)
+        problem = self._drive(commit_flow(self, run, unit, capture))
+        if problem is not None:
+            return self._respond(problem)
         if not started:  # nothing to store either: the claim was released
-            obs.executed(500)
+            self.obs.executed(500)
             raise RuntimeError("the WSGI application returned without calling start_response")
         status, headers = started[0]
-        obs.executed(capture.status)
+        self.obs.executed(capture.status)
         self.start_response(status, headers)
         return chunks
-
-    def _settle(self, ident: Identity, token: int, capture: Capture | None, lease: Lease) -> bool:
-        """Settle the record (retried within the lease); False if a result to keep could not
-        be stored, so the answer must not go out as final."""
-        obs = self.obs
-        settlement = (
-            capture.settlement(self.policy, obs.trace_ids, obs.stored_headers())
-            if capture is not None
-            else Release()
-        )
-        started = time.perf_counter()
-        try:
-            name = settle_record(self.store, ident.id, token, settlement, self.policy, lease)
-        except StoreError as exc:
-            log.error("could not settle idempotency record %s: %s", ident.id[:12], exc)
-            # An unreleased failure stays a failure: only a result to keep is withheld.
-            return not isinstance(settlement, Complete)
-        if obs is not NULL_OBSERVATION:
-            obs.store_time(name, time.perf_counter() - started)
-        return True
 
     def _call_app(
         self, key: str, start_response: StartResponse, lease: Lease | None = None
@@ -391,24 +345,19 @@ class _Responder:
             if held is not None:
                 leases.unbind(held)
 
-    def _read_body(self, limit: int) -> ProblemResponse | None:
+    def _read_body(self, limit: int, declared: int | None) -> bytes | ProblemResponse:
         """Buffer the body (SPEC 16) and put it back as ``wsgi.input``; a problem if it is too
-        big, cut short (the client went away mid-upload) or framed by an invalid length.
+        big or cut short (the client went away mid-upload).
 
         A short body is never handed on: the handler would run on part of a request, its
         answer would be stored, and the client's complete retry would be refused as a
         different request.
         """
-        try:
-            declared = declared_length(self.headers)
-        except InvalidLength as exc:
-            return malformed_body(self.policy, str(exc))
-        stream = self.environ.get("wsgi.input")
-        if declared is not None and declared > limit:
-            return too_large(self.policy, limit)
+        environ = self.environ
+        stream = environ.get("wsgi.input")
         chunks: list[bytes] = []
         size = 0
-        if stream is not None and (declared or self.environ.get("wsgi.input_terminated")):
+        if stream is not None and (declared or environ.get("wsgi.input_terminated")):
             # To the declared length, or else to the end of a stream the server terminates
             # (a chunked request); read() may return less than asked before the end.
             want = declared if declared is not None else limit + 1
@@ -424,17 +373,14 @@ class _Responder:
             if declared is not None and size < declared:
                 return cut_short(self.policy, size, declared)
         # else no length and no terminated stream: WSGI says there is no body
-        self.body = b"".join(chunks)
-        self.environ["wsgi.input"] = io.BytesIO(self.body)
-        self.environ["CONTENT_LENGTH"] = str(len(self.body))
-        return None
+        body = b"".join(chunks)
+        environ["wsgi.input"] = io.BytesIO(body)
+        environ["CONTENT_LENGTH"] = str(len(body))
+        return body
 
-    def _problem(
-        self, problem: ProblemResponse, outcome: Outcome = Outcome.REJECTED
-    ) -> list[bytes]:
-        self.obs.finish(outcome, problem.status)
-        self.start_response(_status_line(problem.status), problem.headers)
-        return [problem.body]
+    def _respond(self, answer: Respond, exc_info: ExcInfo | None = None) -> list[bytes]:
+        self.start_response(_status_line(answer.status), answer.headers, exc_info)
+        return [answer.body]
 
 
 def _sent_path(environ: Environ) -> str:
@@ -478,12 +424,11 @@ class _Body:
         responder: _Responder,
         result: Iterable[bytes],
         capture: Capture,
-        ident: Identity,
-        token: int,
+        run: Run,
         heartbeat: Heartbeat,
     ) -> None:
         self._responder, self._result, self._capture = responder, result, capture
-        self._ident, self._token, self._heartbeat = ident, token, heartbeat
+        self._run, self._heartbeat = run, heartbeat
         self._chunks: Iterator[bytes] | None = None
         self._length: int | None = -1  # the declared Content-Length; -1: not looked up yet
         # A list or tuple says which chunk is its last.
@@ -498,9 +443,9 @@ class _Body:
         if self._closed:
             raise StopIteration
         # A generator app runs its handler lazily, here: keep the current key visible (SPEC 19).
-        held = leases.bind(self._heartbeat.lease)
+        held = leases.bind(self._run.lease)
         try:
-            with key_scope(self._ident.key), self._responder.obs.active():
+            with key_scope(self._run.ident.key), self._responder.obs.active():
                 if self._chunks is None:
                     self._chunks = iter(self._result)
                 chunk = next(self._chunks)
@@ -539,20 +484,12 @@ class _Body:
     def _withheld(self, last: bytes) -> bytes:
         """The result was not stored: answer 503 if nothing was sent yet, else fail."""
         self._closed = True
-        responder = self._responder
-        error = StoreUnavailable(
-            f"the result of idempotency record {self._ident.id[:12]} could not be stored; "
-            "its answer was withheld so the client does not take it for final"
-        )
+        responder, run = self._responder, self._run
+        error = responder.unfinished(run)
         if self._capture.size > len(last):  # bytes went out already: abort the connection
             raise error
-        lease = self._heartbeat.lease
-        problem = unstored(responder.policy, lease.expires - time.monotonic())
         # With exc_info the server replaces the unsent headers (or re-raises if it sent them).
-        responder.start_response(
-            _status_line(problem.status), problem.headers, (StoreUnavailable, error, None)
-        )
-        return problem.body
+        return responder._respond(responder.withhold(run), (StoreUnavailable, error, None))[0]
 
     def close(self) -> None:
         # Closed before the end: the client is gone. If the handler started answering it ran,
@@ -578,7 +515,7 @@ class _Body:
         self._settled = True
         self._heartbeat.end()
         responder = self._responder
-        stored = responder._settle(self._ident, self._token, outcome, self._heartbeat.lease)
+        stored = responder.settle(self._run, outcome)
         responder.obs.executed(503 if not stored else self._capture.status or 500)
         return stored
 
