@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test lint check bench docs package-check clean
+.PHONY: demo test lint check bench bench-e2e docs package-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,21 @@ package-check: $(STAMP)  # build, twine check, install the wheel per extra, smok
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+
+# Real servers under load, every store and the peers (bench/README.md). Its own virtualenv:
+# the peers never enter the project's dependencies. wrk drives the load where installed
+# (Debian: apt-get install wrk), else a Python generator. E2E_ARGS='--quick' for a smoke run.
+PEERS := bench/.venv-peers
+PEERS_STAMP := $(PEERS)/.installed-$(shell cat bench/requirements-peers.txt pyproject.toml | cksum | cut -d' ' -f1)
+
+$(PEERS_STAMP): bench/requirements-peers.txt pyproject.toml
+	test -x $(PEERS)/bin/python || $(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/python -m pip install --quiet -r bench/requirements-peers.txt -e '.[redis,postgres]'
+	rm -f $(PEERS)/.installed-*
+	touch $@
+
+bench-e2e: $(PEERS_STAMP)
+	$(PEERS)/bin/python bench/e2e.py $(E2E_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis site dist
