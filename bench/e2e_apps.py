@@ -292,8 +292,14 @@ def cleanup(tag: str) -> None:
         import redis
 
         client = redis.Redis.from_url(REDIS_URL)
+        batch: list[bytes] = []
         for key in client.scan_iter(match=f"be2e{tag}*", count=1000):
-            client.delete(key)
+            batch.append(key)
+            if len(batch) == 1000:  # one UNLINK per batch: a run leaves ~10^5 keys
+                client.unlink(*batch)
+                batch.clear()
+        if batch:
+            client.unlink(*batch)
         client.close()
     except Exception as exc:  # the server may be down: say so, go on
         print(f"cleanup: Redis keys under be2e{tag}* left: {exc}")
