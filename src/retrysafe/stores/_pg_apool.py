@@ -31,6 +31,19 @@ class AsyncPool:
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        conn = await self.acquire()
+        reusable = False
+        try:
+            yield conn
+            reusable = True
+        finally:
+            await self.release(conn, reusable)
+
+    async def acquire(self) -> psycopg.AsyncConnection[Any]:
+        """A connection for the caller alone; give it back with :meth:`release`, always.
+
+        The request path's one-statement callers use this pair directly: an
+        ``asynccontextmanager`` costs a generator and two extra frames per statement."""
         if self._slots.locked():  # all in use: wait, at most the timeout (TimeoutError)
             await asyncio.wait_for(self._slots.acquire(), self._timeout)
         else:  # a free slot is taken at once; wait_for would cost a Task and loop turns (3.11)
@@ -39,17 +52,20 @@ class AsyncPool:
             conn = self._idle.pop() if self._idle else None
             if conn is None or conn.closed:
                 conn = await psycopg.AsyncConnection.connect(self._conninfo, **self._kwargs)
-            reusable = False
-            try:
-                yield conn
-                reusable = True
-            finally:
-                # A connection that failed or was cancelled mid-statement is not reused.
-                idle = conn.info.transaction_status == TransactionStatus.IDLE
-                if reusable and idle and not conn.broken:
-                    self._idle.append(conn)
-                else:
-                    await conn.close()
+        except BaseException:
+            self._slots.release()
+            raise
+        return conn
+
+    async def release(self, conn: psycopg.AsyncConnection[Any], reusable: bool) -> None:
+        """Give back a connection from :meth:`acquire`; ``reusable``: its statement ended
+        normally (one that failed or was cancelled mid-statement is closed, not reused)."""
+        try:
+            idle = conn.info.transaction_status == TransactionStatus.IDLE
+            if reusable and idle and not conn.broken:
+                self._idle.append(conn)
+            else:
+                await conn.close()
         finally:
             self._slots.release()
 

@@ -442,11 +442,22 @@ class PostgresStore:
         return pool
 
     async def _aone(self, statement: Statement, params: Mapping[str, Any]) -> Row | None:
-        pool = await self._apool()
+        # The request path: every async claim, completion and replay read is one call. Once
+        # the loop's pool exists and the schema is ready, one guard and no context-manager
+        # generators (the worker is CPU-bound under load: each frame here is per statement).
+        pool = self._async.current()
+        if pool is None or (self._lazy_init and not self._schema_ready):
+            pool = await self._apool()
         with self._guard():
-            async with pool.connection() as conn:
+            conn = await pool.acquire()
+            reusable = False
+            try:
                 cur = await conn.execute(statement, params)
-                return await cur.fetchone()
+                row = await cur.fetchone()
+                reusable = True
+            finally:
+                await pool.release(conn, reusable)
+            return row
 
     def _subscription(self) -> Iterator[str | None]:
         conn = psycopg.connect(self._conninfo, **self._connect_kwargs)
