@@ -3,6 +3,7 @@ retention window, then the whole record goes."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from kit.stores import FakeClock, StoreKit
 from retrysafe.records import Claimed, State, StoredResponse
 from retrysafe.stores.sqlite import TABLE, SQLiteStore
 
+WAIT = 30.0  # bounds a hang only
 BODY = StoredResponse(201, (("content-type", "application/json"),), b'{"id": 1}')
 
 
@@ -64,4 +66,35 @@ def test_sqlite_completions_purge_on_their_own(tmp_path: Path) -> None:
     assert isinstance(second, Claimed)
     assert store.complete("new", second.token, BODY, 100.0, 1.0)  # this completion purges
     assert [r[0] for r in _rows(tmp_path / "auto.db")] == ["new"]
+    store.close()
+
+
+def test_async_housekeeping_purges_inline_or_puts_it_off_while_a_writer_holds_the_gate(
+    tmp_path: Path,
+) -> None:
+    """On the event loop the purge runs inline when the writer gate is free. When another
+    writer holds it, housekeeping neither waits for it nor hands the purge to a thread that
+    would: the purge is put off, and the next housekeeping does it (the purge is sized by the
+    completions since the last one, which the put-off purge gives back)."""
+    clock = FakeClock()
+    path = tmp_path / "aauto.db"
+    store = SQLiteStore(path, clock=clock, purge_every=3600.0)  # no periodic purge here
+
+    async def scenario() -> tuple[list[str], list[str]]:
+        claimed = await store.aclaim("old", "fp", 10)
+        assert isinstance(claimed, Claimed)
+        assert await store.acomplete("old", claimed.token, BODY, 1.0, 1.0)
+        clock.advance(5)  # "old" is past its TTL and retention
+        other = store.enter_gate()  # another writer, between its statements
+        try:
+            await asyncio.wait_for(store._ahousekeeping(), WAIT)
+            kept = [r[0] for r in _rows(path)]
+        finally:
+            other.release()
+        await asyncio.wait_for(store._ahousekeeping(), WAIT)
+        return kept, [r[0] for r in _rows(path)]
+
+    kept, after = asyncio.run(scenario())
+    assert kept == ["old"]
+    assert after == []
     store.close()
