@@ -10,14 +10,17 @@ them; a copy is kept only while it fits the cache cap.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from retrysafe import lease as leases
 from retrysafe._shield import shielded
 from retrysafe.context import key_scope
+from retrysafe.decide import Decision, Settlement
 from retrysafe.engine import (
     AsyncHeartbeat,
+    Ending,
+    StoreTimer,
     aclaim_decision,
     afinish,
     aopen_unit,
@@ -26,24 +29,15 @@ from retrysafe.engine import (
 )
 from retrysafe.errors import ClaimTakenOver
 from retrysafe.fingerprint import RawHeaders, RequestFacts, quoted_path, target_path
-from retrysafe.http._exchange import Capture, taken_over, too_large
+from retrysafe.http._exchange import Capture, Identity, taken_over, too_large
 from retrysafe.http._flow import (
     RELEASE,
-    Buffer,
-    Claim,
     Exchange,
     FailOpen,
-    Finish,
-    Flow,
     Forward,
-    LoadPrincipals,
-    Offload,
-    OpenUnit,
     Respond,
     Run,
-    Settle,
     Setup,
-    Step,
     admit_flow,
     adrive,
     commit_flow,
@@ -55,10 +49,12 @@ from retrysafe.lease import Lease
 from retrysafe.outcomes import Outcome
 from retrysafe.policy import Policy
 from retrysafe.problems import ProblemResponse
-from retrysafe.stores.base import AsyncStore
+from retrysafe.scopes import PrincipalKey
+from retrysafe.stores.base import AsyncStore, AtomicUnit
 from retrysafe.telemetry.observe import DEFAULT_TELEMETRY, NULL_OBSERVATION, Telemetry
 
 STATE_KEY = "idempotency_key"
+T = TypeVar("T")
 
 
 class ASGIIdempotencyMiddleware(Setup):
@@ -120,7 +116,7 @@ class _Responder(Exchange):
 
     async def run(self) -> None:
         scope = self.scope
-        verdict = await self._drive(admit_flow(self, scope["method"], scope["path"], self._facts))
+        verdict = await adrive(admit_flow(self, scope["method"], scope["path"]))
         if isinstance(verdict, Run):
             if self.atomic:
                 await self._execute_atomic(verdict)
@@ -134,7 +130,7 @@ class _Responder(Exchange):
             await self._fail_open(verdict.key)
         # else None: the client left while uploading, nobody to answer
 
-    def _facts(self, body: bytes) -> RequestFacts:
+    def facts(self, body: bytes) -> RequestFacts:
         scope = self.scope
         raw_path = scope.get("raw_path")  # the path as sent: "%2F" is not "/" (SPEC 6)
         return RequestFacts(
@@ -146,32 +142,29 @@ class _Responder(Exchange):
             _user(scope.get("user")),
         )
 
-    def _drive(self, flow: Flow) -> Any:
-        return adrive(flow, self._perform)
+    # The flow's I/O: each returns the awaitable that performs it (not awaited here: one
+    # coroutine less), which adrive awaits.
 
-    def _perform(self, step: Step) -> Awaitable[Any]:
-        """The awaitable that performs ``step`` (returned, not awaited: one coroutine less)."""
-        store, policy = self.store, self.policy
-        # Class patterns without sub-patterns: an isinstance each (positional ones cost more).
-        match step:
-            case Claim():
-                ident = step.ident
-                return aclaim_decision(store, ident.id, ident.fingerprint, policy, step.timer)
-            case Settle():
-                id, token, settlement, lease = step
-                return asettle_record(store, id, token, settlement, policy, lease)
-            case Buffer():
-                return self._read_body(step.limit)
-            case LoadPrincipals():
-                return self.keyring.aload(store)
-            case Offload():  # CPU work on a large body: off the event loop
-                return asyncio.to_thread(step.call)
-            case OpenUnit():
-                ident = step.ident
-                return aopen_unit(store, ident.id, step.token, ident.fingerprint, policy)
-            case Finish():
-                return afinish(step.unit, store, step.settlement, policy)
-        raise AssertionError(f"unexpected step {step!r}")  # pragma: no cover
+    def offload(self, call: Callable[[], T]) -> Awaitable[T]:
+        return asyncio.to_thread(call)  # CPU work on a large body: off the event loop
+
+    def load_principals(self) -> Awaitable[PrincipalKey]:
+        return self.keyring.aload(self.store)
+
+    def claim(self, ident: Identity, timer: StoreTimer | None) -> Awaitable[Decision]:
+        return aclaim_decision(self.store, ident.id, ident.fingerprint, self.policy, timer)
+
+    def settle_record(self, run: Run, settlement: Settlement) -> Awaitable[str]:
+        return asettle_record(
+            self.store, run.ident.id, run.token, settlement, self.policy, run.lease
+        )
+
+    def open_unit(self, run: Run) -> Awaitable[AtomicUnit]:
+        ident = run.ident
+        return aopen_unit(self.store, ident.id, run.token, ident.fingerprint, self.policy)
+
+    def finish_unit(self, unit: AtomicUnit, settlement: Settlement) -> Awaitable[Ending]:
+        return afinish(unit, self.store, settlement, self.policy)
 
     async def _fail_open(self, key: str) -> None:
         status = 500
@@ -216,7 +209,7 @@ class _Responder(Exchange):
                 return True
             settled = True
             await heartbeat.end()
-            stored: bool = await self._drive(settle_flow(self, run, kept))
+            stored: bool = await adrive(settle_flow(self, run, kept))
             return stored
 
         async def send(message: Message) -> None:
@@ -279,7 +272,7 @@ class _Responder(Exchange):
         after the commit. An application that raises after sending its whole answer keeps it
         committed; one that raises before rolls its writes back and releases (SPEC 12).
         """
-        opened = await self._drive(open_flow(self, run))
+        opened = await adrive(open_flow(self, run))
         if isinstance(opened, Respond):
             await self._respond(opened)
             return
@@ -289,7 +282,7 @@ class _Responder(Exchange):
         settled = False
 
         async def commit() -> None:
-            problem = await self._drive(commit_flow(self, run, unit, capture))
+            problem = await adrive(commit_flow(self, run, unit, capture))
             if problem is not None:
                 await self._respond(problem)
                 return
@@ -336,7 +329,7 @@ class _Responder(Exchange):
             except BaseException:
                 if not settled:  # SPEC 12: no whole answer yet, so the writes are undone
                     settled = True
-                    await self._perform(Finish(unit, RELEASE))
+                    await self.finish_unit(unit, RELEASE)
                 raise
             if not settled:  # an app that returned without finishing its answer
                 settled = True
@@ -368,8 +361,9 @@ class _Responder(Exchange):
             return self.messages.pop(0)
         return await self.receive()
 
-    async def _read_body(self, limit: int) -> bytes | ProblemResponse | None:
-        """Buffer the request body (SPEC 16), keeping its messages to re-feed them."""
+    async def read_body(self, limit: int, declared: int | None) -> bytes | ProblemResponse | None:
+        """Buffer the request body (SPEC 16), keeping its messages to re-feed them (the flow
+        checked ``declared`` already)."""
         chunks: list[bytes] = []
         size = 0
         while True:

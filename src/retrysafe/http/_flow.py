@@ -2,16 +2,24 @@
 
 The flows here decide everything - what the request needs, which problem answers it, what
 to store, what telemetry sees - and *yield* the I/O they need done: read the body, claim the
-key, settle the record, open or finish an atomic unit. The ASGI and WSGI middlewares drive
-them (:func:`drive`, :func:`adrive`: the httpx auth-flow pattern, as ``engine.claim_flow`` and
-``client/_flow.py``), performing each step with their own I/O and sending the result back in;
-a store error is thrown back in. What is left in the middlewares is framework I/O: reading the
-body, calling the application, forwarding and holding its answer.
+key, settle the record, open or finish an atomic unit. Each I/O is a method of the
+:class:`Exchange`, which each middleware's responder implements with its own I/O (the httpx
+auth-flow pattern, as ``engine.claim_flow`` and ``client/_flow.py``): the ASGI one returns the
+awaitable that performs it, which :func:`adrive` awaits and sends back in (an error is thrown
+back in); the WSGI one performs it there and then, and :func:`drive` hands the result straight
+back in (an error is raised in the flow itself). What is left in the middlewares is framework
+I/O: reading the body, calling the application, forwarding and holding its answer.
 
     admit_flow ──> Forward | FailOpen | Respond | Run | None
                                                    └──> the middleware runs the handler, then
                                                         settle_flow (or, atomic: open_flow,
                                                         then commit_flow)
+
+Speed (issue 17; a keyed request runs this on every call): the flow yields the I/O methods'
+results, not step objects the middleware would dispatch on, the claim is part of the
+admission's generator (no nested ``yield from``), and the verdicts are ``__slots__`` classes
+(a NamedTuple's generated ``__new__`` costs twice as much). Measured with ``bench/run.py
+--quick`` against step NamedTuples and a nested claim generator: see CHANGELOG.md.
 """
 
 from __future__ import annotations
@@ -20,10 +28,11 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Generator
-from typing import Any, NamedTuple
+from typing import Any
 
 from retrysafe.decide import (
     Complete,
+    Decision,
     Execute,
     Keyed,
     Pass,
@@ -63,95 +72,48 @@ from retrysafe.telemetry.observe import NULL_OBSERVATION, Observation, Telemetry
 
 log = logging.getLogger("retrysafe")
 
-# -- the steps a flow yields (NamedTuples: a keyed request builds several, and a tuple costs a
-# third of a dataclass) -------------------------------------------------------------------------
-
-
-class Buffer(NamedTuple):
-    """Read the request body, at most ``limit`` bytes (``declared`` by Content-Length, if
-    sent). Reply: the bytes; a problem (over the limit, cut short); None: the client left."""
-
-    limit: int
-    declared: int | None
-
-
-class Offload(NamedTuple):
-    """Run ``call`` where it cannot stall other requests (an event loop: a thread); reply:
-    its result. Parsing or hashing a large body is CPU work the loop must not wait on."""
-
-    call: Callable[[], Any]
-
-
-class LoadPrincipals(NamedTuple):
-    """Load (or create) the deployment's principal secret from the store; reply:
-    the ``PrincipalKey``. Asked once per process."""
-
-
-class Claim(NamedTuple):
-    """Claim the request's key and wait out a duplicate in flight; reply: the decision."""
-
-    ident: Identity
-    timer: StoreTimer | None
-
-
-class Settle(NamedTuple):
-    """Complete or release the claim (retried within the lease); reply: None."""
-
-    id: str
-    token: int
-    settlement: Settlement
-    lease: Lease
-
-
-class OpenUnit(NamedTuple):
-    """Open the atomic unit of the claim (SPEC 13a); reply: the unit."""
-
-    ident: Identity
-    token: int
-
-
-class Finish(NamedTuple):
-    """Commit or roll back the atomic unit as ``settlement`` says; reply: its Ending."""
-
-    unit: AtomicUnit
-    settlement: Settlement
-
-
-Step = Buffer | Offload | LoadPrincipals | Claim | Settle | OpenUnit | Finish
-
 # -- what the admission tells the middleware to do ---------------------------------------------
 
 
-class Forward(NamedTuple):
+class Forward:
     """No key, none needed: hand the request (its body re-fed, if it was read) to the app."""
 
+    __slots__ = ()
 
-class FailOpen(NamedTuple):
+
+class FailOpen:
     """The store is down and the policy fails open: run the handler unprotected, then
     :meth:`Exchange.failed_open` with its status."""
 
-    key: str
+    __slots__ = ("key",)
+
+    def __init__(self, key: str) -> None:
+        self.key = key
 
 
-class Respond(NamedTuple):
+class Respond:
     """Send this answer (a problem, or a replay); telemetry already has it."""
 
-    status: int
-    headers: list[tuple[str, str]]
-    body: bytes
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+        self.status, self.headers, self.body = status, headers, body
 
 
-class Run(NamedTuple):
+class Run:
     """Run the handler under the claim, then settle it (:func:`settle_flow`, or for an atomic
     middleware :func:`open_flow` first and :func:`commit_flow` at the end)."""
 
-    ident: Identity
-    token: int
-    lease: Lease
+    __slots__ = ("ident", "lease", "token")
+
+    def __init__(self, ident: Identity, token: int, lease: Lease) -> None:
+        self.ident, self.token, self.lease = ident, token, lease
 
 
 Verdict = Forward | FailOpen | Respond | Run | None  # None: the client left while uploading
-Flow = Generator[Step, Any, Any]
+# What a flow yields is whatever the responder's I/O method returned (an awaitable under ASGI,
+# the result under WSGI); what it is sent back is that I/O's result.
+Flow = Generator[Any, Any, Any]
 
 FORWARD = Forward()
 RELEASE = Release()
@@ -177,7 +139,9 @@ class Setup:
 
 
 class Exchange:
-    """One request's state as the flows see it; each middleware's responder is one."""
+    """One request's state as the flows see it, and the I/O they yield: each middleware's
+    responder is one, and implements the I/O methods below with its own I/O - returning the
+    awaitable that performs it (ASGI, :func:`adrive`), or performing it (WSGI, :func:`drive`)."""
 
     __slots__ = ("body", "headers", "key_headers", "keyring", "obs", "policy", "telemetry")
 
@@ -187,6 +151,45 @@ class Exchange:
         self.headers = headers  # decoded only where read
         self.body: bytes | None = None
         self.obs: Observation = NULL_OBSERVATION
+
+    # -- what the framework knows, and the I/O the flows yield -----------------------------------
+
+    def facts(self, body: bytes) -> RequestFacts:
+        """The request's facts for its fingerprint and scope."""
+        raise NotImplementedError
+
+    def read_body(self, limit: int, declared: int | None) -> Any:
+        """Read the request body, at most ``limit`` bytes (``declared`` by Content-Length, if
+        sent). Result: the bytes; a problem (over the limit, cut short); None: the client left."""
+        raise NotImplementedError
+
+    def offload(self, call: Callable[[], Any]) -> Any:
+        """Run ``call`` where it cannot stall other requests (an event loop: a thread); result:
+        its result. Parsing or hashing a large body is CPU work the loop must not wait on."""
+        raise NotImplementedError
+
+    def load_principals(self) -> Any:
+        """Load (or create) the deployment's principal secret from the store; result: the
+        ``PrincipalKey``. Asked once per process."""
+        raise NotImplementedError
+
+    def claim(self, ident: Identity, timer: StoreTimer | None) -> Any:
+        """Claim the request's key and wait out a duplicate in flight; result: the decision."""
+        raise NotImplementedError
+
+    def settle_record(self, run: Run, settlement: Settlement) -> Any:
+        """Complete or release the claim (retried within the lease); result: None."""
+        raise NotImplementedError
+
+    def open_unit(self, run: Run) -> Any:
+        """Open the atomic unit of the claim (SPEC 13a); result: the unit."""
+        raise NotImplementedError
+
+    def finish_unit(self, unit: AtomicUnit, settlement: Settlement) -> Any:
+        """Commit or roll back the atomic unit as ``settlement`` says; result: its Ending."""
+        raise NotImplementedError
+
+    # -- answers ------------------------------------------------------------------------------
 
     def refuse(self, problem: ProblemResponse, outcome: Outcome = Outcome.REJECTED) -> Respond:
         """Answer with ``problem``, reported as ``outcome``."""
@@ -216,14 +219,8 @@ class Exchange:
         )
 
 
-def admit_flow(
-    ex: Exchange, method: str, path: str, facts_of: Callable[[bytes], RequestFacts]
-) -> Flow:
-    """What to do with a covered request: forward it, answer it, or run it under a claim.
-
-    ``facts_of(body)`` gives the request's facts for its fingerprint and scope: the only
-    thing the framework knows that the flow cannot read from ``ex``.
-    """
+def admit_flow(ex: Exchange, method: str, path: str) -> Flow:
+    """What to do with a covered request: forward it, answer it, or run it under a claim."""
     policy, headers = ex.policy, ex.headers
     admission = look(policy, method, path, headers, keys=ex.key_headers)
     if isinstance(admission, Pass):  # nothing read: the app reads the body itself
@@ -237,7 +234,7 @@ def admit_flow(
             return ex.refuse(malformed_body(policy, str(exc)))
         if declared is not None and declared > limit:
             return ex.refuse(too_large(policy, limit))
-        read = yield Buffer(limit, declared)
+        read = yield ex.read_body(limit, declared)
         if read is None:  # nobody to answer
             return None
         if isinstance(read, ProblemResponse):
@@ -248,41 +245,48 @@ def admit_flow(
         look_again = functools.partial(
             look, policy, method, path, headers, body, keys=ex.key_headers
         )
-        admission = (yield Offload(look_again)) if len(body) > INLINE_JSON_LIMIT else look_again()
+        if len(body) > INLINE_JSON_LIMIT:  # parsing it would stall a loop
+            admission = yield ex.offload(look_again)
+        else:
+            admission = look_again()
     # isinstance, the hot case first: a class pattern (``case Keyed(key)``) costs several
     # times an isinstance and an attribute read (MATCH_CLASS looks up ``__match_args__``).
-    if isinstance(admission, Keyed):
-        return (yield from _claim_flow(ex, admission.key, facts_of(ex.body or b"")))
-    if isinstance(admission, Pass):
-        return FORWARD
-    if isinstance(admission, Refuse):
-        return ex.refuse(refusal(admission, policy), admission.outcome)
-    raise AssertionError(f"unexpected admission {admission!r}")  # pragma: no cover
-
-
-def _claim_flow(ex: Exchange, key: str, facts: RequestFacts) -> Flow:
-    policy, obs = ex.policy, ex.obs
+    if not isinstance(admission, Keyed):
+        if isinstance(admission, Pass):
+            return FORWARD
+        if isinstance(admission, Refuse):
+            return ex.refuse(refusal(admission, policy), admission.outcome)
+        raise AssertionError(f"unexpected admission {admission!r}")  # pragma: no cover
+    # The claim, in this generator rather than a nested one (``yield from``: a frame more to
+    # start and to pass every step through).
+    key, obs = admission.key, ex.obs
+    facts = ex.facts(ex.body or b"")
     claimed_at = time.monotonic()  # the lease began no earlier
     try:
-        principals = ex.keyring.current or (yield LoadPrincipals())
+        principals = ex.keyring.current or (yield ex.load_principals())
         if len(facts.body) > policy.inline_fingerprint_limit:  # hashing it would stall a loop
-            ident = yield Offload(functools.partial(identify, key, facts, policy, principals))
+            ident = yield ex.offload(functools.partial(identify, key, facts, policy, principals))
         else:
             ident = identify(key, facts, policy, principals)
         if isinstance(ident, Refuse):
             return ex.refuse(refusal(ident, policy), ident.outcome)
         obs.keyed(key, ident.scope, ident.fingerprint)
         # No store timer when telemetry is off: nothing would read the times.
-        decision = yield Claim(ident, None if obs is NULL_OBSERVATION else obs.store_time)
+        decision = yield ex.claim(ident, None if obs is NULL_OBSERVATION else obs.store_time)
     except StoreError as exc:
         if policy.fail_open:
             log.warning("idempotency store unavailable, failing open: %s", exc)
             return FailOpen(key)
         log.error("idempotency store unavailable, failing closed: %s", exc)
         return ex.refuse(store_unavailable(policy, exc), Outcome.STORE_ERROR)
+    return _decided(ex, ident, decision, claimed_at)
+
+
+def _decided(ex: Exchange, ident: Identity, decision: Decision, claimed_at: float) -> Verdict:
+    obs = ex.obs
     if isinstance(decision, Execute):
         obs.decided(decision.outcome, decision.previous)
-        lease = Lease(ident.id, claimed_at, policy.lease_s, obs.lease_lost)
+        lease = Lease(ident.id, claimed_at, ex.policy.lease_s, obs.lease_lost)
         return Run(ident, decision.token, lease)
     if isinstance(decision, Replay):
         response = decision.response
@@ -290,7 +294,7 @@ def _claim_flow(ex: Exchange, key: str, facts: RequestFacts) -> Flow:
         obs.finish(decision.outcome, response.status)
         return Respond(response.status, replay_headers(response), response.body)
     if isinstance(decision, Refuse):
-        return ex.refuse(refusal(decision, policy), decision.outcome)
+        return ex.refuse(refusal(decision, ex.policy), decision.outcome)
     raise AssertionError(f"unexpected decision {decision!r}")  # pragma: no cover
 
 
@@ -308,7 +312,7 @@ def settle_flow(ex: Exchange, run: Run, capture: Capture | None) -> Flow:
     settlement = _settlement(ex, capture)
     started = time.perf_counter()
     try:
-        yield Settle(run.ident.id, run.token, settlement, run.lease)
+        yield ex.settle_record(run, settlement)
     except StoreError as exc:
         log.error("could not settle idempotency record %s: %s", run.ident.id[:12], exc)
         # An unreleased failure stays a failure: only a result to keep is withheld.
@@ -321,7 +325,7 @@ def open_flow(ex: Exchange, run: Run) -> Flow:
     """Open the atomic unit of ``run``; returns it, or the 503 to answer when the store failed
     (the claim is then released)."""
     try:
-        return (yield OpenUnit(run.ident, run.token))
+        return (yield ex.open_unit(run))
     except StoreError as exc:
         log.error("idempotency store unavailable, failing closed: %s", exc)
         yield from settle_flow(ex, run, None)  # the lease lapses if this fails too
@@ -335,7 +339,7 @@ def commit_flow(ex: Exchange, run: Run, unit: AtomicUnit, capture: Capture) -> F
     settlement = _settlement(ex, capture)
     started = time.perf_counter()
     try:
-        ending = yield Finish(unit, settlement)
+        ending = yield ex.finish_unit(unit, settlement)
     except StoreError as exc:
         log.error("could not commit idempotency record %s: %s", run.ident.id[:12], exc)
         return ex.refuse(store_unavailable(ex.policy, exc), Outcome.STORE_ERROR)
@@ -346,34 +350,31 @@ def commit_flow(ex: Exchange, run: Run, unit: AtomicUnit, capture: Capture) -> F
     return None
 
 
-# -- the drivers: each middleware hands in how it performs a step -----------------------------
+# -- the drivers -----------------------------------------------------------------------------
 
 
-def drive(flow: Flow, perform: Callable[[Step], Any]) -> Any:
-    """Run ``flow`` to its end with sync I/O; returns what it returns."""
+def drive(flow: Flow) -> Any:
+    """Run ``flow`` to its end with sync I/O (each I/O method performed it already and gave
+    its result, or raised in the flow); returns what the flow returns."""
     try:
-        step = next(flow)
+        result = next(flow)
         while True:
-            try:
-                reply = perform(step)
-            except BaseException as exc:
-                step = flow.throw(exc)
-            else:
-                step = flow.send(reply)
+            result = flow.send(result)
     except StopIteration as done:
         return done.value
 
 
-async def adrive(flow: Flow, perform: Callable[[Step], Awaitable[Any]]) -> Any:
-    """:func:`drive` with async I/O."""
+async def adrive(flow: Flow) -> Any:
+    """Run ``flow`` to its end with async I/O: await each awaitable it yields, send the result
+    back in (or throw the error in); returns what the flow returns."""
     try:
-        step = next(flow)
+        pending: Awaitable[Any] = next(flow)
         while True:
             try:
-                reply = await perform(step)
+                result = await pending
             except BaseException as exc:
-                step = flow.throw(exc)
+                pending = flow.throw(exc)
             else:
-                step = flow.send(reply)
+                pending = flow.send(result)
     except StopIteration as done:
         return done.value

@@ -13,12 +13,15 @@ import io
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from http import HTTPStatus
-from typing import Any
+from typing import TypeVar
 
 from retrysafe import lease as leases
 from retrysafe.context import key_scope
+from retrysafe.decide import Decision, Settlement
 from retrysafe.engine import (
+    Ending,
     Heartbeat,
+    StoreTimer,
     bound_unit,
     claim_decision,
     finish,
@@ -27,24 +30,15 @@ from retrysafe.engine import (
 )
 from retrysafe.errors import ClaimTakenOver, StoreUnavailable
 from retrysafe.fingerprint import HeaderView, RequestFacts, quoted_path, target_path
-from retrysafe.http._exchange import Capture, cut_short, taken_over, too_large
+from retrysafe.http._exchange import Capture, Identity, cut_short, taken_over, too_large
 from retrysafe.http._flow import (
     RELEASE,
-    Buffer,
-    Claim,
     Exchange,
     FailOpen,
-    Finish,
-    Flow,
     Forward,
-    LoadPrincipals,
-    Offload,
-    OpenUnit,
     Respond,
     Run,
-    Settle,
     Setup,
-    Step,
     admit_flow,
     commit_flow,
     drive,
@@ -56,12 +50,14 @@ from retrysafe.lease import Lease, holding
 from retrysafe.outcomes import Outcome
 from retrysafe.policy import Policy
 from retrysafe.problems import ProblemResponse
+from retrysafe.scopes import PrincipalKey
 from retrysafe.stores.base import AtomicUnit, Store
 from retrysafe.telemetry.observe import DEFAULT_TELEMETRY, Telemetry
 
 log = logging.getLogger("retrysafe")
 ENVIRON_KEY = "retrysafe.idempotency_key"
 _READ_CHUNK = 64 * 1024
+T = TypeVar("T")
 
 
 class EnvironHeaders(HeaderView):
@@ -153,7 +149,7 @@ class _Responder(Exchange):
     def run(self) -> Iterable[bytes]:
         environ = self.environ
         method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "") or "/"
-        verdict = self._drive(admit_flow(self, method, path, self._facts))
+        verdict = drive(admit_flow(self, method, path))
         if isinstance(verdict, Run):
             return self._execute_atomic(verdict) if self.atomic else self._execute(verdict)
         if isinstance(verdict, Respond):
@@ -164,7 +160,7 @@ class _Responder(Exchange):
             return self._fail_open(verdict.key)
         raise AssertionError(f"unexpected verdict {verdict!r}")  # pragma: no cover
 
-    def _facts(self, body: bytes) -> RequestFacts:
+    def facts(self, body: bytes) -> RequestFacts:
         environ = self.environ
         return RequestFacts(
             environ["REQUEST_METHOD"],
@@ -176,31 +172,27 @@ class _Responder(Exchange):
             environ.get("REMOTE_USER") or None,
         )
 
-    def _drive(self, flow: Flow) -> Any:
-        return drive(flow, self._perform)
+    # The flow's I/O, performed here and now: drive() hands each result back to the flow.
 
-    def _perform(self, step: Step) -> Any:
+    def offload(self, call: Callable[[], T]) -> T:
+        return call()  # no event loop to keep free: run it here
+
+    def load_principals(self) -> PrincipalKey:
+        return self.keyring.load(self.store)
+
+    def claim(self, ident: Identity, timer: StoreTimer | None) -> Decision:
+        return claim_decision(self.store, ident.id, ident.fingerprint, self.policy, timer)
+
+    def settle_record(self, run: Run, settlement: Settlement) -> str:
         store, policy = self.store, self.policy
-        # Class patterns without sub-patterns: an isinstance each (positional ones cost more).
-        match step:
-            case Claim():
-                ident = step.ident
-                return claim_decision(store, ident.id, ident.fingerprint, policy, step.timer)
-            case Settle():
-                id, token, settlement, lease = step
-                return settle_record(store, id, token, settlement, policy, lease)
-            case Buffer():
-                return self._read_body(step.limit, step.declared)
-            case LoadPrincipals():
-                return self.keyring.load(store)
-            case Offload():  # no event loop to keep free: run it here
-                return step.call()
-            case OpenUnit():
-                ident = step.ident
-                return open_unit(store, ident.id, step.token, ident.fingerprint, policy)
-            case Finish():
-                return finish(step.unit, store, step.settlement, policy)
-        raise AssertionError(f"unexpected step {step!r}")  # pragma: no cover
+        return settle_record(store, run.ident.id, run.token, settlement, policy, run.lease)
+
+    def open_unit(self, run: Run) -> AtomicUnit:
+        ident = run.ident
+        return open_unit(self.store, ident.id, run.token, ident.fingerprint, self.policy)
+
+    def finish_unit(self, unit: AtomicUnit, settlement: Settlement) -> Ending:
+        return finish(unit, self.store, settlement, self.policy)
 
     def _fail_open(self, key: str) -> Iterable[bytes]:
         status = 500
@@ -247,13 +239,13 @@ class _Responder(Exchange):
     def settle(self, run: Run, capture: Capture | None) -> bool:
         """Settle the record as ``capture`` says (None: release); False if a result to keep
         could not be stored, so the answer must not go out as final."""
-        stored: bool = self._drive(settle_flow(self, run, capture))
+        stored: bool = drive(settle_flow(self, run, capture))
         return stored
 
     def _execute_atomic(self, run: Run) -> Iterable[bytes]:
         """SPEC 13a: run the handler (its body included) with its unit bound, commit, and only
         then start the response: a client must never see a result a crash could still undo."""
-        opened = self._drive(open_flow(self, run))
+        opened = drive(open_flow(self, run))
         if isinstance(opened, Respond):
             return self._respond(opened)
         unit: AtomicUnit = opened
@@ -305,7 +297,7 @@ class _Responder(Exchange):
             unit.close()
             return self._respond(self.refuse(taken_over(self.policy), Outcome.CONFLICT_IN_FLIGHT))
         except BaseException:
-            self._perform(Finish(unit, RELEASE))  # SPEC 12, writes undone
+            self.finish_unit(unit, RELEASE)  # SPEC 12, writes undone
             self.obs.executed(capture.status or 500)
             raise
         finally:
@@ -321,7 +313,7 @@ class _Responder(Exchange):
         started: list[tuple[str, list[tuple[str, str]]]],
         chunks: list[bytes],
     ) -> Iterable[bytes]:
-        problem = self._drive(commit_flow(self, run, unit, capture))
+        problem = drive(commit_flow(self, run, unit, capture))
         if problem is not None:
             return self._respond(problem)
         if not started:  # nothing to store either: the claim was released
@@ -345,7 +337,7 @@ class _Responder(Exchange):
             if held is not None:
                 leases.unbind(held)
 
-    def _read_body(self, limit: int, declared: int | None) -> bytes | ProblemResponse:
+    def read_body(self, limit: int, declared: int | None) -> bytes | ProblemResponse:
         """Buffer the body (SPEC 16) and put it back as ``wsgi.input``; a problem if it is too
         big or cut short (the client went away mid-upload).
 
