@@ -109,7 +109,7 @@ class _Responder(Exchange):
     __slots__ = ("app", "atomic", "messages", "receive", "scope", "send", "store")
 
     def __init__(self, mw: ASGIIdempotencyMiddleware, scope: Scope, receive: Receive, send: Send):
-        super().__init__(mw, RawHeaders(scope["headers"]))
+        Exchange.__init__(self, mw, RawHeaders(scope["headers"]))  # no super(): per request
         self.app, self.store, self.atomic = mw.app, mw.store, mw.atomic
         self.scope, self.receive, self.send = scope, receive, send
         self.messages: list[Message] = []  # the buffered request, re-fed to the app in order

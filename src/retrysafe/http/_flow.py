@@ -32,7 +32,6 @@ from typing import Any
 
 from retrysafe.decide import (
     Complete,
-    Decision,
     Execute,
     Keyed,
     Pass,
@@ -279,14 +278,9 @@ def admit_flow(ex: Exchange, method: str, path: str) -> Flow:
             return FailOpen(key)
         log.error("idempotency store unavailable, failing closed: %s", exc)
         return ex.refuse(store_unavailable(policy, exc), Outcome.STORE_ERROR)
-    return _decided(ex, ident, decision, claimed_at)
-
-
-def _decided(ex: Exchange, ident: Identity, decision: Decision, claimed_at: float) -> Verdict:
-    obs = ex.obs
     if isinstance(decision, Execute):
         obs.decided(decision.outcome, decision.previous)
-        lease = Lease(ident.id, claimed_at, ex.policy.lease_s, obs.lease_lost)
+        lease = Lease(ident.id, claimed_at, policy.lease_s, obs.lease_lost)
         return Run(ident, decision.token, lease)
     if isinstance(decision, Replay):
         response = decision.response
@@ -294,7 +288,7 @@ def _decided(ex: Exchange, ident: Identity, decision: Decision, claimed_at: floa
         obs.finish(decision.outcome, response.status)
         return Respond(response.status, replay_headers(response), response.body)
     if isinstance(decision, Refuse):
-        return ex.refuse(refusal(decision, ex.policy), decision.outcome)
+        return ex.refuse(refusal(decision, policy), decision.outcome)
     raise AssertionError(f"unexpected decision {decision!r}")  # pragma: no cover
 
 
@@ -317,7 +311,9 @@ def settle_flow(ex: Exchange, run: Run, capture: Capture | None) -> Flow:
         log.error("could not settle idempotency record %s: %s", run.ident.id[:12], exc)
         # An unreleased failure stays a failure: only a result to keep is withheld.
         return not isinstance(settlement, Complete)
-    ex.obs.settled(settlement, time.perf_counter() - started)
+    obs = ex.obs
+    if obs is not NULL_OBSERVATION:  # telemetry off: no clock to read, nobody to tell
+        obs.settled(settlement, time.perf_counter() - started)
     return True
 
 

@@ -142,7 +142,7 @@ class _Responder(Exchange):
     def __init__(
         self, mw: WSGIIdempotencyMiddleware, environ: Environ, start_response: StartResponse
     ):
-        super().__init__(mw, EnvironHeaders(environ))
+        Exchange.__init__(self, mw, EnvironHeaders(environ))  # no super(): per request
         self.app, self.store, self.atomic = mw.app, mw.store, mw.atomic
         self.environ, self.start_response = environ, start_response
 
