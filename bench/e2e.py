@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -71,8 +71,7 @@ def _keys(run: Run, server: Server) -> str:
 
 def _checked(server: Server, tag: str, variant: Variant) -> None:
     """Before timing: a key twice and another once answer 201, and the handler ran as the
-    variant says (twice for an idempotent one, three times for the bare app); then the key
-    every replay run sends is completed."""
+    variant says (twice for an idempotent one, three times for the bare app)."""
     before = executions(server.counter)
     statuses = [server.post(f"{tag}-check")[0], server.post(f"{tag}-check")[0]]
     statuses.append(server.post(f"{tag}-other")[0])
@@ -81,14 +80,12 @@ def _checked(server: Server, tag: str, variant: Variant) -> None:
         raise RuntimeError(f"set-up requests answered {statuses}")
     if ran != (2 if variant.replays else 3):
         raise RuntimeError(f"3 requests, 2 keys: the handler ran {ran} times")
-    status, body = server.post(f"{tag}-replay")  # the key every replay run sends
-    if status != 201:
-        raise RuntimeError(f"the replay key answered {status}: {body[:200]!r}")
 
 
 def _settled(server: Server) -> int:
-    """The execution count once the requests still in flight when the load stopped are done
-    (unchanged over a few reads): they belong to this run, not to the next."""
+    """The execution count once the requests still in flight when the load stopped look done
+    (unchanged over a few reads), so the next run does not share the cores with them. Their
+    count does not depend on it: executions are counted by key (:func:`_recount`)."""
     seen, still = executions(server.counter), 0
     deadline = time.monotonic() + SETTLE_MAX
     while still < 3 and time.monotonic() < deadline:
@@ -100,22 +97,44 @@ def _settled(server: Server) -> int:
 
 def _measure(run: Run, server: Server, variant: Variant, conns: int, rnd: int) -> None:
     for mode in ("first", "replay"):
-        key = (
-            f"{_keys(run, server)}-r{rnd}c{conns}"
-            if mode == "first"
-            else f"{_keys(run, server)}-replay"
-        )
-        before = executions(server.counter)
+        key = f"{_keys(run, server)}-{mode}-r{rnd}c{conns}"
+        if mode == "replay":
+            _completed(server, key)
         load = run_load(run.generator, server.url, conns, run.seconds, key, mode == "first")
-        ran = _settled(server) - before
+        _settled(server)  # so the next run's timing does not share the cores with this one's
         m = Measurement(
-            server.kind.name, variant.name, conns, mode, rnd, load, ran, variant.replays
+            server.kind.name, variant.name, conns, mode, rnd, load, 0, variant.replays, key
         )
+        m = replace(m, executions=_ran(server, m))
         run.measurements.append(m)
         _log(
             f"  {server.kind.name} c={conns} {variant.name} {mode}: {load.rps:,.0f} req/s, "
-            f"p99 {load.p99_ms:.2f} ms, ran {ran}{'  ✗ ' + p if (p := m.problem()) else ''}"
+            f"p99 {load.p99_ms:.2f} ms, ran {m.executions}"
+            f"{'  ✗ ' + p if (p := m.problem()) else ''}"
         )
+
+
+def _completed(server: Server, key: str) -> None:
+    """The key a replay run sends, sent once before it (so the run's requests replay it)."""
+    status, body = server.post(key)
+    if status != 201:
+        raise RuntimeError(f"the replay key answered {status}: {body[:200]!r}")
+
+
+def _ran(server: Server, m: Measurement) -> int:
+    """The handler's executions for the run ``m``: of the keys a first run made, or of a
+    replay run's key less the one request that completed it before the run."""
+    if m.mode == "first":
+        return executions(server.counter, m.key, fresh=True)
+    return executions(server.counter, m.key) - 1
+
+
+def _recount(run: Run, server: Server) -> None:
+    """Once ``server`` has stopped (every request it took is finished): each of its runs'
+    executions again, so a request that outlived its run's settling still counts for it."""
+    for i, m in enumerate(run.measurements):
+        if (m.server, m.variant) == (server.kind.name, server.variant):
+            run.measurements[i] = replace(m, executions=_ran(server, m))
 
 
 def _serve(run: Run, kind: ServerKind, run_dir: Path) -> None:
@@ -143,6 +162,7 @@ def _serve(run: Run, kind: ServerKind, run_dir: Path) -> None:
                 _checked(server, _keys(run, server), variant)
                 warm = f"{_keys(run, server)}-warm"
                 run_load(run.generator, server.url, 10, run.warm_seconds, warm, True)
+                _settled(server)
                 ready.append((server, variant))
             except Exception as exc:  # a variant that cannot run here: say so, go on
                 run.not_run[(kind.name, variant.name)] = f"{type(exc).__name__}: {exc}"
@@ -155,6 +175,7 @@ def _serve(run: Run, kind: ServerKind, run_dir: Path) -> None:
     finally:
         for server, _ in servers:
             server.stop()
+            _recount(run, server)
 
 
 def execute(run: Run) -> None:

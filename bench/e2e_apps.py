@@ -7,10 +7,12 @@ the same thing. The handler is the same small one everywhere: parse a JSON body,
 execution, answer 201 with a JSON document (a Starlette route for ASGI, a Flask view for
 WSGI).
 
-Counting: each execution appends one byte to the file ``E2E_COUNTER`` (``O_APPEND``: a write
-of one byte is atomic, so workers in several processes can share the file), and the driver
-reads its size before and after a run. One ``write`` per execution, in every variant alike,
-bare app included.
+Counting: each execution appends its key and a newline to the file ``E2E_COUNTER``
+(``O_APPEND``: one short ``write`` lands whole, so workers in several processes can share the
+file), and the driver counts the lines of a run's keys. Counting by key, not by the file's
+growth during a run, charges a request still in flight when the load stopped to its own run
+however late it finishes. One ``write`` per execution, in every variant alike, bare app
+included.
 
 Every variant's data are its own: Redis keys under ``be2e<tag><variant>:``, PostgreSQL tables
 under ``be2e<tag>_...``, a SQLite file in the run's own directory (``E2E_DIR``), so a run never
@@ -106,14 +108,23 @@ def sqlite_path(run_dir: Path, variant: str) -> Path:
 _counter: list[int] = []  # the counter file's descriptor, opened once per process
 
 
-def count_execution() -> None:
+def count_execution(key: str) -> None:
     if not _counter:
         _counter.append(os.open(os.environ["E2E_COUNTER"], os.O_WRONLY | os.O_APPEND))
-    os.write(_counter[0], b".")
+    os.write(_counter[0], key.encode() + b"\n")
 
 
-def executions(counter: Path) -> int:
-    return counter.stat().st_size
+def executions(counter: Path, key: str | None = None, fresh: bool = False) -> int:
+    """Executions of ``key`` (``fresh``: of the keys the load generator made from it, ``key``
+    + ``-`` + a per-request suffix); None: of every key."""
+    lines = counter.read_bytes().splitlines()
+    if key is None:
+        return len(lines)
+    if fresh:
+        start = key.encode() + b"-"
+        return sum(1 for line in lines if line.startswith(start))
+    exact = key.encode()
+    return sum(1 for line in lines if line == exact)
 
 
 # -- the stores ---------------------------------------------------------------------------------
@@ -170,7 +181,7 @@ def _starlette() -> Any:
 
     async def charge(request: Request) -> JSONResponse:
         order = await request.json()
-        count_execution()
+        count_execution(request.headers.get("idempotency-key", ""))
         return JSONResponse({**RESULT, "amount": order["amount"]}, status_code=201)
 
     return Starlette(routes=[Route("/charges", charge, methods=["POST"])])
@@ -251,7 +262,7 @@ def wsgi_app() -> Any:
     @app.post("/charges")
     def charge() -> Any:
         order = flask.request.get_json()
-        count_execution()
+        count_execution(flask.request.headers.get("Idempotency-Key", ""))
         return {**RESULT, "amount": order["amount"]}, 201
 
     if variant.store is not None:

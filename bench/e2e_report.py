@@ -29,6 +29,7 @@ class Measurement:
     load: Load
     executions: int  # handler executions the counter saw during the run
     replays: bool  # the variant replays (every variant but the bare app)
+    key: str  # the run's key (first: the start of every key it sent)
 
     def problem(self) -> str | None:
         """Why the execution count contradicts the run, or None."""
