@@ -6,10 +6,9 @@ condition lock) per command, a connection wrapper, a stream reader, per-command 
 handling. coredis (anyio) and valkey-glide (a Rust core behind a thread hop) measured slower
 still. A plain ``asyncio.Protocol`` with hiredis packing and parsing costs about a third:
 
-- **one connection per event loop**, shared by every coroutine on that loop: the requests
-  of one loop turn, from however many coroutines, go out together in one write at the end of
-  the turn (pipelined), and replies, which Redis sends in request order, resolve the oldest
-  waiting future (FIFO). No pool, no checkout.
+- **one connection per event loop**, shared by every coroutine on that loop: requests are
+  written as they come (pipelined) and replies, which Redis sends in request order, resolve
+  the oldest waiting future (FIFO). No pool, no checkout.
 - **one timer per connection** bounds every request (``timeout``): it is armed for the
   oldest unanswered request and re-armed for the next one when it fires, so a request costs
   no timer of its own. When the oldest request is overdue the connection is dropped and
@@ -130,7 +129,6 @@ class _Connection(asyncio.Protocol):
         self._pending: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._out: list[bytes] = []  # frames of this loop turn, written by _flush
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -148,20 +146,10 @@ class _Connection(asyncio.Protocol):
             return future
         deadline = self._loop.time() + self._timeout
         self._pending.append((future, deadline))
-        # Every request of one loop turn goes out in one write (one system call, one packet
-        # under load: a hundred connections' claims arrive in the same turn); the first one
-        # of the turn schedules the write for the end of it.
-        if not self._out:
-            self._loop.call_soon(self._flush)
-        self._out.append(frame)
+        self._transport.write(frame)
         if self._timer is None:
             self._timer = self._loop.call_at(deadline, self._check)
         return future
-
-    def _flush(self) -> None:
-        out, self._out = self._out, []
-        if not self.closed and self._transport is not None and out:
-            self._transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def data_received(self, data: bytes) -> None:
         reader = self._reader
@@ -193,7 +181,6 @@ class _Connection(asyncio.Protocol):
     def fail(self, error: Exception) -> None:
         """Drop the connection and fail every waiting request with ``error``'s kind."""
         self.closed = True
-        self._out.clear()  # their futures fail below
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -212,7 +199,6 @@ class _Connection(asyncio.Protocol):
 
     def close(self) -> None:
         """Close after the writes already queued (replies still on the way are dropped)."""
-        self._flush()
         self.closed = True
         if self._transport is not None:
             self._transport.close()
