@@ -6,5 +6,5 @@ servers        uvicorn / wsgiref / Werkzeug on loopback in a thread, RawClient (
 doors          the four HTTP doors (ASGI, Starlette, WSGI, Flask), SpyStore, Gate, Handler
 scopes         principal scopes for tests that send credentials
 wakes          WakeProbe: polling off, every watch's wake-up observed (no timed waits)
-uvicorn_app    an ASGI app a uvicorn child process serves (tests/backends/test_processes.py)
+uvicorn_app    an ASGI app a uvicorn child process serves (tests/stores/test_processes.py)
 """

@@ -119,7 +119,7 @@ def _redis(tmp_path: Path) -> StoreKit:
 
 
 def redis_kit(url: str, name: str = "redis") -> StoreKit:
-    """A kit on the Redis (or Redis Cluster) at ``url``; tests/backends uses it for a cluster."""
+    """A kit on the Redis (or Redis Cluster) at ``url``."""
     from retrysafe.stores.redis import RedisStore
 
     prefix = f"t{uuid.uuid4().hex[:12]}:"
@@ -204,14 +204,24 @@ CACHED_KINDS: dict[str, Callable[[Path], StoreKit]] = {
 }
 
 
-def kit_fixture(kinds: Iterable[str]) -> Any:
-    """A ``kit`` fixture over ``kinds`` (names of STORE_KINDS or CACHED_KINDS), for a module
-    that runs more kinds than the suite-wide one: ``kit = kit_fixture([...])``."""
+# A three-node Redis Cluster of the test session's own: not in STORE_KINDS (starting it costs
+# a second), only where a module asks for it; its server comes from the ``cluster_url`` fixture
+# (tests/stores/conftest.py), so only modules under a conftest that defines it can ask.
+REDIS_CLUSTER = "redis-cluster"
+
+
+def kit_fixture(kinds: Iterable[str], name: str = "kit") -> Any:
+    """A ``kit`` fixture over ``kinds`` (names of STORE_KINDS or CACHED_KINDS, or
+    REDIS_CLUSTER), for a module that runs other kinds than the suite-wide one:
+    ``kit = kit_fixture([...])``; ``name`` gives a second fixture beside it."""
     every = {**STORE_KINDS, **CACHED_KINDS}
 
-    @pytest.fixture(name="kit", params=list(kinds))
+    @pytest.fixture(name=name, params=list(kinds))
     def kit(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreKit]:
-        made = every[request.param](tmp_path)
+        if request.param == REDIS_CLUSTER:
+            made = redis_kit(request.getfixturevalue("cluster_url"), REDIS_CLUSTER)
+        else:
+            made = every[request.param](tmp_path)
         try:
             yield made
         finally:

@@ -1,4 +1,4 @@
-"""An ASGI app run by uvicorn in its own OS process (tests/backends/test_processes.py starts two).
+"""An ASGI app run by uvicorn in its own OS process (tests/stores/test_processes.py starts two).
 
 Configured through the environment: RETRYSAFE_STORE_URL names the shared store, RUN_LOG a file
 that gets one line per handler execution (appended atomically), WORK_S how long a handler

@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from kit.stores import StoreKit
+from kit.stores import REDIS_CLUSTER, STORE_KINDS, StoreKit, kit_fixture
 from kit.wakes import HANG, NEVER
 from retrysafe.records import ClaimResult, Existing, State
 from retrysafe.stores.memory import MemoryStore
@@ -37,6 +37,9 @@ from ._common import new_id
 from ._workers import CheckThenSet, Outcome, claimer, describe, hold_then_settle
 
 RACERS = 50
+
+# Every store kind, and a real Redis Cluster (the claim is one script on the record's slot).
+kit = kit_fixture([*sorted(STORE_KINDS), REDIS_CLUSTER])
 
 
 def _one_winner(outcomes: Sequence[Outcome], racers: int) -> Outcome:
@@ -50,13 +53,15 @@ def _one_winner(outcomes: Sequence[Outcome], racers: int) -> Outcome:
     return winner
 
 
-def _race_threads(store: Any, id: str, fingerprints: Sequence[str]) -> list[Outcome]:
+def _race_threads(stores: Sequence[Any], id: str, fingerprints: Sequence[str]) -> list[Outcome]:
+    """Each racer claims through ``stores[i % len(stores)]`` (one handle, or several as several
+    processes would have)."""
     barrier = threading.Barrier(len(fingerprints))
     results: list[Outcome] = []
     errors: list[BaseException] = []
     lock = threading.Lock()
 
-    def racer(fingerprint: str) -> None:
+    def racer(store: Any, fingerprint: str) -> None:
         try:
             barrier.wait(timeout=30)
             outcome = describe(store.claim(id, fingerprint, 1000.0))
@@ -67,7 +72,10 @@ def _race_threads(store: Any, id: str, fingerprints: Sequence[str]) -> list[Outc
         with lock:
             results.append(outcome)
 
-    threads = [threading.Thread(target=racer, args=(fp,)) for fp in fingerprints]
+    threads = [
+        threading.Thread(target=racer, args=(stores[i % len(stores)], fp))
+        for i, fp in enumerate(fingerprints)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -87,7 +95,8 @@ async def _race_tasks(store: Any, id: str, fingerprints: Sequence[str]) -> list[
 def test_threads_claiming_one_id_yield_exactly_one_winner(kit: StoreKit) -> None:
     id = new_id()
     fingerprints = [f"fp-thread-{n}" for n in range(RACERS)]
-    winner = _one_winner(_race_threads(kit.store, id, fingerprints), RACERS)
+    handles = [kit.store, kit.reopen()]  # racers on two connections, as two processes
+    winner = _one_winner(_race_threads(handles, id, fingerprints), RACERS)
     record = kit.store.get(id)
     assert record is not None
     assert record.token == winner[1]
@@ -99,7 +108,7 @@ def test_threads_claiming_one_id_yield_exactly_one_winner(kit: StoreKit) -> None
 
     # After a release the key is up for grabs once more: again exactly one winner, newer token.
     assert kit.store.release(id, winner[1])
-    second = _one_winner(_race_threads(kit.store, id, fingerprints), RACERS)
+    second = _one_winner(_race_threads(handles, id, fingerprints), RACERS)
     assert second[1] > winner[1]
 
 
@@ -114,7 +123,7 @@ async def test_tasks_claiming_one_id_yield_exactly_one_winner(kit: StoreKit) -> 
 
 def test_the_thread_harness_catches_a_check_then_set_store(tmp_path: Path) -> None:
     racy = CheckThenSet(SQLiteStore(tmp_path / "racy.db"), window=0.05)
-    outcomes = _race_threads(racy, "id", [f"fp-{n}" for n in range(RACERS)])
+    outcomes = _race_threads([racy], "id", [f"fp-{n}" for n in range(RACERS)])
     assert Counter(kind for kind, *_ in outcomes)["claimed"] > 1
     with pytest.raises(AssertionError):
         _one_winner(outcomes, RACERS)

@@ -1,8 +1,11 @@
 """The store protocol (SPEC 36, ``stores/base.py``), rule by rule, against every store kind.
 
-Each test runs once per entry of ``STORE_KINDS`` (the ``kit`` fixture). Time moves only through
+Each test runs once per entry of ``STORE_KINDS``, once more behind the local replay cache, and
+on a real three-node Redis Cluster (the ``kit`` fixture below). Time moves only through
 ``kit.advance`` and durations are ``kit.tick`` multiples (see ``_common``), so Redis and
-PostgreSQL kits run these bodies unchanged on their real clocks.
+PostgreSQL kits run these bodies unchanged on their real clocks. What only a store with a
+server can show (a settlement published by another process's handle, a watch ended by a lapsed
+lease on the server's clock) runs on the server kinds (the ``server_kit`` fixture).
 """
 
 from __future__ import annotations
@@ -16,18 +19,21 @@ from pathlib import Path
 
 import pytest
 
-from kit.stores import ALL_KINDS, FakeClock, StoreKit, kit_fixture
+from kit.stores import ALL_KINDS, REDIS_CLUSTER, FakeClock, StoreKit, kit_fixture
 from kit.wakes import HANG, NEVER, WakeProbe
 from retrysafe import open_store
 from retrysafe.errors import ConfigurationError, StoreUnavailable
 from retrysafe.records import Claimed, Existing, State, StoredResponse
-from retrysafe.stores import MemoryStore, SQLiteStore
+from retrysafe.stores import SQLiteStore
 from retrysafe.stores.base import DualStore
 
 from ._common import FP, LEASE, OK, OTHER_FP, RETENTION, TTL, claimed, existing, first_claim, new_id
 
-# Every store kind, and each behind the local replay cache: the contract holds through it.
-kit = kit_fixture(ALL_KINDS)
+# Every store kind, and each behind the local replay cache: the contract holds through it; a
+# Redis Cluster too, where each record's keys must share one slot.
+kit = kit_fixture([*ALL_KINDS, REDIS_CLUSTER])
+# The kinds whose handles share a server: another process's handle is another connection.
+server_kit = kit_fixture(["postgres", "redis", REDIS_CLUSTER], name="server_kit")
 
 # -- claim -------------------------------------------------------------------------------------
 
@@ -53,9 +59,15 @@ def test_second_claim_sees_the_first_in_flight_and_changes_nothing(
     id = new_id()
     c = claimed(kit.store.claim(id, FP, LEASE * kit.tick))
     before = kit.store.get(id)
-    e = existing(kit.store.claim(id, fingerprint, LEASE * kit.tick))
-    # The live record is the first claim's, whatever the duplicate's fingerprint (SPEC 9, 10).
-    assert (e.record.state, e.record.token, e.record.fingerprint) == (State.IN_FLIGHT, c.token, FP)
+    for handle in (kit.store, kit.reopen()):  # this process, and another one's handle
+        e = existing(handle.claim(id, fingerprint, LEASE * kit.tick))
+        # The live record is the first claim's, whatever the duplicate's fingerprint (SPEC 9, 10).
+        assert (e.record.state, e.record.token, e.record.fingerprint) == (
+            State.IN_FLIGHT,
+            c.token,
+            FP,
+        )
+        assert e.record.response is None
     assert kit.store.get(id) == before
 
 
@@ -134,7 +146,7 @@ def test_unreplayable_completion_keeps_status_and_trace_but_drops_body(kit: Stor
     streamed = StoredResponse(
         200,
         (("Content-Type", "text/event-stream"),),
-        b"partial stream",
+        bytes(range(256)) * 4096,  # 1 MiB that is not kept
         replayable=False,
         trace_id="t" * 32,
         span_id="s" * 16,
@@ -313,7 +325,13 @@ def test_after_the_retention_window_a_claim_is_a_plain_first_claim(kit: StoreKit
     kit.advance(6 * kit.tick)  # inside the tombstone window: get still sees something
     tomb = kit.store.get(id)
     assert tomb is not None
-    assert (tomb.fingerprint, tomb.state is State.IN_FLIGHT) == (FP, False)
+    # SPEC 14: the key is remembered (fingerprint, token) without its response.
+    assert (tomb.fingerprint, tomb.token, tomb.state, tomb.response) == (
+        FP,
+        c.token,
+        State.TOMBSTONE,
+        None,
+    )
     kit.advance(4 * kit.tick)  # 10 > 4.5 + 4.5: tombstone gone
     assert kit.store.get(id) is None
     fresh = first_claim(kit.store.claim(id, OTHER_FP, LEASE * kit.tick))
@@ -509,6 +527,64 @@ async def test_many_awatchers_all_wake_on_one_completion(kit: StoreKit, wakes: W
     assert wakes.woken == 10
 
 
+def _listening(store: DualStore) -> bool:
+    """Until the store's pub/sub (LISTEN) subscription is up: a message sent before it would
+    be lost, and with polling off (``wakes``) the waiter would then wait for ever."""
+    listener = store._listener  # type: ignore[attr-defined]
+    listener.ensure_started()
+    return bool(listener.ready.wait(HANG))
+
+
+def test_watch_is_woken_by_a_completion_in_another_process(
+    server_kit: StoreKit, wakes: WakeProbe
+) -> None:
+    kit = server_kit
+    id = new_id()
+    c = claimed(kit.store.claim(id, FP, FAR * kit.tick))
+    other = kit.reopen()  # another process's handle: its completion reaches us only published
+    assert _listening(kit.store)
+    thread = _in_thread(lambda: kit.store.watch(id, NEVER))
+    assert wakes.wait_parked(), "the waiter never waited on the in-flight record"
+    assert other.complete(id, c.token, OK, TTL * kit.tick, RETENTION * kit.tick)
+    thread.join(HANG)
+    assert not thread.is_alive(), "the published completion did not wake the waiter"
+    assert wakes.woken == 1  # the notification woke it: polling is off
+
+
+async def test_awatch_is_woken_by_a_completion_in_another_process(
+    server_kit: StoreKit, wakes: WakeProbe
+) -> None:
+    kit = server_kit
+    id = new_id()
+    c = claimed(await kit.store.aclaim(id, FP, FAR * kit.tick))
+    other = kit.reopen()
+    assert await asyncio.to_thread(_listening, kit.store)
+    task = asyncio.create_task(kit.store.awatch(id, NEVER))
+    assert await asyncio.to_thread(wakes.wait_parked), "awatch never waited on the record"
+    assert not task.done()
+    done = await asyncio.to_thread(
+        other.complete, id, c.token, OK, TTL * kit.tick, RETENTION * kit.tick
+    )
+    assert done
+    await asyncio.wait_for(task, HANG)
+    assert wakes.woken == 1  # the published completion woke the task: polling is off
+
+
+def test_watch_returns_when_the_lease_lapses_on_the_server_clock(
+    server_kit: StoreKit, wakes: WakeProbe
+) -> None:
+    # A takeover is possible once the lease lapses: a waiter stops waiting then, although
+    # nothing was published and its own timeout is far away.
+    kit = server_kit
+    id = new_id()
+    claimed(kit.store.claim(id, FP, LEASE * kit.tick))
+    thread = _in_thread(lambda: kit.store.watch(id, NEVER))
+    thread.join(HANG)
+    assert not thread.is_alive(), "the waiter outlived the lease"
+    assert wakes.woken == 0  # nothing was published: the lease's end ended the wait
+    assert claimed(kit.store.claim(id, FP, LEASE * kit.tick)).recovered
+
+
 # -- sync / async twins ------------------------------------------------------------------------
 
 # One script of operations; "$" stands for the token of the latest claim of that id.
@@ -592,72 +668,6 @@ async def test_closing_another_handle_leaves_the_data_and_this_handle_working(
     await other.aclose()
     assert existing(await kit.store.aclaim(id, FP, LEASE * kit.tick)).record.response == OK
     claimed(kit.store.claim(new_id(), FP, LEASE * kit.tick))  # this handle still writes
-
-
-# -- open_store(url) ---------------------------------------------------------------------------
-
-
-def test_open_store_memory_url() -> None:
-    store = open_store("memory://")
-    assert isinstance(store, MemoryStore)
-    assert store.url == "memory://"
-
-
-def test_open_store_sqlite_relative_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    store = open_store("sqlite:///sub-rel.db")
-    try:
-        assert isinstance(store, SQLiteStore)
-        assert store.url == "sqlite:///sub-rel.db"
-        assert store.path == "sub-rel.db"
-        assert claimed(store.claim("k", FP, 60)).token > 0
-        assert (tmp_path / "sub-rel.db").is_file()
-    finally:
-        store.close()
-
-
-def test_open_store_sqlite_absolute_path(tmp_path: Path) -> None:
-    path = tmp_path / "abs.db"
-    store = open_store(f"sqlite:///{path}")  # an absolute path gives the four-slash form
-    try:
-        assert isinstance(store, SQLiteStore)
-        assert store.path == str(path)
-        claimed(store.claim("k", FP, 60))
-        assert path.is_file()
-    finally:
-        store.close()
-
-
-def test_open_store_reads_the_environment_when_no_url_is_given(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setenv("RETRYSAFE_STORE_URL", "memory://from-env")
-    store = open_store()
-    assert isinstance(store, MemoryStore)
-    assert store.url == "memory://from-env"
-
-
-@pytest.mark.parametrize("url", ["mysql://localhost/db", "retrysafe.db", "sqlite3:///x.db"])
-def test_open_store_rejects_an_unknown_scheme_naming_the_known_ones(url: str) -> None:
-    with pytest.raises(ConfigurationError) as info:
-        open_store(url)
-    message = str(info.value)
-    assert url in message
-    assert "memory://" in message
-    assert "sqlite://" in message
-    assert isinstance(info.value, ValueError)
-
-
-@pytest.mark.parametrize(
-    "url", ["sqlite://", "sqlite:", "sqlite:///", "sqlite://host/x.db", "sqlite:x.db"]
-)
-def test_open_store_rejects_a_malformed_sqlite_url_with_the_right_forms(url: str) -> None:
-    with pytest.raises(ConfigurationError) as info:
-        open_store(url)
-    message = str(info.value)
-    assert repr(url) in message
-    assert "sqlite:///relative/path.db" in message
-    assert "sqlite:////absolute/path.db" in message
 
 
 # -- a SQLite file that cannot be used ---------------------------------------------------------

@@ -1,10 +1,12 @@
-"""Kill the store server mid-run and start it again (SPEC 17).
+"""Store servers that are down (SPEC 17): no server at all, and one killed mid-run.
 
-The server is our own (a redis-server with an fsync-always AOF, or a throwaway PostgreSQL
-cluster), never the shared one. Requests go through the ASGI middleware in-process while a
-background stream of keyed requests keeps running. While the server is down every request
-gets the 503 problem (it never hangs) and no handler runs; afterwards the same store
-object serves again, completed keys replay, and no key ever executes twice.
+Where nothing listens, every operation answers StoreUnavailable (chained to the driver's
+error) in bounded time instead of hanging, on both faces. A killed server is our own (a
+redis-server with an fsync-always AOF, or a throwaway PostgreSQL cluster), never the shared
+one: requests go through the ASGI middleware in-process while a background stream of keyed
+requests keeps running. While the server is down every request gets the 503 problem (it never
+hangs) and no handler runs; afterwards the same store object serves again, completed keys
+replay, and no key ever executes twice.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import asyncio
 import collections
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -29,10 +32,51 @@ from kit.store_servers import (
     redis_available,
     require,
 )
-from kit.wakes import HANG
+from kit.wakes import HANG, NEVER
 from retrysafe import Policy
+from retrysafe.errors import StoreUnavailable
 from retrysafe.http import ASGIIdempotencyMiddleware
 from retrysafe.scopes import shared_scope
+from retrysafe.stores.postgres import PostgresStore
+from retrysafe.stores.redis import RedisStore
+
+
+def _dead_stores() -> list[object]:
+    port = free_port()  # nothing listens there
+    return [
+        RedisStore(f"redis://127.0.0.1:{port}/0", timeout=0.5, connect_timeout=0.5),
+        PostgresStore(
+            f"postgresql://u@127.0.0.1:{port}/db", timeout=0.5, pool_timeout=0.5, listen=False
+        ),
+    ]
+
+
+def _raised_in_time(call: Callable[[], object]) -> BaseException | None:
+    """What ``call()`` raised, run in a thread; a call still running after HANG is a hang."""
+    pool = ThreadPoolExecutor(1)
+    try:
+        return pool.submit(call).exception(timeout=HANG)
+    finally:
+        pool.shutdown(wait=False)
+
+
+@pytest.mark.parametrize("index", [0, 1], ids=["redis", "postgres"])
+def test_no_server_answers_store_unavailable_instead_of_hanging(index):
+    store = _dead_stores()[index]
+    caught = _raised_in_time(lambda: store.claim("k", "fp", 60))  # type: ignore[attr-defined]
+    assert isinstance(caught, StoreUnavailable), caught
+    assert caught.__cause__ is not None  # the backend error stays visible
+    store.close()  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("index", [0, 1], ids=["redis", "postgres"])
+async def test_no_server_answers_store_unavailable_instead_of_hanging_async(index):
+    store = _dead_stores()[index]
+    with pytest.raises(StoreUnavailable):
+        await asyncio.wait_for(store.aclaim("k", "fp", 60), HANG)  # type: ignore[attr-defined]
+    with pytest.raises(StoreUnavailable):  # the timeout would be NEVER: only the error ends it
+        await asyncio.wait_for(store.awatch("k", NEVER), HANG)  # type: ignore[attr-defined]
+    await store.aclose()  # type: ignore[attr-defined]
 
 
 class Server:
@@ -47,16 +91,12 @@ def server_and_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator
     server: Any
     if request.param == "redis":
         require("redis-server", redis_available())
-        from retrysafe.stores.redis import RedisStore
-
         server = RedisServer(
             tmp_path / "redis", free_port(), "--appendonly", "yes", "--appendfsync", "always"
         ).start()
         store = RedisStore(server.url, prefix="o:", timeout=1.0, connect_timeout=0.5)
     else:
         require("PostgreSQL binaries", postgres_available())
-        from retrysafe.stores.postgres import PostgresStore
-
         try:
             server = PostgresServer()
             server.init().start()
