@@ -261,19 +261,20 @@ def test_a_holder_past_its_lease_still_completes_when_nobody_took_over(kit: Stor
 
 
 def test_renew_extends_the_lease_so_no_takeover_happens(kit: StoreKit) -> None:
+    # Leases of 1.5 ticks (a real clock sleeps every tick): the events are the same.
     id = new_id()
-    c = claimed(kit.store.claim(id, FP, LEASE * kit.tick))
+    c = claimed(kit.store.claim(id, FP, 1.5 * kit.tick))
     first = kit.store.get(id)
-    kit.advance(2 * kit.tick)
-    assert kit.store.renew(id, c.token, LEASE * kit.tick)  # now lapses at 2 + 2.5 ticks
+    kit.advance(1 * kit.tick)
+    assert kit.store.renew(id, c.token, 1.5 * kit.tick)  # now lapses at 1 + 1.5 ticks
     renewed = kit.store.get(id)
     assert first is not None
     assert renewed is not None
     assert renewed.lease_until > first.lease_until
     assert (renewed.state, renewed.token, renewed.fingerprint) == (State.IN_FLIGHT, c.token, FP)
-    kit.advance(2 * kit.tick)  # 4 ticks: past the first lease, inside the renewed one
-    assert existing(kit.store.claim(id, FP, LEASE * kit.tick)).record.token == c.token
-    kit.advance(1 * kit.tick)  # 5 ticks: past the renewed lease as well
+    kit.advance(1 * kit.tick)  # 2 ticks: past the first lease, inside the renewed one
+    assert existing(kit.store.claim(id, FP, 1.5 * kit.tick)).record.token == c.token
+    kit.advance(1 * kit.tick)  # 3 ticks: past the renewed lease as well
     taken = claimed(kit.store.claim(id, FP, LEASE * kit.tick))
     assert taken.recovered
     assert taken.token > c.token
@@ -298,10 +299,10 @@ def test_renew_never_shortens_a_lease(kit: StoreKit) -> None:
 def test_ttl_lapse_turns_the_record_into_an_expired_signal_then_nothing(kit: StoreKit) -> None:
     id = new_id()
     c = claimed(kit.store.claim(id, FP, LEASE * kit.tick))
-    assert kit.store.complete(id, c.token, OK, TTL * kit.tick, RETENTION * kit.tick)
-    kit.advance(4 * kit.tick)  # 4 < 4.5: still replays
+    assert kit.store.complete(id, c.token, OK, 1.5 * kit.tick, RETENTION * kit.tick)
+    kit.advance(1 * kit.tick)  # 1 < 1.5: still replays
     assert existing(kit.store.claim(id, FP, LEASE * kit.tick)).record.response == OK
-    kit.advance(1 * kit.tick)  # 5: TTL over, tombstone kept until 9
+    kit.advance(1 * kit.tick)  # 2: TTL over, tombstone kept until 6
     again = claimed(kit.store.claim(id, OTHER_FP, LEASE * kit.tick))
     assert again.expired_before is True
     assert again.recovered is False
@@ -321,8 +322,9 @@ def test_ttl_lapse_turns_the_record_into_an_expired_signal_then_nothing(kit: Sto
 def test_after_the_retention_window_a_claim_is_a_plain_first_claim(kit: StoreKit) -> None:
     id = new_id()
     c = claimed(kit.store.claim(id, FP, LEASE * kit.tick))
-    assert kit.store.complete(id, c.token, OK, TTL * kit.tick, RETENTION * kit.tick)
-    kit.advance(6 * kit.tick)  # inside the tombstone window: get still sees something
+    # The shortest TTL and retention (whole: the window ends at 0.5 + 1 ticks, off a tick).
+    assert kit.store.complete(id, c.token, OK, 0.5 * kit.tick, 1 * kit.tick)
+    kit.advance(1 * kit.tick)  # inside the tombstone window: get still sees something
     tomb = kit.store.get(id)
     assert tomb is not None
     # SPEC 14: the key is remembered (fingerprint, token) without its response.
@@ -332,7 +334,7 @@ def test_after_the_retention_window_a_claim_is_a_plain_first_claim(kit: StoreKit
         State.TOMBSTONE,
         None,
     )
-    kit.advance(4 * kit.tick)  # 10 > 4.5 + 4.5: tombstone gone
+    kit.advance(1 * kit.tick)  # 2 > 0.5 + 1: tombstone gone
     assert kit.store.get(id) is None
     fresh = first_claim(kit.store.claim(id, OTHER_FP, LEASE * kit.tick))
     assert fresh.token > c.token
@@ -342,8 +344,8 @@ def test_unreplayable_records_expire_like_completed_ones(kit: StoreKit) -> None:
     id = new_id()
     c = claimed(kit.store.claim(id, FP, LEASE * kit.tick))
     lost = StoredResponse(200, (), b"x", replayable=False)
-    assert kit.store.complete(id, c.token, lost, TTL * kit.tick, RETENTION * kit.tick)
-    kit.advance(5 * kit.tick)
+    assert kit.store.complete(id, c.token, lost, 0.5 * kit.tick, RETENTION * kit.tick)
+    kit.advance(1 * kit.tick)
     assert claimed(kit.store.claim(id, FP, LEASE * kit.tick)).expired_before is True
 
 
@@ -598,11 +600,11 @@ SCRIPT: list[tuple[str, tuple[object, ...]]] = [
     ("claim", (OTHER_FP, LEASE)),  # lapsed (renewed at 0, lease 2.5), other request: held
     ("claim", (FP, LEASE)),  # the same request: takeover
     ("complete", ("$old", OK, TTL, RETENTION)),
-    ("complete", ("$", OK, TTL, RETENTION)),
+    ("complete", ("$", OK, 1.5, RETENTION)),
     ("claim", (FP, LEASE)),
     ("release", ("$",)),
     ("get", ()),
-    ("advance", (5,)),
+    ("advance", (2,)),
     ("claim", (FP, LEASE)),  # TTL over: expired
     ("release", ("$",)),
     ("release", ("$",)),

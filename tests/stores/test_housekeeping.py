@@ -18,15 +18,15 @@ BODY = StoredResponse(201, (("content-type", "application/json"),), b'{"id": 1}'
 def test_after_the_ttl_get_shows_a_tombstone_without_the_body(kit: StoreKit) -> None:
     claimed = kit.store.claim("hk-1", "fp", 10 * kit.tick)
     assert isinstance(claimed, Claimed)
-    assert kit.store.complete("hk-1", claimed.token, BODY, 2 * kit.tick, 4 * kit.tick)
+    assert kit.store.complete("hk-1", claimed.token, BODY, 0.5 * kit.tick, 1 * kit.tick)
     live = kit.store.get("hk-1")
     assert live is not None
     assert live.response == BODY
-    kit.advance(3 * kit.tick)
+    kit.advance(1 * kit.tick)  # past the TTL (0.5), inside the retention (until 1.5)
     tomb = kit.store.get("hk-1")
     assert tomb is not None
     assert (tomb.state, tomb.response, tomb.fingerprint) == (State.TOMBSTONE, None, "fp")
-    kit.advance(4 * kit.tick)
+    kit.advance(1 * kit.tick)  # past the retention
     assert kit.store.get("hk-1") is None
 
 
