@@ -2,8 +2,8 @@
 
     python bench/fuzz.py --requests 1000000 --door all [--minutes 20] [--known] [--workers 6]
 
-The fuzzer is ``tests/adversarial/fuzzkit.py`` (strategies, the recording app, the invariant
-checker, the door drivers); CI runs it briefly (``tests/adversarial/test_fuzz.py``). Here:
+The fuzzer is ``tests/kit/fuzz.py`` (strategies, the recording app, the invariant checker,
+the door drivers); CI runs it briefly (``tests/adversarial/test_fuzz.py``). Here:
 
 - Hypothesis draws a pool of scenarios per door (``--pool``, a seed per run unless
   ``--seed``); each scenario is then sent over and over, each time with fresh keys (a new
@@ -15,7 +15,7 @@ checker, the door drivers); CI runs it briefly (``tests/adversarial/test_fuzz.py
   the app is idle; violations are printed with the request's bytes and the answer, and so are
   errors the servers or retrysafe logged (crashes).
 
-``--known`` also generates the input classes of defects being fixed (``fuzzkit.KNOWN``).
+``--known`` also generates the input classes of defects being fixed (``kit.fuzz.KNOWN``).
 Stops at ``--requests`` requests per door (``--door all``: split evenly) or ``--minutes``.
 Exit status 1 if anything was found.
 """
@@ -41,7 +41,7 @@ sys.path[:0] = [str(ROOT / "tests")]
 
 from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
 
-from adversarial.fuzzkit import (  # noqa: E402
+from kit.fuzz import (  # noqa: E402
     DOORS,
     KNOWN,
     Checker,

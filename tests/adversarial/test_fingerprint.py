@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from gateway.gwsupport import Upstream, serve_in_thread
+from kit.gateway import Upstream, serve_in_thread
 from kit.servers import RawResponse, raw_request, serve_asgi, serve_werkzeug, serve_wsgi
 from retrysafe.gateway import GatewayConfig, RoutePolicy, create_app
 from retrysafe.http import ASGIIdempotencyMiddleware, WSGIIdempotencyMiddleware

@@ -1,8 +1,8 @@
 """The HTTP fuzzer's short run: a few hundred generated requests per door, every invariant
-checked after each scenario (see ``fuzzkit``). Derandomized so CI sees the same inputs.
+checked after each scenario (see ``kit/fuzz.py``). Derandomized so CI sees the same inputs.
 
 One server per door for the whole module. Input classes that trigger defects being fixed in
-parallel are not generated here (``fuzzkit.KNOWN``); ``bench/fuzz.py --known`` generates them.
+parallel are not generated here (``kit.fuzz.KNOWN``); ``bench/fuzz.py --known`` generates them.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 
-from adversarial.fuzzkit import (
+from kit.fuzz import (
     DOORS,
     Checker,
     Door,

@@ -25,7 +25,7 @@ from typing import Any, BinaryIO
 
 import pytest
 
-from gateway.gwsupport import serve_in_thread
+from kit.gateway import serve_in_thread
 from kit.servers import RawClient, RawResponse
 from retrysafe.gateway import GatewayConfig, RoutePolicy, create_app
 from retrysafe.gateway.config import Timeouts

@@ -1,4 +1,4 @@
-"""A method's case is part of the request (found by the HTTP fuzzer, ``fuzzkit``).
+"""A method's case is part of the request (found by the HTTP fuzzer, ``kit/fuzz.py``).
 
 Method names are case-sensitive (RFC 9110 §9.1): ``post`` is not ``POST``, and an app may
 route it apart (Starlette answers it 405). The fingerprint uppercased the method, so a
@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from adversarial.fuzzkit import DOORS, Door
+from kit.fuzz import DOORS, Door
 from kit.servers import raw_request
 
 

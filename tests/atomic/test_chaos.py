@@ -27,14 +27,7 @@ from typing import Any
 
 import pytest
 
-from retrysafe.atomic import DERIVED_KEY_VERSION
-from retrysafe.keys import derive_key
-from retrysafe.policy import storage_id
-from retrysafe.records import Record, State
-from retrysafe.stores.sqlite import SQLiteStore
-from retrysafe.tools.serializer import DEFAULT_SERIALIZER
-
-from ._dbkit import (
+from kit.atomic_db import (
     NAMED_POINTS,
     DbKit,
     SQLiteKit,
@@ -46,7 +39,13 @@ from ._dbkit import (
     start,
     workers,
 )
-from ._workers import PHASES
+from kit.atomic_sqlite_child import PHASES
+from retrysafe.atomic import DERIVED_KEY_VERSION
+from retrysafe.keys import derive_key
+from retrysafe.policy import storage_id
+from retrysafe.records import Record, State
+from retrysafe.stores.sqlite import SQLiteStore
+from retrysafe.tools.serializer import DEFAULT_SERIALIZER
 
 # Fixtures used here, and names modules written against the SQLite-only version import.
 __all__ = ["Worker", "charge_killed_at", "dbkit", "workers"]

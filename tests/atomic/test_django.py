@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from ._django_worker import django_worker
+from kit.atomic_django_child import django_worker
+
 from .test_chaos import POINTS, Worker, charge_until_answered, ledger_rows
 
 pytestmark = pytest.mark.slow

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from ._django_worker import django_asgi_server
+from kit.atomic_django_child import django_asgi_server
 
 pytestmark = pytest.mark.slow
 

@@ -19,11 +19,10 @@ from typing import Any
 import psycopg
 import pytest
 
+from kit.atomic_db import Worker, record_id
+from kit.atomic_django_pg_child import django_pg_worker, open_store, scenario, schema_of
 from kit.stores import POSTGRES_URL, require_service, server_down
 from retrysafe.records import State
-
-from ._dbkit import Worker, record_id
-from ._django_pg import django_pg_worker, open_store, scenario, schema_of
 
 pytestmark = pytest.mark.slow
 
@@ -69,7 +68,8 @@ def run() -> Iterator[Run]:
 
 
 def in_django(run: Run, name: str, tmp_path: Path) -> dict[str, Any]:
-    """Run scenario ``name`` of ``_django_pg`` in a child process; what it observed."""
+    """Run scenario ``name`` of ``kit.atomic_django_pg_child`` in a child process; what it
+    observed."""
     ours, theirs = SPAWN.Pipe()
     proc = SPAWN.Process(target=scenario, args=(run.url, run.prefix, name, str(tmp_path), theirs))
     proc.start()

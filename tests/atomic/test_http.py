@@ -28,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from kit.atomic_pg import PgDb, make_db
 from kit.stores import FakeClock
 from retrysafe import Policy, atomic
 from retrysafe.atomic._context import current_unit
@@ -38,8 +39,6 @@ from retrysafe.scopes import shared_scope
 from retrysafe.stores import MemoryStore
 from retrysafe.stores.sqlite import SQLiteStore
 from retrysafe.tools import idempotent
-
-from ._pg import PgDb, make_db
 
 POLICY = Policy(scope=shared_scope, lease=10.0)
 PROBLEM_TYPE = "urn:retrysafe:problem:request-in-flight"

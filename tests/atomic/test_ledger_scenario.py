@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from .ledger_scenario import Database, LedgerConfig, LedgerRun, open_database, run_ledger
+from kit.atomic_ledger import Database, LedgerConfig, LedgerRun, open_database, run_ledger
 
 pytestmark = pytest.mark.slow
 

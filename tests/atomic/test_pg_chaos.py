@@ -3,6 +3,6 @@ PostgreSQL. These names stay importable for modules written against this file.""
 
 from __future__ import annotations
 
-from ._dbkit import Worker, charge_killed_after, charge_killed_at, start, workers
+from kit.atomic_db import Worker, charge_killed_after, charge_killed_at, start, workers
 
 __all__ = ["Worker", "charge_killed_after", "charge_killed_at", "start", "workers"]

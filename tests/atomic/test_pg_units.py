@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
+from kit.atomic_pg import PgDb, pg
 from kit.wakes import HANG
 from retrysafe.decide import Complete, Release
 from retrysafe.engine import Ending, afinish, finish
@@ -20,8 +21,6 @@ from retrysafe.records import Claimed, ClaimResult, Existing, State, StoredRespo
 from retrysafe.stores.base import AtomicStore, AtomicUnit
 from retrysafe.stores.postgres import PostgresStore
 from retrysafe.stores.postgres_atomic import PostgresUnit
-
-from ._pg import PgDb, pg
 
 __all__ = ["pg"]
 

@@ -20,12 +20,11 @@ from typing import Any
 
 import pytest
 
+from kit.atomic_db import SPAWN, recv
+from kit.atomic_sqlite_child import LEASE, LEDGER, policy, stalled_holder
 from retrysafe.errors import StoreUnavailable
 from retrysafe.stores.sqlite import SQLiteStore
 from retrysafe.tools import idempotent
-
-from ._dbkit import SPAWN, recv
-from ._workers import LEASE, LEDGER, policy, stalled_holder
 
 pytestmark = pytest.mark.slow
 

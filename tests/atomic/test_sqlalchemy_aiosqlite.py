@@ -17,6 +17,9 @@ from sqlalchemy import create_engine, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from kit.atomic_aiosqlite_child import aiosqlite_worker
+from kit.atomic_db import NAMED_POINTS, Worker, charge_killed_at
+from kit.atomic_sqlite_child import LEDGER
 from retrysafe import atomic
 from retrysafe.atomic import sqlalchemy as sa_atomic
 from retrysafe.errors import ClaimTakenOver, ConfigurationError, ForeignConnection
@@ -25,9 +28,6 @@ from retrysafe.records import Claimed, State
 from retrysafe.stores.sqlite import SQLiteStore
 from retrysafe.tools import idempotent
 
-from ._aiosqlite_worker import aiosqlite_worker
-from ._dbkit import NAMED_POINTS, Worker, charge_killed_at
-from ._workers import LEDGER
 from .test_sqlalchemy import Base, Charge
 
 

@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from kit.atomic_pg import PgDb, pg
 from kit.wakes import HANG
 from retrysafe import atomic
 from retrysafe.atomic import sqlalchemy as sa_atomic
@@ -25,8 +26,6 @@ from retrysafe.policy import storage_id
 from retrysafe.records import Claimed, ClaimResult, Existing, Record, State
 from retrysafe.stores.postgres import PostgresStore
 from retrysafe.tools import idempotent
-
-from ._pg import PgDb, pg
 
 __all__ = ["pg"]
 

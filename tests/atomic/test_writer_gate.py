@@ -20,11 +20,10 @@ from pathlib import Path
 
 import pytest
 
+from kit.atomic_gate_child import write
 from kit.wakes import HANG
 from retrysafe.records import Claimed, State, StoredResponse
 from retrysafe.stores.sqlite import SQLiteStore
-
-from ._gate_worker import write
 
 KINDS = ("sync", "async", "unit")
 PROC_LOCKS = Path("/proc/locks")

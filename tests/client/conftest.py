@@ -1,4 +1,4 @@
-"""Fixtures of the client tests; the harness itself is in client_harness.py."""
+"""Fixtures of the client tests; the harness itself is in kit/client_harness.py."""
 
 from __future__ import annotations
 
@@ -6,9 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from kit.dlq import dlq_url  # noqa: F401 (the DLQ-on-every-backend fixture)
 from retrysafe.testing import set_testing
-
-from .dlq_kit import dlq_url  # noqa: F401 (the DLQ-on-every-backend fixture)
 
 
 @pytest.fixture(params=["sync", "async"])

@@ -7,6 +7,7 @@ import threading
 import httpx
 import pytest
 
+from kit.client_harness import FakeTime, Harness, Script, reply
 from retrysafe.client import (
     BudgetExhausted,
     CircuitBreaker,
@@ -19,8 +20,6 @@ from retrysafe.client import (
     State,
     Transition,
 )
-
-from .client_harness import FakeTime, Harness, Script, reply
 
 # -- budget -----------------------------------------------------------------------------------
 

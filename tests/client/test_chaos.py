@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from kit.client_servers import FaultProxy, serve_app
 from retrysafe.client import (
     AsyncIdempotentTransport,
     CallFailed,
@@ -34,8 +35,6 @@ from retrysafe.http import ASGIIdempotencyMiddleware
 from retrysafe.policy import Policy
 from retrysafe.scopes import shared_scope
 from retrysafe.stores import MemoryStore
-
-from .client_servers import FaultProxy, serve_app
 
 CALLS = 1000
 CONCURRENCY = 16

@@ -10,27 +10,25 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from kit.children import child_argv, child_env
+from kit.client_harness import Harness, Script, problem, reply
 from retrysafe import Completion
 from retrysafe.client import CallReport, RetryPolicy
 from retrysafe.report.summary import load, summarize
 
-from .client_harness import Harness, Script, problem, reply
-
-ROOT = Path(__file__).resolve().parents[2]
 REPLAYED = {"Idempotent-Replayed": "true"}
 
 
 def child(scenario: str, flavor: str, audit: Path) -> dict[str, Any]:
     done = subprocess.run(
-        [sys.executable, "-m", "tests.client.completion_child", scenario, flavor, str(audit)],
-        cwd=ROOT,
+        child_argv("client_completion_child", scenario, flavor, str(audit)),
+        env=child_env(),
         capture_output=True,
         text=True,
         timeout=120,

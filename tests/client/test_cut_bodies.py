@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
+from kit.client_servers import LoopbackServer, read_request
 from retrysafe.client import (
     AsyncIdempotentTransport,
     CallReport,
@@ -27,8 +28,6 @@ from retrysafe.client import (
     RetryPolicy,
 )
 from retrysafe.errors import ConfigurationError
-
-from .client_servers import LoopbackServer, read_request
 
 FAST = RetryPolicy(base=0.01, cap=0.02, deadline=10.0)
 BODY = b'{"charge": "ch_1", "pad": "' + b"x" * 20_000 + b'"}'

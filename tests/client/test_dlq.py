@@ -11,6 +11,16 @@ from pathlib import Path
 
 import pytest
 
+from kit.client_harness import (
+    LIVE_COOKIE,
+    LIVE_CREDENTIALS,
+    FakeTime,
+    Harness,
+    Script,
+    problem,
+    reply,
+)
+from kit.dlq import DLQUrl
 from kit.wakes import HANG
 from retrysafe.client import (
     BudgetExhausted,
@@ -22,9 +32,6 @@ from retrysafe.client import (
     RetryPolicy,
 )
 from retrysafe.client.dlq import DeadLetterQueue, EntryState
-
-from .client_harness import LIVE_COOKIE, LIVE_CREDENTIALS, FakeTime, Harness, Script, problem, reply
-from .dlq_kit import DLQUrl
 
 SECRET = "Bearer parked-secret-token"
 

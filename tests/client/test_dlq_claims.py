@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -24,13 +23,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from kit.children import child_argv, child_env
+from kit.client_servers import FaultServer
+from kit.dlq import DLQUrl
 from retrysafe.client.dlq import DeadLetterQueue, EntryState
 
-from .client_servers import FaultServer
-from .dlq_kit import DLQUrl
-
 ENTRIES = 40
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def park(queue: DeadLetterQueue, n: int, url: str = "http://api.test/charges") -> set[str]:
@@ -133,8 +131,8 @@ def test_two_processes_replaying_at_once_send_each_entry_once(dlq_url: DLQUrl) -
     ids = park(queue, ENTRIES, f"{server.url}/charges")
     children = [
         subprocess.Popen(
-            [sys.executable, "-m", "tests.client.replay_child", path],
-            cwd=ROOT,
+            child_argv("dlq_replay_child", path),
+            env=child_env(),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -187,8 +185,8 @@ def test_a_dead_replayers_claim_lapses_then_the_entry_is_replayed(dlq_url: DLQUr
     (queue,) = queues(path, 1, clock=clock, claim_lease=300.0)
     (entry_id,) = park(queue, 1, f"{server.url}/charges")
     child = subprocess.Popen(
-        [sys.executable, "-m", "tests.client.replay_child", path],
-        cwd=ROOT,
+        child_argv("dlq_replay_child", path),
+        env=child_env(),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,

@@ -9,12 +9,11 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
+from kit.client_servers import serve_app
+from kit.dlq import DLQUrl
 from retrysafe.cli.commands import cli
 from retrysafe.client import IdempotentTransport, RetriesExhausted, RetryPolicy
 from retrysafe.client.dlq import DeadLetterQueue, EntryState
-
-from .client_servers import serve_app
-from .dlq_kit import DLQUrl
 
 
 def park(url: str, dlq: DeadLetterQueue, n: int) -> list[str]:

@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from kit.client_servers import serve_app
 from retrysafe import Policy
 from retrysafe.client import (
     AsyncIdempotentTransport,
@@ -34,8 +35,6 @@ from retrysafe.client.dlq import DeadLetterQueue, EntryState
 from retrysafe.http import ASGIIdempotencyMiddleware
 from retrysafe.scopes import shared_scope
 from retrysafe.stores import MemoryStore
-
-from .client_servers import serve_app
 
 CREDENTIALS = {"Authorization": "Bearer e2e-live"}
 

@@ -13,14 +13,13 @@ from typing import Any
 import httpx
 import pytest
 
+from kit.client_servers import FaultServer, free_port
 from retrysafe.client import (
     AsyncIdempotentTransport,
     IdempotentTransport,
     RetriesExhausted,
     RetryPolicy,
 )
-
-from .client_servers import FaultServer, free_port
 
 FAST = RetryPolicy(base=0.01, cap=0.02, deadline=10.0)
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
-from pathlib import Path
 
 import httpx
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
+from kit.children import child_argv, child_env
 from retrysafe.client import IdempotentTransport, RetryPolicy
 
 
@@ -31,10 +30,9 @@ def test_without_an_sdk_every_attempt_runs_under_the_callers_span() -> None:
 
 def test_with_an_sdk_each_attempt_is_a_client_span() -> None:
     """In a child process: the SDK's provider is global and can be set only once."""
-    root = Path(__file__).resolve().parents[2]
     child = subprocess.run(
-        [sys.executable, "-m", "tests.client.span_child"],
-        cwd=root,
+        child_argv("client_span_child"),
+        env=child_env(),
         capture_output=True,
         text=True,
         timeout=60,

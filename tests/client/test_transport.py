@@ -9,6 +9,7 @@ from email.utils import format_datetime
 import httpx
 import pytest
 
+from kit.client_harness import Harness, Script, problem, reply
 from retrysafe import KeyMismatch, derive_key
 from retrysafe.client import (
     CallFailed,
@@ -20,8 +21,6 @@ from retrysafe.client import (
 )
 from retrysafe.context import key_scope
 from retrysafe.testing import set_testing
-
-from .client_harness import Harness, Script, problem, reply
 
 ATTEMPT = "idempotency-attempt"
 

@@ -32,7 +32,12 @@ from typing import Any
 import click
 import httpx
 import pytest
-from doc_blocks import (
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from kit.doc_blocks import (
     DATA_LANGUAGES,
     ROOT,
     RUN_LANGUAGES,
@@ -41,11 +46,6 @@ from doc_blocks import (
     commands_of,
     doc_pages,
 )
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
-
 from kit.servers import serve_asgi
 from kit.stores import POSTGRES_URL, REDIS_URL, require_service, server_down
 from retrysafe import open_store

@@ -1,4 +1,4 @@
-"""Fixtures for the gateway tests (helpers live in ``gwsupport.py``)."""
+"""Fixtures for the gateway tests (helpers live in ``kit/gateway.py``)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gwsupport import (
+
+from kit.gateway import (
     GatewayFactory,
     ManualClock,
     RunningGateway,
     Upstream,
     serve_in_thread,
 )
-
 from retrysafe.gateway import GatewayConfig, create_app
 from retrysafe.gateway.config import RoutePolicy
 from retrysafe.stores.base import DualStore

@@ -6,7 +6,8 @@ import uuid
 
 import httpx
 import pytest
-from gwsupport import GatewayFactory, Upstream
+
+from kit.gateway import GatewayFactory, Upstream
 
 
 def test_crash_before_answering_is_a_502_and_the_retry_runs(

@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-from gwsupport import GatewayFactory, ManualClock, Upstream, wait_for
 
+from kit.gateway import GatewayFactory, ManualClock, Upstream, wait_for
 from retrysafe.gateway.config import RoutePolicy, Timeouts
 from retrysafe.stores.sqlite import SQLiteStore
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from gwsupport import GatewayFactory, Upstream
 
+from kit.gateway import GatewayFactory, Upstream
 from retrysafe import Policy
 from retrysafe.errors import ConfigurationError
 from retrysafe.gateway import GatewayConfig, load_config

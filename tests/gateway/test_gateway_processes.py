@@ -9,8 +9,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from gwsupport import GatewayProcess, Upstream, wait_for
 
+from kit.gateway import GatewayProcess, Upstream, wait_for
 from kit.stores import require_service
 
 pytestmark = pytest.mark.slow

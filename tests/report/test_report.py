@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from tests.kit.stores import require_service
-from tests.telemetry._asgi import call
-from tests.telemetry.test_asgi_telemetry import App
 
+from kit.asgi_call import call
+from kit.stores import require_service
+from kit.telemetry import App
 from retrysafe.cli.report import report
 from retrysafe.http import ASGIIdempotencyMiddleware
 from retrysafe.policy import Policy

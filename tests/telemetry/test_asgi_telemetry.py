@@ -8,13 +8,13 @@ import json
 from typing import Any
 
 import pytest
-from opentelemetry import trace
 from opentelemetry.trace import SpanKind, StatusCode
-from tests.kit.scopes import shared_id
-from tests.kit.stores import FakeClock
-from tests.telemetry._asgi import call
-from tests.telemetry.conftest import AuditLines, Otel
 
+from kit.asgi_call import call
+from kit.children import child_argv, child_env
+from kit.scopes import shared_id
+from kit.stores import FakeClock
+from kit.telemetry import App, AuditLines, Otel, make_otel
 from retrysafe import Policy
 from retrysafe.errors import StoreUnavailable
 from retrysafe.http import ASGIIdempotencyMiddleware
@@ -23,49 +23,12 @@ from retrysafe.records import ClaimResult, Record, StoredResponse
 from retrysafe.scopes import shared_scope
 from retrysafe.stores import MemoryStore, SQLiteStore
 from retrysafe.stores.cached import CachedStore
-from retrysafe.telemetry import Telemetry, report_cost
+from retrysafe.telemetry import Telemetry
 from retrysafe.telemetry.observe import DEFAULT_TELEMETRY, NULL_OBSERVATION, observe
 
 OUTCOME = "idempotency.outcome"
 BILLABLE = "retrysafe.idempotency.billable"
 KEY = "idempotency.key"
-
-
-class App:
-    """An ASGI app that counts its runs; status, body size, cost and failure are settable."""
-
-    def __init__(self) -> None:
-        self.runs = 0
-        self.status = 201
-        self.body = b'{"ok": true}'
-        self.cost: float | None = None
-        self.raise_exc = False
-        self.gate: asyncio.Event | None = None
-        self.inner_parent: int | None = None
-        self.started = asyncio.Event()
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        self.runs += 1
-        self.started.set()
-        while (await receive()).get("more_body"):
-            pass
-        parent = trace.get_current_span().get_span_context()
-        self.inner_parent = parent.span_id if parent.is_valid else None
-        if self.gate is not None:
-            await self.gate.wait()
-        if self.cost is not None:
-            report_cost(self.cost, "USD")
-            report_cost(1200, "tokens")
-        if self.raise_exc:
-            raise RuntimeError("handler failed")
-        await send(
-            {
-                "type": "http.response.start",
-                "status": self.status,
-                "headers": [(b"content-type", b"application/json")],
-            }
-        )
-        await send({"type": "http.response.body", "body": self.body})
 
 
 def attrs(span: Any) -> dict[str, Any]:
@@ -129,8 +92,6 @@ async def test_replay_links_across_store_handles_and_tracer_providers(
     kit: Any, otel: Otel, audit_log: AuditLines
 ) -> None:
     """Another handle on the same data (another process would have one) replays with a link."""
-    from tests.telemetry.conftest import make_otel
-
     app = App()
     first_mw = ASGIIdempotencyMiddleware(
         app, store=kit.store, telemetry=otel.telemetry(), policy=Policy(scope=shared_scope)
@@ -473,14 +434,11 @@ def test_idle_without_sdk_or_audit_is_the_null_observation(audit_log: AuditLines
 
 def test_replay_links_to_a_first_execution_in_another_process(tmp_path: Any, otel: Otel) -> None:
     import subprocess
-    import sys
-    from pathlib import Path
 
     path = tmp_path / "shared.db"
-    root = Path(__file__).resolve().parents[2]
     child = subprocess.run(
-        [sys.executable, "-m", "tests.telemetry.first_execution", str(path)],
-        cwd=root,
+        child_argv("telemetry_first_execution_child", str(path)),
+        env=child_env(),
         capture_output=True,
         text=True,
         timeout=60,

@@ -13,7 +13,6 @@ import json
 import logging
 import signal
 import subprocess
-import sys
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -23,11 +22,12 @@ from typing import Any
 
 import pytest
 from rich.console import Console
-from tests.kit.stores import FakeClock
-from tests.telemetry._asgi import call
-from tests.telemetry.completion_tool import RUN_ID, charge_tool
-from tests.telemetry.conftest import AuditLines, Otel
 
+from kit.asgi_call import call
+from kit.children import child_argv, child_env
+from kit.stores import FakeClock
+from kit.telemetry import AuditLines, Otel
+from kit.telemetry_charge_tool import RUN_ID, charge_tool
 from retrysafe import Completion, KeyMismatch, Policy
 from retrysafe.http import ASGIIdempotencyMiddleware
 from retrysafe.report.completion import by_operation, fates
@@ -47,7 +47,6 @@ from retrysafe.telemetry import AUDIT_LOGGER
 from retrysafe.telemetry.completion import decision
 from retrysafe.tools import agent_run, idempotent, idempotent_tool
 
-ROOT = Path(__file__).resolve().parents[2]
 NOW = 1_900_000_000.0
 
 
@@ -346,8 +345,8 @@ def crash(mode: str, db: Path, audit: Path, ledger: Path) -> None:
     """Run the worker: it crashes after the call completed, or is killed inside it."""
     args = [mode, str(db), str(audit), str(ledger)]
     worker = subprocess.Popen(
-        [sys.executable, "-m", "tests.telemetry.completion_worker", *args],
-        cwd=ROOT,
+        child_argv("telemetry_completion_child", *args),
+        env=child_env(),
         stderr=subprocess.PIPE,
         text=True,
     )

@@ -9,8 +9,8 @@ from contextvars import copy_context
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from tests.telemetry.conftest import AuditLines, Otel
 
+from kit.telemetry import AuditLines, Otel
 from retrysafe.outcomes import Outcome
 from retrysafe.scopes import shared_scope
 from retrysafe.telemetry import Telemetry, report_cost

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 from rich.console import Console
-from tests.telemetry._asgi import call
-from tests.telemetry.conftest import Otel
 
+from kit.asgi_call import call
+from kit.telemetry import Otel
 from retrysafe.http import ASGIIdempotencyMiddleware
 from retrysafe.outcomes import Outcome
 from retrysafe.report.slo import (

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.kit.stores import FakeClock
-from tests.telemetry._asgi import call
-from tests.telemetry.conftest import Otel
-
+from kit.asgi_call import call
+from kit.stores import FakeClock
+from kit.telemetry import Otel
 from retrysafe import Policy
 from retrysafe.http import ASGIIdempotencyMiddleware
 from retrysafe.outcomes import Outcome

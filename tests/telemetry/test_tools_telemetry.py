@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from tests.telemetry.conftest import AuditLines, Otel
 
+from kit.telemetry import AuditLines, Otel
 from retrysafe import KeyMismatch
 from retrysafe.stores import MemoryStore
 from retrysafe.telemetry import report_cost

@@ -7,8 +7,8 @@ from collections.abc import Iterable
 from typing import Any
 
 import pytest
-from tests.telemetry.conftest import AuditLines, Otel
 
+from kit.telemetry import AuditLines, Otel
 from retrysafe import Policy
 from retrysafe.errors import StoreUnavailable
 from retrysafe.http import WSGIIdempotencyMiddleware

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tools.tools_flavour import need
+from kit.tools_flavour import need
 
 need("mcp")
 

@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 
 from kit.stores import StoreKit
+from kit.tools_flavour import Flavour, both
 from retrysafe import current_key
 from retrysafe.errors import AgentRunRequired, ConfigurationError
 from retrysafe.fingerprint import canonical_json
 from retrysafe.tools import agent_run, agent_step, current_run, idempotent_tool
 from retrysafe.tools.decorators import tool_key
 from retrysafe.tools.serializer import canonical_tree
-from tools.tools_flavour import Flavour, both
 
 
 class Calls:

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,12 +19,11 @@ from typing import Any
 
 import pytest
 
+from kit.children import child_argv, child_env
 from retrysafe import current_key
 from retrysafe.stores.sqlite import SQLiteStore
 from retrysafe.tools import agent_run, idempotent, idempotent_tool
 
-HERE = Path(__file__).parent
-WORKER = HERE / "tool_worker.py"
 N = 50
 
 
@@ -94,13 +91,12 @@ def test_heartbeat_keeps_a_slow_call_from_being_taken_over(sqlite_store: SQLiteS
 
 
 def _worker(*args: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), *sys.path])}
     return subprocess.Popen(
-        [sys.executable, str(WORKER), *args],
+        child_argv("tools_child", *args),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=env,
+        env=child_env(),
     )
 
 

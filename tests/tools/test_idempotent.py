@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 
 from kit.stores import StoreKit
+from kit.tools_flavour import Flavour, both
+from kit.tools_models import Invoice, Opaque, PaymentDeclined, Receipt
 from kit.wakes import HANG, NEVER, WakeProbe
 from retrysafe import current_key
 from retrysafe.errors import (
@@ -26,8 +28,6 @@ from retrysafe.policy import Policy, storage_id
 from retrysafe.records import State
 from retrysafe.stores.memory import MemoryStore
 from retrysafe.tools import idempotent
-from tools.tools_flavour import Flavour, both
-from tools.tools_models import Invoice, Opaque, PaymentDeclined, Receipt
 
 
 class Ledger:

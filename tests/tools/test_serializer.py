@@ -15,9 +15,9 @@ import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kit.tools_models import Color, Counted, Invoice, Level, Mode, Opaque, Receipt
 from retrysafe.errors import SerializationError
 from retrysafe.tools.serializer import TaggedJSON, canonical_tree
-from tools.tools_models import Color, Counted, Invoice, Level, Mode, Opaque, Receipt
 
 codec = TaggedJSON()
 
@@ -109,7 +109,7 @@ def test_pydantic_model_round_trips() -> None:
 
 
 def test_unsupported_values_raise_a_clear_error() -> None:
-    with pytest.raises(SerializationError, match=r"tools\.tools_models\.Opaque"):
+    with pytest.raises(SerializationError, match=r"kit\.tools_models\.Opaque"):
         codec.dumps({"x": [Opaque()]})
 
     @dataclasses.dataclass

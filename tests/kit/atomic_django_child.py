@@ -14,7 +14,7 @@ import json
 from multiprocessing.connection import Connection
 from typing import Any
 
-from ._workers import _pause, policy
+from kit.atomic_sqlite_child import _pause, policy
 
 _conn: Connection | None = None
 
@@ -22,9 +22,8 @@ _conn: Connection | None = None
 def create_charge(request: Any) -> Any:
     from django.http import JsonResponse
 
+    from kit.atomic_django_app.models import Charge
     from retrysafe.atomic import django as dj_atomic
-
-    from .models import Charge
 
     assert _conn is not None
     doc = json.loads(request.body)
@@ -40,9 +39,8 @@ async def acreate_charge(request: Any) -> Any:
     """The async view: ``atransaction()`` and the async ORM, both on the request's DB thread."""
     from django.http import JsonResponse
 
+    from kit.atomic_django_app.models import Charge
     from retrysafe.atomic import django as dj_atomic
-
-    from .models import Charge
 
     assert _conn is not None
     doc = json.loads(request.body)
@@ -58,9 +56,8 @@ def failing(request: Any) -> Any:
     """Writes, then fails as ``?how=`` says: ``raise`` (an exception) or ``500``."""
     from django.http import JsonResponse
 
+    from kit.atomic_django_app.models import Charge
     from retrysafe.atomic import django as dj_atomic
-
-    from .models import Charge
 
     dj_atomic.transaction()
     Charge.objects.create(key=request.headers["Idempotency-Key"], cents=1)
@@ -72,9 +69,8 @@ def failing(request: Any) -> Any:
 async def afailing(request: Any) -> Any:
     from django.http import JsonResponse
 
+    from kit.atomic_django_app.models import Charge
     from retrysafe.atomic import django as dj_atomic
-
-    from .models import Charge
 
     await dj_atomic.atransaction()
     await Charge.objects.acreate(key=request.headers["Idempotency-Key"], cents=1)
@@ -98,7 +94,8 @@ urlpatterns: list[Any] = []
 
 
 def configure(databases: dict[str, Any], **extra: Any) -> None:
-    """Django's settings for this process: retrysafe's app and the test model's app."""
+    """Django's settings for this process: retrysafe's app and the test model's app
+    (kit/atomic_django_app/)."""
     import django
     from django.conf import settings
 
@@ -108,7 +105,7 @@ def configure(databases: dict[str, Any], **extra: Any) -> None:
         ALLOWED_HOSTS=["*"],
         ROOT_URLCONF=__name__,
         MIDDLEWARE=[],
-        INSTALLED_APPS=["retrysafe.atomic.django", "atomic"],
+        INSTALLED_APPS=["retrysafe.atomic.django", "kit.atomic_django_app"],
         DATABASES=databases,
         DEFAULT_AUTO_FIELD="django.db.models.AutoField",
         USE_TZ=True,
@@ -123,8 +120,8 @@ def configure(databases: dict[str, Any], **extra: Any) -> None:
 
 def django_worker(path: str, door: str, is_atomic: bool, conn: Connection) -> None:
     """Serve ``(key, cents, pause)`` charge jobs through Django; same protocol as
-    :func:`._workers.charge_worker`. ``door``: ``wsgi``, or ``asgi`` / ``asgi-async`` (uvicorn
-    serving the sync / the async view)."""
+    :func:`kit.atomic_sqlite_child.charge_worker`. ``door``: ``wsgi``, or ``asgi`` /
+    ``asgi-async`` (uvicorn serving the sync / the async view)."""
     configure({"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": path}})
     from retrysafe.stores.sqlite import SQLiteStore
 

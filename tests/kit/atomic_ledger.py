@@ -1,6 +1,6 @@
 """Issue 8's whole scenario: a ledger app, two workers SIGKILLed repeatedly, a lossy proxy.
 
-- **The app** (``_ledger_worker.py``): ``POST /charges`` books a charge as a row in the
+- **The app** (``atomic_ledger_child.py``): ``POST /charges`` books a charge as a row in the
   store's own database (a SQLite file, or a PostgreSQL database), behind retrysafe's ASGI
   middleware, with atomic completion or with plain completion (the contrast).
 - **Two worker processes** under uvicorn, accepting on one listening socket that this process
@@ -20,7 +20,7 @@
   (same key, same body) once the killer has stopped, until it is empty.
 
 :func:`run_ledger` returns a :class:`LedgerRun` with what the ledger holds per charge. Run it
-bigger from the repository root with ``PYTHONPATH=tests python -m atomic.ledger_scenario
+bigger from the repository root with ``PYTHONPATH=tests python -m kit.atomic_ledger
 --charges 1000 --kills 100`` (``--help``), or the test with ``RETRYSAFE_LEDGER_CHARGES=1000``
 (any :class:`LedgerConfig` field, upper-cased).
 """
@@ -37,7 +37,6 @@ import signal
 import socket
 import sqlite3
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -50,7 +49,8 @@ from typing import Any
 import httpx
 import psycopg
 
-from client.client_servers import FaultProxy
+from kit.children import child_argv, child_env
+from kit.client_servers import FaultProxy
 from retrysafe.client import CallFailed, IdempotentTransport, RetryPolicy
 from retrysafe.client.dlq import DeadLetterQueue
 from retrysafe.fingerprint import RequestFacts
@@ -59,7 +59,6 @@ from retrysafe.policy import storage_id
 from retrysafe.scopes import PrincipalKey, shared_scope
 from retrysafe.stores.sqlite import SQLiteStore
 
-WORKER = Path(__file__).with_name("_ledger_worker.py")
 SQLITE_LEDGER = (
     "CREATE TABLE IF NOT EXISTS ledger "
     "(id INTEGER PRIMARY KEY, key TEXT NOT NULL, cents INTEGER NOT NULL)"
@@ -227,7 +226,8 @@ class Workers:
                 if self.stopping.is_set():
                     return
                 proc = subprocess.Popen(
-                    [sys.executable, str(WORKER), json.dumps(self.worker_config)],
+                    child_argv("atomic_ledger_child", json.dumps(self.worker_config)),
+                    env=child_env(),
                     pass_fds=(self.sock.fileno(),),
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,
@@ -470,7 +470,7 @@ def open_database(kind: str, tmp: Path) -> Iterator[Database]:
     if kind == "sqlite":
         yield sqlite_database(tmp / "ledger.db")
         return
-    from ._pg import make_db
+    from kit.atomic_pg import make_db
 
     for made in make_db():
         yield Database("postgres", url=made.url, prefix=made.prefix)

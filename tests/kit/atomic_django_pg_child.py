@@ -20,10 +20,9 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
+from kit.atomic_django_child import configure, serve, serve_asgi
 from kit.wakes import HANG
 from retrysafe.stores.postgres import PostgresStore
-
-from ._django_worker import configure, serve, serve_asgi
 
 
 def schema_of(prefix: str) -> str:
@@ -143,11 +142,10 @@ def _charge(store: PostgresStore, key: str, hooks: list[str]) -> Callable[..., A
     """An atomic function writing through the ORM; the role says what each attempt does."""
     from django.db import transaction
 
+    from kit.atomic_django_app.models import Charge
     from retrysafe import atomic
     from retrysafe.atomic import django as dj_atomic
     from retrysafe.tools import idempotent
-
-    from .models import Charge
 
     def write(cents: int, tag: str) -> None:
         Charge.objects.create(key=key, cents=cents)
@@ -198,11 +196,10 @@ def takeover_between_phases(ctx: Ctx) -> dict[str, Any]:
 
 def fenced_at_begin(ctx: Ctx) -> dict[str, Any]:
     """A retry took the key over before the old holder's first transaction: refused there."""
+    from kit.atomic_django_app.models import Charge
     from retrysafe.atomic import django as dj_atomic
     from retrysafe.errors import ClaimTakenOver
     from retrysafe.tools import idempotent
-
-    from .models import Charge
 
     store = open_store(ctx.url, ctx.prefix)
 
@@ -225,12 +222,11 @@ def fenced_at_begin(ctx: Ctx) -> dict[str, Any]:
 def retry_waits_and_replays(ctx: Ctx) -> dict[str, Any]:
     """The record row is locked on Django's connection from transaction() on: a retry
     arriving after the lease lapsed waits for the commit, then replays it."""
+    from kit.atomic_django_app.models import Charge
     from retrysafe import atomic
     from retrysafe.atomic import django as dj_atomic
     from retrysafe.policy import storage_id
     from retrysafe.tools import idempotent
-
-    from .models import Charge
 
     store = open_store(ctx.url, ctx.prefix)
     id = storage_id("function\0charge", "race")

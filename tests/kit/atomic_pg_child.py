@@ -12,10 +12,9 @@ from typing import Any
 
 import psycopg
 
+from kit.atomic_sqlite_child import LEASE, PHASES, _pause, policy, serve_rides
 from retrysafe import atomic
 from retrysafe.stores.postgres import PostgresStore
-
-from ._workers import LEASE, PHASES, _pause, policy, serve_rides
 
 __all__ = ["LEASE", "PHASES", "charge_worker", "phased_worker", "policy"]
 

@@ -1,5 +1,6 @@
 """A worker process charging through async SQLAlchemy on SQLite (aiosqlite), for the SIGKILL
-test: same pipe protocol as :func:`._workers.charge_worker` (spawned, killed at pauses)."""
+test: same pipe protocol as :func:`kit.atomic_sqlite_child.charge_worker` (spawned, killed at
+pauses)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import asyncio
 from multiprocessing.connection import Connection
 from typing import Any
 
-from ._workers import _pause, policy
+from kit.atomic_sqlite_child import _pause, policy
 
 
 def aiosqlite_worker(path: str, door: str, is_atomic: bool, conn: Connection) -> None:

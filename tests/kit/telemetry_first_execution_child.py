@@ -1,5 +1,9 @@
-"""Child process of the cross-process link test: run one first execution on a SQLite store
-with its own OTel SDK, and print the span's ids as JSON on stdout."""
+"""Child process of the cross-process link test (tests/telemetry/test_asgi_telemetry.py): run
+one first execution on a SQLite store with its own OTel SDK, and print the span's ids as JSON
+on stdout.
+
+    python -m kit.telemetry_first_execution_child DB_PATH
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,8 @@ import asyncio
 import json
 import sys
 
-from tests.telemetry._asgi import call
-from tests.telemetry.conftest import make_otel
-from tests.telemetry.test_asgi_telemetry import App
-
+from kit.asgi_call import call
+from kit.telemetry import App, make_otel
 from retrysafe.http import ASGIIdempotencyMiddleware
 from retrysafe.policy import Policy
 from retrysafe.scopes import shared_scope

@@ -1,4 +1,5 @@
-"""Child process of test_spans.py: client attempt spans with an OpenTelemetry SDK installed.
+"""Child process of tests/client/test_spans.py: client attempt spans with an OpenTelemetry SDK
+installed.
 
 The transport module is imported (and its tracer taken) *before* the SDK's provider is set,
 as in an application that configures telemetry at start-up after its imports. Prints the

@@ -1,6 +1,7 @@
-"""Child process of test_completion.py: a keyed call's completion against a real server.
+"""Child process of tests/client/test_completion.py: a keyed call's completion against a real
+server.
 
-    python -m tests.client.completion_child SCENARIO FLAVOR AUDIT_LOG
+    python -m kit.client_completion_child SCENARIO FLAVOR AUDIT_LOG
 
 The client's telemetry is on the global OpenTelemetry providers, which can be set only once per
 process, hence a child. The server is the ASGI middleware under uvicorn (tests/kit/servers.py) on
@@ -30,10 +31,10 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from tests.client.client_servers import free_port
-from tests.kit.servers import serve_asgi
-from tests.kit.stores import FakeClock
 
+from kit.client_servers import free_port
+from kit.servers import serve_asgi
+from kit.stores import FakeClock
 from retrysafe import Policy
 from retrysafe.client import (
     AsyncIdempotentTransport,

@@ -1,6 +1,6 @@
-"""A Django model for the Django worker of the atomic tests (app label ``atomic``).
+"""A Django model for the Django worker of the atomic tests (app label ``atomic_django_app``).
 
-Imported only by Django's app registry inside that worker process (see _django_worker.py).
+Imported only by Django's app registry inside that worker process (see atomic_django_child.py).
 """
 
 from __future__ import annotations
@@ -13,5 +13,5 @@ class Charge(models.Model):
     cents = models.IntegerField()
 
     class Meta:
-        app_label = "atomic"
+        app_label = "atomic_django_app"
         db_table = "ledger"  # the table the chaos checks read

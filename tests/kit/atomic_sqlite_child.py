@@ -1,4 +1,6 @@
-"""Code run in child processes (spawn context) by the SIGKILL tests of atomic completion.
+"""Code run in child processes (spawn context) by the SIGKILL tests of atomic completion, on
+SQLite; the pipe protocol (``policy``, ``_pause``, ``serve_rides``) the other atomic workers
+share.
 
 A worker serves "charge" jobs from a pipe, one at a time, through a real retrysafe door on a
 SQLite file: the ``@idempotent`` decorator or the WSGI middleware (called in-process with a

@@ -1,7 +1,4 @@
-"""Sync/async twins for the tool tests: one test body checks both flavours.
-
-Imported by the test modules (not a conftest: the root conftest owns that module name).
-"""
+"""Sync/async twins for the tool tests: one test body checks both flavours."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
-"""One worker process of the ledger scenario (``ledger_scenario.py``), run as a script.
+"""One worker process of the ledger scenario (``atomic_ledger.py``).
 
-``python _ledger_worker.py CONFIG_JSON`` opens the store, prints ``warm`` and waits for a line
-on stdin (it is a spare until then); then it serves a Starlette app under uvicorn on a
-listening socket inherited from the scenario (``CONFIG["fd"]``; the other worker accepts on the
+``python -m kit.atomic_ledger_child CONFIG_JSON`` opens the store, prints ``warm`` and waits
+for a line on stdin (it is a spare until then); then it serves a Starlette app under uvicorn on
+a listening socket inherited from the scenario (``CONFIG["fd"]``; the other worker accepts on the
 same socket, as pre-forked workers do), prints ``ready`` and runs until it is SIGKILLed.
 
 ``POST /charges`` with ``{"charge": id, "n": number, "cents": cents}`` books the charge: one
@@ -14,8 +14,6 @@ on its own connection first, as a handler without SPEC 13a does.
 The forced crash: for every ``crash_every``-th charge, the first execution that gets past the
 write leaves a marker file and SIGKILLs its own process - between the side effect and the
 completion, the window atomic completion closes. The marker makes the retry run normally.
-
-Imports only retrysafe and its dependencies: it runs as a file, outside the test packages.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
-"""A separate OS process calling an agent tool on a shared SQLite store (multi-process tests).
+"""A separate OS process calling an agent tool on a shared SQLite store
+(tests/tools/test_concurrency.py).
 
-    python tool_worker.py MODE DB LEDGER [GO_FILE | FLAVOUR]
+    python -m kit.tools_child MODE DB LEDGER [GO_FILE | FLAVOUR]
 
 MODE ``once``: wait for GO_FILE to exist (so all workers start together), call the tool, print
 its result as JSON. MODE ``crash``: call a tool that records its key and then hangs until the

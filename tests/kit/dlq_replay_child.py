@@ -1,6 +1,6 @@
-"""Child process of test_dlq_claims.py: one replayer of a shared dead-letter queue.
+"""Child process of tests/client/test_dlq_claims.py: one replayer of a shared dead-letter queue.
 
-``python -m tests.client.replay_child DB_PATH`` opens the queue, prints ``ready``, waits for a
+``python -m kit.dlq_replay_child DB_PATH`` opens the queue, prints ``ready``, waits for a
 line on stdin (so that several children start replaying at the same moment), replays every due
 entry through a plain ``httpx.Client`` and prints the ids it replayed as JSON.
 """

@@ -1,4 +1,5 @@
-"""A real upstream for the gateway tests, run as its own process: ``python upstream_app.py LOG``.
+"""A real upstream for the gateway tests, in a process of its own (started by
+:class:`kit.gateway.Upstream`): ``python -m kit.gateway_upstream_child LOG [PORT]``.
 
 It binds a loopback port (``--port``, default any free one), prints ``PORT <n>`` on stdout once
 it accepts connections, and appends one line ``METHOD PATH`` to LOG per execution, flushed

@@ -1,8 +1,9 @@
 """Helpers for the gateway tests: a real upstream process, in-process and child-process gateways.
 
-The upstream (``upstream_app.py``) runs in its own process so it can really crash. Gateways run
-in-process (uvicorn in a thread, on a socket bound before the thread starts, so there is no
-start-up race) or as ``python -m retrysafe.cli proxy`` processes for the multi-process tests.
+The upstream (``gateway_upstream_child.py``) runs in its own process so it can really crash.
+Gateways run in-process (uvicorn in a thread, on a socket bound before the thread starts, so
+there is no start-up race) or as ``python -m retrysafe.cli proxy`` processes for the
+multi-process tests.
 """
 
 from __future__ import annotations
@@ -23,13 +24,13 @@ from typing import Any
 import httpx
 import uvicorn
 
+from kit.children import child_argv, child_env
 from retrysafe.gateway import Gateway
 from retrysafe.gateway.serve import uvicorn_config
 from retrysafe.stores.base import DualStore
 
-HERE = Path(__file__).parent
 # [policy] anonymous = "shared": for gateway processes of tests that are not about who owns a key.
-SHARED_SCOPE_CONFIG = HERE / "shared_scope.toml"
+SHARED_SCOPE_CONFIG = Path(__file__).with_name("gateway_shared_scope.toml")
 START_TIMEOUT = 20.0
 
 
@@ -42,8 +43,8 @@ class Upstream:
         self.proc: subprocess.Popen[str] | None = None
 
     def start(self) -> Upstream:
-        cmd = [sys.executable, str(HERE / "upstream_app.py"), str(self.log), str(self.port)]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        cmd = child_argv("gateway_upstream_child", str(self.log), str(self.port))
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=child_env())
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()  # blocks until the socket listens
         assert line.startswith("PORT "), f"upstream did not start: {line!r}"

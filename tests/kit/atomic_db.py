@@ -1,9 +1,10 @@
 """One kit per database for the SIGKILL tests, so each scenario is written once.
 
-A kit says how to start a worker process on its database (``_workers.py`` on a SQLite file,
-``_pg_workers.py`` on PostgreSQL tables with a unique prefix) and how to read what a crash
-left behind: the ledger, the records, the foreign service's calls. Every worker reads the same
-``(key, cents, pause)`` jobs from its pipe, so :class:`Worker` drives any of them.
+A kit says how to start a worker process on its database (``atomic_sqlite_child.py`` on a
+SQLite file, ``atomic_pg_child.py`` on PostgreSQL tables with a unique prefix) and how to read
+what a crash left behind: the ledger, the records, the foreign service's calls. Every worker
+reads the same ``(key, cents, pause)`` jobs from its pipe, so :class:`Worker` drives any of
+them.
 
 Doors: the way a charge reaches retrysafe inside the worker. ``function`` is ``@idempotent``
 on both databases (atomic or not); SQLite adds the WSGI and ASGI middlewares, PostgreSQL an
@@ -25,15 +26,14 @@ from typing import Any
 import psycopg
 import pytest
 
+from kit import atomic_pg_child, atomic_sqlite_child
+from kit.atomic_pg import PgDb, make_db
 from retrysafe.fingerprint import RequestFacts
 from retrysafe.keyring import configured_secret
 from retrysafe.policy import storage_id
 from retrysafe.records import Record, State
 from retrysafe.scopes import PrincipalKey, shared_scope
 from retrysafe.stores.sqlite import SQLiteStore
-
-from . import _pg_workers, _workers
-from ._pg import PgDb, make_db
 
 SPAWN = multiprocessing.get_context("spawn")
 NAMED_POINTS = ("before_write", "after_write", "after_commit")
@@ -101,17 +101,17 @@ class SQLiteKit(DbKit):
     path: str
     foreign_path: str
     name = "sqlite"
-    charge_target = staticmethod(_workers.charge_worker)
-    phased_target = staticmethod(_workers.phased_worker)
+    charge_target = staticmethod(atomic_sqlite_child.charge_worker)
+    phased_target = staticmethod(atomic_sqlite_child.phased_worker)
 
     @classmethod
     def make(cls, tmp_path: Path) -> SQLiteKit:
         path, foreign = tmp_path / "ledger.db", tmp_path / "foreign.db"
         SQLiteStore(path).close()  # the store's tables, next to the application's
         with sqlite3.connect(path) as raw:
-            raw.execute(_workers.LEDGER)
+            raw.execute(atomic_sqlite_child.LEDGER)
         with sqlite3.connect(foreign) as raw:
-            raw.executescript(_workers.FOREIGN)
+            raw.executescript(atomic_sqlite_child.FOREIGN)
         return cls(str(path), str(foreign))
 
     def charge_args(self, door: str, atomic: bool) -> tuple[Any, ...]:
@@ -153,8 +153,8 @@ class PostgresKit(DbKit):
 
     pg: PgDb
     name = "postgres"
-    charge_target = staticmethod(_pg_workers.charge_worker)
-    phased_target = staticmethod(_pg_workers.phased_worker)
+    charge_target = staticmethod(atomic_pg_child.charge_worker)
+    phased_target = staticmethod(atomic_pg_child.phased_worker)
 
     def _query(self, sql: str) -> list[Any]:
         with psycopg.connect(self.pg.url, autocommit=True) as conn:
@@ -219,7 +219,7 @@ class Worker:
     # A SQLite path, or anything with a PostgreSQL ``url`` and table ``prefix`` (a PgDb):
     # taken as their kit.
     kit: DbKit | str | PgDb
-    door: str = "function"  # on PostgreSQL also a mode of ``_pg_workers.charge_worker``
+    door: str = "function"  # on PostgreSQL also a mode of ``atomic_pg_child.charge_worker``
     atomic: bool = True
     target: Callable[..., None] | None = None  # another charging worker, same arguments
     kills: int = 0

@@ -44,18 +44,17 @@ import itertools
 import json
 import logging
 import socket
-import sys
 import threading
 import traceback
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
 from hypothesis import strategies as st
 
+from kit.gateway import serve_in_thread
 from kit.servers import serve_asgi, serve_wsgi
 from retrysafe.errors import InvalidKey
 from retrysafe.gateway import GatewayConfig, create_app
@@ -65,9 +64,6 @@ from retrysafe.keys import parse_key
 from retrysafe.policy import Policy
 from retrysafe.scopes import header_scope
 from retrysafe.stores.memory import MemoryStore
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "gateway"))
-from gwsupport import serve_in_thread
 
 PRINCIPAL_HEADER = "X-Principal"
 ALT_KEY_HEADER = "X-Idempotency-Key"  # the ASGI/WSGI doors accept a second key header

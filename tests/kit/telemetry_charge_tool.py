@@ -1,4 +1,5 @@
-"""The agent tool of the crash tests (test_completion.py), shared by the test and its worker."""
+"""The agent tool of the crash tests (tests/telemetry/test_completion.py), shared by the test
+and its child process (telemetry_completion_child.py)."""
 
 from __future__ import annotations
 

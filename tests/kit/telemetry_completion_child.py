@@ -1,8 +1,8 @@
-"""An agent process that crashes around a tool call (test_completion.py, SPEC 35a).
+"""An agent process that crashes around a tool call (tests/telemetry/test_completion.py, SPEC 35a).
 
-    python -m tests.telemetry.completion_worker MODE DB AUDIT_LOG LEDGER
+    python -m kit.telemetry_completion_child MODE DB AUDIT_LOG LEDGER
 
-Calls the tool ``charge`` of :mod:`tests.telemetry.completion_tool` on the SQLite store DB, in
+Calls the tool ``charge`` of :mod:`kit.telemetry_charge_tool` on the SQLite store DB, in
 the agent run ``run-crash``, with its audit log going to AUDIT_LOG. MODE ``after``: the call
 completes (its result is stored), then the process kills itself before the agent could use
 the answer. MODE ``during``: the tool does its side effect and hangs there until the test kills
@@ -17,8 +17,7 @@ import signal
 import sys
 from pathlib import Path
 
-from tests.telemetry.completion_tool import RUN_ID, charge_tool
-
+from kit.telemetry_charge_tool import RUN_ID, charge_tool
 from retrysafe.stores.sqlite import SQLiteStore
 from retrysafe.telemetry import AUDIT_LOGGER
 from retrysafe.tools import agent_run
