@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 
 from kit.doors import DOORS, Behaviour, Door, Handler, SpyStore, created
+from kit.stores import FAR
+from kit.wakes import HANG
 from retrysafe.policy import Policy
 from retrysafe.scopes import shared_scope
 
@@ -54,15 +56,16 @@ def door_kind(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def policy_for(kit: Any) -> Callable[..., Policy]:
-    """A Policy in tick units: long TTL and lease, a wait bound no test reaches by accident."""
+    """A Policy in tick units: a TTL and a lease no test outlives (FAR), and a wait bound that
+    only a hang reaches (HANG, real time like the wait itself)."""
 
     def make(**changes: Any) -> Policy:
         base: dict[str, Any] = {
             # Tests not about who owns a key send no credentials: one explicit shared scope.
             "scope": shared_scope,
-            "ttl": 100 * kit.tick,
-            "lease": 30 * kit.tick,
-            "wait": 10 * kit.tick,
+            "ttl": FAR * kit.tick,
+            "lease": FAR * kit.tick,
+            "wait": HANG,
         }
         base.update(changes)
         return Policy(**base)

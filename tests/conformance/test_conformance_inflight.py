@@ -7,11 +7,13 @@ store tells the test when a duplicate is waiting. No sleeps.
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import pytest
 
 from kit.doors import Gate, Out, Seen, assert_problem, created, until
 from kit.scopes import shared_id
+from kit.stores import rerun_when_stalled
 from retrysafe.fingerprint import RequestFacts
 from retrysafe.policy import Problem
 from retrysafe.records import Claimed, StoredResponse
@@ -89,50 +91,71 @@ async def test_rule_10_12_waiting_duplicate_runs_itself_when_the_first_fails(ser
     assert door.handler.runs == 2
 
 
+def _fresh(key: str) -> str:
+    """``key`` made unique, for a test that may run again (``rerun_when_stalled``)."""
+    return f"{key}-{uuid.uuid4().hex[:12]}"
+
+
+@rerun_when_stalled
 async def test_rule_13_heartbeat_keeps_the_claim_of_a_handler_outliving_its_lease(
     serve, policy_for, kit
 ):
     gate = Gate()
-    policy = policy_for(lease=kit.tick, heartbeat=0.05 * kit.tick, wait=0.1 * kit.tick)
+    policy = policy_for(lease=2.5 * kit.tick, heartbeat=0.05 * kit.tick, wait=0.1 * kit.tick)
     door = serve(gate, policy=policy)
-    first = asyncio.create_task(door.post("job-5", BODY))
-    await until(gate.entered)
-    for _ in range(3):  # 1.8 leases pass in all; each step is followed by a renewal
-        renewed = door.store.count("renew")
-        kit.advance(0.6 * kit.tick)
-        await door.store.until("renew", renewed + 1)
-    conflict = await door.post("job-5", BODY)  # still held: no takeover, no second run
+    key = _fresh("job-5")
+    first = asyncio.create_task(door.post(key, BODY))
+    try:
+        await until(gate.entered)
+        for _ in range(2):  # 2 of the 3 ticks that pass in all; a renewal follows each
+            renewed = door.store.count("renew")
+            kit.advance(1 * kit.tick)
+            await door.store.until("renew", renewed + 1)
+        # "Still held" is an upper bound on a real clock: the latest renewal must be less than a
+        # lease before the duplicate's claim. The renewals of one claim run one after another
+        # and are counted as they end, so the second one counted after this count began after
+        # it: from here to the duplicate's answer must take less than the lease.
+        with kit.within(2.5):
+            renewed = door.store.count("renew")
+            kit.advance(1 * kit.tick)  # 3 ticks in all: past the 2.5-tick lease
+            await door.store.until("renew", renewed + 2)
+            conflict = await door.post(key, BODY)  # still held: no takeover, no second run
+    finally:
+        gate.opened.set()  # a stalled attempt ends its request too
+        done = await first
     assert_problem(conflict, Problem.IN_FLIGHT, 409)
     assert door.handler.runs == 1
-    gate.opened.set()
-    done = await first
     assert done.status == 201
     assert not done.replayed
-    replay = await door.post("job-5", BODY)
+    replay = await door.post(key, BODY)
     assert replay.replayed
     assert replay.body == done.body
     assert door.handler.runs == 1
 
 
 @pytest.mark.store_clock
+@rerun_when_stalled
 async def test_rule_13_dead_holder_lease_lapses_and_a_duplicate_takes_over(serve, policy_for, kit):
     policy = policy_for(lease=2 * kit.tick, wait=0.1 * kit.tick)
     door = serve(policy=policy)
     # A holder that claimed the key and died: nobody renews its lease.
     facts = RequestFacts("POST", "/things", "", (), BODY)
-    id = shared_id(door.store.inner, "job-6")
-    dead = door.store.inner.claim(id, policy.fingerprint_of(facts), policy.lease_s)
+    key = _fresh("job-6")
+    id = shared_id(door.store.inner, key)
+    with kit.within(2):  # from before the claim to after the duplicate found it held
+        dead = door.store.inner.claim(id, policy.fingerprint_of(facts), policy.lease_s)
+        held = await door.post(key, BODY)
     assert isinstance(dead, Claimed)
-    assert_problem(await door.post("job-6", BODY), Problem.IN_FLIGHT, 409)
+    assert_problem(held, Problem.IN_FLIGHT, 409)
     assert door.handler.runs == 0
     kit.advance(3 * kit.tick)
-    took_over = await door.post("job-6", BODY)
+    took_over = await door.post(key, BODY)
     assert took_over.status == 201
     assert not took_over.replayed
     assert door.handler.runs == 1
     # The dead holder's late write is fenced out; the new result stands.
     assert not door.store.inner.complete(id, dead.token, StoredResponse(200), 60, 60)
-    replay = await door.post("job-6", BODY)
+    replay = await door.post(key, BODY)
     assert replay.replayed
     assert replay.body == took_over.body
 

@@ -13,6 +13,7 @@ import threading
 from typing import Any
 
 from kit.doors import SpyStore
+from kit.stores import FAR
 from retrysafe.http import ASGIIdempotencyMiddleware, WSGIIdempotencyMiddleware
 from retrysafe.policy import Policy
 from retrysafe.scopes import shared_scope
@@ -23,7 +24,7 @@ BODY = b'{"amount": 100}'
 
 def _policy(kit: Any) -> Policy:
     # The wait bound is real time; it only has to outlast the test's own coordination.
-    return Policy(scope=shared_scope, ttl=100 * kit.tick, lease=30 * kit.tick, wait=20.0)
+    return Policy(scope=shared_scope, ttl=FAR * kit.tick, lease=FAR * kit.tick, wait=20.0)
 
 
 async def test_50_concurrent_duplicates_run_the_asgi_handler_once(kit):

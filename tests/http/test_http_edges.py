@@ -20,6 +20,7 @@ import pytest
 
 from kit.doors import SpyStore
 from kit.scopes import shared_id
+from kit.stores import FAR
 from retrysafe.http import ASGIIdempotencyMiddleware, WSGIIdempotencyMiddleware
 from retrysafe.policy import Policy
 from retrysafe.records import State
@@ -66,7 +67,7 @@ def test_wsgi_response_closed_without_iteration_settles_the_claim(kit):
         return [b'{"ok": true}']
 
     policy = Policy(
-        scope=shared_scope, ttl=100 * kit.tick, lease=30 * kit.tick, wait=0.1 * kit.tick
+        scope=shared_scope, ttl=FAR * kit.tick, lease=FAR * kit.tick, wait=0.1 * kit.tick
     )
     mw = WSGIIdempotencyMiddleware(app, store=store, policy=policy)
     result = mw(_environ(), lambda status, headers, exc=None: None)
@@ -92,7 +93,7 @@ def test_wsgi_generator_app_closed_before_it_started_releases_the_claim(kit):
         yield b'{"ok": true}'
 
     mw = WSGIIdempotencyMiddleware(
-        app, store=store, policy=Policy(scope=shared_scope, ttl=100 * kit.tick)
+        app, store=store, policy=Policy(scope=shared_scope, ttl=FAR * kit.tick)
     )
     result = mw(_environ(), lambda status, headers, exc=None: None)
     result.close()  # type: ignore[attr-defined]
@@ -118,7 +119,7 @@ def test_wsgi_generator_app_sees_the_current_key_while_it_runs(kit):
 
     store = SpyStore(kit.store)
     mw = WSGIIdempotencyMiddleware(
-        app, store=store, policy=Policy(scope=shared_scope, ttl=100 * kit.tick)
+        app, store=store, policy=Policy(scope=shared_scope, ttl=FAR * kit.tick)
     )
     status, _, body = _call_wsgi(mw, _environ("gen-key"))
     assert (status, body) == ("201 Created", b"onetwo")
@@ -140,7 +141,7 @@ def test_wsgi_legacy_write_callable_is_captured_and_replayed(kit):
         return written.append
 
     mw = WSGIIdempotencyMiddleware(
-        app, store=kit.store, policy=Policy(scope=shared_scope, ttl=100 * kit.tick)
+        app, store=kit.store, policy=Policy(scope=shared_scope, ttl=FAR * kit.tick)
     )
     first = b"".join(mw(_environ(), start_response))
     assert b"".join(written) + first == b"written, then returned"
@@ -269,7 +270,7 @@ async def test_asgi_client_gone_mid_stream_on_a_spec_2_4_server_keeps_the_record
     app.add_middleware(
         ASGIIdempotencyMiddleware,
         store=store,
-        policy=Policy(scope=shared_scope, ttl=100 * kit.tick),
+        policy=Policy(scope=shared_scope, ttl=FAR * kit.tick),
     )
 
     async def call(gone_after: int | None) -> tuple[list[Any], Exception | None]:
@@ -337,7 +338,7 @@ async def test_asgi_request_cancelled_mid_response_keeps_the_record(kit):
         await asyncio.Event().wait()  # until cancelled
 
     mw = ASGIIdempotencyMiddleware(
-        app, store=store, policy=Policy(scope=shared_scope, ttl=100 * kit.tick)
+        app, store=store, policy=Policy(scope=shared_scope, ttl=FAR * kit.tick)
     )
 
     def scope(path: str, key: bytes) -> dict[str, Any]:

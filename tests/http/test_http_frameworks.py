@@ -24,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from kit.stores import FAR
 from retrysafe import current_key
 from retrysafe.http import ENVIRON_KEY, ASGIIdempotencyMiddleware, WSGIIdempotencyMiddleware
 from retrysafe.policy import Policy
@@ -47,7 +48,7 @@ class Counter:
 
 
 def _policy(kit: Any) -> Policy:
-    return Policy(scope=shared_scope, ttl=100 * kit.tick, lease=30 * kit.tick)
+    return Policy(scope=shared_scope, ttl=FAR * kit.tick, lease=FAR * kit.tick)
 
 
 def _check(first: httpx.Response, second: httpx.Response, counter: Counter) -> None:

@@ -23,6 +23,7 @@ from starlette.routing import Route
 
 from kit.doors import SpyStore
 from kit.scopes import shared_id
+from kit.stores import FAR
 from retrysafe.http import ASGIIdempotencyMiddleware
 from retrysafe.policy import Policy
 from retrysafe.records import State
@@ -107,7 +108,7 @@ def build(store: Any, policy: Policy, chunks: Chunks) -> Any:
 
 
 def _policy(kit: Any) -> Policy:
-    return Policy(scope=shared_scope, ttl=100 * kit.tick, lease=30 * kit.tick, wait=0.2 * kit.tick)
+    return Policy(scope=shared_scope, ttl=FAR * kit.tick, lease=FAR * kit.tick, wait=0.2 * kit.tick)
 
 
 async def test_streaming_response_passes_chunk_by_chunk_under_uvicorn(kit):

@@ -9,6 +9,8 @@ against every store. New backends register a factory in ``STORE_KINDS``.
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import os
 import threading
 import time
@@ -16,7 +18,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -43,6 +45,26 @@ class FakeClock:
             self._now += seconds
 
 
+class Stalled(Exception):
+    """A real-clock observation took longer than its margin: what it saw proves nothing."""
+
+
+# On a real clock an observation is sound one way round only.
+#
+# A lower bound ("the lease has lapsed after advancing 3 ticks") needs no guard: ``advance``
+# sleeps, so at least that much time passed on the server's clock between the call that set
+# the deadline and the call that observes it, however loaded the machine; a stall only adds
+# time, and the deadline is behind all the more.
+#
+# An upper bound ("the lease is still held after advancing 2 ticks of 2.5") holds only if the
+# real time from before the call that set the deadline to after the call that observed it
+# stayed under the deadline's distance. The sleep is the least that time can be, not the most:
+# a loaded machine that stalls a call past the margin makes the store answer correctly that
+# the deadline passed, and the test fail for nothing. ``StoreKit.within`` measures that span
+# and voids the observation (Stalled) when it ran too long; ``rerun_when_stalled`` runs the
+# test again. A fake clock moves only with ``advance``: nothing stalls there.
+
+
 @dataclass
 class StoreKit:
     """One store under test, plus the means to move its clock and open it again."""
@@ -59,6 +81,87 @@ class StoreKit:
     def close(self) -> None:
         for close in reversed(self.closers):
             close()
+
+    @contextlib.contextmanager
+    def within(self, ticks: float) -> Iterator[None]:
+        """The block must run in less than ``ticks`` ticks of real time, or :class:`Stalled`.
+
+        Wrap everything from before the call that sets a deadline ``ticks`` ticks away to
+        after the call that sees it still ahead. A block that overran raises Stalled even if
+        it raised something else (chained): an assertion about a deadline that real time had
+        already passed is void. Fake clocks never stall.
+        """
+        if not self.real_clock:
+            yield
+            return
+        limit = ticks * self.tick
+        start = time.monotonic()
+        try:
+            yield
+        except Exception as exc:
+            elapsed = time.monotonic() - start
+            if elapsed >= limit:
+                raise Stalled(_overran(self, ticks, elapsed)) from exc
+            raise
+        elapsed = time.monotonic() - start
+        if elapsed >= limit:
+            raise Stalled(_overran(self, ticks, elapsed))
+
+
+def _overran(kit: StoreKit, ticks: float, elapsed: float) -> str:
+    return (
+        f"{kit.name}: a {ticks:g}-tick window ({ticks * kit.tick:.2f} s) took {elapsed:.2f} s "
+        "of real time: the observation in it is void"
+    )
+
+
+STALL_ATTEMPTS = 5  # runs of a test whose every attempt stalled: the machine is too busy
+Test = TypeVar("Test", bound=Callable[..., Any])
+
+
+def rerun_when_stalled(test: Test) -> Test:
+    """Run ``test`` again (up to ``STALL_ATTEMPTS`` runs in all) when it raises
+    :class:`Stalled`; fail, saying so, when every run stalled. Anything else it raises
+    (an assertion outside a stalled window) fails it at once, as usual.
+
+    The body runs again from the start with the same fixtures, so it must take fresh ids
+    (``new_id``) rather than fixed ones, or the records an earlier attempt left would be in
+    its way. The wrapper keeps the test's signature (functools.wraps), so pytest still sees
+    its fixtures and parameters, and is a coroutine function when the test is one.
+    """
+
+    def gave_up(stalls: list[Stalled]) -> str:
+        lines = "\n".join(f"  attempt {i}: {stall}" for i, stall in enumerate(stalls, 1))
+        return (
+            f"{test.__name__}: every one of {len(stalls)} attempts stalled past a real-clock "
+            f"margin, so none proved anything; the machine is too loaded for it:\n{lines}"
+        )
+
+    if inspect.iscoroutinefunction(test):
+
+        @functools.wraps(test)
+        async def arerun(*args: Any, **kwargs: Any) -> Any:
+            stalls: list[Stalled] = []
+            for _ in range(STALL_ATTEMPTS):
+                try:
+                    return await test(*args, **kwargs)
+                except Stalled as stall:
+                    stalls.append(stall)
+            pytest.fail(gave_up(stalls))
+
+        return arerun  # type: ignore[return-value]
+
+    @functools.wraps(test)
+    def rerun(*args: Any, **kwargs: Any) -> Any:
+        stalls: list[Stalled] = []
+        for _ in range(STALL_ATTEMPTS):
+            try:
+                return test(*args, **kwargs)
+            except Stalled as stall:
+                stalls.append(stall)
+        pytest.fail(gave_up(stalls))
+
+    return rerun  # type: ignore[return-value]
 
 
 def _memory(tmp_path: Path) -> StoreKit:
@@ -87,9 +190,15 @@ REDIS_URL = os.environ.get("RETRYSAFE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0
 POSTGRES_URL = os.environ.get(
     "RETRYSAFE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
-# A tick on a real clock: long enough that a loaded machine's latency stays well inside one
-# (the shared contract waits 0.3 s on a 2.5-tick lease and expects the lease to outlive it).
+# A tick on a real clock: long enough that a loaded machine's latency usually stays inside
+# half a tick, the margin between an observation and a deadline (see ``StoreKit.within`` for
+# what happens when it does not).
 REAL_TICK = 0.2
+# Ticks: a lease, TTL or retention no test outlives (over half an hour on a real clock), for
+# every deadline a test does not observe. A test that is not about time then passes however
+# long a loaded machine stalls it (a 4.5-tick TTL is 0.9 s on a real clock: opening a new
+# Redis Cluster client on a busy machine has taken that long).
+FAR = 10_000
 _reachable: dict[str, str | None] = {}  # url -> None if up, else why not (checked once)
 
 

@@ -1,8 +1,11 @@
 """Small helpers shared by the store tests (no fixtures here: those live in tests/conftest.py).
 
-Durations are ``kit.tick`` multiples. Leases, TTLs and retentions are *half-integer* tick
-counts while the clock only ever moves by whole ticks, so no observation lands exactly on a
-deadline: the tests mean the same thing on a fake clock and on a real server clock.
+Durations are ``kit.tick`` multiples. A test about time (it moves the clock with
+``kit.advance``) gives the deadlines it observes *half-integer* tick counts while the clock
+only ever moves by whole ticks, so no observation lands exactly on a deadline: the tests mean
+the same thing on a fake clock and on a real server clock. On a real clock an observation that
+a deadline is still ahead is made inside ``kit.within``. Every other lease, TTL and retention
+is ``FAR`` (both in tests/kit/stores.py).
 """
 
 from __future__ import annotations
@@ -11,9 +14,7 @@ import uuid
 
 from retrysafe.records import Claimed, ClaimResult, Existing, StoredResponse
 
-LEASE = 2.5
-TTL = 4.5
-RETENTION = 4.5
+LEASE = 2.5  # ticks: the lease of a test about one lapsing (or not, within it)
 FP = "fp-original"
 OTHER_FP = "fp-other"
 

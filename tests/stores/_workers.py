@@ -97,10 +97,12 @@ def response_for(id: str) -> StoredResponse:
 
 
 def hold(path: str, id: str, lease: float, conn: Connection) -> None:
-    """Claim ``id`` with a short lease, report the token, then block until killed."""
+    """Claim ``id`` with a short lease, report the token and the wall-clock time from before the
+    claim (the store's clock), then block until killed."""
     store = SQLiteStore(path)
+    claiming = time.time()
     result = store.claim(id, FP, lease)
-    conn.send(describe(result))
+    conn.send((describe(result), claiming))
     conn.recv()  # never answered: the parent SIGKILLs us while we hold the claim
 
 

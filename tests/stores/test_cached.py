@@ -20,11 +20,13 @@ import pytest
 
 from kit.stores import (
     CACHED_KINDS,
+    FAR,
     REDIS_URL,
     FakeClock,
     StoreKit,
     kit_fixture,
     require_service,
+    rerun_when_stalled,
     server_down,
 )
 from retrysafe import open_store
@@ -39,7 +41,7 @@ from retrysafe.stores._replay_cache import MARGIN_S, entry_size
 from retrysafe.stores.cached import CachedStore
 from retrysafe.testing import RecordingStore
 
-from ._common import FP, LEASE, OK, OTHER_FP, RETENTION, TTL, claimed, existing, new_id
+from ._common import FP, OK, OTHER_FP, claimed, existing, new_id
 from ._workers import complete_through_cache, replay_through_cache, response_for
 
 kit = kit_fixture(sorted(CACHED_KINDS))
@@ -56,9 +58,11 @@ def counting(kit: StoreKit, max_records: int = 100) -> tuple[CachedStore, Record
     return CachedStore(recording, max_records, clock=kit.clock), recording
 
 
-def complete_one(store: Any, id: str, response: StoredResponse = OK, ttl: float = TTL) -> int:
-    c = claimed(store.claim(id, FP, LEASE * 100))
-    assert store.complete(id, c.token, response, ttl, RETENTION)
+def complete_one(store: Any, id: str, response: StoredResponse = OK, ttl: float = FAR) -> int:
+    """Claim and complete ``id``; the lease, the retention and by default the TTL are FAR
+    (seconds here: long on any clock)."""
+    c = claimed(store.claim(id, FP, FAR))
+    assert store.complete(id, c.token, response, ttl, FAR)
     return c.token
 
 
@@ -68,10 +72,10 @@ def complete_one(store: Any, id: str, response: StoredResponse = OK, ttl: float 
 def test_replays_after_a_completion_cost_no_round_trip(kit: StoreKit) -> None:
     store, recording = counting(kit)
     id = new_id()
-    token = complete_one(store, id, ttl=TTL * kit.tick)
+    token = complete_one(store, id)
     recording.reset()
     for fingerprint in (FP, FP, OTHER_FP):
-        e = existing(store.claim(id, fingerprint, LEASE * kit.tick))
+        e = existing(store.claim(id, fingerprint, FAR * kit.tick))
         assert e.cached
         assert (e.record.state, e.record.token, e.record.fingerprint) == (
             State.COMPLETED,
@@ -99,24 +103,24 @@ def test_replays_after_a_completion_cost_no_round_trip(kit: StoreKit) -> None:
 async def test_async_face_caches_the_same_way(kit: StoreKit) -> None:
     store, recording = counting(kit)
     id = new_id()
-    c = claimed(await store.aclaim(id, FP, LEASE * kit.tick))
-    assert await store.acomplete(id, c.token, OK, TTL * kit.tick, RETENTION * kit.tick)
+    c = claimed(await store.aclaim(id, FP, FAR * kit.tick))
+    assert await store.acomplete(id, c.token, OK, FAR * kit.tick, FAR * kit.tick)
     recording.reset()
-    answers = [await store.aclaim(id, FP, LEASE * kit.tick) for _ in range(3)]
+    answers = [await store.aclaim(id, FP, FAR * kit.tick) for _ in range(3)]
     assert all(isinstance(a, Existing) and a.cached and a.record.response == OK for a in answers)
     assert recording.reset().round_trips == 0
     assert await store.adelete(id)
-    assert isinstance(await store.aclaim(id, FP, LEASE * kit.tick), Claimed)
+    assert isinstance(await store.aclaim(id, FP, FAR * kit.tick), Claimed)
 
 
 def test_a_record_completed_elsewhere_is_cached_on_its_first_replay(kit: StoreKit) -> None:
     store, recording = counting(kit)
     id = new_id()
-    token = complete_one(kit.reopen(), id, ttl=TTL * kit.tick)  # another process completed it
-    first = existing(store.claim(id, FP, LEASE * kit.tick))
+    token = complete_one(kit.reopen(), id)  # another process completed it
+    first = existing(store.claim(id, FP, FAR * kit.tick))
     assert not first.cached
     assert first.now is not None  # the store said when it answered
-    again = existing(store.claim(id, FP, LEASE * kit.tick))
+    again = existing(store.claim(id, FP, FAR * kit.tick))
     assert again.cached
     assert again.record == first.record  # exactly the store's record
     assert again.record.token == token
@@ -126,35 +130,37 @@ def test_a_record_completed_elsewhere_is_cached_on_its_first_replay(kit: StoreKi
 def test_in_flight_and_unreplayable_records_are_never_cached(kit: StoreKit) -> None:
     store, recording = counting(kit)
     busy, streamed = new_id("busy"), new_id("streamed")
-    c = claimed(store.claim(busy, FP, LEASE * kit.tick))
-    assert existing(store.claim(busy, FP, LEASE * kit.tick)).record.state is State.IN_FLIGHT
+    c = claimed(store.claim(busy, FP, FAR * kit.tick))
+    assert existing(store.claim(busy, FP, FAR * kit.tick)).record.state is State.IN_FLIGHT
     unreplayable = StoredResponse(200, (), b"", replayable=False)
-    complete_one(store, streamed, unreplayable, ttl=TTL * kit.tick)
+    complete_one(store, streamed, unreplayable)
     recording.reset()
     for id in (busy, streamed, busy, streamed):
-        assert not existing(store.claim(id, FP, LEASE * kit.tick)).cached
+        assert not existing(store.claim(id, FP, FAR * kit.tick)).cached
     assert recording.reset().calls["claim"] == 4
     assert len(store.cache) == 0
     # the held claim completes normally afterwards, and is cached then
-    assert store.complete(busy, c.token, OK, TTL * kit.tick, RETENTION * kit.tick)
-    assert existing(store.claim(busy, FP, LEASE * kit.tick)).cached
+    assert store.complete(busy, c.token, OK, FAR * kit.tick, FAR * kit.tick)
+    assert existing(store.claim(busy, FP, FAR * kit.tick)).cached
 
 
 # -- expiry: the store has the last word --------------------------------------------------------
 
 
+@rerun_when_stalled
 def test_past_the_ttl_the_store_answers_expired_not_a_stale_replay(kit: StoreKit) -> None:
     store, recording = counting(kit)
     id = new_id()
-    complete_one(store, id, ttl=1.5 * kit.tick)
-    kit.advance(1 * kit.tick)  # half a tick before the TTL
-    before = existing(store.claim(id, FP, LEASE * kit.tick))
+    with kit.within(1.5):  # from before the completion to after the replay
+        complete_one(store, id, ttl=1.5 * kit.tick)
+        kit.advance(1 * kit.tick)  # half a tick before the TTL
+        before = existing(store.claim(id, FP, FAR * kit.tick))
     assert before.record.response == OK  # cached or, near the deadline, the store: a replay
     if not kit.real_clock:
         assert before.cached
     kit.advance(1 * kit.tick)  # half a tick past the TTL
     recording.reset()
-    after = claimed(store.claim(id, FP, LEASE * kit.tick))
+    after = claimed(store.claim(id, FP, FAR * kit.tick))
     assert after.expired_before  # the store's distinct "expired" signal (SPEC 14)
     assert recording.reset().calls["claim"] == 1
     assert len(store.cache) == 0
@@ -249,10 +255,10 @@ def test_lru_bound_by_bytes(tmp_path: Path) -> None:
 def test_delete_through_the_cache_drops_the_entry(kit: StoreKit) -> None:
     store = cached(kit)
     id = new_id()
-    complete_one(store, id, ttl=TTL * kit.tick)
-    assert existing(store.claim(id, FP, LEASE * kit.tick)).cached
+    complete_one(store, id)
+    assert existing(store.claim(id, FP, FAR * kit.tick)).cached
     assert store.delete(id)
-    fresh = claimed(store.claim(id, FP, LEASE * kit.tick))
+    fresh = claimed(store.claim(id, FP, FAR * kit.tick))
     assert (fresh.expired_before, fresh.recovered) == (False, False)
 
 
@@ -271,15 +277,15 @@ def test_a_delete_from_another_process_leaves_a_stale_entry_until_its_deadline()
 def test_released_and_fenced_out_claims_are_not_cached(kit: StoreKit) -> None:
     store = cached(kit)
     released, fenced = new_id("released"), new_id("fenced")
-    c = claimed(store.claim(released, FP, LEASE * kit.tick))
+    c = claimed(store.claim(released, FP, FAR * kit.tick))
     assert store.release(released, c.token)
-    assert claimed(store.claim(released, FP, LEASE * kit.tick))
+    assert claimed(store.claim(released, FP, FAR * kit.tick))
     old = claimed(store.claim(fenced, FP, 1.5 * kit.tick))
-    kit.advance(2 * kit.tick)  # the lease lapses; another process takes over
+    kit.advance(2 * kit.tick)  # the lease lapses; another process takes over (a lower bound)
     other = kit.reopen()
-    assert claimed(other.claim(fenced, FP, LEASE * kit.tick)).recovered
-    assert not store.complete(fenced, old.token, OK, TTL * kit.tick, RETENTION * kit.tick)
-    answer = existing(store.claim(fenced, FP, LEASE * kit.tick))
+    assert claimed(other.claim(fenced, FP, FAR * kit.tick)).recovered
+    assert not store.complete(fenced, old.token, OK, FAR * kit.tick, FAR * kit.tick)
+    answer = existing(store.claim(fenced, FP, FAR * kit.tick))
     assert (answer.cached, answer.record.state) == (False, State.IN_FLIGHT)
 
 
@@ -291,7 +297,7 @@ IDS = 24
 def test_threads_replay_while_completions_land(kit: StoreKit) -> None:
     store = cached(kit)
     ids = [new_id(f"t{i}") for i in range(IDS)]
-    tokens = {id: claimed(store.claim(id, FP, 100 * kit.tick)).token for id in ids}
+    tokens = {id: claimed(store.claim(id, FP, FAR * kit.tick)).token for id in ids}
     bad: list[str] = []
     seen_done: list[set[str]] = [set() for _ in range(4)]
     start = threading.Barrier(6)
@@ -301,7 +307,7 @@ def test_threads_replay_while_completions_land(kit: StoreKit) -> None:
         start.wait()
         while len(mine) < IDS and time.monotonic() < deadline:
             for id in ids:
-                record = existing(store.claim(id, FP, 100 * kit.tick)).record
+                record = existing(store.claim(id, FP, FAR * kit.tick)).record
                 if record.token != tokens[id]:
                     bad.append(f"{id}: token {record.token}")
                 elif record.state is State.COMPLETED:
@@ -314,7 +320,7 @@ def test_threads_replay_while_completions_land(kit: StoreKit) -> None:
     def writer(half: list[str]) -> None:
         start.wait()
         for id in half:
-            assert store.complete(id, tokens[id], response_for(id), 100 * kit.tick, 1.0)
+            assert store.complete(id, tokens[id], response_for(id), FAR * kit.tick, FAR * kit.tick)
 
     threads = [threading.Thread(target=reader, args=(mine,)) for mine in seen_done]
     threads += [threading.Thread(target=writer, args=(ids[i::2],)) for i in range(2)]
@@ -333,14 +339,14 @@ async def test_tasks_replay_while_completions_land(kit: StoreKit) -> None:
     ids = [new_id(f"a{i}") for i in range(IDS)]
     tokens = {}
     for id in ids:
-        tokens[id] = claimed(await store.aclaim(id, FP, 100 * kit.tick)).token
+        tokens[id] = claimed(await store.aclaim(id, FP, FAR * kit.tick)).token
     bad: list[str] = []
 
     async def reader() -> int:
         done: set[str] = set()
         for _ in range(10_000):
             for id in ids:
-                record = existing(await store.aclaim(id, FP, 100 * kit.tick)).record
+                record = existing(await store.aclaim(id, FP, FAR * kit.tick)).record
                 if record.token != tokens[id] or record.state not in (
                     State.IN_FLIGHT,
                     State.COMPLETED,
@@ -357,7 +363,9 @@ async def test_tasks_replay_while_completions_land(kit: StoreKit) -> None:
 
     async def writer(half: list[str]) -> None:
         for id in half:
-            ok = await store.acomplete(id, tokens[id], response_for(id), 100 * kit.tick, 1.0)
+            ok = await store.acomplete(
+                id, tokens[id], response_for(id), FAR * kit.tick, FAR * kit.tick
+            )
             assert ok
             await asyncio.sleep(0)
 

@@ -11,6 +11,7 @@ lease on the server's clock) runs on the server kinds (the ``server_kit`` fixtur
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import threading
 import time
@@ -19,7 +20,15 @@ from pathlib import Path
 
 import pytest
 
-from kit.stores import ALL_KINDS, REDIS_CLUSTER, FakeClock, StoreKit, kit_fixture
+from kit.stores import (
+    ALL_KINDS,
+    FAR,
+    REDIS_CLUSTER,
+    FakeClock,
+    StoreKit,
+    kit_fixture,
+    rerun_when_stalled,
+)
 from kit.wakes import HANG, NEVER, WakeProbe
 from retrysafe import open_store
 from retrysafe.errors import ConfigurationError, StoreUnavailable
@@ -27,7 +36,7 @@ from retrysafe.records import Claimed, Existing, State, StoredResponse
 from retrysafe.stores import SQLiteStore
 from retrysafe.stores.base import DualStore
 
-from ._common import FP, LEASE, OK, OTHER_FP, RETENTION, TTL, claimed, existing, first_claim, new_id
+from ._common import FP, LEASE, OK, OTHER_FP, claimed, existing, first_claim, new_id
 
 # Every store kind, and each behind the local replay cache: the contract holds through it; a
 # Redis Cluster too, where each record's keys must share one slot.
@@ -40,7 +49,7 @@ server_kit = kit_fixture(["postgres", "redis", REDIS_CLUSTER], name="server_kit"
 
 def test_first_claim_is_claimed_and_recorded_in_flight(kit: StoreKit) -> None:
     id = new_id()
-    c = first_claim(kit.store.claim(id, FP, LEASE * kit.tick))
+    c = first_claim(kit.store.claim(id, FP, FAR * kit.tick))
     assert c.token > 0
     record = kit.store.get(id)
     assert record is not None
@@ -57,10 +66,10 @@ def test_second_claim_sees_the_first_in_flight_and_changes_nothing(
     kit: StoreKit, fingerprint: str
 ) -> None:
     id = new_id()
-    c = claimed(kit.store.claim(id, FP, LEASE * kit.tick))
+    c = claimed(kit.store.claim(id, FP, FAR * kit.tick))
     before = kit.store.get(id)
     for handle in (kit.store, kit.reopen()):  # this process, and another one's handle
-        e = existing(handle.claim(id, fingerprint, LEASE * kit.tick))
+        e = existing(handle.claim(id, fingerprint, FAR * kit.tick))
         # The live record is the first claim's, whatever the duplicate's fingerprint (SPEC 9, 10).
         assert (e.record.state, e.record.token, e.record.fingerprint) == (
             State.IN_FLIGHT,
@@ -73,9 +82,9 @@ def test_second_claim_sees_the_first_in_flight_and_changes_nothing(
 
 def test_claims_of_different_ids_are_independent(kit: StoreKit) -> None:
     a, b = new_id("a"), new_id("b")
-    ca = claimed(kit.store.claim(a, FP, LEASE * kit.tick))
-    cb = claimed(kit.store.claim(b, FP, LEASE * kit.tick))
-    assert kit.store.complete(a, ca.token, OK, TTL * kit.tick, RETENTION * kit.tick)
+    ca = claimed(kit.store.claim(a, FP, FAR * kit.tick))
+    cb = claimed(kit.store.claim(b, FP, FAR * kit.tick))
+    assert kit.store.complete(a, ca.token, OK, FAR * kit.tick, FAR * kit.tick)
     record = kit.store.get(b)
     assert record is not None
     assert (record.state, record.token) == (State.IN_FLIGHT, cb.token)
@@ -111,10 +120,10 @@ RESPONSES = {
 @pytest.mark.parametrize("response", list(RESPONSES.values()), ids=list(RESPONSES))
 def test_replay_returns_the_exact_stored_response(kit: StoreKit, response: StoredResponse) -> None:
     id = new_id()
-    c = claimed(kit.store.claim(id, FP, LEASE * kit.tick))
-    assert kit.store.complete(id, c.token, response, TTL * kit.tick, RETENTION * kit.tick)
+    c = claimed(kit.store.claim(id, FP, FAR * kit.tick))
+    assert kit.store.complete(id, c.token, response, FAR * kit.tick, FAR * kit.tick)
     for handle in (kit.store, kit.reopen()):  # same answer through another connection
-        e = existing(handle.claim(id, OTHER_FP, LEASE * kit.tick))
+        e = existing(handle.claim(id, OTHER_FP, FAR * kit.tick))
         assert e.record.state is State.COMPLETED
         assert (e.record.fingerprint, e.record.token) == (FP, c.token)
         assert e.record.response == response
@@ -130,19 +139,19 @@ def test_replay_returns_the_exact_stored_response(kit: StoreKit, response: Store
 
 def test_a_completed_record_cannot_be_completed_again(kit: StoreKit) -> None:
     id = new_id()
-    c = claimed(kit.store.claim(id, FP, LEASE * kit.tick))
-    assert kit.store.complete(id, c.token, OK, TTL * kit.tick, RETENTION * kit.tick)
+    c = claimed(kit.store.claim(id, FP, FAR * kit.tick))
+    assert kit.store.complete(id, c.token, OK, FAR * kit.tick, FAR * kit.tick)
     before = kit.store.get(id)
     other = StoredResponse(500, (), b"late")
-    assert not kit.store.complete(id, c.token, other, TTL * kit.tick, RETENTION * kit.tick)
-    assert not kit.store.renew(id, c.token, LEASE * kit.tick)
+    assert not kit.store.complete(id, c.token, other, FAR * kit.tick, FAR * kit.tick)
+    assert not kit.store.renew(id, c.token, FAR * kit.tick)
     assert not kit.store.release(id, c.token)
     assert kit.store.get(id) == before
 
 
 def test_unreplayable_completion_keeps_status_and_trace_but_drops_body(kit: StoreKit) -> None:
     id = new_id()
-    c = claimed(kit.store.claim(id, FP, LEASE * kit.tick))
+    c = claimed(kit.store.claim(id, FP, FAR * kit.tick))
     streamed = StoredResponse(
         200,
         (("Content-Type", "text/event-stream"),),
@@ -151,8 +160,8 @@ def test_unreplayable_completion_keeps_status_and_trace_but_drops_body(kit: Stor
         trace_id="t" * 32,
         span_id="s" * 16,
     )
-    assert kit.store.complete(id, c.token, streamed, TTL * kit.tick, RETENTION * kit.tick)
-    e = existing(kit.store.claim(id, FP, LEASE * kit.tick))
+    assert kit.store.complete(id, c.token, streamed, FAR * kit.tick, FAR * kit.tick)
+    e = existing(kit.store.claim(id, FP, FAR * kit.tick))
     assert e.record.state is State.UNREPLAYABLE
     assert e.record.response == StoredResponse(
         200, (), b"", replayable=False, trace_id="t" * 32, span_id="s" * 16
@@ -163,8 +172,8 @@ def test_unreplayable_completion_keeps_status_and_trace_but_drops_body(kit: Stor
 
 Op = Callable[[DualStore, str, int, float], bool]
 OPS: dict[str, Op] = {
-    "complete": lambda s, id, token, tick: s.complete(id, token, OK, TTL * tick, RETENTION * tick),
-    "renew": lambda s, id, token, tick: s.renew(id, token, LEASE * tick),
+    "complete": lambda s, id, token, tick: s.complete(id, token, OK, FAR * tick, FAR * tick),
+    "renew": lambda s, id, token, tick: s.renew(id, token, FAR * tick),
     "release": lambda s, id, token, tick: s.release(id, token),
 }
 
@@ -173,7 +182,7 @@ OPS: dict[str, Op] = {
 @pytest.mark.parametrize("wrong", [-1, 1, 1_000_000])
 def test_a_wrong_token_is_refused_and_changes_nothing(kit: StoreKit, op: str, wrong: int) -> None:
     id = new_id()
-    c = claimed(kit.store.claim(id, FP, LEASE * kit.tick))
+    c = claimed(kit.store.claim(id, FP, FAR * kit.tick))
     before = kit.store.get(id)
     assert OPS[op](kit.store, id, c.token + wrong, kit.tick) is False
     assert OPS[op](kit.store, id, 0, kit.tick) is False
@@ -189,11 +198,11 @@ def test_any_token_is_refused_on_an_absent_record(kit: StoreKit, op: str) -> Non
 
 def test_release_lets_the_next_claim_run_fresh(kit: StoreKit) -> None:
     id = new_id()
-    first = claimed(kit.store.claim(id, FP, LEASE * kit.tick))
+    first = claimed(kit.store.claim(id, FP, FAR * kit.tick))
     assert kit.store.release(id, first.token)
     assert kit.store.get(id) is None
     assert not kit.store.release(id, first.token)  # released once is released
-    again = first_claim(kit.store.claim(id, OTHER_FP, LEASE * kit.tick))
+    again = first_claim(kit.store.claim(id, OTHER_FP, FAR * kit.tick))
     # A token is never minted twice, even for a key that was released in the same instant.
     assert again.token > first.token
     before = kit.store.get(id)
@@ -205,11 +214,15 @@ def test_release_lets_the_next_claim_run_fresh(kit: StoreKit) -> None:
 # -- leases ------------------------------------------------------------------------------------
 
 
+@rerun_when_stalled
 def test_a_live_lease_is_not_taken_over(kit: StoreKit) -> None:
     id = new_id()
-    c = claimed(kit.store.claim(id, FP, LEASE * kit.tick))
-    kit.advance(2 * kit.tick)  # 2 < 2.5 ticks
-    e = existing(kit.store.claim(id, OTHER_FP, LEASE * kit.tick))
+    with kit.within(LEASE):  # from before the claim to after the duplicate's
+        c = claimed(kit.store.claim(id, FP, LEASE * kit.tick))
+        kit.advance(2 * kit.tick)  # 2 < 2.5 ticks
+        # A retry of the same request: it would take a lapsed lease over (another request
+        # never does, SPEC 9, so it could not tell a live lease from a lapsed one).
+        e = existing(kit.store.claim(id, FP, FAR * kit.tick))
     assert (e.record.state, e.record.token) == (State.IN_FLIGHT, c.token)
 
 
@@ -217,7 +230,7 @@ def test_a_lapsed_lease_is_taken_over_and_the_old_holder_fenced_out(kit: StoreKi
     id = new_id()
     old = claimed(kit.store.claim(id, FP, LEASE * kit.tick))
     kit.advance(3 * kit.tick)
-    new = claimed(kit.store.claim(id, FP, LEASE * kit.tick))  # a retry of the same request
+    new = claimed(kit.store.claim(id, FP, FAR * kit.tick))  # a retry of the same request
     assert new.recovered is True
     assert new.expired_before is False
     assert new.previous_fingerprint == FP
@@ -226,12 +239,12 @@ def test_a_lapsed_lease_is_taken_over_and_the_old_holder_fenced_out(kit: StoreKi
     assert record is not None
     assert (record.state, record.token, record.fingerprint) == (State.IN_FLIGHT, new.token, FP)
     # A second duplicate now sees the new holder's live lease.
-    assert existing(kit.store.claim(id, FP, LEASE * kit.tick)).record.token == new.token
+    assert existing(kit.store.claim(id, FP, FAR * kit.tick)).record.token == new.token
     for name, op in OPS.items():
         assert op(kit.store, id, old.token, kit.tick) is False, name
     assert kit.store.get(id) == record
-    assert kit.store.complete(id, new.token, OK, TTL * kit.tick, RETENTION * kit.tick)
-    assert existing(kit.store.claim(id, FP, LEASE * kit.tick)).record.response == OK
+    assert kit.store.complete(id, new.token, OK, FAR * kit.tick, FAR * kit.tick)
+    assert existing(kit.store.claim(id, FP, FAR * kit.tick)).record.response == OK
 
 
 def test_a_lapsed_lease_is_not_taken_over_by_a_different_request(kit: StoreKit) -> None:
@@ -241,14 +254,14 @@ def test_a_lapsed_lease_is_not_taken_over_by_a_different_request(kit: StoreKit) 
     old = claimed(kit.store.claim(id, FP, LEASE * kit.tick))
     kit.advance(3 * kit.tick)
     before = kit.store.get(id)
-    e = existing(kit.store.claim(id, OTHER_FP, LEASE * kit.tick))
+    e = existing(kit.store.claim(id, OTHER_FP, FAR * kit.tick))
     assert (e.record.state, e.record.token, e.record.fingerprint) == (
         State.IN_FLIGHT,
         old.token,
         FP,
     )
     assert kit.store.get(id) == before
-    assert claimed(kit.store.claim(id, FP, LEASE * kit.tick)).recovered
+    assert claimed(kit.store.claim(id, FP, FAR * kit.tick)).recovered
 
 
 def test_a_holder_past_its_lease_still_completes_when_nobody_took_over(kit: StoreKit) -> None:
@@ -256,54 +269,63 @@ def test_a_holder_past_its_lease_still_completes_when_nobody_took_over(kit: Stor
     id = new_id()
     c = claimed(kit.store.claim(id, FP, LEASE * kit.tick))
     kit.advance(3 * kit.tick)
-    assert kit.store.complete(id, c.token, OK, TTL * kit.tick, RETENTION * kit.tick)
-    assert existing(kit.store.claim(id, FP, LEASE * kit.tick)).record.response == OK
+    assert kit.store.complete(id, c.token, OK, FAR * kit.tick, FAR * kit.tick)
+    assert existing(kit.store.claim(id, FP, FAR * kit.tick)).record.response == OK
 
 
+@rerun_when_stalled
 def test_renew_extends_the_lease_so_no_takeover_happens(kit: StoreKit) -> None:
     # Leases of 1.5 ticks (a real clock sleeps every tick): the events are the same.
     id = new_id()
     c = claimed(kit.store.claim(id, FP, 1.5 * kit.tick))
     first = kit.store.get(id)
     kit.advance(1 * kit.tick)
-    assert kit.store.renew(id, c.token, 1.5 * kit.tick)  # now lapses at 1 + 1.5 ticks
-    renewed = kit.store.get(id)
+    with kit.within(1.5):  # from before the renewal to after the duplicate sees it held
+        assert kit.store.renew(id, c.token, 1.5 * kit.tick)  # now lapses at 1 + 1.5 ticks
+        renewed = kit.store.get(id)
+        kit.advance(1 * kit.tick)  # 2 ticks: past the first lease, inside the renewed one
+        held = existing(kit.store.claim(id, FP, 1.5 * kit.tick))
     assert first is not None
     assert renewed is not None
     assert renewed.lease_until > first.lease_until
     assert (renewed.state, renewed.token, renewed.fingerprint) == (State.IN_FLIGHT, c.token, FP)
-    kit.advance(1 * kit.tick)  # 2 ticks: past the first lease, inside the renewed one
-    assert existing(kit.store.claim(id, FP, 1.5 * kit.tick)).record.token == c.token
+    assert held.record.token == c.token
     kit.advance(1 * kit.tick)  # 3 ticks: past the renewed lease as well
-    taken = claimed(kit.store.claim(id, FP, LEASE * kit.tick))
+    taken = claimed(kit.store.claim(id, FP, FAR * kit.tick))
     assert taken.recovered
     assert taken.token > c.token
 
 
+@rerun_when_stalled
 def test_renew_never_shortens_a_lease(kit: StoreKit) -> None:
     id = new_id()
-    c = claimed(kit.store.claim(id, FP, 10 * kit.tick))
-    before = kit.store.get(id)
-    assert kit.store.renew(id, c.token, 0.5 * kit.tick)
-    after = kit.store.get(id)
+    with kit.within(10):  # from before the claim to after the duplicate sees it held
+        c = claimed(kit.store.claim(id, FP, 10 * kit.tick))
+        before = kit.store.get(id)
+        assert kit.store.renew(id, c.token, 0.5 * kit.tick)
+        after = kit.store.get(id)
+        kit.advance(2 * kit.tick)  # past the 0.5-tick renewal, had it shortened the lease
+        duplicate = kit.store.claim(id, FP, FAR * kit.tick)
     assert before is not None
     assert after is not None
     assert after.lease_until >= before.lease_until
-    kit.advance(2 * kit.tick)
-    assert isinstance(kit.store.claim(id, FP, LEASE * kit.tick), Existing)
+    assert isinstance(duplicate, Existing)
 
 
 # -- expiry (SPEC 14) --------------------------------------------------------------------------
 
 
+@rerun_when_stalled
 def test_ttl_lapse_turns_the_record_into_an_expired_signal_then_nothing(kit: StoreKit) -> None:
     id = new_id()
-    c = claimed(kit.store.claim(id, FP, LEASE * kit.tick))
-    assert kit.store.complete(id, c.token, OK, 1.5 * kit.tick, RETENTION * kit.tick)
-    kit.advance(1 * kit.tick)  # 1 < 1.5: still replays
-    assert existing(kit.store.claim(id, FP, LEASE * kit.tick)).record.response == OK
-    kit.advance(1 * kit.tick)  # 2: TTL over, tombstone kept until 6
-    again = claimed(kit.store.claim(id, OTHER_FP, LEASE * kit.tick))
+    c = claimed(kit.store.claim(id, FP, FAR * kit.tick))
+    with kit.within(1.5):  # from before the completion to after the replay
+        assert kit.store.complete(id, c.token, OK, 1.5 * kit.tick, FAR * kit.tick)
+        kit.advance(1 * kit.tick)  # 1 < 1.5: still replays
+        replay = existing(kit.store.claim(id, FP, FAR * kit.tick))
+    assert replay.record.response == OK
+    kit.advance(1 * kit.tick)  # 2: TTL over, the tombstone kept (FAR)
+    again = claimed(kit.store.claim(id, OTHER_FP, FAR * kit.tick))
     assert again.expired_before is True
     assert again.recovered is False
     assert again.previous_fingerprint == FP
@@ -319,13 +341,15 @@ def test_ttl_lapse_turns_the_record_into_an_expired_signal_then_nothing(kit: Sto
         assert op(kit.store, id, c.token, kit.tick) is False
 
 
+@rerun_when_stalled
 def test_after_the_retention_window_a_claim_is_a_plain_first_claim(kit: StoreKit) -> None:
     id = new_id()
-    c = claimed(kit.store.claim(id, FP, LEASE * kit.tick))
-    # The shortest TTL and retention (whole: the window ends at 0.5 + 1 ticks, off a tick).
-    assert kit.store.complete(id, c.token, OK, 0.5 * kit.tick, 1 * kit.tick)
-    kit.advance(1 * kit.tick)  # inside the tombstone window: get still sees something
-    tomb = kit.store.get(id)
+    c = claimed(kit.store.claim(id, FP, FAR * kit.tick))
+    with kit.within(1.5):  # from before the completion to after the tombstone is seen
+        # The shortest TTL and retention (whole: the window ends at 0.5 + 1 ticks, off a tick).
+        assert kit.store.complete(id, c.token, OK, 0.5 * kit.tick, 1 * kit.tick)
+        kit.advance(1 * kit.tick)  # inside the tombstone window: get still sees something
+        tomb = kit.store.get(id)
     assert tomb is not None
     # SPEC 14: the key is remembered (fingerprint, token) without its response.
     assert (tomb.fingerprint, tomb.token, tomb.state, tomb.response) == (
@@ -336,17 +360,17 @@ def test_after_the_retention_window_a_claim_is_a_plain_first_claim(kit: StoreKit
     )
     kit.advance(1 * kit.tick)  # 2 > 0.5 + 1: tombstone gone
     assert kit.store.get(id) is None
-    fresh = first_claim(kit.store.claim(id, OTHER_FP, LEASE * kit.tick))
+    fresh = first_claim(kit.store.claim(id, OTHER_FP, FAR * kit.tick))
     assert fresh.token > c.token
 
 
 def test_unreplayable_records_expire_like_completed_ones(kit: StoreKit) -> None:
     id = new_id()
-    c = claimed(kit.store.claim(id, FP, LEASE * kit.tick))
+    c = claimed(kit.store.claim(id, FP, FAR * kit.tick))
     lost = StoredResponse(200, (), b"x", replayable=False)
-    assert kit.store.complete(id, c.token, lost, 0.5 * kit.tick, RETENTION * kit.tick)
+    assert kit.store.complete(id, c.token, lost, 0.5 * kit.tick, FAR * kit.tick)
     kit.advance(1 * kit.tick)
-    assert claimed(kit.store.claim(id, FP, LEASE * kit.tick)).expired_before is True
+    assert claimed(kit.store.claim(id, FP, FAR * kit.tick)).expired_before is True
 
 
 # -- get and delete ----------------------------------------------------------------------------
@@ -355,11 +379,11 @@ def test_unreplayable_records_expire_like_completed_ones(kit: StoreKit) -> None:
 def test_get_follows_the_record_through_its_life(kit: StoreKit) -> None:
     id = new_id()
     assert kit.store.get(id) is None
-    c = claimed(kit.store.claim(id, FP, LEASE * kit.tick))
+    c = claimed(kit.store.claim(id, FP, FAR * kit.tick))
     in_flight = kit.store.get(id)
     assert in_flight is not None
     assert (in_flight.state, in_flight.response) == (State.IN_FLIGHT, None)
-    assert kit.store.complete(id, c.token, OK, TTL * kit.tick, RETENTION * kit.tick)
+    assert kit.store.complete(id, c.token, OK, FAR * kit.tick, FAR * kit.tick)
     done = kit.store.get(id)
     assert done is not None
     assert (done.state, done.token, done.fingerprint, done.response) == (
@@ -374,27 +398,27 @@ def test_get_follows_the_record_through_its_life(kit: StoreKit) -> None:
 def test_delete_removes_a_record_whatever_its_state(kit: StoreKit) -> None:
     id = new_id()
     assert kit.store.delete(id) is False
-    held = claimed(kit.store.claim(id, FP, LEASE * kit.tick))
+    held = claimed(kit.store.claim(id, FP, FAR * kit.tick))
     assert kit.store.delete(id) is True
     assert kit.store.get(id) is None
     assert kit.store.delete(id) is False
     # The deleted claim's holder is fenced out, and the key runs fresh with a newer token.
-    assert not kit.store.complete(id, held.token, OK, TTL * kit.tick, RETENTION * kit.tick)
+    assert not kit.store.complete(id, held.token, OK, FAR * kit.tick, FAR * kit.tick)
     assert kit.store.get(id) is None
-    again = claimed(kit.store.claim(id, FP, LEASE * kit.tick))
+    again = claimed(kit.store.claim(id, FP, FAR * kit.tick))
     assert again.token > held.token
-    assert not kit.store.complete(id, held.token, OK, TTL * kit.tick, RETENTION * kit.tick)
-    assert kit.store.complete(id, again.token, OK, TTL * kit.tick, RETENTION * kit.tick)
+    assert not kit.store.complete(id, held.token, OK, FAR * kit.tick, FAR * kit.tick)
+    assert kit.store.complete(id, again.token, OK, FAR * kit.tick, FAR * kit.tick)
     assert kit.store.delete(id) is True
     assert not again.expired_before
-    assert not claimed(kit.store.claim(id, FP, LEASE * kit.tick)).expired_before
+    assert not claimed(kit.store.claim(id, FP, FAR * kit.tick)).expired_before
 
 
 def test_delete_past_retention_finds_nothing_though_no_purge_ran(kit: StoreKit) -> None:
     # Found means "get would have returned it": a row past its retention that no purge has
     # removed yet (SQLite, PostgreSQL keep it until one runs) is already gone to callers.
     id = new_id()
-    c = claimed(kit.store.claim(id, FP, LEASE * kit.tick))
+    c = claimed(kit.store.claim(id, FP, FAR * kit.tick))
     assert kit.store.complete(id, c.token, OK, 1 * kit.tick, 1 * kit.tick)
     kit.advance(3 * kit.tick)
     assert kit.store.get(id) is None
@@ -406,12 +430,11 @@ def test_delete_past_retention_finds_nothing_though_no_purge_ran(kit: StoreKit) 
 # No test here times a wake-up. The ``wakes`` probe (tests/kit/wakes.py) turns polling off and
 # sees each waiter block on its notifier event and be woken by it; leases are far away, so a
 # watch can only end by the notification, by its timeout or at once. HANG bounds a hang only.
-FAR = 10_000  # ticks: a lease no test outlives (over half an hour on a real clock)
 
 
 def _settle(kit: StoreKit, id: str, token: int, how: str) -> None:
     if how == "complete":
-        assert kit.store.complete(id, token, OK, TTL * kit.tick, RETENTION * kit.tick)
+        assert kit.store.complete(id, token, OK, FAR * kit.tick, FAR * kit.tick)
     elif how == "release":
         assert kit.store.release(id, token)
     else:
@@ -473,7 +496,7 @@ def test_watch_returns_at_once_when_nothing_is_in_flight(
 ) -> None:
     id = new_id()
     if state == "completed":
-        c = claimed(kit.store.claim(id, FP, LEASE * kit.tick))
+        c = claimed(kit.store.claim(id, FP, FAR * kit.tick))
         _settle(kit, id, c.token, "complete")
     thread = _in_thread(lambda: kit.store.watch(id, NEVER))
     thread.join(HANG)
@@ -493,7 +516,7 @@ async def test_awatch_is_woken_by_the_settlement(
     assert not task.done()
     if settler == "task":
         if how == "complete":
-            assert await kit.store.acomplete(id, c.token, OK, TTL * kit.tick, RETENTION * kit.tick)
+            assert await kit.store.acomplete(id, c.token, OK, FAR * kit.tick, FAR * kit.tick)
         else:
             assert await kit.store.arelease(id, c.token)
     else:  # a completion on another thread must reach a task on this loop
@@ -524,7 +547,7 @@ async def test_many_awatchers_all_wake_on_one_completion(kit: StoreKit, wakes: W
     tasks = [asyncio.create_task(kit.store.awatch(id, NEVER)) for _ in range(10)]
     assert await asyncio.to_thread(wakes.wait_parked, 10)
     assert not any(task.done() for task in tasks)
-    assert await kit.store.acomplete(id, c.token, OK, TTL * kit.tick, RETENTION * kit.tick)
+    assert await kit.store.acomplete(id, c.token, OK, FAR * kit.tick, FAR * kit.tick)
     await asyncio.wait_for(asyncio.gather(*tasks), HANG)
     assert wakes.woken == 10
 
@@ -547,7 +570,7 @@ def test_watch_is_woken_by_a_completion_in_another_process(
     assert _listening(kit.store)
     thread = _in_thread(lambda: kit.store.watch(id, NEVER))
     assert wakes.wait_parked(), "the waiter never waited on the in-flight record"
-    assert other.complete(id, c.token, OK, TTL * kit.tick, RETENTION * kit.tick)
+    assert other.complete(id, c.token, OK, FAR * kit.tick, FAR * kit.tick)
     thread.join(HANG)
     assert not thread.is_alive(), "the published completion did not wake the waiter"
     assert wakes.woken == 1  # the notification woke it: polling is off
@@ -564,9 +587,7 @@ async def test_awatch_is_woken_by_a_completion_in_another_process(
     task = asyncio.create_task(kit.store.awatch(id, NEVER))
     assert await asyncio.to_thread(wakes.wait_parked), "awatch never waited on the record"
     assert not task.done()
-    done = await asyncio.to_thread(
-        other.complete, id, c.token, OK, TTL * kit.tick, RETENTION * kit.tick
-    )
+    done = await asyncio.to_thread(other.complete, id, c.token, OK, FAR * kit.tick, FAR * kit.tick)
     assert done
     await asyncio.wait_for(task, HANG)
     assert wakes.woken == 1  # the published completion woke the task: polling is off
@@ -584,32 +605,36 @@ def test_watch_returns_when_the_lease_lapses_on_the_server_clock(
     thread.join(HANG)
     assert not thread.is_alive(), "the waiter outlived the lease"
     assert wakes.woken == 0  # nothing was published: the lease's end ended the wait
-    assert claimed(kit.store.claim(id, FP, LEASE * kit.tick)).recovered
+    assert claimed(kit.store.claim(id, FP, FAR * kit.tick)).recovered
 
 
 # -- sync / async twins ------------------------------------------------------------------------
 
-# One script of operations; "$" stands for the token of the latest claim of that id.
+# One script of operations; "$" stands for the token of the latest claim of that id. Steps
+# between "within" and "end" see a deadline still ahead: on a real clock they run inside
+# ``kit.within`` (both flavours, from before the step that set it).
 SCRIPT: list[tuple[str, tuple[object, ...]]] = [
     ("claim", (FP, LEASE)),
-    ("claim", (OTHER_FP, LEASE)),
+    ("claim", (OTHER_FP, FAR)),  # another request: held, lapsed or not (SPEC 9)
     ("renew", ("$", LEASE)),
-    ("renew", (-1, LEASE)),
+    ("renew", (-1, FAR)),
     ("get", ()),
     ("advance", (3,)),
-    ("claim", (OTHER_FP, LEASE)),  # lapsed (renewed at 0, lease 2.5), other request: held
-    ("claim", (FP, LEASE)),  # the same request: takeover
-    ("complete", ("$old", OK, TTL, RETENTION)),
-    ("complete", ("$", OK, 1.5, RETENTION)),
-    ("claim", (FP, LEASE)),
+    ("claim", (OTHER_FP, FAR)),  # lapsed (renewed at 0, lease 2.5), other request: held
+    ("claim", (FP, FAR)),  # the same request: takeover
+    ("complete", ("$old", OK, FAR, FAR)),
+    ("within", (2.5,)),
+    ("complete", ("$", OK, 2.5, FAR)),
+    ("claim", (FP, FAR)),  # a replay
+    ("release", ("$",)),
+    ("get", ()),  # completed, with its response
+    ("end", ()),
+    ("advance", (3,)),
+    ("claim", (FP, FAR)),  # TTL over: expired
+    ("release", ("$",)),
     ("release", ("$",)),
     ("get", ()),
-    ("advance", (2,)),
-    ("claim", (FP, LEASE)),  # TTL over: expired
-    ("release", ("$",)),
-    ("release", ("$",)),
-    ("get", ()),
-    ("claim", (FP, LEASE)),
+    ("claim", (FP, FAR)),
     ("delete", ()),
     ("delete", ()),
     ("get", ()),
@@ -634,29 +659,38 @@ def _normal(value: object, tokens: list[int]) -> object:
     return ("record", r.fingerprint, r.state, tok(r.token), r.response)  # type: ignore[attr-defined]
 
 
+@rerun_when_stalled
 async def test_every_async_method_agrees_with_its_sync_twin(kit: StoreKit) -> None:
     store = kit.store
     ids = {"sync": new_id("sync"), "async": new_id("async")}
     tokens: dict[str, list[int]] = {"sync": [], "async": []}
-    for step, (name, raw) in enumerate(SCRIPT):
-        if name == "advance":
-            kit.advance(raw[0] * kit.tick)  # type: ignore[operator]
-            continue
-        got = {}
-        for flavour in ("sync", "async"):
-            args = list(raw)
-            for i in _TIMED.get(name, ()):
-                args[i] = args[i] * kit.tick  # type: ignore[operator]
-            held = tokens[flavour]
-            args = [(held[-1] if a == "$" else held[-2] if a == "$old" else a) for a in args]
-            if flavour == "sync":
-                result = getattr(store, name)(ids[flavour], *args)
-            else:
-                result = await getattr(store, "a" + name)(ids[flavour], *args)
-            if isinstance(result, Claimed):
-                held.append(result.token)
-            got[flavour] = _normal(result, held)
-        assert got["sync"] == got["async"], f"step {step}: {name}{raw}"
+    window = contextlib.ExitStack()  # the open "within", if any: a failure in it is seen there
+    with window:
+        for step, (name, raw) in enumerate(SCRIPT):
+            if name == "advance":
+                kit.advance(raw[0] * kit.tick)  # type: ignore[operator]
+                continue
+            if name == "within":
+                window.enter_context(kit.within(raw[0]))  # type: ignore[arg-type]
+                continue
+            if name == "end":
+                window.close()
+                continue
+            got = {}
+            for flavour in ("sync", "async"):
+                args = list(raw)
+                for i in _TIMED.get(name, ()):
+                    args[i] = args[i] * kit.tick  # type: ignore[operator]
+                held = tokens[flavour]
+                args = [(held[-1] if a == "$" else held[-2] if a == "$old" else a) for a in args]
+                if flavour == "sync":
+                    result = getattr(store, name)(ids[flavour], *args)
+                else:
+                    result = await getattr(store, "a" + name)(ids[flavour], *args)
+                if isinstance(result, Claimed):
+                    held.append(result.token)
+                got[flavour] = _normal(result, held)
+            assert got["sync"] == got["async"], f"step {step}: {name}{raw}"
     assert len(tokens["sync"]) == len(tokens["async"]) == 4
 
 
@@ -664,12 +698,12 @@ async def test_closing_another_handle_leaves_the_data_and_this_handle_working(
     kit: StoreKit,
 ) -> None:
     id = new_id()
-    c = claimed(await kit.store.aclaim(id, FP, LEASE * kit.tick))
+    c = claimed(await kit.store.aclaim(id, FP, FAR * kit.tick))
     other = kit.reopen()
-    assert await other.acomplete(id, c.token, OK, TTL * kit.tick, RETENTION * kit.tick)
+    assert await other.acomplete(id, c.token, OK, FAR * kit.tick, FAR * kit.tick)
     await other.aclose()
-    assert existing(await kit.store.aclaim(id, FP, LEASE * kit.tick)).record.response == OK
-    claimed(kit.store.claim(new_id(), FP, LEASE * kit.tick))  # this handle still writes
+    assert existing(await kit.store.aclaim(id, FP, FAR * kit.tick)).record.response == OK
+    claimed(kit.store.claim(new_id(), FP, FAR * kit.tick))  # this handle still writes
 
 
 # -- a SQLite file that cannot be used ---------------------------------------------------------

@@ -7,27 +7,33 @@ import asyncio
 import sqlite3
 from pathlib import Path
 
-from kit.stores import FakeClock, StoreKit
+from kit.stores import FAR, FakeClock, StoreKit, rerun_when_stalled
 from retrysafe.records import Claimed, State, StoredResponse
 from retrysafe.stores.sqlite import TABLE, SQLiteStore
+
+from ._common import new_id
 
 WAIT = 30.0  # bounds a hang only
 BODY = StoredResponse(201, (("content-type", "application/json"),), b'{"id": 1}')
 
 
+@rerun_when_stalled
 def test_after_the_ttl_get_shows_a_tombstone_without_the_body(kit: StoreKit) -> None:
-    claimed = kit.store.claim("hk-1", "fp", 10 * kit.tick)
+    id = new_id("hk")
+    claimed = kit.store.claim(id, "fp", FAR * kit.tick)
     assert isinstance(claimed, Claimed)
-    assert kit.store.complete("hk-1", claimed.token, BODY, 0.5 * kit.tick, 1 * kit.tick)
-    live = kit.store.get("hk-1")
+    with kit.within(1.5):  # from before the completion to after the tombstone is seen
+        with kit.within(0.5):  # ... and to after the live record is seen
+            assert kit.store.complete(id, claimed.token, BODY, 0.5 * kit.tick, 1 * kit.tick)
+            live = kit.store.get(id)
+        kit.advance(1 * kit.tick)  # past the TTL (0.5), inside the retention (until 1.5)
+        tomb = kit.store.get(id)
     assert live is not None
     assert live.response == BODY
-    kit.advance(1 * kit.tick)  # past the TTL (0.5), inside the retention (until 1.5)
-    tomb = kit.store.get("hk-1")
     assert tomb is not None
     assert (tomb.state, tomb.response, tomb.fingerprint) == (State.TOMBSTONE, None, "fp")
     kit.advance(1 * kit.tick)  # past the retention
-    assert kit.store.get("hk-1") is None
+    assert kit.store.get(id) is None
 
 
 def _rows(path: Path) -> list[tuple[str, str, bytes | None]]:

@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from kit.stores import StoreKit
+from kit.stores import FAR, StoreKit
 from retrysafe.records import Claimed, StoredResponse
 
 OK = StoredResponse(201, (), b"{}")
@@ -27,7 +27,7 @@ def test_a_takeover_reports_the_silent_holder(kit: StoreKit) -> None:
     held = store.get(id)
     assert held is not None
     kit.advance(2 * tick)  # the holder went silent past its lease
-    second = store.claim(id, "fp", 50 * tick)
+    second = store.claim(id, "fp", FAR * tick)
     assert isinstance(second, Claimed)
     assert second.recovered
     was = second.previous
@@ -36,19 +36,19 @@ def test_a_takeover_reports_the_silent_holder(kit: StoreKit) -> None:
     assert was.created_at == pytest.approx(held.created_at, abs=TIME)
     assert was.ended_at == pytest.approx(held.lease_until, abs=TIME)
     assert was.now >= was.ended_at
-    assert was.silent_for == pytest.approx(was.now - was.ended_at + 50 * tick, abs=TIME)
+    assert was.silent_for == pytest.approx(was.now - was.ended_at + FAR * tick, abs=TIME)
 
 
 def test_an_expired_key_reports_its_tombstone(kit: StoreKit) -> None:
     store, tick = kit.store, kit.tick
     id = f"previous-{uuid.uuid4().hex}"
-    first = store.claim(id, "fp", 50 * tick)
+    first = store.claim(id, "fp", FAR * tick)
     assert isinstance(first, Claimed)
-    assert store.complete(id, first.token, OK, 1 * tick, 100 * tick)
+    assert store.complete(id, first.token, OK, 1 * tick, FAR * tick)
     done = store.get(id)
     assert done is not None
     kit.advance(2 * tick)  # past the TTL, within retention: a tombstone
-    again = store.claim(id, "fp", 50 * tick)
+    again = store.claim(id, "fp", FAR * tick)
     assert isinstance(again, Claimed)
     assert again.expired_before
     was = again.previous
@@ -63,11 +63,11 @@ def test_an_expired_key_reports_its_tombstone(kit: StoreKit) -> None:
 def test_a_key_past_its_retention_replaces_nothing(kit: StoreKit) -> None:
     store, tick = kit.store, kit.tick
     id = f"previous-{uuid.uuid4().hex}"
-    first = store.claim(id, "fp", 50 * tick)
+    first = store.claim(id, "fp", FAR * tick)
     assert isinstance(first, Claimed)
     assert store.complete(id, first.token, OK, 1 * tick, 1 * tick)
     kit.advance(3 * tick)  # TTL and retention both over: the key is new again
-    again = store.claim(id, "fp", 50 * tick)
+    again = store.claim(id, "fp", FAR * tick)
     assert isinstance(again, Claimed)
     assert not again.expired_before
     assert again.previous is None
