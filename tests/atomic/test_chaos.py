@@ -32,8 +32,8 @@ from kit.atomic_db import (
     DbKit,
     SQLiteKit,
     Worker,
-    charge_killed_after,
     charge_killed_at,
+    charge_until_answered,
     dbkit,
     record_id,
     start,
@@ -83,30 +83,6 @@ CHAOS = [
     ),
     Chaos("postgres", ("function", "afunction"), 12, ("after_write", "after_commit"), 2, 0.01, 8),
 ]
-
-
-def charge_until_answered(
-    worker: Worker,
-    key: str,
-    cents: int,
-    pause: str | None,
-    timer_kill: float | None,
-    db: Any = None,
-) -> dict[str, Any]:
-    """Send one logical charge - killed at ``pause``, or ``timer_kill`` seconds in - and retry
-    the same key until the worker answers it. (``db`` is unused: the worker's kit has it.)"""
-    if pause is not None:
-        return charge_killed_at(worker, key, pause, cents)
-    if timer_kill is not None:
-        return charge_killed_after(worker, key, timer_kill, cents)
-    kind, got, result = worker.send(key, None, cents)
-    assert (kind, got) == ("done", key)
-    return dict(result)
-
-
-def ledger_rows(path: str) -> dict[str, list[int]]:
-    """The ledger of a SQLite file: key -> row ids."""
-    return SQLiteKit(path, "").charges()
 
 
 def record_of(store: SQLiteStore, door: str, key: str) -> Record | None:

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from kit.atomic_db import NAMED_POINTS as POINTS
+from kit.atomic_db import Worker, charge_until_answered, ledger_rows
 from kit.atomic_django_child import django_worker
-
-from .test_chaos import POINTS, Worker, charge_until_answered, ledger_rows
 
 pytestmark = pytest.mark.slow
 

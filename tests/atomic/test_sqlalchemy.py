@@ -11,26 +11,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, String, create_engine, event, func, insert, select
+from sqlalchemy import Engine, create_engine, event, func, insert, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from kit.atomic_sqlalchemy import Base, Charge
 from retrysafe import atomic
 from retrysafe.atomic import sqlalchemy as sa_atomic
 from retrysafe.errors import ConfigurationError, ForeignConnection
 from retrysafe.stores.sqlite import SQLiteStore
 from retrysafe.tools import idempotent
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class Charge(Base):
-    __tablename__ = "charges"
-    id: Mapped[int] = mapped_column(primary_key=True)
-    order: Mapped[str] = mapped_column(String, unique=True)
-    cents: Mapped[int]
 
 
 @pytest.fixture(params=["default", "begin-event"])

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from kit.atomic_aiosqlite_child import aiosqlite_worker
 from kit.atomic_db import NAMED_POINTS, Worker, charge_killed_at
+from kit.atomic_sqlalchemy import Base, Charge
 from kit.atomic_sqlite_child import LEDGER
 from retrysafe import atomic
 from retrysafe.atomic import sqlalchemy as sa_atomic
@@ -27,8 +28,6 @@ from retrysafe.policy import storage_id
 from retrysafe.records import Claimed, State
 from retrysafe.stores.sqlite import SQLiteStore
 from retrysafe.tools import idempotent
-
-from .test_sqlalchemy import Base, Charge
 
 
 @pytest.fixture

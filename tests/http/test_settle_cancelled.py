@@ -16,7 +16,7 @@ from retrysafe.scopes import shared_scope
 from retrysafe.testing import RecordingStore
 
 if TYPE_CHECKING:  # conftest is not importable as a module under every pytest invocation
-    from tests.conftest import StoreKit
+    from kit.stores import StoreKit
 
 KEY = "cancel-while-settling"
 

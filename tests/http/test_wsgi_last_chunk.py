@@ -14,7 +14,7 @@ from retrysafe.records import State
 from retrysafe.scopes import shared_scope
 
 if TYPE_CHECKING:
-    from tests.conftest import StoreKit
+    from kit.stores import StoreKit
 
 CHUNKS = [b'{"charge": ', b'"ch_1"}']
 

@@ -7,6 +7,10 @@ or a ``multiprocessing`` spawn target). tests/unit/test_suite_layout.py keeps it
 Shared
   stores                 every store kind as a StoreKit (the ``kit`` fixture), FakeClock,
                          require_service
+  store_claims           what the store tests share: ids, fingerprints, a response, the
+                         claim-result checks (claimed, existing, first_claim)
+  store_child            store-test code run in spawned children, the CheckThenSet racy store
+  store_uvicorn_child    an ASGI app a uvicorn child process serves (tests/stores)
   store_servers          throwaway Redis / Redis Cluster / PostgreSQL servers, a round-trip
                          counting proxy
   servers                uvicorn / wsgiref / Werkzeug on loopback in a thread, RawClient
@@ -15,7 +19,6 @@ Shared
   wakes                  WakeProbe: polling off, every watch's wake-up observed
   asgi_call              drive an ASGI app with raw messages, record its answer
   children               how a test starts a ``*_child`` module (``tests/`` on its path)
-  uvicorn_app            an ASGI app a uvicorn child process serves (tests/stores)
 Atomic completion (tests/atomic)
   atomic_db              one kit per database for the SIGKILL tests, Worker, its fixtures
   atomic_pg              a PostgreSQL store and ledger table per test (``pg`` fixture)

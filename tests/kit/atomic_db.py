@@ -329,3 +329,27 @@ def charge_killed_after(worker: Worker, key: str, delay: float, cents: int = 100
     kind, got, result = worker.send(key, None, cents)
     assert (kind, got) == ("done", key)
     return dict(result)
+
+
+def charge_until_answered(
+    worker: Worker,
+    key: str,
+    cents: int,
+    pause: str | None,
+    timer_kill: float | None,
+    db: Any = None,
+) -> dict[str, Any]:
+    """Send one logical charge - killed at ``pause``, or ``timer_kill`` seconds in - and retry
+    the same key until the worker answers it. (``db`` is unused: the worker's kit has it.)"""
+    if pause is not None:
+        return charge_killed_at(worker, key, pause, cents)
+    if timer_kill is not None:
+        return charge_killed_after(worker, key, timer_kill, cents)
+    kind, got, result = worker.send(key, None, cents)
+    assert (kind, got) == ("done", key)
+    return dict(result)
+
+
+def ledger_rows(path: str) -> dict[str, list[int]]:
+    """The ledger of a SQLite file: key -> row ids."""
+    return SQLiteKit(path, "").charges()

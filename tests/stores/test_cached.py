@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from kit.store_child import complete_through_cache, replay_through_cache, response_for
+from kit.store_claims import FP, OK, OTHER_FP, claimed, existing, new_id
 from kit.stores import (
     CACHED_KINDS,
     FAR,
@@ -40,9 +42,6 @@ from retrysafe.stores import MemoryStore, SQLiteStore
 from retrysafe.stores._replay_cache import MARGIN_S, entry_size
 from retrysafe.stores.cached import CachedStore
 from retrysafe.testing import RecordingStore
-
-from ._common import FP, OK, OTHER_FP, claimed, existing, new_id
-from ._workers import complete_through_cache, replay_through_cache, response_for
 
 kit = kit_fixture(sorted(CACHED_KINDS))
 

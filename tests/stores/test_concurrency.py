@@ -27,14 +27,13 @@ from typing import Any
 
 import pytest
 
+from kit.store_child import CheckThenSet, Outcome, claimer, describe, hold_then_settle
+from kit.store_claims import new_id
 from kit.stores import REDIS_CLUSTER, STORE_KINDS, StoreKit, kit_fixture
 from kit.wakes import HANG, NEVER
 from retrysafe.records import ClaimResult, Existing, State
 from retrysafe.stores.memory import MemoryStore
 from retrysafe.stores.sqlite import SQLiteStore
-
-from ._common import new_id
-from ._workers import CheckThenSet, Outcome, claimer, describe, hold_then_settle
 
 RACERS = 50
 

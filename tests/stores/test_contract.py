@@ -2,7 +2,7 @@
 
 Each test runs once per entry of ``STORE_KINDS``, once more behind the local replay cache, and
 on a real three-node Redis Cluster (the ``kit`` fixture below). Time moves only through
-``kit.advance`` and durations are ``kit.tick`` multiples (see ``_common``), so Redis and
+``kit.advance`` and durations are ``kit.tick`` multiples (see ``kit.store_claims``), so Redis and
 PostgreSQL kits run these bodies unchanged on their real clocks. What only a store with a
 server can show (a settlement published by another process's handle, a watch ended by a lapsed
 lease on the server's clock) runs on the server kinds (the ``server_kit`` fixture).
@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from kit.store_claims import FP, LEASE, OK, OTHER_FP, claimed, existing, first_claim, new_id
 from kit.stores import (
     ALL_KINDS,
     FAR,
@@ -35,8 +36,6 @@ from retrysafe.errors import ConfigurationError, StoreUnavailable
 from retrysafe.records import Claimed, Existing, State, StoredResponse
 from retrysafe.stores import SQLiteStore
 from retrysafe.stores.base import DualStore
-
-from ._common import FP, LEASE, OK, OTHER_FP, claimed, existing, first_claim, new_id
 
 # Every store kind, and each behind the local replay cache: the contract holds through it; a
 # Redis Cluster too, where each record's keys must share one slot.

@@ -19,12 +19,11 @@ from typing import Any
 
 import pytest
 
+from kit.store_child import FP, body_for, hold, response_for, storm
+from kit.store_claims import new_id
 from kit.stores import Stalled, rerun_when_stalled
 from retrysafe.records import Claimed, Existing, State, StoredResponse
 from retrysafe.stores.sqlite import TABLE, SQLiteStore
-
-from ._common import new_id
-from ._workers import FP, body_for, hold, response_for, storm
 
 pytestmark = pytest.mark.slow
 

@@ -7,11 +7,10 @@ import asyncio
 import sqlite3
 from pathlib import Path
 
+from kit.store_claims import new_id
 from kit.stores import FAR, FakeClock, StoreKit, rerun_when_stalled
 from retrysafe.records import Claimed, State, StoredResponse
 from retrysafe.stores.sqlite import TABLE, SQLiteStore
-
-from ._common import new_id
 
 WAIT = 30.0  # bounds a hang only
 BODY = StoredResponse(201, (("content-type", "application/json"),), b'{"id": 1}')

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import gc
 
+from kit.store_claims import FP, OK, new_id
 from retrysafe.records import Record, State, StoredResponse
 from retrysafe.stores import MemoryStore
-
-from ._common import FP, OK, new_id
 
 FAR = 10_000.0
 

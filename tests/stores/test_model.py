@@ -9,7 +9,7 @@ Checked after every step: each result agrees with the model, a store's tokens fo
 strictly increase (across takeovers, expiries, releases and deletes), and a token that is not
 the current holder's never succeeds. Leases and TTLs are half-integer tick counts,
 retentions whole ones (a retention ends TTL + retention after completion), and the clock
-moves by whole ticks, so no step lands exactly on a deadline (see ``_common``).
+moves by whole ticks, so no step lands exactly on a deadline (see ``kit.store_claims``).
 """
 
 from __future__ import annotations
@@ -116,10 +116,11 @@ def _machine(kit: StoreKit, seen: Counter[str]) -> type[RuleBasedStateMachine]:
     # On a real clock model time ``now`` stands for the real instant ``started + now * tick``,
     # and a step agrees with the model only if its store calls ran in the half tick after it:
     # every deadline is a half-integer number of ticks from whole-tick model times, so a call
-    # made in [now, now + 0.5) sees every deadline on the side the model says (see ``_common``;
-    # ``advance`` never ends early, so no call runs before ``now``). A call that returns later
-    # (a loaded machine stalled the run) voids the rest of its example: nothing more of it is
-    # checked, and the store is left to the next example's fresh ids.
+    # made in [now, now + 0.5) sees every deadline on the side the model says (see
+    # ``kit.store_claims``; ``advance`` never ends early, so no call runs before ``now``). A
+    # call that returns later (a loaded machine stalled the run) voids the rest of its
+    # example: nothing more of it is checked, and the store is left to the next example's
+    # fresh ids.
     late = 0.5 * tick
 
     class StoreMachine(RuleBasedStateMachine):

@@ -20,7 +20,7 @@ import pytest
 
 from kit.store_servers import POSTGRES_URL, REDIS_URL, _wait_port, free_port, require, shared_down
 
-TESTS = Path(__file__).parent.parent  # kit.uvicorn_app is imported from there
+TESTS = Path(__file__).parent.parent  # kit.store_uvicorn_child is imported from there
 
 
 @pytest.fixture(params=["redis", "postgres"])
@@ -42,7 +42,7 @@ def store_url(request: pytest.FixtureRequest) -> Iterator[str]:
 def _start(url: str, run_log: Path, port: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, "RETRYSAFE_STORE_URL": url, "RUN_LOG": str(run_log), "WORK_S": "0.3"}
     env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
-    args = [sys.executable, "-m", "uvicorn", "kit.uvicorn_app:app", "--host", "127.0.0.1"]
+    args = [sys.executable, "-m", "uvicorn", "kit.store_uvicorn_child:app", "--host", "127.0.0.1"]
     args += ["--port", str(port), "--log-level", "warning", "--no-access-log"]
     return subprocess.Popen(args, env=env, stderr=subprocess.PIPE)
 

@@ -7,13 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from kit.store_claims import FP, claimed
 from retrysafe import open_store
 from retrysafe.errors import ConfigurationError
 from retrysafe.stores import MemoryStore, SQLiteStore
 from retrysafe.stores.postgres import PostgresStore
 from retrysafe.stores.redis import RedisStore
-
-from ._common import FP, claimed
 
 
 def test_open_store_memory_url() -> None:

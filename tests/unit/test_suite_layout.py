@@ -15,10 +15,6 @@ from pathlib import Path
 TESTS = Path(__file__).resolve().parents[1]
 KIT = TESTS / "kit"
 
-# Helpers still beside their tests, to move into kit/ with the store tests' rework. Each entry
-# must exist: once it has moved, its line goes too.
-PENDING = frozenset({"stores/_common.py", "stores/_workers.py"})
-
 # The kit's names say what a module holds; these say only that it helps: the old forms.
 NAME = re.compile(r"[a-z][a-z0-9]*(_[a-z0-9]+)*")
 HELPER_WORDS = ("kit", "support", "helper", "util", "worker", "common")
@@ -39,11 +35,9 @@ def modules() -> list[Path]:
 
 def test_every_helper_module_lives_in_kit() -> None:
     stray = [
-        rel
+        path.relative_to(TESTS).as_posix()
         for path in modules()
-        if not is_test_or_package(path)
-        and KIT not in path.parents
-        and (rel := path.relative_to(TESTS).as_posix()) not in PENDING
+        if not is_test_or_package(path) and KIT not in path.parents
     ]
     assert not stray, (
         f"helper modules outside tests/kit/: {stray}. A module under tests/ that is not a "
@@ -51,11 +45,6 @@ def test_every_helper_module_lives_in_kit() -> None:
         "<area>_<what>.py (<area>_<what>_child.py if it runs in a child process) and import it "
         "as `from kit.<name> import ...` (CONTRIBUTING.md, 'Test layout and kits')."
     )
-
-
-def test_pending_helpers_still_exist() -> None:
-    gone = sorted(rel for rel in PENDING if not (TESTS / rel).is_file())
-    assert not gone, f"{gone} moved: drop them from PENDING in {Path(__file__).name}"
 
 
 def test_kit_modules_are_named_for_what_they_hold() -> None:
@@ -70,4 +59,20 @@ def test_kit_modules_are_named_for_what_they_hold() -> None:
         f"{misnamed}: a kit module is named <area>_<what> in lower case (atomic_db, "
         f"client_servers), <area>_<what>_child if it runs in a child process; not _private, "
         f"and with none of {HELPER_WORDS} (the directory already says it is a helper)."
+    )
+
+
+# A test module importing another: ``from .test_x import``, ``from tests.x import``.
+CROSS_IMPORT = re.compile(r"^\s*from\s+(\.+test_\w*|tests\.[\w.]+|test_\w+)\s+import", re.M)
+
+
+def test_no_test_module_imports_another() -> None:
+    offenders = [
+        f"{path.relative_to(TESTS).as_posix()}: {match.group(0).strip()}"
+        for path in modules()
+        for match in CROSS_IMPORT.finditer(path.read_text(encoding="utf-8"))
+    ]
+    assert not offenders, (
+        f"imports between test modules: {offenders}. What two test modules share is a kit: "
+        "move it to tests/kit/ and import it as `from kit.<name> import ...`."
     )
