@@ -46,6 +46,9 @@ from retrysafe.stores._stats import KeyStats, tally
 
 Clock = Callable[[], float]
 _SWEEP_BATCH = 8
+# The deadline heap is rebuilt from the live records once it holds this many entries more than
+# twice their number (see _schedule): entries of evicted, released and deleted records.
+_STALE_SLACK = 1024
 # An abandoned claim (holder died, nobody retried) is dropped this long after its lease lapsed;
 # until then a retry is reported as "recovered", after it as a plain first execution.
 ABANDONED_GRACE = 3600.0
@@ -62,6 +65,7 @@ DEFAULT_MAX_BYTES = 128 * 1024 * 1024
 # in flight waited (bench/README.md, "The memory store and the GC").
 Packed = tuple[Any, ...]
 _STATES = {state.value: state for state in State}
+_IN_FLIGHT_VALUE, _TOMBSTONE_VALUE = State.IN_FLIGHT.value, State.TOMBSTONE.value
 # What a record costs beyond its strings and body: the Record and StoredResponse tuples, the
 # dict and order entries, a heap entry (tracemalloc: about 500 bytes on CPython 3.11).
 RECORD_OVERHEAD = 512
@@ -271,7 +275,21 @@ class MemoryStore:
             previous is None
             or (previous.state is not record.state and _deadline(record) < _deadline(previous))
         ):
-            heapq.heappush(self._deadlines, (_deadline(record), id))
+            self._schedule(_deadline(record), id)
+
+    def _schedule(self, deadline: float, id: str) -> None:
+        """Push a heap entry, first rebuilding the heap if stale entries outnumber live ones.
+
+        A record dropped before its deadline (evicted, released, deleted) leaves its entry
+        behind until that deadline, which may be a day away: without this the heap of a store
+        at its bound would grow by one entry per new key, unbounded. Rebuilding costs one pass
+        over the records, after at least as many pushes: O(1) amortized.
+        """
+        heap = self._deadlines
+        if len(heap) > 2 * len(self._records) + _STALE_SLACK:
+            heap[:] = [(_packed_deadline(row), key) for key, row in self._records.items()]
+            heapq.heapify(heap)
+        heapq.heappush(heap, (deadline, id))
 
     def _unfile(self, record: Record) -> None:
         """Take ``record`` out of the eviction orders (if it is in one)."""
@@ -362,6 +380,11 @@ class MemoryStore:
                 records -= 1
                 used -= order[victim]
                 self._drop(victim)
+        # The oldest finished records went first, and theirs are usually the earliest deadlines:
+        # their entries are at the top of the heap, and go now rather than at a rebuild.
+        heap = self._deadlines
+        while heap and heap[0][1] not in self._records:
+            heapq.heappop(heap)
         return True
 
 
@@ -407,6 +430,16 @@ def _size(record: Record) -> int:
     if response is not None:
         size += len(response.body) + sum(len(k) + len(v) for k, v in response.headers)
     return size
+
+
+def _packed_deadline(packed: Packed) -> float:
+    """:func:`_deadline` of a packed record, without unpacking it."""
+    state = packed[2]
+    if state == _IN_FLIGHT_VALUE:
+        return float(packed[4]) + ABANDONED_GRACE
+    if state == _TOMBSTONE_VALUE:
+        return float(packed[6])
+    return float(packed[5])
 
 
 def _deadline(record: Record) -> float:
