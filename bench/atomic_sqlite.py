@@ -33,9 +33,8 @@ import asyncio, os, sqlite3
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
-from retrysafe import atomic, Policy
+from retrysafe import atomic, Policy, shared_scope
 from retrysafe.http import ASGIIdempotencyMiddleware
-from retrysafe.scopes import shared_scope
 from retrysafe.stores import SQLiteStore
 
 HOLD = float(os.environ["BENCH_HOLD"])

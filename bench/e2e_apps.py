@@ -156,8 +156,7 @@ def _store(variant: Variant, tag: str, run_dir: Path) -> Any:
 
 
 def _policy() -> Any:
-    from retrysafe.policy import Policy
-    from retrysafe.scopes import shared_scope
+    from retrysafe import Policy, shared_scope
 
     return Policy(scope=shared_scope)  # one caller: an explicit shared scope (as bench/peers.py)
 

@@ -29,9 +29,8 @@ import tempfile
 import uuid
 from typing import Any
 
+from retrysafe import Policy, shared_scope
 from retrysafe.http import ASGIIdempotencyMiddleware
-from retrysafe.policy import Policy
-from retrysafe.scopes import shared_scope
 
 # bench/ (the script's directory) is on sys.path
 from stores import app, call, close_kind, open_kind

@@ -17,8 +17,7 @@ import gc
 import time
 import uuid
 
-from retrysafe.records import StoredResponse
-from retrysafe.stores import MemoryStore
+from retrysafe.stores import MemoryStore, StoredResponse
 
 RESPONSE = StoredResponse(201, (("content-type", "application/json"),), b'{"id": "ch_1"}')
 

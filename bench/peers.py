@@ -83,9 +83,8 @@ async def json_app(handler: Callable[[str, bytes], Awaitable[dict[str, Any]]]) -
 async def retrysafe_redis(cached: bool = False) -> tuple[Any, Closer]:
     """retrysafe on Redis; ``cached`` puts the local replay cache in front (``CachedStore``): a
     replay of a key this process completed or replayed before then makes no round trip."""
+    from retrysafe import Policy, shared_scope
     from retrysafe.http import ASGIIdempotencyMiddleware
-    from retrysafe.policy import Policy
-    from retrysafe.scopes import shared_scope
     from retrysafe.stores.cached import CachedStore
     from retrysafe.stores.redis import RedisStore
 
@@ -104,9 +103,8 @@ async def retrysafe_redis(cached: bool = False) -> tuple[Any, Closer]:
 
 
 async def retrysafe_postgres() -> tuple[Any, Closer]:
+    from retrysafe import Policy, shared_scope
     from retrysafe.http import ASGIIdempotencyMiddleware
-    from retrysafe.policy import Policy
-    from retrysafe.scopes import shared_scope
     from retrysafe.stores.postgres import PostgresStore
 
     store = PostgresStore(POSTGRES_URL, table_prefix=f"bpeers{TAG}_")

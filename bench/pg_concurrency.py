@@ -24,11 +24,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+from retrysafe import Policy, shared_scope
 from retrysafe.http import ASGIIdempotencyMiddleware
-from retrysafe.policy import Policy
-from retrysafe.records import Claimed, StoredResponse
-from retrysafe.scopes import shared_scope
-from retrysafe.stores import _pg_apool
+from retrysafe.stores import Claimed, StoredResponse, _pg_apool
 from retrysafe.stores.postgres import PostgresStore
 from retrysafe.testing import RecordingStore
 

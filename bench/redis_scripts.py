@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import redis
 
-from retrysafe.records import Claimed, StoredResponse
+from retrysafe.stores import Claimed, StoredResponse
 from retrysafe.stores import _redis_lua as lua
 from retrysafe.stores._redis_wire import Script
 from retrysafe.stores.redis import RedisStore

@@ -42,11 +42,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from retrysafe.http import ASGIIdempotencyMiddleware, WSGIIdempotencyMiddleware
-from retrysafe.http.types import ASGIApp, WSGIApp
-from retrysafe.policy import Policy
-from retrysafe.scopes import shared_scope
-from retrysafe.stores.base import DualStore
+from retrysafe import Policy, shared_scope
+from retrysafe.http import ASGIApp, ASGIIdempotencyMiddleware, WSGIApp, WSGIIdempotencyMiddleware
+from retrysafe.stores import DualStore
 from retrysafe.stores.cached import CachedStore
 from retrysafe.stores.memory import MemoryStore
 from retrysafe.stores.sqlite import SQLiteStore

@@ -28,7 +28,7 @@ import tempfile
 import time
 from typing import Any
 
-from retrysafe.records import Claimed, StoredResponse
+from retrysafe.stores import Claimed, StoredResponse
 from retrysafe.stores.sqlite import TABLE, SQLiteStore
 
 SAMPLE_EVERY = 5.0

@@ -21,10 +21,9 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from retrysafe import Policy, shared_scope
 from retrysafe.http import ASGIIdempotencyMiddleware
-from retrysafe.policy import Policy
-from retrysafe.scopes import shared_scope
-from retrysafe.stores.base import DualStore
+from retrysafe.stores import DualStore
 
 REDIS_URL = os.environ.get("RETRYSAFE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 POSTGRES_URL = os.environ.get(

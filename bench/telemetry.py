@@ -21,9 +21,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from retrysafe import Policy, shared_scope
 from retrysafe.http import ASGIIdempotencyMiddleware
-from retrysafe.policy import Policy
-from retrysafe.scopes import shared_scope
 from retrysafe.stores import MemoryStore
 from retrysafe.telemetry import AUDIT_LOGGER, Telemetry
 

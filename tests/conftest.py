@@ -8,7 +8,7 @@ import pytest
 
 from kit.stores import STORE_KINDS, StoreKit, kit_fixture, require_service
 from kit.wakes import WakeProbe, probe_wakes
-from retrysafe.stores.base import DualStore
+from retrysafe.stores._base import DualStore
 
 __all__ = ["STORE_KINDS", "StoreKit", "require_service"]
 

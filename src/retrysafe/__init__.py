@@ -1,11 +1,26 @@
 """retrysafe: idempotency keys done right, so retries are safe.
 
-Public names only; everything else lives in its own module.
+Public names only. The modules behind them are private (``_engine``, ``_policy``, ...); the
+packages (``retrysafe.stores``, ``retrysafe.http``, ``retrysafe.tools``, ...) export their own
+names, ``retrysafe.errors`` holds every exception and ``retrysafe.testing`` what a test suite
+needs.
 """
 
 from __future__ import annotations
 
-from retrysafe.context import current_key
+from retrysafe._context import current_key, key_scope, next_derived_key
+from retrysafe._keys import derive_key, new_key
+from retrysafe._lease import lease_lost
+from retrysafe._outcomes import Completion, Outcome
+from retrysafe._policy import Policy, Problem
+from retrysafe._scopes import (
+    authorization_scope,
+    cookie_scope,
+    first_scope,
+    header_scope,
+    shared_scope,
+    user_scope,
+)
 from retrysafe.errors import (
     AtomicUnsupported,
     ClaimTakenOver,
@@ -21,18 +36,6 @@ from retrysafe.errors import (
     StoreFull,
     StoreUnavailable,
     Unreplayable,
-)
-from retrysafe.keys import derive_key, new_key
-from retrysafe.lease import lease_lost
-from retrysafe.outcomes import Completion, Outcome
-from retrysafe.policy import Policy, Problem
-from retrysafe.scopes import (
-    authorization_scope,
-    cookie_scope,
-    first_scope,
-    header_scope,
-    shared_scope,
-    user_scope,
 )
 from retrysafe.stores.url import open_store
 
@@ -64,8 +67,10 @@ __all__ = [
     "derive_key",
     "first_scope",
     "header_scope",
+    "key_scope",
     "lease_lost",
     "new_key",
+    "next_derived_key",
     "open_store",
     "shared_scope",
     "user_scope",

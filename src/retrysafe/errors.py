@@ -19,7 +19,7 @@
         │   └── ClaimTakenOver  this attempt's claim was taken over; its writes were rolled back
         └── Unreplayable        the first attempt's result could not be stored (409)
 
-The HTTP client adds, in ``retrysafe.client.errors`` (they need httpx, an optional extra)::
+The HTTP client adds, exported by ``retrysafe.client`` (they need httpx, an optional extra)::
 
     RetrySafeError
     ├── CallFailed              (also httpx.TransportError) no usable answer; holds key + attempts
@@ -55,7 +55,7 @@ class InvalidKey(RetrySafeError, ValueError):
 
 
 class IllegalTransition(RetrySafeError):
-    """A record state change that the state table in ``records.py`` forbids."""
+    """A record state change that the state table in ``_records.py`` forbids."""
 
     def __init__(self, state: object, event: object) -> None:
         super().__init__(f"no transition from {state!s} on {event!s}")
@@ -148,3 +148,25 @@ class ClaimTakenOver(StillInFlight):
 
 class Unreplayable(IdempotencyConflict):
     """The first attempt ran, but its result could not be stored, so it cannot be replayed."""
+
+
+__all__ = [
+    "AgentRunRequired",
+    "AtomicUnsupported",
+    "ClaimTakenOver",
+    "ConfigurationError",
+    "ForeignConnection",
+    "IdempotencyConflict",
+    "IllegalTransition",
+    "InstanceIdentityRequired",
+    "InvalidKey",
+    "KeyMismatch",
+    "NoAtomicContext",
+    "RetrySafeError",
+    "SerializationError",
+    "StillInFlight",
+    "StoreError",
+    "StoreFull",
+    "StoreUnavailable",
+    "Unreplayable",
+]

@@ -22,9 +22,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from types import TracebackType
 
+from retrysafe._records import Claimed, ClaimResult, Existing, Record, State, StoredResponse
 from retrysafe.errors import ConfigurationError
-from retrysafe.records import Claimed, ClaimResult, Existing, Record, State, StoredResponse
-from retrysafe.stores.base import DualStore
+from retrysafe.stores import DualStore
 
 # -- testing mode (SPEC 27) ------------------------------------------------------------------
 
@@ -100,7 +100,7 @@ class Tally:
 
 
 class RecordingStore:
-    """Wraps a :class:`~retrysafe.stores.base.DualStore`; the wrapper is one too."""
+    """Wraps a :class:`~retrysafe.stores.DualStore`; the wrapper is one too."""
 
     def __init__(self, inner: DualStore) -> None:
         self.inner = inner

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from retrysafe.cli.commands import cli
+from retrysafe.cli._commands import cli
 
 TESTS = Path(__file__).resolve().parents[1]
 

@@ -18,12 +18,12 @@ from typing import Any
 import httpx
 import pytest
 
-import retrysafe.fingerprint
+import retrysafe._fingerprint
 from kit.scopes import shared_id
 from kit.servers import RawClient, RawResponse, raw_request, serve_asgi, serve_werkzeug, serve_wsgi
+from retrysafe._policy import Policy
+from retrysafe._scopes import shared_scope
 from retrysafe.http import ASGIIdempotencyMiddleware, WSGIIdempotencyMiddleware
-from retrysafe.policy import Policy
-from retrysafe.scopes import shared_scope
 from retrysafe.stores.memory import MemoryStore
 
 WAIT = 30.0  # bounds a hang only
@@ -278,7 +278,7 @@ def test_json_canonicalization_of_a_big_body_does_not_hold_up_the_event_loop(
     app, store = RecordingAsgi(), MemoryStore()
     entered, gate = threading.Event(), threading.Event()
     seen: list[tuple[bool, bool]] = []  # (ran with a running event loop, gate opened in time)
-    real = retrysafe.fingerprint.canonical_json
+    real = retrysafe._fingerprint.canonical_json
 
     def gated(value: object) -> bytes:
         on_loop = _loop_running()
@@ -286,7 +286,7 @@ def test_json_canonicalization_of_a_big_body_does_not_hold_up_the_event_loop(
         seen.append((on_loop, gate.wait(WAIT / 3)))
         return real(value)
 
-    monkeypatch.setattr(retrysafe.fingerprint, "canonical_json", gated)
+    monkeypatch.setattr(retrysafe._fingerprint, "canonical_json", gated)
     app.on_ping = gate.set
     body = json.dumps({"items": ["x" * 64] * 1024}).encode()  # 68 KiB
     policy = Policy(scope=shared_scope, body_mode="json")
@@ -302,7 +302,7 @@ def test_json_canonicalization_of_a_big_body_does_not_hold_up_the_event_loop(
     assert ping.status_code == 200
     assert seen == [(False, True)]
     assert [r.status for r in results] == [201]
-    assert len(body) > retrysafe.fingerprint.INLINE_JSON_LIMIT  # why it went off the loop
+    assert len(body) > retrysafe._fingerprint.INLINE_JSON_LIMIT  # why it went off the loop
 
 
 @pytest.mark.parametrize(

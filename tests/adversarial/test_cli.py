@@ -25,7 +25,7 @@ from click.testing import CliRunner, Result
 
 from kit.servers import serve_asgi
 from kit.stores import REDIS_URL, require_service, server_down
-from retrysafe.cli.commands import cli
+from retrysafe.cli._commands import cli
 from retrysafe.client import IdempotentTransport, RetriesExhausted, RetryPolicy
 from retrysafe.client.dlq import DeadLetterQueue
 from retrysafe.stores.sqlite import SQLiteStore

@@ -30,14 +30,14 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from kit.servers import serve_asgi, serve_wsgi
 from kit.stores import StoreKit
-from retrysafe.cli.commands import cli
+from retrysafe._keyring import SECRET_ENV, stored_secret
+from retrysafe._policy import Policy
+from retrysafe._scopes import PrincipalKey
+from retrysafe.cli._commands import cli
 from retrysafe.client import IdempotentTransport, RetryPolicy
+from retrysafe.client._errors import RetriesExhausted
 from retrysafe.client.dlq import DeadLetterQueue
-from retrysafe.client.errors import RetriesExhausted
 from retrysafe.http import ASGIIdempotencyMiddleware, WSGIIdempotencyMiddleware
-from retrysafe.keyring import SECRET_ENV, stored_secret
-from retrysafe.policy import Policy
-from retrysafe.scopes import PrincipalKey
 from retrysafe.stores.sqlite import SQLiteStore
 from retrysafe.telemetry import AUDIT_LOGGER, Telemetry
 

@@ -23,11 +23,11 @@ import pytest
 
 from kit.servers import serve_asgi
 from kit.stores import POSTGRES_URL, require_service, server_down
+from retrysafe._policy import Policy
+from retrysafe._scopes import authorization_scope, header_scope
 from retrysafe.client import IdempotentTransport, RetriesExhausted, RetryPolicy
 from retrysafe.client.dlq import DeadLetterQueue, EntryState
 from retrysafe.http import ASGIIdempotencyMiddleware
-from retrysafe.policy import Policy
-from retrysafe.scopes import authorization_scope, header_scope
 from retrysafe.stores.memory import MemoryStore
 
 TOKEN = "Bearer alice-token"

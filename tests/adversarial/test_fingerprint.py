@@ -19,10 +19,10 @@ import pytest
 
 from kit.gateway import Upstream, serve_in_thread
 from kit.servers import RawResponse, raw_request, serve_asgi, serve_werkzeug, serve_wsgi
+from retrysafe._policy import Policy
+from retrysafe._scopes import shared_scope
 from retrysafe.gateway import GatewayConfig, RoutePolicy, create_app
 from retrysafe.http import ASGIIdempotencyMiddleware, WSGIIdempotencyMiddleware
-from retrysafe.policy import Policy
-from retrysafe.scopes import shared_scope
 from retrysafe.stores.memory import MemoryStore
 
 

@@ -28,7 +28,7 @@ import pytest
 from kit.gateway import serve_in_thread
 from kit.servers import RawClient, RawResponse
 from retrysafe.gateway import GatewayConfig, RoutePolicy, create_app
-from retrysafe.gateway.config import Timeouts
+from retrysafe.gateway._config import Timeouts
 
 WAIT = 20.0  # bounds a hang only
 

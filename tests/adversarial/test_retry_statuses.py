@@ -16,12 +16,12 @@ import httpx
 import pytest
 
 from kit.servers import serve_asgi, serve_wsgi
+from retrysafe._policy import Policy
+from retrysafe._scopes import shared_scope
 from retrysafe.client import IdempotentTransport, RetryPolicy
 from retrysafe.errors import ConfigurationError
 from retrysafe.gateway import GatewayConfig, RoutePolicy, create_app
 from retrysafe.http import ASGIIdempotencyMiddleware, WSGIIdempotencyMiddleware
-from retrysafe.policy import Policy
-from retrysafe.scopes import shared_scope
 from retrysafe.stores.memory import MemoryStore
 
 Answer = tuple[int, list[tuple[str, str]], bytes]

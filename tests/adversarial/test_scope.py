@@ -35,11 +35,11 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from kit.servers import serve_asgi, serve_wsgi
+from retrysafe._policy import Policy
+from retrysafe._scopes import cookie_scope, header_scope, shared_scope, user_scope
 from retrysafe.gateway import Gateway
-from retrysafe.gateway.config import load_config
+from retrysafe.gateway._config import load_config
 from retrysafe.http import ASGIIdempotencyMiddleware, WSGIIdempotencyMiddleware
-from retrysafe.policy import Policy
-from retrysafe.scopes import cookie_scope, header_scope, shared_scope, user_scope
 from retrysafe.stores.memory import MemoryStore
 
 PROBLEM = "urn:retrysafe:problem:unscoped-key"

@@ -34,11 +34,11 @@ import pytest
 from kit.servers import serve_asgi, serve_wsgi
 from kit.stores import FakeClock
 from retrysafe import open_store
+from retrysafe._policy import Policy
+from retrysafe._records import Claimed, Existing, State, StoredResponse
+from retrysafe._scopes import shared_scope
 from retrysafe.errors import ConfigurationError, StoreUnavailable
 from retrysafe.http import ASGIIdempotencyMiddleware, WSGIIdempotencyMiddleware
-from retrysafe.policy import Policy
-from retrysafe.records import Claimed, Existing, State, StoredResponse
-from retrysafe.scopes import shared_scope
 from retrysafe.stores.memory import MemoryStore
 from retrysafe.stores.sqlite import TABLE, SQLiteStore
 

@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from kit.stores import POSTGRES_URL, require_service, server_down
-from retrysafe.cli.commands import cli
+from retrysafe.cli._commands import cli
 from retrysafe.errors import StoreUnavailable
 from retrysafe.stores.postgres import PostgresStore
 

@@ -35,13 +35,13 @@ from kit.scopes import shared_id
 from kit.servers import serve_asgi, serve_wsgi
 from kit.stores import FakeClock, StoreKit
 from retrysafe import atomic, lease_lost
-from retrysafe.engine import SettleRetry
+from retrysafe._engine import SettleRetry
+from retrysafe._lease import Lease
+from retrysafe._policy import Policy
+from retrysafe._records import State
+from retrysafe._scopes import shared_scope
 from retrysafe.errors import StoreUnavailable
 from retrysafe.http import ASGIIdempotencyMiddleware, WSGIIdempotencyMiddleware
-from retrysafe.lease import Lease
-from retrysafe.policy import Policy
-from retrysafe.records import State
-from retrysafe.scopes import shared_scope
 from retrysafe.stores.memory import MemoryStore
 from retrysafe.stores.sqlite import SQLiteStore
 from retrysafe.telemetry import AUDIT_LOGGER, Telemetry

@@ -34,9 +34,9 @@ from starlette.routing import Route
 from kit.servers import serve_asgi
 from kit.stores import POSTGRES_URL, StoreKit, kit_fixture
 from retrysafe import atomic
+from retrysafe._policy import Policy
+from retrysafe._scopes import shared_scope
 from retrysafe.http import ASGIIdempotencyMiddleware
-from retrysafe.policy import Policy
-from retrysafe.scopes import shared_scope
 
 pytest.importorskip("uvloop", reason="uvloop is in the dev extra; install it to run these")
 

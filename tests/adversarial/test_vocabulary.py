@@ -20,7 +20,7 @@ import pytest
 from kit.servers import serve_asgi
 from retrysafe import Policy
 from retrysafe.errors import ConfigurationError
-from retrysafe.gateway.config import load_config
+from retrysafe.gateway._config import load_config
 from retrysafe.http import ASGIIdempotencyMiddleware
 from retrysafe.stores import MemoryStore
 
@@ -57,7 +57,7 @@ def test_a_bad_duration_string_is_a_clear_error(bad: str) -> None:
 
 
 def test_the_decorator_takes_duration_strings_too() -> None:
-    from retrysafe.tools.decorators import idempotent
+    from retrysafe.tools._decorators import idempotent
 
     calls: list[int] = []
 

@@ -40,12 +40,12 @@ from kit.atomic_db import (
     workers,
 )
 from kit.atomic_sqlite_child import PHASES
+from retrysafe._keys import derive_key
+from retrysafe._policy import storage_id
+from retrysafe._records import Record, State
 from retrysafe.atomic import DERIVED_KEY_VERSION
-from retrysafe.keys import derive_key
-from retrysafe.policy import storage_id
-from retrysafe.records import Record, State
 from retrysafe.stores.sqlite import SQLiteStore
-from retrysafe.tools.serializer import DEFAULT_SERIALIZER
+from retrysafe.tools._serializer import DEFAULT_SERIALIZER
 
 # Fixtures used here, and names modules written against the SQLite-only version import.
 __all__ = ["Worker", "charge_killed_at", "dbkit", "workers"]

@@ -22,7 +22,7 @@ import pytest
 from kit.atomic_db import Worker, record_id
 from kit.atomic_django_pg_child import django_pg_worker, open_store, scenario, schema_of
 from kit.stores import POSTGRES_URL, require_service, server_down
-from retrysafe.records import State
+from retrysafe._records import State
 
 pytestmark = pytest.mark.slow
 

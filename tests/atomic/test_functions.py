@@ -15,6 +15,7 @@ import pytest
 
 from kit.stores import FakeClock
 from retrysafe import Policy, atomic
+from retrysafe._records import Claimed
 from retrysafe.atomic._context import current_unit
 from retrysafe.errors import (
     AtomicUnsupported,
@@ -22,7 +23,6 @@ from retrysafe.errors import (
     NoAtomicContext,
     StillInFlight,
 )
-from retrysafe.records import Claimed
 from retrysafe.stores import MemoryStore
 from retrysafe.stores.sqlite import SQLiteStore
 from retrysafe.tools import idempotent

@@ -31,11 +31,11 @@ from starlette.routing import Route
 from kit.atomic_pg import PgDb, make_db
 from kit.stores import FakeClock
 from retrysafe import Policy, atomic
+from retrysafe._records import Claimed, State
+from retrysafe._scopes import shared_scope
 from retrysafe.atomic._context import current_unit
 from retrysafe.errors import AtomicUnsupported, ClaimTakenOver
 from retrysafe.http import ASGIIdempotencyMiddleware, WSGIIdempotencyMiddleware
-from retrysafe.records import Claimed, State
-from retrysafe.scopes import shared_scope
 from retrysafe.stores import MemoryStore
 from retrysafe.stores.sqlite import SQLiteStore
 from retrysafe.tools import idempotent

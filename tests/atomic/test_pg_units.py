@@ -13,14 +13,14 @@ import pytest
 
 from kit.atomic_pg import PgDb, pg
 from kit.wakes import HANG
-from retrysafe.decide import Complete, Release
-from retrysafe.engine import Ending, afinish, finish
+from retrysafe._decide import Complete, Release
+from retrysafe._engine import Ending, afinish, finish
+from retrysafe._policy import Policy
+from retrysafe._records import Claimed, ClaimResult, Existing, State, StoredResponse
 from retrysafe.errors import ClaimTakenOver, ConfigurationError
-from retrysafe.policy import Policy
-from retrysafe.records import Claimed, ClaimResult, Existing, State, StoredResponse
-from retrysafe.stores.base import AtomicStore, AtomicUnit
+from retrysafe.stores._base import AtomicStore, AtomicUnit
+from retrysafe.stores._postgres_atomic import PostgresUnit
 from retrysafe.stores.postgres import PostgresStore
-from retrysafe.stores.postgres_atomic import PostgresUnit
 
 __all__ = ["pg"]
 

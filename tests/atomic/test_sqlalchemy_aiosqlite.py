@@ -22,10 +22,10 @@ from kit.atomic_db import NAMED_POINTS, Worker, charge_killed_at
 from kit.atomic_sqlalchemy import Base, Charge
 from kit.atomic_sqlite_child import LEDGER
 from retrysafe import atomic
+from retrysafe._policy import storage_id
+from retrysafe._records import Claimed, State
 from retrysafe.atomic import sqlalchemy as sa_atomic
 from retrysafe.errors import ClaimTakenOver, ConfigurationError, ForeignConnection
-from retrysafe.policy import storage_id
-from retrysafe.records import Claimed, State
 from retrysafe.stores.sqlite import SQLiteStore
 from retrysafe.tools import idempotent
 

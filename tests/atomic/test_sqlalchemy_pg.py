@@ -20,10 +20,10 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from kit.atomic_pg import PgDb, pg
 from kit.wakes import HANG
 from retrysafe import atomic
+from retrysafe._policy import storage_id
+from retrysafe._records import Claimed, ClaimResult, Existing, Record, State
 from retrysafe.atomic import sqlalchemy as sa_atomic
 from retrysafe.errors import ClaimTakenOver, ConfigurationError, ForeignConnection
-from retrysafe.policy import storage_id
-from retrysafe.records import Claimed, ClaimResult, Existing, Record, State
 from retrysafe.stores.postgres import PostgresStore
 from retrysafe.tools import idempotent
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from kit.stores import FakeClock
+from retrysafe._records import Claimed, Existing, State, StoredResponse
 from retrysafe.errors import ClaimTakenOver, ConfigurationError, StoreUnavailable
-from retrysafe.records import Claimed, Existing, State, StoredResponse
-from retrysafe.stores.base import AtomicStore, AtomicUnit
+from retrysafe.stores._base import AtomicStore, AtomicUnit
+from retrysafe.stores._sqlite_atomic import SQLiteUnit
 from retrysafe.stores.sqlite import SQLiteStore
-from retrysafe.stores.sqlite_atomic import SQLiteUnit
 
 FP = "fp"
 LEASE = 10.0

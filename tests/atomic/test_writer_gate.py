@@ -22,7 +22,7 @@ import pytest
 
 from kit.atomic_gate_child import write
 from kit.wakes import HANG
-from retrysafe.records import Claimed, State, StoredResponse
+from retrysafe._records import Claimed, State, StoredResponse
 from retrysafe.stores.sqlite import SQLiteStore
 
 KINDS = ("sync", "async", "unit")

@@ -28,10 +28,10 @@ from starlette.routing import Route
 
 from kit.servers import serve_asgi
 from kit.stores import StoreKit
+from retrysafe._policy import DEFAULT_STATUS, Policy, Problem
 from retrysafe.check import CheckError, check_endpoint, junit_xml
 from retrysafe.gateway import GatewayConfig, create_app
 from retrysafe.http import ASGIIdempotencyMiddleware, WSGIIdempotencyMiddleware
-from retrysafe.policy import DEFAULT_STATUS, Policy, Problem
 from retrysafe.stores.memory import MemoryStore
 
 pytestmark = pytest.mark.slow

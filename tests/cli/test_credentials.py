@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from kit.stores import POSTGRES_URL, REDIS_URL, require_service, server_down
-from retrysafe.cli.commands import cli
+from retrysafe.cli._commands import cli
 from retrysafe.stores.postgres import PostgresStore
 
 SECRET = "s3cret-pw-7f3a"

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from retrysafe.cli.commands import cli
-from retrysafe.fingerprint import RequestFacts
-from retrysafe.keyring import Keyring
-from retrysafe.policy import storage_id
-from retrysafe.records import Claimed, StoredResponse
-from retrysafe.scopes import authorization_scope, shared_scope
+from retrysafe._fingerprint import RequestFacts
+from retrysafe._keyring import Keyring
+from retrysafe._policy import storage_id
+from retrysafe._records import Claimed, StoredResponse
+from retrysafe._scopes import authorization_scope, shared_scope
+from retrysafe.cli._commands import cli
 from retrysafe.stores.sqlite import SQLiteStore
 
 SCOPE_IDS: dict[str | None, str] = {}  # Authorization (None: shared_scope) -> principal id

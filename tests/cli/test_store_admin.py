@@ -19,9 +19,9 @@ import pytest
 from click.testing import CliRunner, Result
 
 from kit.stores import POSTGRES_URL, REDIS_URL, require_service, server_down
-from retrysafe.cli.commands import cli
-from retrysafe.records import Claimed, StoredResponse
-from retrysafe.stores.base import DualStore
+from retrysafe._records import Claimed, StoredResponse
+from retrysafe.cli._commands import cli
+from retrysafe.stores._base import DualStore
 from retrysafe.stores.memory import MemoryStore
 from retrysafe.stores.url import open_store
 

@@ -23,6 +23,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from kit.client_servers import FaultProxy, serve_app
+from retrysafe._policy import Policy
+from retrysafe._scopes import shared_scope
 from retrysafe.client import (
     AsyncIdempotentTransport,
     CallFailed,
@@ -32,8 +34,6 @@ from retrysafe.client import (
 )
 from retrysafe.client.dlq import DeadLetterQueue, EntryState
 from retrysafe.http import ASGIIdempotencyMiddleware
-from retrysafe.policy import Policy
-from retrysafe.scopes import shared_scope
 from retrysafe.stores import MemoryStore
 
 CALLS = 1000

@@ -20,7 +20,7 @@ from kit.children import child_argv, child_env
 from kit.client_harness import Harness, Script, problem, reply
 from retrysafe import Completion
 from retrysafe.client import CallReport, RetryPolicy
-from retrysafe.report.summary import load, summarize
+from retrysafe.report._summary import load, summarize
 
 REPLAYED = {"Idempotent-Replayed": "true"}
 

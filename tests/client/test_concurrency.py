@@ -10,6 +10,7 @@ from collections import defaultdict
 import httpx
 
 from retrysafe import derive_key
+from retrysafe._context import key_scope
 from retrysafe.client import (
     AsyncIdempotentTransport,
     CircuitBreaker,
@@ -18,7 +19,6 @@ from retrysafe.client import (
     RetryPolicy,
     State,
 )
-from retrysafe.context import key_scope
 
 NO_WAIT = RetryPolicy(base=0.0, cap=0.0)
 

@@ -17,11 +17,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from retrysafe import current_key, derive_key
+from retrysafe._context import key_scope
+from retrysafe._policy import Policy
+from retrysafe._scopes import shared_scope
 from retrysafe.client import AsyncIdempotentTransport, IdempotentTransport
-from retrysafe.context import key_scope
 from retrysafe.http import ASGIIdempotencyMiddleware
-from retrysafe.policy import Policy
-from retrysafe.scopes import shared_scope
 from retrysafe.stores import MemoryStore
 from retrysafe.tools import idempotent
 

@@ -311,7 +311,7 @@ def test_a_file_made_before_claims_is_migrated(tmp_path: Path) -> None:
 def test_the_cli_shows_a_claimed_entry_and_leaves_it_to_its_replayer(dlq_url: DLQUrl) -> None:
     from click.testing import CliRunner
 
-    from retrysafe.cli.commands import cli
+    from retrysafe.cli._commands import cli
 
     store = dlq_url.url
     (queue,) = queues(dlq_url.url, 1)

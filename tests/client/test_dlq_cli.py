@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from kit.client_servers import serve_app
 from kit.dlq import DLQUrl
-from retrysafe.cli.commands import cli
+from retrysafe.cli._commands import cli
 from retrysafe.client import IdempotentTransport, RetriesExhausted, RetryPolicy
 from retrysafe.client.dlq import DeadLetterQueue, EntryState
 

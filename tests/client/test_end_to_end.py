@@ -24,6 +24,7 @@ from starlette.routing import Route
 
 from kit.client_servers import serve_app
 from retrysafe import Policy
+from retrysafe._scopes import shared_scope
 from retrysafe.client import (
     AsyncIdempotentTransport,
     IdempotentTransport,
@@ -33,7 +34,6 @@ from retrysafe.client import (
 )
 from retrysafe.client.dlq import DeadLetterQueue, EntryState
 from retrysafe.http import ASGIIdempotencyMiddleware
-from retrysafe.scopes import shared_scope
 from retrysafe.stores import MemoryStore
 
 CREDENTIALS = {"Authorization": "Bearer e2e-live"}

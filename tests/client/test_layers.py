@@ -6,8 +6,8 @@ import pytest
 
 from unit.test_architecture import PACKAGE, imports_of, offending
 
-PURE = ["_flow", "retry", "budget", "breaker"]
-FORBIDDEN = ["asyncio", "socket", "sqlite3", "retrysafe.client.dlq", "retrysafe.client.transport"]
+PURE = ["_flow", "_retry", "_budget", "_breaker"]
+FORBIDDEN = ["asyncio", "socket", "sqlite3", "retrysafe.client.dlq", "retrysafe.client._transport"]
 
 
 @pytest.mark.parametrize("module", PURE)

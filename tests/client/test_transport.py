@@ -11,6 +11,7 @@ import pytest
 
 from kit.client_harness import Harness, Script, problem, reply
 from retrysafe import KeyMismatch, derive_key
+from retrysafe._context import key_scope
 from retrysafe.client import (
     CallFailed,
     CallReport,
@@ -19,7 +20,6 @@ from retrysafe.client import (
     RetryDeferred,
     RetryPolicy,
 )
-from retrysafe.context import key_scope
 from retrysafe.testing import set_testing
 
 ATTEMPT = "idempotency-attempt"

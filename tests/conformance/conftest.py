@@ -16,8 +16,8 @@ import pytest
 from kit.doors import DOORS, Behaviour, Door, Handler, SpyStore, created
 from kit.stores import FAR
 from kit.wakes import HANG
-from retrysafe.policy import Policy
-from retrysafe.scopes import shared_scope
+from retrysafe._policy import Policy
+from retrysafe._scopes import shared_scope
 
 Serve = Callable[..., Door]
 

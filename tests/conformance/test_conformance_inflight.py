@@ -14,9 +14,9 @@ import pytest
 from kit.doors import Gate, Out, Seen, assert_problem, created, until
 from kit.scopes import shared_id
 from kit.stores import rerun_when_stalled
-from retrysafe.fingerprint import RequestFacts
-from retrysafe.policy import Problem
-from retrysafe.records import Claimed, StoredResponse
+from retrysafe._fingerprint import RequestFacts
+from retrysafe._policy import Problem
+from retrysafe._records import Claimed, StoredResponse
 
 BODY = b'{"amount": 100}'
 

@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from kit.doors import assert_problem
-from retrysafe.policy import Problem
+from retrysafe._policy import Problem
 
 BODY = b'{"amount": 100}'
 

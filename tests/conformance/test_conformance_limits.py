@@ -10,9 +10,9 @@ import pytest
 
 from kit.doors import Out, Seen, assert_problem, created
 from retrysafe import current_key
-from retrysafe.policy import Policy, Problem
-from retrysafe.problems import render
-from retrysafe.scopes import shared_scope
+from retrysafe._policy import Policy, Problem
+from retrysafe._problems import render
+from retrysafe._scopes import shared_scope
 
 BODY = b'{"amount": 100}'
 

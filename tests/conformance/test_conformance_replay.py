@@ -8,8 +8,8 @@ import pytest
 
 from kit.doors import Out, Seen, assert_problem, created
 from kit.stores import rerun_when_stalled
-from retrysafe.policy import REPLAYED_HEADERS, Problem
-from retrysafe.scopes import authorization_scope
+from retrysafe._policy import REPLAYED_HEADERS, Problem
+from retrysafe._scopes import authorization_scope
 
 BODY = b'{"amount": 100, "currency": "EUR"}'
 ALLOW_LISTED = ("content-type", "location", "content-location", "etag", "last-modified", "link")

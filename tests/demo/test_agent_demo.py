@@ -11,9 +11,9 @@ import signal
 import pytest
 from click.testing import CliRunner
 
-from retrysafe.cli.commands import cli
-from retrysafe.cli.demo.agentdemo import DemoOptions, ModeResult, run_agent_demo
-from retrysafe.cli.demo.plan import Faults, make_plan
+from retrysafe.cli._commands import cli
+from retrysafe.cli._demo.agentdemo import DemoOptions, ModeResult, run_agent_demo
+from retrysafe.cli._demo.plan import Faults, make_plan
 
 pytestmark = pytest.mark.slow
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-import retrysafe.cli.demo.run as demo_run
-from retrysafe.cli.commands import cli
-from retrysafe.cli.demo.run import run_demo
-from retrysafe.records import ClaimResult
+import retrysafe.cli._demo.run as demo_run
+from retrysafe._records import ClaimResult
+from retrysafe.cli._commands import cli
+from retrysafe.cli._demo.run import run_demo
 from retrysafe.stores.memory import MemoryStore
 
 

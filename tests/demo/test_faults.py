@@ -5,10 +5,10 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from retrysafe.cli.demo.faults import FaultLayer
-from retrysafe.cli.demo.payments import PaymentsLedger, build_payments_app
-from retrysafe.cli.demo.plan import Faults
-from retrysafe.cli.demo.server import serving
+from retrysafe.cli._demo.faults import FaultLayer
+from retrysafe.cli._demo.payments import PaymentsLedger, build_payments_app
+from retrysafe.cli._demo.plan import Faults
+from retrysafe.cli._demo.server import serving
 from retrysafe.stores.memory import MemoryStore
 
 NONE = Faults(loss_rate=0.0, burst_rate=0.0, latency_ms=0.0, slow_rate=0.0)

@@ -49,7 +49,7 @@ from kit.doc_blocks import (
 from kit.servers import serve_asgi
 from kit.stores import POSTGRES_URL, REDIS_URL, require_service, server_down
 from retrysafe import open_store
-from retrysafe.cli.commands import cli
+from retrysafe.cli._commands import cli
 from retrysafe.http import ASGIIdempotencyMiddleware
 from retrysafe.telemetry import AUDIT_LOGGER, Telemetry
 from retrysafe.tools import idempotent

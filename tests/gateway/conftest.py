@@ -16,8 +16,8 @@ from kit.gateway import (
     serve_in_thread,
 )
 from retrysafe.gateway import GatewayConfig, create_app
-from retrysafe.gateway.config import RoutePolicy
-from retrysafe.stores.base import DualStore
+from retrysafe.gateway._config import RoutePolicy
+from retrysafe.stores._base import DualStore
 from retrysafe.stores.sqlite import SQLiteStore
 
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from retrysafe.cli.proxy import proxy
-from retrysafe.durations import parse_duration
+from retrysafe._durations import parse_duration
+from retrysafe.cli._proxy import proxy
 from retrysafe.errors import ConfigurationError
-from retrysafe.gateway.config import GatewayConfig, RoutePolicy, Timeouts, load_config
-from retrysafe.gateway.serve import check_store
+from retrysafe.gateway._config import GatewayConfig, RoutePolicy, Timeouts, load_config
+from retrysafe.gateway._serve import check_store
 
 UP = {"RETRYSAFE_UPSTREAM": "http://127.0.0.1:9000"}
 
@@ -264,7 +264,7 @@ def test_cli_reports_bad_configuration(args: list[str], env: dict[str, str], mat
 
 
 def test_proxy_is_registered_on_the_retrysafe_command() -> None:
-    from retrysafe.cli.commands import cli
+    from retrysafe.cli._commands import cli
 
     runner = CliRunner()
     assert "proxy" in runner.invoke(cli, ["--help"]).output

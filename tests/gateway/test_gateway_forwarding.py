@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 
 from kit.gateway import GatewayFactory, ManualClock, Upstream, wait_for
-from retrysafe.gateway.config import RoutePolicy, Timeouts
+from retrysafe.gateway._config import RoutePolicy, Timeouts
 from retrysafe.stores.sqlite import SQLiteStore
 
 PROBLEM = "application/problem+json"

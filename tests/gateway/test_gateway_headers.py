@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from retrysafe.gateway.headers import HOP_BY_HOP, forwarded_headers, strip_hop_by_hop
+from retrysafe.gateway._headers import HOP_BY_HOP, forwarded_headers, strip_hop_by_hop
 
 
 def test_strips_standard_and_connection_named_fields() -> None:
@@ -79,8 +79,8 @@ def test_unknown_client_address() -> None:
 def test_upstream_target_is_the_raw_target_under_a_path_prefix() -> None:
     import httpx
 
-    from retrysafe.gateway.forward import Forwarder
-    from retrysafe.gateway.metrics import GatewayMetrics
+    from retrysafe.gateway._forward import Forwarder
+    from retrysafe.gateway._metrics import GatewayMetrics
 
     forwarder = Forwarder("http://127.0.0.1:9000/api/", httpx.AsyncClient(), GatewayMetrics())
     scope = {"path": "/a/b c", "raw_path": b"/a%2Fb/{x}/./", "query_string": b"x=%20&x=<2>"}

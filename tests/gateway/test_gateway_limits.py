@@ -18,7 +18,7 @@ from kit.gateway import GatewayFactory, Upstream
 from retrysafe import Policy
 from retrysafe.errors import ConfigurationError
 from retrysafe.gateway import GatewayConfig, load_config
-from retrysafe.gateway.config import RoutePolicy
+from retrysafe.gateway._config import RoutePolicy
 
 UP = {"RETRYSAFE_UPSTREAM": "http://127.0.0.1:1"}
 PROBLEM = "application/problem+json"

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from retrysafe.gateway.framing import FramingRefused, declared_length
-from retrysafe.gateway.target import PathRefused, Prefix, choose
+from retrysafe.gateway._framing import FramingRefused, declared_length
+from retrysafe.gateway._target import PathRefused, Prefix, choose
 
 ROUTES = [Prefix.of(p) for p in ("/pay/refunds", "/pay", "/files")]  # longest first
 

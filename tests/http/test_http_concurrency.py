@@ -14,9 +14,9 @@ from typing import Any
 
 from kit.doors import SpyStore
 from kit.stores import FAR
+from retrysafe._policy import Policy
+from retrysafe._scopes import shared_scope
 from retrysafe.http import ASGIIdempotencyMiddleware, WSGIIdempotencyMiddleware
-from retrysafe.policy import Policy
-from retrysafe.scopes import shared_scope
 
 N = 50
 BODY = b'{"amount": 100}'

@@ -21,10 +21,10 @@ import pytest
 from kit.doors import SpyStore
 from kit.scopes import shared_id
 from kit.stores import FAR
+from retrysafe._policy import Policy
+from retrysafe._records import State
+from retrysafe._scopes import shared_scope
 from retrysafe.http import ASGIIdempotencyMiddleware, WSGIIdempotencyMiddleware
-from retrysafe.policy import Policy
-from retrysafe.records import State
-from retrysafe.scopes import shared_scope
 from retrysafe.stores.sqlite import SQLiteStore
 
 BODY = b'{"amount": 100}'

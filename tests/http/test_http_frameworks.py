@@ -26,9 +26,9 @@ from starlette.routing import Route
 
 from kit.stores import FAR
 from retrysafe import current_key
+from retrysafe._policy import Policy
+from retrysafe._scopes import shared_scope
 from retrysafe.http import ENVIRON_KEY, ASGIIdempotencyMiddleware, WSGIIdempotencyMiddleware
-from retrysafe.policy import Policy
-from retrysafe.scopes import shared_scope
 
 BODY = b'{"amount": 100}'
 HEADERS = {"Idempotency-Key": "order-1", "Content-Type": "application/json"}

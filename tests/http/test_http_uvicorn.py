@@ -24,10 +24,10 @@ from starlette.routing import Route
 from kit.doors import SpyStore
 from kit.scopes import shared_id
 from kit.stores import FAR
+from retrysafe._policy import Policy
+from retrysafe._records import State
+from retrysafe._scopes import shared_scope
 from retrysafe.http import ASGIIdempotencyMiddleware
-from retrysafe.policy import Policy
-from retrysafe.records import State
-from retrysafe.scopes import shared_scope
 
 pytestmark = pytest.mark.slow
 

@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from kit.scopes import shared_id
+from retrysafe._policy import Policy
+from retrysafe._records import State, StoredResponse
+from retrysafe._scopes import shared_scope
 from retrysafe.http import ASGIIdempotencyMiddleware
-from retrysafe.policy import Policy
-from retrysafe.records import State, StoredResponse
-from retrysafe.scopes import shared_scope
 from retrysafe.testing import RecordingStore
 
 if TYPE_CHECKING:  # conftest is not importable as a module under every pytest invocation

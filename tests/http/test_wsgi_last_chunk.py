@@ -8,10 +8,10 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from kit.scopes import shared_id
+from retrysafe._policy import Policy
+from retrysafe._records import State
+from retrysafe._scopes import shared_scope
 from retrysafe.http import WSGIIdempotencyMiddleware
-from retrysafe.policy import Policy
-from retrysafe.records import State
-from retrysafe.scopes import shared_scope
 
 if TYPE_CHECKING:
     from kit.stores import StoreKit

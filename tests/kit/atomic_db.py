@@ -28,11 +28,11 @@ import pytest
 
 from kit import atomic_pg_child, atomic_sqlite_child
 from kit.atomic_pg import PgDb, make_db
-from retrysafe.fingerprint import RequestFacts
-from retrysafe.keyring import configured_secret
-from retrysafe.policy import storage_id
-from retrysafe.records import Record, State
-from retrysafe.scopes import PrincipalKey, shared_scope
+from retrysafe._fingerprint import RequestFacts
+from retrysafe._keyring import configured_secret
+from retrysafe._policy import storage_id
+from retrysafe._records import Record, State
+from retrysafe._scopes import PrincipalKey, shared_scope
 from retrysafe.stores.sqlite import SQLiteStore
 
 SPAWN = multiprocessing.get_context("spawn")

@@ -224,8 +224,8 @@ def retry_waits_and_replays(ctx: Ctx) -> dict[str, Any]:
     arriving after the lease lapsed waits for the commit, then replays it."""
     from kit.atomic_django_app.models import Charge
     from retrysafe import atomic
+    from retrysafe._policy import storage_id
     from retrysafe.atomic import django as dj_atomic
-    from retrysafe.policy import storage_id
     from retrysafe.tools import idempotent
 
     store = open_store(ctx.url, ctx.prefix)

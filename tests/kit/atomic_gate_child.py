@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from multiprocessing.connection import Connection
 
-from retrysafe.records import Claimed, StoredResponse
+from retrysafe._records import Claimed, StoredResponse
 from retrysafe.stores.sqlite import SQLiteStore
 
 NEVER = 3600.0

@@ -51,12 +51,12 @@ import psycopg
 
 from kit.children import child_argv, child_env
 from kit.client_servers import FaultProxy
+from retrysafe._fingerprint import RequestFacts
+from retrysafe._keyring import configured_secret
+from retrysafe._policy import storage_id
+from retrysafe._scopes import PrincipalKey, shared_scope
 from retrysafe.client import CallFailed, IdempotentTransport, RetryPolicy
 from retrysafe.client.dlq import DeadLetterQueue
-from retrysafe.fingerprint import RequestFacts
-from retrysafe.keyring import configured_secret
-from retrysafe.policy import storage_id
-from retrysafe.scopes import PrincipalKey, shared_scope
 from retrysafe.stores.sqlite import SQLiteStore
 
 SQLITE_LEDGER = (

@@ -36,10 +36,10 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from retrysafe import atomic
+from retrysafe._policy import Policy
+from retrysafe._scopes import shared_scope
 from retrysafe.http import ASGIIdempotencyMiddleware
-from retrysafe.policy import Policy
-from retrysafe.scopes import shared_scope
-from retrysafe.stores.base import AsyncStore
+from retrysafe.stores._base import AsyncStore
 
 Write = Callable[[str, int], Awaitable[int]]
 

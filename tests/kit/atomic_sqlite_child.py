@@ -23,8 +23,8 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from retrysafe import atomic
-from retrysafe.policy import Policy
-from retrysafe.scopes import shared_scope
+from retrysafe._policy import Policy
+from retrysafe._scopes import shared_scope
 from retrysafe.stores.sqlite import SQLiteStore
 
 LEASE = 0.3  # seconds of real time: a retry takes a dead holder's claim over after this

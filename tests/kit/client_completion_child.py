@@ -36,6 +36,7 @@ from kit.client_servers import free_port
 from kit.servers import serve_asgi
 from kit.stores import FakeClock
 from retrysafe import Policy
+from retrysafe._scopes import shared_scope
 from retrysafe.client import (
     AsyncIdempotentTransport,
     IdempotentTransport,
@@ -43,7 +44,6 @@ from retrysafe.client import (
     RetryPolicy,
 )
 from retrysafe.http import ASGIIdempotencyMiddleware
-from retrysafe.scopes import shared_scope
 from retrysafe.stores import MemoryStore
 from retrysafe.telemetry import AUDIT_LOGGER, Telemetry
 

@@ -38,12 +38,12 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from retrysafe import current_key
+from retrysafe._policy import PROBLEM_BASE_URI, Policy, Problem
+from retrysafe._problems import TITLES
+from retrysafe._records import ClaimResult, Record, StoredResponse
+from retrysafe._scopes import shared_scope
 from retrysafe.errors import StoreUnavailable
 from retrysafe.http import ENVIRON_KEY, ASGIIdempotencyMiddleware, WSGIIdempotencyMiddleware
-from retrysafe.policy import PROBLEM_BASE_URI, Policy, Problem
-from retrysafe.problems import TITLES
-from retrysafe.records import ClaimResult, Record, StoredResponse
-from retrysafe.scopes import shared_scope
 
 HeaderValue = str | bytes
 HeaderPairs = Sequence[tuple[str, HeaderValue]]

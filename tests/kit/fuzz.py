@@ -56,13 +56,13 @@ from hypothesis import strategies as st
 
 from kit.gateway import serve_in_thread
 from kit.servers import serve_asgi, serve_wsgi
+from retrysafe._keys import parse_key
+from retrysafe._policy import Policy
+from retrysafe._scopes import header_scope
 from retrysafe.errors import InvalidKey
 from retrysafe.gateway import GatewayConfig, create_app
-from retrysafe.gateway.config import RoutePolicy
+from retrysafe.gateway._config import RoutePolicy
 from retrysafe.http import ASGIIdempotencyMiddleware, WSGIIdempotencyMiddleware
-from retrysafe.keys import parse_key
-from retrysafe.policy import Policy
-from retrysafe.scopes import header_scope
 from retrysafe.stores.memory import MemoryStore
 
 PRINCIPAL_HEADER = "X-Principal"

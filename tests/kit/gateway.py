@@ -26,8 +26,8 @@ import uvicorn
 
 from kit.children import child_argv, child_env
 from retrysafe.gateway import Gateway
-from retrysafe.gateway.serve import uvicorn_config
-from retrysafe.stores.base import DualStore
+from retrysafe.gateway._serve import uvicorn_config
+from retrysafe.stores._base import DualStore
 
 # [policy] anonymous = "shared": for gateway processes of tests that are not about who owns a key.
 SHARED_SCOPE_CONFIG = Path(__file__).with_name("gateway_shared_scope.toml")

@@ -8,11 +8,11 @@ does, so it works before the first request as well as after.
 
 from __future__ import annotations
 
-from retrysafe.fingerprint import RequestFacts
-from retrysafe.keyring import Keyring
-from retrysafe.policy import storage_id
-from retrysafe.scopes import Scope, shared_scope
-from retrysafe.stores.base import Store
+from retrysafe._fingerprint import RequestFacts
+from retrysafe._keyring import Keyring
+from retrysafe._policy import storage_id
+from retrysafe._scopes import Scope, shared_scope
+from retrysafe.stores._base import Store
 
 
 def http_id(store: Store, key: str, scope: Scope = shared_scope, *headers: tuple[str, str]) -> str:

@@ -13,7 +13,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Barrier
 from typing import Any
 
-from retrysafe.records import Claimed, ClaimResult, Existing, StoredResponse
+from retrysafe._records import Claimed, ClaimResult, Existing, StoredResponse
 from retrysafe.stores.sqlite import SQLiteStore
 
 FP = "fp-original"

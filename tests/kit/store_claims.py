@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import uuid
 
-from retrysafe.records import Claimed, ClaimResult, Existing, StoredResponse
+from retrysafe._records import Claimed, ClaimResult, Existing, StoredResponse
 
 LEASE = 2.5  # ticks: the lease of a test about one lapsing (or not, within it)
 FP = "fp-original"

@@ -12,9 +12,9 @@ import os
 from typing import Any
 
 from retrysafe import open_store
+from retrysafe._policy import Policy
+from retrysafe._scopes import shared_scope
 from retrysafe.http import ASGIIdempotencyMiddleware
-from retrysafe.policy import Policy
-from retrysafe.scopes import shared_scope
 
 RUN_LOG = os.environ["RUN_LOG"]
 WORK_S = float(os.environ.get("WORK_S", "0.3"))

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from retrysafe.stores.base import DualStore
+from retrysafe.stores._base import DualStore
 from retrysafe.stores.memory import MemoryStore
 from retrysafe.stores.sqlite import SQLiteStore
 

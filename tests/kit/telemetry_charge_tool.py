@@ -8,9 +8,9 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from retrysafe.stores.base import Store
+from retrysafe.stores._base import Store
 from retrysafe.telemetry import Telemetry
-from retrysafe.telemetry.observe import DEFAULT_TELEMETRY
+from retrysafe.telemetry._observe import DEFAULT_TELEMETRY
 from retrysafe.tools import idempotent_tool
 
 RUN_ID = "run-crash"

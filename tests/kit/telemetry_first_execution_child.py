@@ -13,9 +13,9 @@ import sys
 
 from kit.asgi_call import call
 from kit.telemetry import App, make_otel
+from retrysafe._policy import Policy
+from retrysafe._scopes import shared_scope
 from retrysafe.http import ASGIIdempotencyMiddleware
-from retrysafe.policy import Policy
-from retrysafe.scopes import shared_scope
 from retrysafe.stores import SQLiteStore
 
 

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from retrysafe import current_key
-from retrysafe.keys import derive_key
+from retrysafe._keys import derive_key
 from retrysafe.stores.sqlite import SQLiteStore
 from retrysafe.tools import agent_run, idempotent_tool
 

@@ -17,12 +17,12 @@ from click.testing import CliRunner
 from kit.asgi_call import call
 from kit.stores import require_service
 from kit.telemetry import App
-from retrysafe.cli.report import report
+from retrysafe._policy import Policy
+from retrysafe._scopes import shared_scope
+from retrysafe.cli._report import report
 from retrysafe.http import ASGIIdempotencyMiddleware
-from retrysafe.policy import Policy
-from retrysafe.report.slo import DAY, HOUR, MINUTE, Objective
-from retrysafe.report.summary import html_page, load, summarize
-from retrysafe.scopes import shared_scope
+from retrysafe.report._slo import DAY, HOUR, MINUTE, Objective
+from retrysafe.report._summary import html_page, load, summarize
 from retrysafe.stores import MemoryStore
 from retrysafe.telemetry import AUDIT_LOGGER, Telemetry
 
@@ -185,7 +185,7 @@ def test_page_renders_in_headless_chromium(tmp_path: Path) -> None:
 
 
 def test_report_is_a_subcommand_of_retrysafe() -> None:
-    from retrysafe.cli.commands import cli
+    from retrysafe.cli._commands import cli
 
     result = CliRunner().invoke(cli, ["report", "--help"])
     assert result.exit_code == 0

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from retrysafe.report.slo import (
+from retrysafe.report._slo import (
     DAY,
     HOUR,
     MINUTE,

@@ -32,12 +32,12 @@ from kit.stores import (
     server_down,
 )
 from retrysafe import open_store
-from retrysafe.decide import Refuse, Replay, decide
-from retrysafe.engine import claim_decision
+from retrysafe._decide import Refuse, Replay, decide
+from retrysafe._engine import claim_decision
+from retrysafe._outcomes import Outcome
+from retrysafe._policy import Policy
+from retrysafe._records import CACHE_HIT, Claimed, ClaimResult, Existing, State, StoredResponse
 from retrysafe.errors import ConfigurationError
-from retrysafe.outcomes import Outcome
-from retrysafe.policy import Policy
-from retrysafe.records import CACHE_HIT, Claimed, ClaimResult, Existing, State, StoredResponse
 from retrysafe.stores import MemoryStore, SQLiteStore
 from retrysafe.stores._replay_cache import MARGIN_S, entry_size
 from retrysafe.stores.cached import CachedStore

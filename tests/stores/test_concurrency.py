@@ -31,7 +31,7 @@ from kit.store_child import CheckThenSet, Outcome, claimer, describe, hold_then_
 from kit.store_claims import new_id
 from kit.stores import REDIS_CLUSTER, STORE_KINDS, StoreKit, kit_fixture
 from kit.wakes import HANG, NEVER
-from retrysafe.records import ClaimResult, Existing, State
+from retrysafe._records import ClaimResult, Existing, State
 from retrysafe.stores.memory import MemoryStore
 from retrysafe.stores.sqlite import SQLiteStore
 

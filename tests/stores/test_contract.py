@@ -1,4 +1,4 @@
-"""The store protocol (SPEC 36, ``stores/base.py``), rule by rule, against every store kind.
+"""The store protocol (SPEC 36, ``stores/_base.py``), rule by rule, against every store kind.
 
 Each test runs once per entry of ``STORE_KINDS``, once more behind the local replay cache, and
 on a real three-node Redis Cluster (the ``kit`` fixture below). Time moves only through
@@ -32,10 +32,10 @@ from kit.stores import (
 )
 from kit.wakes import HANG, NEVER, WakeProbe
 from retrysafe import open_store
+from retrysafe._records import Claimed, Existing, State, StoredResponse
 from retrysafe.errors import ConfigurationError, StoreUnavailable
-from retrysafe.records import Claimed, Existing, State, StoredResponse
 from retrysafe.stores import SQLiteStore
-from retrysafe.stores.base import DualStore
+from retrysafe.stores._base import DualStore
 
 # Every store kind, and each behind the local replay cache: the contract holds through it; a
 # Redis Cluster too, where each record's keys must share one slot.

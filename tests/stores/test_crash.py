@@ -22,7 +22,7 @@ import pytest
 from kit.store_child import FP, body_for, hold, response_for, storm
 from kit.store_claims import new_id
 from kit.stores import Stalled, rerun_when_stalled
-from retrysafe.records import Claimed, Existing, State, StoredResponse
+from retrysafe._records import Claimed, Existing, State, StoredResponse
 from retrysafe.stores.sqlite import TABLE, SQLiteStore
 
 pytestmark = pytest.mark.slow

@@ -11,9 +11,9 @@ import threading
 from pathlib import Path
 
 from kit.wakes import HANG, NEVER
-from retrysafe.engine import Heartbeat
-from retrysafe.policy import Policy
-from retrysafe.records import Claimed
+from retrysafe._engine import Heartbeat
+from retrysafe._policy import Policy
+from retrysafe._records import Claimed
 from retrysafe.stores.memory import MemoryStore
 from retrysafe.stores.sqlite import SQLiteStore
 

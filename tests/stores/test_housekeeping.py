@@ -9,7 +9,7 @@ from pathlib import Path
 
 from kit.store_claims import new_id
 from kit.stores import FAR, FakeClock, StoreKit, rerun_when_stalled
-from retrysafe.records import Claimed, State, StoredResponse
+from retrysafe._records import Claimed, State, StoredResponse
 from retrysafe.stores.sqlite import TABLE, SQLiteStore
 
 WAIT = 30.0  # bounds a hang only

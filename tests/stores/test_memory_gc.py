@@ -11,7 +11,7 @@ from __future__ import annotations
 import gc
 
 from kit.store_claims import FP, OK, new_id
-from retrysafe.records import Record, State, StoredResponse
+from retrysafe._records import Record, State, StoredResponse
 from retrysafe.stores import MemoryStore
 
 FAR = 10_000.0

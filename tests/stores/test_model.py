@@ -1,6 +1,6 @@
 """A Hypothesis state machine per store kind, checked against a tiny model written here.
 
-The model is deliberately independent of ``retrysafe.records`` (no ``claim_on``, no
+The model is deliberately independent of ``retrysafe._records`` (no ``claim_on``, no
 ``resolve``): it is a dict of id -> a few plain fields and the SPEC rules 7, 9, 10, 12-15
 spelled out again in the simplest way, so an error in the shared record logic shows up as a
 disagreement instead of being copied into the oracle.
@@ -32,7 +32,7 @@ from hypothesis.stateful import (
 )
 
 from kit.stores import ALL_KINDS, STORE_KINDS, Stalled, StoreKit, kit_fixture, rerun_when_stalled
-from retrysafe.records import Claimed, Existing, Record, State, StoredResponse
+from retrysafe._records import Claimed, Existing, Record, State, StoredResponse
 from retrysafe.stores.cached import CachedStore
 
 # Every store kind, and each behind the local replay cache.

@@ -34,9 +34,9 @@ from kit.store_servers import (
 )
 from kit.wakes import HANG, NEVER
 from retrysafe import Policy
+from retrysafe._scopes import shared_scope
 from retrysafe.errors import StoreUnavailable
 from retrysafe.http import ASGIIdempotencyMiddleware
-from retrysafe.scopes import shared_scope
 from retrysafe.stores.postgres import PostgresStore
 from retrysafe.stores.redis import RedisStore
 

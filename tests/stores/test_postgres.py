@@ -11,8 +11,8 @@ import psycopg
 import pytest
 
 from kit.store_servers import POSTGRES_URL, require, shared_down
+from retrysafe._records import Claimed, Existing, State, StoredResponse
 from retrysafe.errors import StoreUnavailable
-from retrysafe.records import Claimed, Existing, State, StoredResponse
 from retrysafe.stores.postgres import PostgresStore
 
 OK = StoredResponse(200, (), b"ok")

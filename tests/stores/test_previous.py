@@ -12,7 +12,7 @@ import uuid
 import pytest
 
 from kit.stores import FAR, StoreKit
-from retrysafe.records import Claimed, StoredResponse
+from retrysafe._records import Claimed, StoredResponse
 
 OK = StoredResponse(201, (), b"{}")
 TIME = 1e-5  # stores keep microseconds

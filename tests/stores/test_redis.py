@@ -18,8 +18,8 @@ from redis.crc import key_slot
 
 from kit.store_servers import REDIS_URL, RedisServer, redis_available, require, shared_down
 from kit.wakes import HANG
+from retrysafe._records import Claimed, Existing, StoredResponse
 from retrysafe.errors import ConfigurationError, StoreError, StoreUnavailable
-from retrysafe.records import Claimed, Existing, StoredResponse
 from retrysafe.stores.redis import RedisStore
 
 OK = StoredResponse(200, (("content-type", "text/plain"),), b"ok")

@@ -26,8 +26,8 @@ from kit.store_servers import (
     shared_down,
 )
 from kit.wakes import HANG
+from retrysafe._records import Claimed, Existing, StoredResponse
 from retrysafe.errors import ConfigurationError, StoreUnavailable
-from retrysafe.records import Claimed, Existing, StoredResponse
 from retrysafe.stores._redis_wire import Endpoint, Wire
 from retrysafe.stores.redis import RedisStore
 

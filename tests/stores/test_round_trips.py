@@ -16,11 +16,11 @@ import httpx
 import pytest
 
 from kit.store_servers import POSTGRES_URL, REDIS_URL, CountingProxy, require, shared_down
+from retrysafe._policy import Policy
+from retrysafe._records import Claimed, StoredResponse
+from retrysafe._scopes import shared_scope
 from retrysafe.http import ASGIIdempotencyMiddleware
-from retrysafe.policy import Policy
-from retrysafe.records import Claimed, StoredResponse
-from retrysafe.scopes import shared_scope
-from retrysafe.stores.base import DualStore
+from retrysafe.stores._base import DualStore
 
 BACKENDS = ["redis", "postgres"]
 

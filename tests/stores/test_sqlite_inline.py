@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from retrysafe.records import Claimed, State, StoredResponse
+from retrysafe._records import Claimed, State, StoredResponse
 from retrysafe.stores import sqlite as sqlite_store
 from retrysafe.stores.sqlite import SQLiteStore
 

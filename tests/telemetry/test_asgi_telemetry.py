@@ -16,15 +16,15 @@ from kit.scopes import shared_id
 from kit.stores import FakeClock
 from kit.telemetry import App, AuditLines, Otel, make_otel
 from retrysafe import Policy
+from retrysafe._keyring import Keyring
+from retrysafe._records import ClaimResult, Record, StoredResponse
+from retrysafe._scopes import shared_scope
 from retrysafe.errors import StoreUnavailable
 from retrysafe.http import ASGIIdempotencyMiddleware
-from retrysafe.keyring import Keyring
-from retrysafe.records import ClaimResult, Record, StoredResponse
-from retrysafe.scopes import shared_scope
 from retrysafe.stores import MemoryStore, SQLiteStore
 from retrysafe.stores.cached import CachedStore
 from retrysafe.telemetry import Telemetry
-from retrysafe.telemetry.observe import DEFAULT_TELEMETRY, NULL_OBSERVATION, observe
+from retrysafe.telemetry._observe import DEFAULT_TELEMETRY, NULL_OBSERVATION, observe
 
 OUTCOME = "idempotency.outcome"
 BILLABLE = "retrysafe.idempotency.billable"

@@ -29,10 +29,12 @@ from kit.stores import FakeClock
 from kit.telemetry import AuditLines, Otel
 from kit.telemetry_charge_tool import RUN_ID, charge_tool
 from retrysafe import Completion, KeyMismatch, Policy
+from retrysafe._completion import decision
+from retrysafe._scopes import shared_scope
 from retrysafe.http import ASGIIdempotencyMiddleware
-from retrysafe.report.completion import by_operation, fates
-from retrysafe.report.slo import HOUR, MINUTE, Event, Objective, evaluate, parse_objective
-from retrysafe.report.summary import (
+from retrysafe.report._completion import by_operation, fates
+from retrysafe.report._slo import HOUR, MINUTE, Event, Objective, evaluate, parse_objective
+from retrysafe.report._summary import (
     COMPLETION_TITLE,
     Log,
     html_page,
@@ -40,11 +42,9 @@ from retrysafe.report.summary import (
     render,
     summarize,
 )
-from retrysafe.scopes import shared_scope
 from retrysafe.stores import MemoryStore
 from retrysafe.stores.sqlite import SQLiteStore
 from retrysafe.telemetry import AUDIT_LOGGER
-from retrysafe.telemetry.completion import decision
 from retrysafe.tools import agent_run, idempotent, idempotent_tool
 
 NOW = 1_900_000_000.0

@@ -11,10 +11,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kit.telemetry import AuditLines, Otel
-from retrysafe.outcomes import Outcome
-from retrysafe.scopes import shared_scope
+from retrysafe._outcomes import Outcome
+from retrysafe._scopes import shared_scope
 from retrysafe.telemetry import Telemetry, report_cost
-from retrysafe.telemetry.cost import decode, encode, metering
+from retrysafe.telemetry._cost import decode, encode, metering
 
 
 def test_report_cost_outside_an_execution_is_a_no_op() -> None:
@@ -99,7 +99,7 @@ def test_finish_twice_reports_once(otel: Otel, audit_log: AuditLines) -> None:
 
 def test_internal_headers_are_stored_never_replayed_never_taken_from_the_handler() -> None:
     from retrysafe import Policy
-    from retrysafe.decide import Complete, replay_headers, settle
+    from retrysafe._decide import Complete, replay_headers, settle
 
     policy = Policy(
         scope=shared_scope, replay_headers=frozenset({"content-type", "retrysafe-cost"})

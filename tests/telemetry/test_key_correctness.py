@@ -17,9 +17,9 @@ from rich.console import Console
 
 from kit.asgi_call import call
 from kit.telemetry import Otel
+from retrysafe._outcomes import Outcome
 from retrysafe.http import ASGIIdempotencyMiddleware
-from retrysafe.outcomes import Outcome
-from retrysafe.report.slo import (
+from retrysafe.report._slo import (
     HOUR,
     Event,
     Objective,
@@ -27,7 +27,7 @@ from retrysafe.report.slo import (
     misuse_by_client,
     parse_objective,
 )
-from retrysafe.report.summary import Log, html_page, render, summarize
+from retrysafe.report._summary import Log, html_page, render, summarize
 from retrysafe.stores.memory import MemoryStore
 
 NOW = 1_900_000_000.0

@@ -13,12 +13,12 @@ from kit.asgi_call import call
 from kit.stores import FakeClock
 from kit.telemetry import Otel
 from retrysafe import Policy
+from retrysafe._outcomes import Outcome
+from retrysafe._records import Previous
+from retrysafe._scopes import shared_scope
 from retrysafe.http import ASGIIdempotencyMiddleware
-from retrysafe.outcomes import Outcome
-from retrysafe.records import Previous
-from retrysafe.scopes import shared_scope
 from retrysafe.stores import MemoryStore
-from retrysafe.telemetry.observe import EVENT_KEY_EXPIRED, EVENT_LEASE_TAKEOVER
+from retrysafe.telemetry._observe import EVENT_KEY_EXPIRED, EVENT_LEASE_TAKEOVER
 
 AUTH = [("authorization", "Bearer events")]
 

@@ -10,10 +10,10 @@ import pytest
 
 from kit.telemetry import AuditLines, Otel
 from retrysafe import Policy
+from retrysafe._records import ClaimResult
+from retrysafe._scopes import shared_scope
 from retrysafe.errors import StoreUnavailable
 from retrysafe.http import WSGIIdempotencyMiddleware
-from retrysafe.records import ClaimResult
-from retrysafe.scopes import shared_scope
 from retrysafe.stores import MemoryStore
 from retrysafe.telemetry import report_cost
 

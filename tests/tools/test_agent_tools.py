@@ -11,11 +11,11 @@ import pytest
 from kit.stores import StoreKit
 from kit.tools_flavour import Flavour, both
 from retrysafe import current_key
+from retrysafe._fingerprint import canonical_json
 from retrysafe.errors import AgentRunRequired, ConfigurationError
-from retrysafe.fingerprint import canonical_json
 from retrysafe.tools import agent_run, agent_step, current_run, idempotent_tool
-from retrysafe.tools.decorators import tool_key
-from retrysafe.tools.serializer import canonical_tree
+from retrysafe.tools._decorators import tool_key
+from retrysafe.tools._serializer import canonical_tree
 
 
 class Calls:

@@ -17,6 +17,8 @@ from kit.tools_flavour import Flavour, both
 from kit.tools_models import Invoice, Opaque, PaymentDeclined, Receipt
 from kit.wakes import HANG, NEVER, WakeProbe
 from retrysafe import current_key
+from retrysafe._policy import Policy, storage_id
+from retrysafe._records import State
 from retrysafe.errors import (
     ConfigurationError,
     KeyMismatch,
@@ -25,8 +27,6 @@ from retrysafe.errors import (
     StoreUnavailable,
     Unreplayable,
 )
-from retrysafe.policy import Policy, storage_id
-from retrysafe.records import State
 from retrysafe.stores.memory import MemoryStore
 from retrysafe.tools import idempotent
 
@@ -401,8 +401,8 @@ def test_a_custom_serializer_is_used_and_its_media_type_checked(
 
 
 def custom_key(n: int) -> str:
-    from retrysafe.fingerprint import call_fingerprint
-    from retrysafe.tools.serializer import canonical_tree
+    from retrysafe._fingerprint import call_fingerprint
+    from retrysafe.tools._serializer import canonical_tree
 
     return call_fingerprint("pick", canonical_tree({"n": n}))
 

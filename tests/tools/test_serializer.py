@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from kit.tools_models import Color, Counted, Invoice, Level, Mode, Opaque, Receipt
 from retrysafe.errors import SerializationError
-from retrysafe.tools.serializer import TaggedJSON, canonical_tree
+from retrysafe.tools._serializer import TaggedJSON, canonical_tree
 
 codec = TaggedJSON()
 

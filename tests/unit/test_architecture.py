@@ -22,14 +22,15 @@ import retrysafe
 PACKAGE = Path(retrysafe.__file__).parent
 
 CORE = [
-    "decide",
-    "records",
-    "keys",
-    "fingerprint",
-    "policy",
-    "problems",
-    "outcomes",
-    "scopes",
+    "_decide",
+    "_records",
+    "_keys",
+    "_fingerprint",
+    "_policy",
+    "_problems",
+    "_outcomes",
+    "_completion",
+    "_scopes",
 ]
 FORBIDDEN_IN_CORE = [
     "asyncio",
@@ -44,12 +45,12 @@ FORBIDDEN_IN_CORE = [
     "opentelemetry",
     "retrysafe.stores",
     "retrysafe.http",
-    "retrysafe.engine",
+    "retrysafe._engine",
 ]
 FORBIDDEN_IN_STORES = [
     "retrysafe.http",
-    "retrysafe.engine",
-    "retrysafe.decide",
+    "retrysafe._engine",
+    "retrysafe._decide",
     "retrysafe.atomic",
     "retrysafe.telemetry",
 ]
@@ -139,7 +140,7 @@ def test_stores_do_not_import_adapters_or_the_decision_core(path: Path) -> None:
 
 
 def test_there_are_stores_to_check() -> None:
-    assert {"memory.py", "sqlite.py", "base.py"} <= {p.name for p in STORE_FILES}
+    assert {"memory.py", "sqlite.py", "_base.py"} <= {p.name for p in STORE_FILES}
 
 
 # The command line (and the demo it ships) sits on top: nothing in the library imports it.
@@ -155,10 +156,10 @@ def test_the_library_never_imports_the_command_line(path: Path) -> None:
 
 def test_the_command_line_and_its_demo_are_left_out_of_the_library_files() -> None:
     names = {str(p.relative_to(PACKAGE)) for p in LIBRARY_FILES}
-    assert "engine.py" in names
-    assert "client/transport.py" in names
+    assert "_engine.py" in names
+    assert "client/_transport.py" in names
     assert not {n for n in names if n.startswith("cli/")}
-    assert (PACKAGE / "cli" / "demo" / "agentdemo.py").is_file()
+    assert (PACKAGE / "cli" / "_demo" / "agentdemo.py").is_file()
 
 
 # The scanner itself must catch what it is meant to catch.
@@ -167,20 +168,20 @@ def test_the_command_line_and_its_demo_are_left_out_of_the_library_files() -> No
 @pytest.mark.parametrize(
     ("source", "where", "bad"),
     [
-        ("import asyncio", "retrysafe/decide.py", "asyncio"),
-        ("import asyncio.locks as l", "retrysafe/decide.py", "asyncio.locks"),
-        ("from redis.asyncio import Redis", "retrysafe/decide.py", "redis.asyncio"),
-        ("def f():\n    import sqlite3\n", "retrysafe/decide.py", "sqlite3"),
-        ("from retrysafe.stores import memory", "retrysafe/decide.py", "retrysafe.stores"),
+        ("import asyncio", "retrysafe/_decide.py", "asyncio"),
+        ("import asyncio.locks as l", "retrysafe/_decide.py", "asyncio.locks"),
+        ("from redis.asyncio import Redis", "retrysafe/_decide.py", "redis.asyncio"),
+        ("def f():\n    import sqlite3\n", "retrysafe/_decide.py", "sqlite3"),
+        ("from retrysafe.stores import memory", "retrysafe/_decide.py", "retrysafe.stores"),
         (
             "from .stores.memory import MemoryStore",
-            "retrysafe/decide.py",
+            "retrysafe/_decide.py",
             "retrysafe.stores.memory",
         ),
-        ("from . import engine", "retrysafe/decide.py", "retrysafe.engine"),
+        ("from . import _engine", "retrysafe/_decide.py", "retrysafe._engine"),
         ("from ..http import asgi", "retrysafe/stores/memory.py", "retrysafe.http"),
-        ("from ..decide import decide", "retrysafe/stores/memory.py", "retrysafe.decide"),
-        ("importlib.import_module('httpx')", "retrysafe/decide.py", "httpx"),
+        ("from .._decide import decide", "retrysafe/stores/memory.py", "retrysafe._decide"),
+        ("importlib.import_module('httpx')", "retrysafe/_decide.py", "httpx"),
     ],
 )
 def test_the_scanner_finds_forbidden_imports(
@@ -195,8 +196,8 @@ def test_the_scanner_finds_forbidden_imports(
 
 
 def test_the_scanner_allows_siblings_and_stdlib() -> None:
-    found = imports_of(PACKAGE / "decide.py")
-    assert "retrysafe.records" in found
+    found = imports_of(PACKAGE / "_decide.py")
+    assert "retrysafe._records" in found
     assert offending({"retrysafe.storesx", "asyncio_helpers", "hashlib"}, FORBIDDEN_IN_CORE) == []
 
 
@@ -370,13 +371,14 @@ def test_nothing_below_the_adapters_imports_one() -> None:
 def test_the_graph_sees_the_layers() -> None:
     modules = modules_under(ROOT)
     adapters = {m for m in modules if is_adapter(m)}
-    assert {"retrysafe.http._asgi", "retrysafe.client.dlq", "retrysafe.cli.demo"} <= adapters
+    assert {"retrysafe.http._asgi", "retrysafe.client.dlq", "retrysafe.cli._demo"} <= adapters
     assert {"retrysafe.atomic.django", "retrysafe.atomic._sqlalchemy_pg"} <= adapters
-    assert {"retrysafe.engine", "retrysafe.stores.sqlite", "retrysafe.atomic"}.isdisjoint(adapters)
-    assert {"retrysafe.atomic._context", "retrysafe.telemetry.observe"}.isdisjoint(adapters)
+    assert {"retrysafe._engine", "retrysafe.stores.sqlite", "retrysafe.atomic"}.isdisjoint(adapters)
+    assert {"retrysafe.atomic._context", "retrysafe.telemetry._observe"}.isdisjoint(adapters)
     targets = {(e.importer, e.target) for e in EDGES}
-    assert ("retrysafe.stores.sqlite", "retrysafe.stores.sqlite_atomic") in targets  # lazy
-    assert ("retrysafe.decide", "retrysafe.records") in targets
+    assert ("retrysafe.stores.sqlite", "retrysafe.stores._sqlite_atomic") in targets
+    assert ("retrysafe.atomic._context", "retrysafe.stores.postgres") in targets  # lazy
+    assert ("retrysafe._decide", "retrysafe._records") in targets
 
 
 # The graph's scanner must catch what it is meant to catch.

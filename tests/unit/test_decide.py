@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from retrysafe.decide import (
+from retrysafe._decide import (
     Complete,
     Execute,
     Keyed,
@@ -23,9 +23,9 @@ from retrysafe.decide import (
     replay_headers,
     settle,
 )
-from retrysafe.outcomes import Outcome
-from retrysafe.policy import NEVER_REPLAYED, Policy, Problem
-from retrysafe.records import Claimed, Existing, Record, State, StoredResponse
+from retrysafe._outcomes import Outcome
+from retrysafe._policy import NEVER_REPLAYED, Policy, Problem
+from retrysafe._records import Claimed, Existing, Record, State, StoredResponse
 
 KEY = "8e03978e-40d5-43e8-bc93-6894a57f9324"
 DEFAULT = Policy()

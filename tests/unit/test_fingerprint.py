@@ -1,4 +1,4 @@
-"""Request and call fingerprints (SPEC rule 6, fingerprint.py)."""
+"""Request and call fingerprints (SPEC rule 6, _fingerprint.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from retrysafe.fingerprint import (
+from retrysafe._fingerprint import (
     MAX_JSON_DEPTH,
     RequestFacts,
     bytes_fingerprint,
@@ -22,7 +22,7 @@ from retrysafe.fingerprint import (
     request_fingerprint,
     target_path,
 )
-from retrysafe.policy import Policy
+from retrysafe._policy import Policy
 
 
 def facts(

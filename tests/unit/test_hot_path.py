@@ -19,20 +19,20 @@ import pytest
 
 from kit.stores import FakeClock
 from kit.wakes import HANG
-from retrysafe.decide import Execute, Replay
-from retrysafe.engine import (
+from retrysafe._decide import Execute, Replay
+from retrysafe._engine import (
     AsyncHeartbeat,
     Heartbeat,
     _scheduler,
     aclaim_decision,
     claim_decision,
 )
-from retrysafe.fingerprint import RawHeaders, RequestFacts, bytes_fingerprint
+from retrysafe._fingerprint import RawHeaders, RequestFacts, bytes_fingerprint
+from retrysafe._policy import Policy
+from retrysafe._records import Claimed, ClaimResult, Record, StoredResponse
+from retrysafe._scopes import authorization_scope
 from retrysafe.http._exchange import InvalidLength, KeyHeaders, declared_length
 from retrysafe.http._wsgi import EnvironHeaders
-from retrysafe.policy import Policy
-from retrysafe.records import Claimed, ClaimResult, Record, StoredResponse
-from retrysafe.scopes import authorization_scope
 from retrysafe.stores.memory import MemoryStore
 
 RAW = [

@@ -1,4 +1,4 @@
-"""Idempotency-Key parsing and validation (SPEC rules 1-4, keys.py)."""
+"""Idempotency-Key parsing and validation (SPEC rules 1-4, _keys.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from retrysafe._keys import MAX_KEY_LENGTH, check_key, derive_key, new_key, parse_key
 from retrysafe.errors import InvalidKey, RetrySafeError
-from retrysafe.keys import MAX_KEY_LENGTH, check_key, derive_key, new_key, parse_key
 
 VISIBLE = "".join(chr(c) for c in range(0x21, 0x7F))
 

@@ -1,11 +1,11 @@
-"""The outcome vocabulary of SPEC rule 32 and the completion verdicts of SPEC 35a (outcomes.py)."""
+"""The outcome vocabulary of SPEC rule 32 and the completion verdicts of SPEC 35a (_outcomes.py)."""
 
 from __future__ import annotations
 
 import pytest
 
 from retrysafe import Completion
-from retrysafe.outcomes import Outcome
+from retrysafe._outcomes import Outcome
 
 
 def test_outcome_values_are_the_spec_vocabulary() -> None:

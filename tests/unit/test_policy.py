@@ -11,9 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from retrysafe.errors import ConfigurationError
-from retrysafe.fingerprint import RequestFacts
-from retrysafe.policy import (
+from retrysafe._fingerprint import RequestFacts
+from retrysafe._policy import (
     DEFAULT_STATUS,
     NEVER_REPLAYED,
     PROBLEM_BASE_URI,
@@ -23,7 +22,8 @@ from retrysafe.policy import (
     seconds,
     storage_id,
 )
-from retrysafe.scopes import authorization_scope
+from retrysafe._scopes import authorization_scope
+from retrysafe.errors import ConfigurationError
 
 
 def facts(*headers: tuple[str, str]) -> RequestFacts:

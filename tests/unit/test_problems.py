@@ -1,4 +1,4 @@
-"""RFC 9457 problem responses (SPEC rule 18, problems.py)."""
+"""RFC 9457 problem responses (SPEC rule 18, _problems.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from retrysafe.policy import Policy, Problem
-from retrysafe.problems import CONTENT_TYPE, TITLES, render
+from retrysafe._policy import Policy, Problem
+from retrysafe._problems import CONTENT_TYPE, TITLES, render
 
 
 def document(problem: Problem, policy: Policy | None = None) -> dict[str, object]:

@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import retrysafe
-from retrysafe.policy import Policy
+from retrysafe._policy import Policy
 
 ROOT = Path(__file__).resolve().parents[2]
 OLD_NAME = "once" + "only"  # spelled in two parts so this file does not match itself

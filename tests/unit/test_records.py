@@ -1,4 +1,4 @@
-"""The record state table and the pure store steps (SPEC rules 7, 12-15, records.py)."""
+"""The record state table and the pure store steps (SPEC rules 7, 12-15, _records.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from retrysafe.errors import IllegalTransition, RetrySafeError
-from retrysafe.records import (
+from retrysafe._records import (
     TRANSITIONS,
     Claimed,
     Event,
@@ -28,6 +27,7 @@ from retrysafe.records import (
     transition,
     visible,
 )
+from retrysafe.errors import IllegalTransition, RetrySafeError
 
 T0 = 1_700_000_000.0
 LEASE = 60.0
@@ -35,7 +35,7 @@ TTL = 3600.0
 RETENTION = 600.0
 OK = StoredResponse(201, (("content-type", "application/json"),), b'{"id": 1}')
 
-# The life cycle drawn in records.py's docstring, written out independently.
+# The life cycle drawn in _records.py's docstring, written out independently.
 EXPECTED = {
     (State.ABSENT, Event.CLAIM): State.IN_FLIGHT,
     (State.TOMBSTONE, Event.CLAIM): State.IN_FLIGHT,

@@ -6,9 +6,8 @@ import re
 
 import pytest
 
-from retrysafe.errors import ConfigurationError
-from retrysafe.fingerprint import RequestFacts
-from retrysafe.scopes import (
+from retrysafe._fingerprint import RequestFacts
+from retrysafe._scopes import (
     PrincipalKey,
     authorization_scope,
     cookie_scope,
@@ -19,6 +18,7 @@ from retrysafe.scopes import (
     user_scope,
     wants,
 )
+from retrysafe.errors import ConfigurationError
 
 SECRET = "0123456789abcdef0123456789abcdef"
 

@@ -1,4 +1,4 @@
-from retrysafe.records import Claimed, Existing, State, StoredResponse
+from retrysafe._records import Claimed, Existing, State, StoredResponse
 
 
 def test_first_claim_then_replay(store):

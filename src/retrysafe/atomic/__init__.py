@@ -33,8 +33,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from retrysafe._keys import derive_key
 from retrysafe.atomic._context import current_unit, held_unit
-from retrysafe.keys import derive_key
 
 # Part of every derived key: changing it changes every key sent downstream.
 DERIVED_KEY_VERSION = "retrysafe.atomic.v1"

@@ -1,19 +1,19 @@
 """The atomic unit of the execution in progress, readable anywhere below a handler (SPEC 13a).
 
-The adapters bind it (``retrysafe.engine.bound_unit``); this is the handler's side.
+The adapters bind it (``retrysafe._engine.bound_unit``); this is the handler's side.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from retrysafe.engine import running_unit
+from retrysafe._engine import running_unit
+from retrysafe._lease import lease_lost
 from retrysafe.errors import ClaimTakenOver, NoAtomicContext
-from retrysafe.lease import lease_lost
-from retrysafe.stores.base import AtomicUnit
+from retrysafe.stores import AtomicUnit
 
 if TYPE_CHECKING:
-    from retrysafe.stores.postgres_atomic import PostgresUnit
+    from retrysafe.stores.postgres import PostgresUnit
 
 
 def current_unit() -> AtomicUnit:
@@ -46,7 +46,7 @@ def postgres_unit(unit: AtomicUnit) -> PostgresUnit | None:
     """``unit`` if it is a PostgreSQL unit, else None (psycopg is imported only here: a
     SQLite-only application need not install it)."""
     try:
-        from retrysafe.stores.postgres_atomic import PostgresUnit
+        from retrysafe.stores.postgres import PostgresUnit
     except ImportError:
         return None
     return unit if isinstance(unit, PostgresUnit) else None

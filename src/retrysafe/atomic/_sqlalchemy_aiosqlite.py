@@ -20,8 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from retrysafe.atomic._sqlalchemy_async import AsyncSessionLink
 from retrysafe.errors import ForeignConnection
-from retrysafe.stores.sqlite import PHASES, SQLiteStore
-from retrysafe.stores.sqlite_atomic import same_database
+from retrysafe.stores.sqlite import PHASES, SQLiteStore, same_database
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine

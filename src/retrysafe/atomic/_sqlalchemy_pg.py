@@ -20,8 +20,7 @@ if TYPE_CHECKING:  # the asyncio extension needs greenlet: imported only when us
 from retrysafe.atomic._sqlalchemy_async import AsyncSessionLink
 from retrysafe.atomic._sqlalchemy_session import SessionLink
 from retrysafe.errors import ForeignConnection
-from retrysafe.stores.postgres import PostgresStore
-from retrysafe.stores.postgres_atomic import areaches_store, reaches_store
+from retrysafe.stores.postgres import PostgresStore, areaches_store, reaches_store
 
 
 def _foreign(engine: object, store: PostgresStore) -> ForeignConnection:

@@ -43,16 +43,15 @@ from sqlalchemy.orm import Session
 from retrysafe.atomic._context import held_unit, postgres_unit
 from retrysafe.atomic._sqlalchemy_session import SessionLink
 from retrysafe.errors import AtomicUnsupported, ForeignConnection
-from retrysafe.stores.sqlite import PHASES, SQLiteStore
-from retrysafe.stores.sqlite_atomic import SQLiteUnit, same_database
+from retrysafe.stores.sqlite import PHASES, SQLiteStore, SQLiteUnit, same_database
 
 if TYPE_CHECKING:  # the asyncio extension needs greenlet: imported only when used
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
     from retrysafe.atomic._sqlalchemy_aiosqlite import AsyncSQLiteLink
     from retrysafe.atomic._sqlalchemy_pg import AsyncPostgresLink, PostgresLink
-    from retrysafe.stores.base import AtomicUnit
-    from retrysafe.stores.postgres_atomic import PostgresUnit
+    from retrysafe.stores import AtomicUnit
+    from retrysafe.stores.postgres import PostgresUnit
 
 
 class SQLAlchemyLink(SessionLink):

@@ -23,11 +23,11 @@ from typing import Any, overload
 
 import httpx
 
+from retrysafe._keys import new_key
 from retrysafe.check._cases import CheckError, check_flow
 from retrysafe.check._drivers import run_async, run_sync
 from retrysafe.check._render import junit_xml
 from retrysafe.check._steps import CaseResult, Report, Target
-from retrysafe.keys import new_key
 
 __all__ = ["CaseResult", "CheckError", "Report", "Target", "check_endpoint", "junit_xml"]
 

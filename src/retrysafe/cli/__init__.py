@@ -1,10 +1,11 @@
 """The ``retrysafe`` command (needs the ``[cli]`` extra): one module per command group.
 
 :func:`main` is the console script. It names the missing extra before anything imports click,
-then runs the group of :mod:`retrysafe.cli.commands`. The modules beside it: ``keys`` and
-``store`` (the idempotency store), ``dlq`` (the client's dead-letter queue), ``proxy`` (the
-gateway), ``report`` (the audit log), ``check`` (an endpoint's key conformance) and ``demo``;
-the underscore modules are what they share (exit codes, option parsing, file checks).
+then runs the click group of ``_commands``. The modules beside it are private, one per command
+group: ``_keys`` and ``_store`` (the idempotency store), ``_dlq`` (the client's dead-letter
+queue), ``_proxy`` (the gateway), ``_report`` (the audit log), ``_check`` (an endpoint's key
+conformance) and ``_demo``; ``_errors``, ``_args``, ``_files`` and ``_open_store`` are what they
+share (exit codes, option parsing, file checks, opening a store).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError as exc:  # pragma: no cover - depends on the install
         print(exc)
         return 2
-    from retrysafe.cli.commands import cli
+    from retrysafe.cli._commands import cli
 
     return int(cli.main(args=argv, standalone_mode=True) or 0)
 

@@ -20,7 +20,7 @@ from retrysafe.stores.cached import CachedStore
 from retrysafe.stores.url import ENV_VAR
 
 if TYPE_CHECKING:
-    from retrysafe.stores.base import DualStore
+    from retrysafe.stores import DualStore
 
 store_option = click.option(
     "--store",

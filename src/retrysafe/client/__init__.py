@@ -12,10 +12,9 @@ from retrysafe._extras import require
 require("client", "retrysafe.client", "httpx")
 
 
-from retrysafe.client._flow import CallReport
-from retrysafe.client.breaker import CircuitBreaker, Permit, Refusal, State, Transition
-from retrysafe.client.budget import RetryBudget
-from retrysafe.client.errors import (
+from retrysafe.client._breaker import CircuitBreaker, Permit, Refusal, State, Transition
+from retrysafe.client._budget import RetryBudget
+from retrysafe.client._errors import (
     BudgetExhausted,
     CallFailed,
     CircuitOpen,
@@ -23,8 +22,9 @@ from retrysafe.client.errors import (
     RetriesExhausted,
     RetryDeferred,
 )
-from retrysafe.client.retry import Attempt, Failure, RetryPolicy, classify_error, retry_after
-from retrysafe.client.transport import AsyncIdempotentTransport, IdempotentTransport
+from retrysafe.client._flow import CallReport
+from retrysafe.client._retry import Attempt, Failure, RetryPolicy, classify_error, retry_after
+from retrysafe.client._transport import AsyncIdempotentTransport, IdempotentTransport
 
 __all__ = [
     "AsyncIdempotentTransport",

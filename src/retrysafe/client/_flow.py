@@ -2,7 +2,7 @@
 
 Like httpx's auth flow, :func:`call_flow` does no I/O: it *yields* commands — send this
 request, buffer or read this response, sleep this long, park this call — and the sync and async
-drivers in ``transport.py`` carry them out and send the result back in. The generator returns the
+drivers in ``_transport.py`` carry them out and send the result back in. The generator returns the
 response to give the caller, or raises the error to give the caller. Breaker, budget and clocks
 are in-memory objects it may consult directly; the network, the sleeping and the DLQ's database
 are the drivers' business.
@@ -21,9 +21,10 @@ from typing import Literal
 
 import httpx
 
-from retrysafe.client.breaker import CircuitBreaker, Permit, Refusal
-from retrysafe.client.budget import RetryBudget
-from retrysafe.client.errors import (
+from retrysafe._outcomes import Completion
+from retrysafe.client._breaker import CircuitBreaker, Permit, Refusal
+from retrysafe.client._budget import RetryBudget
+from retrysafe.client._errors import (
     BudgetExhausted,
     CallFailed,
     CircuitOpen,
@@ -32,9 +33,8 @@ from retrysafe.client.errors import (
     RetriesExhausted,
     RetryDeferred,
 )
-from retrysafe.client.retry import Attempt, Failure, RetryPolicy, classify_error, problem_type
-from retrysafe.client.retry import retry_after as parse_retry_after
-from retrysafe.outcomes import Completion
+from retrysafe.client._retry import Attempt, Failure, RetryPolicy, classify_error, problem_type
+from retrysafe.client._retry import retry_after as parse_retry_after
 from retrysafe.testing import testing_mode
 
 Reason = Literal["exhausted", "circuit_open", "budget", "retry_after"]

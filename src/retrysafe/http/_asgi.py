@@ -13,11 +13,10 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from retrysafe import lease as leases
-from retrysafe._shield import shielded
-from retrysafe.context import key_scope
-from retrysafe.decide import Decision, Settlement
-from retrysafe.engine import (
+from retrysafe import _lease as leases
+from retrysafe._context import key_scope
+from retrysafe._decide import Decision, Settlement
+from retrysafe._engine import (
     AsyncHeartbeat,
     Ending,
     StoreTimer,
@@ -27,8 +26,14 @@ from retrysafe.engine import (
     asettle_record,
     bound_unit,
 )
+from retrysafe._fingerprint import RawHeaders, RequestFacts, quoted_path, target_path
+from retrysafe._lease import Lease
+from retrysafe._outcomes import Outcome
+from retrysafe._policy import Policy
+from retrysafe._problems import ProblemResponse
+from retrysafe._scopes import PrincipalKey
+from retrysafe._shield import shielded
 from retrysafe.errors import ClaimTakenOver
-from retrysafe.fingerprint import RawHeaders, RequestFacts, quoted_path, target_path
 from retrysafe.http._exchange import Capture, Identity, taken_over, too_large
 from retrysafe.http._flow import (
     RELEASE,
@@ -44,14 +49,9 @@ from retrysafe.http._flow import (
     open_flow,
     settle_flow,
 )
-from retrysafe.http.types import ASGIApp, Message, Receive, Scope, Send
-from retrysafe.lease import Lease
-from retrysafe.outcomes import Outcome
-from retrysafe.policy import Policy
-from retrysafe.problems import ProblemResponse
-from retrysafe.scopes import PrincipalKey
-from retrysafe.stores.base import AsyncStore, AtomicUnit
-from retrysafe.telemetry.observe import DEFAULT_TELEMETRY, NULL_OBSERVATION, Telemetry
+from retrysafe.http._types import ASGIApp, Message, Receive, Scope, Send
+from retrysafe.stores import AsyncStore, AtomicUnit
+from retrysafe.telemetry import DEFAULT_TELEMETRY, NULL_OBSERVATION, Telemetry
 
 STATE_KEY = "idempotency_key"
 T = TypeVar("T")

@@ -12,12 +12,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from retrysafe.decide import Admission, Keyed, Pass, Refuse, Settlement, admit, settle
-from retrysafe.fingerprint import RequestFacts, view_of
-from retrysafe.outcomes import Outcome
-from retrysafe.policy import Policy, Problem, storage_id
-from retrysafe.problems import ProblemResponse, render
-from retrysafe.scopes import PrincipalKey, wants
+from retrysafe._decide import Admission, Keyed, Pass, Refuse, Settlement, admit, settle
+from retrysafe._fingerprint import RequestFacts, view_of
+from retrysafe._outcomes import Outcome
+from retrysafe._policy import Policy, Problem, storage_id
+from retrysafe._problems import ProblemResponse, render
+from retrysafe._scopes import PrincipalKey, wants
 
 HeaderList = Sequence[tuple[str, str]]
 RawHeaderList = Sequence[tuple[bytes, bytes]]
@@ -230,7 +230,7 @@ def identify(
             f"this request carries an idempotency key but not what this endpoint uses to tell "
             f"whose key it is ({wants(policy.scope)}); send it with credentials, or without "
             "the key. Operators: choose who owns keys with Policy(scope=...), see "
-            "retrysafe.scopes",
+            "retrysafe._scopes",
             Outcome.REJECTED,
         )
     scope = principals.id_of(principal)

@@ -30,7 +30,7 @@ import time
 from collections.abc import Awaitable, Callable, Generator
 from typing import Any
 
-from retrysafe.decide import (
+from retrysafe._decide import (
     Complete,
     Execute,
     Keyed,
@@ -41,9 +41,14 @@ from retrysafe.decide import (
     Settlement,
     replay_headers,
 )
-from retrysafe.engine import Ending, StoreTimer, atomic_policy, require_atomic
+from retrysafe._engine import Ending, StoreTimer, atomic_policy, require_atomic
+from retrysafe._fingerprint import INLINE_JSON_LIMIT, RequestFacts
+from retrysafe._keyring import Keyring
+from retrysafe._lease import Lease
+from retrysafe._outcomes import Outcome
+from retrysafe._policy import Policy
+from retrysafe._problems import ProblemResponse, store_unavailable
 from retrysafe.errors import StoreError, StoreUnavailable
-from retrysafe.fingerprint import INLINE_JSON_LIMIT, RequestFacts
 from retrysafe.http._exchange import (
     Capture,
     HeaderList,
@@ -61,13 +66,8 @@ from retrysafe.http._exchange import (
     too_large,
     unstored,
 )
-from retrysafe.keyring import Keyring
-from retrysafe.lease import Lease
-from retrysafe.outcomes import Outcome
-from retrysafe.policy import Policy
-from retrysafe.problems import ProblemResponse, store_unavailable
-from retrysafe.stores.base import AtomicUnit
-from retrysafe.telemetry.observe import NULL_OBSERVATION, Observation, Telemetry, observe
+from retrysafe.stores import AtomicUnit
+from retrysafe.telemetry import NULL_OBSERVATION, Observation, Telemetry, observe
 
 log = logging.getLogger("retrysafe")
 

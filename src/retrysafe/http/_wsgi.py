@@ -15,10 +15,10 @@ from collections.abc import Callable, Iterable, Iterator
 from http import HTTPStatus
 from typing import TypeVar
 
-from retrysafe import lease as leases
-from retrysafe.context import key_scope
-from retrysafe.decide import Decision, Settlement
-from retrysafe.engine import (
+from retrysafe import _lease as leases
+from retrysafe._context import key_scope
+from retrysafe._decide import Decision, Settlement
+from retrysafe._engine import (
     Ending,
     Heartbeat,
     StoreTimer,
@@ -28,8 +28,13 @@ from retrysafe.engine import (
     open_unit,
     settle_record,
 )
+from retrysafe._fingerprint import HeaderView, RequestFacts, quoted_path, target_path
+from retrysafe._lease import Lease, holding
+from retrysafe._outcomes import Outcome
+from retrysafe._policy import Policy
+from retrysafe._problems import ProblemResponse
+from retrysafe._scopes import PrincipalKey
 from retrysafe.errors import ClaimTakenOver, StoreUnavailable
-from retrysafe.fingerprint import HeaderView, RequestFacts, quoted_path, target_path
 from retrysafe.http._exchange import Capture, Identity, cut_short, taken_over, too_large
 from retrysafe.http._flow import (
     RELEASE,
@@ -45,14 +50,9 @@ from retrysafe.http._flow import (
     open_flow,
     settle_flow,
 )
-from retrysafe.http.types import Environ, ExcInfo, StartResponse, WSGIApp
-from retrysafe.lease import Lease, holding
-from retrysafe.outcomes import Outcome
-from retrysafe.policy import Policy
-from retrysafe.problems import ProblemResponse
-from retrysafe.scopes import PrincipalKey
-from retrysafe.stores.base import AtomicUnit, Store
-from retrysafe.telemetry.observe import DEFAULT_TELEMETRY, Telemetry
+from retrysafe.http._types import Environ, ExcInfo, StartResponse, WSGIApp
+from retrysafe.stores import AtomicUnit, Store
+from retrysafe.telemetry import DEFAULT_TELEMETRY, Telemetry
 
 log = logging.getLogger("retrysafe")
 ENVIRON_KEY = "retrysafe.idempotency_key"

@@ -3,15 +3,16 @@
 Nothing here runs on a request path. :mod:`retrysafe.telemetry` instruments each request and
 writes the audit log (one JSON line per decision on the ``retrysafe.audit`` logger); this
 package reads such a log afterwards, as ``retrysafe report`` does:
-:mod:`~retrysafe.report.slo` is the SLO math (objectives, error budgets, burn-rate alerts;
-pure computation) and :mod:`~retrysafe.report.summary` loads a log, summarizes it and renders
-it as tables or a self-contained HTML page.
+the SLO math (:class:`Objective`, :func:`evaluate`: error budgets, burn-rate alerts; pure
+computation, in ``_slo.py``), and :func:`load`, :func:`summarize`, :func:`render` and
+:func:`html_page`, which load a log, summarize it and render it as tables or a self-contained
+HTML page (``_summary.py``).
 """
 
 from __future__ import annotations
 
-from retrysafe.report.slo import Objective, evaluate, parse_objective
-from retrysafe.report.summary import Log, Summary, html_page, load, render, summarize
+from retrysafe.report._slo import Objective, evaluate, parse_objective
+from retrysafe.report._summary import Log, Summary, html_page, load, render, summarize
 
 __all__ = [
     "Log",

@@ -1,6 +1,6 @@
 """The SQL of the PostgreSQL store: one statement per operation, timed by the server's clock.
 
-Each statement implements a pure function of ``records.py`` (claim_on, renew_on, complete_on,
+Each statement implements a pure function of ``_records.py`` (claim_on, renew_on, complete_on,
 release_allowed, resolve, next_token) in one autocommit statement: one round trip, atomic, no
 check-then-set. Times are integer microseconds of ``clock_timestamp()`` (SPEC 14).
 
@@ -288,7 +288,7 @@ class Statements:
             """
         )
 
-        # -- atomic units (SPEC 13a, stores/postgres_atomic.py) --
+        # -- atomic units (SPEC 13a, stores/_postgres_atomic.py) --
         # Re-check the fencing token inside the unit's transaction and lock the record row:
         # a takeover (the claim's upsert) now waits for our COMMIT or ROLLBACK, so the token
         # checked here still holds when the completion commits.

@@ -1,6 +1,6 @@
 """The Lua scripts of the Redis store: each store operation is one script, one round trip.
 
-They implement exactly the pure functions of ``records.py`` (claim_on, renew_on, complete_on,
+They implement exactly the pure functions of ``_records.py`` (claim_on, renew_on, complete_on,
 release_allowed, resolve, next_token) on the Redis server, so each step is atomic and timed by
 the server's clock (``TIME``, SPEC 14). Times are integer microseconds (exact in a Lua double
 up to 2^53, i.e. for the next 250 years).

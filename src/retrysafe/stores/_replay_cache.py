@@ -1,6 +1,6 @@
 """The logic of the process-local replay cache, shared by both faces of ``CachedStore``.
 
-A completed record with a stored response cannot change until its TTL lapses (records.py: the
+A completed record with a stored response cannot change until its TTL lapses (_records.py: the
 only way out of COMPLETED is TTL_LAPSED; a delete is the admin's exception), so a process may
 answer later claims of it from memory until then. This module holds that memory and its rules;
 it does no I/O (the wrapper in ``cached.py`` talks to the store).
@@ -33,8 +33,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import NamedTuple
 
+from retrysafe._records import Claimed, ClaimResult, Existing, Record, State, StoredResponse
 from retrysafe.errors import ConfigurationError
-from retrysafe.records import Claimed, ClaimResult, Existing, Record, State, StoredResponse
 
 Clock = Callable[[], float]
 MARGIN_S = 0.05  # seconds every deadline is pulled in by (scheduling jitter, clock steps)

@@ -1,7 +1,7 @@
 """The SQL of the SQLite store: its schema, the statements of a record's life, rows <-> records.
 
 Shared by :class:`~retrysafe.stores.sqlite.SQLiteStore` and the atomic unit
-(``sqlite_atomic.py``), which completes a record with :func:`complete_in` inside the
+(``_sqlite_atomic.py``), which completes a record with :func:`complete_in` inside the
 application's own transaction (SPEC 13a). Everything here is a value or a function of a
 connection the caller holds: no connection is opened, no transaction begun or committed.
 """
@@ -13,8 +13,8 @@ import json
 import sqlite3
 from collections.abc import Iterator
 
+from retrysafe._records import Record, State, StoredResponse, complete_on
 from retrysafe.errors import StoreUnavailable
-from retrysafe.records import Record, State, StoredResponse, complete_on
 
 TABLE = "retrysafe_records"
 # Recovery points of atomic handlers (SPEC 13a): committed phases outlive the claim that wrote

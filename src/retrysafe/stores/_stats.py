@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from retrysafe.records import State
+from retrysafe._records import State
 
 # The states a stored record can be in; ABSENT is not a stored state.
 COUNTED = (State.IN_FLIGHT, State.COMPLETED, State.UNREPLAYABLE, State.TOMBSTONE)

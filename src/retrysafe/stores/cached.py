@@ -28,13 +28,15 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from retrysafe.records import ClaimResult, Record, StoredResponse
+from retrysafe._records import ClaimResult, Record, StoredResponse
+from retrysafe.stores._base import DualStore
 from retrysafe.stores._replay_cache import DEFAULT_MAX_BYTES, Clock, ReplayCache
-from retrysafe.stores.base import DualStore
+
+__all__ = ["CachedStore"]
 
 
 class CachedStore:
-    """Wraps a :class:`~retrysafe.stores.base.DualStore`; the wrapper is one too.
+    """Wraps a :class:`~retrysafe.stores.DualStore`; the wrapper is one too.
 
     ``clock`` is the local clock the deadlines run on (monotonic; injectable for tests, where
     it must be the fake clock the wrapped store runs on).

@@ -25,8 +25,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from retrysafe.errors import ConfigurationError, StoreFull
-from retrysafe.records import (
+from retrysafe._records import (
     Claimed,
     ClaimResult,
     Record,
@@ -41,6 +40,7 @@ from retrysafe.records import (
     resolve,
     visible,
 )
+from retrysafe.errors import ConfigurationError, StoreFull
 from retrysafe.stores._notify import Notifier
 from retrysafe.stores._stats import KeyStats, tally
 
@@ -69,6 +69,9 @@ _IN_FLIGHT_VALUE, _TOMBSTONE_VALUE = State.IN_FLIGHT.value, State.TOMBSTONE.valu
 # What a record costs beyond its strings and body: the Record and StoredResponse tuples, the
 # dict and order entries, a heap entry (tracemalloc: about 500 bytes on CPython 3.11).
 RECORD_OVERHEAD = 512
+
+
+__all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_MAX_RECORDS", "MemoryStore"]
 
 
 class MemoryStore:

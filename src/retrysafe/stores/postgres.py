@@ -37,14 +37,14 @@ import hashlib
 import json
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psycopg
 import psycopg_pool
 from psycopg import sql
 
-from retrysafe.errors import ConfigurationError, StoreUnavailable
-from retrysafe.records import (
+from retrysafe._driver_errors import translated
+from retrysafe._records import (
     Claimed,
     ClaimResult,
     Existing,
@@ -54,6 +54,7 @@ from retrysafe.records import (
     StoredResponse,
     taken_over,
 )
+from retrysafe.errors import ConfigurationError, StoreUnavailable
 from retrysafe.stores._notify import Notifier
 from retrysafe.stores._perloop import PerLoop
 from retrysafe.stores._pg_apool import AsyncPool
@@ -65,22 +66,33 @@ from retrysafe.stores._pg_connect import (
     reason,
     recording_connection,
 )
+
+# The atomic unit is the store's: ORM glue (retrysafe.atomic) takes it, and the check that
+# a connection reaches the store's database, from here.
+from retrysafe.stores._postgres_atomic import (
+    OwnThread,
+    PgLink,
+    PostgresUnit,
+    areaches_store,
+    reaches_store,
+)
 from retrysafe.stores._postgres_sql import ABANDONED_GRACE, Statements, micros
 from retrysafe.stores._stats import KeyStats, from_rows
 from retrysafe.stores._urlopts import as_bool, redacted_url, split_options
 from retrysafe.stores._wake import Listener, awatch_loop, watch_loop
-from retrysafe.stores.driver_errors import translated
-
-if TYPE_CHECKING:
-    from retrysafe.stores.postgres_atomic import PostgresUnit
 
 __all__ = [
     "DEFAULT_URL",
     "URL_OPTIONS",
     "ClaimRaced",
+    "OwnThread",
+    "PgLink",
     "PostgresStore",
+    "PostgresUnit",
     "Statements",
+    "areaches_store",
     "libpq_options",
+    "reaches_store",
     "server_name",
 ]
 
@@ -384,9 +396,7 @@ class PostgresStore:
     def unit(
         self, id: str, token: int, fingerprint: str, lease: float, keep: float
     ) -> PostgresUnit:
-        """The atomic unit of the claim ``(id, token)`` (see :mod:`.postgres_atomic`)."""
-        from retrysafe.stores.postgres_atomic import PostgresUnit
-
+        """The atomic unit of the claim ``(id, token)`` (:class:`PostgresUnit`)."""
         return PostgresUnit(self, id, token, fingerprint, lease, keep)
 
     # -- internals -----------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The Redis store: one record, many machines, one round trip per operation.
 
 Each operation is one ``EVALSHA`` of a Lua script (``_redis_lua.py``) that runs the rules of
-``records.py`` on the server, atomically and on the server's clock (SPEC 36).
+``_records.py`` on the server, atomically and on the server's clock (SPEC 36).
 A script missing on the server (``NOSCRIPT``, after a restart or ``SCRIPT FLUSH``) is sent
 once in full (``EVAL``), which loads it again, so a replay costs one round trip and a first
 execution two (claim, complete).
@@ -56,8 +56,8 @@ import redis.cluster
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from retrysafe.errors import ConfigurationError, StoreError, StoreUnavailable
-from retrysafe.records import (
+from retrysafe._driver_errors import caught, translated, unavailable
+from retrysafe._records import (
     Claimed,
     ClaimResult,
     Existing,
@@ -67,6 +67,7 @@ from retrysafe.records import (
     StoredResponse,
     taken_over,
 )
+from retrysafe.errors import ConfigurationError, StoreError, StoreUnavailable
 from retrysafe.stores import _redis_lua as lua
 from retrysafe.stores._notify import Notifier
 from retrysafe.stores._perloop import PerLoop
@@ -74,7 +75,6 @@ from retrysafe.stores._redis_wire import Endpoint, ReplyError, Script, Wire
 from retrysafe.stores._stats import KeyStats, tally
 from retrysafe.stores._urlopts import as_bool, redacted_url, split_options
 from retrysafe.stores._wake import Listener, awatch_loop, watch_loop
-from retrysafe.stores.driver_errors import caught, translated, unavailable
 
 # An abandoned claim (holder died, nobody retried) expires this long after its lease lapsed;
 # until then a retry is reported as "recovered" (as in MemoryStore and SQLiteStore).
@@ -167,6 +167,9 @@ class _WireFace:
 
 
 AsyncFace = _ClusterFace | _WireFace
+
+
+__all__ = ["DEFAULT_URL", "RedisStore"]
 
 
 class RedisStore:

@@ -29,10 +29,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
-from retrysafe.errors import ConfigurationError, StoreUnavailable
-from retrysafe.records import (
+from retrysafe._records import (
     Claimed,
     ClaimResult,
     Existing,
@@ -46,7 +45,12 @@ from retrysafe.records import (
     resolve,
     visible,
 )
+from retrysafe.errors import ConfigurationError, StoreUnavailable
 from retrysafe.stores._notify import Notifier
+
+# The atomic unit is the store's: ORM glue (retrysafe.atomic) takes it, and the check that
+# a connection reaches the store's file, from here.
+from retrysafe.stores._sqlite_atomic import AsyncLink, Link, SQLiteUnit, same_database
 from retrysafe.stores._sqlite_sql import (
     LAST_TOKEN,
     PHASES,
@@ -62,17 +66,18 @@ from retrysafe.stores._sqlite_sql import (
 from retrysafe.stores._stats import KeyStats, from_rows
 from retrysafe.stores._writer_gate import Hold, WriterGate
 
-if TYPE_CHECKING:
-    from retrysafe.stores.sqlite_atomic import SQLiteUnit
-
 __all__ = [
     "PHASES",
     "SCHEMA",
     "TABLE",
     "WAL_CHECKPOINT_AT",
+    "AsyncLink",
     "Clock",
+    "Link",
     "SQLiteStore",
+    "SQLiteUnit",
     "complete_in",
+    "same_database",
 ]
 
 Clock = Callable[[], float]
@@ -273,9 +278,7 @@ class SQLiteStore:
                     conn.close()
 
     def unit(self, id: str, token: int, fingerprint: str, lease: float, keep: float) -> SQLiteUnit:
-        """The atomic unit of the claim ``(id, token)`` (:mod:`retrysafe.stores.sqlite_atomic`)."""
-        from retrysafe.stores.sqlite_atomic import SQLiteUnit
-
+        """The atomic unit of the claim ``(id, token)`` (:class:`SQLiteUnit`)."""
         return SQLiteUnit(self, id, token, fingerprint, lease, keep)
 
     def enter_gate(self, timeout: float | None = None) -> Hold:

@@ -26,9 +26,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from retrysafe.errors import ConfigurationError
+from retrysafe.stores._base import DualStore
 from retrysafe.stores._replay_cache import DEFAULT_MAX_BYTES
 from retrysafe.stores._urlopts import UnknownURLOption, redacted_url, split_options
-from retrysafe.stores.base import DualStore
 
 # Options of the local replay cache, taken out of the URL before the backend sees it.
 CACHE_OPTIONS: dict[str, Callable[[str], Any]] = {"local_cache": int, "local_cache_bytes": int}

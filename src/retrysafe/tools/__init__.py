@@ -9,9 +9,9 @@ See docs/tools.md for keys, nesting rules, serialization and the SDK adapters.
 from __future__ import annotations
 
 from retrysafe.errors import AgentRunRequired, InstanceIdentityRequired, SerializationError
-from retrysafe.tools.decorators import idempotent, idempotent_tool, tool_key
-from retrysafe.tools.runs import RunContext, agent_run, agent_step, current_run
-from retrysafe.tools.serializer import Serializer, TaggedJSON
+from retrysafe.tools._decorators import idempotent, idempotent_tool, tool_key
+from retrysafe.tools._runs import RunContext, agent_run, agent_step, current_run
+from retrysafe.tools._serializer import Serializer, TaggedJSON
 
 __all__ = [
     "AgentRunRequired",

@@ -53,9 +53,8 @@ from retrysafe.atomic._context import held_unit, postgres_unit
 from retrysafe.atomic.django._block import RolledBack, outermost
 from retrysafe.atomic.django._thread import OwnThread, on_request_thread
 from retrysafe.errors import AtomicUnsupported, ConfigurationError, ForeignConnection
-from retrysafe.stores.base import AtomicUnit
-from retrysafe.stores.sqlite import PHASES, SQLiteStore
-from retrysafe.stores.sqlite_atomic import SQLiteUnit, same_database
+from retrysafe.stores import AtomicUnit
+from retrysafe.stores.sqlite import PHASES, SQLiteStore, SQLiteUnit, same_database
 
 if TYPE_CHECKING:  # psycopg is imported only for a PostgreSQL store
     from retrysafe.atomic.django._postgres import DjangoPostgresLink
@@ -64,7 +63,7 @@ if TYPE_CHECKING:  # psycopg is imported only for a PostgreSQL store
 class DjangoLink(OwnThread):
     """A Django database connection (``connections[using]``) as the unit's link.
 
-    An async link too (:class:`~retrysafe.stores.sqlite_atomic.AsyncLink`): an async adapter
+    An async link too (:class:`~retrysafe.stores.sqlite.AsyncLink`): an async adapter
     runs the unit's steps on the thread the connection belongs to."""
 
     def __init__(self, store: SQLiteStore, using: str) -> None:

@@ -25,8 +25,7 @@ from retrysafe.atomic.django._block import RolledBack, outermost
 from retrysafe.atomic.django._tables import store_tables
 from retrysafe.atomic.django._thread import OwnThread
 from retrysafe.errors import ConfigurationError, ForeignConnection
-from retrysafe.stores.postgres import PostgresStore
-from retrysafe.stores.postgres_atomic import reaches_store
+from retrysafe.stores.postgres import PostgresStore, reaches_store
 
 
 class DjangoPostgresLink(OwnThread):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from django.apps import AppConfig
 
+__all__ = ["RetrySafeConfig"]
+
 
 class RetrySafeConfig(AppConfig):  # type: ignore[misc]  # django ships no types
     name = "retrysafe.atomic.django"

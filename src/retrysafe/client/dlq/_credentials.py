@@ -6,7 +6,7 @@ sent without them (or with only some) would reach another scope, where the key i
 the operation would run a second time. :class:`RequireCredentials` is an ``httpx.Auth`` that
 runs the live client's own auth (``client.auth``: it may add ``Authorization`` itself) and
 then refuses, before a byte is sent, any request that lacks one of the recorded headers.
-It refuses with :class:`~retrysafe.client.errors.CredentialsMissing`; the queue then hands
+It refuses with :class:`~retrysafe.client._errors.CredentialsMissing`; the queue then hands
 the entry back untouched.
 
 It checks presence, not values: the queue never keeps values, so a replay with *another*
@@ -20,7 +20,7 @@ from collections.abc import AsyncGenerator, Generator
 
 import httpx
 
-from retrysafe.client.errors import CredentialsMissing
+from retrysafe.client._errors import CredentialsMissing
 
 
 def header_label(name: str) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from retrysafe.client.retry import Attempt
+from retrysafe.client._retry import Attempt
 
 
 class EntryState(enum.Enum):

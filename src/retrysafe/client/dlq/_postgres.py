@@ -33,10 +33,10 @@ import psycopg
 import psycopg_pool
 from psycopg import sql
 
+from retrysafe._driver_errors import translated
 from retrysafe.client.dlq._entries import DeadLetter, EntryState, Settlement
 from retrysafe.client.dlq._rows import COLUMNS, entry_of, row_of
 from retrysafe.errors import ConfigurationError
-from retrysafe.stores.driver_errors import translated
 from retrysafe.stores.postgres import libpq_options, server_name
 from retrysafe.stores.url import redacted_url, split_options
 

@@ -43,11 +43,11 @@ from typing import Any
 
 import httpx
 
+from retrysafe.client._errors import CallFailed, CircuitOpen, CredentialsMissing, RetryDeferred
+from retrysafe.client._retry import RETRY_STATUSES, Attempt, retry_after
 from retrysafe.client.dlq._backend import DLQBackend, open_backend
 from retrysafe.client.dlq._credentials import RequireCredentials
 from retrysafe.client.dlq._entries import DeadLetter, EntryState, Settlement
-from retrysafe.client.errors import CallFailed, CircuitOpen, CredentialsMissing, RetryDeferred
-from retrysafe.client.retry import RETRY_STATUSES, Attempt, retry_after
 from retrysafe.errors import ConfigurationError, KeyMismatch
 from retrysafe.testing import testing_mode
 

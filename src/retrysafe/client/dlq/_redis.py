@@ -35,10 +35,10 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from retrysafe._driver_errors import translated
 from retrysafe.client.dlq._entries import DeadLetter, EntryState, Settlement
 from retrysafe.client.dlq._rows import COLUMNS, entry_of, row_of
 from retrysafe.errors import ConfigurationError
-from retrysafe.stores.driver_errors import translated
 from retrysafe.stores.url import redacted_url, split_options
 
 URL_OPTIONS: dict[str, Callable[[str], Any]] = {

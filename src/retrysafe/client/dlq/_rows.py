@@ -10,8 +10,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from retrysafe.client._retry import Attempt
 from retrysafe.client.dlq._entries import DeadLetter, EntryState
-from retrysafe.client.retry import Attempt
 
 
 def attempts_json(attempts: Sequence[Attempt]) -> str:

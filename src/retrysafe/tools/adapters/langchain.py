@@ -22,11 +22,11 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+from retrysafe._policy import Policy
 from retrysafe.errors import ConfigurationError
-from retrysafe.policy import Policy
-from retrysafe.stores.base import AsyncStore, Store
+from retrysafe.stores import AsyncStore, Store
+from retrysafe.tools._decorators import idempotent_tool
 from retrysafe.tools.adapters._common import injected_params, is_subclass_or_instance
-from retrysafe.tools.decorators import idempotent_tool
 
 _INJECTED_NAMES = frozenset({"callbacks", "run_manager", "config"})
 
@@ -40,6 +40,9 @@ def _ignored(fn: Callable[..., Any]) -> set[str]:
 
     names = set(inspect.signature(fn).parameters)
     return injected_params(fn, injected) | (names & _INJECTED_NAMES)
+
+
+__all__ = ["protect"]
 
 
 def protect(

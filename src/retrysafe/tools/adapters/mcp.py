@@ -27,11 +27,11 @@ from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
-from retrysafe.policy import Policy
-from retrysafe.stores.base import AsyncStore, Store
+from retrysafe._policy import Policy
+from retrysafe.stores import AsyncStore, Store
+from retrysafe.tools._decorators import idempotent_tool
+from retrysafe.tools._runs import agent_run
 from retrysafe.tools.adapters._common import injected_params, is_subclass_or_instance
-from retrysafe.tools.decorators import idempotent_tool
-from retrysafe.tools.runs import agent_run
 
 RUN_ID_META = "retrysafe/run_id"
 _HIDDEN = "retrysafe_mcp_context"
@@ -43,6 +43,9 @@ def _context_class() -> type:
     except ImportError:  # mcp 1.x names it differently; looked up dynamically for mypy
         return importlib.import_module("mcp.server.fastmcp").Context  # type: ignore[no-any-return]
     return Context
+
+
+__all__ = ["RUN_ID_META", "safe_to_repeat", "tool"]
 
 
 def safe_to_repeat(annotations: Any) -> bool:

@@ -24,16 +24,19 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from retrysafe.policy import Policy
-from retrysafe.stores.base import AsyncStore, Store
+from retrysafe._policy import Policy
+from retrysafe.stores import AsyncStore, Store
+from retrysafe.tools._decorators import idempotent_tool
 from retrysafe.tools.adapters._common import injected_params, is_subclass_or_instance
-from retrysafe.tools.decorators import idempotent_tool
 
 
 def _context_types() -> tuple[type, ...]:
     from agents import RunContextWrapper  # ToolContext is a subclass
 
     return (RunContextWrapper,)
+
+
+__all__ = ["function_tool", "protect"]
 
 
 def function_tool(

@@ -9,6 +9,8 @@ from django.db import migrations
 
 from retrysafe.atomic.django._tables import create_statements, drop_statements
 
+__all__ = ["Migration"]
+
 
 def _create(apps: Any, schema_editor: Any) -> None:
     for statement in create_statements(schema_editor.connection):
