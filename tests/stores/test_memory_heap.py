@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 
 from kit.store_claims import FP, OK, new_id
-from retrysafe.records import Claimed
+from retrysafe._records import Claimed
 from retrysafe.stores import MemoryStore
 
 DAY = 86_400.0
