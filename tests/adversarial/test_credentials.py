@@ -30,6 +30,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from kit.servers import serve_asgi, serve_wsgi
 from kit.stores import StoreKit
+from kit.telemetry import audit_to
 from retrysafe._keyring import SECRET_ENV, stored_secret
 from retrysafe._policy import Policy
 from retrysafe._scopes import PrincipalKey
@@ -39,7 +40,7 @@ from retrysafe.client._errors import RetriesExhausted
 from retrysafe.client.dlq import DeadLetterQueue
 from retrysafe.http import ASGIIdempotencyMiddleware, WSGIIdempotencyMiddleware
 from retrysafe.stores.sqlite import SQLiteStore
-from retrysafe.telemetry import AUDIT_LOGGER, Telemetry
+from retrysafe.telemetry import Telemetry
 
 USER, PASSWORD = "alice", "hunter2"
 BASIC = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
@@ -113,15 +114,8 @@ def otel() -> Iterator[Otel]:
 def audit_file(tmp_path: Path) -> Iterator[Path]:
     """The audit log routed to a file, as docs/observability.md shows."""
     path = tmp_path / "audit.log"
-    handler = logging.FileHandler(path)
-    logger = logging.getLogger(AUDIT_LOGGER)
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    yield path
-    logger.removeHandler(handler)
-    logger.setLevel(level)
-    handler.close()
+    with audit_to(logging.FileHandler(path)):
+        yield path
 
 
 @pytest.fixture(autouse=True)

@@ -34,6 +34,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from kit.scopes import shared_id
 from kit.servers import serve_asgi, serve_wsgi
 from kit.stores import FakeClock, StoreKit
+from kit.telemetry import audit_to
 from retrysafe import atomic, lease_lost
 from retrysafe._engine import SettleRetry
 from retrysafe._lease import Lease
@@ -44,7 +45,7 @@ from retrysafe.errors import StoreUnavailable
 from retrysafe.http import ASGIIdempotencyMiddleware, WSGIIdempotencyMiddleware
 from retrysafe.stores.memory import MemoryStore
 from retrysafe.stores.sqlite import SQLiteStore
-from retrysafe.telemetry import AUDIT_LOGGER, Telemetry
+from retrysafe.telemetry import Telemetry
 
 WAIT = 30.0  # bounds a hang only
 BODY = b'{"charged": 500}'
@@ -308,15 +309,10 @@ class Telemetered:
 @pytest.fixture
 def telemetered() -> Iterator[Telemetered]:
     made = Telemetered()
-    logger = logging.getLogger(AUDIT_LOGGER)
     handler = logging.Handler(logging.INFO)
     handler.emit = lambda record: made.lines.append(record.getMessage())  # type: ignore[method-assign]
-    old = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    yield made
-    logger.removeHandler(handler)
-    logger.setLevel(old)
+    with audit_to(handler):
+        yield made
     made.tracer_provider.shutdown()
     made.meter_provider.shutdown()
 

@@ -48,6 +48,7 @@ from kit.doc_blocks import (
 )
 from kit.servers import serve_asgi
 from kit.stores import POSTGRES_URL, REDIS_URL, require_service, server_down
+from kit.telemetry import audit_to
 from retrysafe import open_store
 from retrysafe.cli._commands import cli
 from retrysafe.http import ASGIIdempotencyMiddleware
@@ -417,13 +418,8 @@ def _docs_apis(block: Block, tmp: Path) -> Iterator[Callable[[str], str]]:
 
 def _audit_log(path: Path) -> None:
     """A real audit log: what `retrysafe report --log audit.log` reads."""
-    handler = logging.FileHandler(path)
-    logger = logging.getLogger(AUDIT_LOGGER)
-    logger.addHandler(handler)
-    level = logger.level
-    logger.setLevel(logging.INFO)
     store = open_store("memory://")
-    try:
+    with audit_to(logging.FileHandler(path)), contextlib.closing(store):
 
         @idempotent(store, key=lambda n: str(n), telemetry=Telemetry())
         def pay(n: int) -> int:
@@ -431,11 +427,6 @@ def _audit_log(path: Path) -> None:
 
         for n in range(20):
             pay(n % 15)
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
-        handler.close()
-        store.close()
     assert path.stat().st_size > 0
 
 

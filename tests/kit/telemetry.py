@@ -1,6 +1,6 @@
 """What the telemetry tests observe with: real OpenTelemetry SDK providers with in-memory
 exporters (:class:`Otel`), the audit log's lines (:class:`AuditLines`), and an ASGI app that
-counts its runs (:class:`App`).
+counts its runs (:class:`App`), and :func:`audit_to`, the one way tests route the audit log.
 
 Providers are passed to :class:`Telemetry` explicitly, so no test touches the global providers
 (which can be set only once per process) and tests stay independent. The fixtures ``otel`` and
@@ -10,10 +10,12 @@ Providers are passed to :class:`Telemetry` explicitly, so no test touches the gl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from opentelemetry import trace
 from opentelemetry.sdk.metrics import MeterProvider
@@ -22,7 +24,9 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from retrysafe.telemetry import Telemetry, report_cost
+from retrysafe.telemetry import AUDIT_LOGGER, Telemetry, report_cost
+
+H = TypeVar("H", bound=logging.Handler)
 
 
 @dataclass
@@ -76,6 +80,30 @@ class AuditLines(logging.Handler):
 
     def docs(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.lines]
+
+
+@contextlib.contextmanager
+def audit_to(handler: H) -> Iterator[H]:
+    """The ``retrysafe.audit`` logger writing to ``handler`` at INFO, then exactly as it was.
+
+    The level is set here rather than trusting the one retrysafe sets on import: a test that
+    left the logger at NOTSET made it inherit the root's WARNING, and every later test in the
+    same worker that only added a handler saw no line. Level, propagation and the disabled
+    flag are all put back, so nothing leaks to the next test (tests/conftest.py checks).
+    """
+    logger = logging.getLogger(AUDIT_LOGGER)
+    level, propagate, disabled = logger.level, logger.propagate, logger.disabled
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.disabled = False
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+        logger.setLevel(level)
+        logger.propagate = propagate
+        logger.disabled = disabled
 
 
 class App:

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from kit.asgi_call import call
 from kit.stores import require_service
-from kit.telemetry import App
+from kit.telemetry import App, audit_to
 from retrysafe._policy import Policy
 from retrysafe._scopes import shared_scope
 from retrysafe.cli._report import report
@@ -24,7 +24,7 @@ from retrysafe.http import ASGIIdempotencyMiddleware
 from retrysafe.report._slo import DAY, HOUR, MINUTE, Objective
 from retrysafe.report._summary import html_page, load, summarize
 from retrysafe.stores import MemoryStore
-from retrysafe.telemetry import AUDIT_LOGGER, Telemetry
+from retrysafe.telemetry import Telemetry
 
 NOW = 1_790_000_000.0
 SVG = "{http://www.w3.org/2000/svg}"
@@ -118,11 +118,7 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
 
 def test_report_from_a_real_middleware_log(tmp_path: Path) -> None:
     path = tmp_path / "audit.log"
-    handler = logging.FileHandler(path)
-    logger = logging.getLogger(AUDIT_LOGGER)
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
+    with audit_to(logging.FileHandler(path)):
         app = App()
         app.cost = 0.25
         mw = ASGIIdempotencyMiddleware(
@@ -136,10 +132,6 @@ def test_report_from_a_real_middleware_log(tmp_path: Path) -> None:
             await call(mw, key="k-2")
 
         asyncio.run(traffic())
-    finally:
-        logger.removeHandler(handler)
-        handler.close()
-        logger.setLevel(logging.NOTSET)
     summary = summarize(load(path))
     (stats,) = summary.operations.values()
     assert dict(stats.outcomes) == {"executed": 2, "replayed": 1, "mismatch": 1}

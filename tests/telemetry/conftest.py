@@ -3,13 +3,11 @@ the audit log's lines (the classes are in tests/kit/telemetry.py)."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 
 import pytest
 
-from kit.telemetry import AuditLines, Otel, make_otel
-from retrysafe.telemetry import AUDIT_LOGGER
+from kit.telemetry import AuditLines, Otel, audit_to, make_otel
 
 
 @pytest.fixture
@@ -22,11 +20,5 @@ def otel() -> Iterator[Otel]:
 
 @pytest.fixture
 def audit_log() -> Iterator[AuditLines]:
-    logger = logging.getLogger(AUDIT_LOGGER)
-    handler = AuditLines()
-    old_level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(old_level)
+    with audit_to(AuditLines()) as handler:
+        yield handler

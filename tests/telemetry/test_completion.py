@@ -26,7 +26,7 @@ from rich.console import Console
 from kit.asgi_call import call
 from kit.children import child_argv, child_env
 from kit.stores import FakeClock
-from kit.telemetry import AuditLines, Otel
+from kit.telemetry import AuditLines, Otel, audit_to
 from kit.telemetry_charge_tool import RUN_ID, charge_tool
 from retrysafe import Completion, KeyMismatch, Policy
 from retrysafe._completion import decision
@@ -44,7 +44,6 @@ from retrysafe.report._summary import (
 )
 from retrysafe.stores import MemoryStore
 from retrysafe.stores.sqlite import SQLiteStore
-from retrysafe.telemetry import AUDIT_LOGGER
 from retrysafe.tools import agent_run, idempotent, idempotent_tool
 
 NOW = 1_900_000_000.0
@@ -333,12 +332,10 @@ async def test_http_spans_and_metrics(otel: Otel, audit_log: AuditLines) -> None
 @pytest.fixture
 def audit_file(tmp_path: Path) -> Iterator[Path]:
     path = tmp_path / "audit.log"
-    handler = logging.FileHandler(path)
-    logger = logging.getLogger(AUDIT_LOGGER)
-    logger.addHandler(handler)
-    yield path
-    logger.removeHandler(handler)
-    handler.close()
+    # audit_to sets INFO itself: this fixture once only added its handler, and found no line
+    # after a test elsewhere in the worker had left the logger at NOTSET (the root's WARNING).
+    with audit_to(logging.FileHandler(path)):
+        yield path
 
 
 def crash(mode: str, db: Path, audit: Path, ledger: Path) -> None:
