@@ -23,7 +23,7 @@ demo: $(STAMP)
 # with 2, back to back on a loaded 2-core machine (CONTRIBUTING.md). Tests are independent:
 # each uses its own Redis key prefix, PostgreSQL tables and private-server ports.
 # TEST_WORKERS=0 runs in one process.
-TEST_WORKERS ?= 4
+TEST_WORKERS ?= 6
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
