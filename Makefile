@@ -16,11 +16,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/retrysafe demo
 
-# Four pytest-xdist workers on a 2-core machine, tests handed out one by one (worksteal: the
+# Six pytest-xdist workers on a 2-core machine, tests handed out one by one (worksteal: the
 # multi-process chaos and real-clock tests are long). More workers than cores, because most of
 # the suite waits on a real clock (Redis and PostgreSQL keep time on the server) rather than
 # computes: tests/stores + tests/conformance took 114-132 s with 4 workers against 185-236 s
-# with 2, back to back on a loaded 2-core machine (CONTRIBUTING.md). Tests are independent:
+# with 2, back to back on a loaded 2-core machine, and the whole suite 193 s with 6 against
+# 256 s with 4 (CONTRIBUTING.md). Tests are independent:
 # each uses its own Redis key prefix, PostgreSQL tables and private-server ports.
 # TEST_WORKERS=0 runs in one process.
 TEST_WORKERS ?= 6
