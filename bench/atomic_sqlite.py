@@ -35,7 +35,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from retrysafe import atomic, Policy, shared_scope
 from retrysafe.http import ASGIIdempotencyMiddleware
-from retrysafe.stores import SQLiteStore
+from retrysafe.stores.sqlite import SQLiteStore
 
 HOLD = float(os.environ["BENCH_HOLD"])
 store = SQLiteStore(os.environ["BENCH_DB"])

@@ -17,7 +17,8 @@ import gc
 import time
 import uuid
 
-from retrysafe.stores import MemoryStore, StoredResponse
+from retrysafe.stores import StoredResponse
+from retrysafe.stores.memory import MemoryStore
 
 RESPONSE = StoredResponse(201, (("content-type", "application/json"),), b'{"id": "ch_1"}')
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from retrysafe import Policy, shared_scope
 from retrysafe.http import ASGIIdempotencyMiddleware
-from retrysafe.stores import MemoryStore
+from retrysafe.stores.memory import MemoryStore
 from retrysafe.telemetry import AUDIT_LOGGER, Telemetry
 
 BODY = b'{"amount": 500, "currency": "eur", "customer": "c-1"}'

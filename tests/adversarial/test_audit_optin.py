@@ -27,7 +27,7 @@ import logging, sys
 sys.path.insert(0, {tests!r})
 {setup}
 import httpx
-from retrysafe.stores import MemoryStore
+from retrysafe.stores.memory import MemoryStore
 from retrysafe.http import ASGIIdempotencyMiddleware
 from retrysafe.telemetry import Telemetry
 from kit.servers import serve_asgi

@@ -17,7 +17,7 @@ import pytest
 
 from kit.servers import raw_request, serve_asgi, serve_wsgi
 from retrysafe.http import ASGIIdempotencyMiddleware, WSGIIdempotencyMiddleware
-from retrysafe.stores import MemoryStore
+from retrysafe.stores.memory import MemoryStore
 
 
 async def _asgi_app(scope: dict[str, Any], receive: Any, send: Any) -> None:

@@ -22,7 +22,7 @@ from retrysafe import Policy
 from retrysafe.errors import ConfigurationError
 from retrysafe.gateway._config import load_config
 from retrysafe.http import ASGIIdempotencyMiddleware
-from retrysafe.stores import MemoryStore
+from retrysafe.stores.memory import MemoryStore
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,7 @@ from retrysafe.errors import (
     NoAtomicContext,
     StillInFlight,
 )
-from retrysafe.stores import MemoryStore
+from retrysafe.stores.memory import MemoryStore
 from retrysafe.stores.sqlite import SQLiteStore
 from retrysafe.tools import idempotent
 

@@ -36,7 +36,7 @@ from retrysafe._scopes import shared_scope
 from retrysafe.atomic._context import current_unit
 from retrysafe.errors import AtomicUnsupported, ClaimTakenOver
 from retrysafe.http import ASGIIdempotencyMiddleware, WSGIIdempotencyMiddleware
-from retrysafe.stores import MemoryStore
+from retrysafe.stores.memory import MemoryStore
 from retrysafe.stores.sqlite import SQLiteStore
 from retrysafe.tools import idempotent
 

@@ -34,7 +34,7 @@ from retrysafe.client import (
 )
 from retrysafe.client.dlq import DeadLetterQueue, EntryState
 from retrysafe.http import ASGIIdempotencyMiddleware
-from retrysafe.stores import MemoryStore
+from retrysafe.stores.memory import MemoryStore
 
 CALLS = 1000
 CONCURRENCY = 16

@@ -22,7 +22,7 @@ from retrysafe._policy import Policy
 from retrysafe._scopes import shared_scope
 from retrysafe.client import AsyncIdempotentTransport, IdempotentTransport
 from retrysafe.http import ASGIIdempotencyMiddleware
-from retrysafe.stores import MemoryStore
+from retrysafe.stores.memory import MemoryStore
 from retrysafe.tools import idempotent
 
 

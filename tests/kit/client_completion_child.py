@@ -44,7 +44,7 @@ from retrysafe.client import (
     RetryPolicy,
 )
 from retrysafe.http import ASGIIdempotencyMiddleware
-from retrysafe.stores import MemoryStore
+from retrysafe.stores.memory import MemoryStore
 from retrysafe.telemetry import AUDIT_LOGGER, Telemetry
 
 TTL = 60.0

@@ -16,7 +16,7 @@ from kit.telemetry import App, make_otel
 from retrysafe._policy import Policy
 from retrysafe._scopes import shared_scope
 from retrysafe.http import ASGIIdempotencyMiddleware
-from retrysafe.stores import SQLiteStore
+from retrysafe.stores.sqlite import SQLiteStore
 
 
 def main(path: str) -> None:

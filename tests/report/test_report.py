@@ -23,7 +23,7 @@ from retrysafe.cli._report import report
 from retrysafe.http import ASGIIdempotencyMiddleware
 from retrysafe.report._slo import DAY, HOUR, MINUTE, Objective
 from retrysafe.report._summary import html_page, load, summarize
-from retrysafe.stores import MemoryStore
+from retrysafe.stores.memory import MemoryStore
 from retrysafe.telemetry import Telemetry
 
 NOW = 1_790_000_000.0

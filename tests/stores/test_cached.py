@@ -38,9 +38,10 @@ from retrysafe._outcomes import Outcome
 from retrysafe._policy import Policy
 from retrysafe._records import CACHE_HIT, Claimed, ClaimResult, Existing, State, StoredResponse
 from retrysafe.errors import ConfigurationError
-from retrysafe.stores import MemoryStore, SQLiteStore
 from retrysafe.stores._replay_cache import MARGIN_S, entry_size
 from retrysafe.stores.cached import CachedStore
+from retrysafe.stores.memory import MemoryStore
+from retrysafe.stores.sqlite import SQLiteStore
 from retrysafe.testing import RecordingStore
 
 kit = kit_fixture(sorted(CACHED_KINDS))

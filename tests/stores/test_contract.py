@@ -34,8 +34,8 @@ from kit.wakes import HANG, NEVER, WakeProbe
 from retrysafe import open_store
 from retrysafe._records import Claimed, Existing, State, StoredResponse
 from retrysafe.errors import ConfigurationError, StoreUnavailable
-from retrysafe.stores import SQLiteStore
 from retrysafe.stores._base import DualStore
+from retrysafe.stores.sqlite import SQLiteStore
 
 # Every store kind, and each behind the local replay cache: the contract holds through it; a
 # Redis Cluster too, where each record's keys must share one slot.

@@ -12,7 +12,7 @@ import gc
 
 from kit.store_claims import FP, OK, new_id
 from retrysafe._records import Record, State, StoredResponse
-from retrysafe.stores import MemoryStore
+from retrysafe.stores.memory import MemoryStore
 
 FAR = 10_000.0
 

@@ -12,7 +12,7 @@ import random
 
 from kit.store_claims import FP, OK, new_id
 from retrysafe._records import Claimed
-from retrysafe.stores import MemoryStore
+from retrysafe.stores.memory import MemoryStore
 
 DAY = 86_400.0
 RECORDS = 50

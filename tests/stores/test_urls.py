@@ -10,9 +10,10 @@ import pytest
 from kit.store_claims import FP, claimed
 from retrysafe import open_store
 from retrysafe.errors import ConfigurationError
-from retrysafe.stores import MemoryStore, SQLiteStore
+from retrysafe.stores.memory import MemoryStore
 from retrysafe.stores.postgres import PostgresStore
 from retrysafe.stores.redis import RedisStore
+from retrysafe.stores.sqlite import SQLiteStore
 
 
 def test_open_store_memory_url() -> None:

@@ -21,8 +21,9 @@ from retrysafe._records import ClaimResult, Record, StoredResponse
 from retrysafe._scopes import shared_scope
 from retrysafe.errors import StoreUnavailable
 from retrysafe.http import ASGIIdempotencyMiddleware
-from retrysafe.stores import MemoryStore, SQLiteStore
 from retrysafe.stores.cached import CachedStore
+from retrysafe.stores.memory import MemoryStore
+from retrysafe.stores.sqlite import SQLiteStore
 from retrysafe.telemetry import Telemetry
 from retrysafe.telemetry._observe import DEFAULT_TELEMETRY, NULL_OBSERVATION, observe
 

@@ -42,7 +42,7 @@ from retrysafe.report._summary import (
     render,
     summarize,
 )
-from retrysafe.stores import MemoryStore
+from retrysafe.stores.memory import MemoryStore
 from retrysafe.stores.sqlite import SQLiteStore
 from retrysafe.tools import agent_run, idempotent, idempotent_tool
 

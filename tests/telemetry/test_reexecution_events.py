@@ -17,7 +17,7 @@ from retrysafe._outcomes import Outcome
 from retrysafe._records import Previous
 from retrysafe._scopes import shared_scope
 from retrysafe.http import ASGIIdempotencyMiddleware
-from retrysafe.stores import MemoryStore
+from retrysafe.stores.memory import MemoryStore
 from retrysafe.telemetry._observe import EVENT_KEY_EXPIRED, EVENT_LEASE_TAKEOVER
 
 AUTH = [("authorization", "Bearer events")]

@@ -8,7 +8,7 @@ import pytest
 
 from kit.telemetry import AuditLines, Otel
 from retrysafe import KeyMismatch
-from retrysafe.stores import MemoryStore
+from retrysafe.stores.memory import MemoryStore
 from retrysafe.telemetry import report_cost
 from retrysafe.tools import agent_run, idempotent, idempotent_tool
 

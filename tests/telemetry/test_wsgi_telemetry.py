@@ -14,7 +14,7 @@ from retrysafe._records import ClaimResult
 from retrysafe._scopes import shared_scope
 from retrysafe.errors import StoreUnavailable
 from retrysafe.http import WSGIIdempotencyMiddleware
-from retrysafe.stores import MemoryStore
+from retrysafe.stores.memory import MemoryStore
 from retrysafe.telemetry import report_cost
 
 

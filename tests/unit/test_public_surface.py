@@ -3,8 +3,11 @@
 A reader should never wonder whether ``retrysafe.MemoryStore`` and
 ``retrysafe.stores.MemoryStore`` are the same thing, or which one the docs mean. So each object
 a public package (a package whose dotted path has no ``_private`` part) lists in ``__all__`` is
-listed by no other public package, every listed name exists, and the names README.md and the
-docs import come from where they are listed.
+listed by no other public package, a package does not repeat what a public module of its own
+lists (``retrysafe.stores`` and ``retrysafe.stores.memory``: every store is imported from its
+module, alike with or without an extra; only the root gathers the exceptions ``errors`` lists,
+the names the README sells), every listed name exists, and the names README.md and the docs
+import come from where they are listed.
 
 And a module's name says whether it may be imported (CONTRIBUTING.md, "Layout"): every public
 module (no ``_private`` part in its dotted path, packages included) declares ``__all__``, and
@@ -69,6 +72,25 @@ def test_each_object_is_exported_from_one_package() -> None:
             objects[id(obj)] = obj
     doubles = sorted(places for places in owners.values() if len(places) > 1)
     assert doubles == [], f"exported from more than one package: {doubles}"
+
+
+def test_no_package_repeats_what_its_public_modules_list() -> None:
+    repeated: list[str] = []
+    for name in public_modules():
+        parent, _, leaf = name.rpartition(".")
+        if parent in ("", "retrysafe") or ".migrations" in name or leaf == "apps":
+            continue  # the root gathers what users catch; Django's modules are Django's
+        package = importlib.import_module(parent)
+        module = importlib.import_module(name)
+        both = set(getattr(package, "__all__", ())) & set(getattr(module, "__all__", ()))
+        # One object under one name; ``atomic.transaction`` and ``atomic.django.transaction``
+        # are two functions that share a name, not one in two places.
+        repeated += [
+            f"{parent}.{n} and {name}.{n}"
+            for n in sorted(both)
+            if getattr(package, n) is getattr(module, n)
+        ]
+    assert repeated == [], f"one name, two public places (import it from the module): {repeated}"
 
 
 IMPORT = re.compile(r"^\s*from (retrysafe[\w.]*) import \(?([\w, \n]+?)\)?\s*$", re.M)

@@ -1,9 +1,10 @@
 """Stores: where idempotency records live. ``retrysafe.open_store(url)`` picks one by URL scheme.
 
-One public module per store (``memory``, ``sqlite``, ``cached``, and ``redis`` and ``postgres``,
-which need their extras), and ``url`` (``open_store``, ``register_scheme``); this package
-exports the stores that need no extra and what a store of your own implements: the protocols,
-and the record values they take and return.
+Each store is imported from its own module, alike whether it needs an extra or not:
+``retrysafe.stores.memory.MemoryStore``, ``.sqlite.SQLiteStore``, ``.cached.CachedStore``,
+``.redis.RedisStore``, ``.postgres.PostgresStore``; ``url`` holds ``open_store`` (also
+``retrysafe.open_store``) and ``register_scheme``. This package exports what a store of your
+own implements: the protocols, and the record values they take and return.
 """
 
 from __future__ import annotations
@@ -19,24 +20,18 @@ from retrysafe._records import (
 )
 from retrysafe.stores._base import AsyncStore, AtomicStore, AtomicUnit, DualStore, Store
 from retrysafe.stores._stats import KeyStats
-from retrysafe.stores.cached import CachedStore
-from retrysafe.stores.memory import MemoryStore
-from retrysafe.stores.sqlite import SQLiteStore
 
 __all__ = [
     "AsyncStore",
     "AtomicStore",
     "AtomicUnit",
-    "CachedStore",
     "ClaimResult",
     "Claimed",
     "DualStore",
     "Existing",
     "KeyStats",
-    "MemoryStore",
     "Previous",
     "Record",
-    "SQLiteStore",
     "State",
     "Store",
     "StoredResponse",
