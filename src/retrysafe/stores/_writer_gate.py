@@ -20,6 +20,14 @@ the lock it hands it to the oldest waiter still there. So at each release the ne
 every process is already blocked in the kernel and they race on equal terms, and a waiter's
 timeout is its own (``flock`` has none): one that gives up just leaves the queue. Async
 waiters never occupy a worker thread while they wait.
+
+A writer that lets go while waiters of its own process are queued hands the lock straight to
+the oldest (no unlock), up to ``HANDOFF_STREAK`` times in a row before it unlocks and lets the
+kernel's queue - other processes, and this one's helper - have a turn. Without it every
+handoff inside a process went through the helper thread, which needs the GIL back from a busy
+event loop (up to ``sys.getswitchinterval()``, 5 ms): under ten concurrent requests on one
+loop the queue never emptied again after a checkpoint, and every write paid that wait
+(bench/README.md, "SQLite: handoffs inside a process").
 """
 
 from __future__ import annotations
@@ -59,6 +67,9 @@ class Hold:
 
 
 _OPEN = Hold(None, -1)  # what a disabled gate hands out: releasing it does nothing
+# Direct handoffs inside a process before the lock goes back to the kernel's queue: other
+# processes get a turn at least every this many writes of one that always has a waiter.
+HANDOFF_STREAK = 16
 
 
 class _Ticket:
@@ -93,6 +104,7 @@ class WriterGate:
         self._spare: list[int] = []  # open descriptors not holding or waiting for the lock
         self._holding: int | None = None  # the descriptor holding the lock for this process
         self._helper = False  # a helper thread stands in the kernel's queue
+        self._streak = 0  # direct handoffs since the lock last went back to the kernel
         self._disabled = False
 
     # -- entering ------------------------------------------------------------------------
@@ -214,6 +226,15 @@ class WriterGate:
         with self._mutex:
             if os.getpid() != self._pid:
                 return  # a hold from before a fork: the child's gate never knew it
+            if self._holding == fd and self._queue and self._streak < HANDOFF_STREAK:
+                # Straight to the oldest waiter of this process, still locked: no helper
+                # thread and no GIL hand-off in between.
+                self._streak += 1
+                ticket = self._queue.popleft()
+                ticket.fd = fd
+                ticket.wake()
+                return
+            self._streak = 0
             self._unlock(fd)
             if self._holding == fd:
                 self._holding = None
