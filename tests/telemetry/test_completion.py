@@ -338,6 +338,10 @@ def audit_file(tmp_path: Path) -> Iterator[Path]:
         yield path
 
 
+def _one_line(ledger: Path) -> bool:
+    return ledger.exists() and ledger.read_text().endswith("\n")
+
+
 def crash(mode: str, db: Path, audit: Path, ledger: Path) -> None:
     """Run the worker: it crashes after the call completed, or is killed inside it."""
     args = [mode, str(db), str(audit), str(ledger)]
@@ -349,8 +353,10 @@ def crash(mode: str, db: Path, audit: Path, ledger: Path) -> None:
     )
     if mode == "during":
         deadline = time.monotonic() + 60  # bounds a hang only
-        while not ledger.exists() and worker.poll() is None and time.monotonic() < deadline:
-            threading.Event().wait(0.01)  # until the side effect is done
+        # Until the side effect is done: its whole line, not just the file (the child opens
+        # the ledger before it writes, and a kill in between left it empty under load).
+        while not _one_line(ledger) and worker.poll() is None and time.monotonic() < deadline:
+            threading.Event().wait(0.01)
         worker.send_signal(signal.SIGKILL)
     _, err = worker.communicate(timeout=60)
     assert worker.returncode == -signal.SIGKILL, err[-3000:]
