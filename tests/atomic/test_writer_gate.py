@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from kit.atomic_gate_child import write
+from kit.stores import require_service
 from kit.wakes import HANG
 from retrysafe._records import Claimed, State, StoredResponse
 from retrysafe.stores.sqlite import SQLiteStore
@@ -53,7 +54,8 @@ def wait_blocked(path: str, count: int) -> int:
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[SQLiteStore]:
     if not PROC_LOCKS.exists():
-        pytest.skip("needs Linux's /proc/locks to see the waiters block")
+        # Skips on a developer's non-Linux machine; fails in CI, which runs on Linux.
+        require_service("Linux's /proc/locks", "needed to see the waiters block in flock")
     store = SQLiteStore(tmp_path / "app.db", busy_timeout=HANG, wal_idle=None)
     with sqlite3.connect(store.path) as raw:
         raw.execute("CREATE TABLE ledger (key TEXT, cents INTEGER)")

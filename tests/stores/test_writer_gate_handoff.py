@@ -11,29 +11,49 @@ of this process remain.
 from __future__ import annotations
 
 import threading
-import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from kit.wakes import HANG
 from retrysafe.stores._writer_gate import HANDOFF_STREAK, WriterGate
 
+HELPER = "retrysafe-sqlite-writer-gate"  # the name of the gate's helper thread
 
-def queued(gate: WriterGate, count: int) -> None:
-    """Until ``count`` waiters stand in the gate's queue (HANG bounds a hang only)."""
-    deadline = time.monotonic() + HANG
-    while len(gate._queue) < count:
-        assert time.monotonic() < deadline, f"{len(gate._queue)} of {count} waiters queued"
-        time.sleep(0.001)  # the threads queue in their own time
+
+def watch_queue(gate: WriterGate) -> Callable[[int], None]:
+    """A wait for ``count`` waiters in ``gate``'s queue, notified by each join (no polling;
+    HANG bounds a hang only)."""
+    joined = threading.Condition()
+    join = gate._join
+
+    def counting_join(*args: Any) -> Any:
+        ticket = join(*args)
+        with joined:
+            joined.notify_all()
+        return ticket
+
+    gate._join = counting_join  # type: ignore[method-assign]
+
+    def queued(count: int) -> None:
+        with joined:
+            joined.wait_for(lambda: len(gate._queue) >= count, timeout=HANG)
+        assert len(gate._queue) >= count, f"{len(gate._queue)} of {count} waiters queued"
+
+    return queued
 
 
 def test_a_release_grants_the_oldest_waiter_before_it_returns(tmp_path: Path) -> None:
     gate = WriterGate(str(tmp_path / "app.db"))
+    queued = watch_queue(gate)
     first = gate.try_enter()
     assert first is not None
     granted: list[object] = []
+    helpers_before = {t for t in threading.enumerate() if t.name == HELPER}
     waiter = threading.Thread(target=lambda: granted.append(gate.enter(HANG)))
     waiter.start()
-    queued(gate, 1)
+    queued(1)
+    (helper,) = {t for t in threading.enumerate() if t.name == HELPER} - helpers_before
     first.release()
     # Granted inside release(): the waiter's ticket left the queue with the lock, and nobody
     # else (no try_enter) can slip in before it runs.
@@ -42,13 +62,13 @@ def test_a_release_grants_the_oldest_waiter_before_it_returns(tmp_path: Path) ->
     waiter.join(HANG)
     assert len(granted) == 1
     granted[0].release()  # type: ignore[attr-defined]
-    # Free again once the last holder let go. Not necessarily at once: the helper thread that
-    # queued in the kernel for the waiter gets the lock at this release, finds nobody left
-    # and gives it back when it next holds the GIL.
-    deadline = time.monotonic() + HANG
-    while (again := gate.try_enter()) is None:
-        assert time.monotonic() < deadline, "the gate stayed taken after the last release"
-        time.sleep(0.001)
+    # Free again once the last holder let go and the helper thread that queued in the kernel
+    # for the waiter (it gets the lock at this release, finds nobody left and gives it back)
+    # has ended.
+    helper.join(HANG)
+    assert not helper.is_alive()
+    again = gate.try_enter()
+    assert again is not None
     again.release()
 
 
@@ -62,6 +82,7 @@ def test_the_lock_goes_back_to_the_kernel_after_a_streak_of_handoffs(tmp_path: P
         unlock(fd)
 
     gate._unlock = counting_unlock  # type: ignore[method-assign]
+    queued = watch_queue(gate)
     first = gate.try_enter()
     assert first is not None
     writers = 2 * HANDOFF_STREAK + 2
@@ -72,7 +93,7 @@ def test_the_lock_goes_back_to_the_kernel_after_a_streak_of_handoffs(tmp_path: P
     threads = [threading.Thread(target=write_once) for _ in range(writers)]
     for thread in threads:
         thread.start()
-    queued(gate, writers)
+    queued(writers)
     first.release()
     for thread in threads:
         thread.join(HANG)

@@ -65,7 +65,6 @@ DEFAULT_MAX_BYTES = 128 * 1024 * 1024
 # in flight waited (bench/README.md, "The memory store and the GC").
 Packed = tuple[Any, ...]
 _STATES = {state.value: state for state in State}
-_IN_FLIGHT_VALUE, _TOMBSTONE_VALUE = State.IN_FLIGHT.value, State.TOMBSTONE.value
 # What a record costs beyond its strings and body: the Record and StoredResponse tuples, the
 # dict and order entries, a heap entry (tracemalloc: about 500 bytes on CPython 3.11).
 RECORD_OVERHEAD = 512
@@ -290,7 +289,7 @@ class MemoryStore:
         """
         heap = self._deadlines
         if len(heap) > 2 * len(self._records) + _STALE_SLACK:
-            heap[:] = [(_packed_deadline(row), key) for key, row in self._records.items()]
+            heap[:] = [(_deadline(_unpack(row)), key) for key, row in self._records.items()]
             heapq.heapify(heap)
         heapq.heappush(heap, (deadline, id))
 
@@ -433,16 +432,6 @@ def _size(record: Record) -> int:
     if response is not None:
         size += len(response.body) + sum(len(k) + len(v) for k, v in response.headers)
     return size
-
-
-def _packed_deadline(packed: Packed) -> float:
-    """:func:`_deadline` of a packed record, without unpacking it."""
-    state = packed[2]
-    if state == _IN_FLIGHT_VALUE:
-        return float(packed[4]) + ABANDONED_GRACE
-    if state == _TOMBSTONE_VALUE:
-        return float(packed[6])
-    return float(packed[5])
 
 
 def _deadline(record: Record) -> float:
