@@ -73,8 +73,8 @@ HANDOFF_STREAK = 16
 
 
 class _Ticket:
-    """One waiter in the process's queue; ``wake`` runs (under the gate's mutex) once the
-    helper thread granted it the lock as ``fd``."""
+    """One waiter in the process's queue; ``wake`` runs (under the gate's mutex) once it was
+    granted the lock as ``fd``, by the helper thread or straight from a release."""
 
     __slots__ = ("fd", "wake")
 
