@@ -66,6 +66,7 @@ from retrysafe.stores._pg_connect import (
     reason,
     recording_connection,
 )
+from retrysafe.stores._pg_pipeline import Pipeline
 
 # The atomic unit is the store's: ORM glue (retrysafe.atomic) takes it, and the check that
 # a connection reaches the store's database, from here.
@@ -188,7 +189,10 @@ class PostgresStore:
             name=f"{POOL_NAME_PREFIX}{self.sql.table_name}",
         )
         self._pool.open(wait=False)  # connects in the background: a down server is no error
-        self._async: PerLoop[AsyncPool] = PerLoop(self._make_async)
+        # Per event loop: the request path's statements, pipelined (_pg_pipeline.py), and a
+        # pool of connections lent whole to atomic units (a transaction of the handler's own).
+        self._async: PerLoop[Pipeline] = PerLoop(self._make_async)
+        self._apools: PerLoop[AsyncPool] = PerLoop(self._make_apool)
         self._notifier = Notifier()
         self._listener = (
             Listener(f"retrysafe-pg-{self.sql.table_name}", self._subscription, self._notifier)
@@ -300,6 +304,7 @@ class PostgresStore:
             self._listener.stop()
         self._pool.close()
         self._async.clear()
+        self._apools.clear()
 
     # -- async ---------------------------------------------------------------------------
 
@@ -351,7 +356,10 @@ class PostgresStore:
         return row is not None and bool(row[0])
 
     async def aclose(self) -> None:
-        pool = self._async.pop_current()
+        pipeline = self._async.pop_current()
+        if pipeline is not None:
+            await pipeline.close()
+        pool = self._apools.pop_current()
         if pool is not None:
             await pool.close()
         await asyncio.to_thread(self.close)
@@ -441,33 +449,38 @@ class PostgresStore:
         with self._guard(), self._pool.connection() as conn:
             return conn.execute(statement, params).fetchone()
 
-    async def _make_async(self) -> AsyncPool:
+    async def _make_async(self) -> Pipeline:
+        prepare = self._connect_kwargs["prepare_threshold"] is not None
+        return Pipeline(self._conninfo, self._connect_kwargs, self._pool_size, prepare)
+
+    async def _make_apool(self) -> AsyncPool:
         return AsyncPool(self._conninfo, self._connect_kwargs, self._pool_size, self._pool_timeout)
 
     async def _apool(self, *, init: bool = True) -> AsyncPool:
+        """The loop's pool of whole connections (atomic units, schema creation)."""
         with self._guard():
-            pool = await self._async.get()
+            pool = await self._apools.get()
         if init and self._lazy_init and not self._schema_ready:
             await self.ainit_schema()
         return pool
 
-    async def _aone(self, statement: Statement, params: Mapping[str, Any]) -> Row | None:
-        # The request path: every async claim, completion and replay read is one call. Once
-        # the loop's pool exists and the schema is ready, one guard and no context-manager
-        # generators (the worker is CPU-bound under load: each frame here is per statement).
-        pool = self._async.current()
-        if pool is None or (self._lazy_init and not self._schema_ready):
-            pool = await self._apool()
+    async def _apipeline(self) -> Pipeline:
         with self._guard():
-            conn = await pool.acquire()
-            reusable = False
-            try:
-                cur = await conn.execute(statement, params)
-                row = await cur.fetchone()
-                reusable = True
-            finally:
-                await pool.release(conn, reusable)
-            return row
+            pipeline = await self._async.get()
+        if self._lazy_init and not self._schema_ready:
+            await self.ainit_schema()
+        return pipeline
+
+    async def _aone(self, statement: Statement, params: Mapping[str, Any]) -> Row | None:
+        # The request path: every async claim, completion and replay read is one call, one
+        # statement pipelined on the loop's connections (_pg_pipeline.py).
+        pipeline = self._async.current()
+        if pipeline is None or (self._lazy_init and not self._schema_ready):
+            pipeline = await self._apipeline()
+        if not isinstance(statement, bytes):  # the few not rendered once (not per request)
+            statement = statement.as_bytes(None)
+        with self._guard():
+            return await pipeline.one(statement, params)
 
     def _subscription(self) -> Iterator[str | None]:
         conn = psycopg.connect(self._conninfo, **self._connect_kwargs)
