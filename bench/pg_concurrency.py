@@ -7,8 +7,9 @@ all: *first* (a new key: claim + complete, what a first execution costs the stor
 *replay* (one completed key claimed again: what a replay costs). ``store`` calls the store
 directly; ``asgi`` sends raw ASGI requests through ``ASGIIdempotencyMiddleware`` (no HTTP
 client or server in the way). Reported: operations/s, p50/p99 latency, store calls per
-operation (``retrysafe.testing.RecordingStore``), connections checked out per operation and
-the mean wait for one (the pool), and the load average at the end.
+operation (``retrysafe.testing.RecordingStore``), this process's CPU time per operation (the
+cost to a served worker, which is CPU-bound under load; the database's own processes are not
+counted), and the load average at the end.
 """
 
 from __future__ import annotations
@@ -17,16 +18,16 @@ import argparse
 import asyncio
 import itertools
 import os
+import resource
 import statistics
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from retrysafe import Policy, shared_scope
 from retrysafe.http import ASGIIdempotencyMiddleware
-from retrysafe.stores import Claimed, StoredResponse, _pg_apool
+from retrysafe.stores import Claimed, StoredResponse
 from retrysafe.stores.postgres import PostgresStore
 from retrysafe.testing import RecordingStore
 
@@ -38,26 +39,10 @@ BODY = b'{"amount": 1000}'
 SERIAL = itertools.count()  # key numbers, unique across runs
 
 
-class PoolProbe:
-    """Counts connection checkouts of the async pool and the time spent getting one."""
-
-    def __init__(self) -> None:
-        self.checkouts = 0
-        self.waited = 0.0
-        original = _pg_apool.AsyncPool.connection
-
-        @asynccontextmanager
-        async def connection(pool: Any) -> AsyncIterator[Any]:
-            start = time.perf_counter()
-            async with original(pool) as conn:
-                self.checkouts += 1
-                self.waited += time.perf_counter() - start
-                yield conn
-
-        _pg_apool.AsyncPool.connection = connection  # type: ignore[method-assign]
-
-    def reset(self) -> None:
-        self.checkouts, self.waited = 0, 0.0
+def cpu() -> float:
+    """CPU seconds of this process (every thread)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 async def app(scope: Any, receive: Any, send: Any) -> None:
@@ -91,7 +76,7 @@ async def asgi_call(handler: Any, key: str) -> None:
 
 async def run(
     tasks: int, ops: int, op: Callable[[int], Awaitable[None]]
-) -> tuple[float, list[float]]:
+) -> tuple[float, float, list[float]]:
     latencies: list[float] = []
     counter = iter(range(ops))
 
@@ -101,13 +86,12 @@ async def run(
             await op(next(SERIAL))
             latencies.append(time.perf_counter() - start)
 
-    start = time.perf_counter()
+    start, used = time.perf_counter(), cpu()
     await asyncio.gather(*(worker() for _ in range(tasks)))
-    return time.perf_counter() - start, latencies
+    return time.perf_counter() - start, cpu() - used, latencies
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    probe = PoolProbe()
     inner = PostgresStore(f"{POSTGRES_URL}?table_prefix=bench_conc_", pool_size=args.pool_size)
     store = RecordingStore(inner)
     handler = ASGIIdempotencyMiddleware(app, store=store, policy=Policy(scope=shared_scope))
@@ -139,22 +123,20 @@ async def main_async(args: argparse.Namespace) -> None:
         "asgi": (("first", asgi_first), ("replay", asgi_replay)),
     }
     print(f"pool_size={args.pool_size} ops={args.ops}")
-    print("door  | case   | tasks |   ops/s |  p50 ms |  p99 ms | calls/op | conns/op | wait ms")
+    print("door  | case   | tasks |   ops/s |  p50 ms |  p99 ms | calls/op | CPU µs/op")
     for door in args.door.split(","):
         for tasks in (int(t) for t in args.tasks.split(",")):
             for name, op in cases[door]:
                 await run(tasks, min(200, args.ops), op)  # warm: connections, statements
                 store.reset()
-                probe.reset()
-                wall, lat = await run(tasks, args.ops, op)
+                wall, used, lat = await run(tasks, args.ops, op)
                 calls = sum(store.reset().calls.values())
                 lat.sort()
                 print(
                     f"{door:5} | {name:6} | {tasks:5} | {args.ops / wall:7.0f} | "
                     f"{statistics.median(lat) * 1e3:7.2f} | "
                     f"{lat[int(len(lat) * 0.99)] * 1e3:7.2f} | {calls / args.ops:8.2f} | "
-                    f"{probe.checkouts / args.ops:8.2f} | "
-                    f"{probe.waited / max(probe.checkouts, 1) * 1e3:7.3f}"
+                    f"{used / args.ops * 1e6:9.0f}"
                 )
     print(f"load average {os.getloadavg()[0]:.2f}")
     inner.drop_schema()

@@ -4,21 +4,18 @@ Each statement of the request path is one autocommit statement (``_postgres_sql.
 through psycopg's cursor, each cost a served worker about 170 µs of CPU under load (a cursor,
 the prepare manager, the adapters, and a send and a wait of its own: bench/README.md), more
 than the bare request itself. Here they go through libpq's pipeline mode, reached through
-``psycopg.pq`` (psycopg's public low-level layer):
+``psycopg.pq`` (psycopg's public low-level layer), as a Bind/Execute of a statement prepared
+once per connection. The replies are read in order by a reader callback as they arrive: no
+task, no cursor and no wait per statement.
 
-- each statement is a Bind/Execute of a statement prepared once per connection, followed by
-  a Sync of its own: still its own implicit transaction, and an error aborts only it;
-- a statement for an idle connection leaves at once; those queued behind statements in flight
-  leave together at the end of the loop's turn, in one write; the replies are read, in order,
-  by a reader callback as they arrive: no task, no cursor, no wait per statement.
+A statement sent to an idle connection leaves at once. Those sent while others are in flight
+leave together at the end of the loop's turn, as one *batch* closed by one Sync: one write,
+one wake-up of the server process, one commit (:class:`Pipe` says why that stays invisible).
 
-A loop gets up to ``size`` connections, made on demand. A statement goes to an idle connection
-when there is one, and a new connection opens while every connection has statements in flight:
-a statement that waits on a row lock holds up only the few queued behind it on its connection.
-Write statements commit one after another on one connection (each waits for its WAL flush), so
-first executions under load spread over several connections and the server commits them in
-groups. Nothing runs between requests, and a connection registers its socket with the loop only
-while it has statements in flight, so a pipeline abandoned with its loop leaves nothing behind.
+A loop gets up to ``size`` connections, made on demand. A new one opens only when the least
+busy connection has ``_GROW`` statements waiting. Nothing runs between requests, and a
+connection registers its socket with the loop only while it has statements in flight, so a
+pipeline abandoned with its loop leaves nothing behind.
 
 Parameters go as text (``bytes`` as binary), typed by the server from the statement; the row
 comes back in binary and is decoded by column type (the few types the statements return).
@@ -147,38 +144,71 @@ def _first_row(result: PGresult) -> Row | None:
 
 
 class _Entry:
-    """One statement (or a prepare) in flight: who waits for it, and its result so far.
+    """One statement (or a prepare) sent: who waits for it, and its result so far.
 
-    A statement sent right behind its own prepare keeps that entry: if the prepare failed
-    (a missing table, say), the caller is told why, not that the statement does not exist."""
+    A statement keeps what it was sent with (to send it again alone when its batch failed)
+    and the prepare sent for it: if that failed (a missing table, say), the caller is told
+    why, not that the statement does not exist."""
 
-    __slots__ = ("future", "prepare", "prepared", "result")
+    __slots__ = ("compiled", "formats", "future", "key", "prepare", "prepared", "result", "values")
 
     def __init__(
         self,
         future: asyncio.Future[Row | None] | None,
+        compiled: Compiled | None = None,
+        values: list[bytes | None] | None = None,
+        formats: list[int] | None = None,
+        key: str = "",
         prepared: bytes | None = None,
-        prepare: _Entry | None = None,
     ) -> None:
         self.future = future
+        self.compiled = compiled
+        self.values = values
+        self.formats = formats
+        self.key = key
         self.prepared = prepared
-        self.prepare = prepare
+        self.prepare: _Entry | None = None
         self.result: PGresult | None = None
 
 
+def _by_key(entry: _Entry) -> str:
+    return entry.key
+
+
+def _failed(result: PGresult | None) -> bool:
+    return result is not None and result.status not in (_OK_ROWS, _OK)
+
+
 class Pipe:
-    """One connection in pipeline mode, driven by the loop's reader and writer callbacks."""
+    """One connection in pipeline mode, driven by the loop's reader and writer callbacks.
+
+    Statements go out in *batches*, each closed by one Sync: a statement sent to an idle
+    connection is a batch of its own, sent at once; those sent while others are in flight
+    wait for the end of the loop's turn and leave together. A batch is one implicit
+    transaction (PostgreSQL's rule for the statements before a Sync), which is what makes it
+    cheap: one write, one wake-up of the server process, one commit and WAL flush for all.
+    What that would change is made not to matter:
+
+    - a result is handed over only at the batch's Sync, when its commit is known;
+    - if any statement of a batch fails, the batch is rolled back whole, and each of its
+      statements is sent again alone: a statement's own error reaches only its caller, and
+      the others run as if never batched;
+    - a batch's row locks are held until its commit, so its statements are sent in order of
+      their key (every statement locks only its own key's rows): all batches, on every
+      connection and in every process, take locks in one order and cannot deadlock.
+    """
 
     def __init__(self, conn: psycopg.AsyncConnection[Any], prepare: bool) -> None:
         self.conn = conn
-        self.inflight: collections.deque[_Entry] = collections.deque()
+        self.load = 0  # statements sent or queued, not yet answered
         self.broken: BaseException | None = None
+        self._batches: collections.deque[list[_Entry]] = collections.deque()
+        self._queued: list[_Entry] = []
         self._pg = conn.pgconn
         self._prepare = prepare
         self._prepared: set[bytes] = set()
         self._loop = asyncio.get_running_loop()
         self._fd = self._pg.socket
-        self._flush_due = False
         self._reading = False
         self._pg.nonblocking = 1
         self._pg.enter_pipeline_mode()
@@ -188,41 +218,52 @@ class Pipe:
         if self.broken is not None:
             raise self.broken
         values, formats = _params(c, params)
-        pg, idle, prepare = self._pg, not self.inflight, None
+        future: asyncio.Future[Row | None] = self._loop.create_future()
+        entry = _Entry(future, c, values, formats, str(params.get("id", "")))
+        self.load += 1
+        if self.load == 1:  # idle: out at once (a round trip costs two turns of the loop)
+            self._send([entry])
+        else:
+            if not self._queued:
+                self._loop.call_soon(self._send_queued)
+            self._queued.append(entry)
+        return future
+
+    def _send_queued(self) -> None:
+        queued, self._queued = self._queued, []
+        if queued and self.broken is None:
+            queued.sort(key=_by_key)  # one lock order for every batch (see the class)
+            self._send(queued)
+
+    def _send(self, batch: list[_Entry]) -> None:
+        """Send ``batch`` and its Sync (which flushes: one write), and read its replies."""
+        pg = self._pg
         try:
-            if not self._prepare:
-                pg.send_query_params(c.text, values, None, formats, _BINARY)
-            else:
+            # First the prepares the batch needs, each a batch of its own (its error is its
+            # own), all before the batch's first statement: a Sync sent among the statements
+            # would close the batch there.
+            for entry in batch if self._prepare else ():
+                c = entry.compiled
+                assert c is not None
                 if c.name not in self._prepared:
                     pg.send_prepare(c.name, c.text)
                     pg.pipeline_sync()
-                    prepare = _Entry(None, c.name)
-                    self.inflight.append(prepare)
+                    entry.prepare = _Entry(None, prepared=c.name)
+                    self._batches.append([entry.prepare])
                     self._prepared.add(c.name)
-                pg.send_query_prepared(c.name, values, formats, _BINARY)
+            for entry in batch:
+                c = entry.compiled
+                assert c is not None
+                if self._prepare:
+                    pg.send_query_prepared(c.name, entry.values, entry.formats, _BINARY)
+                else:
+                    pg.send_query_params(c.text, entry.values, None, entry.formats, _BINARY)
+            self._batches.append(batch)
             pg.pipeline_sync()
-        except psycopg.Error as exc:
-            lost = self._lost(exc)
-            self.fail(lost)
-            raise lost from exc
-        future: asyncio.Future[Row | None] = self._loop.create_future()
-        self.inflight.append(_Entry(future, prepare=prepare))
-        if idle:  # out at once: a round trip costs two turns of the loop, as any await does
-            self._flush()
-        elif not self._flush_due:  # busy: one write for all queued in this turn of the loop
-            self._flush_due = True
-            self._loop.call_soon(self._flush)
-        return future
-
-    def _flush(self) -> None:
-        self._flush_due = False
-        if self.broken is not None:
-            return
-        try:
-            if self._pg.flush():
+            if pg.flush():  # 1: the socket took only part of it: the rest when writable
                 self._loop.add_writer(self._fd, self._writable)
         except psycopg.Error as exc:
-            self.fail(exc)
+            self.fail(self._lost(exc))
             return
         if not self._reading:
             self._reading = True
@@ -236,42 +277,52 @@ class Pipe:
             self.fail(exc)
 
     def _readable(self) -> None:
-        pg, inflight = self._pg, self.inflight
+        pg, batches = self._pg, self._batches
         try:
             pg.consume_input()
-            while inflight and not pg.is_busy():
+            while batches and not pg.is_busy():
                 result = pg.get_result()
                 if result is None:  # the end of one statement's results
                     continue
-                entry = inflight[0]
+                batch = batches[0]
                 if result.status != _SYNC:
-                    if entry.result is None:
-                        entry.result = result
+                    for entry in batch:  # one result per statement, in the order sent
+                        if entry.result is None:
+                            entry.result = result
+                            break
                     continue
-                inflight.popleft()
-                self._settle(entry)
+                batches.popleft()
+                self._settle(batch)
         except psycopg.Error as exc:
             self.fail(exc)
             return
-        if not inflight:
+        if not batches and self._reading:
             self._reading = False
             self._loop.remove_reader(self._fd)
 
-    def _settle(self, entry: _Entry) -> None:
-        result, future = entry.result, entry.future
-        if future is None:  # a prepare: if it failed, prepare again next time
-            if result is not None and result.status != _OK and entry.prepared is not None:
-                self._prepared.discard(entry.prepared)
+    def _settle(self, batch: list[_Entry]) -> None:
+        if len(batch) > 1 and any(_failed(entry.result) for entry in batch):
+            again = [entry for entry in batch if not entry.future or not entry.future.done()]
+            self.load -= len(batch) - len(again)
+            for entry in again:  # rolled back whole: each alone now (see the class)
+                entry.result = entry.prepare = None
+                self._send([entry])
             return
-        if future.done():  # its caller was cancelled: the statement ran all the same
-            return
-        failed = entry.prepare.result if entry.prepare is not None else None
-        if failed is not None and failed.status != _OK:
-            result = failed
-        try:
-            future.set_result(None if result is None else _first_row(result))
-        except psycopg.Error as exc:
-            future.set_exception(exc)
+        for entry in batch:
+            future, result = entry.future, entry.result
+            if future is None:  # a prepare: if it failed, prepare again next time
+                if _failed(result) and entry.prepared is not None:
+                    self._prepared.discard(entry.prepared)
+                continue
+            self.load -= 1
+            if future.done():  # its caller was cancelled: the statement ran all the same
+                continue
+            if entry.prepare is not None and _failed(entry.prepare.result):
+                result = entry.prepare.result
+            try:
+                future.set_result(None if result is None else _first_row(result))
+            except psycopg.Error as exc:
+                future.set_exception(exc)
 
     def _lost(self, exc: psycopg.Error) -> psycopg.Error:
         """What a failed send means: libpq leaves pipeline mode when the connection breaks,
@@ -282,17 +333,32 @@ class Pipe:
         return psycopg.OperationalError(f"connection to the server lost: {why.strip()}")
 
     def fail(self, exc: BaseException) -> None:
-        """The connection broke: every statement in flight fails with ``exc``."""
+        """The connection broke: every statement sent or queued fails with ``exc``."""
+        if self.broken is not None:
+            return
         self.broken = exc
         if self._reading:
             self._reading = False
             self._loop.remove_reader(self._fd)
         self._loop.remove_writer(self._fd)
         self._pg.finish()  # the socket closes now, not when the connection is collected
-        while self.inflight:
-            future = self.inflight.popleft().future
-            if future is not None and not future.done():
-                future.set_exception(exc)
+        entries = [entry for batch in self._batches for entry in batch] + self._queued
+        self._batches.clear()
+        self._queued = []
+        self.load = 0
+        for entry in entries:
+            if entry.future is not None and not entry.future.done():
+                entry.future.set_exception(exc)
+
+
+# A loop opens another connection only once the least busy one has this many statements
+# sent or queued: until then, more statements make its batches larger, which costs less than
+# another connection (in process, 10 tasks' replays cost 45 µs of CPU each on one connection,
+# 85 µs when each statement found an idle connection of its own: bench/README.md). It also
+# bounds how many statements one waiting on a row lock holds up before new ones go elsewhere.
+# End to end, 1, 4 and 16 measured alike (the served worker then shares two cores with the
+# database and the load generator).
+_GROW = 8
 
 
 class Pipeline:
@@ -330,12 +396,12 @@ class Pipeline:
         for pipe in self._pipes:
             if pipe.broken is not None:
                 continue
-            if not pipe.inflight:
+            if not pipe.load:
                 return pipe
-            if best is None or len(pipe.inflight) < len(best.inflight):
+            if best is None or pipe.load < best.load:
                 best = pipe
         self._pipes = [pipe for pipe in self._pipes if pipe.broken is None]
-        if best is None or self._pipes_and_opening() < self._size:
+        if best is None or (best.load >= _GROW and self._pipes_and_opening() < self._size):
             return None
         return best
 
