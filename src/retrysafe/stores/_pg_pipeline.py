@@ -88,8 +88,11 @@ def _params(c: Compiled, params: Mapping[str, Any]) -> tuple[list[bytes | None],
         elif value is True or value is False:
             values.append(b"t" if value else b"f")
             formats.append(0)
-        elif isinstance(value, int | str):
-            values.append(str(value).encode())
+        elif isinstance(value, int):  # %d: an IntEnum's number, never its name
+            values.append(b"%d" % value)
+            formats.append(0)
+        elif isinstance(value, str):
+            values.append(value.encode())
             formats.append(0)
         elif isinstance(value, bytes | bytearray | memoryview):
             values.append(bytes(value))
@@ -321,8 +324,8 @@ class Pipe:
                 result = entry.prepare.result
             try:
                 future.set_result(None if result is None else _first_row(result))
-            except psycopg.Error as exc:
-                future.set_exception(exc)
+            except Exception as exc:  # an error result, or a row it cannot decode: the
+                future.set_exception(exc)  # caller's, never the reader's (it would hang)
 
     def _lost(self, exc: psycopg.Error) -> psycopg.Error:
         """What a failed send means: libpq leaves pipeline mode when the connection breaks,
