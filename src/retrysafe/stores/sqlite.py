@@ -23,13 +23,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from retrysafe._records import (
     Claimed,
@@ -110,6 +112,31 @@ class _Busy(Exception):
     """The write lock is held elsewhere: an inline write must go to a worker thread."""
 
 
+class _Write:
+    """An async write waiting, in its loop's batch, for the writer gate (``_awrite``)."""
+
+    __slots__ = ("after", "args", "body", "error", "future", "result")
+
+    def __init__(
+        self,
+        body: Callable[..., Any],
+        after: Callable[[Any, bool], Any] | None,
+        args: tuple[Any, ...],
+        future: asyncio.Future[Any],
+    ) -> None:
+        self.body, self.after, self.args, self.future = body, after, args, future
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+def _fail_writes(writes: list[_Write], exc: BaseException) -> None:
+    for write in writes:
+        if not write.future.done():
+            write.future.set_exception(
+                exc if isinstance(exc, Exception) else StoreUnavailable(f"write abandoned: {exc!r}")
+            )
+
+
 _SPARE_MAX = 8  # idle connections kept for atomic units
 
 
@@ -138,6 +165,12 @@ class SQLiteStore:
         self._local = threading.local()
         self._pid = os.getpid()
         self._inline_commits = 0  # since the last checkpoint
+        # Per event loop, the batch of async writes now waiting for the writer gate (_awrite),
+        # and the tasks that run them (kept referenced until done).
+        self._gathering: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[_Write]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._batch_tasks: set[asyncio.Task[None]] = set()
         self._completions = 0  # since the last housekeeping
         self._wal_path = os.path.abspath(self.path) + "-wal"
         self._checkpointing = threading.Lock()  # one checkpoint at a time from this process
@@ -326,23 +359,94 @@ class SQLiteStore:
             if own:
                 hold.release()
 
-    async def _awrite(self, write: Callable[..., T], *args: Any) -> T:
-        """Run ``write(*args, inline=..., hold=...)`` (one of the ``_write`` operations)
-        inline when the gate and the lock are free; else wait for the gate on the event loop
-        and run it inline then, or on a worker thread if the lock itself is still taken (by
-        a writer outside the gate: the application's own connection, a checkpoint)."""
+    async def _awrite(
+        self, body: Callable[..., T], after: Callable[[T, bool], T] | None, *args: Any
+    ) -> T:
+        """Run ``body(conn, *args)`` in a write transaction, then ``after(result, inline)``.
+
+        When the writer gate and the lock are free it runs at once, inline, alone. When they
+        are taken, it joins this loop's *batch*: the writes that find the gate taken while the
+        batch waits for it. The batch enters the gate once, on the event loop, and runs them
+        all in one transaction, each inside a SAVEPOINT of its own (an error rolls back only
+        that write, and reaches only its caller), with one COMMIT. Before, each such write
+        queued at the gate on its own, and every handoff between writers of one loop waited for
+        the loop to run the next one; a batch commits them together and writes the pages they
+        share (the token row, the indexes' inner pages) once. A write whose caller is cancelled
+        before the batch runs is left out. If the lock itself is still taken (a writer outside
+        the gate: the application's own connection, a checkpoint), the batch waits for it on a
+        worker thread.
+        """
         try:
-            return write(*args, inline=True)
+            with self._write(inline=True) as conn:
+                result = body(conn, *args)
         except _Busy:
             pass
-        hold = await self.aenter_gate()
+        else:
+            return after(result, True) if after is not None else result
+        loop = asyncio.get_running_loop()
+        write = _Write(body, after, args, loop.create_future())
+        batch = self._gathering.get(loop)
+        if batch is None:
+            batch = self._gathering[loop] = [write]
+            task = loop.create_task(self._write_batch(loop, batch))
+            self._batch_tasks.add(task)
+            task.add_done_callback(self._batch_tasks.discard)
+        else:
+            batch.append(write)
+        return cast(T, await write.future)
+
+    async def _write_batch(self, loop: asyncio.AbstractEventLoop, batch: list[_Write]) -> None:
+        try:
+            hold = await self.aenter_gate()
+        except BaseException as exc:
+            self._gathering.pop(loop, None)
+            _fail_writes(batch, exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        self._gathering.pop(loop, None)  # writes arriving from now on start the next batch
+        writes = [write for write in batch if not write.future.done()]
         try:
             try:
-                return write(*args, inline=True, hold=hold)
+                inline = True
+                self._commit_batch(writes, inline=True, hold=hold)
             except _Busy:
-                return await asyncio.to_thread(write, *args, hold=hold)
+                inline = False
+                await asyncio.to_thread(self._commit_batch, writes, hold=hold)
+        except BaseException as exc:  # BEGIN or COMMIT failed: none of them happened
+            _fail_writes(writes, exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
         finally:
             hold.release()
+        for write in writes:
+            if write.future.done():
+                continue
+            if write.error is not None:
+                write.future.set_exception(write.error)
+                continue
+            try:  # after the commit: waiters woken, counters kept
+                after = write.after
+                write.future.set_result(
+                    after(write.result, inline) if after is not None else write.result
+                )
+            except Exception as exc:
+                write.future.set_exception(exc)
+
+    def _commit_batch(
+        self, writes: list[_Write], inline: bool = False, hold: Hold | None = None
+    ) -> None:
+        with self._write(inline, hold) as conn:
+            for write in writes:
+                conn.execute("SAVEPOINT retrysafe_write")
+                try:
+                    with translated(self.path):
+                        write.result = write.body(conn, *write.args)
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO retrysafe_write")
+                    write.error = exc
+                conn.execute("RELEASE retrysafe_write")
 
     # -- sync ----------------------------------------------------------------------------
 
@@ -368,16 +472,22 @@ class SQLiteStore:
         hold: Hold | None = None,
     ) -> ClaimResult:
         with self._write(inline, hold) as conn:
-            now = self._clock()
-            existing = read_record(conn, id)
-            row = conn.execute(LAST_TOKEN).fetchone()
-            floor = int(row[0]) if row is not None else None
-            result, record = claim_on(existing, id, fingerprint, lease, now, floor)
-            if record is not existing:
-                conn.execute(UPSERT, record_to_row(record))
-            if isinstance(result, Claimed):
-                conn.execute(SET_LAST_TOKEN, (result.token,))
-            return result
+            return self._claim_in(conn, id, fingerprint, lease)
+
+    def _claim_in(
+        self, conn: sqlite3.Connection, id: str, fingerprint: str, lease: float
+    ) -> ClaimResult:
+        """The claim's statements, inside a write transaction that is already open."""
+        now = self._clock()
+        existing = read_record(conn, id)
+        row = conn.execute(LAST_TOKEN).fetchone()
+        floor = int(row[0]) if row is not None else None
+        result, record = claim_on(existing, id, fingerprint, lease, now, floor)
+        if record is not existing:
+            conn.execute(UPSERT, record_to_row(record))
+        if isinstance(result, Claimed):
+            conn.execute(SET_LAST_TOKEN, (result.token,))
+        return result
 
     def renew(self, id: str, token: int, lease: float) -> bool:
         with self._write() as conn:
@@ -406,7 +516,23 @@ class SQLiteStore:
         hold: Hold | None = None,
     ) -> bool:
         with self._write(inline, hold) as conn:
-            done = complete_in(conn, id, token, response, ttl, retention, self._clock())
+            done = self._complete_in(conn, id, token, response, ttl, retention)
+        return self._completed(id, done, inline)
+
+    def _complete_in(
+        self,
+        conn: sqlite3.Connection,
+        id: str,
+        token: int,
+        response: StoredResponse,
+        ttl: float,
+        retention: float,
+    ) -> bool:
+        """The completion's statements, inside a write transaction that is already open."""
+        return complete_in(conn, id, token, response, ttl, retention, self._clock())
+
+    def _completed(self, id: str, done: bool, inline: bool) -> bool:
+        """After a completion's commit: the housekeeping counters, and its waiters woken."""
         if inline:
             self._inline_commits += 1
         self._completions += 1
@@ -655,7 +781,7 @@ class SQLiteStore:
         # A write transaction, too, runs inline when the write lock is free: it takes tens of
         # microseconds (WAL, no fsync), a hop to a worker thread and back cost several times
         # that. When another writer holds it, wait for the writer gate on the event loop.
-        return await self._awrite(self._claim, id, fingerprint, lease)
+        return await self._awrite(self._claim_in, None, id, fingerprint, lease)
 
     async def arenew(self, id: str, token: int, lease: float) -> bool:
         return await asyncio.to_thread(self.renew, id, token, lease)
@@ -664,7 +790,10 @@ class SQLiteStore:
         self, id: str, token: int, response: StoredResponse, ttl: float, retention: float
     ) -> bool:
         # inline when the write lock is free, as in aclaim
-        done = await self._awrite(self._complete, id, token, response, ttl, retention)
+        after = functools.partial(self._completed, id)
+        done: bool = await self._awrite(
+            self._complete_in, after, id, token, response, ttl, retention
+        )
         if self._housekeeping_due():
             await self._ahousekeeping()
         return done
