@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from kit.wakes import HANG
 from retrysafe.stores._base import DualStore
 from retrysafe.stores.memory import MemoryStore
 from retrysafe.stores.sqlite import SQLiteStore
@@ -232,10 +233,15 @@ def redis_kit(url: str, name: str = "redis") -> StoreKit:
     from retrysafe.stores.redis import RedisStore
 
     prefix = f"t{uuid.uuid4().hex[:12]}:"
-    opened = [RedisStore(url, prefix=prefix)]
+    # The store's own deadlines (1 s per connect, 2 s per command) are real-clock bounds no
+    # test here observes: a loaded machine that stalls a worker past one failed a test that
+    # is not about time (a connect that timed out, once, under ``under-load``). A test about
+    # timeouts makes its own store.
+    bounds = {"timeout": HANG, "connect_timeout": HANG}
+    opened = [RedisStore(url, prefix=prefix, **bounds)]
 
     def reopen() -> DualStore:
-        opened.append(RedisStore(url, prefix=prefix))
+        opened.append(RedisStore(url, prefix=prefix, **bounds))
         return opened[-1]
 
     def close() -> None:
