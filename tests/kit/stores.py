@@ -352,5 +352,6 @@ def require_service(name: str, reason: str) -> None:
     """Skip when a service is missing on a developer machine; fail loudly in CI."""
     if IN_CI:
         pytest.fail(f"{name} is required in CI but unavailable: {reason}")
-    # allow_module_level: also usable where a whole test module needs the service or package
-    pytest.skip(f"{name} not available ({reason}); install or start it", allow_module_level=True)
+    else:  # allow_module_level: also where a whole test module needs the service or package
+        why = f"{name} not available ({reason}); install or start it"
+        pytest.skip(why, allow_module_level=True)

@@ -377,12 +377,9 @@ class SQLiteStore:
         worker thread.
         """
         try:
-            with self._write(inline=True) as conn:
-                result = body(conn, *args)
+            return self._written(body, after, *args, inline=True)
         except _Busy:
             pass
-        else:
-            return after(result, True) if after is not None else result
         loop = asyncio.get_running_loop()
         write = _Write(body, after, args, loop.create_future())
         batch = self._gathering.get(loop)
@@ -394,6 +391,19 @@ class SQLiteStore:
         else:
             batch.append(write)
         return cast(T, await write.future)
+
+    def _written(
+        self,
+        body: Callable[..., T],
+        after: Callable[[T, bool], T] | None,
+        *args: Any,
+        inline: bool = False,
+    ) -> T:
+        """``body(conn, *args)`` in a write transaction of its own, then, once committed,
+        ``after(result, inline)``. ``inline``: raise :class:`_Busy` rather than wait."""
+        with self._write(inline) as conn:
+            result = body(conn, *args)
+        return after(result, inline) if after is not None else result
 
     async def _write_batch(self, loop: asyncio.AbstractEventLoop, batch: list[_Write]) -> None:
         try:
@@ -451,7 +461,7 @@ class SQLiteStore:
     # -- sync ----------------------------------------------------------------------------
 
     def claim(self, id: str, fingerprint: str, lease: float) -> ClaimResult:
-        return self._settled(id) or self._claim(id, fingerprint, lease)
+        return self._settled(id) or self._written(self._claim_in, None, id, fingerprint, lease)
 
     def _settled(self, id: str) -> Existing | None:
         """Fast path for replays, without the write lock: a live completed record cannot
@@ -462,17 +472,6 @@ class SQLiteStore:
             return None
         now = self._clock()
         return Existing(current, now) if resolve(current, now) is current.state else None
-
-    def _claim(
-        self,
-        id: str,
-        fingerprint: str,
-        lease: float,
-        inline: bool = False,
-        hold: Hold | None = None,
-    ) -> ClaimResult:
-        with self._write(inline, hold) as conn:
-            return self._claim_in(conn, id, fingerprint, lease)
 
     def _claim_in(
         self, conn: sqlite3.Connection, id: str, fingerprint: str, lease: float
@@ -500,24 +499,11 @@ class SQLiteStore:
     def complete(
         self, id: str, token: int, response: StoredResponse, ttl: float, retention: float
     ) -> bool:
-        done = self._complete(id, token, response, ttl, retention)
+        after = functools.partial(self._completed, id)
+        done: bool = self._written(self._complete_in, after, id, token, response, ttl, retention)
         if self._housekeeping_due():
             self._housekeeping()
         return done
-
-    def _complete(
-        self,
-        id: str,
-        token: int,
-        response: StoredResponse,
-        ttl: float,
-        retention: float,
-        inline: bool = False,
-        hold: Hold | None = None,
-    ) -> bool:
-        with self._write(inline, hold) as conn:
-            done = self._complete_in(conn, id, token, response, ttl, retention)
-        return self._completed(id, done, inline)
 
     def _complete_in(
         self,
